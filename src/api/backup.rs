@@ -1,0 +1,197 @@
+//! `OpenEMRBackup`: one backup set — "this set exists" or "take one now".
+//!
+//! A set is one manual RDS snapshot plus one copy of the clinic's documents in its bucket,
+//! taken together, described by a manifest at `s3://<bucket>/backups/<set>/manifest.json`
+//! so the records can be rebuilt if the cluster is lost. Schedules create these objects;
+//! a person or a pipeline may create one by hand for an on-demand backup. The spec is fixed
+//! once created. A set carrying the label `openemr.io/hold: "true"` is never pruned.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, ConsistencyMode, LocalRef};
+
+/// Label that keeps a set from being pruned while it is `"true"`.
+pub const HOLD_LABEL: &str = "openemr.io/hold";
+
+/// A request for (and the record of) one backup set.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "openemr.io",
+    version = "v1alpha1",
+    kind = "OpenEMRBackup",
+    plural = "openemrbackups",
+    singular = "openemrbackup",
+    shortname = "obk",
+    category = "openemr",
+    namespaced,
+    status = "OpenEMRBackupStatus",
+    doc = "One backup set of an OpenEMR clinic: a DB snapshot and a documents copy taken together, with a manifest in S3.",
+    printcolumn(
+        name = "Deployment",
+        type_ = "string",
+        json_path = ".spec.deploymentRef.name"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Completed",
+        type_ = "date",
+        json_path = ".status.completionTime"
+    ),
+    printcolumn(
+        name = "Expires",
+        type_ = "date",
+        json_path = ".status.expiresAt",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self == oldSelf")
+        .message("spec of an OpenEMRBackup is immutable: create a new backup instead"),
+)]
+pub struct OpenEMRBackupSpec {
+    /// The clinic this set belongs to.
+    pub deployment_ref: LocalRef,
+
+    /// The policy that made it; unset for an on-demand set, which is kept until deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_ref: Option<LocalRef>,
+
+    /// Consistency mode for this set; the policy's (or crash-consistent) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<ConsistencyMode>,
+
+    /// Copy the documents too; the policy's setting (or true) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_documents: Option<bool>,
+}
+
+/// Where a set is in its life.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BackupPhase {
+    /// Waiting to start (another set of the clinic is running, or the clinic is not ready).
+    #[default]
+    Pending,
+    /// Snapshot and documents copy under way.
+    Running,
+    /// Both parts finished and the manifest is written.
+    Completed,
+    /// A part failed; see `message` and the conditions.
+    Failed,
+    /// Expired: both parts are being deleted together.
+    Deleting,
+}
+
+/// Observed state of a backup set.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenEMRBackupStatus {
+    /// Where the set is in its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<BackupPhase>,
+
+    /// `Accepted`, `DatabaseSnapshotReady`, `DocumentsCopied`, `Completed`, …
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Stable id of the set, used in every AWS name and the S3 prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_id: Option<String>,
+
+    /// When work on the set started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+
+    /// When both parts had finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+
+    /// The database half.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<SnapshotRef>,
+
+    /// The documents half.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents: Option<DocumentsLocation>,
+
+    /// `s3://bucket/backups/<set>/manifest.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+
+    /// Snapshot storage plus documents, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
+
+    /// When retention will prune the set (absent while kept by a count, a hold or a restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// Copies in other regions, pruned with the set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub copies: Vec<RegionCopy>,
+
+    /// Why the set failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// An RDS snapshot.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRef {
+    /// Snapshot identifier.
+    pub identifier: String,
+    /// Snapshot ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    /// Last RDS status seen, e.g. `available`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Allocated storage of the snapshot in GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_storage_gi_b: Option<i32>,
+}
+
+/// A documents copy in S3.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentsLocation {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix of the copy, ending in `/`.
+    pub prefix: String,
+    /// Objects copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_count: Option<i64>,
+    /// Bytes copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
+}
+
+/// A set's copy in another region.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionCopy {
+    /// The region.
+    pub region: String,
+    /// The copied snapshot there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<SnapshotRef>,
+    /// The copied documents there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents: Option<DocumentsLocation>,
+}

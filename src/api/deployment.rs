@@ -1,0 +1,645 @@
+//! `OpenEMRDeployment`: "this clinic exists, with these settings".
+//!
+//! One object is one clinic: its AWS placement, the RDS MySQL database (driven through the
+//! RDS API, never a stack, so no stack update can replace it), the supporting stack (KMS key,
+//! bucket, network pieces, EFS for `sites/`, Redis for PHP sessions) and the web tier in the
+//! cluster. Defaults are HIPAA-grade: encrypted with a per-clinic key, private, deletion
+//! protected, at least seven days of automated backups, data retained on delete.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, DeletionPolicy, patterns};
+
+/// The desired state of one OpenEMR clinic.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "openemr.io",
+    version = "v1alpha1",
+    kind = "OpenEMRDeployment",
+    plural = "openemrdeployments",
+    singular = "openemrdeployment",
+    shortname = "oemr",
+    shortname = "emr",
+    category = "openemr",
+    namespaced,
+    status = "OpenEMRDeploymentStatus",
+    doc = "An OpenEMR clinic on AWS: database, documents, sessions and web tier, kept as declared.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Region", type_ = "string", json_path = ".spec.aws.region"),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.database.endpoint",
+        priority = 1
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$')")
+        .message("metadata.name must be a DNS label of at most 40 characters starting with a letter, because it names the clinic's AWS resources")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.adopt) == has(oldSelf.adopt) && (!has(self.adopt) || self.adopt == oldSelf.adopt)")
+        .message("spec.adopt is immutable: adoption is decided when the clinic is created")
+        .field_path(".adopt"),
+    validation = Rule::new("self.deletionPolicy == 'Delete' || !self.skipFinalSnapshot")
+        .message("spec.skipFinalSnapshot may only be true with spec.deletionPolicy: Delete")
+        .field_path(".skipFinalSnapshot"),
+)]
+pub struct OpenEMRDeploymentSpec {
+    /// Where the clinic lives in AWS.
+    pub aws: AwsPlacement,
+
+    /// The VPC pieces the database, file system and cache use.
+    pub network: NetworkSpec,
+
+    /// The RDS MySQL instance.
+    #[serde(default)]
+    pub database: DatabaseSpec,
+
+    /// The shared EFS file system mounted at OpenEMR's `sites/` directory.
+    #[serde(default)]
+    pub documents: DocumentsSpec,
+
+    /// The Redis (ElastiCache) cluster that keeps PHP sessions, so any replica can serve any user.
+    #[serde(default)]
+    pub sessions: SessionsSpec,
+
+    /// The OpenEMR web tier in this cluster.
+    #[serde(default)]
+    pub web: WebSpec,
+
+    /// What happens to the clinic's data in AWS when this object is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// With `deletionPolicy: Delete`, skip the final DB snapshot. Data is lost for good.
+    #[serde(default)]
+    pub skip_final_snapshot: bool,
+
+    /// Existing AWS resources to take over instead of creating new ones. Never recreated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt: Option<AdoptSpec>,
+
+    /// Tags added to every AWS resource of the clinic (and copied to its snapshots).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 40))]
+    #[x_kube(
+        validation = Rule::new("self.all(k, !k.startsWith('aws:') && !k.startsWith('openemr.io/'))")
+            .message("spec.tags keys must not start with 'aws:' or 'openemr.io/' (reserved)"),
+        validation = Rule::new("self.all(k, size(k) <= 128 && size(self[k]) <= 256)")
+            .message("spec.tags keys may have at most 128 characters and values at most 256"),
+    )]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// AWS account and region of a clinic.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.region == oldSelf.region")
+        .message("spec.aws.region is immutable: to move a clinic to another region, restore it there with a RestoreRequest")
+        .field_path(".region")
+)]
+pub struct AwsPlacement {
+    /// AWS region, e.g. `us-east-1`. Immutable.
+    #[schemars(pattern(patterns::REGION), length(max = 32))]
+    pub region: String,
+
+    /// IAM role to assume for this clinic's AWS calls (for clinics in other accounts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(patterns::IAM_ROLE_ARN), length(max = 600))]
+    pub role_arn: Option<String>,
+}
+
+/// The network a clinic uses: exactly one of an existing VPC or a new one.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.existing) != has(self.newVpc)")
+        .message("spec.network must set exactly one of existing or newVpc"),
+    validation = Rule::new("self == oldSelf")
+        .message("spec.network is immutable: a clinic's data cannot move between VPCs in place; restore it side by side instead"),
+)]
+pub struct NetworkSpec {
+    /// Use the cluster's VPC: the database and file system go into these subnets and admit
+    /// traffic only from the cluster's security group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existing: Option<ExistingNetwork>,
+
+    /// Create a dedicated VPC for the clinic (peering it with the cluster is up to you).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_vpc: Option<NewVpc>,
+}
+
+/// An existing VPC, subnets and the cluster's security group.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExistingNetwork {
+    /// The VPC, e.g. `vpc-0a1b2c3d4e5f60718`.
+    #[schemars(pattern(patterns::VPC_ID))]
+    pub vpc_id: String,
+
+    /// Private subnets in at least two availability zones (an RDS subnet group needs two).
+    #[schemars(length(min = 2, max = 16), inner(pattern(patterns::SUBNET_ID)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub subnet_ids: Vec<String>,
+
+    /// The security group of the cluster's nodes or pods; the only source admitted to MySQL,
+    /// NFS and Redis.
+    #[schemars(pattern(patterns::SECURITY_GROUP_ID))]
+    pub cluster_security_group_id: String,
+}
+
+/// A VPC created for the clinic.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NewVpc {
+    /// The VPC's IPv4 CIDR block, /16 to /24.
+    #[serde(default = "default_vpc_cidr")]
+    #[schemars(pattern(patterns::IPV4_CIDR))]
+    pub cidr: String,
+
+    /// How many availability zones to spread subnets across.
+    #[serde(default = "default_availability_zones")]
+    #[schemars(range(min = 2, max = 3))]
+    pub availability_zones: i32,
+}
+
+impl Default for NewVpc {
+    fn default() -> Self {
+        NewVpc {
+            cidr: default_vpc_cidr(),
+            availability_zones: default_availability_zones(),
+        }
+    }
+}
+
+fn default_vpc_cidr() -> String {
+    "10.0.0.0/16".into()
+}
+fn default_availability_zones() -> i32 {
+    2
+}
+
+/// When RDS applies a change to the database's settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ApplyChanges {
+    /// At the next maintenance window (no unplanned restart).
+    #[default]
+    InMaintenanceWindow,
+    /// Now, which may restart the database.
+    Immediately,
+}
+
+/// The RDS MySQL instance of a clinic.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.maxAllocatedStorageGiB) || self.maxAllocatedStorageGiB > self.allocatedStorageGiB")
+        .message("spec.database.maxAllocatedStorageGiB (the storage autoscaling limit) must be greater than spec.database.allocatedStorageGiB")
+        .field_path(".maxAllocatedStorageGiB"),
+    validation = Rule::new("self.allocatedStorageGiB >= oldSelf.allocatedStorageGiB")
+        .message("spec.database.allocatedStorageGiB cannot shrink: RDS storage can only grow")
+        .field_path(".allocatedStorageGiB"),
+    validation = Rule::new("self.engineVersion.substring(0, 3) >= oldSelf.engineVersion.substring(0, 3)")
+        .message("spec.database.engineVersion cannot be downgraded to an older major version")
+        .field_path(".engineVersion"),
+    validation = Rule::new("self.databaseName == oldSelf.databaseName && self.username == oldSelf.username")
+        .message("spec.database.databaseName and spec.database.username are immutable")
+        .field_path(".databaseName"),
+    validation = Rule::new("((int(self.backupWindow.substring(6, 8)) * 60 + int(self.backupWindow.substring(9, 11))) - (int(self.backupWindow.substring(0, 2)) * 60 + int(self.backupWindow.substring(3, 5))) + 1440) % 1440 >= 30")
+        .message("spec.database.backupWindow must be at least 30 minutes long")
+        .field_path(".backupWindow"),
+)]
+pub struct DatabaseSpec {
+    /// MySQL engine version: `8.0` or `8.4`, optionally with a patch level (`8.0.40`).
+    #[serde(default = "default_engine_version")]
+    #[schemars(pattern(patterns::MYSQL_VERSION))]
+    pub engine_version: String,
+
+    /// RDS instance class.
+    #[serde(default = "default_instance_class")]
+    #[schemars(pattern(patterns::DB_INSTANCE_CLASS), length(max = 32))]
+    pub instance_class: String,
+
+    /// Allocated storage in GiB (20–65536). Can grow, never shrink.
+    #[serde(default = "default_allocated_storage")]
+    #[schemars(range(min = 20, max = 65536))]
+    pub allocated_storage_gi_b: i32,
+
+    /// Upper limit for RDS storage autoscaling in GiB; unset turns autoscaling off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 21, max = 65536))]
+    pub max_allocated_storage_gi_b: Option<i32>,
+
+    /// Run a standby in a second availability zone.
+    #[serde(default, rename = "multiAZ")]
+    pub multi_az: bool,
+
+    /// Days RDS keeps automated backups (point-in-time restore window): 7 to 35.
+    #[serde(default = "default_backup_retention_days")]
+    #[schemars(range(min = 7, max = 35))]
+    pub backup_retention_days: i32,
+
+    /// Daily automated backup window, `hh:mm-hh:mm` in UTC, at least 30 minutes.
+    #[serde(default = "default_backup_window")]
+    #[schemars(pattern(patterns::BACKUP_WINDOW))]
+    pub backup_window: String,
+
+    /// Weekly maintenance window, `ddd:hh:mm-ddd:hh:mm` in UTC.
+    #[serde(default = "default_maintenance_window")]
+    #[schemars(pattern(patterns::MAINTENANCE_WINDOW))]
+    pub maintenance_window: String,
+
+    /// When changes to these settings take effect.
+    #[serde(default)]
+    pub apply_changes: ApplyChanges,
+
+    /// RDS deletion protection. The operator turns it off only to carry out `deletionPolicy`.
+    #[serde(default = "default_true")]
+    pub deletion_protection: bool,
+
+    /// Name of OpenEMR's schema. Immutable.
+    #[serde(default = "default_database_name")]
+    #[schemars(pattern(patterns::MYSQL_IDENTIFIER))]
+    pub database_name: String,
+
+    /// MySQL user OpenEMR connects as. Immutable.
+    #[serde(default = "default_username")]
+    #[schemars(pattern(patterns::MYSQL_IDENTIFIER))]
+    pub username: String,
+
+    /// A Secret in this namespace holding `password` (and optionally `root-password`) to use
+    /// instead of generated ones. The passwords never leave Kubernetes Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<super::LocalRef>,
+}
+
+impl Default for DatabaseSpec {
+    fn default() -> Self {
+        DatabaseSpec {
+            engine_version: default_engine_version(),
+            instance_class: default_instance_class(),
+            allocated_storage_gi_b: default_allocated_storage(),
+            max_allocated_storage_gi_b: None,
+            multi_az: false,
+            backup_retention_days: default_backup_retention_days(),
+            backup_window: default_backup_window(),
+            maintenance_window: default_maintenance_window(),
+            apply_changes: ApplyChanges::default(),
+            deletion_protection: true,
+            database_name: default_database_name(),
+            username: default_username(),
+            credentials_secret_ref: None,
+        }
+    }
+}
+
+fn default_engine_version() -> String {
+    "8.0".into()
+}
+fn default_instance_class() -> String {
+    "db.t4g.medium".into()
+}
+fn default_allocated_storage() -> i32 {
+    20
+}
+fn default_backup_retention_days() -> i32 {
+    7
+}
+fn default_backup_window() -> String {
+    "03:00-04:00".into()
+}
+fn default_maintenance_window() -> String {
+    "sun:05:00-sun:06:00".into()
+}
+fn default_database_name() -> String {
+    "openemr".into()
+}
+fn default_username() -> String {
+    "openemr".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// EFS throughput mode.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ThroughputMode {
+    /// Throughput scales with use (the AWS default for new file systems).
+    #[default]
+    Elastic,
+    /// Throughput scales with the amount stored.
+    Bursting,
+    /// A fixed throughput, set in `provisionedThroughputMiBps`.
+    Provisioned,
+}
+
+/// The clinic's documents: EFS for the shared `sites/` directory.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("(self.throughputMode == 'Provisioned') == has(self.provisionedThroughputMiBps)")
+        .message("spec.documents.provisionedThroughputMiBps is required with throughputMode: Provisioned and not allowed otherwise")
+        .field_path(".provisionedThroughputMiBps"),
+)]
+pub struct DocumentsSpec {
+    /// EFS throughput mode.
+    #[serde(default)]
+    pub throughput_mode: ThroughputMode,
+
+    /// Throughput in MiB/s for `throughputMode: Provisioned` (1–3414).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3414))]
+    pub provisioned_throughput_mi_bps: Option<i32>,
+
+    /// Size of the PersistentVolume the operator declares for `sites/` (EFS is elastic;
+    /// Kubernetes still wants a number).
+    #[serde(default = "default_documents_size")]
+    #[schemars(pattern(r"^[1-9][0-9]{0,5}(Gi|Ti)$"))]
+    pub size: String,
+}
+
+impl Default for DocumentsSpec {
+    fn default() -> Self {
+        DocumentsSpec {
+            throughput_mode: ThroughputMode::default(),
+            provisioned_throughput_mi_bps: None,
+            size: default_documents_size(),
+        }
+    }
+}
+
+fn default_documents_size() -> String {
+    "100Gi".into()
+}
+
+/// Redis (ElastiCache) for PHP sessions.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionsSpec {
+    /// ElastiCache node type.
+    #[serde(default = "default_cache_node_type")]
+    #[schemars(pattern(patterns::CACHE_NODE_TYPE), length(max = 32))]
+    pub node_type: String,
+
+    /// Read replicas beside the primary (0–5); one or more enables automatic failover.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 5))]
+    pub replicas: i32,
+}
+
+impl Default for SessionsSpec {
+    fn default() -> Self {
+        SessionsSpec {
+            node_type: default_cache_node_type(),
+            replicas: 0,
+        }
+    }
+}
+
+fn default_cache_node_type() -> String {
+    "cache.t4g.micro".into()
+}
+
+/// How the web tier is exposed inside the cluster.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ServiceType {
+    /// Reachable inside the cluster (put an Ingress in front).
+    #[default]
+    ClusterIP,
+    /// A cloud load balancer.
+    LoadBalancer,
+    /// A port on every node.
+    NodePort,
+}
+
+/// The OpenEMR web tier.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebSpec {
+    /// OpenEMR container image.
+    #[serde(default = "default_image")]
+    #[schemars(pattern(patterns::IMAGE), length(max = 512))]
+    pub image: String,
+
+    /// Number of OpenEMR replicas (0 stops the web tier without touching data).
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+
+    /// CPU and memory for each replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// The Service in front of the replicas.
+    #[serde(default)]
+    pub service: ServiceSpec,
+
+    /// An Ingress for the clinic, if wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+}
+
+impl Default for WebSpec {
+    fn default() -> Self {
+        WebSpec {
+            image: default_image(),
+            replicas: default_replicas(),
+            resources: None,
+            service: ServiceSpec::default(),
+            ingress: None,
+        }
+    }
+}
+
+fn default_image() -> String {
+    "openemr/openemr:7.0.3".into()
+}
+fn default_replicas() -> i32 {
+    2
+}
+
+/// The web tier's Service.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+
+    /// Port the Service listens on.
+    #[serde(default = "default_service_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec {
+            type_: ServiceType::default(),
+            port: default_service_port(),
+        }
+    }
+}
+
+fn default_service_port() -> i32 {
+    80
+}
+
+/// An Ingress for the web tier.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Host name users reach the clinic at.
+    #[schemars(pattern(patterns::DNS_SUBDOMAIN), length(max = 253))]
+    pub host: String,
+
+    /// IngressClass to use; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: Option<String>,
+
+    /// Secret with the TLS certificate for `host`; HTTPS only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(patterns::DNS_SUBDOMAIN), length(max = 253))]
+    pub tls_secret_name: Option<String>,
+}
+
+/// Existing AWS resources to adopt. Differences from the spec are reported before anything
+/// is changed; adopted resources are never recreated.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.dbInstanceIdentifier) || has(self.bucketName)")
+        .message("spec.adopt must name dbInstanceIdentifier, bucketName or both")
+)]
+pub struct AdoptSpec {
+    /// An existing RDS DB instance to manage as this clinic's database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(patterns::DB_INSTANCE_IDENTIFIER), length(max = 63))]
+    pub db_instance_identifier: Option<String>,
+
+    /// An existing S3 bucket to use as this clinic's bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(patterns::S3_BUCKET))]
+    pub bucket_name: Option<String>,
+}
+
+/// Lifecycle phase of a clinic (for people; automation should read conditions).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeploymentPhase {
+    /// Accepted, nothing created yet.
+    #[default]
+    Pending,
+    /// AWS resources or the web tier are being created.
+    Provisioning,
+    /// Everything declared exists and is healthy.
+    Ready,
+    /// A spec change is being applied.
+    Updating,
+    /// It was ready, and something is now unhealthy.
+    Degraded,
+    /// It cannot proceed without a change to the spec or to AWS; see the conditions.
+    Failed,
+    /// Being deleted according to `deletionPolicy`.
+    Deleting,
+}
+
+/// The observed state of a clinic.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenEMRDeploymentStatus {
+    /// Summary of the conditions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<DeploymentPhase>,
+
+    /// `Ready`, `Accepted`, `StackReady`, `DatabaseReady`, `WorkloadReady`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// The CloudFormation stack of supporting infrastructure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<StackStatus>,
+
+    /// The RDS instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseStatus>,
+
+    /// The clinic's S3 bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_name: Option<String>,
+
+    /// ARN of the clinic's customer-managed KMS key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_arn: Option<String>,
+
+    /// The EFS file system holding `sites/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_system_id: Option<String>,
+
+    /// Redis primary endpoint, `host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_endpoint: Option<String>,
+
+    /// The Secret holding the database credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_name: Option<String>,
+
+    /// When AWS state was last read for this clinic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_aws_sync_time: Option<Time>,
+}
+
+/// Identifiers of the supporting stack.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StackStatus {
+    /// Stack name.
+    pub name: String,
+    /// Stack ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Last CloudFormation status seen, e.g. `UPDATE_COMPLETE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// Identifiers and observed state of the RDS instance.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseStatus {
+    /// DB instance identifier.
+    pub identifier: String,
+    /// DB instance ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    /// Endpoint `host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Last RDS status seen, e.g. `available`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Latest time the database can be restored to (point-in-time restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_restorable_time: Option<Time>,
+    /// Earliest time the database can be restored to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earliest_restorable_time: Option<Time>,
+}

@@ -1,0 +1,186 @@
+//! OpenEMRBackup controller (one backup set per object).
+//!
+//! Today it checks that the clinic exists and that a named policy exists and covers that
+//! clinic, reports `Accepted`, and leaves the set `Pending`. Taking the snapshot and the
+//! documents copy, and writing the manifest, plug in here.
+
+use k8s_openapi::jiff::Timestamp;
+use kube::{Api, ResourceExt};
+
+use super::{Context, Error, Plan, Reconcile};
+use crate::api::backup::BackupPhase;
+use crate::api::{BackupPolicy, Condition, OpenEMRBackup, OpenEMRBackupStatus, OpenEMRDeployment};
+use crate::conditions::{self, Verdict};
+
+/// The policy named by a set, as found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyRef {
+    NotSet,
+    Missing,
+    /// Found; it covers this deployment.
+    Covers(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub deployment_exists: bool,
+    pub policy: PolicyRef,
+}
+
+impl Reconcile for OpenEMRBackup {
+    type Status = OpenEMRBackupStatus;
+    type Observed = Observed;
+    const CONTROLLER: &'static str = "openemrbackup";
+
+    fn current_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+
+    fn conditions(status: &Self::Status) -> &[Condition] {
+        &status.conditions
+    }
+
+    async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
+        let ns = self.namespace().unwrap_or_default();
+        let deployments: Api<OpenEMRDeployment> = Api::namespaced(ctx.client.clone(), &ns);
+        let name = &self.spec.deployment_ref.name;
+        let deployment_exists = deployments
+            .get_metadata_opt(name)
+            .await
+            .map_err(Error::observe(format!("OpenEMRDeployment {ns}/{name}")))?
+            .is_some();
+        let policy = match &self.spec.policy_ref {
+            None => PolicyRef::NotSet,
+            Some(r) => {
+                let policies: Api<BackupPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+                match policies
+                    .get_opt(&r.name)
+                    .await
+                    .map_err(Error::observe(format!("BackupPolicy {ns}/{}", r.name)))?
+                {
+                    None => PolicyRef::Missing,
+                    Some(p) => PolicyRef::Covers(p.spec.deployment_ref.name),
+                }
+            }
+        };
+        Ok(Observed {
+            deployment_exists,
+            policy,
+        })
+    }
+
+    fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<OpenEMRBackupStatus> {
+        let accepted = self.validate(observed);
+        let is_accepted = accepted.status;
+        let current = self.status.clone().unwrap_or_default();
+        let status = OpenEMRBackupStatus {
+            phase: Some(current.phase.unwrap_or(BackupPhase::Pending)),
+            conditions: conditions::merge(
+                &current.conditions,
+                &[accepted],
+                self.metadata.generation,
+                now,
+            ),
+            observed_generation: self.metadata.generation,
+            ..current
+        };
+        Plan::after_validation(status, is_accepted)
+    }
+}
+
+impl OpenEMRBackup {
+    fn validate(&self, observed: &Observed) -> Verdict {
+        let deployment = &self.spec.deployment_ref.name;
+        if !observed.deployment_exists {
+            return Verdict::falsy(
+                "Accepted",
+                "DeploymentNotFound",
+                format!(
+                    "spec.deploymentRef: OpenEMRDeployment {deployment:?} does not exist in this namespace"
+                ),
+            );
+        }
+        let policy = self
+            .spec
+            .policy_ref
+            .as_ref()
+            .map(|r| r.name.as_str())
+            .unwrap_or_default();
+        match &observed.policy {
+            PolicyRef::Missing => Verdict::falsy(
+                "Accepted",
+                "PolicyNotFound",
+                format!("spec.policyRef: BackupPolicy {policy:?} does not exist in this namespace"),
+            ),
+            PolicyRef::Covers(other) if other != deployment => Verdict::falsy(
+                "Accepted",
+                "PolicyMismatch",
+                format!(
+                    "spec.policyRef: BackupPolicy {policy:?} covers OpenEMRDeployment {other:?}, not spec.deploymentRef {deployment:?}"
+                ),
+            ),
+            _ => Verdict::truthy("Accepted", "Valid", "spec is valid"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(policy: Option<&str>) -> OpenEMRBackup {
+        let mut spec = serde_json::json!({"deploymentRef": {"name": "clinic-a"}});
+        if let Some(p) = policy {
+            spec["policyRef"] = serde_json::json!({ "name": p });
+        }
+        OpenEMRBackup::new("set-1", serde_json::from_value(spec).unwrap())
+    }
+
+    fn accepted(b: &OpenEMRBackup, observed: Observed) -> Condition {
+        let plan = b.plan(&observed, Timestamp::from_second(1_800_000_000).unwrap());
+        assert_eq!(plan.status.phase, Some(BackupPhase::Pending));
+        conditions::find(&plan.status.conditions, "Accepted")
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn on_demand_set_is_accepted() {
+        let c = accepted(
+            &set(None),
+            Observed {
+                deployment_exists: true,
+                policy: PolicyRef::NotSet,
+            },
+        );
+        assert_eq!(c.status, "True");
+    }
+
+    #[test]
+    fn policy_of_another_clinic_is_refused() {
+        let c = accepted(
+            &set(Some("nightly")),
+            Observed {
+                deployment_exists: true,
+                policy: PolicyRef::Covers("clinic-b".into()),
+            },
+        );
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "PolicyMismatch")
+        );
+        assert!(c.message.contains("spec.policyRef"));
+    }
+
+    #[test]
+    fn missing_deployment_is_refused_first() {
+        let c = accepted(
+            &set(Some("nightly")),
+            Observed {
+                deployment_exists: false,
+                policy: PolicyRef::Missing,
+            },
+        );
+        assert_eq!(c.reason, "DeploymentNotFound");
+    }
+}

@@ -1,0 +1,304 @@
+//! The controllers: one per kind, each a pipeline `observe` (read Kubernetes, later AWS) →
+//! `plan` (a pure function of the object, what was observed and the time) → `act` →
+//! `status` (server-side apply of `status` only, and only when it changed).
+//!
+//! This module owns what the four share: the shared [`Context`], the watch streams (guarded
+//! against objects that do not deserialize, with `managedFields` stripped from the cache),
+//! the generic reconcile driver, status writes and Events on condition transitions.
+
+pub mod backup;
+pub mod backup_policy;
+pub mod deployment;
+pub mod restore;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use crate::api::Condition;
+use crate::conditions;
+use crate::metrics::Metrics;
+
+/// Field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "openemr-operator";
+
+/// How often an accepted object is looked at again when nothing happens.
+const RESYNC: Duration = Duration::from_secs(600);
+/// How soon a refused object is looked at again (its references may appear).
+const RETRY_REFUSED: Duration = Duration::from_secs(30);
+
+/// What every reconcile gets.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+        }
+    }
+}
+
+/// Errors of a reconcile, one variant per step; `reason()` is stable (conditions, Events,
+/// metric labels).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {what}: {source}")]
+    Observe {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing status: {0}")]
+    WriteStatus(#[source] kube::Error),
+    #[error("object cannot be read as this operator's API: {0}")]
+    InvalidObject(String),
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Observe { .. } => "ObserveFailed",
+            Error::WriteStatus(_) => "StatusWriteFailed",
+            Error::InvalidObject(_) => "InvalidObject",
+        }
+    }
+
+    pub(crate) fn observe(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Observe { what, source }
+    }
+}
+
+/// The outcome of planning: the status to have, and when to look again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan<S> {
+    pub status: S,
+    pub requeue: Duration,
+}
+
+impl<S> Plan<S> {
+    /// Accepted objects are looked at again on the slow resync; refused ones sooner.
+    pub fn after_validation(status: S, accepted: bool) -> Self {
+        let requeue = if accepted { RESYNC } else { RETRY_REFUSED };
+        Plan { status, requeue }
+    }
+}
+
+/// One kind's pipeline. The driver in this module runs observe → plan → status for it.
+pub trait Reconcile:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    /// The kind's status type.
+    type Status: Serialize + Clone + PartialEq + Debug + Default + Send + Sync;
+    /// What `observe` reads.
+    type Observed: Send;
+
+    /// Name used in logs and metric labels.
+    const CONTROLLER: &'static str;
+
+    fn current_status(&self) -> Option<&Self::Status>;
+    fn conditions(status: &Self::Status) -> &[Condition];
+
+    /// Reads what the plan needs. No writes.
+    fn observe(&self, ctx: &Context) -> impl Future<Output = Result<Self::Observed, Error>> + Send;
+
+    /// Pure: the status to have and when to look again.
+    fn plan(&self, observed: &Self::Observed, now: Timestamp) -> Plan<Self::Status>;
+}
+
+async fn reconcile<K: Reconcile>(
+    guarded: Arc<DeserializeGuard<K>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = match &guarded.0 {
+        Ok(obj) => reconcile_valid(obj, &ctx).await,
+        Err(invalid) => {
+            report_invalid::<K>(invalid, &ctx).await;
+            Err(Error::InvalidObject(invalid.error.clone()))
+        }
+    };
+    ctx.metrics.observe_reconcile(
+        K::CONTROLLER,
+        started.elapsed(),
+        result.as_ref().err().map(Error::reason),
+    );
+    result
+}
+
+async fn reconcile_valid<K: Reconcile>(obj: &K, ctx: &Context) -> Result<Action, Error> {
+    let observed = obj.observe(ctx).await?;
+    let plan = obj.plan(&observed, Timestamp::now());
+    let current = obj.current_status().cloned().unwrap_or_default();
+    if plan.status != current {
+        write_status(obj, &plan.status, ctx).await?;
+        publish_transitions(
+            obj,
+            K::conditions(&current),
+            K::conditions(&plan.status),
+            ctx,
+        )
+        .await;
+    }
+    Ok(Action::requeue(plan.requeue))
+}
+
+async fn write_status<K: Reconcile>(
+    obj: &K,
+    status: &K::Status,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let namespace = obj.namespace().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map_err(Error::WriteStatus)?;
+    ctx.metrics
+        .status_writes
+        .get_or_create(&crate::metrics::ControllerLabel::new(K::CONTROLLER))
+        .inc();
+    Ok(())
+}
+
+async fn publish_transitions<K: Reconcile>(
+    obj: &K,
+    before: &[Condition],
+    after: &[Condition],
+    ctx: &Context,
+) {
+    let reference = obj.object_ref(&());
+    for c in conditions::transitions(before, after) {
+        let event = Event {
+            // Refused input is what a person must act on; progress is informational.
+            type_: if c.type_ == "Accepted" && c.status != "True" {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: c.reason.clone(),
+            note: Some(format!("{} is {}: {}", c.type_, c.status, c.message)),
+            action: c.type_.clone(),
+            secondary: None,
+        };
+        // An Event that cannot be written must not fail the reconcile that wrote status.
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            warn!(controller = K::CONTROLLER, error = %e, "publishing event failed");
+        }
+    }
+}
+
+async fn report_invalid<K: Reconcile>(
+    invalid: &kube::core::error_boundary::InvalidObject,
+    ctx: &Context,
+) {
+    warn!(
+        controller = K::CONTROLLER,
+        namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
+        name = invalid.metadata.name.as_deref().unwrap_or_default(),
+        error = %invalid.error,
+        "object does not match this operator's API; ignoring it until it changes"
+    );
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(K::api_version(&()).into_owned()),
+        kind: Some(K::kind(&()).into_owned()),
+        name: invalid.metadata.name.clone(),
+        namespace: invalid.metadata.namespace.clone(),
+        uid: invalid.metadata.uid.clone(),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "InvalidObject".into(),
+        note: Some(format!(
+            "cannot be read as {}: {}",
+            K::kind(&()),
+            invalid.error
+        )),
+        action: "Decode".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        warn!(controller = K::CONTROLLER, error = %e, "publishing event failed");
+    }
+}
+
+fn error_policy<K: Reconcile>(
+    _obj: Arc<DeserializeGuard<K>>,
+    error: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
+    match error {
+        // A malformed object stays malformed until someone edits it, which triggers anew.
+        Error::InvalidObject(_) => Action::await_change(),
+        _ => Action::requeue(Duration::from_secs(15)),
+    }
+}
+
+/// Runs the controller of kind `K` until `shutdown` resolves, then lets running reconciles
+/// finish.
+pub async fn run_controller<K: Reconcile>(
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<DeserializeGuard<K>> = Api::all(ctx.client.clone());
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|obj| {
+            // managedFields is most of an object's size and never read here.
+            obj.managed_fields_mut().clear();
+        })
+        .reflect(writer)
+        .applied_objects();
+    info!(controller = K::CONTROLLER, "starting");
+    Controller::for_stream(stream, reader)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::<K>, error_policy::<K>, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(controller = K::CONTROLLER, error = %e, "reconcile failed");
+            }
+        })
+        .await;
+    info!(controller = K::CONTROLLER, "stopped");
+}

@@ -1,0 +1,295 @@
+//! RestoreRequest controller.
+//!
+//! Today it checks what the API server cannot: that the named source (set, policy, clinic)
+//! exists, that a point in time is not in the future, that an in-place target exists, and
+//! that a side-by-side target name is not taken by a clinic this request does not own. It
+//! reports `Accepted` and leaves the request `Pending`. The restore steps plug in here.
+
+use k8s_openapi::jiff::Timestamp;
+use kube::core::PartialObjectMeta;
+use kube::{Api, ResourceExt};
+
+use super::{Context, Error, Plan, Reconcile};
+use crate::api::restore::RestorePhase;
+use crate::api::{
+    BackupPolicy, Condition, OpenEMRBackup, OpenEMRDeployment, RestoreRequest, RestoreRequestStatus,
+};
+use crate::conditions::{self, Verdict};
+
+/// Whether each object the request names was found.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// The source object (set, policy or clinic), when the source names one.
+    pub source_exists: Option<bool>,
+    /// The in-place target clinic, when the target is in place.
+    pub in_place_target_exists: Option<bool>,
+    /// For a side-by-side target: a clinic of that name exists and this request does not own it.
+    pub side_by_side_name_taken: bool,
+}
+
+impl Reconcile for RestoreRequest {
+    type Status = RestoreRequestStatus;
+    type Observed = Observed;
+    const CONTROLLER: &'static str = "restorerequest";
+
+    fn current_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+
+    fn conditions(status: &Self::Status) -> &[Condition] {
+        &status.conditions
+    }
+
+    async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
+        let ns = self.namespace().unwrap_or_default();
+        let client = &ctx.client;
+        let deployments: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns);
+        let source = &self.spec.source;
+        let source_exists = if let Some(r) = &source.backup_ref {
+            Some(
+                exists(
+                    &Api::<OpenEMRBackup>::namespaced(client.clone(), &ns),
+                    &r.name,
+                )
+                .await?,
+            )
+        } else if let Some(r) = &source.latest_from_policy {
+            Some(
+                exists(
+                    &Api::<BackupPolicy>::namespaced(client.clone(), &ns),
+                    &r.name,
+                )
+                .await?,
+            )
+        } else if let Some(p) = &source.point_in_time {
+            Some(exists(&deployments, &p.deployment_ref.name).await?)
+        } else {
+            None
+        };
+        let mut observed = Observed {
+            source_exists,
+            ..Observed::default()
+        };
+        if let Some(t) = &self.spec.target.in_place {
+            observed.in_place_target_exists = Some(exists(&deployments, &t.deployment_name).await?);
+        } else {
+            let name = self.side_by_side_name();
+            if let Some(meta) = get_meta(&deployments, &name).await? {
+                let uid = self.uid().unwrap_or_default();
+                observed.side_by_side_name_taken =
+                    !meta.owner_references().iter().any(|o| o.uid == uid);
+            }
+        }
+        Ok(observed)
+    }
+
+    fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<RestoreRequestStatus> {
+        let accepted = self.validate(observed, now);
+        let is_accepted = accepted.status;
+        let current = self.status.clone().unwrap_or_default();
+        let status = RestoreRequestStatus {
+            phase: Some(current.phase.unwrap_or(RestorePhase::Pending)),
+            conditions: conditions::merge(
+                &current.conditions,
+                &[accepted],
+                self.metadata.generation,
+                now,
+            ),
+            observed_generation: self.metadata.generation,
+            ..current
+        };
+        Plan::after_validation(status, is_accepted)
+    }
+}
+
+async fn get_meta<K>(api: &Api<K>, name: &str) -> Result<Option<PartialObjectMeta<K>>, Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.get_metadata_opt(name)
+        .await
+        .map_err(Error::observe(format!("{} {name}", K::kind(&()))))
+}
+
+async fn exists<K>(api: &Api<K>, name: &str) -> Result<bool, Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(get_meta(api, name).await?.is_some())
+}
+
+impl RestoreRequest {
+    /// Name of the side-by-side clinic this request creates.
+    pub fn side_by_side_name(&self) -> String {
+        self.spec
+            .target
+            .side_by_side
+            .as_ref()
+            .and_then(|t| t.deployment_name.clone())
+            .unwrap_or_else(|| self.name_any())
+    }
+
+    fn validate(&self, observed: &Observed, now: Timestamp) -> Verdict {
+        let source = &self.spec.source;
+        if observed.source_exists == Some(false) {
+            let (field, kind, name) = if let Some(r) = &source.backup_ref {
+                ("spec.source.backupRef", "OpenEMRBackup", r.name.as_str())
+            } else if let Some(r) = &source.latest_from_policy {
+                (
+                    "spec.source.latestFromPolicy",
+                    "BackupPolicy",
+                    r.name.as_str(),
+                )
+            } else {
+                let name = source
+                    .point_in_time
+                    .as_ref()
+                    .map(|p| p.deployment_ref.name.as_str());
+                (
+                    "spec.source.pointInTime.deploymentRef",
+                    "OpenEMRDeployment",
+                    name.unwrap_or_default(),
+                )
+            };
+            return Verdict::falsy(
+                "Accepted",
+                "SourceNotFound",
+                format!("{field}: {kind} {name:?} does not exist in this namespace"),
+            );
+        }
+        if let Some(t) = source.point_in_time.as_ref().and_then(|p| p.time.as_ref())
+            && t.0 > now
+        {
+            return Verdict::falsy(
+                "Accepted",
+                "PointInTimeInFuture",
+                format!("spec.source.pointInTime.time {} is in the future", t.0),
+            );
+        }
+        if observed.in_place_target_exists == Some(false) {
+            let name = self
+                .spec
+                .target
+                .in_place
+                .as_ref()
+                .map(|t| t.deployment_name.as_str());
+            return Verdict::falsy(
+                "Accepted",
+                "TargetNotFound",
+                format!(
+                    "spec.target.inPlace.deploymentName: OpenEMRDeployment {:?} does not exist in this namespace",
+                    name.unwrap_or_default()
+                ),
+            );
+        }
+        if observed.side_by_side_name_taken {
+            return Verdict::falsy(
+                "Accepted",
+                "TargetExists",
+                format!(
+                    "spec.target.sideBySide.deploymentName: OpenEMRDeployment {:?} already exists; a side-by-side restore never overwrites a clinic (use inPlace for that)",
+                    self.side_by_side_name()
+                ),
+            );
+        }
+        Verdict::truthy("Accepted", "Valid", "spec is valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(spec: serde_json::Value) -> RestoreRequest {
+        RestoreRequest::new("restore-1", serde_json::from_value(spec).unwrap())
+    }
+
+    fn now() -> Timestamp {
+        "2026-11-23T12:00:00Z".parse().unwrap()
+    }
+
+    fn accepted(r: &RestoreRequest, observed: Observed) -> Condition {
+        let plan = r.plan(&observed, now());
+        assert_eq!(plan.status.phase, Some(RestorePhase::Pending));
+        conditions::find(&plan.status.conditions, "Accepted")
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn missing_backup_names_the_field() {
+        let r = request(serde_json::json!({"source": {"backupRef": {"name": "set-9"}}}));
+        let c = accepted(
+            &r,
+            Observed {
+                source_exists: Some(false),
+                ..Default::default()
+            },
+        );
+        assert_eq!(c.reason, "SourceNotFound");
+        assert!(c.message.contains("spec.source.backupRef"), "{}", c.message);
+    }
+
+    #[test]
+    fn future_point_in_time_is_refused() {
+        let r = request(serde_json::json!({"source": {"pointInTime": {
+            "deploymentRef": {"name": "clinic-a"}, "time": "2027-01-01T00:00:00Z"}}}));
+        let c = accepted(
+            &r,
+            Observed {
+                source_exists: Some(true),
+                ..Default::default()
+            },
+        );
+        assert_eq!(c.reason, "PointInTimeInFuture");
+    }
+
+    #[test]
+    fn past_point_in_time_is_accepted() {
+        let r = request(serde_json::json!({"source": {"pointInTime": {
+            "deploymentRef": {"name": "clinic-a"}, "time": "2026-11-23T11:00:00Z"}}}));
+        let c = accepted(
+            &r,
+            Observed {
+                source_exists: Some(true),
+                ..Default::default()
+            },
+        );
+        assert_eq!(c.status, "True");
+    }
+
+    #[test]
+    fn taken_side_by_side_name_is_refused() {
+        let r = request(
+            serde_json::json!({"source": {"latestFromPolicy": {"name": "nightly"}},
+            "target": {"sideBySide": {"deploymentName": "clinic-a"}}}),
+        );
+        assert_eq!(r.side_by_side_name(), "clinic-a");
+        let c = accepted(
+            &r,
+            Observed {
+                source_exists: Some(true),
+                side_by_side_name_taken: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(c.reason, "TargetExists");
+    }
+
+    #[test]
+    fn missing_in_place_target_is_refused() {
+        let r = request(
+            serde_json::json!({"source": {"latestFromPolicy": {"name": "nightly"}},
+            "target": {"inPlace": {"deploymentName": "clinic-a", "confirm": "clinic-a"}}}),
+        );
+        let c = accepted(
+            &r,
+            Observed {
+                source_exists: Some(true),
+                in_place_target_exists: Some(false),
+                ..Default::default()
+            },
+        );
+        assert_eq!(c.reason, "TargetNotFound");
+    }
+}

@@ -1,0 +1,16 @@
+//! openemr-operator: runs OpenEMR clinics on AWS from Kubernetes custom resources and keeps
+//! their patient data safe.
+//!
+//! `api` is the `openemr.io/v1alpha1` API; `controller` holds one controller per kind, each
+//! a pipeline of observe → plan (pure) → act → status; `aws` builds the AWS clients and
+//! counts their calls; `run` is the `run` command; `server` serves health and metrics;
+//! `metrics` owns the Prometheus registry; `conditions` and `schedule` are pure helpers.
+
+pub mod api;
+pub mod aws;
+pub mod conditions;
+pub mod controller;
+pub mod metrics;
+pub mod run;
+pub mod schedule;
+pub mod server;

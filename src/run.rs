@@ -1,0 +1,114 @@
+//! `openemr-operator run`: connect, serve probes and metrics, wait for the CRDs to be
+//! Established, run one controller per kind, and stop cleanly on SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{self, BackupPolicy, OpenEMRBackup, OpenEMRDeployment, RestoreRequest};
+use crate::controller::{Context, run_controller};
+use crate::metrics::Metrics;
+use crate::server::{self, Health};
+
+/// Options of `run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub probe_addr: SocketAddr,
+}
+
+/// Runs until SIGTERM/SIGINT; returns Ok after a clean shutdown.
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API server")?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Health {
+        ready: Arc::new(AtomicBool::new(false)),
+        metrics: metrics.clone(),
+    };
+    let (addr, serve) = server::bind(
+        opts.probe_addr,
+        health.clone(),
+        shutdown.clone().cancelled_owned(),
+    )
+    .await
+    .with_context(|| format!("binding {}", opts.probe_addr))?;
+    info!(%addr, "serving /healthz, /readyz and /metrics");
+    let server = tokio::spawn(serve);
+
+    tokio::select! {
+        established = wait_for_crds(&client) => established?,
+        () = shutdown.cancelled() => {
+            info!("shutdown requested before the CRDs were established");
+            server.await??;
+            return Ok(());
+        }
+    }
+
+    let ctx = Arc::new(Context::new(client, metrics));
+    health.set_ready(true);
+    info!("controllers starting");
+    let stop = || shutdown.clone().cancelled_owned();
+    tokio::join!(
+        run_controller::<OpenEMRDeployment>(ctx.clone(), stop()),
+        run_controller::<BackupPolicy>(ctx.clone(), stop()),
+        run_controller::<OpenEMRBackup>(ctx.clone(), stop()),
+        run_controller::<RestoreRequest>(ctx.clone(), stop()),
+    );
+    health.set_ready(false);
+    server.await??;
+    info!("stopped");
+    Ok(())
+}
+
+async fn cancel_on_signal(token: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the operator");
+            let _ = tokio::signal::ctrl_c().await;
+            token.cancel();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received, shutting down"),
+    }
+    token.cancel();
+}
+
+/// Waits until every CRD this operator serves is Established, logging the ones still
+/// missing every 30 seconds.
+async fn wait_for_crds(client: &Client) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in api::crds() {
+        let name = crd.metadata.name.unwrap_or_default();
+        loop {
+            let wait = await_condition(api.clone(), &name, conditions::is_crd_established());
+            match tokio::time::timeout(Duration::from_secs(30), wait).await {
+                Ok(result) => {
+                    result.with_context(|| format!("watching CRD {name}"))?;
+                    info!(crd = %name, "established");
+                    break;
+                }
+                Err(_) => {
+                    warn!(crd = %name, "still waiting for the CRD to be installed and Established (kubectl apply -f crds/)")
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! Cron schedules read in an IANA time zone: parsing (with errors that name what is wrong)
+//! and the next firing time, correct across daylight-saving changes.
+//!
+//! The API server checks the shape of a cron string with a pattern; only a parser can tell
+//! that `61 * * * *` names no minute or that `Mars/Olympus` is no zone, so controllers call
+//! this and turn the error into a condition.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+
+/// A parsed schedule: a five-field cron expression in a time zone.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    cron: Cron,
+    tz: Tz,
+}
+
+/// Why a schedule was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("invalid cron expression {expr:?}: {detail}")]
+    InvalidCron { expr: String, detail: String },
+    #[error("unknown time zone {0:?}: not in the IANA time zone database")]
+    UnknownTimeZone(String),
+}
+
+impl ScheduleError {
+    /// Stable reason for conditions and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ScheduleError::InvalidCron { .. } => "InvalidSchedule",
+            ScheduleError::UnknownTimeZone(_) => "UnknownTimeZone",
+        }
+    }
+}
+
+impl Schedule {
+    /// Parses `expr` (five fields, or a macro such as `@daily`) read in zone `time_zone`.
+    pub fn parse(expr: &str, time_zone: &str) -> Result<Schedule, ScheduleError> {
+        let tz = Tz::from_str(time_zone)
+            .map_err(|_| ScheduleError::UnknownTimeZone(time_zone.to_string()))?;
+        let parser = CronParser::builder()
+            .seconds(Seconds::Disallowed)
+            .year(Year::Disallowed)
+            .build();
+        let cron = parser.parse(expr).map_err(|e| ScheduleError::InvalidCron {
+            expr: expr.to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(Schedule { cron, tz })
+    }
+
+    /// The first firing strictly after `after`, or `None` if the expression never fires
+    /// again (e.g. `0 0 30 2 *`).
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = after.with_timezone(&self.tz);
+        self.cron
+            .find_next_occurrence(&local, false)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn parses_fields_and_macros() {
+        assert!(Schedule::parse("30 2 * * *", "UTC").is_ok());
+        assert!(Schedule::parse("@daily", "Europe/Berlin").is_ok());
+        assert!(Schedule::parse("0 6 1 * MON-FRI", "America/Argentina/Buenos_Aires").is_ok());
+    }
+
+    #[test]
+    fn out_of_range_fields_are_refused_with_the_expression() {
+        let err = Schedule::parse("61 * * * *", "UTC").unwrap_err();
+        assert_eq!(err.reason(), "InvalidSchedule");
+        assert!(err.to_string().contains("\"61 * * * *\""), "{err}");
+        assert!(Schedule::parse("0 25 * * *", "UTC").is_err());
+        assert!(Schedule::parse("0 0 32 * *", "UTC").is_err());
+        assert!(Schedule::parse("0 0 * 13 *", "UTC").is_err());
+    }
+
+    #[test]
+    fn six_field_expressions_are_refused() {
+        assert!(Schedule::parse("0 30 2 * * *", "UTC").is_err());
+    }
+
+    #[test]
+    fn unknown_zones_are_refused() {
+        let err = Schedule::parse("@daily", "Mars/Olympus_Mons").unwrap_err();
+        assert_eq!(
+            err,
+            ScheduleError::UnknownTimeZone("Mars/Olympus_Mons".into())
+        );
+        assert_eq!(err.reason(), "UnknownTimeZone");
+    }
+
+    #[test]
+    fn next_firing_follows_the_zone_across_dst() {
+        // 02:30 local in Berlin: UTC+1 in winter, UTC+2 in summer.
+        let s = Schedule::parse("30 2 * * *", "Europe/Berlin").unwrap();
+        assert_eq!(
+            s.next_after(utc("2026-01-10T12:00:00Z")),
+            Some(utc("2026-01-11T01:30:00Z"))
+        );
+        assert_eq!(
+            s.next_after(utc("2026-07-10T12:00:00Z")),
+            Some(utc("2026-07-11T00:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn next_firing_is_strictly_after() {
+        let s = Schedule::parse("0 * * * *", "UTC").unwrap();
+        assert_eq!(
+            s.next_after(utc("2026-03-01T10:00:00Z")),
+            Some(utc("2026-03-01T11:00:00Z"))
+        );
+    }
+}
