@@ -6,6 +6,8 @@
 //! counts their calls; `run` is the `run` command; `server` serves health and metrics;
 //! `metrics` owns the Prometheus registry; `conditions` and `schedule` are pure helpers.
 
+// kube's `printcolumn(...)` repeats `type_ = ...` by design; clippy reads it as duplicates.
+#[allow(clippy::duplicated_attributes)]
 pub mod api;
 pub mod aws;
 pub mod conditions;

@@ -26,6 +26,9 @@ enum Command {
         /// Address for /healthz, /readyz and /metrics.
         #[arg(long, env = "PROBE_ADDR", default_value = "0.0.0.0:8080")]
         probe_addr: SocketAddr,
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(long, env = "WATCH_NAMESPACE")]
+        namespace: Option<String>,
         /// Log format.
         #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Crd { dir } => write_crds(dir),
         Command::Run {
             probe_addr,
+            namespace,
             log_format,
         } => {
             init_logging(log_format);
@@ -82,7 +86,12 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(run::run(run::RunOptions { probe_addr })))
+                .and_then(|rt| {
+                    rt.block_on(run::run(run::RunOptions {
+                        probe_addr,
+                        namespace,
+                    }))
+                })
         }
     };
     match result {

@@ -23,6 +23,8 @@ use crate::server::{self, Health};
 pub struct RunOptions {
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub probe_addr: SocketAddr,
+    /// Watch only this namespace; the whole cluster when `None`.
+    pub namespace: Option<String>,
 }
 
 /// Runs until SIGTERM/SIGINT; returns Ok after a clean shutdown.
@@ -57,7 +59,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
 
-    let ctx = Arc::new(Context::new(client, metrics));
+    let ctx = Arc::new(Context::new(client, metrics, opts.namespace));
     health.set_ready(true);
     info!("controllers starting");
     let stop = || shutdown.clone().cancelled_owned();

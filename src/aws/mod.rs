@@ -7,7 +7,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
@@ -20,15 +20,17 @@ use crate::metrics::{AwsCallLabels, Metrics};
 /// Loads the base configuration from the environment. Region-independent: service clients
 /// are made per clinic region with [`AwsClients::for_region`].
 pub async fn load_base_config() -> SdkConfig {
+    base_config_loader().load().await
+}
+
+/// The loader behind [`load_base_config`], for callers that set parts explicitly.
+pub fn base_config_loader() -> ConfigLoader {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
         ))
         .build_https();
-    aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http)
-        .load()
-        .await
+    aws_config::defaults(BehaviorVersion::latest()).http_client(http)
 }
 
 /// The service clients of one region.
@@ -92,7 +94,7 @@ impl Intercept for CallCounter {
     ) -> Result<(), BoxError> {
         let (service, operation) = cfg
             .load::<Metadata>()
-            .map(|m| (m.service().to_string(), m.name().to_string()))
+            .map(|m| (m.service().to_ascii_lowercase(), m.name().to_string()))
             .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
         let outcome = match context.response() {
             None => Outcome::TransportError,

@@ -69,6 +69,10 @@ impl Reconcile for OpenEMRBackup {
         })
     }
 
+    fn refers_to_deployment(&self, name: &str) -> bool {
+        self.spec.deployment_ref.name == name
+    }
+
     fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<OpenEMRBackupStatus> {
         let accepted = self.validate(observed);
         let is_accepted = accepted.status;

@@ -44,6 +44,10 @@ impl Reconcile for BackupPolicy {
         })
     }
 
+    fn refers_to_deployment(&self, name: &str) -> bool {
+        self.spec.deployment_ref.name == name
+    }
+
     fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<BackupPolicyStatus> {
         let accepted = self.validate(observed);
         let is_accepted = accepted.status;

@@ -21,15 +21,17 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use crate::api::Condition;
+use crate::api::{Condition, OpenEMRDeployment};
 use crate::conditions;
 use crate::metrics::Metrics;
 
@@ -46,10 +48,12 @@ pub struct Context {
     pub client: Client,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// Watch only this namespace (the whole cluster when `None`).
+    pub namespace: Option<String>,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+    pub fn new(client: Client, metrics: Arc<Metrics>, namespace: Option<String>) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -58,6 +62,18 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            namespace,
+        }
+    }
+
+    /// An API handle over the watched scope.
+    fn scoped<K>(&self) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+    {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
         }
     }
 }
@@ -135,6 +151,12 @@ pub trait Reconcile:
 
     /// Pure: the status to have and when to look again.
     fn plan(&self, observed: &Self::Observed, now: Timestamp) -> Plan<Self::Status>;
+
+    /// Whether this object names the OpenEMRDeployment `name` (in its own namespace), so
+    /// that clinics appearing or going away are noticed at once rather than on a retry.
+    fn refers_to_deployment(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 async fn reconcile<K: Reconcile>(
@@ -280,18 +302,42 @@ pub async fn run_controller<K: Reconcile>(
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let api: Api<DeserializeGuard<K>> = Api::all(ctx.client.clone());
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(|obj| {
-            // managedFields is most of an object's size and never read here.
-            obj.managed_fields_mut().clear();
-        })
-        .reflect(writer)
-        .applied_objects();
+    let stream = watcher(
+        ctx.scoped::<DeserializeGuard<K>>(),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|obj| {
+        // managedFields is most of an object's size and never read here.
+        obj.managed_fields_mut().clear();
+    })
+    .reflect(writer)
+    .applied_objects();
+    let deployments = watcher(
+        ctx.scoped::<PartialObjectMeta<OpenEMRDeployment>>(),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let store = reader.clone();
+    let referrers = move |deployment: PartialObjectMeta<OpenEMRDeployment>| {
+        let namespace = deployment.namespace();
+        let name = deployment.name_any();
+        store
+            .state()
+            .into_iter()
+            .filter(|guarded| {
+                guarded.0.as_ref().is_ok_and(|obj| {
+                    obj.namespace() == namespace && obj.refers_to_deployment(&name)
+                })
+            })
+            .map(|guarded| ObjectRef::from_obj(&*guarded))
+            .collect::<Vec<_>>()
+    };
     info!(controller = K::CONTROLLER, "starting");
     Controller::for_stream(stream, reader)
+        .watches_stream(deployments, referrers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|result| async move {

@@ -83,6 +83,20 @@ impl Reconcile for RestoreRequest {
         Ok(observed)
     }
 
+    fn refers_to_deployment(&self, name: &str) -> bool {
+        let spec = &self.spec;
+        spec.source
+            .point_in_time
+            .as_ref()
+            .is_some_and(|p| p.deployment_ref.name == name)
+            || spec
+                .target
+                .in_place
+                .as_ref()
+                .is_some_and(|t| t.deployment_name == name)
+            || (spec.target.in_place.is_none() && self.side_by_side_name() == name)
+    }
+
     fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<RestoreRequestStatus> {
         let accepted = self.validate(observed, now);
         let is_accepted = accepted.status;

@@ -1,0 +1,315 @@
+//! Test harness: one real environment per test run (etcd, kube-apiserver with RBAC,
+//! kube-controller-manager, moto), a namespace per test, and nothing left running.
+//!
+//! The environment is, in order of preference:
+//! 1. the one described by the env file named in `OPENEMR_TEST_ENV`;
+//! 2. the developer's `make dev-up` environment (`.dev/env`) if it is up;
+//! 3. a new one started by `hack/dev-env.sh supervise`, which stops it and removes its
+//!    directory as soon as this test process exits, however it exits.
+//!
+//! The CRDs are installed from the code (server-side apply) once per run.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams, ValidationDirective};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::ApiResource;
+use kube::{Api, Client, Config};
+use openemr_operator::api::{BackupPolicy, OpenEMRBackup, OpenEMRDeployment, RestoreRequest};
+
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A running environment.
+pub struct TestEnv {
+    /// The `export` lines of its env file.
+    pub vars: BTreeMap<String, String>,
+}
+
+static ENV: OnceLock<TestEnv> = OnceLock::new();
+
+/// The environment, started or found on first use.
+pub fn env() -> &'static TestEnv {
+    ENV.get_or_init(|| {
+        let env_file = find_or_start();
+        let env = TestEnv {
+            vars: parse_env_file(&env_file),
+        };
+        env.install_crds();
+        env
+    })
+}
+
+fn find_or_start() -> PathBuf {
+    if let Ok(file) = std::env::var("OPENEMR_TEST_ENV") {
+        return PathBuf::from(file);
+    }
+    let dev = Path::new(REPO).join(".dev");
+    let dev_up = Command::new("bash")
+        .arg(Path::new(REPO).join("hack/dev-env.sh"))
+        .args(["status".as_ref(), dev.as_os_str()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if dev_up {
+        return dev.join("env");
+    }
+    start_supervised()
+}
+
+fn start_supervised() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("openemr-test-env-{}", std::process::id()));
+    let failed = dir.with_extension("failed");
+    let log =
+        std::fs::File::create(dir.with_extension("log")).expect("creating the environment log");
+    // Not waited for on purpose: it outlives this process to clean up after it.
+    #[allow(clippy::zombie_processes)]
+    Command::new("setsid")
+        .arg("bash")
+        .arg(Path::new(REPO).join("hack/dev-env.sh"))
+        .arg("supervise")
+        .arg(&dir)
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("starting hack/dev-env.sh supervise");
+    // A cold machine builds the control plane first (minutes); a warm one starts in seconds.
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let env_file = dir.join("env");
+    while !env_file.exists() {
+        if let Ok(why) = std::fs::read_to_string(&failed) {
+            panic!("the test environment did not start:\n{why}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the test environment did not start within 30 minutes; see {}",
+            dir.with_extension("log").display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    env_file
+}
+
+fn parse_env_file(path: &Path) -> BTreeMap<String, String> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let mut vars = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("export ") else {
+            continue;
+        };
+        let Some((k, v)) = rest.split_once('=') else {
+            continue;
+        };
+        let v = v.replace("$PATH", &std::env::var("PATH").unwrap_or_default());
+        vars.insert(k.to_string(), v);
+    }
+    vars
+}
+
+impl TestEnv {
+    pub fn var(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing from the environment file"))
+    }
+
+    /// A command with the environment's variables (KUBECONFIG, AWS_*, PATH with kubectl).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.envs(&self.vars);
+        cmd
+    }
+
+    /// `kubectl` as the admin, failing the test when it fails.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = self
+            .command("kubectl")
+            .args(args)
+            .output()
+            .expect("running kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    async fn client_for(&self, var: &str) -> Client {
+        let kubeconfig = Kubeconfig::read_from(self.var(var)).expect("reading kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
+        Client::try_from(config).expect("client")
+    }
+
+    /// A client with cluster-admin rights.
+    pub async fn admin(&self) -> Client {
+        self.client_for("KUBECONFIG").await
+    }
+
+    /// A client with the operator's identity: only what deploy/rbac.yaml grants.
+    pub async fn operator(&self) -> Client {
+        self.client_for("OPERATOR_KUBECONFIG").await
+    }
+
+    fn install_crds(&self) {
+        // The operator's RBAC is applied with the CRDs, as deploy/ would be in a cluster.
+        let manifest = openemr_operator::api::all_crds_yaml().expect("rendering CRDs");
+        let mut child = self
+            .command("kubectl")
+            .args(["apply", "--server-side", "--force-conflicts", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("kubectl");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(manifest.as_bytes())
+            .unwrap();
+        assert!(
+            child.wait().unwrap().success(),
+            "installing the CRDs failed"
+        );
+        let deploy = Path::new(REPO).join("deploy");
+        self.kubectl(&[
+            "apply",
+            "--server-side",
+            "-f",
+            deploy.join("namespace.yaml").to_str().unwrap(),
+            "-f",
+            deploy.join("rbac.yaml").to_str().unwrap(),
+        ]);
+        let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        let names: Vec<String> = openemr_operator::api::crds()
+            .into_iter()
+            .map(|c| format!("crd/{}", c.metadata.name.unwrap_or_default()))
+            .collect();
+        args.extend(names.iter().map(String::as_str));
+        self.kubectl(&args);
+    }
+}
+
+/// A namespace for one test, deleted when dropped (also when the test panics).
+pub struct TestNamespace {
+    pub name: String,
+}
+
+static NAMESPACE_SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> TestNamespace {
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            NAMESPACE_SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+        }))
+        .unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("creating the test namespace");
+        TestNamespace { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = env()
+            .command("kubectl")
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The API resource of one of this operator's kinds.
+pub fn api_resource(kind: &str) -> ApiResource {
+    match kind {
+        "OpenEMRDeployment" => ApiResource::erase::<OpenEMRDeployment>(&()),
+        "BackupPolicy" => ApiResource::erase::<BackupPolicy>(&()),
+        "OpenEMRBackup" => ApiResource::erase::<OpenEMRBackup>(&()),
+        "RestoreRequest" => ApiResource::erase::<RestoreRequest>(&()),
+        other => panic!("not a kind of this operator: {other}"),
+    }
+}
+
+/// The YAML documents of a manifest file (comments and empty documents skipped).
+pub fn documents(yaml: &str) -> Vec<serde_json::Value> {
+    yaml.split("\n---")
+        .filter_map(|doc| {
+            let v: serde_json::Value = serde_yaml_ng::from_str(doc).expect("manifest YAML");
+            (!v.is_null()).then_some(v)
+        })
+        .collect()
+}
+
+/// Server-side applies one object, as `kubectl apply --server-side` does, with strict field
+/// validation (unknown fields are errors).
+pub async fn apply(
+    client: &Client,
+    namespace: &str,
+    doc: &serde_json::Value,
+) -> Result<DynamicObject, kube::Error> {
+    let kind = doc["kind"].as_str().expect("kind");
+    let name = doc["metadata"]["name"].as_str().expect("metadata.name");
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &api_resource(kind));
+    let mut params = PatchParams::apply("openemr-tests");
+    params.field_validation = Some(ValidationDirective::Strict);
+    api.patch(name, &params, &Patch::Apply(doc)).await
+}
+
+/// Polls `check` every 100 ms until it returns Some, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every file under `dir` with extension `ext`, sorted.
+pub fn files(dir: &str, ext: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(Path::new(REPO).join(dir))
+        .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    out.sort();
+    out
+}
