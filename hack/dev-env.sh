@@ -132,6 +132,7 @@ export AWS_ENDPOINT_URL=http://127.0.0.1:$moto_port
 export AWS_ACCESS_KEY_ID=testing
 export AWS_SECRET_ACCESS_KEY=testing
 export AWS_REGION=us-east-1
+export KUBECACHEDIR=$dir/kube-cache
 export PATH=$bin:\$PATH
 EOF
   mv "$dir/env.tmp" "$dir/env"
@@ -168,7 +169,7 @@ case "$cmd" in
   status) ready ;;
   supervise)
     parent=${3:?usage: dev-env.sh supervise DIR PID}
-    trap 'stop_all; rm -rf "$dir"' EXIT
+    trap 'stop_all; rm -rf "$dir" "$dir.log"' EXIT
     trap 'exit 1' TERM INT
     if ! start_all; then
       # Leave the reason beside DIR (which is removed) for the harness to show.

@@ -64,16 +64,20 @@ async fn crds_install_with_server_side_apply_and_become_established() {
     }
     // The category and short names work for people: `kubectl get openemr` lists all four kinds.
     let ns = TestNamespace::new(&client, "crds").await;
-    let out = env()
-        .command("kubectl")
-        .args(["get", "openemr", "-n", &ns.name])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Discovery may trail the Established condition by a moment.
+    eventually(
+        Duration::from_secs(30),
+        "`kubectl get openemr` to work",
+        || async {
+            let out = env()
+                .command("kubectl")
+                .args(["get", "openemr", "-n", &ns.name])
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
+        },
+    )
+    .await;
     let resources = env().kubectl(&["api-resources", "--api-group=openemr.io", "--no-headers"]);
     for short in ["oemr", "obp", "obk", "ors"] {
         assert!(
@@ -271,6 +275,7 @@ fn collect_rule_messages(v: &serde_json::Value, out: &mut BTreeSet<String>) {
 struct Operator {
     child: std::process::Child,
     probe: String,
+    log: std::path::PathBuf,
 }
 
 impl Operator {
@@ -281,10 +286,8 @@ impl Operator {
             .unwrap()
             .port();
         let probe = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(
-            std::env::temp_dir().join(format!("openemr-operator-{namespace}.log")),
-        )
-        .unwrap();
+        let log_path = std::env::temp_dir().join(format!("openemr-operator-{namespace}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = env()
             .command(env!("CARGO_BIN_EXE_openemr-operator"))
             .args(["run", "--probe-addr", &probe, "--namespace", namespace])
@@ -295,7 +298,11 @@ impl Operator {
             .stderr(log)
             .spawn()
             .expect("starting the operator");
-        Operator { child, probe }
+        Operator {
+            child,
+            probe,
+            log: log_path,
+        }
     }
 
     async fn get(&self, path: &str) -> Option<(u16, String)> {
@@ -350,6 +357,10 @@ impl Drop for Operator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The log is kept only when the test failed.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
