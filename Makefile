@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/openemr-operator
 
-.PHONY: build crds lint unit test prepare controlplane moto dev-up dev-down demo demo-down clean
+.PHONY: build crds lint unit test test-dev prepare controlplane moto dev-up dev-down demo demo-down clean
 
 build:
 	$(CARGO) build
@@ -28,10 +28,14 @@ moto:
 	@bash hack/install-moto.sh >/dev/null
 
 ## test: everything — lint, unit tests, and the tests on a real control plane + moto.
-## The harness reuses `make dev-up`'s environment if it is up, else starts its own and
-## stops it when the tests end.
+## The harness starts its own environment and stops it when the tests end.
 test: prepare lint
-	$(CARGO) test --all-targets -- --nocapture
+	$(CARGO) test --all-targets
+
+## test-dev: the same tests against the running `make dev-up` environment (faster loop;
+## stop `make demo`'s operator first with `make demo-down`).
+test-dev: demo-down
+	OPENEMR_TEST_ENV=$(CURDIR)/.dev/env $(CARGO) test --all-targets
 
 ## dev-up / dev-down: the local environment in the background; `source .dev/env` to use it.
 dev-up: prepare

@@ -45,7 +45,9 @@ use super::{Condition, LocalRef, VerificationCheck, patterns};
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    validation = Rule::new("has(self.spec.target.inPlace) || (has(self.spec.target.sideBySide) && has(self.spec.target.sideBySide.deploymentName)) || self.metadata.name.matches('^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$')")
+        .message("metadata.name names the side-by-side clinic when spec.target.sideBySide.deploymentName is unset, so it must be a DNS label of at most 40 characters starting with a letter; set deploymentName or shorten the name")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -71,7 +73,7 @@ pub struct RestoreRequestSpec {
 
     /// Checks the restored clinic must pass before the restore counts as Succeeded.
     #[serde(default = "VerificationCheck::all")]
-    #[schemars(length(max = 8), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(length(min = 1, max = 8), extend("x-kubernetes-list-type" = "set"))]
     pub checks: Vec<VerificationCheck>,
 
     /// Tear a side-by-side target down this long after it is verified (Go duration, e.g.

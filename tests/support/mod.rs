@@ -1,11 +1,11 @@
 //! Test harness: one real environment per test run (etcd, kube-apiserver with RBAC,
 //! kube-controller-manager, moto), a namespace per test, and nothing left running.
 //!
-//! The environment is, in order of preference:
-//! 1. the one described by the env file named in `OPENEMR_TEST_ENV`;
-//! 2. the developer's `make dev-up` environment (`.dev/env`) if it is up;
-//! 3. a new one started by `hack/dev-env.sh supervise`, which stops it and removes its
-//!    directory as soon as this test process exits, however it exits.
+//! The environment is the one described by the env file named in `OPENEMR_TEST_ENV`
+//! (`make test-dev` points it at `make dev-up`'s), else a new one started by
+//! `hack/dev-env.sh supervise`, which stops it and removes its directory as soon as this
+//! test process exits, however it exits. A shared environment must not have an operator
+//! watching the whole cluster (`make demo` runs one): the tests count status writes.
 //!
 //! The CRDs are installed from the code (server-side apply) once per run.
 
@@ -48,21 +48,10 @@ pub fn env() -> &'static TestEnv {
 }
 
 fn find_or_start() -> PathBuf {
-    if let Ok(file) = std::env::var("OPENEMR_TEST_ENV") {
-        return PathBuf::from(file);
+    match std::env::var("OPENEMR_TEST_ENV") {
+        Ok(file) => PathBuf::from(file),
+        Err(_) => start_supervised(),
     }
-    let dev = Path::new(REPO).join(".dev");
-    let dev_up = Command::new("bash")
-        .arg(Path::new(REPO).join("hack/dev-env.sh"))
-        .args(["status".as_ref(), dev.as_os_str()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if dev_up {
-        return dev.join("env");
-    }
-    start_supervised()
 }
 
 fn start_supervised() -> PathBuf {
