@@ -7,10 +7,10 @@
 use k8s_openapi::jiff::Timestamp;
 use kube::{Api, ResourceExt};
 
-use super::{Context, Error, Plan, Reconcile};
+use super::{Context, Error, Plan, Reconcile, exists, status_with};
 use crate::api::backup::BackupPhase;
-use crate::api::{BackupPolicy, Condition, OpenEMRBackup, OpenEMRBackupStatus, OpenEMRDeployment};
-use crate::conditions::{self, Verdict};
+use crate::api::{BackupPolicy, OpenEMRBackup, OpenEMRBackupStatus, OpenEMRDeployment};
+use crate::conditions::Verdict;
 
 /// The policy named by a set, as found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,27 +28,13 @@ pub struct Observed {
 }
 
 impl Reconcile for OpenEMRBackup {
-    type Status = OpenEMRBackupStatus;
     type Observed = Observed;
     const CONTROLLER: &'static str = "openemrbackup";
-
-    fn current_status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
-    }
-
-    fn conditions(status: &Self::Status) -> &[Condition] {
-        &status.conditions
-    }
 
     async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
         let ns = self.namespace().unwrap_or_default();
         let deployments: Api<OpenEMRDeployment> = Api::namespaced(ctx.client.clone(), &ns);
-        let name = &self.spec.deployment_ref.name;
-        let deployment_exists = deployments
-            .get_metadata_opt(name)
-            .await
-            .map_err(Error::observe(format!("OpenEMRDeployment {ns}/{name}")))?
-            .is_some();
+        let deployment_exists = exists(&deployments, &self.spec.deployment_ref.name).await?;
         let policy = match &self.spec.policy_ref {
             None => PolicyRef::NotSet,
             Some(r) => {
@@ -76,18 +62,8 @@ impl Reconcile for OpenEMRBackup {
     fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<OpenEMRBackupStatus> {
         let accepted = self.validate(observed);
         let is_accepted = accepted.status;
-        let current = self.status.clone().unwrap_or_default();
-        let status = OpenEMRBackupStatus {
-            phase: Some(current.phase.unwrap_or(BackupPhase::Pending)),
-            conditions: conditions::merge(
-                &current.conditions,
-                &[accepted],
-                self.metadata.generation,
-                now,
-            ),
-            observed_generation: self.metadata.generation,
-            ..current
-        };
+        let mut status = status_with(self, &[accepted], now);
+        status.phase.get_or_insert(BackupPhase::Pending);
         Plan::after_validation(status, is_accepted)
     }
 }
@@ -131,6 +107,8 @@ impl OpenEMRBackup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::Condition;
+    use crate::conditions;
 
     fn set(policy: Option<&str>) -> OpenEMRBackup {
         let mut spec = serde_json::json!({"deploymentRef": {"name": "clinic-a"}});

@@ -8,9 +8,9 @@
 use k8s_openapi::jiff::Timestamp;
 use kube::{Api, ResourceExt};
 
-use super::{Context, Error, Plan, Reconcile};
-use crate::api::{BackupPolicy, BackupPolicyStatus, Condition, OpenEMRDeployment};
-use crate::conditions::{self, Verdict};
+use super::{Context, Error, Plan, Reconcile, exists, status_with};
+use crate::api::{BackupPolicy, BackupPolicyStatus, OpenEMRDeployment};
+use crate::conditions::Verdict;
 use crate::schedule::Schedule;
 
 #[derive(Debug, Clone)]
@@ -19,28 +19,14 @@ pub struct Observed {
 }
 
 impl Reconcile for BackupPolicy {
-    type Status = BackupPolicyStatus;
     type Observed = Observed;
     const CONTROLLER: &'static str = "backuppolicy";
 
-    fn current_status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
-    }
-
-    fn conditions(status: &Self::Status) -> &[Condition] {
-        &status.conditions
-    }
-
     async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
         let ns = self.namespace().unwrap_or_default();
-        let name = &self.spec.deployment_ref.name;
         let api: Api<OpenEMRDeployment> = Api::namespaced(ctx.client.clone(), &ns);
-        let found = api
-            .get_metadata_opt(name)
-            .await
-            .map_err(Error::observe(format!("OpenEMRDeployment {ns}/{name}")))?;
         Ok(Observed {
-            deployment_exists: found.is_some(),
+            deployment_exists: exists(&api, &self.spec.deployment_ref.name).await?,
         })
     }
 
@@ -51,18 +37,7 @@ impl Reconcile for BackupPolicy {
     fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<BackupPolicyStatus> {
         let accepted = self.validate(observed);
         let is_accepted = accepted.status;
-        let current = self.status.clone().unwrap_or_default();
-        let status = BackupPolicyStatus {
-            conditions: conditions::merge(
-                &current.conditions,
-                &[accepted],
-                self.metadata.generation,
-                now,
-            ),
-            observed_generation: self.metadata.generation,
-            ..current
-        };
-        Plan::after_validation(status, is_accepted)
+        Plan::after_validation(status_with(self, &[accepted], now), is_accepted)
     }
 }
 
@@ -102,6 +77,8 @@ impl BackupPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::Condition;
+    use crate::conditions;
 
     fn policy(schedule: &str, tz: &str) -> BackupPolicy {
         let spec = serde_json::from_value(serde_json::json!({

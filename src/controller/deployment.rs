@@ -9,10 +9,10 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Api, ResourceExt};
 
-use super::{Context, Error, Plan, Reconcile};
+use super::{Context, Error, Plan, Reconcile, status_with};
 use crate::api::deployment::DeploymentPhase;
-use crate::api::{Condition, OpenEMRDeployment, OpenEMRDeploymentStatus};
-use crate::conditions::{self, Verdict};
+use crate::api::{OpenEMRDeployment, OpenEMRDeploymentStatus};
+use crate::conditions::Verdict;
 
 /// Keys a user-provided credentials Secret must have.
 pub const PASSWORD_KEY: &str = "password";
@@ -33,17 +33,8 @@ pub struct Observed {
 }
 
 impl Reconcile for OpenEMRDeployment {
-    type Status = OpenEMRDeploymentStatus;
     type Observed = Observed;
     const CONTROLLER: &'static str = "openemrdeployment";
-
-    fn current_status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
-    }
-
-    fn conditions(status: &Self::Status) -> &[Condition] {
-        &status.conditions
-    }
 
     async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
         let credentials = match &self.spec.database.credentials_secret_ref {
@@ -99,18 +90,8 @@ impl Reconcile for OpenEMRDeployment {
                 "the spec was not accepted; see the Accepted condition",
             )
         };
-        let current = self.status.clone().unwrap_or_default();
-        let status = OpenEMRDeploymentStatus {
-            phase: Some(DeploymentPhase::Pending),
-            conditions: conditions::merge(
-                &current.conditions,
-                &[accepted, ready],
-                self.metadata.generation,
-                now,
-            ),
-            observed_generation: self.metadata.generation,
-            ..current
-        };
+        let mut status = status_with(self, &[accepted, ready], now);
+        status.phase = Some(DeploymentPhase::Pending);
         Plan::after_validation(status, is_accepted)
     }
 }
@@ -127,6 +108,7 @@ fn has_key(secret: &Secret, key: &str) -> bool {
 mod tests {
     use super::*;
     use crate::api::OpenEMRDeploymentSpec;
+    use crate::conditions;
 
     fn clinic() -> OpenEMRDeployment {
         let spec: OpenEMRDeploymentSpec = serde_json::from_value(serde_json::json!({

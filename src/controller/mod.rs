@@ -22,6 +22,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
+use kube::core::object::HasStatus;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -32,7 +33,7 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use crate::api::{Condition, OpenEMRDeployment};
-use crate::conditions;
+use crate::conditions::{self, Verdict};
 use crate::metrics::Metrics;
 
 /// Field manager of every write the operator makes.
@@ -76,6 +77,38 @@ impl Context {
             None => Api::all(self.client.clone()),
         }
     }
+}
+
+/// The object's current status with `verdicts` merged into its conditions and
+/// `observedGeneration` set: the starting point of every plan.
+pub fn status_with<K: Reconcile>(obj: &K, verdicts: &[Verdict], now: Timestamp) -> K::Status {
+    let mut status = obj.status().cloned().unwrap_or_default();
+    let generation = obj.meta().generation;
+    let merged = conditions::merge(status.conditions(), verdicts, generation, now);
+    *status.conditions_mut() = merged;
+    status.set_observed_generation(generation);
+    status
+}
+
+/// The metadata of `name` in `api`'s namespace, if it exists.
+pub(crate) async fn get_meta<K>(
+    api: &Api<K>,
+    name: &str,
+) -> Result<Option<PartialObjectMeta<K>>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    api.get_metadata_opt(name)
+        .await
+        .map_err(Error::observe(format!("{} {name}", K::kind(&()))))
+}
+
+/// Whether `name` exists in `api`'s namespace (a metadata-only read).
+pub(crate) async fn exists<K>(api: &Api<K>, name: &str) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    Ok(get_meta(api, name).await?.is_some())
 }
 
 /// Errors of a reconcile, one variant per step; `reason()` is stable (conditions, Events,
@@ -124,9 +157,40 @@ impl<S> Plan<S> {
     }
 }
 
+/// What every status of this API carries: conditions and the generation they describe.
+pub trait ObjectStatus: Serialize + Clone + PartialEq + Debug + Default + Send + Sync {
+    fn conditions(&self) -> &[Condition];
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+    fn set_observed_generation(&mut self, generation: Option<i64>);
+}
+
+macro_rules! object_status {
+    ($($status:ty),*) => {$(
+        impl ObjectStatus for $status {
+            fn conditions(&self) -> &[Condition] {
+                &self.conditions
+            }
+            fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+                &mut self.conditions
+            }
+            fn set_observed_generation(&mut self, generation: Option<i64>) {
+                self.observed_generation = generation;
+            }
+        }
+    )*};
+}
+
+object_status!(
+    crate::api::OpenEMRDeploymentStatus,
+    crate::api::BackupPolicyStatus,
+    crate::api::OpenEMRBackupStatus,
+    crate::api::RestoreRequestStatus
+);
+
 /// One kind's pipeline. The driver in this module runs observe → plan → status for it.
 pub trait Reconcile:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + HasStatus<Status: ObjectStatus>
     + Clone
     + Debug
     + DeserializeOwned
@@ -135,22 +199,17 @@ pub trait Reconcile:
     + Sync
     + 'static
 {
-    /// The kind's status type.
-    type Status: Serialize + Clone + PartialEq + Debug + Default + Send + Sync;
     /// What `observe` reads.
     type Observed: Send;
 
     /// Name used in logs and metric labels.
     const CONTROLLER: &'static str;
 
-    fn current_status(&self) -> Option<&Self::Status>;
-    fn conditions(status: &Self::Status) -> &[Condition];
-
     /// Reads what the plan needs. No writes.
     fn observe(&self, ctx: &Context) -> impl Future<Output = Result<Self::Observed, Error>> + Send;
 
     /// Pure: the status to have and when to look again.
-    fn plan(&self, observed: &Self::Observed, now: Timestamp) -> Plan<Self::Status>;
+    fn plan(&self, observed: &Self::Observed, now: Timestamp) -> Plan<<Self as HasStatus>::Status>;
 
     /// Whether this object names the OpenEMRDeployment `name` (in its own namespace), so
     /// that clinics appearing or going away are noticed at once rather than on a retry.
@@ -182,16 +241,10 @@ async fn reconcile<K: Reconcile>(
 async fn reconcile_valid<K: Reconcile>(obj: &K, ctx: &Context) -> Result<Action, Error> {
     let observed = obj.observe(ctx).await?;
     let plan = obj.plan(&observed, Timestamp::now());
-    let current = obj.current_status().cloned().unwrap_or_default();
+    let current = obj.status().cloned().unwrap_or_default();
     if plan.status != current {
         write_status(obj, &plan.status, ctx).await?;
-        publish_transitions(
-            obj,
-            K::conditions(&current),
-            K::conditions(&plan.status),
-            ctx,
-        )
-        .await;
+        publish_transitions(obj, current.conditions(), plan.status.conditions(), ctx).await;
     }
     Ok(Action::requeue(plan.requeue))
 }

@@ -6,15 +6,14 @@
 //! reports `Accepted` and leaves the request `Pending`. The restore steps plug in here.
 
 use k8s_openapi::jiff::Timestamp;
-use kube::core::PartialObjectMeta;
 use kube::{Api, ResourceExt};
 
-use super::{Context, Error, Plan, Reconcile};
+use super::{Context, Error, Plan, Reconcile, exists, get_meta, status_with};
 use crate::api::restore::RestorePhase;
 use crate::api::{
-    BackupPolicy, Condition, OpenEMRBackup, OpenEMRDeployment, RestoreRequest, RestoreRequestStatus,
+    BackupPolicy, OpenEMRBackup, OpenEMRDeployment, RestoreRequest, RestoreRequestStatus,
 };
-use crate::conditions::{self, Verdict};
+use crate::conditions::Verdict;
 
 /// Whether each object the request names was found.
 #[derive(Debug, Clone, Default)]
@@ -28,17 +27,8 @@ pub struct Observed {
 }
 
 impl Reconcile for RestoreRequest {
-    type Status = RestoreRequestStatus;
     type Observed = Observed;
     const CONTROLLER: &'static str = "restorerequest";
-
-    fn current_status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
-    }
-
-    fn conditions(status: &Self::Status) -> &[Condition] {
-        &status.conditions
-    }
 
     async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
         let ns = self.namespace().unwrap_or_default();
@@ -100,36 +90,10 @@ impl Reconcile for RestoreRequest {
     fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<RestoreRequestStatus> {
         let accepted = self.validate(observed, now);
         let is_accepted = accepted.status;
-        let current = self.status.clone().unwrap_or_default();
-        let status = RestoreRequestStatus {
-            phase: Some(current.phase.unwrap_or(RestorePhase::Pending)),
-            conditions: conditions::merge(
-                &current.conditions,
-                &[accepted],
-                self.metadata.generation,
-                now,
-            ),
-            observed_generation: self.metadata.generation,
-            ..current
-        };
+        let mut status = status_with(self, &[accepted], now);
+        status.phase.get_or_insert(RestorePhase::Pending);
         Plan::after_validation(status, is_accepted)
     }
-}
-
-async fn get_meta<K>(api: &Api<K>, name: &str) -> Result<Option<PartialObjectMeta<K>>, Error>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    api.get_metadata_opt(name)
-        .await
-        .map_err(Error::observe(format!("{} {name}", K::kind(&()))))
-}
-
-async fn exists<K>(api: &Api<K>, name: &str) -> Result<bool, Error>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    Ok(get_meta(api, name).await?.is_some())
 }
 
 impl RestoreRequest {
@@ -213,6 +177,8 @@ impl RestoreRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::Condition;
+    use crate::conditions;
 
     fn request(spec: serde_json::Value) -> RestoreRequest {
         RestoreRequest::new("restore-1", serde_json::from_value(spec).unwrap())
