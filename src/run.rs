@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -60,20 +61,55 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
 
     let ctx = Arc::new(Context::new(client, metrics, opts.namespace));
-    health.set_ready(true);
     info!("controllers starting");
     let stop = || shutdown.clone().cancelled_owned();
-    tokio::join!(
-        run_controller::<OpenEMRDeployment>(ctx.clone(), stop()),
-        run_controller::<BackupPolicy>(ctx.clone(), stop()),
-        run_controller::<OpenEMRBackup>(ctx.clone(), stop()),
-        run_controller::<RestoreRequest>(ctx.clone(), stop()),
-    );
+    let (synced, caches): (Vec<_>, Vec<_>) = (0..4).map(|_| oneshot::channel::<()>()).unzip();
+    let mut synced = synced.into_iter();
+    let mut next = || synced.next().expect("one channel per controller");
+    let controllers = async {
+        tokio::join!(
+            run_controller::<OpenEMRDeployment>(ctx.clone(), stop(), next()),
+            run_controller::<BackupPolicy>(ctx.clone(), stop(), next()),
+            run_controller::<OpenEMRBackup>(ctx.clone(), stop(), next()),
+            run_controller::<RestoreRequest>(ctx.clone(), stop(), next()),
+        )
+    };
+    // Ready once every controller's cache holds its first full list (or never, if shutdown
+    // comes first).
+    let readiness = async {
+        let all_synced = async {
+            for cache in caches {
+                cache.await.is_ok().then_some(())?;
+            }
+            Some(())
+        };
+        tokio::select! {
+            Some(()) = all_synced => {
+                health.set_ready(true);
+                info!("caches synced; ready");
+            }
+            () = shutdown.cancelled() => {}
+        }
+    };
+    // Reconciles are idempotent and resumable, so a controller still busy after the grace
+    // period may be cut off (Kubernetes would kill the pod soon after anyway).
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = async { tokio::join!(controllers, readiness) } => {}
+        () = grace => warn!(grace = ?SHUTDOWN_GRACE, "controllers did not stop within the grace period; exiting"),
+    }
     health.set_ready(false);
     server.await??;
     info!("stopped");
     Ok(())
 }
+
+/// How long running reconciles get to finish after SIGTERM (below Kubernetes' default
+/// 30 s termination grace period).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 async fn cancel_on_signal(token: CancellationToken) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -4,7 +4,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -12,6 +11,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use openemr_operator::api::{self, BackupPolicy, OpenEMRBackup, OpenEMRDeployment};
+use support::operator::Operator;
 use support::{TestNamespace, apply, documents, env, eventually, files};
 
 #[tokio::test]
@@ -271,99 +271,6 @@ fn collect_rule_messages(v: &serde_json::Value, out: &mut BTreeSet<String>) {
     }
 }
 
-/// A running `openemr-operator run`, killed when dropped.
-struct Operator {
-    child: std::process::Child,
-    probe: String,
-    log: std::path::PathBuf,
-}
-
-impl Operator {
-    fn start(namespace: &str) -> Operator {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let probe = format!("127.0.0.1:{port}");
-        let log_path = std::env::temp_dir().join(format!("openemr-operator-{namespace}.log"));
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = env()
-            .command(env!("CARGO_BIN_EXE_openemr-operator"))
-            .args(["run", "--probe-addr", &probe, "--namespace", namespace])
-            // The operator's own identity: only what deploy/rbac.yaml grants.
-            .env("KUBECONFIG", env().var("OPERATOR_KUBECONFIG"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting the operator");
-        Operator {
-            child,
-            probe,
-            log: log_path,
-        }
-    }
-
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(&self.probe).await.ok()?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.probe
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        let code = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Some((code, body))
-    }
-
-    /// The value of one sample of the exposition, 0 when absent.
-    async fn metric(&self, sample: &str) -> u64 {
-        let (_, body) = self.get("/metrics").await.expect("metrics reachable");
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(sample)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0)
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        for _ in 0..300 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("the operator did not exit within 30 s of SIGTERM");
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // The log is kept only when the test failed.
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        }
-    }
-}
-
 async fn condition<K>(api: &Api<K>, name: &str, type_: &str) -> Option<api::Condition>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
@@ -433,7 +340,7 @@ spec:
         apply(&client, &ns.name, &d).await.unwrap();
     }
 
-    let operator = Operator::start(&ns.name);
+    let operator = Operator::start(env(), Some(&ns.name));
     eventually(Duration::from_secs(60), "/readyz to answer 200", || async {
         operator
             .get("/readyz")

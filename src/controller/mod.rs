@@ -350,12 +350,16 @@ fn error_policy<K: Reconcile>(
 }
 
 /// Runs the controller of kind `K` until `shutdown` resolves, then lets running reconciles
-/// finish.
+/// finish. `synced` is sent once its cache holds the first full list of objects.
 pub async fn run_controller<K: Reconcile>(
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    synced: tokio::sync::oneshot::Sender<()>,
 ) {
     let (reader, writer) = reflector::store();
+    // Signalled from the stream itself: `Store::wait_until_ready` wakes only one waiter,
+    // and the controller already waits on it.
+    let mut synced = Some(synced);
     let stream = watcher(
         ctx.scoped::<DeserializeGuard<K>>(),
         watcher::Config::default().any_semantic(),
@@ -366,6 +370,13 @@ pub async fn run_controller<K: Reconcile>(
         obj.managed_fields_mut().clear();
     })
     .reflect(writer)
+    .inspect(move |event| {
+        if matches!(event, Ok(watcher::Event::InitDone))
+            && let Some(tx) = synced.take()
+        {
+            let _ = tx.send(());
+        }
+    })
     .applied_objects();
     let deployments = watcher(
         ctx.scoped::<PartialObjectMeta<OpenEMRDeployment>>(),

@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod operator;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,15 +36,28 @@ pub struct TestEnv {
 }
 
 static ENV: OnceLock<TestEnv> = OnceLock::new();
+static PRIVATE_ENV: OnceLock<TestEnv> = OnceLock::new();
 
-/// The environment, started or found on first use.
+/// The environment, started or found on first use, with the CRDs and the operator's RBAC
+/// installed.
 pub fn env() -> &'static TestEnv {
     ENV.get_or_init(|| {
-        let env_file = find_or_start();
         let env = TestEnv {
-            vars: parse_env_file(&env_file),
+            vars: parse_env_file(&find_or_start()),
         };
         env.install_crds();
+        env
+    })
+}
+
+/// An environment of this process's own, never shared, with the operator's RBAC but
+/// without the CRDs: for tests of what happens before they are installed.
+pub fn private_env_without_crds() -> &'static TestEnv {
+    PRIVATE_ENV.get_or_init(|| {
+        let env = TestEnv {
+            vars: parse_env_file(&start_supervised()),
+        };
+        env.install_rbac();
         env
     })
 }
@@ -153,27 +168,22 @@ impl TestEnv {
         self.client_for("OPERATOR_KUBECONFIG").await
     }
 
+    /// Installs the CRDs as the code renders them (server-side apply) and the operator's
+    /// RBAC from deploy/, then waits for the CRDs to be Established.
     fn install_crds(&self) {
-        // The operator's RBAC is applied with the CRDs, as deploy/ would be in a cluster.
-        let manifest = openemr_operator::api::all_crds_yaml().expect("rendering CRDs");
-        let mut child = self
-            .command("kubectl")
-            .args(["apply", "--server-side", "--force-conflicts", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("kubectl");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(manifest.as_bytes())
-            .unwrap();
-        assert!(
-            child.wait().unwrap().success(),
-            "installing the CRDs failed"
+        self.kubectl_stdin(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            &openemr_operator::api::all_crds_yaml().expect("rendering CRDs"),
         );
+        self.install_rbac();
+        let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        let crds = Self::crd_args();
+        args.extend(crds.iter().map(String::as_str));
+        self.kubectl(&args);
+    }
+
+    /// Installs deploy/namespace.yaml and deploy/rbac.yaml.
+    fn install_rbac(&self) {
         let deploy = Path::new(REPO).join("deploy");
         self.kubectl(&[
             "apply",
@@ -183,13 +193,40 @@ impl TestEnv {
             "-f",
             deploy.join("rbac.yaml").to_str().unwrap(),
         ]);
-        let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
-        let names: Vec<String> = openemr_operator::api::crds()
+    }
+
+    /// `kubectl` with `input` on its standard input, failing the test when it fails.
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> String {
+        use std::io::Write;
+        let mut child = self
+            .command("kubectl")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The CRDs' names, as `crd/<name>` arguments for kubectl.
+    pub fn crd_args() -> Vec<String> {
+        openemr_operator::api::crds()
             .into_iter()
             .map(|c| format!("crd/{}", c.metadata.name.unwrap_or_default()))
-            .collect();
-        args.extend(names.iter().map(String::as_str));
-        self.kubectl(&args);
+            .collect()
     }
 }
 

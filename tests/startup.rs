@@ -1,0 +1,78 @@
+//! Start-up and shutdown of `openemr-operator run` on a control plane of its own where the
+//! CRDs are not installed yet: the operator is alive but not ready until they are
+//! Established, then ready; SIGTERM ends it with status 0 in either state.
+
+mod support;
+
+use std::time::Duration;
+
+use support::operator::Operator;
+use support::{TestEnv, eventually, private_env_without_crds};
+
+async fn readyz(operator: &Operator) -> Option<u16> {
+    operator.get("/readyz").await.map(|(code, _)| code)
+}
+
+#[tokio::test]
+async fn waits_for_the_crds_then_becomes_ready_and_exits_zero_on_sigterm() {
+    let env = private_env_without_crds();
+    let crds = TestEnv::crd_args();
+    let mut get = vec!["get", "--ignore-not-found", "-o", "name"];
+    get.extend(crds.iter().map(String::as_str));
+    assert_eq!(
+        env.kubectl(&get).trim(),
+        "",
+        "this control plane starts without the CRDs"
+    );
+
+    // First run: SIGTERM while still waiting for the CRDs.
+    let early = Operator::start(env, None);
+    eventually(
+        Duration::from_secs(60),
+        "/healthz while waiting",
+        || async { early.get("/healthz").await.filter(|(code, _)| *code == 200) },
+    )
+    .await;
+    assert_eq!(readyz(&early).await, Some(503), "not ready without CRDs");
+    assert_eq!(early.metric("openemr_operator_ready").await, 0);
+    assert_eq!(
+        early.terminate().code(),
+        Some(0),
+        "clean exit while waiting"
+    );
+
+    // Second run: the CRDs arrive while it waits.
+    let operator = Operator::start(env, None);
+    eventually(Duration::from_secs(60), "/healthz", || async {
+        operator
+            .get("/healthz")
+            .await
+            .filter(|(code, _)| *code == 200)
+    })
+    .await;
+    assert_eq!(readyz(&operator).await, Some(503));
+    env.kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        &openemr_operator::api::all_crds_yaml().unwrap(),
+    );
+    eventually(
+        Duration::from_secs(60),
+        "/readyz 200 once the CRDs are Established",
+        || async { (readyz(&operator).await == Some(200)).then_some(()) },
+    )
+    .await;
+    assert_eq!(operator.metric("openemr_operator_ready").await, 1);
+    let log = operator.log();
+    for crd in &crds {
+        let name = crd.trim_start_matches("crd/");
+        assert!(
+            log.contains(name),
+            "the log names CRD {name} as established:\n{log}"
+        );
+    }
+    assert_eq!(
+        operator.terminate().code(),
+        Some(0),
+        "clean exit when running"
+    );
+}

@@ -1,0 +1,112 @@
+//! A running `openemr-operator run` process, as a cluster would run it: its own identity
+//! (the ServiceAccount of deploy/rbac.yaml), probes on a free local port.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::TestEnv;
+
+/// A running `openemr-operator run`, killed when dropped.
+pub struct Operator {
+    child: std::process::Child,
+    probe: String,
+    log: std::path::PathBuf,
+}
+
+impl Operator {
+    pub fn start(env: &TestEnv, namespace: Option<&str>) -> Operator {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let probe = format!("127.0.0.1:{port}");
+        let log_path = std::env::temp_dir().join(format!(
+            "openemr-operator-{}-{port}.log",
+            std::process::id()
+        ));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = env.command(env!("CARGO_BIN_EXE_openemr-operator"));
+        cmd.args(["run", "--probe-addr", &probe]);
+        if let Some(ns) = namespace {
+            cmd.args(["--namespace", ns]);
+        }
+        let child = cmd
+            // The operator's own identity: only what deploy/rbac.yaml grants.
+            .env("KUBECONFIG", env.var("OPERATOR_KUBECONFIG"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting the operator");
+        Operator {
+            child,
+            probe,
+            log: log_path,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&self.probe).await.ok()?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.probe
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((code, body))
+    }
+
+    /// The value of one sample of the exposition, 0 when absent.
+    pub async fn metric(&self, sample: &str) -> u64 {
+        let (_, body) = self.get("/metrics").await.expect("metrics reachable");
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Everything the operator logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits up to 30 s for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the operator did not exit within 30 s of SIGTERM");
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The log is kept only when the test failed.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
