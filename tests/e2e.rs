@@ -586,3 +586,88 @@ async fn aws_sdk_clients_reach_moto_and_every_call_is_counted() {
         .sum();
     assert_eq!(calls, 7, "no hidden calls or retries:\n{text}");
 }
+
+#[tokio::test]
+async fn a_credentials_secret_without_password_is_refused_and_its_values_never_appear() {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::api::events::v1::Event;
+
+    let client = env().admin().await;
+    let ns = TestNamespace::new(&client, "secrets").await;
+    let value = format!("do-not-leak-{}", std::process::id());
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "clinic-db", "namespace": ns.name},
+        "stringData": {"pass": value},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap();
+    let mut clinic = doc(CLINIC);
+    clinic["spec"]["database"] = serde_json::json!({"credentialsSecretRef": {"name": "clinic-db"}});
+    apply(&client, &ns.name, &clinic).await.unwrap();
+
+    let operator = Operator::start(env(), Some(&ns.name));
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let refused =
+        wait_for_reason(&clinics, "clinic-a", "Accepted", "CredentialsSecretInvalid").await;
+    assert_eq!(refused.status, "False");
+    assert!(
+        refused
+            .message
+            .contains("spec.database.credentialsSecretRef")
+            && refused.message.contains("\"password\""),
+        "{}",
+        refused.message
+    );
+
+    // The refusal is announced as a Warning Event on the clinic.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let warning = eventually(
+        Duration::from_secs(30),
+        "a Warning Event for the refusal",
+        || async {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("CredentialsSecretInvalid")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("clinic-a")
+            })
+        },
+    )
+    .await;
+
+    // The value is nowhere the operator writes: its log, the status, the Event.
+    let stored = serde_json::to_string(&clinics.get("clinic-a").await.unwrap().status).unwrap();
+    let event_text = serde_json::to_string(&warning).unwrap();
+    let (status, log) = operator.terminate_with_log();
+    assert_eq!(status.code(), Some(0));
+    assert!(log.contains("caches synced"), "the log was read: {log}");
+    for (place, text) in [("status", stored), ("event", event_text), ("log", log)] {
+        assert!(
+            !text.contains(&value),
+            "the Secret's value appears in the {place}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deploy_manifests_are_accepted_by_the_api_server() {
+    let deploy = std::path::Path::new(support::REPO).join("deploy");
+    let out = env().kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "--server-side",
+        "-f",
+        deploy.to_str().unwrap(),
+    ]);
+    for object in [
+        "serviceaccount/openemr-operator",
+        "clusterrole.rbac.authorization.k8s.io/openemr-operator",
+        "deployment.apps/openemr-operator",
+    ] {
+        assert!(out.contains(object), "{object} in:\n{out}");
+    }
+}

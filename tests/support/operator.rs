@@ -81,7 +81,12 @@ impl Operator {
     }
 
     /// Sends SIGTERM and waits up to 30 s for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.terminate_with_log().0
+    }
+
+    /// Sends SIGTERM, waits up to 30 s, and returns the exit status and the whole log.
+    pub fn terminate_with_log(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().to_string();
         assert!(
             std::process::Command::new("kill")
@@ -92,7 +97,7 @@ impl Operator {
         );
         for _ in 0..300 {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
+                return (status, self.log());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
