@@ -31,6 +31,7 @@ moto:
 ## The harness starts its own environment and stops it when the tests end.
 test: prepare lint
 	$(CARGO) test --all-targets
+	@bash hack/dev-env.sh wait-stopped
 
 ## test-dev: the same tests against the running `make dev-up` environment (faster loop;
 ## stop `make demo`'s operator first with `make demo-down`).

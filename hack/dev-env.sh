@@ -8,6 +8,7 @@
 #   dev-env.sh status [DIR]         exit 0 when everything in DIR is running and ready
 #   dev-env.sh supervise DIR PID    start in DIR, stop and remove DIR when PID exits
 #                                   (the test harness uses this so nothing outlives a run)
+#   dev-env.sh wait-stopped         wait (up to 30 s) until no supervised environment runs
 #
 # DIR defaults to .dev in the repository. DIR/env holds `export` lines: KUBECONFIG (an
 # admin), OPERATOR_KUBECONFIG (the operator's service account identity, bound only by the
@@ -16,9 +17,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cmd=${1:-}
-dir=${2:-$repo/.dev}
-mkdir -p "$dir"
-dir=$(cd "$dir" && pwd)
+dir=$(realpath -m "${2:-$repo/.dev}")
 log() { echo "dev-env: $*" >&2; }
 
 free_port() {
@@ -68,6 +67,7 @@ ready() {
 }
 
 start_all() {
+  mkdir -p "$dir"
   if ready; then log "already running ($dir/env)"; return 0; fi
   stop_all
   local bin moto_bin
@@ -180,5 +180,11 @@ case "$cmd" in
     fi
     while kill -0 "$parent" 2>/dev/null; do sleep 1; done
     ;;
-  *) echo "usage: $0 up|down|status [DIR] | supervise DIR PID" >&2; exit 2 ;;
+  wait-stopped)
+    for _ in $(seq 1 60); do
+      pgrep -f "hack/dev-env.sh supervise" >/dev/null || exit 0
+      sleep 0.5
+    done
+    log "supervised environments still running after 30 s"; exit 1 ;;
+  *) echo "usage: $0 up|down|status [DIR] | supervise DIR PID | wait-stopped" >&2; exit 2 ;;
 esac
