@@ -62,16 +62,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let ctx = Arc::new(Context::new(client, metrics, opts.namespace));
     info!("controllers starting");
-    let stop = || shutdown.clone().cancelled_owned();
     let (synced, caches): (Vec<_>, Vec<_>) = (0..4).map(|_| oneshot::channel::<()>()).unzip();
     let mut synced = synced.into_iter();
     let mut next = || synced.next().expect("one channel per controller");
     let controllers = async {
         tokio::join!(
-            run_controller::<OpenEMRDeployment>(ctx.clone(), stop(), next()),
-            run_controller::<BackupPolicy>(ctx.clone(), stop(), next()),
-            run_controller::<OpenEMRBackup>(ctx.clone(), stop(), next()),
-            run_controller::<RestoreRequest>(ctx.clone(), stop(), next()),
+            run_controller::<OpenEMRDeployment>(ctx.clone(), shutdown.clone(), next()),
+            run_controller::<BackupPolicy>(ctx.clone(), shutdown.clone(), next()),
+            run_controller::<OpenEMRBackup>(ctx.clone(), shutdown.clone(), next()),
+            run_controller::<RestoreRequest>(ctx.clone(), shutdown.clone(), next()),
         )
     };
     // Ready once every controller's cache holds its first full list (or never, if shutdown

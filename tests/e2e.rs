@@ -610,6 +610,13 @@ async fn a_credentials_secret_without_password_is_refused_and_its_values_never_a
     apply(&client, &ns.name, &clinic).await.unwrap();
 
     let operator = Operator::start(env(), Some(&ns.name));
+    eventually(Duration::from_secs(60), "/readyz to answer 200", || async {
+        operator
+            .get("/readyz")
+            .await
+            .filter(|(code, _)| *code == 200)
+    })
+    .await;
     let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
     let refused =
         wait_for_reason(&clinics, "clinic-a", "Accepted", "CredentialsSecretInvalid").await;

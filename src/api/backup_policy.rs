@@ -61,13 +61,15 @@ pub struct BackupPolicySpec {
     pub deployment_ref: LocalRef,
 
     /// When to take a backup set: five-field cron (`30 2 * * *`) or a macro (`@daily`).
-    #[schemars(pattern(patterns::CRON), length(max = 128))]
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = patterns::cron())]
     pub schedule: String,
 
     /// IANA time zone the schedule is read in, e.g. `Europe/Berlin`. Daylight-saving
     /// changes are honoured.
     #[serde(default = "default_time_zone")]
-    #[schemars(pattern(patterns::TIME_ZONE), length(max = 64))]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = patterns::time_zone())]
     pub time_zone: String,
 
     /// A run missed (operator down) is still started if no more than this many seconds
@@ -197,21 +199,24 @@ fn default_keep_monthly() -> i32 {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.kmsKeyArn.split(':')[3] == self.region")
+    validation = Rule::new("size(self.kmsKeyArn.split(':')) < 4 || self.kmsKeyArn.split(':')[3] == self.region")
         .message("spec.crossRegionCopy.kmsKeyArn must be a key in spec.crossRegionCopy.region")
         .field_path(".kmsKeyArn"),
 )]
 pub struct CrossRegionCopy {
     /// The disaster-recovery region.
-    #[schemars(pattern(patterns::REGION), length(max = 32))]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = patterns::region())]
     pub region: String,
 
     /// KMS key in that region the copied snapshot is re-encrypted with.
-    #[schemars(pattern(patterns::KMS_KEY_ARN), length(max = 300))]
+    #[schemars(length(max = 300))]
+    #[x_kube(validation = patterns::kms_key_arn())]
     pub kms_key_arn: String,
 
     /// Bucket in that region the documents are copied to.
-    #[schemars(pattern(patterns::S3_BUCKET))]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = patterns::s3_bucket())]
     pub bucket_name: String,
 }
 
@@ -232,18 +237,20 @@ pub enum DrillSource {
     validation = Rule::new("self.source == 'RandomRecent' || !has(self.randomWithinDays)")
         .message("spec.drill.randomWithinDays only applies with source: RandomRecent")
         .field_path(".randomWithinDays"),
-    validation = Rule::new("duration(self.keepTargetFor) >= duration('10m') && duration(self.keepTargetFor) <= duration('720h')")
+    validation = Rule::new("!self.keepTargetFor.matches(r'^([0-9]{1,6}(h|m|s))+$') || (duration(self.keepTargetFor) >= duration('10m') && duration(self.keepTargetFor) <= duration('720h'))")
         .message("spec.drill.keepTargetFor must be between 10m and 720h")
         .field_path(".keepTargetFor"),
 )]
 pub struct DrillSpec {
     /// When to drill: five-field cron or a macro, e.g. `0 6 1 * *` (monthly).
-    #[schemars(pattern(patterns::CRON), length(max = 128))]
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = patterns::cron())]
     pub schedule: String,
 
     /// IANA time zone the drill schedule is read in.
     #[serde(default = "default_time_zone")]
-    #[schemars(pattern(patterns::TIME_ZONE), length(max = 64))]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = patterns::time_zone())]
     pub time_zone: String,
 
     /// Stop scheduling drills.
@@ -267,7 +274,8 @@ pub struct DrillSpec {
     /// How long a drill's restored clinic is kept after verification before it is torn down
     /// (Go duration, e.g. `4h`). A failed drill's target is kept for inspection.
     #[serde(default = "default_keep_target_for")]
-    #[schemars(pattern(patterns::DURATION), length(max = 32))]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = patterns::duration())]
     pub keep_target_for: String,
 }
 

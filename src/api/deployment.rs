@@ -113,12 +113,14 @@ pub struct OpenEMRDeploymentSpec {
 )]
 pub struct AwsPlacement {
     /// AWS region, e.g. `us-east-1`. Immutable.
-    #[schemars(pattern(patterns::REGION), length(max = 32))]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = patterns::region())]
     pub region: String,
 
     /// IAM role to assume for this clinic's AWS calls (for clinics in other accounts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(patterns::IAM_ROLE_ARN), length(max = 600))]
+    #[schemars(length(max = 600))]
+    #[x_kube(validation = patterns::iam_role_arn())]
     pub role_arn: Option<String>,
 }
 
@@ -212,20 +214,21 @@ pub enum ApplyChanges {
     validation = Rule::new("self.allocatedStorageGiB >= oldSelf.allocatedStorageGiB")
         .message("spec.database.allocatedStorageGiB cannot shrink: RDS storage can only grow")
         .field_path(".allocatedStorageGiB"),
-    validation = Rule::new("self.engineVersion.substring(0, 3) >= oldSelf.engineVersion.substring(0, 3)")
+    validation = Rule::new("size(self.engineVersion) < 3 || size(oldSelf.engineVersion) < 3 || self.engineVersion.substring(0, 3) >= oldSelf.engineVersion.substring(0, 3)")
         .message("spec.database.engineVersion cannot be downgraded to an older major version")
         .field_path(".engineVersion"),
     validation = Rule::new("self.databaseName == oldSelf.databaseName && self.username == oldSelf.username")
         .message("spec.database.databaseName and spec.database.username are immutable")
         .field_path(".databaseName"),
-    validation = Rule::new("((int(self.backupWindow.substring(6, 8)) * 60 + int(self.backupWindow.substring(9, 11))) - (int(self.backupWindow.substring(0, 2)) * 60 + int(self.backupWindow.substring(3, 5))) + 1440) % 1440 >= 30")
+    validation = Rule::new("!self.backupWindow.matches(r'^[0-9]{2}:[0-9]{2}-[0-9]{2}:[0-9]{2}$') || ((int(self.backupWindow.substring(6, 8)) * 60 + int(self.backupWindow.substring(9, 11))) - (int(self.backupWindow.substring(0, 2)) * 60 + int(self.backupWindow.substring(3, 5))) + 1440) % 1440 >= 30")
         .message("spec.database.backupWindow must be at least 30 minutes long")
         .field_path(".backupWindow"),
 )]
 pub struct DatabaseSpec {
     /// MySQL engine version: `8.0` or `8.4`, optionally with a patch level (`8.0.40`).
     #[serde(default = "default_engine_version")]
-    #[schemars(pattern(patterns::MYSQL_VERSION))]
+    #[schemars(length(max = 10))]
+    #[x_kube(validation = patterns::mysql_version())]
     pub engine_version: String,
 
     /// RDS instance class.
@@ -254,12 +257,14 @@ pub struct DatabaseSpec {
 
     /// Daily automated backup window, `hh:mm-hh:mm` in UTC, at least 30 minutes.
     #[serde(default = "default_backup_window")]
-    #[schemars(pattern(patterns::BACKUP_WINDOW))]
+    #[schemars(length(max = 11))]
+    #[x_kube(validation = patterns::backup_window())]
     pub backup_window: String,
 
     /// Weekly maintenance window, `ddd:hh:mm-ddd:hh:mm` in UTC.
     #[serde(default = "default_maintenance_window")]
-    #[schemars(pattern(patterns::MAINTENANCE_WINDOW))]
+    #[schemars(length(max = 19))]
+    #[x_kube(validation = patterns::maintenance_window())]
     pub maintenance_window: String,
 
     /// When changes to these settings take effect.
@@ -533,7 +538,8 @@ pub struct AdoptSpec {
 
     /// An existing S3 bucket to use as this clinic's bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(patterns::S3_BUCKET))]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = patterns::s3_bucket())]
     pub bucket_name: Option<String>,
 }
 

@@ -3,6 +3,12 @@
 //! They are written for Go's RE2 (what kube-apiserver evaluates): no look-around, no
 //! back-references. Each is anchored. Whatever a pattern cannot judge (does this time zone
 //! exist, is this cron field in range) the controllers check and report as a condition.
+//!
+//! The formats people type most (regions, ARNs, bucket names, schedules, zones, durations,
+//! windows, versions) are checked by CEL rules built from these patterns instead, so that a
+//! refusal says what is allowed in words, e.g. "must be an AWS region such as us-east-1".
+
+use kube::core::Rule;
 
 /// An AWS commercial, GovCloud or China region, e.g. `us-east-1`, `us-gov-west-1`, `ap-southeast-2`.
 pub const REGION: &str = r"^[a-z]{2}(-gov|-iso[a-z]?)?-(north|south|east|west|central|northeast|northwest|southeast|southwest)-[1-9]$";
@@ -78,3 +84,109 @@ pub const DNS_LABEL: &str = r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$";
 /// A container image reference: optional registry (with port), a lower-case repository, an
 /// optional tag and an optional sha256 digest.
 pub const IMAGE: &str = r"^([a-z0-9.-]+(:[0-9]{1,5})?/)?[a-z0-9][a-z0-9./_-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$";
+
+/// A CEL rule that the field matches `regex`, refused with `message`, which says what is
+/// allowed in words rather than as a regular expression.
+fn matching(regex: &str, message: &str) -> Rule {
+    Rule::new(format!("self.matches(r'{regex}')")).message(message)
+}
+
+pub fn region() -> Rule {
+    matching(
+        REGION,
+        "must be an AWS region such as us-east-1 or eu-central-1",
+    )
+}
+
+pub fn iam_role_arn() -> Rule {
+    matching(
+        IAM_ROLE_ARN,
+        "must be an IAM role ARN such as arn:aws:iam::123456789012:role/openemr",
+    )
+}
+
+pub fn kms_key_arn() -> Rule {
+    matching(
+        KMS_KEY_ARN,
+        "must be a KMS key or alias ARN such as arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    )
+}
+
+pub fn rds_snapshot_arn() -> Rule {
+    matching(
+        RDS_SNAPSHOT_ARN,
+        "must be the ARN of an RDS DB snapshot (not its name), such as arn:aws:rds:us-east-1:123456789012:snapshot:clinic-a-20260101",
+    )
+}
+
+pub fn s3_bucket() -> Rule {
+    matching(
+        S3_BUCKET,
+        "must be an S3 bucket name (not an ARN): 3 to 63 lower-case letters, digits, dots and hyphens",
+    )
+}
+
+pub fn cron() -> Rule {
+    matching(
+        CRON,
+        "must be a five-field cron expression (minute hour day-of-month month day-of-week) such as '30 2 * * *', or @hourly, @daily, @weekly, @monthly or @yearly",
+    )
+}
+
+pub fn time_zone() -> Rule {
+    matching(
+        TIME_ZONE,
+        "must be an IANA time zone name such as UTC, Europe/Berlin or America/New_York",
+    )
+}
+
+pub fn duration() -> Rule {
+    matching(
+        DURATION,
+        "must be a duration of hours, minutes and seconds such as 4h, 90m or 1h30m",
+    )
+}
+
+pub fn backup_window() -> Rule {
+    matching(
+        BACKUP_WINDOW,
+        "must be hh:mm-hh:mm in UTC, such as 03:00-04:00",
+    )
+}
+
+pub fn maintenance_window() -> Rule {
+    matching(
+        MAINTENANCE_WINDOW,
+        "must be ddd:hh:mm-ddd:hh:mm in UTC, such as sun:05:00-sun:06:00",
+    )
+}
+
+pub fn mysql_version() -> Rule {
+    matching(
+        MYSQL_VERSION,
+        "must be MySQL 8.0 or 8.4, optionally with a patch level such as 8.0.40",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    /// The rules embed the patterns in CEL raw strings, which end at the first quote.
+    #[test]
+    fn patterns_hold_no_quotes() {
+        for p in [
+            super::REGION,
+            super::IAM_ROLE_ARN,
+            super::KMS_KEY_ARN,
+            super::RDS_SNAPSHOT_ARN,
+            super::S3_BUCKET,
+            super::CRON,
+            super::TIME_ZONE,
+            super::DURATION,
+            super::BACKUP_WINDOW,
+            super::MAINTENANCE_WINDOW,
+            super::MYSQL_VERSION,
+        ] {
+            assert!(!p.contains('\''), "{p}");
+        }
+    }
+}

@@ -59,7 +59,7 @@ use super::{Condition, LocalRef, VerificationCheck, patterns};
     validation = Rule::new("!has(self.keepTargetFor) || has(self.target.sideBySide)")
         .message("spec.keepTargetFor only applies to a side-by-side target")
         .field_path(".keepTargetFor"),
-    validation = Rule::new("!has(self.keepTargetFor) || (duration(self.keepTargetFor) >= duration('10m') && duration(self.keepTargetFor) <= duration('8760h'))")
+    validation = Rule::new("!has(self.keepTargetFor) || !self.keepTargetFor.matches(r'^([0-9]{1,6}(h|m|s))+$') || (duration(self.keepTargetFor) >= duration('10m') && duration(self.keepTargetFor) <= duration('8760h'))")
         .message("spec.keepTargetFor must be between 10m and 8760h")
         .field_path(".keepTargetFor"),
 )]
@@ -79,7 +79,8 @@ pub struct RestoreRequestSpec {
     /// Tear a side-by-side target down this long after it is verified (Go duration, e.g.
     /// `4h`), without a final snapshot since it holds only copied data. Kept when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(patterns::DURATION), length(max = 32))]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = patterns::duration())]
     pub keep_target_for: Option<String>,
 }
 
@@ -133,17 +134,19 @@ pub struct PointInTimeSource {
 }
 
 /// An RDS snapshot ARN plus the documents that go with it.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotSource {
     /// ARN of the DB snapshot (not its name), e.g.
     /// `arn:aws:rds:us-east-1:123456789012:snapshot:clinic-a-20260101`.
-    #[schemars(pattern(patterns::RDS_SNAPSHOT_ARN), length(max = 600))]
+    #[schemars(length(max = 600))]
+    #[x_kube(validation = patterns::rds_snapshot_arn())]
     pub snapshot_arn: String,
 
     /// KMS key the snapshot is encrypted with, when it is not the target clinic's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(patterns::KMS_KEY_ARN), length(max = 300))]
+    #[schemars(length(max = 300))]
+    #[x_kube(validation = patterns::kms_key_arn())]
     pub kms_key_arn: Option<String>,
 
     /// Where the documents are; the database alone is restored when unset.
@@ -152,11 +155,12 @@ pub struct SnapshotSource {
 }
 
 /// Documents in S3 (a bucket name, not an ARN, and a prefix).
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DocumentsSource {
     /// Bucket name.
-    #[schemars(pattern(patterns::S3_BUCKET))]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = patterns::s3_bucket())]
     pub bucket: String,
 
     /// Key prefix of the copy, e.g. `backups/20260101-0230/documents/`.
@@ -207,7 +211,8 @@ pub struct SideBySideTarget {
 
     /// Region of the new clinic (the snapshot is copied there first); the source's when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(patterns::REGION), length(max = 32))]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = patterns::region())]
     pub region: Option<String>,
 
     /// Settings of the new clinic; a copy of the source clinic's spec when unset.
@@ -222,7 +227,7 @@ pub struct SideBySideTarget {
     validation = Rule::new("self.confirm == self.deploymentName")
         .message("spec.target.inPlace.confirm must equal spec.target.inPlace.deploymentName: an in-place restore overwrites that clinic's data")
         .field_path(".confirm"),
-    validation = Rule::new("duration(self.keepPreviousFor) >= duration('1h') && duration(self.keepPreviousFor) <= duration('8760h')")
+    validation = Rule::new("!self.keepPreviousFor.matches(r'^([0-9]{1,6}(h|m|s))+$') || (duration(self.keepPreviousFor) >= duration('1h') && duration(self.keepPreviousFor) <= duration('8760h'))")
         .message("spec.target.inPlace.keepPreviousFor must be between 1h and 8760h")
         .field_path(".keepPreviousFor"),
 )]
@@ -238,7 +243,8 @@ pub struct InPlaceTarget {
     /// How long the replaced database is kept for rollback before it is deleted (after a
     /// final snapshot). Go duration, e.g. `72h`.
     #[serde(default = "default_keep_previous_for")]
-    #[schemars(pattern(patterns::DURATION), length(max = 32))]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = patterns::duration())]
     pub keep_previous_for: String,
 }
 

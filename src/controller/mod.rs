@@ -14,6 +14,7 @@ pub mod restore;
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -30,6 +31,7 @@ use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::{Condition, OpenEMRDeployment};
@@ -349,17 +351,19 @@ fn error_policy<K: Reconcile>(
     }
 }
 
-/// Runs the controller of kind `K` until `shutdown` resolves, then lets running reconciles
-/// finish. `synced` is sent once its cache holds the first full list of objects.
+/// Runs the controller of kind `K` until `shutdown` is cancelled, then lets running
+/// reconciles finish. `synced` is sent once its cache holds the first full list of objects.
 pub async fn run_controller<K: Reconcile>(
     ctx: Arc<Context>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    shutdown: CancellationToken,
     synced: tokio::sync::oneshot::Sender<()>,
 ) {
     let (reader, writer) = reflector::store();
     // Signalled from the stream itself: `Store::wait_until_ready` wakes only one waiter,
     // and the controller already waits on it.
     let mut synced = Some(synced);
+    let cache_synced = Arc::new(AtomicBool::new(false));
+    let mark_synced = cache_synced.clone();
     let stream = watcher(
         ctx.scoped::<DeserializeGuard<K>>(),
         watcher::Config::default().any_semantic(),
@@ -374,6 +378,7 @@ pub async fn run_controller<K: Reconcile>(
         if matches!(event, Ok(watcher::Event::InitDone))
             && let Some(tx) = synced.take()
         {
+            mark_synced.store(true, Ordering::SeqCst);
             let _ = tx.send(());
         }
     })
@@ -400,15 +405,25 @@ pub async fn run_controller<K: Reconcile>(
             .collect::<Vec<_>>()
     };
     info!(controller = K::CONTROLLER, "starting");
-    Controller::for_stream(stream, reader)
+    let controller = Controller::for_stream(stream, reader)
         .watches_stream(deployments, referrers)
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 warn!(controller = K::CONTROLLER, error = %e, "reconcile failed");
             }
-        })
-        .await;
-    info!(controller = K::CONTROLLER, "stopped");
+        });
+    // Before the first full list the controller has started no reconcile, and it would
+    // wait for a list that graceful shutdown no longer reads: leave at once instead.
+    let unsynced_at_shutdown = async {
+        shutdown.cancelled().await;
+        if cache_synced.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = controller => info!(controller = K::CONTROLLER, "stopped"),
+        () = unsynced_at_shutdown => info!(controller = K::CONTROLLER, "stopped before its cache synced"),
+    }
 }
