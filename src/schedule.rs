@@ -43,6 +43,23 @@ impl Schedule {
     pub fn parse(expr: &str, time_zone: &str) -> Result<Schedule, ScheduleError> {
         let tz = Tz::from_str(time_zone)
             .map_err(|_| ScheduleError::UnknownTimeZone(time_zone.to_string()))?;
+        // The parser accepts empty list items and empty or zero steps, and then searches
+        // for decades (tens of seconds of CPU) for a firing that never comes.
+        let malformed = expr
+            .split_whitespace()
+            .flat_map(|f| f.split(','))
+            .any(|item| {
+                item.is_empty()
+                    || item
+                        .split_once('/')
+                        .is_some_and(|(_, step)| step.parse::<u32>().map_or(true, |n| n == 0))
+            });
+        if malformed {
+            return Err(ScheduleError::InvalidCron {
+                expr: expr.to_string(),
+                detail: "empty list item or missing or zero step".into(),
+            });
+        }
         let parser = CronParser::builder()
             .seconds(Seconds::Disallowed)
             .year(Year::Disallowed)
@@ -126,5 +143,62 @@ mod tests {
             s.next_after(utc("2026-03-01T10:00:00Z")),
             Some(utc("2026-03-01T11:00:00Z"))
         );
+    }
+}
+
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+
+    /// Strings the API server's pattern lets through (and some it does not) must give an
+    /// error or a schedule, never a panic.
+    #[test]
+    fn odd_expressions_never_panic() {
+        let now = Utc::now();
+        for expr in [
+            "*/0 * * * *",
+            "0-59/0 * * * *",
+            "99999999999999999999 * * * *",
+            "0 0 L * *",
+            "0 0 LW * *",
+            "0 0 ? * 5#3",
+            "0 0 ? * 5#9",
+            "0 0 * * 5L",
+            "0 0 31 2 *",
+            "0 0 30 2 *",
+            "59-0 * * * *",
+            "- * * * *",
+            "/ * * * *",
+            ", * * * *",
+            "1,,2 * * * *",
+            "*/ * * * *",
+            "@reboot",
+            "",
+            "0 0 1-31/7 JAN-DEC MON-SUN",
+        ] {
+            if let Ok(s) = Schedule::parse(expr, "Pacific/Chatham") {
+                let _ = s.next_after(now);
+            }
+        }
+    }
+
+    #[test]
+    fn empty_items_and_zero_steps_are_refused() {
+        for expr in [
+            ", * * * *",
+            "1,,2 * * * *",
+            "*/ * * * *",
+            "*/0 * * * *",
+            "0 0 1, * *",
+        ] {
+            let err = Schedule::parse(expr, "UTC").unwrap_err();
+            assert_eq!(err.reason(), "InvalidSchedule", "{expr}");
+        }
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_has_no_next_time() {
+        let s = Schedule::parse("0 0 30 2 *", "UTC").unwrap();
+        assert_eq!(s.next_after(Utc::now()), None);
     }
 }

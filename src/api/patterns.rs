@@ -63,8 +63,26 @@ pub const BACKUP_WINDOW: &str = r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-
 pub const MAINTENANCE_WINDOW: &str = r"^(mon|tue|wed|thu|fri|sat|sun):([01][0-9]|2[0-3]):[0-5][0-9]-(mon|tue|wed|thu|fri|sat|sun):([01][0-9]|2[0-3]):[0-5][0-9]$";
 
 /// A five-field cron expression (minute hour day-of-month month day-of-week) or a macro such
-/// as `@daily`. Ranges of the numbers are checked by the controller, which can parse them.
-pub const CRON: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9*,/-]+[ \t]+[0-9*,/-]+[ \t]+[0-9*,/?LW-]+[ \t]+[0-9A-Za-z*,/-]+[ \t]+[0-9A-Za-z*,/?L#-]+)$";
+/// as `@daily`. Each field is a comma-separated list of `*`, numbers, ranges and names, each
+/// with an optional `/step`; day-of-month also takes `?`, `L`, `LW`, `nW`, day-of-week `?`,
+/// `nL`, `n#k`. Empty list items are refused here, since a parser may accept them and then
+/// search for decades for a time that never comes. Number ranges are checked by the
+/// controller, which can parse them.
+pub fn cron_pattern() -> String {
+    let n = "[0-9]{1,2}";
+    let name = "[A-Za-z]{3}";
+    let list = |item: String| format!("{item}(,{item})*");
+    let minute_or_hour = list(format!(r"(\*|{n}(-{n})?)(/{n})?"));
+    let day_of_month = list(format!(r"(\*|\?|L|LW|{n}W|{n}(-{n})?)(/{n})?"));
+    let month = list(format!(r"(\*|({n}|{name})(-({n}|{name}))?)(/{n})?"));
+    let day_of_week = list(format!(
+        r"(\*|\?|({n}|{name})(-({n}|{name}))?|({n}|{name})L|({n}|{name})#[1-5])(/{n})?"
+    ));
+    let sep = r"[ \t]+";
+    format!(
+        "^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|{minute_or_hour}{sep}{minute_or_hour}{sep}{day_of_month}{sep}{month}{sep}{day_of_week})$"
+    )
+}
 
 /// An IANA time zone name such as `UTC`, `Europe/Berlin`, `America/Argentina/Buenos_Aires`
 /// or `Etc/GMT+5`. Whether the zone exists is checked by the controller against the tz database.
@@ -128,7 +146,7 @@ pub fn s3_bucket() -> Rule {
 
 pub fn cron() -> Rule {
     matching(
-        CRON,
+        &cron_pattern(),
         "must be a five-field cron expression (minute hour day-of-month month day-of-week) such as '30 2 * * *', or @hourly, @daily, @weekly, @monthly or @yearly",
     )
 }
@@ -170,16 +188,19 @@ pub fn mysql_version() -> Rule {
 
 #[cfg(test)]
 mod tests {
+    use regex::Regex;
+
     /// The rules embed the patterns in CEL raw strings, which end at the first quote.
     #[test]
     fn patterns_hold_no_quotes() {
+        let cron = super::cron_pattern();
         for p in [
             super::REGION,
             super::IAM_ROLE_ARN,
             super::KMS_KEY_ARN,
             super::RDS_SNAPSHOT_ARN,
             super::S3_BUCKET,
-            super::CRON,
+            &cron,
             super::TIME_ZONE,
             super::DURATION,
             super::BACKUP_WINDOW,
@@ -188,5 +209,137 @@ mod tests {
         ] {
             assert!(!p.contains('\''), "{p}");
         }
+    }
+
+    fn check(pattern: &str, accepted: &[&str], refused: &[&str]) {
+        let re = Regex::new(pattern).unwrap();
+        for s in accepted {
+            assert!(re.is_match(s), "{s:?} should match {pattern}");
+        }
+        for s in refused {
+            assert!(!re.is_match(s), "{s:?} should not match {pattern}");
+        }
+    }
+
+    #[test]
+    fn cron() {
+        check(
+            &super::cron_pattern(),
+            &[
+                "30 2 * * *",
+                "@daily",
+                "*/15 * * * *",
+                "0,30 8-18 * * MON-FRI",
+                "0 0 L * *",
+                "0 0 15W * *",
+                "0 0 ? * 5#3",
+                "0 0 * * 5L",
+                "0 0 1-31/7 JAN-DEC *",
+            ],
+            &[
+                ", * * * *",
+                "1,,2 * * * *",
+                "*/ * * * *",
+                "0 0 ,1 * *",
+                "0 30 2 * * *",
+                "every night",
+                "@reboot",
+                "TZ=UTC 0 0 * * *",
+            ],
+        );
+    }
+
+    #[test]
+    fn regions_time_zones_durations() {
+        check(
+            super::REGION,
+            &[
+                "us-east-1",
+                "eu-central-1",
+                "us-gov-west-1",
+                "ap-southeast-2",
+                "il-central-1",
+            ],
+            &["us-east", "US-EAST-1", "useast1", "us-east-1a"],
+        );
+        check(
+            super::TIME_ZONE,
+            &[
+                "UTC",
+                "Europe/Berlin",
+                "America/Argentina/Buenos_Aires",
+                "Etc/GMT+5",
+                "America/Port-au-Prince",
+            ],
+            &["europe/berlin", "Local", "Europe/", "+02:00"],
+        );
+        check(
+            super::DURATION,
+            &["4h", "90m", "1h30m", "45s"],
+            &["2 hours", "1d", "h", "-1h"],
+        );
+    }
+
+    #[test]
+    fn arns_and_names() {
+        check(
+            super::RDS_SNAPSHOT_ARN,
+            &[
+                "arn:aws:rds:us-east-1:123456789012:snapshot:clinic-a-20260101",
+                "arn:aws:rds:us-east-1:123456789012:snapshot:rds:clinic-a-2026-01-01-03-00",
+            ],
+            &[
+                "clinic-a-20260101",
+                "arn:aws:rds:us-east-1:123:snapshot:x",
+                "arn:aws:rds:us-east-1:123456789012:cluster-snapshot:x",
+            ],
+        );
+        check(
+            super::KMS_KEY_ARN,
+            &[
+                "arn:aws:kms:us-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+                "arn:aws:kms:us-west-2:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab",
+                "arn:aws:kms:us-west-2:123456789012:alias/openemr",
+            ],
+            &["1234abcd-12ab-34cd-56ef-1234567890ab", "alias/openemr"],
+        );
+        check(
+            super::S3_BUCKET,
+            &["clinic-a-docs", "a.b.c"],
+            &["Clinic_A", "arn:aws:s3:::x", "ab"],
+        );
+        check(
+            super::DB_INSTANCE_IDENTIFIER,
+            &["clinic-a", "db1"],
+            &["clinic--a", "1db", "db-"],
+        );
+        check(
+            super::IMAGE,
+            &[
+                "openemr/openemr:7.0.3",
+                "registry:5000/openemr/openemr:7.0.3",
+                "openemr/openemr@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            ],
+            &["OpenEMR/OpenEMR:7.0.3", "openemr openemr", ""],
+        );
+    }
+
+    #[test]
+    fn windows_and_versions() {
+        check(
+            super::BACKUP_WINDOW,
+            &["03:00-04:00", "23:30-00:30"],
+            &["3:00-4:00", "24:00-01:00", "03:00"],
+        );
+        check(
+            super::MAINTENANCE_WINDOW,
+            &["sun:05:00-sun:06:00"],
+            &["sunday:05:00-sunday:06:00", "sun:5:00-sun:6:00"],
+        );
+        check(
+            super::MYSQL_VERSION,
+            &["8.0", "8.4", "8.0.40"],
+            &["5.7", "8", "8.0.40.1", "9.0"],
+        );
     }
 }
