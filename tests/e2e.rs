@@ -625,7 +625,7 @@ async fn a_credentials_secret_without_password_is_refused_and_its_values_never_a
         refused
             .message
             .contains("spec.database.credentialsSecretRef")
-            && refused.message.contains("\"password\""),
+            && refused.message.contains("lacks the key(s) password"),
         "{}",
         refused.message
     );

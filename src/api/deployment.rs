@@ -87,6 +87,10 @@ pub struct OpenEMRDeploymentSpec {
     #[serde(default)]
     pub skip_final_snapshot: bool,
 
+    /// Audit logging of the clinic's AWS activity.
+    #[serde(default)]
+    pub audit: AuditSpec,
+
     /// Existing AWS resources to take over instead of creating new ones. Never recreated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopt: Option<AdoptSpec>,
@@ -192,6 +196,22 @@ fn default_vpc_cidr() -> String {
 }
 fn default_availability_zones() -> i32 {
     2
+}
+
+/// Audit logging for the clinic.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditSpec {
+    /// Record the clinic's AWS API activity with CloudTrail into its own bucket (under
+    /// `AWSLogs/`), encrypted with its key.
+    #[serde(default = "default_true")]
+    pub cloud_trail: bool,
+}
+
+impl Default for AuditSpec {
+    fn default() -> Self {
+        AuditSpec { cloud_trail: true }
+    }
 }
 
 /// When RDS applies a change to the database's settings.
@@ -455,6 +475,15 @@ pub struct WebSpec {
     /// An Ingress for the clinic, if wanted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
+
+    /// A Secret in this namespace with `username` and `password` for OpenEMR's first
+    /// administrator (set up once, by the setup Job); generated when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_credentials_secret_ref: Option<super::LocalRef>,
+
+    /// How a change of `image` is rolled out.
+    #[serde(default)]
+    pub upgrade: UpgradeSpec,
 }
 
 impl Default for WebSpec {
@@ -465,8 +494,44 @@ impl Default for WebSpec {
             resources: None,
             service: ServiceSpec::default(),
             ingress: None,
+            admin_credentials_secret_ref: None,
+            upgrade: UpgradeSpec::default(),
         }
     }
+}
+
+/// OpenEMR upgrades migrate the database schema, so an image change is guarded.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeSpec {
+    /// Take a DB snapshot (and wait until it is `available`) before the new image starts.
+    #[serde(default = "default_true")]
+    pub snapshot_before_upgrade: bool,
+
+    /// If the new image does not become ready, go back to the previous image; with a
+    /// migrated schema, restore the pre-upgrade snapshot side by side for a person to
+    /// switch to (never in place without a RestoreRequest).
+    #[serde(default = "default_true")]
+    pub rollback_on_failure: bool,
+
+    /// How long the new image has to become ready before the upgrade counts as failed.
+    #[serde(default = "default_upgrade_timeout_seconds")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub timeout_seconds: i32,
+}
+
+impl Default for UpgradeSpec {
+    fn default() -> Self {
+        UpgradeSpec {
+            snapshot_before_upgrade: true,
+            rollback_on_failure: true,
+            timeout_seconds: default_upgrade_timeout_seconds(),
+        }
+    }
+}
+
+fn default_upgrade_timeout_seconds() -> i32 {
+    1800
 }
 
 fn default_image() -> String {
@@ -611,6 +676,69 @@ pub struct OpenEMRDeploymentStatus {
     /// When AWS state was last read for this clinic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_aws_sync_time: Option<Time>,
+
+    /// The web tier as it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebStatus>,
+
+    /// The newest image upgrade, in progress or done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeStatus>,
+}
+
+/// The web tier as observed.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WebStatus {
+    /// Image the replicas run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Replicas that are ready (serving the login page).
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Whether OpenEMR's one-time setup has completed.
+    #[serde(default)]
+    pub setup_complete: bool,
+    /// URL users reach the clinic at, when an Ingress is declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// Where an image upgrade is.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpgradePhase {
+    /// Waiting for the pre-upgrade snapshot to be `available`.
+    SnapshotPending,
+    /// The new image is rolling out.
+    Rolling,
+    /// Every replica runs the new image and is ready.
+    Succeeded,
+    /// The new image failed; the previous one runs again.
+    RolledBack,
+    /// The new image failed and could not be rolled back; see the conditions.
+    Failed,
+}
+
+/// An image upgrade.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeStatus {
+    /// The image before.
+    pub from_image: String,
+    /// The image after.
+    pub to_image: String,
+    /// The snapshot taken before the new image started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Where the upgrade is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<UpgradePhase>,
+    /// When it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
 }
 
 /// Identifiers of the supporting stack.

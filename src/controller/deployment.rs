@@ -1,9 +1,10 @@
 //! OpenEMRDeployment controller.
 //!
-//! Today it judges what the API server cannot: that a referenced credentials Secret exists
-//! and carries a `password` key. It reports `Accepted`, and `Ready=False` with reason
-//! `NotProvisioned`, because this version does not create AWS resources or the web tier yet;
-//! the provisioning steps (stack, RDS, web tier) plug into `observe` and `plan` here.
+//! Today it judges what the API server cannot: that the Secrets the spec names (database
+//! credentials, OpenEMR's first administrator) exist and carry the keys they must. It
+//! reports `Accepted`, and `Ready=False` with reason `NotProvisioned`, because this version
+//! does not create AWS resources or the web tier yet; the provisioning steps (stack, RDS,
+//! web tier) plug into `observe` and `plan` here.
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
@@ -11,25 +12,65 @@ use kube::{Api, ResourceExt};
 
 use super::{Context, Error, Plan, Reconcile, status_with};
 use crate::api::deployment::DeploymentPhase;
-use crate::api::{OpenEMRDeployment, OpenEMRDeploymentStatus};
+use crate::api::{LocalRef, OpenEMRDeployment, OpenEMRDeploymentStatus};
 use crate::conditions::Verdict;
 
-/// Keys a user-provided credentials Secret must have.
-pub const PASSWORD_KEY: &str = "password";
+/// A Secret the spec may name, and what it must hold.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SecretUse {
+    /// The spec field that names it.
+    pub field: &'static str,
+    /// Keys it must have.
+    pub keys: &'static [&'static str],
+    /// Condition reason when it does not exist.
+    pub not_found: &'static str,
+    /// Condition reason when it lacks a key.
+    pub invalid: &'static str,
+}
 
-/// What a referenced credentials Secret looks like (never its values).
+/// `spec.database.credentialsSecretRef`.
+pub const DATABASE_CREDENTIALS: SecretUse = SecretUse {
+    field: "spec.database.credentialsSecretRef",
+    keys: &["password"],
+    not_found: "CredentialsSecretNotFound",
+    invalid: "CredentialsSecretInvalid",
+};
+
+/// `spec.web.adminCredentialsSecretRef`.
+pub const ADMIN_CREDENTIALS: SecretUse = SecretUse {
+    field: "spec.web.adminCredentialsSecretRef",
+    keys: &["username", "password"],
+    not_found: "AdminCredentialsSecretNotFound",
+    invalid: "AdminCredentialsSecretInvalid",
+};
+
+/// What a referenced Secret looks like (its key names, never its values).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CredentialsSecret {
-    /// The spec names none; the operator will generate one.
-    NotReferenced,
-    Missing(String),
-    MissingKey(String),
+pub enum SecretCheck {
+    Missing,
+    MissingKeys(Vec<&'static str>),
     Present,
 }
 
+/// Each Secret the spec names, with what was found.
 #[derive(Debug, Clone)]
 pub struct Observed {
-    pub credentials: CredentialsSecret,
+    pub secrets: Vec<(&'static SecretUse, String, SecretCheck)>,
+}
+
+impl OpenEMRDeployment {
+    /// The Secrets this clinic's spec names.
+    fn referenced_secrets(&self) -> Vec<(&'static SecretUse, &LocalRef)> {
+        let database = self.spec.database.credentials_secret_ref.as_ref();
+        let admin = self.spec.web.admin_credentials_secret_ref.as_ref();
+        [
+            (&DATABASE_CREDENTIALS, database),
+            (&ADMIN_CREDENTIALS, admin),
+        ]
+        .into_iter()
+        .filter_map(|(usage, r)| r.map(|r| (usage, r)))
+        .collect()
+    }
 }
 
 impl Reconcile for OpenEMRDeployment {
@@ -37,46 +78,63 @@ impl Reconcile for OpenEMRDeployment {
     const CONTROLLER: &'static str = "openemrdeployment";
 
     async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
-        let credentials = match &self.spec.database.credentials_secret_ref {
-            None => CredentialsSecret::NotReferenced,
-            Some(r) => {
-                let ns = self.namespace().unwrap_or_default();
-                let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-                match secrets
-                    .get_opt(&r.name)
-                    .await
-                    .map_err(Error::observe(format!("Secret {ns}/{}", r.name)))?
-                {
-                    None => CredentialsSecret::Missing(r.name.clone()),
-                    Some(s) if has_key(&s, PASSWORD_KEY) => CredentialsSecret::Present,
-                    Some(_) => CredentialsSecret::MissingKey(r.name.clone()),
+        let ns = self.namespace().unwrap_or_default();
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let mut secrets = Vec::new();
+        for (usage, r) in self.referenced_secrets() {
+            let found = api
+                .get_opt(&r.name)
+                .await
+                .map_err(Error::observe(format!("Secret {ns}/{}", r.name)))?;
+            let check = match found {
+                None => SecretCheck::Missing,
+                Some(secret) => {
+                    let missing: Vec<_> = usage
+                        .keys
+                        .iter()
+                        .copied()
+                        .filter(|k| !has_key(&secret, k))
+                        .collect();
+                    if missing.is_empty() {
+                        SecretCheck::Present
+                    } else {
+                        SecretCheck::MissingKeys(missing)
+                    }
                 }
-            }
-        };
-        Ok(Observed { credentials })
+            };
+            secrets.push((usage, r.name.clone(), check));
+        }
+        Ok(Observed { secrets })
     }
 
     fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<OpenEMRDeploymentStatus> {
-        let accepted = match &observed.credentials {
-            CredentialsSecret::NotReferenced | CredentialsSecret::Present => {
-                Verdict::truthy("Accepted", "Valid", "spec is valid")
-            }
-            CredentialsSecret::Missing(name) => Verdict::falsy(
-                "Accepted",
-                "CredentialsSecretNotFound",
-                format!(
-                    "spec.database.credentialsSecretRef names Secret {name:?}, which does not exist in this namespace"
-                ),
-            ),
-            CredentialsSecret::MissingKey(name) => Verdict::falsy(
-                "Accepted",
-                "CredentialsSecretInvalid",
-                format!(
-                    "spec.database.credentialsSecretRef: Secret {name:?} has no {PASSWORD_KEY:?} key"
-                ),
-            ),
-        };
-        let is_accepted = accepted.status;
+        let refusal = observed
+            .secrets
+            .iter()
+            .find_map(|(usage, name, check)| match check {
+                SecretCheck::Present => None,
+                SecretCheck::Missing => Some(Verdict::falsy(
+                    "Accepted",
+                    usage.not_found,
+                    format!(
+                        "{} names Secret {name:?}, which does not exist in this namespace",
+                        usage.field
+                    ),
+                )),
+                SecretCheck::MissingKeys(keys) => Some(Verdict::falsy(
+                    "Accepted",
+                    usage.invalid,
+                    format!(
+                        "{}: Secret {name:?} lacks the key(s) {} (it must have {})",
+                        usage.field,
+                        keys.join(", "),
+                        usage.keys.join(", ")
+                    ),
+                )),
+            });
+        let is_accepted = refusal.is_none();
+        let accepted =
+            refusal.unwrap_or_else(|| Verdict::truthy("Accepted", "Valid", "spec is valid"));
         let ready = if is_accepted {
             Verdict::falsy(
                 "Ready",
@@ -114,6 +172,8 @@ mod tests {
         let spec: OpenEMRDeploymentSpec = serde_json::from_value(serde_json::json!({
             "aws": {"region": "us-east-1"},
             "network": {"newVpc": {}},
+            "database": {"credentialsSecretRef": {"name": "db-creds"}},
+            "web": {"adminCredentialsSecretRef": {"name": "admin"}},
         }))
         .unwrap();
         let mut d = OpenEMRDeployment::new("clinic-a", spec);
@@ -125,14 +185,28 @@ mod tests {
         Timestamp::from_second(1_800_000_000).unwrap()
     }
 
+    fn observed(database: SecretCheck, admin: SecretCheck) -> Observed {
+        Observed {
+            secrets: vec![
+                (&DATABASE_CREDENTIALS, "db-creds".into(), database),
+                (&ADMIN_CREDENTIALS, "admin".into(), admin),
+            ],
+        }
+    }
+
     #[test]
-    fn generated_credentials_are_accepted() {
-        let plan = clinic().plan(
-            &Observed {
-                credentials: CredentialsSecret::NotReferenced,
-            },
-            now(),
-        );
+    fn both_secrets_are_looked_up() {
+        let both = clinic();
+        assert_eq!(both.referenced_secrets().len(), 2);
+        let mut bare = clinic();
+        bare.spec.database.credentials_secret_ref = None;
+        bare.spec.web.admin_credentials_secret_ref = None;
+        assert!(bare.referenced_secrets().is_empty());
+    }
+
+    #[test]
+    fn present_secrets_are_accepted_and_not_provisioned() {
+        let plan = clinic().plan(&observed(SecretCheck::Present, SecretCheck::Present), now());
         let accepted = conditions::find(&plan.status.conditions, "Accepted").unwrap();
         assert_eq!(accepted.status, "True");
         let ready = conditions::find(&plan.status.conditions, "Ready").unwrap();
@@ -145,12 +219,7 @@ mod tests {
 
     #[test]
     fn missing_secret_is_refused_naming_the_field() {
-        let plan = clinic().plan(
-            &Observed {
-                credentials: CredentialsSecret::Missing("db-creds".into()),
-            },
-            now(),
-        );
+        let plan = clinic().plan(&observed(SecretCheck::Missing, SecretCheck::Present), now());
         let accepted = conditions::find(&plan.status.conditions, "Accepted").unwrap();
         assert_eq!(accepted.status, "False");
         assert_eq!(accepted.reason, "CredentialsSecretNotFound");
@@ -163,13 +232,36 @@ mod tests {
     }
 
     #[test]
+    fn admin_secret_without_username_names_the_key() {
+        let plan = clinic().plan(
+            &observed(
+                SecretCheck::Present,
+                SecretCheck::MissingKeys(vec!["username"]),
+            ),
+            now(),
+        );
+        let accepted = conditions::find(&plan.status.conditions, "Accepted").unwrap();
+        assert_eq!(accepted.reason, "AdminCredentialsSecretInvalid");
+        assert!(
+            accepted
+                .message
+                .contains("spec.web.adminCredentialsSecretRef"),
+            "{}",
+            accepted.message
+        );
+        assert!(
+            accepted.message.contains("username"),
+            "{}",
+            accepted.message
+        );
+    }
+
+    #[test]
     fn replanning_an_unchanged_object_changes_nothing() {
         let mut d = clinic();
-        let observed = Observed {
-            credentials: CredentialsSecret::Present,
-        };
-        d.status = Some(d.plan(&observed, now()).status);
+        let seen = observed(SecretCheck::Present, SecretCheck::Present);
+        d.status = Some(d.plan(&seen, now()).status);
         let later = Timestamp::from_second(1_800_000_600).unwrap();
-        assert_eq!(Some(d.plan(&observed, later).status), d.status);
+        assert_eq!(Some(d.plan(&seen, later).status), d.status);
     }
 }
