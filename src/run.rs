@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -62,28 +62,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let ctx = Arc::new(Context::new(client, metrics, opts.namespace));
     info!("controllers starting");
-    let (synced, caches): (Vec<_>, Vec<_>) = (0..4).map(|_| oneshot::channel::<()>()).unzip();
-    let mut synced = synced.into_iter();
-    let mut next = || synced.next().expect("one channel per controller");
+    // Each controller reports once its cache holds its first full list.
+    let (synced, mut synced_rx) = mpsc::channel::<()>(CONTROLLERS);
     let controllers = async {
         tokio::join!(
-            run_controller::<OpenEMRDeployment>(ctx.clone(), shutdown.clone(), next()),
-            run_controller::<BackupPolicy>(ctx.clone(), shutdown.clone(), next()),
-            run_controller::<OpenEMRBackup>(ctx.clone(), shutdown.clone(), next()),
-            run_controller::<RestoreRequest>(ctx.clone(), shutdown.clone(), next()),
+            run_controller::<OpenEMRDeployment>(ctx.clone(), shutdown.clone(), synced.clone()),
+            run_controller::<BackupPolicy>(ctx.clone(), shutdown.clone(), synced.clone()),
+            run_controller::<OpenEMRBackup>(ctx.clone(), shutdown.clone(), synced.clone()),
+            run_controller::<RestoreRequest>(ctx.clone(), shutdown.clone(), synced.clone()),
         )
     };
-    // Ready once every controller's cache holds its first full list (or never, if shutdown
-    // comes first).
     let readiness = async {
-        let all_synced = async {
-            for cache in caches {
-                cache.await.is_ok().then_some(())?;
-            }
-            Some(())
-        };
         tokio::select! {
-            Some(()) = all_synced => {
+            () = async { for _ in 0..CONTROLLERS { synced_rx.recv().await; } } => {
                 health.set_ready(true);
                 info!("caches synced; ready");
             }
@@ -105,6 +96,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     info!("stopped");
     Ok(())
 }
+
+/// The controllers `run` starts, one per kind.
+const CONTROLLERS: usize = 4;
 
 /// How long running reconciles get to finish after SIGTERM (below Kubernetes' default
 /// 30 s termination grace period).

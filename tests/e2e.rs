@@ -341,13 +341,7 @@ spec:
     }
 
     let operator = Operator::start(env(), Some(&ns.name));
-    eventually(Duration::from_secs(60), "/readyz to answer 200", || async {
-        operator
-            .get("/readyz")
-            .await
-            .filter(|(code, _)| *code == 200)
-    })
-    .await;
+    operator.wait_for("/readyz", 200).await;
     assert_eq!(operator.get("/healthz").await.map(|r| r.0), Some(200));
 
     let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
@@ -418,10 +412,17 @@ spec:
         |c: &str| format!("openemr_reconciliations_total{{controller=\"{c}\",result=\"ok\"}}");
     for (controller, expected) in writes {
         let sample = write_sample(controller);
-        eventually(Duration::from_secs(10), &sample, || async {
-            (operator.metric(&sample).await == expected).then_some(())
+        let settled = eventually(Duration::from_secs(10), &sample, || async {
+            let got = operator.metric(&sample).await;
+            (got >= expected).then_some(got)
         })
         .await;
+        assert_eq!(
+            settled,
+            expected,
+            "{sample}; operator log:\n{}",
+            operator.log()
+        );
     }
     let touched = [
         ("openemrdeployment", "clinic-a"),
@@ -610,13 +611,7 @@ async fn a_credentials_secret_without_password_is_refused_and_its_values_never_a
     apply(&client, &ns.name, &clinic).await.unwrap();
 
     let operator = Operator::start(env(), Some(&ns.name));
-    eventually(Duration::from_secs(60), "/readyz to answer 200", || async {
-        operator
-            .get("/readyz")
-            .await
-            .filter(|(code, _)| *code == 200)
-    })
-    .await;
+    operator.wait_for("/readyz", 200).await;
     let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
     let refused =
         wait_for_reason(&clinics, "clinic-a", "Accepted", "CredentialsSecretInvalid").await;

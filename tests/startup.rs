@@ -4,10 +4,8 @@
 
 mod support;
 
-use std::time::Duration;
-
 use support::operator::Operator;
-use support::{TestEnv, eventually, private_env_without_crds};
+use support::{TestEnv, private_env_without_crds};
 
 async fn readyz(operator: &Operator) -> Option<u16> {
     operator.get("/readyz").await.map(|(code, _)| code)
@@ -27,12 +25,7 @@ async fn waits_for_the_crds_then_becomes_ready_and_exits_zero_on_sigterm() {
 
     // First run: SIGTERM while still waiting for the CRDs.
     let early = Operator::start(env, None);
-    eventually(
-        Duration::from_secs(60),
-        "/healthz while waiting",
-        || async { early.get("/healthz").await.filter(|(code, _)| *code == 200) },
-    )
-    .await;
+    early.wait_for("/healthz", 200).await;
     assert_eq!(readyz(&early).await, Some(503), "not ready without CRDs");
     assert_eq!(early.metric("openemr_operator_ready").await, 0);
     assert_eq!(
@@ -43,24 +36,13 @@ async fn waits_for_the_crds_then_becomes_ready_and_exits_zero_on_sigterm() {
 
     // Second run: the CRDs arrive while it waits.
     let operator = Operator::start(env, None);
-    eventually(Duration::from_secs(60), "/healthz", || async {
-        operator
-            .get("/healthz")
-            .await
-            .filter(|(code, _)| *code == 200)
-    })
-    .await;
+    operator.wait_for("/healthz", 200).await;
     assert_eq!(readyz(&operator).await, Some(503));
     env.kubectl_stdin(
         &["apply", "--server-side", "-f", "-"],
         &openemr_operator::api::all_crds_yaml().unwrap(),
     );
-    eventually(
-        Duration::from_secs(60),
-        "/readyz 200 once the CRDs are Established",
-        || async { (readyz(&operator).await == Some(200)).then_some(()) },
-    )
-    .await;
+    operator.wait_for("/readyz", 200).await;
     assert_eq!(operator.metric("openemr_operator_ready").await, 1);
     let log = operator.log();
     for crd in &crds {

@@ -11,10 +11,11 @@ pub mod backup_policy;
 pub mod deployment;
 pub mod restore;
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -53,6 +54,7 @@ pub struct Context {
     pub recorder: Recorder,
     /// Watch only this namespace (the whole cluster when `None`).
     pub namespace: Option<String>,
+    written: WrittenStatuses,
 }
 
 impl Context {
@@ -66,6 +68,7 @@ impl Context {
             client,
             metrics,
             namespace,
+            written: WrittenStatuses::default(),
         }
     }
 
@@ -160,7 +163,9 @@ impl<S> Plan<S> {
 }
 
 /// What every status of this API carries: conditions and the generation they describe.
-pub trait ObjectStatus: Serialize + Clone + PartialEq + Debug + Default + Send + Sync {
+pub trait ObjectStatus:
+    Serialize + DeserializeOwned + Clone + PartialEq + Debug + Default + Send + Sync
+{
     fn conditions(&self) -> &[Condition];
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
     fn set_observed_generation(&mut self, generation: Option<i64>);
@@ -240,15 +245,58 @@ async fn reconcile<K: Reconcile>(
     result
 }
 
-async fn reconcile_valid<K: Reconcile>(obj: &K, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_valid<K: Reconcile>(cached: &K, ctx: &Context) -> Result<Action, Error> {
+    // Plan from the status as it really is, which may be newer than the cache's.
+    let mut obj = cached.clone();
+    let current = ctx.written.current_status(cached);
+    *obj.status_mut() = Some(current.clone());
     let observed = obj.observe(ctx).await?;
     let plan = obj.plan(&observed, Timestamp::now());
-    let current = obj.status().cloned().unwrap_or_default();
     if plan.status != current {
-        write_status(obj, &plan.status, ctx).await?;
-        publish_transitions(obj, current.conditions(), plan.status.conditions(), ctx).await;
+        write_status(&obj, &plan.status, ctx).await?;
+        ctx.written.remember(&obj, &plan.status);
+        publish_transitions(&obj, current.conditions(), plan.status.conditions(), ctx).await;
     }
     Ok(Action::requeue(plan.requeue))
+}
+
+/// Statuses this process wrote whose watch event has not reached the cache yet.
+///
+/// A reconcile queued while the previous one was writing sees the object as it was before
+/// that write; judged by the cache alone it would write (and announce) the same status
+/// again. Keyed by uid, holding the resourceVersion written over and the status written;
+/// an entry lives only until the cache shows a newer version.
+#[derive(Default)]
+pub struct WrittenStatuses(Mutex<HashMap<String, (Option<String>, serde_json::Value)>>);
+
+impl WrittenStatuses {
+    /// The status to compare a plan with: the one written, while the cache still holds the
+    /// version that write replaced; else the cached one.
+    fn current_status<K: Reconcile>(&self, obj: &K) -> K::Status {
+        let cached = || obj.status().cloned().unwrap_or_default();
+        let Some(uid) = obj.uid() else {
+            return cached();
+        };
+        let mut written = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match written.get(&uid) {
+            Some((over, status)) if *over == obj.resource_version() => {
+                serde_json::from_value(status.clone()).unwrap_or_else(|_| cached())
+            }
+            Some(_) => {
+                written.remove(&uid);
+                cached()
+            }
+            None => cached(),
+        }
+    }
+
+    fn remember<K: Reconcile>(&self, obj: &K, status: &K::Status) {
+        let (Some(uid), Ok(value)) = (obj.uid(), serde_json::to_value(status)) else {
+            return;
+        };
+        let mut written = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        written.insert(uid, (obj.resource_version(), value));
+    }
 }
 
 async fn write_status<K: Reconcile>(
@@ -274,6 +322,18 @@ async fn write_status<K: Reconcile>(
         .status_writes
         .get_or_create(&crate::metrics::ControllerLabel::new(K::CONTROLLER))
         .inc();
+    let summary: Vec<String> = status
+        .conditions()
+        .iter()
+        .map(|c| format!("{}={} ({})", c.type_, c.status, c.reason))
+        .collect();
+    info!(
+        controller = K::CONTROLLER,
+        namespace = %namespace,
+        name = %obj.name_any(),
+        conditions = %summary.join(", "),
+        "status written"
+    );
     Ok(())
 }
 
@@ -352,16 +412,16 @@ fn error_policy<K: Reconcile>(
 }
 
 /// Runs the controller of kind `K` until `shutdown` is cancelled, then lets running
-/// reconciles finish. `synced` is sent once its cache holds the first full list of objects.
+/// reconciles finish. One message goes to `synced` once its cache holds the first full
+/// list of objects.
 pub async fn run_controller<K: Reconcile>(
     ctx: Arc<Context>,
     shutdown: CancellationToken,
-    synced: tokio::sync::oneshot::Sender<()>,
+    synced: tokio::sync::mpsc::Sender<()>,
 ) {
     let (reader, writer) = reflector::store();
     // Signalled from the stream itself: `Store::wait_until_ready` wakes only one waiter,
     // and the controller already waits on it.
-    let mut synced = Some(synced);
     let cache_synced = Arc::new(AtomicBool::new(false));
     let mark_synced = cache_synced.clone();
     let stream = watcher(
@@ -376,10 +436,10 @@ pub async fn run_controller<K: Reconcile>(
     .reflect(writer)
     .inspect(move |event| {
         if matches!(event, Ok(watcher::Event::InitDone))
-            && let Some(tx) = synced.take()
+            && !mark_synced.swap(true, Ordering::SeqCst)
         {
-            mark_synced.store(true, Ordering::SeqCst);
-            let _ = tx.send(());
+            // The channel has room for every controller's one message.
+            let _ = synced.try_send(());
         }
     })
     .applied_objects();
@@ -425,5 +485,46 @@ pub async fn run_controller<K: Reconcile>(
     tokio::select! {
         () = controller => info!(controller = K::CONTROLLER, "stopped"),
         () = unsynced_at_shutdown => info!(controller = K::CONTROLLER, "stopped before its cache synced"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::OpenEMRBackup;
+    use crate::api::backup::BackupPhase;
+
+    fn set(resource_version: &str, phase: Option<BackupPhase>) -> OpenEMRBackup {
+        let spec =
+            serde_json::from_value(serde_json::json!({"deploymentRef": {"name": "clinic-a"}}))
+                .unwrap();
+        let mut obj = OpenEMRBackup::new("set-1", spec);
+        obj.metadata.uid = Some("uid-1".into());
+        obj.metadata.resource_version = Some(resource_version.into());
+        obj.status = phase.map(|p| crate::api::OpenEMRBackupStatus {
+            phase: Some(p),
+            ..Default::default()
+        });
+        obj
+    }
+
+    #[test]
+    fn a_stale_cache_is_judged_by_the_status_just_written() {
+        let written = WrittenStatuses::default();
+        let before = set("5", None);
+        let status = crate::api::OpenEMRBackupStatus {
+            phase: Some(BackupPhase::Pending),
+            ..Default::default()
+        };
+        written.remember(&before, &status);
+        // The cache still shows version 5: what was written counts.
+        assert_eq!(written.current_status(&set("5", None)), status);
+        // The cache moved on: it counts again, and the entry is gone.
+        let newer = set("6", Some(BackupPhase::Running));
+        assert_eq!(
+            written.current_status(&newer).phase,
+            Some(BackupPhase::Running)
+        );
+        assert_eq!(written.current_status(&set("5", None)).phase, None);
     }
 }

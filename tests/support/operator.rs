@@ -64,6 +64,16 @@ impl Operator {
         Some((code, body))
     }
 
+    /// Waits (up to 60 s) until `path` answers with HTTP `code`.
+    pub async fn wait_for(&self, path: &str, code: u16) {
+        super::eventually(
+            Duration::from_secs(60),
+            &format!("{path} to answer {code}"),
+            || async { self.get(path).await.filter(|(got, _)| *got == code) },
+        )
+        .await;
+    }
+
     /// The value of one sample of the exposition, 0 when absent.
     pub async fn metric(&self, sample: &str) -> u64 {
         let (_, body) = self.get("/metrics").await.expect("metrics reachable");
