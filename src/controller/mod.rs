@@ -46,6 +46,10 @@ pub const FIELD_MANAGER: &str = "openemr-operator";
 const RESYNC: Duration = Duration::from_secs(600);
 /// How soon a refused object is looked at again (its references may appear).
 const RETRY_REFUSED: Duration = Duration::from_secs(30);
+/// First retry after a failed reconcile; doubled on each further failure.
+const RETRY_FAILED: Duration = Duration::from_secs(15);
+/// Longest wait between retries of a failing object.
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 /// What every reconcile gets.
 pub struct Context {
@@ -55,6 +59,7 @@ pub struct Context {
     /// Watch only this namespace (the whole cluster when `None`).
     pub namespace: Option<String>,
     written: WrittenStatuses,
+    failures: Failures,
 }
 
 impl Context {
@@ -69,6 +74,7 @@ impl Context {
             metrics,
             namespace,
             written: WrittenStatuses::default(),
+            failures: Failures::default(),
         }
     }
 
@@ -246,18 +252,85 @@ async fn reconcile<K: Reconcile>(
 }
 
 async fn reconcile_valid<K: Reconcile>(cached: &K, ctx: &Context) -> Result<Action, Error> {
+    let now = Timestamp::now();
     // Plan from the status as it really is, which may be newer than the cache's.
     let mut obj = cached.clone();
     let current = ctx.written.current_status(cached);
     *obj.status_mut() = Some(current.clone());
-    let observed = obj.observe(ctx).await?;
-    let plan = obj.plan(&observed, Timestamp::now());
-    if plan.status != current {
-        write_status(&obj, &plan.status, ctx).await?;
-        ctx.written.remember(&obj, &plan.status);
-        publish_transitions(&obj, current.conditions(), plan.status.conditions(), ctx).await;
-    }
+    let observed = match obj.observe(ctx).await {
+        Ok(observed) => observed,
+        Err(e) => {
+            // Say so on the object, not only in the log; the error policy backs off.
+            let synced = Verdict::falsy(SYNCED, e.reason(), e.to_string());
+            let failed = with_synced(&obj, current.clone(), synced, now);
+            if let Err(write) = update_status(&obj, &current, &failed, ctx).await {
+                warn!(controller = K::CONTROLLER, error = %write, "cannot record the failure in status");
+            }
+            return Err(e);
+        }
+    };
+    let plan = obj.plan(&observed, now);
+    let synced = Verdict::truthy(SYNCED, "Reconciled", "the last reconcile succeeded");
+    let status = with_synced(&obj, plan.status, synced, now);
+    update_status(&obj, &current, &status, ctx).await?;
+    ctx.failures.forget(&obj);
     Ok(Action::requeue(plan.requeue))
+}
+
+/// Condition type saying whether the last reconcile could do its work.
+pub const SYNCED: &str = "Synced";
+
+fn with_synced<K: Reconcile>(
+    obj: &K,
+    mut status: K::Status,
+    synced: Verdict,
+    now: Timestamp,
+) -> K::Status {
+    let merged = conditions::merge(status.conditions(), &[synced], obj.meta().generation, now);
+    *status.conditions_mut() = merged;
+    status
+}
+
+/// Writes `status` if it differs from `current`, and announces condition transitions.
+async fn update_status<K: Reconcile>(
+    obj: &K,
+    current: &K::Status,
+    status: &K::Status,
+    ctx: &Context,
+) -> Result<(), Error> {
+    if status != current {
+        write_status(obj, status, ctx).await?;
+        ctx.written.remember(obj, status);
+        publish_transitions(obj, current.conditions(), status.conditions(), ctx).await;
+    }
+    Ok(())
+}
+
+/// Consecutive failed reconciles per object (by uid), for exponential backoff.
+#[derive(Default)]
+pub struct Failures(Mutex<HashMap<String, u32>>);
+
+impl Failures {
+    /// Counts one more failure of `obj` and returns how long to wait before the next try.
+    fn next_delay<K: Resource>(&self, obj: &K) -> Duration {
+        let uid = obj.meta().uid.clone().unwrap_or_default();
+        let mut failures = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(uid).or_default();
+        *count = count.saturating_add(1);
+        backoff(*count)
+    }
+
+    fn forget<K: Resource>(&self, obj: &K) {
+        if let Some(uid) = &obj.meta().uid {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
+        }
+    }
+}
+
+/// 15 s after the first failure, doubling up to 10 minutes.
+pub fn backoff(consecutive_failures: u32) -> Duration {
+    let exponent = consecutive_failures.saturating_sub(1).min(6);
+    (RETRY_FAILED * 2u32.pow(exponent)).min(MAX_BACKOFF)
 }
 
 /// Statuses this process wrote whose watch event has not reached the cache yet.
@@ -400,14 +473,14 @@ async fn report_invalid<K: Reconcile>(
 }
 
 fn error_policy<K: Reconcile>(
-    _obj: Arc<DeserializeGuard<K>>,
+    obj: Arc<DeserializeGuard<K>>,
     error: &Error,
-    _ctx: Arc<Context>,
+    ctx: Arc<Context>,
 ) -> Action {
     match error {
         // A malformed object stays malformed until someone edits it, which triggers anew.
         Error::InvalidObject(_) => Action::await_change(),
-        _ => Action::requeue(Duration::from_secs(15)),
+        _ => Action::requeue(ctx.failures.next_delay(&*obj)),
     }
 }
 
@@ -506,6 +579,23 @@ mod tests {
             ..Default::default()
         });
         obj
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_ceiling() {
+        let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [15, 30, 60, 120, 240, 480, 600, 600, 600]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn failures_count_per_object_and_reset() {
+        let failures = Failures::default();
+        let obj = set("1", None);
+        assert_eq!(failures.next_delay(&obj).as_secs(), 15);
+        assert_eq!(failures.next_delay(&obj).as_secs(), 30);
+        failures.forget(&obj);
+        assert_eq!(failures.next_delay(&obj).as_secs(), 15);
     }
 
     #[test]

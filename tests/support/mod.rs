@@ -170,7 +170,7 @@ impl TestEnv {
 
     /// Installs the CRDs as the code renders them (server-side apply) and the operator's
     /// RBAC from deploy/, then waits for the CRDs to be Established.
-    fn install_crds(&self) {
+    pub fn install_crds(&self) {
         self.kubectl_stdin(
             &["apply", "--server-side", "--force-conflicts", "-f", "-"],
             &openemr_operator::api::all_crds_yaml().expect("rendering CRDs"),
