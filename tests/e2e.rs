@@ -63,7 +63,7 @@ async fn crds_install_with_server_side_apply_and_become_established() {
         );
     }
     // The category and short names work for people: `kubectl get openemr` lists all four kinds.
-    let ns = TestNamespace::new(&client, "crds").await;
+    let ns = TestNamespace::new(env(), "crds").await;
     // Discovery may trail the Established condition by a moment.
     eventually(
         Duration::from_secs(30),
@@ -92,7 +92,7 @@ async fn crds_install_with_server_side_apply_and_become_established() {
 #[tokio::test]
 async fn every_example_is_accepted_and_reapplying_it_changes_nothing() {
     let client = env().admin().await;
-    let ns = TestNamespace::new(&client, "examples").await;
+    let ns = TestNamespace::new(env(), "examples").await;
     let examples = files("examples", "yaml");
     let kinds: BTreeSet<String> = examples
         .iter()
@@ -148,7 +148,7 @@ fn assert_subset(sent: &serde_json::Value, stored: &serde_json::Value, path: &st
 #[tokio::test]
 async fn invalid_manifests_are_rejected_with_a_message_naming_the_field() {
     let client = env().admin().await;
-    let ns = TestNamespace::new(&client, "invalid").await;
+    let ns = TestNamespace::new(env(), "invalid").await;
     let corpus = files("tests/invalid", "yaml");
     assert!(
         corpus.len() >= 30,
@@ -314,7 +314,7 @@ spec:
 #[tokio::test]
 async fn operator_runs_validates_reports_ready_and_exits_zero_on_sigterm() {
     let client: Client = env().admin().await;
-    let ns = TestNamespace::new(&client, "operator").await;
+    let ns = TestNamespace::new(env(), "operator").await;
     // Objects exist before the operator starts, so each is reconciled from a known state.
     let policy_bad_zone = doc("
 apiVersion: openemr.io/v1alpha1
@@ -594,7 +594,7 @@ async fn a_credentials_secret_without_password_is_refused_and_its_values_never_a
     use k8s_openapi::api::events::v1::Event;
 
     let client = env().admin().await;
-    let ns = TestNamespace::new(&client, "secrets").await;
+    let ns = TestNamespace::new(env(), "secrets").await;
     let value = format!("do-not-leak-{}", std::process::id());
     let secret: Secret = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",

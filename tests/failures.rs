@@ -24,7 +24,7 @@ async fn a_failing_read_is_reported_and_retried_with_backoff() {
     let env = private_env_without_crds();
     env.install_crds();
     let client = env.admin().await;
-    let ns = TestNamespace::new(&client, "failures").await;
+    let ns = TestNamespace::new(env, "failures").await;
 
     // The operator may no longer read Secrets.
     let role = env.kubectl(&["get", "clusterrole", "openemr-operator", "-o", "json"]);

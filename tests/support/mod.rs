@@ -233,12 +233,13 @@ impl TestEnv {
 /// A namespace for one test, deleted when dropped (also when the test panics).
 pub struct TestNamespace {
     pub name: String,
+    env: &'static TestEnv,
 }
 
 static NAMESPACE_SEQ: AtomicU32 = AtomicU32::new(0);
 
 impl TestNamespace {
-    pub async fn new(client: &Client, prefix: &str) -> TestNamespace {
+    pub async fn new(env: &'static TestEnv, prefix: &str) -> TestNamespace {
         let name = format!(
             "{prefix}-{}-{}",
             std::process::id(),
@@ -248,17 +249,18 @@ impl TestNamespace {
             "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
         }))
         .unwrap();
-        Api::<Namespace>::all(client.clone())
+        Api::<Namespace>::all(env.admin().await)
             .create(&PostParams::default(), &ns)
             .await
             .expect("creating the test namespace");
-        TestNamespace { name }
+        TestNamespace { name, env }
     }
 }
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let _ = env()
+        let _ = self
+            .env
             .command("kubectl")
             .args([
                 "delete",
