@@ -65,6 +65,20 @@ spec:
     .await;
     assert_eq!(synced.reason, "ObserveFailed");
     assert!(synced.message.contains("forbidden"), "{}", synced.message);
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), &ns.name);
+    eventually(
+        Duration::from_secs(30),
+        "a Warning Event for the failure",
+        || async {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("ObserveFailed")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+        },
+    )
+    .await;
 
     // Backoff, not a hot loop: the failed reconcile, at most one more triggered by its own
     // status write, then nothing for the first 15 s.

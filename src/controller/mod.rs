@@ -418,9 +418,15 @@ async fn publish_transitions<K: Reconcile>(
 ) {
     let reference = obj.object_ref(&());
     for c in conditions::transitions(before, after) {
+        let first = conditions::find(before, &c.type_).is_none();
+        // Every object starts Synced; only losing it, or getting it back, is news.
+        if c.type_ == SYNCED && c.status == "True" && first {
+            continue;
+        }
         let event = Event {
-            // Refused input is what a person must act on; progress is informational.
-            type_: if c.type_ == "Accepted" && c.status != "True" {
+            // Refused input and failing reconciles are what a person must act on; progress
+            // is informational.
+            type_: if (c.type_ == "Accepted" || c.type_ == SYNCED) && c.status != "True" {
                 EventType::Warning
             } else {
                 EventType::Normal
