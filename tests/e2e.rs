@@ -12,7 +12,10 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use openemr_operator::api::{self, BackupPolicy, OpenEMRBackup, OpenEMRDeployment};
 use support::operator::Operator;
-use support::{TestNamespace, apply, documents, env, eventually, files};
+use support::{
+    TestNamespace, apply, condition, documents, env, eventually, files, wait_for_reason,
+    warning_event,
+};
 
 #[tokio::test]
 async fn crds_install_with_server_side_apply_and_become_established() {
@@ -269,33 +272,6 @@ fn collect_rule_messages(v: &serde_json::Value, out: &mut BTreeSet<String>) {
         serde_json::Value::Array(items) => items.iter().for_each(|v| collect_rule_messages(v, out)),
         _ => {}
     }
-}
-
-async fn condition<K>(api: &Api<K>, name: &str, type_: &str) -> Option<api::Condition>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
-{
-    let obj = api.get(name).await.ok()?;
-    let value = serde_json::to_value(&obj).ok()?;
-    let conditions: Vec<api::Condition> =
-        serde_json::from_value(value["status"]["conditions"].clone()).ok()?;
-    conditions.into_iter().find(|c| c.type_ == type_)
-}
-
-async fn wait_for_reason<K>(api: &Api<K>, name: &str, type_: &str, reason: &str) -> api::Condition
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
-{
-    eventually(
-        Duration::from_secs(60),
-        &format!("{name}: {type_} reason {reason}"),
-        || async {
-            condition(api, name, type_)
-                .await
-                .filter(|c| c.reason == reason)
-        },
-    )
-    .await
 }
 
 fn doc(yaml: &str) -> serde_json::Value {
@@ -591,7 +567,6 @@ async fn aws_sdk_clients_reach_moto_and_every_call_is_counted() {
 #[tokio::test]
 async fn a_credentials_secret_without_password_is_refused_and_its_values_never_appear() {
     use k8s_openapi::api::core::v1::Secret;
-    use k8s_openapi::api::events::v1::Event;
 
     let client = env().admin().await;
     let ns = TestNamespace::new(env(), "secrets").await;
@@ -626,20 +601,7 @@ async fn a_credentials_secret_without_password_is_refused_and_its_values_never_a
     );
 
     // The refusal is announced as a Warning Event on the clinic.
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
-    let warning = eventually(
-        Duration::from_secs(30),
-        "a Warning Event for the refusal",
-        || async {
-            let list = events.list(&Default::default()).await.ok()?;
-            list.items.into_iter().find(|e| {
-                e.reason.as_deref() == Some("CredentialsSecretInvalid")
-                    && e.type_.as_deref() == Some("Warning")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("clinic-a")
-            })
-        },
-    )
-    .await;
+    let warning = warning_event(&client, &ns.name, "clinic-a", "CredentialsSecretInvalid").await;
 
     // The value is nowhere the operator writes: its log, the status, the Event.
     let stored = serde_json::to_string(&clinics.get("clinic-a").await.unwrap().status).unwrap();

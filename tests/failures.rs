@@ -7,17 +7,11 @@ mod support;
 use std::time::Duration;
 
 use kube::Api;
-use openemr_operator::api::{Condition, OpenEMRDeployment};
+use openemr_operator::api::OpenEMRDeployment;
 use support::operator::Operator;
-use support::{TestNamespace, apply, documents, eventually, private_env_without_crds};
-
-async fn condition(api: &Api<OpenEMRDeployment>, name: &str, type_: &str) -> Option<Condition> {
-    let obj = api.get(name).await.ok()?;
-    obj.status?
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == type_)
-}
+use support::{
+    TestNamespace, apply, condition, documents, eventually, private_env_without_crds, warning_event,
+};
 
 #[tokio::test]
 async fn a_failing_read_is_reported_and_retried_with_backoff() {
@@ -65,20 +59,7 @@ spec:
     .await;
     assert_eq!(synced.reason, "ObserveFailed");
     assert!(synced.message.contains("forbidden"), "{}", synced.message);
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(client.clone(), &ns.name);
-    eventually(
-        Duration::from_secs(30),
-        "a Warning Event for the failure",
-        || async {
-            let list = events.list(&Default::default()).await.ok()?;
-            list.items.into_iter().find(|e| {
-                e.reason.as_deref() == Some("ObserveFailed")
-                    && e.type_.as_deref() == Some("Warning")
-            })
-        },
-    )
-    .await;
+    warning_event(&client, &ns.name, "clinic-a", "ObserveFailed").await;
 
     // Backoff, not a hot loop: the failed reconcile, at most one more triggered by its own
     // status write, then nothing for the first 15 s.

@@ -21,10 +21,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams, ValidationDirective};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::ApiResource;
 use kube::{Api, Client, Config};
+use openemr_operator::api::Condition;
 use openemr_operator::api::{BackupPolicy, OpenEMRBackup, OpenEMRDeployment, RestoreRequest};
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -340,4 +342,50 @@ pub fn files(dir: &str, ext: &str) -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
+}
+
+/// The condition `type_` of object `name`, if it has one yet.
+pub async fn condition<K>(api: &Api<K>, name: &str, type_: &str) -> Option<Condition>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    let obj = serde_json::to_value(api.get(name).await.ok()?).ok()?;
+    let conditions: Vec<Condition> =
+        serde_json::from_value(obj["status"]["conditions"].clone()).ok()?;
+    conditions.into_iter().find(|c| c.type_ == type_)
+}
+
+/// Waits (up to 60 s) until condition `type_` of `name` has `reason`.
+pub async fn wait_for_reason<K>(api: &Api<K>, name: &str, type_: &str, reason: &str) -> Condition
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    eventually(
+        Duration::from_secs(60),
+        &format!("{name}: {type_} reason {reason}"),
+        || async {
+            condition(api, name, type_)
+                .await
+                .filter(|c| c.reason == reason)
+        },
+    )
+    .await
+}
+
+/// Waits (up to 30 s) for a Warning Event with `reason` about object `name`.
+pub async fn warning_event(client: &Client, namespace: &str, name: &str, reason: &str) -> Event {
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    eventually(
+        Duration::from_secs(30),
+        &format!("a Warning Event {reason} for {name}"),
+        || async {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            })
+        },
+    )
+    .await
 }
