@@ -30,6 +30,8 @@ impl Reconcile for BackupPolicy {
         })
     }
 
+    const NAMES_DEPLOYMENTS: bool = true;
+
     fn refers_to_deployment(&self, name: &str) -> bool {
         self.spec.deployment_ref.name == name
     }

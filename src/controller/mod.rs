@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -93,11 +94,25 @@ impl Context {
 /// The object's current status with `verdicts` merged into its conditions and
 /// `observedGeneration` set: the starting point of every plan.
 pub fn status_with<K: Reconcile>(obj: &K, verdicts: &[Verdict], now: Timestamp) -> K::Status {
-    let mut status = obj.status().cloned().unwrap_or_default();
-    let generation = obj.meta().generation;
-    let merged = conditions::merge(status.conditions(), verdicts, generation, now);
-    *status.conditions_mut() = merged;
-    status.set_observed_generation(generation);
+    let mut status = merged(
+        obj,
+        obj.status().cloned().unwrap_or_default(),
+        verdicts,
+        now,
+    );
+    status.set_observed_generation(obj.meta().generation);
+    status
+}
+
+/// `status` with `verdicts` merged into its conditions.
+fn merged<K: Reconcile>(
+    obj: &K,
+    mut status: K::Status,
+    verdicts: &[Verdict],
+    now: Timestamp,
+) -> K::Status {
+    let conditions = conditions::merge(status.conditions(), verdicts, obj.meta().generation, now);
+    *status.conditions_mut() = conditions;
     status
 }
 
@@ -224,8 +239,12 @@ pub trait Reconcile:
     /// Pure: the status to have and when to look again.
     fn plan(&self, observed: &Self::Observed, now: Timestamp) -> Plan<<Self as HasStatus>::Status>;
 
-    /// Whether this object names the OpenEMRDeployment `name` (in its own namespace), so
-    /// that clinics appearing or going away are noticed at once rather than on a retry.
+    /// Whether objects of this kind name OpenEMRDeployments; if so the controller watches
+    /// clinics (metadata only) so that one appearing or going away is noticed at once
+    /// rather than on a retry.
+    const NAMES_DEPLOYMENTS: bool = false;
+
+    /// Whether this object names the OpenEMRDeployment `name` (in its own namespace).
     fn refers_to_deployment(&self, _name: &str) -> bool {
         false
     }
@@ -262,7 +281,7 @@ async fn reconcile_valid<K: Reconcile>(cached: &K, ctx: &Context) -> Result<Acti
         Err(e) => {
             // Say so on the object, not only in the log; the error policy backs off.
             let synced = Verdict::falsy(SYNCED, e.reason(), e.to_string());
-            let failed = with_synced(&obj, current.clone(), synced, now);
+            let failed = merged(&obj, current.clone(), &[synced], now);
             if let Err(write) = update_status(&obj, &current, &failed, ctx).await {
                 warn!(controller = K::CONTROLLER, error = %write, "cannot record the failure in status");
             }
@@ -271,7 +290,7 @@ async fn reconcile_valid<K: Reconcile>(cached: &K, ctx: &Context) -> Result<Acti
     };
     let plan = obj.plan(&observed, now);
     let synced = Verdict::truthy(SYNCED, "Reconciled", "the last reconcile succeeded");
-    let status = with_synced(&obj, plan.status, synced, now);
+    let status = merged(&obj, plan.status, &[synced], now);
     update_status(&obj, &current, &status, ctx).await?;
     ctx.failures.forget(&obj);
     Ok(Action::requeue(plan.requeue))
@@ -279,17 +298,6 @@ async fn reconcile_valid<K: Reconcile>(cached: &K, ctx: &Context) -> Result<Acti
 
 /// Condition type saying whether the last reconcile could do its work.
 pub const SYNCED: &str = "Synced";
-
-fn with_synced<K: Reconcile>(
-    obj: &K,
-    mut status: K::Status,
-    synced: Verdict,
-    now: Timestamp,
-) -> K::Status {
-    let merged = conditions::merge(status.conditions(), &[synced], obj.meta().generation, now);
-    *status.conditions_mut() = merged;
-    status
-}
 
 /// Writes `status` if it differs from `current`, and announces condition transitions.
 async fn update_status<K: Reconcile>(
@@ -436,10 +444,14 @@ async fn publish_transitions<K: Reconcile>(
             action: c.type_.clone(),
             secondary: None,
         };
-        // An Event that cannot be written must not fail the reconcile that wrote status.
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            warn!(controller = K::CONTROLLER, error = %e, "publishing event failed");
-        }
+        publish::<K>(&event, &reference, ctx).await;
+    }
+}
+
+/// Publishes an Event. One that cannot be written must not fail the reconcile around it.
+async fn publish<K: Reconcile>(event: &Event, reference: &ObjectReference, ctx: &Context) {
+    if let Err(e) = ctx.recorder.publish(event, reference).await {
+        warn!(controller = K::CONTROLLER, error = %e, "publishing event failed");
     }
 }
 
@@ -454,7 +466,7 @@ async fn report_invalid<K: Reconcile>(
         error = %invalid.error,
         "object does not match this operator's API; ignoring it until it changes"
     );
-    let reference = k8s_openapi::api::core::v1::ObjectReference {
+    let reference = ObjectReference {
         api_version: Some(K::api_version(&()).into_owned()),
         kind: Some(K::kind(&()).into_owned()),
         name: invalid.metadata.name.clone(),
@@ -473,9 +485,7 @@ async fn report_invalid<K: Reconcile>(
         action: "Decode".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-        warn!(controller = K::CONTROLLER, error = %e, "publishing event failed");
-    }
+    publish::<K>(&event, &reference, ctx).await;
 }
 
 fn error_policy<K: Reconcile>(
@@ -522,30 +532,32 @@ pub async fn run_controller<K: Reconcile>(
         }
     })
     .applied_objects();
-    let deployments = watcher(
-        ctx.scoped::<PartialObjectMeta<OpenEMRDeployment>>(),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .touched_objects();
-    let store = reader.clone();
-    let referrers = move |deployment: PartialObjectMeta<OpenEMRDeployment>| {
-        let namespace = deployment.namespace();
-        let name = deployment.name_any();
-        store
-            .state()
-            .into_iter()
-            .filter(|guarded| {
-                guarded.0.as_ref().is_ok_and(|obj| {
-                    obj.namespace() == namespace && obj.refers_to_deployment(&name)
-                })
-            })
-            .map(|guarded| ObjectRef::from_obj(&*guarded))
-            .collect::<Vec<_>>()
-    };
     info!(controller = K::CONTROLLER, "starting");
-    let controller = Controller::for_stream(stream, reader)
-        .watches_stream(deployments, referrers)
+    let mut controller = Controller::for_stream(stream, reader.clone());
+    if K::NAMES_DEPLOYMENTS {
+        let deployments = watcher(
+            ctx.scoped::<PartialObjectMeta<OpenEMRDeployment>>(),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .touched_objects();
+        let referrers = move |deployment: PartialObjectMeta<OpenEMRDeployment>| {
+            let namespace = deployment.namespace();
+            let name = deployment.name_any();
+            reader
+                .state()
+                .into_iter()
+                .filter(|guarded| {
+                    guarded.0.as_ref().is_ok_and(|obj| {
+                        obj.namespace() == namespace && obj.refers_to_deployment(&name)
+                    })
+                })
+                .map(|guarded| ObjectRef::from_obj(&*guarded))
+                .collect::<Vec<_>>()
+        };
+        controller = controller.watches_stream(deployments, referrers);
+    }
+    let controller = controller
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|result| async move {

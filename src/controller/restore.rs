@@ -73,6 +73,8 @@ impl Reconcile for RestoreRequest {
         Ok(observed)
     }
 
+    const NAMES_DEPLOYMENTS: bool = true;
+
     fn refers_to_deployment(&self, name: &str) -> bool {
         let spec = &self.spec;
         spec.source
