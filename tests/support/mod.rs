@@ -152,22 +152,13 @@ impl TestEnv {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    async fn client_for(&self, var: &str) -> Client {
-        let kubeconfig = Kubeconfig::read_from(self.var(var)).expect("reading kubeconfig");
+    /// A client with cluster-admin rights.
+    pub async fn admin(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(self.var("KUBECONFIG")).expect("reading kubeconfig");
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .expect("kubeconfig");
         Client::try_from(config).expect("client")
-    }
-
-    /// A client with cluster-admin rights.
-    pub async fn admin(&self) -> Client {
-        self.client_for("KUBECONFIG").await
-    }
-
-    /// A client with the operator's identity: only what deploy/rbac.yaml grants.
-    pub async fn operator(&self) -> Client {
-        self.client_for("OPERATOR_KUBECONFIG").await
     }
 
     /// Installs the CRDs as the code renders them (server-side apply) and the operator's
