@@ -3,8 +3,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use openemr_operator::controller::DriverConfig;
 use openemr_operator::{api, run};
 use tracing_subscriber::EnvFilter;
 
@@ -32,6 +34,19 @@ enum Command {
         /// Log format.
         #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Reconciles running at once, per controller.
+        #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+        max_concurrent_reconciles: u16,
+        /// How often an object is looked at again when nothing changes (spread by up to 10%
+        /// per object), e.g. 10m.
+        #[arg(long, env = "RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+        resync_interval: Duration,
+        /// First retry after a failed reconcile; doubled on each further failure.
+        #[arg(long, env = "RETRY_INITIAL", default_value = "15s", value_parser = parse_duration)]
+        retry_initial: Duration,
+        /// Longest wait between retries of a failing object.
+        #[arg(long, env = "RETRY_MAX", default_value = "10m", value_parser = parse_duration)]
+        retry_max: Duration,
     },
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
     Crd {
@@ -39,6 +54,32 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// A duration such as `500ms`, `15s`, `10m` or `1h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} lacks a unit (ms, s, m or h)"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    if duration.is_zero() {
+        return Err(format!("{text:?} must be longer than zero"));
+    }
+    Ok(duration)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -80,6 +121,10 @@ fn main() -> ExitCode {
             probe_addr,
             namespace,
             log_format,
+            max_concurrent_reconciles,
+            resync_interval,
+            retry_initial,
+            retry_max,
         } => {
             init_logging(log_format);
             tokio::runtime::Builder::new_multi_thread()
@@ -90,6 +135,13 @@ fn main() -> ExitCode {
                     rt.block_on(run::run(run::RunOptions {
                         probe_addr,
                         namespace,
+                        driver: DriverConfig {
+                            concurrency: max_concurrent_reconciles,
+                            resync: resync_interval,
+                            retry_initial,
+                            retry_max: retry_max.max(retry_initial),
+                            ..DriverConfig::default()
+                        },
                     }))
                 })
         }

@@ -1,7 +1,7 @@
 //! The operator's Prometheus metrics, served at `/metrics`.
 //!
-//! Counters are exact, so tests assert on them (reconciles, status writes, AWS calls)
-//! instead of on timings.
+//! Every name starts with `openemr_`. Counters are exact, so tests assert on them
+//! (reconciles, status writes, Events, AWS calls) instead of on timings.
 
 use std::time::Duration;
 
@@ -46,8 +46,17 @@ pub struct Metrics {
     pub reconciliations: Family<ReconcileLabels, Counter>,
     pub reconcile_duration: Family<ControllerLabel, Histogram>,
     pub status_writes: Family<ControllerLabel, Counter>,
+    pub events: Family<ControllerLabel, Counter>,
+    pub tracked_objects: Family<ControllerLabel, Gauge>,
+    pub watched_objects: Family<ControllerLabel, Gauge>,
     pub aws_api_calls: Family<AwsCallLabels, Counter>,
+    pub aws_api_attempts: Family<AwsCallLabels, Counter>,
     pub ready: Gauge,
+}
+
+/// Reconcile duration buckets: 10 ms to about 11 minutes (AWS work is slow).
+pub fn duration_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.01, 2.0, 17)
 }
 
 impl Default for Metrics {
@@ -66,7 +75,7 @@ impl Metrics {
             reconciliations.clone(),
         );
         let reconcile_duration = Family::<ControllerLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.005, 2.0, 12))
+            Histogram::new(duration_buckets())
         });
         registry.register(
             "openemr_reconcile_duration_seconds",
@@ -79,11 +88,35 @@ impl Metrics {
             "Status subresource writes (made only when the status changed)",
             status_writes.clone(),
         );
+        let events = Family::<ControllerLabel, Counter>::default();
+        registry.register(
+            "openemr_events",
+            "Kubernetes Events published (condition transitions, unreadable objects)",
+            events.clone(),
+        );
+        let tracked_objects = Family::<ControllerLabel, Gauge>::default();
+        registry.register(
+            "openemr_tracked_objects",
+            "Objects a controller holds per-object state for (failing, or written ahead of its cache)",
+            tracked_objects.clone(),
+        );
+        let watched_objects = Family::<ControllerLabel, Gauge>::default();
+        registry.register(
+            "openemr_watched_objects",
+            "Objects a controller's watch knows",
+            watched_objects.clone(),
+        );
         let aws_api_calls = Family::<AwsCallLabels, Counter>::default();
         registry.register(
-            "aws_api_calls",
-            "AWS API calls made, by service, operation and outcome",
+            "openemr_aws_api_calls",
+            "AWS API operations, by service, operation and final outcome (retries inside one operation count once)",
             aws_api_calls.clone(),
+        );
+        let aws_api_attempts = Family::<AwsCallLabels, Counter>::default();
+        registry.register(
+            "openemr_aws_api_attempts",
+            "AWS API attempts, retries included (each spends rate limit), by service, operation and outcome",
+            aws_api_attempts.clone(),
         );
         let ready = Gauge::default();
         registry.register(
@@ -96,7 +129,11 @@ impl Metrics {
             reconciliations,
             reconcile_duration,
             status_writes,
+            events,
+            tracked_objects,
+            watched_objects,
             aws_api_calls,
+            aws_api_attempts,
             ready,
         }
     }
@@ -125,6 +162,29 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_metric_is_under_one_prefix() {
+        let m = Metrics::new();
+        m.observe_reconcile("backuppolicy", Duration::from_millis(3), None);
+        for line in m.encode().lines() {
+            let name = line
+                .strip_prefix("# HELP ")
+                .or_else(|| line.strip_prefix("# TYPE "))
+                .unwrap_or(line);
+            if name.starts_with("# EOF") || name.is_empty() {
+                continue;
+            }
+            assert!(name.starts_with("openemr_"), "{line}");
+        }
+    }
+
+    #[test]
+    fn duration_buckets_reach_minutes() {
+        let buckets: Vec<f64> = duration_buckets().collect();
+        assert_eq!(buckets[0], 0.01);
+        assert!(*buckets.last().unwrap() >= 600.0, "{buckets:?}");
+    }
 
     #[test]
     fn counters_appear_in_the_exposition() {

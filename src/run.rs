@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::{self, BackupPolicy, OpenEMRBackup, OpenEMRDeployment, RestoreRequest};
-use crate::controller::{Context, run_controller};
+use crate::controller::driver::{Driver, watch_secrets};
+use crate::controller::{Context, DriverConfig, Reconcile, run_controller};
 use crate::metrics::Metrics;
 use crate::server::{self, Health};
 
@@ -26,6 +27,8 @@ pub struct RunOptions {
     pub probe_addr: SocketAddr,
     /// Watch only this namespace; the whole cluster when `None`.
     pub namespace: Option<String>,
+    /// Concurrency, resync and retry timings of the controllers.
+    pub driver: DriverConfig,
 }
 
 /// Runs until SIGTERM/SIGINT; returns Ok after a clean shutdown.
@@ -60,21 +63,49 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
 
-    let ctx = Arc::new(Context::new(client, metrics, opts.namespace));
-    info!("controllers starting");
-    // Each controller reports once its cache holds its first full list.
+    let (ctx, writers) = Context::new(client, metrics, opts.namespace, opts.driver);
+    let ctx = Arc::new(ctx);
+    info!(config = ?ctx.config, "controllers starting");
+    // Each kind's watch reports once its cache holds the first full list; reconciles start
+    // when every cache has, since each controller looks up the objects it names in them.
     let (synced, mut synced_rx) = mpsc::channel::<()>(CONTROLLERS);
     let controllers = async {
         tokio::join!(
-            run_controller::<OpenEMRDeployment>(ctx.clone(), shutdown.clone(), synced.clone()),
-            run_controller::<BackupPolicy>(ctx.clone(), shutdown.clone(), synced.clone()),
-            run_controller::<OpenEMRBackup>(ctx.clone(), shutdown.clone(), synced.clone()),
-            run_controller::<RestoreRequest>(ctx.clone(), shutdown.clone(), synced.clone()),
+            run_controller(
+                driver::<OpenEMRDeployment>(&ctx),
+                ctx.caches.deployments.clone(),
+                writers.deployments,
+                shutdown.clone(),
+                synced.clone()
+            ),
+            run_controller(
+                driver::<BackupPolicy>(&ctx),
+                ctx.caches.policies.clone(),
+                writers.policies,
+                shutdown.clone(),
+                synced.clone()
+            ),
+            run_controller(
+                driver::<OpenEMRBackup>(&ctx),
+                ctx.caches.backups.clone(),
+                writers.backups,
+                shutdown.clone(),
+                synced.clone()
+            ),
+            run_controller(
+                driver::<RestoreRequest>(&ctx),
+                ctx.caches.restores.clone(),
+                writers.restores,
+                shutdown.clone(),
+                synced.clone()
+            ),
+            watch_secrets(ctx.clone(), shutdown.clone()),
         )
     };
     let readiness = async {
         tokio::select! {
             () = async { for _ in 0..CONTROLLERS { synced_rx.recv().await; } } => {
+                ctx.mark_caches_synced();
                 health.set_ready(true);
                 info!("caches synced; ready");
             }
@@ -99,6 +130,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
 /// The controllers `run` starts, one per kind.
 const CONTROLLERS: usize = 4;
+
+fn driver<K: Reconcile>(ctx: &Arc<Context>) -> Arc<Driver<K>> {
+    Arc::new(Driver::new(ctx.clone()))
+}
 
 /// How long running reconciles get to finish after SIGTERM (below Kubernetes' default
 /// 30 s termination grace period).

@@ -26,6 +26,8 @@ pub enum ScheduleError {
     InvalidCron { expr: String, detail: String },
     #[error("unknown time zone {0:?}: not in the IANA time zone database")]
     UnknownTimeZone(String),
+    #[error("cron expression {0:?} never fires (it names a date that does not exist)")]
+    NeverFires(String),
 }
 
 impl ScheduleError {
@@ -34,6 +36,7 @@ impl ScheduleError {
         match self {
             ScheduleError::InvalidCron { .. } => "InvalidSchedule",
             ScheduleError::UnknownTimeZone(_) => "UnknownTimeZone",
+            ScheduleError::NeverFires(_) => "ScheduleNeverFires",
         }
     }
 }
@@ -134,6 +137,37 @@ mod tests {
             s.next_after(utc("2026-07-10T12:00:00Z")),
             Some(utc("2026-07-11T00:30:00Z"))
         );
+    }
+
+    /// A daily run in Europe/Berlin across the spring gap (2026-03-29: 02:00 CET jumps to
+    /// 03:00 CEST, so 02:30 does not exist) and the autumn overlap (2026-10-25: 02:00-03:00
+    /// happens twice): the run on the gap day happens at the first instant after the gap,
+    /// and the repeated hour runs it once.
+    #[test]
+    fn daily_runs_across_berlin_dst_gap_and_overlap() {
+        let s = Schedule::parse("30 2 * * *", "Europe/Berlin").unwrap();
+        let table = [
+            // (after, next) in UTC
+            ("2026-03-27T12:00:00Z", "2026-03-28T01:30:00Z"), // 02:30 CET
+            ("2026-03-28T01:30:00Z", "2026-03-29T01:00:00Z"), // gap: 03:00 CEST
+            ("2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z"), // 02:30 CEST
+            ("2026-10-24T00:30:00Z", "2026-10-25T00:30:00Z"), // first 02:30 (CEST)
+            ("2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"), // not the second 02:30 (CET)
+            ("2026-10-26T01:30:00Z", "2026-10-27T01:30:00Z"),
+        ];
+        for (after, next) in table {
+            assert_eq!(s.next_after(utc(after)), Some(utc(next)), "after {after}");
+        }
+        // The run of a daily schedule lands once per local day across both changes.
+        let mut t = utc("2026-03-20T00:00:00Z");
+        let mut days = std::collections::BTreeSet::new();
+        let mut runs = 0;
+        while t < utc("2026-11-01T00:00:00Z") {
+            t = s.next_after(t).unwrap();
+            days.insert(t.with_timezone(&s.tz).date_naive());
+            runs += 1;
+        }
+        assert_eq!(runs, days.len(), "one run per local day");
     }
 
     #[test]

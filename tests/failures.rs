@@ -1,26 +1,35 @@
-//! A reconcile that cannot do its work says so on the object (`Synced=False` with the
-//! reason) and backs off instead of hot-looping; once the cause is gone it recovers.
-//! Runs on a control plane of its own, since it takes permissions away from the operator.
+//! A reconcile that cannot do its work retries with a doubling backoff, says so on the
+//! object (`Synced=False` with the reason) from the second consecutive failure on, and
+//! recovers once the cause is gone; a blip that one retry fixes costs no status write and
+//! no Event. Runs on a control plane of its own, since it takes permissions away from the
+//! operator; the tests here take turns, as they change the same ClusterRole.
 
 mod support;
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use openemr_operator::api::OpenEMRDeployment;
 use support::operator::Operator;
 use support::{
-    TestNamespace, apply, condition, documents, eventually, private_env_without_crds, warning_event,
+    TestEnv, TestNamespace, apply, condition, documents, eventually, private_env_without_crds,
+    warning_event,
 };
 
-#[tokio::test]
-async fn a_failing_read_is_reported_and_retried_with_backoff() {
-    let env = private_env_without_crds();
-    env.install_crds();
-    let client = env.admin().await;
-    let ns = TestNamespace::new(env, "failures").await;
+/// The ClusterRole is shared by every test here.
+static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-    // The operator may no longer read Secrets.
+fn env() -> &'static TestEnv {
+    static CRDS: std::sync::Once = std::sync::Once::new();
+    let env = private_env_without_crds();
+    CRDS.call_once(|| env.install_crds());
+    env
+}
+
+/// Takes the operator's permission to read Secrets away.
+fn forbid_secrets(env: &TestEnv) {
     let role = env.kubectl(&["get", "clusterrole", "openemr-operator", "-o", "json"]);
     let mut role: serde_json::Value = serde_json::from_str(&role).unwrap();
     let rules = role["rules"].as_array_mut().unwrap();
@@ -33,22 +42,53 @@ async fn a_failing_read_is_reported_and_retried_with_backoff() {
     });
     role["metadata"] = serde_json::json!({"name": "openemr-operator"});
     env.kubectl_stdin(&["replace", "-f", "-"], &role.to_string());
+}
 
-    let clinic = documents(
+/// Gives back exactly what deploy/rbac.yaml grants.
+fn restore_rbac(env: &TestEnv) {
+    let deploy = std::path::Path::new(support::REPO).join("deploy/rbac.yaml");
+    env.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        deploy.to_str().unwrap(),
+    ]);
+}
+
+fn clinic(name: &str) -> serde_json::Value {
+    documents(&format!(
         "
 apiVersion: openemr.io/v1alpha1
 kind: OpenEMRDeployment
-metadata: {name: clinic-a}
+metadata: {{name: {name}}}
 spec:
-  aws: {region: us-east-1}
-  network: {newVpc: {}}
-  database: {credentialsSecretRef: {name: clinic-db}}
-",
-    )
-    .remove(0);
-    apply(&client, &ns.name, &clinic).await.unwrap();
+  aws: {{region: us-east-1}}
+  network: {{newVpc: {{}}}}
+  database: {{credentialsSecretRef: {{name: clinic-db}}}}
+"
+    ))
+    .remove(0)
+}
 
-    let operator = Operator::start(env, Some(&ns.name));
+const FAILED: &str =
+    "openemr_reconciliations_total{controller=\"openemrdeployment\",result=\"ObserveFailed\"}";
+
+#[tokio::test]
+async fn a_failing_read_is_retried_with_a_doubling_backoff_and_reported() {
+    let _turn = TURNS.lock().await;
+    let env = env();
+    let client = env.admin().await;
+    let ns = TestNamespace::new(env, "failures").await;
+    forbid_secrets(env);
+    apply(&client, &ns.name, &clinic("clinic-a")).await.unwrap();
+
+    // Short timings, so that several retries fit in the test: 1 s, 2 s, 4 s, 4 s, …
+    let operator = Operator::start_with(
+        env,
+        Some(&ns.name),
+        &["--retry-initial", "1s", "--retry-max", "4s"],
+    );
     operator.wait_for("/readyz", 200).await;
     let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
     let synced = eventually(Duration::from_secs(60), "Synced=False", || async {
@@ -60,36 +100,39 @@ spec:
     assert_eq!(synced.reason, "ObserveFailed");
     assert!(synced.message.contains("forbidden"), "{}", synced.message);
     warning_event(&client, &ns.name, "clinic-a", "ObserveFailed").await;
-
-    // Backoff, not a hot loop: the failed reconcile, at most one more triggered by its own
-    // status write, then nothing for the first 15 s.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let failed =
-        "openemr_reconciliations_total{controller=\"openemrdeployment\",result=\"ObserveFailed\"}";
-    let failures = operator.metric(failed).await;
+    // Written at the second consecutive failure, not the first.
+    let at_report = operator.metric(FAILED).await;
     assert!(
-        (1..=2).contains(&failures),
-        "{failures} failed reconciles in the first seconds"
+        at_report >= 2,
+        "{at_report} failures when Synced=False appeared"
+    );
+    assert_eq!(
+        operator
+            .metric("openemr_tracked_objects{controller=\"openemrdeployment\"}")
+            .await,
+        1,
+        "the failing clinic's state is held"
     );
 
-    // Permission back: the next attempt succeeds and the real verdict appears.
-    let deploy = std::path::Path::new(support::REPO).join("deploy/rbac.yaml");
-    env.kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        deploy.to_str().unwrap(),
-    ]);
-    env.kubectl(&[
-        "annotate",
-        "-n",
-        &ns.name,
-        "openemrdeployment.openemr.io",
-        "clinic-a",
-        "openemr.io/retry=1",
-    ]);
-    let recovered = eventually(Duration::from_secs(60), "Synced=True", || async {
+    // Attempts over 12 s: with retries after 2 s, 4 s, 4 s, … there are 2 to 4 more; a
+    // fixed 1 s retry would make 12, a hot loop hundreds, no retry none.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let attempts = operator.metric(FAILED).await - at_report;
+    assert!(
+        (2..=4).contains(&attempts),
+        "{attempts} failed attempts in 12 s; operator log:\n{}",
+        operator.log()
+    );
+    // The status is not rewritten by the repeats: same message, no echo.
+    let writes = operator
+        .metric("openemr_status_writes_total{controller=\"openemrdeployment\"}")
+        .await;
+    assert_eq!(writes, 1, "only the failure report was written");
+
+    // Permission back: the next retry succeeds and the real verdict appears, without any
+    // edit to the clinic.
+    restore_rbac(env);
+    let recovered = eventually(Duration::from_secs(30), "Synced=True", || async {
         condition(&clinics, "clinic-a", "Synced")
             .await
             .filter(|c| c.status == "True")
@@ -98,5 +141,114 @@ spec:
     assert_eq!(recovered.reason, "Reconciled");
     let accepted = condition(&clinics, "clinic-a", "Accepted").await.unwrap();
     assert_eq!(accepted.reason, "CredentialsSecretNotFound");
+    let tracked = "openemr_tracked_objects{controller=\"openemrdeployment\"}";
+    eventually(
+        Duration::from_secs(10),
+        "no state held once it succeeds",
+        || async { (operator.metric(tracked).await == 0).then_some(()) },
+    )
+    .await;
+
+    // The Secret appearing is noticed through the Secret watch, not a poll (a refused
+    // clinic is not polled).
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "clinic-db"},
+        "stringData": {"password": "p"},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "Accepted once the Secret exists",
+        || async {
+            condition(&clinics, "clinic-a", "Accepted")
+                .await
+                .filter(|c| c.reason == "Valid")
+        },
+    )
+    .await;
+    assert_eq!(operator.terminate().code(), Some(0));
+}
+
+/// A transient API error across 100 clinics: each one's first reconcile fails, the retry
+/// succeeds. The failure costs no status write and no Event.
+#[tokio::test]
+async fn a_blip_across_100_clinics_costs_no_status_write_and_no_event() {
+    const CLINICS: usize = 100;
+    let _turn = TURNS.lock().await;
+    let env = env();
+    let client = env.admin().await;
+    let ns = TestNamespace::new(env, "blip").await;
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "clinic-db"},
+        "stringData": {"password": "p"},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap();
+    for i in 0..CLINICS {
+        apply(&client, &ns.name, &clinic(&format!("clinic-{i}")))
+            .await
+            .unwrap();
+    }
+    forbid_secrets(env);
+    let operator = Operator::start(env, Some(&ns.name));
+    operator.wait_for("/readyz", 200).await;
+    eventually(
+        Duration::from_secs(30),
+        "every clinic's first reconcile to fail",
+        || async { (operator.metric(FAILED).await >= CLINICS as u64).then_some(()) },
+    )
+    .await;
+    restore_rbac(env);
+
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    eventually(
+        Duration::from_secs(60),
+        "every clinic accepted after its retry",
+        || async {
+            let list = clinics.list(&Default::default()).await.ok()?;
+            let accepted = list
+                .items
+                .iter()
+                .filter(|c| {
+                    let conditions = c.status.as_ref().map(|s| &s.conditions[..]);
+                    openemr_operator::conditions::find(conditions.unwrap_or_default(), "Accepted")
+                        .is_some_and(|a| a.reason == "Valid")
+                })
+                .count();
+            (accepted == CLINICS).then_some(())
+        },
+    )
+    .await;
+    let writes = operator
+        .metric("openemr_status_writes_total{controller=\"openemrdeployment\"}")
+        .await;
+    let published = operator
+        .metric("openemr_events_total{controller=\"openemrdeployment\"}")
+        .await;
+    let failed = operator.metric(FAILED).await;
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let stored = events.list(&Default::default()).await.unwrap().items;
+    let warnings = stored
+        .iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .count();
+    println!(
+        "blip across {CLINICS} clinics: {failed} failed reconciles, {writes} status writes, \
+         {published} Events published ({} stored, {warnings} Warnings)",
+        stored.len()
+    );
+    assert_eq!(failed, CLINICS as u64, "one failure each, then success");
+    // One write per clinic (its first status) and two Events (Accepted, Ready): what a
+    // clinic costs without any failure.
+    assert_eq!(writes, CLINICS as u64);
+    assert_eq!(published, 2 * CLINICS as u64);
+    assert_eq!(warnings, 0);
     assert_eq!(operator.terminate().code(), Some(0));
 }

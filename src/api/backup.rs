@@ -107,6 +107,12 @@ pub struct OpenEMRBackupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
+    /// A change to the outside world this operator decided on and may have sent, recorded
+    /// before the request went out; cleared once a later look at the world shows it done.
+    /// After a crash it tells the next reconcile to check before acting again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<super::ChangeIntent>,
+
     /// Stable id of the set, used in every AWS name and the S3 prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_id: Option<String>,

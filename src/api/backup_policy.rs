@@ -296,6 +296,12 @@ pub struct BackupPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
+    /// A change to the outside world this operator decided on and may have sent, recorded
+    /// before the request went out; cleared once a later look at the world shows it done.
+    /// After a crash it tells the next reconcile to check before acting again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<super::ChangeIntent>,
+
     /// When a run was last started by the schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<Time>,

@@ -39,6 +39,20 @@ pub struct LocalRef {
     pub name: String,
 }
 
+/// A mutating call the operator is about to make (or made, if it crashed before recording
+/// the outcome): written to status before the call is sent.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeIntent {
+    /// What is being done, e.g. `CreateStack`.
+    pub action: String,
+    /// The deterministic name or idempotency token the call carries, derived from the
+    /// object (uid, generation, set id), so that sending it again cannot make a duplicate.
+    pub token: String,
+    /// When the intent was recorded.
+    pub started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+}
+
 /// What the operator does with a clinic's data in AWS when its OpenEMRDeployment is deleted.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DeletionPolicy {

@@ -338,6 +338,12 @@ pub struct RestoreRequestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
+    /// A change to the outside world this operator decided on and may have sent, recorded
+    /// before the request went out; cleared once a later look at the world shows it done.
+    /// After a crash it tells the next reconcile to check before acting again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<super::ChangeIntent>,
+
     /// Steps done out of steps planned, e.g. `3/7`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,

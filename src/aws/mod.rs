@@ -1,6 +1,8 @@
 //! AWS clients: one shared base configuration (standard credential chain — IRSA, Pod
 //! Identity, environment — and `AWS_ENDPOINT_URL`), per-region service clients, and an
-//! interceptor that counts every attempt in `aws_api_calls_total{service,operation,outcome}`.
+//! interceptor that counts every operation in
+//! `openemr_aws_api_calls_total{service,operation,outcome}` and every attempt (retries
+//! included) in `openemr_aws_api_attempts_total`.
 //!
 //! All clients use rustls on ring, the same TLS stack as the Kubernetes client.
 
@@ -69,7 +71,7 @@ impl AwsClients {
     }
 }
 
-/// Counts every attempt (retries included: each one spends rate limit).
+/// Counts every operation once, and every attempt (retries spend rate limit too).
 #[derive(Clone)]
 struct CallCounter {
     metrics: Arc<Metrics>,
@@ -92,23 +94,41 @@ impl Intercept for CallCounter {
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let (service, operation) = cfg
-            .load::<Metadata>()
-            .map(|m| (m.service().to_ascii_lowercase(), m.name().to_string()))
-            .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
-        let outcome = match context.response() {
-            None => Outcome::TransportError,
-            Some(resp) => classify(resp.status().as_u16(), resp.body().bytes()),
-        };
         self.metrics
-            .aws_api_calls
-            .get_or_create(&AwsCallLabels {
-                service,
-                operation,
-                outcome: outcome.as_str().into(),
-            })
+            .aws_api_attempts
+            .get_or_create(&labels(context, cfg))
             .inc();
         Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.metrics
+            .aws_api_calls
+            .get_or_create(&labels(context, cfg))
+            .inc();
+        Ok(())
+    }
+}
+
+/// Service, operation and the outcome of the response at hand.
+fn labels(context: &FinalizerInterceptorContextRef<'_>, cfg: &ConfigBag) -> AwsCallLabels {
+    let (service, operation) = cfg
+        .load::<Metadata>()
+        .map(|m| (m.service().to_ascii_lowercase(), m.name().to_string()))
+        .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+    let outcome = match context.response() {
+        None => Outcome::TransportError,
+        Some(resp) => classify(resp.status().as_u16(), resp.body().bytes()),
+    };
+    AwsCallLabels {
+        service,
+        operation,
+        outcome: outcome.as_str().into(),
     }
 }
 

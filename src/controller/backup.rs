@@ -1,15 +1,15 @@
 //! OpenEMRBackup controller (one backup set per object).
 //!
-//! Today it checks that the clinic exists and that a named policy exists and covers that
-//! clinic, reports `Accepted`, and leaves the set `Pending`. Taking the snapshot and the
-//! documents copy, and writing the manifest, plug in here.
+//! Today it checks, in the shared caches, that the clinic exists and that a named policy
+//! exists and covers that clinic, reports `Accepted`, and leaves the set `Pending`. Taking
+//! the snapshot and the documents copy, and writing the manifest, plug in here.
 
 use k8s_openapi::jiff::Timestamp;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 
-use super::{Context, Error, Plan, Reconcile, exists, status_with};
+use super::{Context, Error, NoChange, Plan, Reconcile, RefKind, lookup, status_with};
 use crate::api::backup::BackupPhase;
-use crate::api::{BackupPolicy, OpenEMRBackup, OpenEMRBackupStatus, OpenEMRDeployment};
+use crate::api::{OpenEMRBackup, OpenEMRBackupStatus};
 use crate::conditions::Verdict;
 
 /// The policy named by a set, as found.
@@ -17,6 +17,8 @@ use crate::conditions::Verdict;
 pub enum PolicyRef {
     NotSet,
     Missing,
+    /// Present but not readable as a BackupPolicy of this API.
+    Unreadable,
     /// Found; it covers this deployment.
     Covers(String),
 }
@@ -29,25 +31,24 @@ pub struct Observed {
 
 impl Reconcile for OpenEMRBackup {
     type Observed = Observed;
+    type Change = NoChange;
     const CONTROLLER: &'static str = "openemrbackup";
+    const REF_KIND: Option<RefKind> = Some(RefKind::Backup);
 
     async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
         let ns = self.namespace().unwrap_or_default();
-        let deployments: Api<OpenEMRDeployment> = Api::namespaced(ctx.client.clone(), &ns);
-        let deployment_exists = exists(&deployments, &self.spec.deployment_ref.name).await?;
+        let caches = &ctx.caches;
+        let deployment_exists =
+            lookup(&caches.deployments, &ns, &self.spec.deployment_ref.name).is_some();
         let policy = match &self.spec.policy_ref {
             None => PolicyRef::NotSet,
-            Some(r) => {
-                let policies: Api<BackupPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-                match policies
-                    .get_opt(&r.name)
-                    .await
-                    .map_err(Error::observe(format!("BackupPolicy {ns}/{}", r.name)))?
-                {
-                    None => PolicyRef::Missing,
-                    Some(p) => PolicyRef::Covers(p.spec.deployment_ref.name),
-                }
-            }
+            Some(r) => match lookup(&caches.policies, &ns, &r.name) {
+                None => PolicyRef::Missing,
+                Some(found) => match &found.0 {
+                    Ok(p) => PolicyRef::Covers(p.spec.deployment_ref.name.clone()),
+                    Err(_) => PolicyRef::Unreadable,
+                },
+            },
         };
         Ok(Observed {
             deployment_exists,
@@ -55,18 +56,31 @@ impl Reconcile for OpenEMRBackup {
         })
     }
 
-    const NAMES_DEPLOYMENTS: bool = true;
-
-    fn refers_to_deployment(&self, name: &str) -> bool {
-        self.spec.deployment_ref.name == name
+    fn references(&self) -> Vec<(RefKind, String)> {
+        let mut refs = vec![(RefKind::Deployment, self.spec.deployment_ref.name.clone())];
+        refs.extend(
+            self.spec
+                .policy_ref
+                .iter()
+                .map(|r| (RefKind::Policy, r.name.clone())),
+        );
+        refs
     }
 
-    fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<OpenEMRBackupStatus> {
+    fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<OpenEMRBackupStatus, NoChange> {
         let accepted = self.validate(observed);
         let is_accepted = accepted.status;
         let mut status = status_with(self, &[accepted], now);
         status.phase.get_or_insert(BackupPhase::Pending);
         Plan::after_validation(status, is_accepted)
+    }
+
+    fn intent(change: &NoChange) -> (String, String) {
+        match *change {}
+    }
+
+    async fn act(&self, change: &NoChange, _ctx: &Context) -> Result<(), Error> {
+        match *change {}
     }
 }
 
@@ -93,6 +107,13 @@ impl OpenEMRBackup {
                 "Accepted",
                 "PolicyNotFound",
                 format!("spec.policyRef: BackupPolicy {policy:?} does not exist in this namespace"),
+            ),
+            PolicyRef::Unreadable => Verdict::falsy(
+                "Accepted",
+                "PolicyInvalid",
+                format!(
+                    "spec.policyRef: BackupPolicy {policy:?} cannot be read as this operator's API; see its Events"
+                ),
             ),
             PolicyRef::Covers(other) if other != deployment => Verdict::falsy(
                 "Accepted",
@@ -154,6 +175,18 @@ mod tests {
             ("False", "PolicyMismatch")
         );
         assert!(c.message.contains("spec.policyRef"));
+    }
+
+    #[test]
+    fn a_set_names_its_clinic_and_policy() {
+        assert_eq!(
+            set(Some("nightly")).references(),
+            [
+                (RefKind::Deployment, "clinic-a".to_string()),
+                (RefKind::Policy, "nightly".to_string())
+            ]
+        );
+        assert_eq!(set(None).references().len(), 1);
     }
 
     #[test]

@@ -1,17 +1,19 @@
 //! BackupPolicy controller.
 //!
-//! Today it judges what the API server cannot: that the schedules parse (numbers in range),
-//! that the time zones exist in the tz database, and that the clinic it covers exists. It
-//! reports `Accepted` with a reason naming the field. Taking, pruning and copying sets plug
-//! in here.
+//! Today it judges what the API server cannot: that the schedules parse (numbers in range)
+//! and fire at all (`0 3 31 2 *` never does), that the time zones exist in the tz
+//! database, and that the clinic it covers exists (looked up in the shared clinic cache).
+//! It reports `Accepted` with a reason naming the field. Taking, pruning and copying sets
+//! plug in here.
 
+use chrono::{DateTime, Utc};
 use k8s_openapi::jiff::Timestamp;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 
-use super::{Context, Error, Plan, Reconcile, exists, status_with};
-use crate::api::{BackupPolicy, BackupPolicyStatus, OpenEMRDeployment};
+use super::{Context, Error, NoChange, Plan, Reconcile, RefKind, lookup, status_with};
+use crate::api::{BackupPolicy, BackupPolicyStatus};
 use crate::conditions::Verdict;
-use crate::schedule::Schedule;
+use crate::schedule::{Schedule, ScheduleError};
 
 #[derive(Debug, Clone)]
 pub struct Observed {
@@ -20,33 +22,52 @@ pub struct Observed {
 
 impl Reconcile for BackupPolicy {
     type Observed = Observed;
+    type Change = NoChange;
     const CONTROLLER: &'static str = "backuppolicy";
+    const REF_KIND: Option<RefKind> = Some(RefKind::Policy);
 
     async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
         let ns = self.namespace().unwrap_or_default();
-        let api: Api<OpenEMRDeployment> = Api::namespaced(ctx.client.clone(), &ns);
+        let found = lookup(&ctx.caches.deployments, &ns, &self.spec.deployment_ref.name);
         Ok(Observed {
-            deployment_exists: exists(&api, &self.spec.deployment_ref.name).await?,
+            deployment_exists: found.is_some(),
         })
     }
 
-    const NAMES_DEPLOYMENTS: bool = true;
-
-    fn refers_to_deployment(&self, name: &str) -> bool {
-        self.spec.deployment_ref.name == name
+    fn references(&self) -> Vec<(RefKind, String)> {
+        vec![(RefKind::Deployment, self.spec.deployment_ref.name.clone())]
     }
 
-    fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<BackupPolicyStatus> {
-        let accepted = self.validate(observed);
+    fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<BackupPolicyStatus, NoChange> {
+        let accepted = self.validate(observed, now);
         let is_accepted = accepted.status;
         Plan::after_validation(status_with(self, &[accepted], now), is_accepted)
+    }
+
+    fn intent(change: &NoChange) -> (String, String) {
+        match *change {}
+    }
+
+    async fn act(&self, change: &NoChange, _ctx: &Context) -> Result<(), Error> {
+        match *change {}
+    }
+}
+
+/// A schedule that parses and fires at least once after `now`.
+fn check_schedule(expr: &str, zone: &str, now: DateTime<Utc>) -> Result<(), ScheduleError> {
+    let schedule = Schedule::parse(expr, zone)?;
+    match schedule.next_after(now) {
+        Some(_) => Ok(()),
+        None => Err(ScheduleError::NeverFires(expr.to_string())),
     }
 }
 
 impl BackupPolicy {
-    fn validate(&self, observed: &Observed) -> Verdict {
+    fn validate(&self, observed: &Observed, now: Timestamp) -> Verdict {
         let spec = &self.spec;
-        if let Err(e) = Schedule::parse(&spec.schedule, &spec.time_zone) {
+        let now = DateTime::from_timestamp(now.as_second(), now.subsec_nanosecond().max(0) as u32)
+            .unwrap_or_else(Utc::now);
+        if let Err(e) = check_schedule(&spec.schedule, &spec.time_zone, now) {
             return Verdict::falsy(
                 "Accepted",
                 e.reason(),
@@ -54,7 +75,7 @@ impl BackupPolicy {
             );
         }
         if let Some(drill) = &spec.drill
-            && let Err(e) = Schedule::parse(&drill.schedule, &drill.time_zone)
+            && let Err(e) = check_schedule(&drill.schedule, &drill.time_zone, now)
         {
             return Verdict::falsy(
                 "Accepted",
@@ -81,6 +102,7 @@ mod tests {
     use super::*;
     use crate::api::Condition;
     use crate::conditions;
+    use crate::controller::Requeue;
 
     fn policy(schedule: &str, tz: &str) -> BackupPolicy {
         let spec = serde_json::from_value(serde_json::json!({
@@ -139,6 +161,54 @@ mod tests {
         let c = accepted(&p, true);
         assert_eq!(c.reason, "InvalidSchedule");
         assert!(c.message.contains("spec.drill.schedule"), "{}", c.message);
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_is_refused_until_the_spec_changes() {
+        let p = policy("0 3 31 2 *", "Europe/Berlin");
+        let c = accepted(&p, true);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ScheduleNeverFires")
+        );
+        assert!(
+            c.message.contains("spec.schedule") && c.message.contains("0 3 31 2 *"),
+            "{}",
+            c.message
+        );
+        let plan = p.plan(
+            &Observed {
+                deployment_exists: true,
+            },
+            Timestamp::from_second(1_800_000_000).unwrap(),
+        );
+        assert_eq!(plan.requeue, Requeue::OnChange);
+        let mut drill = policy("@daily", "UTC");
+        drill.spec.drill = Some(
+            serde_json::from_value(
+                serde_json::json!({"schedule": "0 6 30 2 *", "timeZone": "UTC"}),
+            )
+            .unwrap(),
+        );
+        let c = accepted(&drill, true);
+        assert_eq!(c.reason, "ScheduleNeverFires");
+        assert!(c.message.contains("spec.drill.schedule"), "{}", c.message);
+    }
+
+    #[test]
+    fn a_valid_policy_is_resynced_and_names_its_clinic() {
+        let p = policy("@daily", "UTC");
+        assert_eq!(
+            p.references(),
+            [(RefKind::Deployment, "clinic-a".to_string())]
+        );
+        let plan = p.plan(
+            &Observed {
+                deployment_exists: true,
+            },
+            Timestamp::from_second(1_800_000_000).unwrap(),
+        );
+        assert_eq!(plan.requeue, Requeue::Resync);
     }
 
     #[test]

@@ -1,16 +1,19 @@
 //! OpenEMRDeployment controller.
 //!
 //! Today it judges what the API server cannot: that the Secrets the spec names (database
-//! credentials, OpenEMR's first administrator) exist and carry the keys they must. It
-//! reports `Accepted`, and `Ready=False` with reason `NotProvisioned`, because this version
-//! does not create AWS resources or the web tier yet; the provisioning steps (stack, RDS,
-//! web tier) plug into `observe` and `plan` here.
+//! credentials, OpenEMR's first administrator) exist and carry the keys they must (read
+//! when the clinic or one of those Secrets changes; Secrets are watched by metadata only
+//! and never cached). It reports `Accepted`, and `Ready=False` with reason
+//! `NotProvisioned`, because this version does not create AWS resources or the web tier
+//! yet; the provisioning steps (stack, RDS, web tier) plug into `observe`, `plan`, `act`
+//! and `cleanup` here. Clinics carry the finalizer [`FINALIZER`] so that their cleanup
+//! (by `spec.deletionPolicy`) runs before they go; today there is nothing to clean up.
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Api, ResourceExt};
 
-use super::{Context, Error, Plan, Reconcile, status_with};
+use super::{Context, Error, NoChange, Plan, Reconcile, RefKind, status_with};
 use crate::api::deployment::DeploymentPhase;
 use crate::api::{LocalRef, OpenEMRDeployment, OpenEMRDeploymentStatus};
 use crate::conditions::Verdict;
@@ -73,9 +76,30 @@ impl OpenEMRDeployment {
     }
 }
 
+/// The finalizer on every clinic: its AWS resources are dealt with before it goes.
+pub const FINALIZER: &str = "openemr.io/cleanup";
+
 impl Reconcile for OpenEMRDeployment {
     type Observed = Observed;
+    type Change = NoChange;
     const CONTROLLER: &'static str = "openemrdeployment";
+    const REF_KIND: Option<RefKind> = Some(RefKind::Deployment);
+    const FINALIZER: Option<&'static str> = Some(FINALIZER);
+
+    fn references(&self) -> Vec<(RefKind, String)> {
+        self.referenced_secrets()
+            .into_iter()
+            .map(|(_, r)| (RefKind::Secret, r.name.clone()))
+            .collect()
+    }
+
+    fn intent(change: &NoChange) -> (String, String) {
+        match *change {}
+    }
+
+    async fn act(&self, change: &NoChange, _ctx: &Context) -> Result<(), Error> {
+        match *change {}
+    }
 
     async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
         let ns = self.namespace().unwrap_or_default();
@@ -107,7 +131,7 @@ impl Reconcile for OpenEMRDeployment {
         Ok(Observed { secrets })
     }
 
-    fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<OpenEMRDeploymentStatus> {
+    fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<OpenEMRDeploymentStatus, NoChange> {
         let refusal = observed
             .secrets
             .iter()
@@ -198,6 +222,13 @@ mod tests {
     fn both_secrets_are_looked_up() {
         let both = clinic();
         assert_eq!(both.referenced_secrets().len(), 2);
+        assert_eq!(
+            both.references(),
+            [
+                (RefKind::Secret, "db-creds".to_string()),
+                (RefKind::Secret, "admin".to_string())
+            ]
+        );
         let mut bare = clinic();
         bare.spec.database.credentials_secret_ref = None;
         bare.spec.web.admin_credentials_secret_ref = None;
@@ -228,7 +259,8 @@ mod tests {
                 .message
                 .contains("spec.database.credentialsSecretRef")
         );
-        assert!(plan.requeue < super::super::RESYNC);
+        // The Secret is watched: no polling while it is missing.
+        assert_eq!(plan.requeue, super::super::Requeue::OnChange);
     }
 
     #[test]

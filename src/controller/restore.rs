@@ -1,18 +1,19 @@
 //! RestoreRequest controller.
 //!
-//! Today it checks what the API server cannot: that the named source (set, policy, clinic)
-//! exists, that a point in time is not in the future, that an in-place target exists, and
-//! that a side-by-side target name is not taken by a clinic this request does not own. It
-//! reports `Accepted` and leaves the request `Pending`. The restore steps plug in here.
+//! Today it checks, in the shared caches, what the API server cannot: that the named
+//! source (set, policy, clinic) exists, that a point in time is not in the future (looking
+//! again when it has passed), that an in-place target exists, and that a side-by-side
+//! target name is not taken by a clinic this request does not own. It reports `Accepted`
+//! and leaves the request `Pending`. The restore steps plug in here.
+
+use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 
-use super::{Context, Error, Plan, Reconcile, exists, get_meta, status_with};
+use super::{Context, Error, NoChange, Plan, Reconcile, RefKind, Requeue, lookup, status_with};
 use crate::api::restore::RestorePhase;
-use crate::api::{
-    BackupPolicy, OpenEMRBackup, OpenEMRDeployment, RestoreRequest, RestoreRequestStatus,
-};
+use crate::api::{RestoreRequest, RestoreRequestStatus};
 use crate::conditions::Verdict;
 
 /// Whether each object the request names was found.
@@ -28,73 +29,78 @@ pub struct Observed {
 
 impl Reconcile for RestoreRequest {
     type Observed = Observed;
+    type Change = NoChange;
     const CONTROLLER: &'static str = "restorerequest";
 
     async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
         let ns = self.namespace().unwrap_or_default();
-        let client = &ctx.client;
-        let deployments: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns);
+        let caches = &ctx.caches;
         let source = &self.spec.source;
         let source_exists = if let Some(r) = &source.backup_ref {
-            Some(
-                exists(
-                    &Api::<OpenEMRBackup>::namespaced(client.clone(), &ns),
-                    &r.name,
-                )
-                .await?,
-            )
+            Some(lookup(&caches.backups, &ns, &r.name).is_some())
         } else if let Some(r) = &source.latest_from_policy {
-            Some(
-                exists(
-                    &Api::<BackupPolicy>::namespaced(client.clone(), &ns),
-                    &r.name,
-                )
-                .await?,
-            )
-        } else if let Some(p) = &source.point_in_time {
-            Some(exists(&deployments, &p.deployment_ref.name).await?)
+            Some(lookup(&caches.policies, &ns, &r.name).is_some())
         } else {
-            None
+            source
+                .point_in_time
+                .as_ref()
+                .map(|p| lookup(&caches.deployments, &ns, &p.deployment_ref.name).is_some())
         };
         let mut observed = Observed {
             source_exists,
             ..Observed::default()
         };
         if let Some(t) = &self.spec.target.in_place {
-            observed.in_place_target_exists = Some(exists(&deployments, &t.deployment_name).await?);
-        } else {
-            let name = self.side_by_side_name();
-            if let Some(meta) = get_meta(&deployments, &name).await? {
-                let uid = self.uid().unwrap_or_default();
-                observed.side_by_side_name_taken =
-                    !meta.owner_references().iter().any(|o| o.uid == uid);
-            }
+            observed.in_place_target_exists =
+                Some(lookup(&caches.deployments, &ns, &t.deployment_name).is_some());
+        } else if let Some(found) = lookup(&caches.deployments, &ns, &self.side_by_side_name()) {
+            let uid = self.uid().unwrap_or_default();
+            observed.side_by_side_name_taken =
+                !found.owner_references().iter().any(|o| o.uid == uid);
         }
         Ok(observed)
     }
 
-    const NAMES_DEPLOYMENTS: bool = true;
-
-    fn refers_to_deployment(&self, name: &str) -> bool {
+    fn references(&self) -> Vec<(RefKind, String)> {
         let spec = &self.spec;
-        spec.source
-            .point_in_time
-            .as_ref()
-            .is_some_and(|p| p.deployment_ref.name == name)
-            || spec
-                .target
-                .in_place
-                .as_ref()
-                .is_some_and(|t| t.deployment_name == name)
-            || (spec.target.in_place.is_none() && self.side_by_side_name() == name)
+        let source = &spec.source;
+        let mut refs = Vec::new();
+        if let Some(r) = &source.backup_ref {
+            refs.push((RefKind::Backup, r.name.clone()));
+        }
+        if let Some(r) = &source.latest_from_policy {
+            refs.push((RefKind::Policy, r.name.clone()));
+        }
+        if let Some(p) = &source.point_in_time {
+            refs.push((RefKind::Deployment, p.deployment_ref.name.clone()));
+        }
+        let target = match &spec.target.in_place {
+            Some(t) => t.deployment_name.clone(),
+            None => self.side_by_side_name(),
+        };
+        refs.push((RefKind::Deployment, target));
+        refs
     }
 
-    fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<RestoreRequestStatus> {
+    fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<RestoreRequestStatus, NoChange> {
         let accepted = self.validate(observed, now);
         let is_accepted = accepted.status;
         let mut status = status_with(self, &[accepted], now);
         status.phase.get_or_insert(RestorePhase::Pending);
-        Plan::after_validation(status, is_accepted)
+        let mut plan = Plan::after_validation(status, is_accepted);
+        if let Some(wait) = self.until_point_in_time(now) {
+            // Time alone fixes this refusal.
+            plan.requeue = Requeue::After(wait);
+        }
+        plan
+    }
+
+    fn intent(change: &NoChange) -> (String, String) {
+        match *change {}
+    }
+
+    async fn act(&self, change: &NoChange, _ctx: &Context) -> Result<(), Error> {
+        match *change {}
     }
 }
 
@@ -107,6 +113,15 @@ impl RestoreRequest {
             .as_ref()
             .and_then(|t| t.deployment_name.clone())
             .unwrap_or_else(|| self.name_any())
+    }
+
+    /// How long until a requested point in time that is still in the future has passed.
+    fn until_point_in_time(&self, now: Timestamp) -> Option<Duration> {
+        let time = self.spec.source.point_in_time.as_ref()?.time.as_ref()?;
+        let wait = time.0.duration_since(now);
+        (wait.is_positive())
+            .then(|| Duration::try_from(wait).ok())
+            .flatten()
     }
 
     fn validate(&self, observed: &Observed, now: Timestamp) -> Verdict {
@@ -224,6 +239,38 @@ mod tests {
             },
         );
         assert_eq!(c.reason, "PointInTimeInFuture");
+        // Looked at again once the time has passed, not polled meanwhile.
+        let plan = r.plan(
+            &Observed {
+                source_exists: Some(true),
+                ..Default::default()
+            },
+            now(),
+        );
+        let wait = Duration::from_secs(3600 * (24 * 38 + 12));
+        assert_eq!(plan.requeue, Requeue::After(wait));
+    }
+
+    #[test]
+    fn a_request_names_its_source_and_target() {
+        let r = request(serde_json::json!({"source": {"backupRef": {"name": "set-9"}}}));
+        assert_eq!(
+            r.references(),
+            [
+                (RefKind::Backup, "set-9".to_string()),
+                (RefKind::Deployment, "restore-1".to_string())
+            ]
+        );
+        let r = request(serde_json::json!({"source": {"pointInTime": {
+            "deploymentRef": {"name": "clinic-a"}, "latestRestorable": true}},
+            "target": {"inPlace": {"deploymentName": "clinic-a", "confirm": "clinic-a"}}}));
+        assert_eq!(
+            r.references(),
+            [
+                (RefKind::Deployment, "clinic-a".to_string()),
+                (RefKind::Deployment, "clinic-a".to_string())
+            ]
+        );
     }
 
     #[test]

@@ -15,6 +15,11 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(env: &TestEnv, namespace: Option<&str>) -> Operator {
+        Self::start_with(env, namespace, &[])
+    }
+
+    /// Like [`Self::start`], with extra arguments to `run` (timings, concurrency).
+    pub fn start_with(env: &TestEnv, namespace: Option<&str>, extra: &[&str]) -> Operator {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -31,6 +36,7 @@ impl Operator {
         if let Some(ns) = namespace {
             cmd.args(["--namespace", ns]);
         }
+        cmd.args(extra);
         let child = cmd
             // The operator's own identity: only what deploy/rbac.yaml grants.
             .env("KUBECONFIG", env.var("OPERATOR_KUBECONFIG"))

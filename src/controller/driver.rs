@@ -1,0 +1,708 @@
+//! The reconcile driver: runs one kind's watch, its triggers and its pipeline.
+//!
+//! - **Watch**: one per kind, guarded against objects that do not deserialize, with
+//!   `managedFields` stripped, filling the kind's cache in [`Context::caches`]. Each event
+//!   updates the fingerprints, the reference index and the per-object state, and wakes
+//!   the object only when people or the world changed it ([`triggers`]); a change that
+//!   matters to objects naming it is published on the hub.
+//! - **Reconcile**: wrapped in the kind's finalizer if it has one; observe → plan → for
+//!   each change: record the intent in status, then act → status, written by server-side
+//!   apply under this controller's own field manager, with the resourceVersion it planned
+//!   from as a precondition, without forcing over fields another manager owns.
+//! - **Failures**: backoff per object (doubling, jittered); `Synced=False` is written only
+//!   from the second consecutive failure, so one blip costs nothing.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{self, Action};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::state::{Current, ObjectStates};
+use super::triggers::{Fingerprints, ReferenceIndex, Target, jittered};
+use super::{Context, Error, FIELD_MANAGER, ObjectStatus, Reconcile, Requeue, SYNCED, merged};
+use crate::api::ChangeIntent;
+use crate::conditions::{self, Verdict};
+use crate::metrics::ControllerLabel;
+
+/// The API's limit on an Event's note.
+const MAX_EVENT_NOTE: usize = 1024;
+/// How far requeue delays are spread (a fraction of the delay, added).
+const JITTER: f64 = 0.1;
+/// How soon an object whose cache was stale is planned again.
+const STALE_RETRY: Duration = Duration::from_secs(1);
+
+type Guarded<K> = DeserializeGuard<K>;
+
+/// One controller's own state, shared by its watch and its reconciles.
+pub struct Driver<K: Reconcile> {
+    pub ctx: Arc<Context>,
+    states: ObjectStates,
+    index: ReferenceIndex<ObjectRef<Guarded<K>>>,
+    prints: Fingerprints,
+    field_manager: String,
+}
+
+impl<K: Reconcile> Driver<K> {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Driver {
+            ctx,
+            states: ObjectStates::default(),
+            index: ReferenceIndex::default(),
+            prints: Fingerprints::default(),
+            field_manager: field_manager(K::CONTROLLER),
+        }
+    }
+
+    /// Objects with per-object state held (failing, or written ahead of the cache).
+    pub fn tracked_objects(&self) -> usize {
+        self.states.len()
+    }
+
+    fn label(&self) -> ControllerLabel {
+        ControllerLabel::new(K::CONTROLLER)
+    }
+
+    fn update_gauges(&self) {
+        let label = self.label();
+        let metrics = &self.ctx.metrics;
+        metrics
+            .tracked_objects
+            .get_or_create(&label)
+            .set(self.states.len() as i64);
+        metrics
+            .watched_objects
+            .get_or_create(&label)
+            .set(self.prints.len() as i64);
+    }
+}
+
+/// The field manager of one controller's status writes.
+pub fn field_manager(controller: &str) -> String {
+    format!("{FIELD_MANAGER}/{controller}")
+}
+
+/// Runs the watch and the controller of kind `K` until `shutdown` is cancelled, then lets
+/// running reconciles finish. One message goes to `synced` once the kind's cache holds its
+/// first full list; reconciles start once [`Context::mark_caches_synced`] was called.
+pub async fn run_controller<K: Reconcile>(
+    driver: Arc<Driver<K>>,
+    reader: Store<Guarded<K>>,
+    writer: Writer<Guarded<K>>,
+    shutdown: CancellationToken,
+    synced: mpsc::Sender<()>,
+) {
+    let ctx = driver.ctx.clone();
+    let (own_tx, own_rx) = mpsc::unbounded_channel::<ObjectRef<Guarded<K>>>();
+    let watch = watch_kind(driver.clone(), writer, own_tx, synced, shutdown.clone());
+    let controller = async {
+        if !ctx.wait_caches_synced(&shutdown).await {
+            info!(
+                controller = K::CONTROLLER,
+                "stopped before the caches synced"
+            );
+            return;
+        }
+        info!(controller = K::CONTROLLER, "starting");
+        let own = receiver_stream(own_rx);
+        let index_driver = driver.clone();
+        let referred = receiver_stream(ctx.hub.subscribe())
+            .flat_map(move |target| stream::iter(index_driver.index.referrers(&target)));
+        let no_watch = stream::pending::<Result<Guarded<K>, watcher::Error>>();
+        Controller::for_stream(no_watch, reader)
+            .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
+            .reconcile_on(own)
+            .reconcile_on(referred)
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+            .run(reconcile::<K>, error_policy::<K>, driver.clone())
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    debug!(controller = K::CONTROLLER, error = %e, "reconcile failed");
+                }
+            })
+            .await;
+        info!(controller = K::CONTROLLER, "stopped");
+    };
+    tokio::join!(watch, controller);
+}
+
+fn receiver_stream<T: Send + 'static>(
+    rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|t| (t, rx)) })
+}
+
+/// The kind's watch: fills the cache and turns events into triggers.
+async fn watch_kind<K: Reconcile>(
+    driver: Arc<Driver<K>>,
+    writer: Writer<Guarded<K>>,
+    own: mpsc::UnboundedSender<ObjectRef<Guarded<K>>>,
+    synced: mpsc::Sender<()>,
+    shutdown: CancellationToken,
+) {
+    let ctx = driver.ctx.clone();
+    let initialized = AtomicBool::new(false);
+    let mut listing: Option<HashSet<String>> = None;
+    let events = watcher(
+        ctx.scoped::<Guarded<K>>(),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|obj| {
+        // managedFields is most of an object's size and never read here.
+        obj.managed_fields_mut().clear();
+    })
+    .reflect(writer);
+    let mut events = std::pin::pin!(events);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            () = shutdown.cancelled() => return,
+        };
+        let Some(event) = event else { return };
+        match event {
+            Ok(watcher::Event::Init) => listing = Some(HashSet::new()),
+            Ok(watcher::Event::InitApply(obj)) => {
+                if let Some(live) = listing.as_mut() {
+                    live.insert(obj.meta().uid.clone().unwrap_or_default());
+                }
+                seen(&driver, &obj, &own, initialized.load(Ordering::SeqCst));
+            }
+            Ok(watcher::Event::Apply(obj)) => seen(&driver, &obj, &own, true),
+            Ok(watcher::Event::Delete(obj)) => gone(&driver, obj.meta()),
+            Ok(watcher::Event::InitDone) => {
+                if let Some(live) = listing.take() {
+                    relisted(&driver, &live);
+                }
+                if !initialized.swap(true, Ordering::SeqCst) {
+                    // The channel has room for every controller's one message.
+                    let _ = synced.try_send(());
+                }
+            }
+            Err(e) => warn!(controller = K::CONTROLLER, error = %e, "watch error; retrying"),
+        }
+        driver.update_gauges();
+    }
+}
+
+/// An object appeared or changed.
+fn seen<K: Reconcile>(
+    driver: &Driver<K>,
+    obj: &Guarded<K>,
+    own: &mpsc::UnboundedSender<ObjectRef<Guarded<K>>>,
+    publish: bool,
+) {
+    let meta = obj.meta();
+    let uid = meta.uid.clone().unwrap_or_default();
+    let reference = ObjectRef::from_obj(obj);
+    driver
+        .states
+        .cache_saw(&uid, meta.resource_version.as_deref());
+    let namespace = meta.namespace.clone().unwrap_or_default();
+    let targets = match &obj.0 {
+        Ok(valid) => valid
+            .references()
+            .into_iter()
+            .map(|(kind, name)| Target::new(kind, &namespace, &name))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    driver.index.set(reference.clone(), targets);
+    let changed = driver.prints.observe(meta);
+    if changed.own {
+        let _ = own.send(reference);
+    }
+    if changed.referred
+        && publish
+        && let Some(kind) = K::REF_KIND
+    {
+        let name = meta.name.clone().unwrap_or_default();
+        driver.ctx.hub.publish(Target::new(kind, &namespace, &name));
+    }
+}
+
+/// An object is gone: forget it, and tell whoever names it.
+fn gone<K: Reconcile>(
+    driver: &Driver<K>,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) {
+    let uid = meta.uid.clone().unwrap_or_default();
+    let namespace = meta.namespace.clone().unwrap_or_default();
+    let name = meta.name.clone().unwrap_or_default();
+    forget(driver, &uid, &namespace, &name);
+}
+
+fn forget<K: Reconcile>(driver: &Driver<K>, uid: &str, namespace: &str, name: &str) {
+    driver.states.forget(uid);
+    driver.prints.forget(uid);
+    driver.index.remove(&ObjectRef::new(name).within(namespace));
+    if let Some(kind) = K::REF_KIND {
+        driver.ctx.hub.publish(Target::new(kind, namespace, name));
+    }
+}
+
+/// A fresh list reports no deletions: whatever it lacks is gone.
+fn relisted<K: Reconcile>(driver: &Driver<K>, live: &HashSet<String>) {
+    for (uid, namespace, name) in driver.prints.retain(live) {
+        forget(driver, &uid, &namespace, &name);
+    }
+    driver.states.retain(live);
+}
+
+/// Watches Secrets' metadata (no cache, no values) so that a clinic naming a Secret hears
+/// of it appearing or changing at once.
+pub async fn watch_secrets(ctx: Arc<Context>, shutdown: CancellationToken) {
+    use super::triggers::RefKind;
+    let events = watcher(
+        ctx.scoped::<PartialObjectMeta<Secret>>(),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff();
+    let mut events = std::pin::pin!(events);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            () = shutdown.cancelled() => return,
+        };
+        let Some(event) = event else { return };
+        // Lists are published too: a Secret created while the watch was down (or not yet
+        // allowed) shows up only there. Only Secrets some clinic names wake anything.
+        let meta = match &event {
+            Ok(
+                watcher::Event::Apply(m) | watcher::Event::InitApply(m) | watcher::Event::Delete(m),
+            ) => &m.metadata,
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => continue,
+            Err(e) => {
+                warn!(error = %e, "Secret watch error; retrying");
+                continue;
+            }
+        };
+        ctx.hub.publish(Target::new(
+            RefKind::Secret,
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+        ));
+    }
+}
+
+async fn reconcile<K: Reconcile>(
+    guarded: Arc<Guarded<K>>,
+    driver: Arc<Driver<K>>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = match &guarded.0 {
+        Ok(obj) => with_finalizer(obj, &driver).await,
+        Err(invalid) => {
+            report_invalid::<K>(invalid, &driver.ctx).await;
+            Err(Error::InvalidObject(invalid.error.clone()))
+        }
+    };
+    if let (Err(e), Ok(obj)) = (&result, &guarded.0) {
+        record_failure(obj, e, &driver).await;
+    }
+    driver.ctx.metrics.observe_reconcile(
+        K::CONTROLLER,
+        started.elapsed(),
+        result.as_ref().err().map(Error::reason),
+    );
+    driver.update_gauges();
+    result
+}
+
+async fn with_finalizer<K: Reconcile>(obj: &K, driver: &Driver<K>) -> Result<Action, Error> {
+    let Some(name) = K::FINALIZER else {
+        return apply(obj, driver).await;
+    };
+    let api: Api<K> = Api::namespaced(
+        driver.ctx.client.clone(),
+        obj.namespace().as_deref().unwrap_or_default(),
+    );
+    finalizer(&api, name, Arc::new(obj.clone()), |event| async move {
+        match event {
+            finalizer::Event::Apply(obj) => apply(obj.as_ref(), driver).await,
+            finalizer::Event::Cleanup(obj) => {
+                obj.cleanup(&driver.ctx).await?;
+                info!(controller = K::CONTROLLER, namespace = ?obj.namespace(), name = %obj.name_any(), "cleaned up");
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => {
+            Error::Finalizer(e)
+        }
+        other => Error::InvalidObject(other.to_string()),
+    })
+}
+
+/// The pipeline for one object that exists and is not being deleted.
+async fn apply<K: Reconcile>(cached: &K, driver: &Driver<K>) -> Result<Action, Error> {
+    let ctx = &driver.ctx;
+    let now = Timestamp::now();
+    let uid = cached.uid().unwrap_or_default();
+    // Plan from the status as it really is, which may be newer than the cache's.
+    let current = driver
+        .states
+        .current(&uid, cached.resource_version().as_deref(), || {
+            cached.status().cloned().unwrap_or_default()
+        });
+    let mut obj = cached.clone();
+    *obj.status_mut() = Some(current.status.clone());
+    let observed = obj.observe(ctx).await?;
+    let plan = obj.plan(&observed, now);
+    let synced = Verdict::truthy(SYNCED, "Reconciled", "the last reconcile succeeded");
+    let mut status = merged(&obj, plan.status, &[synced], now);
+    let mut written = current;
+    for change in &plan.changes {
+        let (action, token) = K::intent(change);
+        // A repeat of the intent left by an earlier attempt keeps its start time.
+        let started_at = written
+            .status
+            .in_flight()
+            .filter(|i| i.action == action && i.token == token)
+            .map_or(Time(now), |i| i.started_at.clone());
+        status.set_in_flight(Some(ChangeIntent {
+            action,
+            token,
+            started_at,
+        }));
+        // The intent is stored before the call goes out: a crash after the call leaves a
+        // trace the next plan sees.
+        written = update_status(&obj, &written, &status, driver).await?;
+        *obj.status_mut() = Some(written.status.clone());
+        obj.act(change, ctx).await?;
+        status.set_in_flight(None);
+    }
+    if plan.changes.is_empty() {
+        // The plan saw the world and wants nothing: an intent left over is settled.
+        status.set_in_flight(None);
+    }
+    update_status(&obj, &written, &status, driver).await?;
+    driver.states.succeeded(&uid);
+    Ok(match plan.requeue {
+        Requeue::Resync => Action::requeue(jittered(ctx.config.resync, &uid, JITTER)),
+        Requeue::After(delay) => Action::requeue(jittered(delay, &uid, JITTER)),
+        Requeue::OnChange => Action::await_change(),
+    })
+}
+
+/// Counts a failure; from the configured consecutive count on, says so in status.
+async fn record_failure<K: Reconcile>(obj: &K, error: &Error, driver: &Driver<K>) {
+    if !error.is_failure() {
+        return;
+    }
+    let uid = obj.uid().unwrap_or_default();
+    let failures = driver.states.failed(&uid);
+    if failures < driver.ctx.config.report_after_failures {
+        debug!(controller = K::CONTROLLER, name = %obj.name_any(), error = %error, "reconcile failed; retrying before reporting it");
+        return;
+    }
+    warn!(controller = K::CONTROLLER, namespace = ?obj.namespace(), name = %obj.name_any(), failures, error = %error, "reconcile failed");
+    if matches!(error, Error::StatusConflict { .. }) {
+        // Writing status is what fails; the Event below says it instead.
+        let reference = obj.object_ref(&());
+        let event = Event {
+            type_: EventType::Warning,
+            reason: error.reason().into(),
+            note: Some(truncated_note(&error.condition_message())),
+            action: SYNCED.into(),
+            secondary: None,
+        };
+        if failures == driver.ctx.config.report_after_failures {
+            publish::<K>(&event, &reference, &driver.ctx).await;
+        }
+        return;
+    }
+    let current = driver
+        .states
+        .current(&uid, obj.resource_version().as_deref(), || {
+            obj.status().cloned().unwrap_or_default()
+        });
+    let synced = Verdict::falsy(SYNCED, error.reason(), error.condition_message());
+    let failed = merged(obj, current.status.clone(), &[synced], Timestamp::now());
+    if let Err(write) = update_status(obj, &current, &failed, driver).await {
+        warn!(controller = K::CONTROLLER, error = %write, "cannot record the failure in status");
+    }
+}
+
+/// Writes `status` if it differs from what `current` holds, and announces condition
+/// transitions. Returns what is stored now.
+async fn update_status<K: Reconcile>(
+    obj: &K,
+    current: &Current<K::Status>,
+    status: &K::Status,
+    driver: &Driver<K>,
+) -> Result<Current<K::Status>, Error> {
+    if *status == current.status {
+        return Ok(current.clone());
+    }
+    let produced = write_status(obj, status, current.resource_version.as_deref(), driver).await?;
+    let uid = obj.uid().unwrap_or_default();
+    driver
+        .states
+        .wrote(&uid, obj.resource_version(), produced.clone(), status);
+    publish_transitions(
+        obj,
+        current.status.conditions(),
+        status.conditions(),
+        &driver.ctx,
+    )
+    .await;
+    Ok(Current {
+        status: status.clone(),
+        resource_version: produced,
+    })
+}
+
+/// Server-side apply of `status` under this controller's field manager, on condition that
+/// the object is still at `resource_version`. Returns the new resourceVersion.
+async fn write_status<K: Reconcile>(
+    obj: &K,
+    status: &K::Status,
+    resource_version: Option<&str>,
+    driver: &Driver<K>,
+) -> Result<Option<String>, Error> {
+    let namespace = obj.namespace().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(driver.ctx.client.clone(), &namespace);
+    let name = obj.name_any();
+    let written =
+        apply_status(&api, &name, &driver.field_manager, status, resource_version).await?;
+    driver
+        .ctx
+        .metrics
+        .status_writes
+        .get_or_create(&driver.label())
+        .inc();
+    let summary: Vec<String> = status
+        .conditions()
+        .iter()
+        .map(|c| format!("{}={} ({})", c.type_, c.status, c.reason))
+        .collect();
+    info!(
+        controller = K::CONTROLLER,
+        namespace = %namespace,
+        name = %name,
+        conditions = %summary.join(", "),
+        "status written"
+    );
+    Ok(written.resource_version())
+}
+
+/// Server-side applies `status` to object `name` as `manager`, on condition that the object
+/// is still at `resource_version`, without forcing over another manager's fields (fields
+/// an earlier manager of this operator left are taken over). Returns the object written.
+pub async fn apply_status<K: Reconcile>(
+    api: &Api<K>,
+    name: &str,
+    manager: &str,
+    status: &K::Status,
+    resource_version: Option<&str>,
+) -> Result<K, Error> {
+    let mut body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    if let Some(version) = resource_version {
+        body["metadata"] = serde_json::json!({ "resourceVersion": version });
+    }
+    let params = PatchParams::apply(manager);
+    let result = match api.patch_status(name, &params, &Patch::Apply(&body)).await {
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let managers = conflicting_managers(&status);
+            if managers.is_empty() {
+                return Err(Error::StaleCache);
+            }
+            if !managers.iter().all(|m| is_ours(m)) {
+                return Err(Error::StatusConflict { managers });
+            }
+            info!(controller = K::CONTROLLER, %name, ?managers, "taking over status fields from an earlier manager of this operator");
+            api.patch_status(name, &params.force(), &Patch::Apply(&body))
+                .await
+        }
+        other => other,
+    };
+    result.map_err(|e| match e {
+        kube::Error::Api(s) if s.code == 409 => Error::StaleCache,
+        e => Error::WriteStatus(e),
+    })
+}
+
+/// The field managers named by a server-side apply conflict.
+fn conflicting_managers(status: &kube::core::Status) -> Vec<String> {
+    let mut managers: Vec<String> = status
+        .details
+        .iter()
+        .flat_map(|d| &d.causes)
+        .filter(|c| c.reason == "FieldManagerConflict")
+        .filter_map(|c| c.message.split('"').nth(1).map(str::to_string))
+        .collect();
+    managers.sort();
+    managers.dedup();
+    managers
+}
+
+fn is_ours(manager: &str) -> bool {
+    manager == FIELD_MANAGER || manager.starts_with(&format!("{FIELD_MANAGER}/"))
+}
+
+fn truncated_note(text: &str) -> String {
+    super::truncated(text, MAX_EVENT_NOTE)
+}
+
+async fn publish_transitions<K: Reconcile>(
+    obj: &K,
+    before: &[crate::api::Condition],
+    after: &[crate::api::Condition],
+    ctx: &Context,
+) {
+    let reference = obj.object_ref(&());
+    for c in conditions::transitions(before, after) {
+        let first = conditions::find(before, &c.type_).is_none();
+        // Every object starts Synced; only losing it, or getting it back, is news.
+        if c.type_ == SYNCED && c.status == "True" && first {
+            continue;
+        }
+        let event = Event {
+            // Refused input and failing reconciles are what a person must act on; progress
+            // is informational.
+            type_: if (c.type_ == "Accepted" || c.type_ == SYNCED) && c.status != "True" {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: c.reason.clone(),
+            note: Some(truncated_note(&format!(
+                "{} is {}: {}",
+                c.type_, c.status, c.message
+            ))),
+            action: c.type_.clone(),
+            secondary: None,
+        };
+        publish::<K>(&event, &reference, ctx).await;
+    }
+}
+
+/// Publishes an Event. One that cannot be written must not fail the reconcile around it.
+async fn publish<K: Reconcile>(event: &Event, reference: &ObjectReference, ctx: &Context) {
+    ctx.metrics
+        .events
+        .get_or_create(&ControllerLabel::new(K::CONTROLLER))
+        .inc();
+    if let Err(e) = ctx.recorder.publish(event, reference).await {
+        warn!(controller = K::CONTROLLER, error = %e, "publishing event failed");
+    }
+}
+
+async fn report_invalid<K: Reconcile>(
+    invalid: &kube::core::error_boundary::InvalidObject,
+    ctx: &Context,
+) {
+    warn!(
+        controller = K::CONTROLLER,
+        namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
+        name = invalid.metadata.name.as_deref().unwrap_or_default(),
+        error = %invalid.error,
+        "object does not match this operator's API; ignoring it until it changes"
+    );
+    let reference = ObjectReference {
+        api_version: Some(K::api_version(&()).into_owned()),
+        kind: Some(K::kind(&()).into_owned()),
+        name: invalid.metadata.name.clone(),
+        namespace: invalid.metadata.namespace.clone(),
+        uid: invalid.metadata.uid.clone(),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "InvalidObject".into(),
+        note: Some(truncated_note(&format!(
+            "cannot be read as {}: {}",
+            K::kind(&()),
+            invalid.error
+        ))),
+        action: "Decode".into(),
+        secondary: None,
+    };
+    publish::<K>(&event, &reference, ctx).await;
+}
+
+fn error_policy<K: Reconcile>(
+    obj: Arc<Guarded<K>>,
+    error: &Error,
+    driver: Arc<Driver<K>>,
+) -> Action {
+    let uid = obj.meta().uid.clone().unwrap_or_default();
+    match error {
+        // A malformed object stays malformed until someone edits it, which triggers anew.
+        Error::InvalidObject(_) => Action::await_change(),
+        Error::StaleCache => Action::requeue(STALE_RETRY),
+        _ => {
+            let failures = driver.states.failures(&uid);
+            Action::requeue(jittered(driver.ctx.config.backoff(failures), &uid, JITTER))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::response::{StatusCause, StatusDetails};
+
+    #[test]
+    fn conflicts_name_their_managers() {
+        let status = kube::core::Status {
+            code: 409,
+            details: Some(StatusDetails {
+                causes: vec![
+                    StatusCause {
+                        reason: "FieldManagerConflict".into(),
+                        message: r#"conflict with "openemr-operator" using openemr.io/v1alpha1"#
+                            .into(),
+                        field: ".status.phase".into(),
+                    },
+                    StatusCause {
+                        reason: "FieldManagerConflict".into(),
+                        message: r#"conflict with "openemr-operator""#.into(),
+                        field: ".status.conditions".into(),
+                    },
+                ],
+                name: "clinic-a".into(),
+                group: "openemr.io".into(),
+                kind: "openemrdeployments".into(),
+                uid: String::new(),
+                retry_after_seconds: 0,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(conflicting_managers(&status), ["openemr-operator"]);
+        assert!(is_ours("openemr-operator"));
+        assert!(is_ours(&field_manager("backuppolicy")));
+        assert!(!is_ours("kubectl-edit"));
+        assert!(!is_ours("openemr-operator-impostor"));
+        let stale = kube::core::Status {
+            code: 409,
+            ..Default::default()
+        };
+        assert!(conflicting_managers(&stale).is_empty());
+    }
+}
