@@ -71,6 +71,19 @@ spec:
     .remove(0)
 }
 
+/// The Secret every clinic here names, with the key it must have.
+async fn create_secret(client: &kube::Client, namespace: &str) {
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "clinic-db"},
+        "stringData": {"password": "p"},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap();
+}
+
 const FAILED: &str =
     "openemr_reconciliations_total{controller=\"openemrdeployment\",result=\"ObserveFailed\"}";
 
@@ -151,15 +164,7 @@ async fn a_failing_read_is_retried_with_a_doubling_backoff_and_reported() {
 
     // The Secret appearing is noticed through the Secret watch, not a poll (a refused
     // clinic is not polled).
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "clinic-db"},
-        "stringData": {"password": "p"},
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), &ns.name)
-        .create(&Default::default(), &secret)
-        .await
-        .unwrap();
+    create_secret(&client, &ns.name).await;
     eventually(
         Duration::from_secs(10),
         "Accepted once the Secret exists",
@@ -182,15 +187,7 @@ async fn a_blip_across_100_clinics_costs_no_status_write_and_no_event() {
     let env = env();
     let client = env.admin().await;
     let ns = TestNamespace::new(env, "blip").await;
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "clinic-db"},
-        "stringData": {"password": "p"},
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), &ns.name)
-        .create(&Default::default(), &secret)
-        .await
-        .unwrap();
+    create_secret(&client, &ns.name).await;
     for i in 0..CLINICS {
         apply(&client, &ns.name, &clinic(&format!("clinic-{i}")))
             .await

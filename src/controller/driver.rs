@@ -170,13 +170,8 @@ async fn watch_kind<K: Reconcile>(
         obj.managed_fields_mut().clear();
     })
     .reflect(writer);
-    let mut events = std::pin::pin!(events);
-    loop {
-        let event = tokio::select! {
-            event = events.next() => event,
-            () = shutdown.cancelled() => return,
-        };
-        let Some(event) = event else { return };
+    let mut events = std::pin::pin!(events.take_until(shutdown.cancelled_owned()));
+    while let Some(event) = events.next().await {
         match event {
             Ok(watcher::Event::Init) => listing = Some(HashSet::new()),
             Ok(watcher::Event::InitApply(obj)) => {
@@ -275,13 +270,8 @@ pub async fn watch_secrets(ctx: Arc<Context>, shutdown: CancellationToken) {
         watcher::Config::default().any_semantic(),
     )
     .default_backoff();
-    let mut events = std::pin::pin!(events);
-    loop {
-        let event = tokio::select! {
-            event = events.next() => event,
-            () = shutdown.cancelled() => return,
-        };
-        let Some(event) = event else { return };
+    let mut events = std::pin::pin!(events.take_until(shutdown.cancelled_owned()));
+    while let Some(event) = events.next().await {
         // Lists are published too: a Secret created while the watch was down (or not yet
         // allowed) shows up only there. Only Secrets some clinic names wake anything.
         let meta = match &event {
