@@ -56,6 +56,10 @@ enum Command {
     },
 }
 
+/// Longest timing a flag takes: a day is far beyond any useful resync or retry, and the
+/// reconcile scheduler cannot hold delays of years.
+const MAX_FLAG_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 /// A duration such as `500ms`, `15s`, `10m` or `1h`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
@@ -78,6 +82,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     if duration.is_zero() {
         return Err(format!("{text:?} must be longer than zero"));
+    }
+    if duration > MAX_FLAG_DURATION {
+        return Err(format!("{text:?} is longer than 24h"));
     }
     Ok(duration)
 }

@@ -72,29 +72,25 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let controllers = async {
         tokio::join!(
             run_controller(
-                driver::<OpenEMRDeployment>(&ctx),
-                ctx.caches.deployments.clone(),
+                driver::<OpenEMRDeployment>(&ctx, ctx.caches.deployments.clone()),
                 writers.deployments,
                 shutdown.clone(),
                 synced.clone()
             ),
             run_controller(
-                driver::<BackupPolicy>(&ctx),
-                ctx.caches.policies.clone(),
+                driver::<BackupPolicy>(&ctx, ctx.caches.policies.clone()),
                 writers.policies,
                 shutdown.clone(),
                 synced.clone()
             ),
             run_controller(
-                driver::<OpenEMRBackup>(&ctx),
-                ctx.caches.backups.clone(),
+                driver::<OpenEMRBackup>(&ctx, ctx.caches.backups.clone()),
                 writers.backups,
                 shutdown.clone(),
                 synced.clone()
             ),
             run_controller(
-                driver::<RestoreRequest>(&ctx),
-                ctx.caches.restores.clone(),
+                driver::<RestoreRequest>(&ctx, ctx.caches.restores.clone()),
                 writers.restores,
                 shutdown.clone(),
                 synced.clone()
@@ -131,8 +127,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// The controllers `run` starts, one per kind.
 const CONTROLLERS: usize = 4;
 
-fn driver<K: Reconcile>(ctx: &Arc<Context>) -> Arc<Driver<K>> {
-    Arc::new(Driver::new(ctx.clone()))
+fn driver<K: Reconcile>(
+    ctx: &Arc<Context>,
+    reader: kube::runtime::reflector::Store<kube::core::DeserializeGuard<K>>,
+) -> Arc<Driver<K>> {
+    Arc::new(Driver::new(ctx.clone(), reader))
 }
 
 /// How long running reconciles get to finish after SIGTERM (below Kubernetes' default

@@ -202,13 +202,12 @@ fn start(client: Client, namespace: &str, config: DriverConfig) -> Running {
     let (ctx, _ours) = Context::new(client, metrics.clone(), Some(namespace.into()), config);
     // Widgets name nothing; no other cache to wait for.
     ctx.mark_caches_synced();
-    let driver = Arc::new(Driver::<Widget>::new(Arc::new(ctx)));
     let (reader, writer) = reflector::store();
+    let driver = Arc::new(Driver::<Widget>::new(Arc::new(ctx), reader));
     let shutdown = CancellationToken::new();
     let (synced, _rx) = tokio::sync::mpsc::channel(1);
     let task = tokio::spawn(run_controller(
         driver.clone(),
-        reader,
         writer,
         shutdown.clone(),
         synced,

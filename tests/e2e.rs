@@ -438,6 +438,47 @@ spec:
         );
     }
 
+    // Clinics carry the cleanup finalizer; deleting one while the operator runs completes,
+    // and the policy naming it hears of it through the index.
+    let clinic_a = clinics.get("clinic-a").await.unwrap();
+    assert!(
+        clinic_a
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == "openemr.io/cleanup"),
+        "{:?}",
+        clinic_a.metadata.finalizers
+    );
+    clinics
+        .delete("clinic-a", &Default::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "clinic-a cleaned up and gone",
+        || async {
+            clinics
+                .get_opt("clinic-a")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the policy to notice its clinic is gone",
+        || async {
+            condition(&policies, "nightly", "Accepted")
+                .await
+                .filter(|c| c.reason == "DeploymentNotFound")
+        },
+    )
+    .await;
+
     let status = operator.terminate();
     assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
 }

@@ -54,6 +54,8 @@ type Guarded<K> = DeserializeGuard<K>;
 /// One controller's own state, shared by its watch and its reconciles.
 pub struct Driver<K: Reconcile> {
     pub ctx: Arc<Context>,
+    /// The kind's cache, filled by its watch.
+    reader: Store<Guarded<K>>,
     states: ObjectStates,
     index: ReferenceIndex<ObjectRef<Guarded<K>>>,
     prints: Fingerprints,
@@ -61,14 +63,22 @@ pub struct Driver<K: Reconcile> {
 }
 
 impl<K: Reconcile> Driver<K> {
-    pub fn new(ctx: Arc<Context>) -> Self {
+    pub fn new(ctx: Arc<Context>, reader: Store<Guarded<K>>) -> Self {
         Driver {
             ctx,
+            reader,
             states: ObjectStates::default(),
             index: ReferenceIndex::default(),
             prints: Fingerprints::default(),
             field_manager: field_manager(K::CONTROLLER),
         }
+    }
+
+    /// The resourceVersion of `obj` in the cache.
+    fn cached_version(&self, obj: &K) -> Option<String> {
+        let reference =
+            ObjectRef::new(&obj.name_any()).within(&obj.namespace().unwrap_or_default());
+        self.reader.get(&reference)?.meta().resource_version.clone()
     }
 
     /// Objects with per-object state held (failing, or written ahead of the cache).
@@ -104,7 +114,6 @@ pub fn field_manager(controller: &str) -> String {
 /// first full list; reconciles start once [`Context::mark_caches_synced`] was called.
 pub async fn run_controller<K: Reconcile>(
     driver: Arc<Driver<K>>,
-    reader: Store<Guarded<K>>,
     writer: Writer<Guarded<K>>,
     shutdown: CancellationToken,
     synced: mpsc::Sender<()>,
@@ -126,7 +135,7 @@ pub async fn run_controller<K: Reconcile>(
         let referred = receiver_stream(ctx.hub.subscribe())
             .flat_map(move |target| stream::iter(index_driver.index.referrers(&target)));
         let no_watch = stream::pending::<Result<Guarded<K>, watcher::Error>>();
-        Controller::for_stream(no_watch, reader)
+        Controller::for_stream(no_watch, driver.reader.clone())
             .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
             .reconcile_on(own)
             .reconcile_on(referred)
@@ -390,7 +399,11 @@ async fn apply<K: Reconcile>(cached: &K, driver: &Driver<K>) -> Result<Action, E
     driver.states.succeeded(&uid);
     Ok(match plan.requeue {
         Requeue::Resync => Action::requeue(jittered(ctx.config.resync, &uid, JITTER)),
-        Requeue::After(delay) => Action::requeue(jittered(delay, &uid, JITTER)),
+        // A delay from user input (a point in time years ahead) is capped: the resync
+        // looks again anyway, and the scheduler refuses delays of years.
+        Requeue::After(delay) => {
+            Action::requeue(jittered(delay.min(ctx.config.resync), &uid, JITTER))
+        }
         Requeue::OnChange => Action::await_change(),
     })
 }
@@ -447,9 +460,10 @@ async fn update_status<K: Reconcile>(
     }
     let produced = write_status(obj, status, current.resource_version.as_deref(), driver).await?;
     let uid = obj.uid().unwrap_or_default();
+    let seen = || produced.is_some() && driver.cached_version(obj) == produced;
     driver
         .states
-        .wrote(&uid, obj.resource_version(), produced.clone(), status);
+        .wrote(&uid, obj.resource_version(), produced.clone(), status, seen);
     publish_transitions(
         obj,
         current.status.conditions(),

@@ -88,18 +88,24 @@ impl ObjectStates {
         }
     }
 
-    /// Records a status written over `over`, producing `produced`.
+    /// Records a status written over `over`, producing `produced`, unless the cache already
+    /// shows it (`cached`, asked under the lock [`Self::cache_saw`] takes, so the watch
+    /// event of the write is either seen here or clears the memo after it).
     pub fn wrote<S: Serialize>(
         &self,
         uid: &str,
         over: Option<String>,
         produced: Option<String>,
         status: &S,
+        cached: impl FnOnce() -> bool,
     ) {
         let Ok(status) = serde_json::to_value(status) else {
             return;
         };
         self.with(|states| {
+            if cached() {
+                return;
+            }
             states.entry(uid.to_string()).or_default().written = Some(Written {
                 over,
                 produced,
@@ -190,7 +196,13 @@ mod tests {
     #[test]
     fn a_stale_cache_is_judged_by_the_status_just_written() {
         let states = ObjectStates::default();
-        states.wrote("u", Some("5".into()), Some("6".into()), &s("written"));
+        states.wrote(
+            "u",
+            Some("5".into()),
+            Some("6".into()),
+            &s("written"),
+            || false,
+        );
         // The cache still shows version 5: what was written counts, over version 6.
         let current = states.current("u", Some("5"), S::default);
         assert_eq!(current.status, s("written"));
@@ -205,10 +217,13 @@ mod tests {
     #[test]
     fn the_memo_goes_once_the_cache_shows_the_write() {
         let states = ObjectStates::default();
-        states.wrote("u", Some("5".into()), Some("6".into()), &s("x"));
+        states.wrote("u", Some("5".into()), Some("6".into()), &s("x"), || false);
         states.cache_saw("u", Some("5"));
         assert_eq!(states.len(), 1);
         states.cache_saw("u", Some("6"));
+        assert!(states.is_empty());
+        // The watch event of the write came first: nothing to remember.
+        states.wrote("u", Some("6".into()), Some("7".into()), &s("y"), || true);
         assert!(states.is_empty());
     }
 
@@ -229,7 +244,7 @@ mod tests {
         for uid in ["a", "b", "c"] {
             states.failed(uid);
         }
-        states.wrote("d", None, Some("1".into()), &s("x"));
+        states.wrote("d", None, Some("1".into()), &s("x"), || false);
         states.forget("a");
         assert_eq!(states.len(), 3);
         states.retain(&HashSet::from(["b".to_string()]));
