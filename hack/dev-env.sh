@@ -182,7 +182,8 @@ case "$cmd" in
     ;;
   wait-stopped)
     for _ in $(seq 1 60); do
-      pgrep -f "hack/dev-env.sh supervise" >/dev/null || exit 0
+      # Anchored: a shell or tool whose command line merely mentions it is not one.
+      pgrep -f "^bash .*hack/dev-env.sh supervise" >/dev/null || exit 0
       sleep 0.5
     done
     log "supervised environments still running after 30 s"; exit 1 ;;
