@@ -220,17 +220,19 @@ fn seen<K: Reconcile>(
         .states
         .cache_saw(&uid, meta.resource_version.as_deref());
     let namespace = meta.namespace.clone().unwrap_or_default();
-    let targets = match &obj.0 {
-        Ok(valid) => valid
-            .references()
-            .into_iter()
-            .map(|(kind, name)| Target::new(kind, &namespace, &name))
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    driver.index.set(reference.clone(), targets);
     let changed = driver.prints.observe(meta);
     if changed.own {
+        // What an object names comes from its spec, which the own fingerprint covers: a
+        // status-only event leaves the index as it is.
+        let targets = match &obj.0 {
+            Ok(valid) => valid
+                .references()
+                .into_iter()
+                .map(|(kind, name)| Target::new(kind, &namespace, &name))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        driver.index.set(reference.clone(), targets);
         let _ = own.send(reference);
     }
     if changed.referred
