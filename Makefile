@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/openemr-operator
 
-.PHONY: build crds lint unit test test-dev prepare controlplane moto dev-up dev-down demo demo-down clean
+.PHONY: build crds lint unit test test-dev prepare controlplane moto linters dev-up dev-down demo demo-down clean
 
 build:
 	$(CARGO) build
@@ -20,12 +20,15 @@ lint:
 unit:
 	$(CARGO) test --lib --test crds
 
-## prepare: build the control plane and install moto (cached under ~/.cache; no-op when present).
-prepare: controlplane moto
+## prepare: build the control plane, install moto and the template linters (cfn-lint,
+## checkov), all cached under ~/.cache; no-op when present.
+prepare: controlplane moto linters
 controlplane:
 	@bash hack/build-controlplane.sh >/dev/null
 moto:
 	@bash hack/install-moto.sh >/dev/null
+linters:
+	@bash hack/install-linters.sh >/dev/null
 
 ## test: everything — lint, unit tests, and the tests on a real control plane + moto.
 ## The harness starts its own environment and stops it when the tests end.

@@ -19,7 +19,7 @@ if [ -f .dev/operator.pid ] && kill -0 "$(cat .dev/operator.pid)" 2>/dev/null; t
   kill "$(cat .dev/operator.pid)"; sleep 1
 fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-KUBECONFIG=$OPERATOR_KUBECONFIG setsid "$bin" run --probe-addr "127.0.0.1:$port" >.dev/operator.log 2>&1 &
+KUBECONFIG=$OPERATOR_KUBECONFIG setsid "$bin" run --probe-addr "127.0.0.1:$port" --cluster-id demo --progress-interval 2s >.dev/operator.log 2>&1 &
 echo $! >.dev/operator.pid
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.2; done
 curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "operator not ready; see .dev/operator.log" >&2; exit 1; }

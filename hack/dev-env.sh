@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local environment every test and `make demo` runs against: a real control plane
 # (etcd, kube-apiserver with RBAC, kube-controller-manager; built by build-controlplane.sh)
-# and moto, the AWS emulator, all on 127.0.0.1 on free ports.
+# and moto, the AWS emulator (with hack/moto_extras.py), all on 127.0.0.1 on free ports.
 #
 #   dev-env.sh up [DIR]             start in the background (idempotent); writes DIR/env
 #   dev-env.sh down [DIR]           stop everything started in DIR
@@ -70,9 +70,9 @@ start_all() {
   mkdir -p "$dir"
   if ready; then log "already running ($dir/env)"; return 0; fi
   stop_all
-  local bin moto_bin
+  local bin moto_python
   bin=$("$repo/hack/build-controlplane.sh")
-  moto_bin=$("$repo/hack/install-moto.sh")
+  moto_python=$("$repo/hack/install-moto.sh")
   rm -rf "$dir/etcd" "$dir/pki" "$dir/logs" "$dir/env"
   mkdir -p "$dir/pki" "$dir/logs"
 
@@ -119,7 +119,8 @@ EOF
     --service-account-private-key-file "$dir/pki/sa.key" --root-ca-file "$dir/pki/apiserver.crt" \
     --use-service-account-credentials=false
 
-  start_bg moto "$moto_bin" -H 127.0.0.1 -p "$moto_port"
+  # -B: no __pycache__ in hack/.
+  start_bg moto "$moto_python" -B "$repo/hack/moto_server.py" -H 127.0.0.1 -p "$moto_port"
   wait_for 60 moto curl -sf "http://127.0.0.1:$moto_port/moto-api/"
   # The default ServiceAccount appears once the controller-manager runs; namespaces are
   # usable for Pods from then on.

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use openemr_operator::aws::budget::BudgetFlags;
 use openemr_operator::controller::DriverConfig;
+use openemr_operator::controller::deployment::names::ClusterId;
 use openemr_operator::{api, run};
 use tracing_subscriber::EnvFilter;
 
@@ -47,6 +49,17 @@ enum Command {
         /// Longest wait between retries of a failing object.
         #[arg(long, env = "RETRY_MAX", default_value = "10m", value_parser = parse_duration)]
         retry_max: Duration,
+        /// This cluster's id, part of every AWS resource name (1–16 lowercase letters,
+        /// digits, hyphens). Two clusters sharing an AWS account must use different ids;
+        /// changing it makes the operator lose track of what it created.
+        #[arg(long, env = "CLUSTER_ID", value_parser = ClusterId::parse)]
+        cluster_id: ClusterId,
+        /// How soon a clinic is looked at again while AWS works on it (stack or database
+        /// being created or modified).
+        #[arg(long, env = "PROGRESS_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+        progress_interval: Duration,
+        #[command(flatten)]
+        budgets: BudgetFlags,
     },
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
     Crd {
@@ -132,6 +145,9 @@ fn main() -> ExitCode {
             resync_interval,
             retry_initial,
             retry_max,
+            cluster_id,
+            progress_interval,
+            budgets,
         } => {
             init_logging(log_format);
             tokio::runtime::Builder::new_multi_thread()
@@ -148,6 +164,11 @@ fn main() -> ExitCode {
                             retry_initial,
                             retry_max: retry_max.max(retry_initial),
                             ..DriverConfig::default()
+                        },
+                        aws: run::AwsOptions {
+                            cluster_id,
+                            progress_interval,
+                            budgets: budgets.config(),
                         },
                     }))
                 })

@@ -3,6 +3,7 @@
 //! Every name starts with `openemr_`. Counters are exact, so tests assert on them
 //! (reconciles, status writes, Events, AWS calls) instead of on timings.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -40,6 +41,12 @@ pub struct AwsCallLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AwsServiceLabel {
+    /// As in [`AwsCallLabels::service`].
+    pub service: String,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -51,6 +58,10 @@ pub struct Metrics {
     pub watched_objects: Family<ControllerLabel, Gauge>,
     pub aws_api_calls: Family<AwsCallLabels, Counter>,
     pub aws_api_attempts: Family<AwsCallLabels, Counter>,
+    /// Seconds AWS calls waited for a token of the request budget, in total.
+    pub aws_budget_wait_seconds: Family<AwsServiceLabel, Counter<f64, AtomicU64>>,
+    /// AWS calls that had to wait for a token.
+    pub aws_budget_waits: Family<AwsServiceLabel, Counter>,
     pub ready: Gauge,
 }
 
@@ -118,6 +129,18 @@ impl Metrics {
             "AWS API attempts, retries included (each spends rate limit), by service, operation and outcome",
             aws_api_attempts.clone(),
         );
+        let aws_budget_wait_seconds = Family::<AwsServiceLabel, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "openemr_aws_budget_wait_seconds",
+            "Time AWS calls waited for the request budget (token bucket per account, region and service), by service",
+            aws_budget_wait_seconds.clone(),
+        );
+        let aws_budget_waits = Family::<AwsServiceLabel, Counter>::default();
+        registry.register(
+            "openemr_aws_budget_waits",
+            "AWS calls that had to wait for the request budget, by service",
+            aws_budget_waits.clone(),
+        );
         let ready = Gauge::default();
         registry.register(
             "openemr_operator_ready",
@@ -134,6 +157,8 @@ impl Metrics {
             watched_objects,
             aws_api_calls,
             aws_api_attempts,
+            aws_budget_wait_seconds,
+            aws_budget_waits,
             ready,
         }
     }

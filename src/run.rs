@@ -15,8 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::{self, BackupPolicy, OpenEMRBackup, OpenEMRDeployment, RestoreRequest};
+use crate::aws::{self, accounts::AwsPool, budget::BudgetConfig, budget::Budgets};
+use crate::controller::deployment::names::ClusterId;
 use crate::controller::driver::{Driver, watch_secrets};
-use crate::controller::{Context, DriverConfig, Reconcile, run_controller};
+use crate::controller::{ClinicAws, Context, DriverConfig, Reconcile, run_controller};
 use crate::metrics::Metrics;
 use crate::server::{self, Health};
 
@@ -29,6 +31,16 @@ pub struct RunOptions {
     pub namespace: Option<String>,
     /// Concurrency, resync and retry timings of the controllers.
     pub driver: DriverConfig,
+    pub aws: AwsOptions,
+}
+
+/// How the operator reaches AWS.
+#[derive(Debug, Clone)]
+pub struct AwsOptions {
+    pub cluster_id: ClusterId,
+    pub progress_interval: Duration,
+    /// Request rates per account, region and service.
+    pub budgets: BudgetConfig,
 }
 
 /// Runs until SIGTERM/SIGINT; returns Ok after a clean shutdown.
@@ -63,7 +75,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
 
-    let (ctx, writers) = Context::new(client, metrics, opts.namespace, opts.driver);
+    let base = aws::load_base_config().await;
+    let budgets = Arc::new(Budgets::new(opts.aws.budgets, metrics.clone()));
+    let (mut ctx, writers) = Context::new(client, metrics.clone(), opts.namespace, opts.driver);
+    ctx.aws = Some(ClinicAws {
+        pool: Arc::new(AwsPool::new(base, metrics, budgets)),
+        cluster: opts.aws.cluster_id.clone(),
+        progress_interval: opts.aws.progress_interval,
+    });
     let ctx = Arc::new(ctx);
     info!(config = ?ctx.config, "controllers starting");
     // Each kind's watch reports once its cache holds the first full list; reconciles start

@@ -326,8 +326,9 @@ spec:
 
     let accepted = wait_for_reason(&clinics, "clinic-a", "Accepted", "Valid").await;
     assert_eq!(accepted.status, "True");
-    let ready = wait_for_reason(&clinics, "clinic-a", "Ready", "NotProvisioned").await;
-    assert_eq!(ready.status, "False");
+    // The clinic (a new VPC) becomes its infrastructure in moto.
+    let ready = wait_for_reason(&clinics, "clinic-a", "Ready", "InfrastructureReady").await;
+    assert_eq!(ready.status, "True");
     assert_eq!(
         clinics
             .get("clinic-a")
@@ -375,12 +376,15 @@ spec:
     )
     .await;
     wait_for_reason(&clinics, "clinic-b", "Accepted", "Valid").await;
+    wait_for_reason(&clinics, "clinic-b", "Ready", "InfrastructureReady").await;
 
-    // Steady state: reconciling again writes no status. Each object was written exactly
-    // twice or once so far; touching every object forces a reconcile of each, and the
-    // status write counters must not move.
+    // Steady state: reconciling again writes no status. Each policy and backup was written
+    // exactly twice so far, each clinic six times in three passes: the intents of its
+    // credentials Secret and stack and the status; the intent of its database and the
+    // status; the status saying Ready. Touching every object forces a reconcile of each,
+    // and the status write counters must not move.
     let writes = [
-        ("openemrdeployment", 2u64),
+        ("openemrdeployment", 12u64),
         ("backuppolicy", 2),
         ("openemrbackup", 2),
     ];
@@ -486,22 +490,11 @@ spec:
 #[tokio::test]
 async fn aws_sdk_clients_reach_moto_and_every_call_is_counted() {
     use aws_sdk_cloudformation::types::StackStatus;
-    use openemr_operator::aws::{AwsClients, base_config_loader};
+    use openemr_operator::aws::AwsClients;
     use openemr_operator::metrics::Metrics;
     use std::sync::Arc;
 
-    let e = env();
-    let base = base_config_loader()
-        .endpoint_url(e.var("AWS_ENDPOINT_URL"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            e.var("AWS_ACCESS_KEY_ID"),
-            e.var("AWS_SECRET_ACCESS_KEY"),
-            None,
-            None,
-            "test",
-        ))
-        .load()
-        .await;
+    let base = env().aws(None).await;
     let metrics = Arc::new(Metrics::new());
     let aws = AwsClients::for_region(&base, "us-east-1", metrics.clone());
     let id = format!("t{}", std::process::id());

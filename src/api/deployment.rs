@@ -99,8 +99,8 @@ pub struct OpenEMRDeploymentSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 40))]
     #[x_kube(
-        validation = Rule::new("self.all(k, !k.startsWith('aws:') && !k.startsWith('openemr.io/'))")
-            .message("spec.tags keys must not start with 'aws:' or 'openemr.io/' (reserved)"),
+        validation = Rule::new("self.all(k, !k.lowerAscii().startsWith('aws:') && !k.startsWith('openemr.io/'))")
+            .message("spec.tags keys must not start with 'aws:' in any letter case (reserved by AWS) or 'openemr.io/' (reserved by the operator)"),
         validation = Rule::new("self.all(k, size(k) <= 128 && size(self[k]) <= 256)")
             .message("spec.tags keys may have at most 128 characters and values at most 256"),
     )]
@@ -224,6 +224,31 @@ pub enum ApplyChanges {
     Immediately,
 }
 
+/// The daily backup window and the weekly maintenance window, as minutes of the week, do not
+/// overlap on any day. Two intervals `[a, a+la)` and `[b, b+lb)` on a circle of `N` minutes
+/// overlap exactly when `(b-a) mod N < la` or `(a-b) mod N < lb`; `+ N` keeps CEL's `%`
+/// away from negative operands.
+const WINDOWS_DO_NOT_OVERLAP: &str = concat!(
+    "!self.backupWindow.matches(r'^[0-9]{2}:[0-9]{2}-[0-9]{2}:[0-9]{2}$') ",
+    "|| !self.maintenanceWindow.matches(r'^[a-z]{3}:[0-9]{2}:[0-9]{2}-[a-z]{3}:[0-9]{2}:[0-9]{2}$') ",
+    "|| [0, 1, 2, 3, 4, 5, 6].all(d, ",
+    // (maintenance start - backup start) mod week >= backup length
+    "((('montuewedthufrisatsun'.indexOf(self.maintenanceWindow.substring(0, 3)) / 3) * 1440 ",
+    "+ int(self.maintenanceWindow.substring(4, 6)) * 60 + int(self.maintenanceWindow.substring(7, 9)) ",
+    "- (d * 1440 + int(self.backupWindow.substring(0, 2)) * 60 + int(self.backupWindow.substring(3, 5))) + 10080) % 10080 ",
+    ">= (int(self.backupWindow.substring(6, 8)) * 60 + int(self.backupWindow.substring(9, 11)) ",
+    "- int(self.backupWindow.substring(0, 2)) * 60 - int(self.backupWindow.substring(3, 5)) + 1440) % 1440) ",
+    // && (backup start - maintenance start) mod week >= maintenance length
+    "&& ((d * 1440 + int(self.backupWindow.substring(0, 2)) * 60 + int(self.backupWindow.substring(3, 5)) ",
+    "- (('montuewedthufrisatsun'.indexOf(self.maintenanceWindow.substring(0, 3)) / 3) * 1440 ",
+    "+ int(self.maintenanceWindow.substring(4, 6)) * 60 + int(self.maintenanceWindow.substring(7, 9))) + 10080) % 10080 ",
+    ">= ((('montuewedthufrisatsun'.indexOf(self.maintenanceWindow.substring(10, 13)) / 3) * 1440 ",
+    "+ int(self.maintenanceWindow.substring(14, 16)) * 60 + int(self.maintenanceWindow.substring(17, 19))) ",
+    "- (('montuewedthufrisatsun'.indexOf(self.maintenanceWindow.substring(0, 3)) / 3) * 1440 ",
+    "+ int(self.maintenanceWindow.substring(4, 6)) * 60 + int(self.maintenanceWindow.substring(7, 9))) + 10080) % 10080)",
+    ")"
+);
+
 /// The RDS MySQL instance of a clinic.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -240,6 +265,9 @@ pub enum ApplyChanges {
     validation = Rule::new("self.databaseName == oldSelf.databaseName && self.username == oldSelf.username")
         .message("spec.database.databaseName and spec.database.username are immutable")
         .field_path(".databaseName"),
+    validation = Rule::new(WINDOWS_DO_NOT_OVERLAP)
+        .message("spec.database.backupWindow must not overlap spec.database.maintenanceWindow (RDS refuses it)")
+        .field_path(".backupWindow"),
     validation = Rule::new("!self.backupWindow.matches(r'^[0-9]{2}:[0-9]{2}-[0-9]{2}:[0-9]{2}$') || ((int(self.backupWindow.substring(6, 8)) * 60 + int(self.backupWindow.substring(9, 11))) - (int(self.backupWindow.substring(0, 2)) * 60 + int(self.backupWindow.substring(3, 5))) + 1440) % 1440 >= 30")
         .message("spec.database.backupWindow must be at least 30 minutes long")
         .field_path(".backupWindow"),

@@ -137,11 +137,14 @@ pub fn rds_snapshot_arn() -> Rule {
     )
 }
 
+/// A name formatted like an IPv4 address, which S3 refuses as a bucket name.
+pub const IPV4_ADDRESS_LIKE: &str = r"^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$";
+
 pub fn s3_bucket() -> Rule {
-    matching(
-        S3_BUCKET,
-        "must be an S3 bucket name (not an ARN): 3 to 63 lower-case letters, digits, dots and hyphens",
-    )
+    Rule::new(format!(
+        "self.matches(r'{S3_BUCKET}') && !self.matches(r'{IPV4_ADDRESS_LIKE}')"
+    ))
+    .message("must be an S3 bucket name (not an ARN, not formatted as an IP address): 3 to 63 lower-case letters, digits, dots and hyphens")
 }
 
 pub fn cron() -> Rule {
@@ -200,6 +203,7 @@ mod tests {
             super::KMS_KEY_ARN,
             super::RDS_SNAPSHOT_ARN,
             super::S3_BUCKET,
+            super::IPV4_ADDRESS_LIKE,
             &cron,
             super::TIME_ZONE,
             super::DURATION,
@@ -302,6 +306,11 @@ mod tests {
                 "arn:aws:kms:us-west-2:123456789012:alias/openemr",
             ],
             &["1234abcd-12ab-34cd-56ef-1234567890ab", "alias/openemr"],
+        );
+        check(
+            super::IPV4_ADDRESS_LIKE,
+            &["192.168.5.4", "10.0.0.1"],
+            &["a.b.c.d", "clinic-1.2.3.4", "1.2.3"],
         );
         check(
             super::S3_BUCKET,

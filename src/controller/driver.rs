@@ -433,7 +433,7 @@ async fn record_failure<K: Reconcile>(obj: &K, error: &Error, driver: &Driver<K>
             secondary: None,
         };
         if failures == driver.ctx.config.report_after_failures {
-            publish::<K>(&event, &reference, &driver.ctx).await;
+            driver.ctx.publish::<K>(&event, &reference).await;
         }
         return;
     }
@@ -604,18 +604,7 @@ async fn publish_transitions<K: Reconcile>(
             action: c.type_.clone(),
             secondary: None,
         };
-        publish::<K>(&event, &reference, ctx).await;
-    }
-}
-
-/// Publishes an Event. One that cannot be written must not fail the reconcile around it.
-async fn publish<K: Reconcile>(event: &Event, reference: &ObjectReference, ctx: &Context) {
-    ctx.metrics
-        .events
-        .get_or_create(&ControllerLabel::new(K::CONTROLLER))
-        .inc();
-    if let Err(e) = ctx.recorder.publish(event, reference).await {
-        warn!(controller = K::CONTROLLER, error = %e, "publishing event failed");
+        ctx.publish::<K>(&event, &reference).await;
     }
 }
 
@@ -649,7 +638,7 @@ async fn report_invalid<K: Reconcile>(
         action: "Decode".into(),
         secondary: None,
     };
-    publish::<K>(&event, &reference, ctx).await;
+    ctx.publish::<K>(&event, &reference).await;
 }
 
 fn error_policy<K: Reconcile>(
@@ -662,6 +651,7 @@ fn error_policy<K: Reconcile>(
         // A malformed object stays malformed until someone edits it, which triggers anew.
         Error::InvalidObject(_) => Action::await_change(),
         Error::StaleCache => Action::requeue(STALE_RETRY),
+        Error::Waiting { after, .. } => Action::requeue(jittered(*after, &uid, JITTER)),
         _ => {
             let failures = driver.states.failures(&uid);
             Action::requeue(jittered(driver.ctx.config.backoff(failures), &uid, JITTER))

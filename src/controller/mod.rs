@@ -127,7 +127,19 @@ pub struct Context {
     pub caches: Caches,
     /// Changes of named objects, for the controllers of the objects that name them.
     pub hub: triggers::TriggerHub,
+    /// AWS access for the clinic controller; without it, clinics are validated only.
+    pub aws: Option<ClinicAws>,
     caches_synced: watch::Sender<bool>,
+}
+
+/// What the clinic controller needs to reach AWS.
+pub struct ClinicAws {
+    /// Clients per account (assumed role), session and region, with their budgets.
+    pub pool: Arc<crate::aws::accounts::AwsPool>,
+    /// Part of every AWS name (`--cluster-id`).
+    pub cluster: deployment::names::ClusterId,
+    /// How soon a clinic is looked at again while AWS works on it.
+    pub progress_interval: Duration,
 }
 
 impl Context {
@@ -159,6 +171,7 @@ impl Context {
                 restores,
             },
             hub: triggers::TriggerHub::default(),
+            aws: None,
             caches_synced: watch::Sender::new(false),
         };
         let writers = CacheWriters {
@@ -181,6 +194,22 @@ impl Context {
         tokio::select! {
             synced = rx.wait_for(|s| *s) => synced.is_ok(),
             () = shutdown.cancelled() => false,
+        }
+    }
+
+    /// Publishes an Event on an object of kind `K`. One that cannot be written must not
+    /// fail the reconcile around it.
+    pub async fn publish<K: Reconcile>(
+        &self,
+        event: &kube::runtime::events::Event,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+    ) {
+        self.metrics
+            .events
+            .get_or_create(&crate::metrics::ControllerLabel::new(K::CONTROLLER))
+            .inc();
+        if let Err(e) = self.recorder.publish(event, reference).await {
+            tracing::warn!(controller = K::CONTROLLER, error = %e, "publishing event failed");
         }
     }
 
@@ -254,8 +283,19 @@ pub enum Error {
         reason: &'static str,
         message: String,
     },
+    /// An AWS call failed; the reason is its error class (`AwsThrottled`, …).
+    #[error("{action}: {source}")]
+    Aws {
+        action: &'static str,
+        #[source]
+        source: crate::aws::error::AwsError,
+    },
     #[error("cleaning up: {0}")]
     Cleanup(String),
+    /// AWS is working on something this step needs finished (a final snapshot, a
+    /// deletion); looked at again after `after`. Not a failure.
+    #[error("waiting for {what}")]
+    Waiting { what: String, after: Duration },
     #[error("writing status: {0}")]
     WriteStatus(#[source] kube::Error),
     /// The status was written by someone else since the cache saw it; the next look
@@ -277,7 +317,9 @@ impl Error {
         match self {
             Error::Observe { .. } => "ObserveFailed",
             Error::Act { reason, .. } => reason,
+            Error::Aws { source, .. } => source.reason(),
             Error::Cleanup(_) => "CleanupFailed",
+            Error::Waiting { .. } => "Waiting",
             Error::WriteStatus(_) => "StatusWriteFailed",
             Error::StaleCache => "StaleCache",
             Error::StatusConflict { .. } => "StatusConflict",
@@ -288,7 +330,7 @@ impl Error {
 
     /// Whether this counts towards backoff and `Synced=False`.
     pub fn is_failure(&self) -> bool {
-        !matches!(self, Error::StaleCache)
+        !matches!(self, Error::StaleCache | Error::Waiting { .. })
     }
 
     /// The message for a condition: the error, cut to a length people read. Callers keep

@@ -124,6 +124,33 @@ fn parse_env_file(path: &Path) -> BTreeMap<String, String> {
 }
 
 impl TestEnv {
+    /// An AWS SDK configuration against this environment's moto, in `region` (or none:
+    /// region-independent, as the operator's base configuration).
+    pub async fn aws(&self, region: Option<&str>) -> aws_config::SdkConfig {
+        let mut loader = openemr_operator::aws::base_config_loader()
+            .endpoint_url(self.var("AWS_ENDPOINT_URL"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                self.var("AWS_ACCESS_KEY_ID"),
+                self.var("AWS_SECRET_ACCESS_KEY"),
+                None,
+                None,
+                "test",
+            ));
+        if let Some(region) = region {
+            loader = loader.region(aws_config::Region::new(region.to_string()));
+        }
+        loader.load().await
+    }
+
+    /// A path-style S3 client (moto serves no virtual-hosted bucket addresses).
+    pub fn s3(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(config)
+                .force_path_style(true)
+                .build(),
+        )
+    }
+
     pub fn var(&self, name: &str) -> &str {
         self.vars
             .get(name)
@@ -322,6 +349,35 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A bucket's versioning status and its four public-access-block switches.
+pub async fn bucket_protection(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+) -> (Option<String>, [Option<bool>; 4]) {
+    let versioning = s3
+        .get_bucket_versioning()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    let block = s3
+        .get_public_access_block()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    let block = block.public_access_block_configuration().unwrap();
+    (
+        versioning.status().map(|s| s.as_str().to_string()),
+        [
+            block.block_public_acls(),
+            block.ignore_public_acls(),
+            block.block_public_policy(),
+            block.restrict_public_buckets(),
+        ],
+    )
 }
 
 /// Every file under `dir` with extension `ext`, sorted.

@@ -41,6 +41,10 @@ impl Operator {
             // The operator's own identity: only what deploy/rbac.yaml grants.
             .env("KUBECONFIG", env.var("OPERATOR_KUBECONFIG"))
             .env("RUST_LOG", "info")
+            // Each test process names its AWS resources apart (moto may be shared).
+            .env("CLUSTER_ID", format!("t{}", std::process::id()))
+            // moto finishes everything at once; no need to wait long between looks.
+            .env("PROGRESS_INTERVAL", "1s")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,22 +1,29 @@
-//! OpenEMRDeployment controller.
+//! OpenEMRDeployment controller: one clinic's AWS infrastructure, kept as declared.
 //!
-//! Today it judges what the API server cannot: that the Secrets the spec names (database
-//! credentials, OpenEMR's first administrator) exist and carry the keys they must (read
-//! when the clinic or one of those Secrets changes; Secrets are watched by metadata only
-//! and never cached). It reports `Accepted`, and `Ready=False` with reason
-//! `NotProvisioned`, because this version does not create AWS resources or the web tier
-//! yet; the provisioning steps (stack, RDS, web tier) plug into `observe`, `plan`, `act`
-//! and `cleanup` here. Clinics carry the finalizer [`FINALIZER`] so that their cleanup
-//! (by `spec.deletionPolicy`) runs before they go; today there is nothing to clean up.
+//! `observe` checks the Secrets the spec names (read when the clinic or one of them
+//! changes; Secrets are watched by metadata only and never cached), then reads the clinic's
+//! stack and DB instance from AWS under the clinic's account and region. [`plan`] decides,
+//! purely, what to create or correct; `act` ([`act`]) makes those calls. Names come from
+//! [`names`], the stack's template from [`template`], the database's settings and drift
+//! from [`database`]. Clinics carry the finalizer [`FINALIZER`] so that `deletionPolicy`
+//! is carried out before they go.
+
+pub mod act;
+pub mod database;
+pub mod deletion;
+pub mod names;
+pub mod plan;
+pub mod template;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Api, ResourceExt};
 
-use super::{Context, Error, NoChange, Plan, Reconcile, RefKind, status_with};
+use super::{Context, Error, Plan, Reconcile, RefKind, Requeue, status_with};
 use crate::api::deployment::DeploymentPhase;
 use crate::api::{LocalRef, OpenEMRDeployment, OpenEMRDeploymentStatus};
 use crate::conditions::Verdict;
+use plan::Change;
 
 /// A Secret the spec may name, and what it must hold.
 #[derive(Debug, PartialEq, Eq)]
@@ -55,10 +62,14 @@ pub enum SecretCheck {
     Present,
 }
 
-/// Each Secret the spec names, with what was found.
+/// What `observe` found.
 #[derive(Debug, Clone)]
 pub struct Observed {
+    /// Each Secret the spec names, with what was found.
     pub secrets: Vec<(&'static SecretUse, String, SecretCheck)>,
+    /// The clinic's AWS infrastructure; not read while a named Secret is missing (nothing is
+    /// created for a spec that is not accepted), nor without AWS settings.
+    pub infra: Option<plan::Infra>,
 }
 
 impl OpenEMRDeployment {
@@ -81,7 +92,7 @@ pub const FINALIZER: &str = "openemr.io/cleanup";
 
 impl Reconcile for OpenEMRDeployment {
     type Observed = Observed;
-    type Change = NoChange;
+    type Change = Change;
     const CONTROLLER: &'static str = "openemrdeployment";
     const REF_KIND: Option<RefKind> = Some(RefKind::Deployment);
     const FINALIZER: Option<&'static str> = Some(FINALIZER);
@@ -93,12 +104,16 @@ impl Reconcile for OpenEMRDeployment {
             .collect()
     }
 
-    fn intent(change: &NoChange) -> (String, String) {
-        match *change {}
+    fn intent(change: &Change) -> (String, String) {
+        change.intent()
     }
 
-    async fn act(&self, change: &NoChange, _ctx: &Context) -> Result<(), Error> {
-        match *change {}
+    async fn act(&self, change: &Change, ctx: &Context) -> Result<(), Error> {
+        act::act(self, change, ctx).await
+    }
+
+    async fn cleanup(&self, ctx: &Context) -> Result<(), Error> {
+        act::cleanup(self, ctx).await
     }
 
     async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
@@ -128,10 +143,15 @@ impl Reconcile for OpenEMRDeployment {
             };
             secrets.push((usage, r.name.clone(), check));
         }
-        Ok(Observed { secrets })
+        let accepted = secrets.iter().all(|(_, _, c)| *c == SecretCheck::Present);
+        let infra = match &ctx.aws {
+            Some(aws) if accepted => Some(act::observe_infra(self, aws, ctx).await?),
+            _ => None,
+        };
+        Ok(Observed { secrets, infra })
     }
 
-    fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<OpenEMRDeploymentStatus, NoChange> {
+    fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<OpenEMRDeploymentStatus, Change> {
         let refusal = observed
             .secrets
             .iter()
@@ -159,22 +179,51 @@ impl Reconcile for OpenEMRDeployment {
         let is_accepted = refusal.is_none();
         let accepted =
             refusal.unwrap_or_else(|| Verdict::truthy("Accepted", "Valid", "spec is valid"));
-        let ready = if is_accepted {
-            Verdict::falsy(
-                "Ready",
-                "NotProvisioned",
-                "accepted; this operator version does not provision AWS resources or the web tier yet",
-            )
-        } else {
-            Verdict::falsy(
-                "Ready",
-                "NotAccepted",
-                "the spec was not accepted; see the Accepted condition",
-            )
+        let infra = observed.infra.as_ref().filter(|_| is_accepted);
+        let Some(infra) = infra else {
+            let ready = if is_accepted {
+                Verdict::falsy(
+                    "Ready",
+                    "NotProvisioned",
+                    "accepted; this operator runs without AWS settings and provisions nothing",
+                )
+            } else {
+                Verdict::falsy(
+                    "Ready",
+                    "NotAccepted",
+                    "the spec was not accepted; see the Accepted condition",
+                )
+            };
+            let mut status = status_with(self, &[accepted, ready], now);
+            status.phase = Some(
+                status
+                    .phase
+                    .filter(|_| is_accepted)
+                    .unwrap_or(DeploymentPhase::Pending),
+            );
+            return Plan::after_validation(status, is_accepted);
         };
-        let mut status = status_with(self, &[accepted, ready], now);
-        status.phase = Some(DeploymentPhase::Pending);
-        Plan::after_validation(status, is_accepted)
+        let previous = self.status.clone().unwrap_or_default();
+        let infra_plan = plan::plan_infrastructure(self, infra, &previous, now);
+        let mut verdicts = vec![accepted];
+        verdicts.extend(infra_plan.verdicts);
+        let mut status = status_with(self, &verdicts, now);
+        let conditions = std::mem::take(&mut status.conditions);
+        let observed_generation = status.observed_generation;
+        let in_flight = status.in_flight.take();
+        status = infra_plan.status;
+        status.conditions = conditions;
+        status.observed_generation = observed_generation;
+        status.in_flight = in_flight;
+        Plan {
+            status,
+            requeue: if infra_plan.in_progress || !infra_plan.changes.is_empty() {
+                Requeue::After(infra.progress_interval)
+            } else {
+                Requeue::Resync
+            },
+            changes: infra_plan.changes,
+        }
     }
 }
 
@@ -215,6 +264,7 @@ mod tests {
                 (&DATABASE_CREDENTIALS, "db-creds".into(), database),
                 (&ADMIN_CREDENTIALS, "admin".into(), admin),
             ],
+            infra: None,
         }
     }
 

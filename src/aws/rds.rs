@@ -1,0 +1,403 @@
+//! RDS: the clinic's DB instance (read, create, modify, snapshot, delete), the SDK's shapes
+//! turned into plain values the planners compare, and every call through the budget.
+//!
+//! The database is driven through this API, never through the stack, so no stack update
+//! can ever replace it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use aws_sdk_rds::types::Tag;
+
+use super::AwsClients;
+use super::budget::Service;
+use super::error::AwsError;
+
+/// A DB instance as the operator compares it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DbInstance {
+    pub identifier: String,
+    pub arn: Option<String>,
+    pub status: String,
+    /// `host`, `port`.
+    pub endpoint: Option<(String, i32)>,
+    pub engine_version: String,
+    pub instance_class: String,
+    pub allocated_storage: i32,
+    pub max_allocated_storage: Option<i32>,
+    pub storage_type: Option<String>,
+    pub multi_az: bool,
+    pub backup_retention: i32,
+    pub backup_window: Option<String>,
+    pub maintenance_window: Option<String>,
+    pub deletion_protection: bool,
+    pub publicly_accessible: bool,
+    pub storage_encrypted: bool,
+    pub kms_key_id: Option<String>,
+    pub parameter_groups: Vec<String>,
+    pub subnet_group: Option<String>,
+    pub security_groups: Vec<String>,
+    pub copy_tags_to_snapshot: bool,
+    pub auto_minor_version_upgrade: bool,
+    /// Changes RDS has accepted and will apply in the maintenance window.
+    pub pending: Pending,
+    pub latest_restorable_time: Option<std::time::SystemTime>,
+    pub master_user_secret_arn: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// `PendingModifiedValues`, the fields the operator may have asked for.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Pending {
+    pub instance_class: Option<String>,
+    pub allocated_storage: Option<i32>,
+    pub multi_az: Option<bool>,
+    pub backup_retention: Option<i32>,
+    pub engine_version: Option<String>,
+}
+
+/// A new DB instance. The master password is either managed by RDS in Secrets Manager
+/// (never seen by the operator) or taken from the user's Secret.
+#[derive(Clone, PartialEq)]
+pub struct CreateDb {
+    pub identifier: String,
+    pub engine_version: String,
+    pub instance_class: String,
+    pub allocated_storage: i32,
+    pub max_allocated_storage: Option<i32>,
+    pub multi_az: bool,
+    pub backup_retention: i32,
+    pub backup_window: String,
+    pub maintenance_window: String,
+    pub deletion_protection: bool,
+    pub kms_key_id: String,
+    pub subnet_group: String,
+    pub security_group: String,
+    pub parameter_group: String,
+    pub db_name: String,
+    pub master_username: String,
+    pub master_password: MasterPassword,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Who holds the master password.
+#[derive(Clone, PartialEq)]
+pub enum MasterPassword {
+    /// RDS keeps it in Secrets Manager, encrypted with the clinic's key.
+    ManagedByRds,
+    /// From the user's Secret.
+    Given(String),
+}
+
+impl std::fmt::Debug for CreateDb {
+    // Hand-written so that no password can reach a log line through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateDb")
+            .field("identifier", &self.identifier)
+            .field("engine_version", &self.engine_version)
+            .field("instance_class", &self.instance_class)
+            .field(
+                "master_password",
+                &match self.master_password {
+                    MasterPassword::ManagedByRds => "managed by RDS",
+                    MasterPassword::Given(_) => "from the user's Secret (redacted)",
+                },
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The fields of a `ModifyDBInstance`; `None` leaves a field as it is.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ModifyDb {
+    pub identifier: String,
+    pub apply_immediately: bool,
+    pub instance_class: Option<String>,
+    pub engine_version: Option<String>,
+    pub allow_major_version_upgrade: bool,
+    pub allocated_storage: Option<i32>,
+    pub max_allocated_storage: Option<i32>,
+    pub multi_az: Option<bool>,
+    pub backup_retention: Option<i32>,
+    pub backup_window: Option<String>,
+    pub maintenance_window: Option<String>,
+    pub deletion_protection: Option<bool>,
+    pub publicly_accessible: Option<bool>,
+    pub parameter_group: Option<String>,
+    pub security_groups: Option<Vec<String>>,
+    pub copy_tags_to_snapshot: Option<bool>,
+    pub auto_minor_version_upgrade: Option<bool>,
+}
+
+/// A DB snapshot's identity and state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DbSnapshot {
+    pub identifier: String,
+    pub arn: Option<String>,
+    pub status: String,
+}
+
+/// What the clinic controller asks of RDS.
+pub trait Databases {
+    /// The instance, or `None` when it does not exist.
+    fn describe_instance(
+        &self,
+        identifier: &str,
+    ) -> impl Future<Output = Result<Option<DbInstance>, AwsError>> + Send;
+    /// One page of every instance in this account and region (100 per page) and the marker
+    /// of the next page.
+    fn list_instances(
+        &self,
+        marker: Option<String>,
+    ) -> impl Future<Output = Result<(Vec<DbInstance>, Option<String>), AwsError>> + Send;
+    fn create_instance(
+        &self,
+        request: &CreateDb,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn modify_instance(
+        &self,
+        request: &ModifyDb,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn describe_snapshot(
+        &self,
+        identifier: &str,
+    ) -> impl Future<Output = Result<Option<DbSnapshot>, AwsError>> + Send;
+    fn create_snapshot(
+        &self,
+        instance: &str,
+        snapshot: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Deletes the instance without a final snapshot of RDS's own: the operator takes its
+    /// own (deterministically named) first and sees it `available`.
+    fn delete_instance(
+        &self,
+        identifier: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+fn rds_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
+    tags.iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+fn instance(db: &aws_sdk_rds::types::DbInstance) -> DbInstance {
+    let pending = db.pending_modified_values().map(|p| Pending {
+        instance_class: p.db_instance_class().map(str::to_string),
+        allocated_storage: p.allocated_storage(),
+        multi_az: p.multi_az(),
+        backup_retention: p.backup_retention_period(),
+        engine_version: p.engine_version().map(str::to_string),
+    });
+    DbInstance {
+        identifier: db.db_instance_identifier().unwrap_or_default().to_string(),
+        arn: db.db_instance_arn().map(str::to_string),
+        status: db.db_instance_status().unwrap_or_default().to_string(),
+        endpoint: db.endpoint().and_then(|e| {
+            e.address()
+                .map(|a| (a.to_string(), e.port().unwrap_or(3306)))
+        }),
+        engine_version: db.engine_version().unwrap_or_default().to_string(),
+        instance_class: db.db_instance_class().unwrap_or_default().to_string(),
+        allocated_storage: db.allocated_storage().unwrap_or_default(),
+        max_allocated_storage: db.max_allocated_storage(),
+        storage_type: db.storage_type().map(str::to_string),
+        multi_az: db.multi_az().unwrap_or_default(),
+        backup_retention: db.backup_retention_period().unwrap_or_default(),
+        backup_window: db.preferred_backup_window().map(str::to_string),
+        maintenance_window: db.preferred_maintenance_window().map(str::to_string),
+        deletion_protection: db.deletion_protection().unwrap_or_default(),
+        publicly_accessible: db.publicly_accessible().unwrap_or_default(),
+        storage_encrypted: db.storage_encrypted().unwrap_or_default(),
+        kms_key_id: db.kms_key_id().map(str::to_string),
+        parameter_groups: db
+            .db_parameter_groups()
+            .iter()
+            .filter_map(|g| g.db_parameter_group_name().map(str::to_string))
+            .collect(),
+        subnet_group: db
+            .db_subnet_group()
+            .and_then(|g| g.db_subnet_group_name())
+            .map(str::to_string),
+        security_groups: db
+            .vpc_security_groups()
+            .iter()
+            .filter_map(|g| g.vpc_security_group_id().map(str::to_string))
+            .collect(),
+        copy_tags_to_snapshot: db.copy_tags_to_snapshot().unwrap_or_default(),
+        auto_minor_version_upgrade: db.auto_minor_version_upgrade().unwrap_or_default(),
+        pending: pending.unwrap_or_default(),
+        latest_restorable_time: db
+            .latest_restorable_time()
+            .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+        master_user_secret_arn: db
+            .master_user_secret()
+            .and_then(|s| s.secret_arn())
+            .map(str::to_string),
+        tags: db
+            .tag_list()
+            .iter()
+            .filter_map(|t| {
+                Some((
+                    t.key()?.to_string(),
+                    t.value().unwrap_or_default().to_string(),
+                ))
+            })
+            .collect(),
+    }
+}
+
+/// Page size of the inventory: the most `DescribeDBInstances` returns.
+pub const PAGE_SIZE: i32 = 100;
+
+impl Databases for AwsClients {
+    async fn describe_instance(&self, identifier: &str) -> Result<Option<DbInstance>, AwsError> {
+        let request = self
+            .rds
+            .describe_db_instances()
+            .db_instance_identifier(identifier)
+            .send();
+        match self
+            .call(Service::Rds, "DescribeDBInstances", request)
+            .await
+        {
+            Ok(out) => Ok(out.db_instances().first().map(instance)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list_instances(
+        &self,
+        marker: Option<String>,
+    ) -> Result<(Vec<DbInstance>, Option<String>), AwsError> {
+        let request = self
+            .rds
+            .describe_db_instances()
+            .max_records(PAGE_SIZE)
+            .set_marker(marker)
+            .send();
+        let out = self
+            .call(Service::Rds, "DescribeDBInstances", request)
+            .await?;
+        let next = out.marker().filter(|m| !m.is_empty()).map(str::to_string);
+        Ok((out.db_instances().iter().map(instance).collect(), next))
+    }
+
+    async fn create_instance(&self, r: &CreateDb) -> Result<(), AwsError> {
+        let mut request = self
+            .rds
+            .create_db_instance()
+            .db_instance_identifier(&r.identifier)
+            .engine("mysql")
+            .engine_version(&r.engine_version)
+            .db_instance_class(&r.instance_class)
+            .storage_type("gp3")
+            .allocated_storage(r.allocated_storage)
+            .set_max_allocated_storage(r.max_allocated_storage)
+            .storage_encrypted(true)
+            .kms_key_id(&r.kms_key_id)
+            .publicly_accessible(false)
+            .db_subnet_group_name(&r.subnet_group)
+            .vpc_security_group_ids(&r.security_group)
+            .db_parameter_group_name(&r.parameter_group)
+            .multi_az(r.multi_az)
+            .backup_retention_period(r.backup_retention)
+            .preferred_backup_window(&r.backup_window)
+            .preferred_maintenance_window(&r.maintenance_window)
+            .deletion_protection(r.deletion_protection)
+            .copy_tags_to_snapshot(true)
+            .auto_minor_version_upgrade(true)
+            .db_name(&r.db_name)
+            .master_username(&r.master_username)
+            .set_tags(Some(rds_tags(&r.tags)));
+        request = match &r.master_password {
+            MasterPassword::ManagedByRds => request
+                .manage_master_user_password(true)
+                .master_user_secret_kms_key_id(&r.kms_key_id),
+            MasterPassword::Given(password) => request.master_user_password(password),
+        };
+        self.call(Service::Rds, "CreateDBInstance", request.send())
+            .await
+            .map(|_| ())
+    }
+
+    async fn modify_instance(&self, m: &ModifyDb) -> Result<(), AwsError> {
+        let request = self
+            .rds
+            .modify_db_instance()
+            .db_instance_identifier(&m.identifier)
+            .apply_immediately(m.apply_immediately)
+            .set_db_instance_class(m.instance_class.clone())
+            .set_engine_version(m.engine_version.clone())
+            .set_allow_major_version_upgrade(m.allow_major_version_upgrade.then_some(true))
+            .set_allocated_storage(m.allocated_storage)
+            .set_max_allocated_storage(m.max_allocated_storage)
+            .set_multi_az(m.multi_az)
+            .set_backup_retention_period(m.backup_retention)
+            .set_preferred_backup_window(m.backup_window.clone())
+            .set_preferred_maintenance_window(m.maintenance_window.clone())
+            .set_deletion_protection(m.deletion_protection)
+            .set_publicly_accessible(m.publicly_accessible)
+            .set_db_parameter_group_name(m.parameter_group.clone())
+            .set_vpc_security_group_ids(m.security_groups.clone())
+            .set_copy_tags_to_snapshot(m.copy_tags_to_snapshot)
+            .set_auto_minor_version_upgrade(m.auto_minor_version_upgrade)
+            .send();
+        self.call(Service::Rds, "ModifyDBInstance", request)
+            .await
+            .map(|_| ())
+    }
+
+    async fn describe_snapshot(&self, identifier: &str) -> Result<Option<DbSnapshot>, AwsError> {
+        let request = self
+            .rds
+            .describe_db_snapshots()
+            .db_snapshot_identifier(identifier)
+            .send();
+        match self
+            .call(Service::Rds, "DescribeDBSnapshots", request)
+            .await
+        {
+            Ok(out) => Ok(out.db_snapshots().first().map(|s| DbSnapshot {
+                identifier: s.db_snapshot_identifier().unwrap_or_default().to_string(),
+                arn: s.db_snapshot_arn().map(str::to_string),
+                status: s.status().unwrap_or_default().to_string(),
+            })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn create_snapshot(
+        &self,
+        instance: &str,
+        snapshot: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), AwsError> {
+        let request = self
+            .rds
+            .create_db_snapshot()
+            .db_instance_identifier(instance)
+            .db_snapshot_identifier(snapshot)
+            .set_tags(Some(rds_tags(tags)))
+            .send();
+        self.call(Service::Rds, "CreateDBSnapshot", request)
+            .await
+            .map(|_| ())
+    }
+
+    async fn delete_instance(&self, identifier: &str) -> Result<(), AwsError> {
+        let request = self
+            .rds
+            .delete_db_instance()
+            .db_instance_identifier(identifier)
+            .skip_final_snapshot(true)
+            .delete_automated_backups(false)
+            .send();
+        self.call(Service::Rds, "DeleteDBInstance", request)
+            .await
+            .map(|_| ())
+    }
+}

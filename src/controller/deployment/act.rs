@@ -1,0 +1,600 @@
+//! The clinic controller's I/O: reading its infrastructure from AWS and the cluster, and
+//! carrying out the changes the plan asks for, each idempotent (deterministic names,
+//! request tokens, create-only Secrets), so a repeat after a crash does nothing twice.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+
+use super::deletion::{Seen, Step, effective_policy, next_step};
+use super::names::{self, ClinicNames};
+use super::plan::{Change, Infra, MasterSource};
+use crate::api::{DeletionPolicy, OpenEMRDeployment};
+use crate::aws::AwsClients;
+use crate::aws::accounts::session_name;
+use crate::aws::cloudformation::{StackState, Stacks, UpdateOutcome};
+use crate::aws::error::{AwsError, ErrorClass};
+use crate::aws::rds::{Databases, MasterPassword};
+use crate::controller::{ClinicAws, Context, Error};
+
+/// Key of the user's Secret that may hold the master password.
+pub const ROOT_PASSWORD_KEY: &str = "root-password";
+
+async fn clients(d: &OpenEMRDeployment, aws: &ClinicAws) -> std::sync::Arc<AwsClients> {
+    let session = session_name(d.namespace().as_deref().unwrap_or_default(), &d.name_any());
+    aws.pool
+        .clients(d.spec.aws.role_arn.as_deref(), &session, &d.spec.aws.region)
+        .await
+}
+
+fn aws_error(action: &'static str) -> impl FnOnce(AwsError) -> Error {
+    move |source| Error::Aws { action, source }
+}
+
+/// Reads the clinic's stack, its DB instance and its credentials Secret.
+pub async fn observe_infra(
+    d: &OpenEMRDeployment,
+    aws: &ClinicAws,
+    ctx: &Context,
+) -> Result<Infra, Error> {
+    let ns = d.namespace().unwrap_or_default();
+    let name = d.name_any();
+    let names = ClinicNames::new(&aws.cluster, &ns, &name);
+    let tags = names::tags(
+        &aws.cluster,
+        &ns,
+        &name,
+        d.metadata.uid.as_deref().unwrap_or_default(),
+        &d.spec.tags,
+    );
+    let clients = clients(d, aws).await;
+    let stack = clients
+        .describe_stack(&names.stack)
+        .await
+        .map_err(aws_error("reading the stack"))?;
+    let stack_failure = match &stack {
+        Some(s) if matches!(s.state(), StackState::RolledBack | StackState::Failed) => clients
+            .first_failure(&names.stack)
+            .await
+            .map_err(aws_error("reading the stack's events"))?,
+        _ => None,
+    };
+    let identifier = d
+        .spec
+        .adopt
+        .as_ref()
+        .and_then(|a| a.db_instance_identifier.clone())
+        .unwrap_or_else(|| names.db_instance.clone());
+    let database = clients
+        .describe_instance(&identifier)
+        .await
+        .map_err(aws_error("reading the DB instance"))?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let (credentials_secret, user_master_password) = match &d.spec.database.credentials_secret_ref {
+        // The user's Secret was checked for `password` before AWS was read.
+        Some(r) => {
+            let secret = secrets
+                .get_opt(&r.name)
+                .await
+                .map_err(Error::observe(format!("Secret {ns}/{}", r.name)))?;
+            let root = secret.as_ref().is_some_and(|s| {
+                s.data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(ROOT_PASSWORD_KEY))
+            });
+            (secret.is_some(), root)
+        }
+        None => {
+            let found = secrets
+                .get_metadata_opt(&names.credentials_secret)
+                .await
+                .map_err(Error::observe(format!(
+                    "Secret {ns}/{}",
+                    names.credentials_secret
+                )))?;
+            (found.is_some(), false)
+        }
+    };
+    Ok(Infra {
+        names,
+        tags,
+        stack,
+        stack_failure,
+        database,
+        credentials_secret,
+        user_master_password,
+        progress_interval: aws.progress_interval,
+    })
+}
+
+/// Carries out one change.
+pub async fn act(d: &OpenEMRDeployment, change: &Change, ctx: &Context) -> Result<(), Error> {
+    let Some(aws) = &ctx.aws else {
+        return Err(Error::Act {
+            action: "provisioning".into(),
+            reason: "NoAwsSettings",
+            message: "the operator runs without AWS settings".into(),
+        });
+    };
+    let ns = d.namespace().unwrap_or_default();
+    match change {
+        Change::CreateCredentialsSecret {
+            name,
+            username,
+            database,
+        } => create_credentials_secret(d, ctx, &ns, name, username, database).await,
+        Change::CreateStack(request) => {
+            match clients(d, aws).await.create_stack(request).await {
+                // A repeat after a crash: the stack exists; the next look reads it.
+                Err(e) if e.class == ErrorClass::Conflict => Ok(()),
+                other => other.map_err(aws_error("creating the stack")),
+            }?;
+            announce(
+                ctx,
+                d,
+                false,
+                "StackCreateStarted",
+                &format!("creating stack {}", request.name),
+            )
+            .await;
+            Ok(())
+        }
+        Change::UpdateStack(request) => {
+            let outcome = clients(d, aws)
+                .await
+                .update_stack(request)
+                .await
+                .map_err(aws_error("updating the stack"))?;
+            if outcome == UpdateOutcome::Started {
+                announce(
+                    ctx,
+                    d,
+                    false,
+                    "StackUpdateStarted",
+                    &format!("updating stack {} to the current template", request.name),
+                )
+                .await;
+            }
+            Ok(())
+        }
+        Change::DeleteFailedStack {
+            name,
+            token,
+            retained,
+        } => {
+            clients(d, aws)
+                .await
+                .delete_stack(name, token)
+                .await
+                .map_err(aws_error("deleting the rolled-back stack"))?;
+            let kept = if retained.is_empty() {
+                "it retained no resources".to_string()
+            } else {
+                format!("it retained, and AWS keeps: {}", retained.join(", "))
+            };
+            announce(
+                ctx,
+                d,
+                true,
+                "StackReplaced",
+                &format!("deleting rolled-back stack {name} to create it anew; {kept}"),
+            )
+            .await;
+            Ok(())
+        }
+        Change::CreateDatabase { request, master } => {
+            let mut request = (**request).clone();
+            if let MasterSource::UserSecret(secret) = master {
+                request.master_password =
+                    MasterPassword::Given(read_root_password(ctx, &ns, secret).await?);
+            }
+            match clients(d, aws).await.create_instance(&request).await {
+                Err(e) if e.class == ErrorClass::Conflict && e.code.contains("AlreadyExists") => {
+                    Ok(())
+                }
+                other => other.map_err(aws_error("creating the DB instance")),
+            }?;
+            announce(
+                ctx,
+                d,
+                false,
+                "DatabaseCreateStarted",
+                &format!("creating DB instance {}", request.identifier),
+            )
+            .await;
+            Ok(())
+        }
+        Change::ModifyDatabase {
+            request,
+            differences,
+        } => {
+            clients(d, aws)
+                .await
+                .modify_instance(request)
+                .await
+                .map_err(aws_error("modifying the DB instance"))?;
+            let list: Vec<_> = differences.iter().map(ToString::to_string).collect();
+            let when = if request.apply_immediately {
+                "applied now"
+            } else {
+                "applied in the maintenance window"
+            };
+            announce(
+                ctx,
+                d,
+                false,
+                "DatabaseModified",
+                &format!(
+                    "DB instance {}: {} ({when})",
+                    request.identifier,
+                    list.join("; ")
+                ),
+            )
+            .await;
+            Ok(())
+        }
+    }
+}
+
+/// The `root-password` of the user's Secret, read at the moment it is sent and never kept.
+async fn read_root_password(ctx: &Context, ns: &str, secret: &str) -> Result<String, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let found = api
+        .get_opt(secret)
+        .await
+        .map_err(Error::observe(format!("Secret {ns}/{secret}")))?;
+    found
+        .and_then(|s| s.data)
+        .and_then(|mut d| d.remove(ROOT_PASSWORD_KEY))
+        .and_then(|v| String::from_utf8(v.0).ok())
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| Error::Act {
+            action: "creating the DB instance".into(),
+            reason: "CredentialsSecretInvalid",
+            message: format!(
+                "Secret {secret:?} has no usable {ROOT_PASSWORD_KEY:?} (UTF-8, not empty)"
+            ),
+        })
+}
+
+/// Characters of generated passwords: letters and digits, which RDS, MySQL, shells and
+/// URLs all take as they are.
+const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+const PASSWORD_LENGTH: usize = 32;
+
+/// A password from the operating system's CSPRNG, without modulo bias.
+pub fn generate_password() -> Result<String, getrandom::Error> {
+    let n = PASSWORD_ALPHABET.len();
+    // The largest multiple of the alphabet below 256: bytes above it are drawn again.
+    let limit = (256 / n * n) as u8;
+    let mut out = String::with_capacity(PASSWORD_LENGTH);
+    let mut buf = [0u8; 64];
+    while out.len() < PASSWORD_LENGTH {
+        getrandom::fill(&mut buf)?;
+        for b in buf {
+            if b < limit && out.len() < PASSWORD_LENGTH {
+                out.push(PASSWORD_ALPHABET[b as usize % n] as char);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Creates the credentials Secret once. It has no owner: credentials of retained data stay
+/// with the data when the clinic goes (only `deletionPolicy: Delete` removes it).
+async fn create_credentials_secret(
+    d: &OpenEMRDeployment,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    username: &str,
+    database: &str,
+) -> Result<(), Error> {
+    let password = generate_password().map_err(|e| Error::Act {
+        action: "generating the database password".into(),
+        reason: "RandomUnavailable",
+        message: e.to_string(),
+    })?;
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(ns.to_string()),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "openemr-operator".to_string(),
+                ),
+                (names::TAG_NAME.to_string(), d.name_any()),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                "openemr.io/retained-with-data".to_string(),
+                "kept when the clinic is deleted, unless its deletionPolicy is Delete".to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([
+            (
+                "username".to_string(),
+                ByteString(username.as_bytes().to_vec()),
+            ),
+            ("password".to_string(), ByteString(password.into_bytes())),
+            (
+                "database".to_string(),
+                ByteString(database.as_bytes().to_vec()),
+            ),
+        ])),
+        ..Secret::default()
+    };
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {}
+        // Created by an earlier attempt: never overwritten, the database may use it.
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => {
+            return Err(Error::Act {
+                action: format!("creating Secret {ns}/{name}"),
+                reason: "SecretWriteFailed",
+                message: e.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// An Event on the clinic about a step taken in AWS.
+pub async fn announce(
+    ctx: &Context,
+    d: &OpenEMRDeployment,
+    warning: bool,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_string(),
+        note: Some(super::super::truncated(note, 1024)),
+        action: "Provision".into(),
+        secondary: None,
+    };
+    ctx.publish::<OpenEMRDeployment>(&event, &d.object_ref(&()))
+        .await;
+}
+
+/// Most deletion steps one pass takes before looking again (each step is one AWS call).
+const STEPS_PER_PASS: usize = 8;
+
+/// Carries out `spec.deletionPolicy`, one step per look at AWS, until nothing is left to
+/// do. Works from names alone, so a clinic whose provisioning never ran is cleaned up too.
+pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> {
+    let Some(aws) = &ctx.aws else {
+        return Ok(());
+    };
+    let ns = d.namespace().unwrap_or_default();
+    let name = d.name_any();
+    let uid = d.metadata.uid.clone().unwrap_or_default();
+    let names = ClinicNames::new(&aws.cluster, &ns, &name);
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let terminating = namespaces
+        .get_opt(&ns)
+        .await
+        .map_err(Error::observe(format!("Namespace {ns}")))?
+        .is_none_or(|n| n.metadata.deletion_timestamp.is_some());
+    let policy = effective_policy(d.spec.deletion_policy, terminating);
+    let clients = clients(d, aws).await;
+    let identifier = d
+        .spec
+        .adopt
+        .as_ref()
+        .and_then(|a| a.db_instance_identifier.clone())
+        .unwrap_or_else(|| names.db_instance.clone());
+    let final_snapshot = names.final_snapshot(&uid);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let own_secret = d.spec.database.credentials_secret_ref.is_none();
+    let tags = names::tags(&aws.cluster, &ns, &name, &uid, &d.spec.tags);
+
+    for _ in 0..STEPS_PER_PASS {
+        let seen = Seen {
+            database: clients
+                .describe_instance(&identifier)
+                .await
+                .map_err(aws_error("reading the DB instance"))?,
+            final_snapshot: if policy == DeletionPolicy::Retain {
+                None
+            } else {
+                clients
+                    .describe_snapshot(&final_snapshot)
+                    .await
+                    .map_err(aws_error("reading the final snapshot"))?
+            },
+            stack: if policy == DeletionPolicy::Delete {
+                clients
+                    .describe_stack(&names.stack)
+                    .await
+                    .map_err(aws_error("reading the stack"))?
+            } else {
+                None
+            },
+            credentials_secret: own_secret
+                && policy == DeletionPolicy::Delete
+                && secrets
+                    .get_metadata_opt(&names.credentials_secret)
+                    .await
+                    .map_err(Error::observe(format!(
+                        "Secret {ns}/{}",
+                        names.credentials_secret
+                    )))?
+                    .is_some(),
+        };
+        let waiting = |what: String| Error::Waiting {
+            what,
+            after: aws.progress_interval,
+        };
+        match next_step(policy, d.spec.skip_final_snapshot, &seen) {
+            Step::Done => {
+                let note = left_behind(
+                    d,
+                    policy,
+                    terminating,
+                    &names,
+                    &identifier,
+                    &final_snapshot,
+                    &seen,
+                );
+                announce(ctx, d, false, "CleanedUp", &note).await;
+                return Ok(());
+            }
+            Step::CreateFinalSnapshot => {
+                match clients
+                    .create_snapshot(&identifier, &final_snapshot, &tags)
+                    .await
+                {
+                    Err(e) if e.is_conflict() && e.code.contains("AlreadyExists") => Ok(()),
+                    other => other.map_err(aws_error("taking the final snapshot")),
+                }?;
+                announce(
+                    ctx,
+                    d,
+                    false,
+                    "FinalSnapshotStarted",
+                    &format!("taking final snapshot {final_snapshot} of DB instance {identifier}"),
+                )
+                .await;
+            }
+            Step::WaitForSnapshot(status) => {
+                return Err(waiting(format!(
+                    "final snapshot {final_snapshot} to be available (it is {status})"
+                )));
+            }
+            Step::DisableDeletionProtection => {
+                let request = crate::aws::rds::ModifyDb {
+                    identifier: identifier.clone(),
+                    apply_immediately: true,
+                    deletion_protection: Some(false),
+                    ..Default::default()
+                };
+                clients
+                    .modify_instance(&request)
+                    .await
+                    .map_err(aws_error("turning deletion protection off"))?;
+            }
+            Step::DeleteDatabase => {
+                clients
+                    .delete_instance(&identifier)
+                    .await
+                    .map_err(aws_error("deleting the DB instance"))?;
+                let after = if seen.final_snapshot.is_some() {
+                    format!("its final snapshot {final_snapshot} is available")
+                } else {
+                    "without a final snapshot (spec.skipFinalSnapshot)".to_string()
+                };
+                announce(
+                    ctx,
+                    d,
+                    true,
+                    "DatabaseDeleted",
+                    &format!("deleting DB instance {identifier}; {after}"),
+                )
+                .await;
+            }
+            Step::WaitForDatabase(status) => {
+                return Err(waiting(format!(
+                    "DB instance {identifier} to be gone (it is {status})"
+                )));
+            }
+            Step::DeleteStack => {
+                let token = format!("oe-delete-{}", uid.replace('-', ""));
+                clients
+                    .delete_stack(&names.stack, &token)
+                    .await
+                    .map_err(aws_error("deleting the stack"))?;
+            }
+            Step::WaitForStack(status) => {
+                return Err(waiting(format!(
+                    "stack {} to be deleted (it is {status})",
+                    names.stack
+                )));
+            }
+            Step::DeleteCredentialsSecret => {
+                match secrets
+                    .delete(&names.credentials_secret, &Default::default())
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => {
+                        return Err(Error::Cleanup(format!(
+                            "deleting Secret {ns}/{}: {e}",
+                            names.credentials_secret
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Err(Error::Waiting {
+        what: "the next deletion step".into(),
+        after: std::time::Duration::from_secs(1),
+    })
+}
+
+/// The Event text of a finished cleanup: what was removed, and what is left and where.
+fn left_behind(
+    d: &OpenEMRDeployment,
+    policy: DeletionPolicy,
+    terminating: bool,
+    names: &ClinicNames,
+    identifier: &str,
+    final_snapshot: &str,
+    seen: &Seen,
+) -> String {
+    let status = d.status.clone().unwrap_or_default();
+    let mut kept = Vec::new();
+    if let Some(db) = &seen.database {
+        kept.push(format!("DB instance {} ({})", identifier, db.status));
+    }
+    if let Some(s) = &seen.final_snapshot {
+        kept.push(format!("final snapshot {}", s.identifier));
+    } else if policy != DeletionPolicy::Retain && !d.spec.skip_final_snapshot {
+        kept.push(format!("final snapshot {final_snapshot}"));
+    }
+    // What the stack made is named as status last saw it: nothing is listed that was
+    // never created.
+    if policy != DeletionPolicy::Delete && status.stack.as_ref().is_some_and(|s| s.id.is_some()) {
+        kept.push(format!("stack {}", names.stack));
+    }
+    kept.extend(status.bucket_name.map(|b| format!("bucket {b}")));
+    kept.extend(status.kms_key_arn.map(|k| format!("KMS key {k}")));
+    kept.extend(status.file_system_id.map(|f| format!("file system {f}")));
+    if policy != DeletionPolicy::Delete && d.spec.database.credentials_secret_ref.is_none() {
+        kept.push(format!("Secret {}", names.credentials_secret));
+    }
+    let why = if terminating && d.spec.deletion_policy != DeletionPolicy::Retain {
+        format!(
+            "the namespace is being deleted, so deletionPolicy {:?} was not carried out and the data is kept",
+            d.spec.deletion_policy
+        )
+    } else {
+        format!("deletionPolicy {policy:?} carried out")
+    };
+    if kept.is_empty() {
+        format!(
+            "{why}; nothing of this clinic is left in AWS ({})",
+            d.spec.aws.region
+        )
+    } else {
+        format!(
+            "{why}; left in AWS ({}): {}",
+            d.spec.aws.region,
+            kept.join(", ")
+        )
+    }
+}

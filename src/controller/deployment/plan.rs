@@ -1,0 +1,882 @@
+//! The clinic's infrastructure plan: a pure function of the spec, what AWS and the cluster
+//! showed, and the time, giving the conditions and status fields to write and the changes
+//! to make. No I/O; the tables in the tests are the specification.
+//!
+//! Order: the credentials Secret and the stack first (the stack's outputs — key, subnet
+//! group, security group, parameter group — are what the database is created with), then
+//! the database. Nothing here ever deletes: replacing a rolled-back stack and deletion
+//! belong to explicit paths.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use super::database::{self, Difference, Placement};
+use super::names::ClinicNames;
+use super::template::{self, RenderedStack, StackInputs};
+use crate::api::deployment::{DatabaseStatus, DeploymentPhase, StackStatus};
+use crate::api::{OpenEMRDeployment, OpenEMRDeploymentStatus};
+use crate::aws::cloudformation::{StackFailure, StackInfo, StackRequest, StackState};
+use crate::aws::rds::{CreateDb, DbInstance, ModifyDb};
+use crate::conditions::Verdict;
+
+/// What AWS and the cluster showed about one clinic's infrastructure.
+#[derive(Debug, Clone)]
+pub struct Infra {
+    pub names: ClinicNames,
+    pub tags: BTreeMap<String, String>,
+    pub stack: Option<StackInfo>,
+    /// The failing resource of a stack that failed or rolled back.
+    pub stack_failure: Option<StackFailure>,
+    pub database: Option<DbInstance>,
+    /// Whether the Secret with OpenEMR's database credentials exists (the operator's own,
+    /// or the user's named in `spec.database.credentialsSecretRef`).
+    pub credentials_secret: bool,
+    /// The user's Secret carries `root-password` for the master user.
+    pub user_master_password: bool,
+    /// How soon to look again while AWS is working.
+    pub progress_interval: Duration,
+}
+
+/// Where the master password comes from; resolved only in `act`, so no password is ever
+/// part of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterSource {
+    ManagedByRds,
+    /// `root-password` of this Secret.
+    UserSecret(String),
+}
+
+/// A mutating call the plan asks for.
+#[derive(Clone, PartialEq)]
+pub enum Change {
+    /// OpenEMR's database user password, generated once into a Secret that is never
+    /// overwritten.
+    CreateCredentialsSecret {
+        name: String,
+        username: String,
+        database: String,
+    },
+    CreateStack(StackRequest),
+    UpdateStack(StackRequest),
+    /// Removes a stack whose creation rolled back, so the next pass creates it anew. Its
+    /// retained resources (named in an Event) stay.
+    DeleteFailedStack {
+        name: String,
+        token: String,
+        retained: Vec<String>,
+    },
+    CreateDatabase {
+        request: Box<CreateDb>,
+        master: MasterSource,
+    },
+    ModifyDatabase {
+        request: ModifyDb,
+        differences: Vec<Difference>,
+    },
+}
+
+impl std::fmt::Debug for Change {
+    // Compact: a template body does not belong in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::CreateCredentialsSecret { name, .. } => {
+                write!(f, "CreateCredentialsSecret({name})")
+            }
+            Change::CreateStack(r) => write!(f, "CreateStack({}, token {})", r.name, r.token),
+            Change::UpdateStack(r) => write!(f, "UpdateStack({}, token {})", r.name, r.token),
+            Change::DeleteFailedStack { name, .. } => write!(f, "DeleteFailedStack({name})"),
+            Change::CreateDatabase { request, master } => {
+                write!(
+                    f,
+                    "CreateDatabase({}, master {master:?})",
+                    request.identifier
+                )
+            }
+            Change::ModifyDatabase {
+                request,
+                differences,
+            } => {
+                let list: Vec<_> = differences.iter().map(|d| d.to_string()).collect();
+                write!(
+                    f,
+                    "ModifyDatabase({}, {})",
+                    request.identifier,
+                    list.join("; ")
+                )
+            }
+        }
+    }
+}
+
+impl Change {
+    /// The action and token recorded in `status.inFlight` before the call.
+    pub fn intent(&self) -> (String, String) {
+        match self {
+            Change::CreateCredentialsSecret { name, .. } => {
+                ("CreateCredentialsSecret".into(), name.clone())
+            }
+            Change::CreateStack(r) => ("CreateStack".into(), r.token.clone()),
+            Change::UpdateStack(r) => ("UpdateStack".into(), r.token.clone()),
+            Change::DeleteFailedStack { token, .. } => ("DeleteStack".into(), token.clone()),
+            Change::CreateDatabase { request, .. } => {
+                ("CreateDBInstance".into(), request.identifier.clone())
+            }
+            Change::ModifyDatabase {
+                request,
+                differences,
+            } => {
+                let fields: Vec<_> = differences.iter().map(|d| d.field).collect();
+                (
+                    "ModifyDBInstance".into(),
+                    format!("{}:{}", request.identifier, fields.join(",")),
+                )
+            }
+        }
+    }
+}
+
+/// The infrastructure part of a clinic's plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InfraPlan {
+    pub verdicts: Vec<Verdict>,
+    pub status: OpenEMRDeploymentStatus,
+    pub changes: Vec<Change>,
+    /// AWS is still working on something: look again soon.
+    pub in_progress: bool,
+}
+
+/// RDS states in which the database serves.
+fn serving(status: &str) -> bool {
+    matches!(
+        status,
+        "available"
+            | "backing-up"
+            | "modifying"
+            | "storage-optimization"
+            | "configuring-enhanced-monitoring"
+            | "configuring-log-exports"
+            | "upgrading"
+            | "maintenance"
+            | "renaming"
+            | "resetting-master-credentials"
+    )
+}
+
+/// How long `lastAwsSyncTime` may stand still while nothing else in the status changes:
+/// refreshing it on every look would rewrite every clinic's status on every resync.
+const SYNC_TIME_REFRESH: Duration = Duration::from_secs(3600);
+
+/// A CloudFormation idempotency token: the object, its generation and the template, so a
+/// repeat of the same request is one operation, and a new template is a new request.
+fn stack_token(kind: &str, uid: &str, generation: i64, hash: &str) -> String {
+    let uid: String = uid.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    format!(
+        "oe-{kind}-{uid}-g{generation}-{}",
+        &hash[..hash.len().min(12)]
+    )
+}
+
+/// Plans the clinic's AWS infrastructure from what was observed.
+pub fn plan_infrastructure(
+    d: &OpenEMRDeployment,
+    infra: &Infra,
+    previous: &OpenEMRDeploymentStatus,
+    now: Timestamp,
+) -> InfraPlan {
+    let spec = &d.spec;
+    let uid = d.metadata.uid.clone().unwrap_or_default();
+    let generation = d.metadata.generation.unwrap_or_default();
+    let names = &infra.names;
+    let mut changes = Vec::new();
+    let mut in_progress = false;
+    let mut status = previous.clone();
+
+    // Credentials: the user's Secret, or one generated once.
+    let user_secret = spec
+        .database
+        .credentials_secret_ref
+        .as_ref()
+        .map(|r| r.name.clone());
+    status.credentials_secret_name = Some(
+        user_secret
+            .clone()
+            .unwrap_or_else(|| names.credentials_secret.clone()),
+    );
+    if user_secret.is_none() && !infra.credentials_secret {
+        changes.push(Change::CreateCredentialsSecret {
+            name: names.credentials_secret.clone(),
+            username: spec.database.username.clone(),
+            database: spec.database.database_name.clone(),
+        });
+    }
+
+    // The stack.
+    let RenderedStack { body, hash } = template::render(&StackInputs {
+        names,
+        tags: &infra.tags,
+        spec,
+    });
+    let request = |kind: &str| StackRequest {
+        name: names.stack.clone(),
+        body: body.clone(),
+        token: stack_token(kind, &uid, generation, &hash),
+        tags: infra.tags.clone(),
+    };
+    let stack_verdict = match &infra.stack {
+        None => {
+            changes.push(Change::CreateStack(request("create")));
+            in_progress = true;
+            Verdict::falsy(
+                "StackReady",
+                "StackCreating",
+                format!("creating stack {}", names.stack),
+            )
+        }
+        Some(stack) => match stack.state() {
+            StackState::Deleted => {
+                changes.push(Change::CreateStack(request("create")));
+                in_progress = true;
+                Verdict::falsy(
+                    "StackReady",
+                    "StackCreating",
+                    format!("creating stack {}", names.stack),
+                )
+            }
+            StackState::InProgress => {
+                in_progress = true;
+                Verdict::falsy(
+                    "StackReady",
+                    if stack.status.starts_with("CREATE") {
+                        "StackCreating"
+                    } else {
+                        "StackUpdating"
+                    },
+                    format!("stack {} is {}", names.stack, stack.status),
+                )
+            }
+            StackState::RolledBack if failed_in_an_earlier_generation(previous, generation) => {
+                changes.push(Change::DeleteFailedStack {
+                    name: names.stack.clone(),
+                    token: stack_token("delete", &uid, generation, &hash),
+                    retained: infra
+                        .stack_failure
+                        .as_ref()
+                        .map(|f| f.retained.clone())
+                        .unwrap_or_default(),
+                });
+                in_progress = true;
+                Verdict::falsy(
+                    "StackReady",
+                    "StackReplacing",
+                    format!(
+                        "stack {} rolled back in an earlier generation; replacing it",
+                        names.stack
+                    ),
+                )
+            }
+            StackState::RolledBack | StackState::Failed => Verdict::falsy(
+                "StackReady",
+                STACK_FAILED,
+                failure_message(&names.stack, stack, infra.stack_failure.as_ref()),
+            ),
+            StackState::Stable => {
+                if stack.outputs.get(template::OUT_TEMPLATE_HASH) == Some(&hash) {
+                    Verdict::truthy(
+                        "StackReady",
+                        "StackReady",
+                        format!("stack {} is {}", names.stack, stack.status),
+                    )
+                } else {
+                    changes.push(Change::UpdateStack(request("update")));
+                    in_progress = true;
+                    Verdict::falsy(
+                        "StackReady",
+                        "StackUpdating",
+                        format!("updating stack {} to the current template", names.stack),
+                    )
+                }
+            }
+        },
+    };
+    status.stack = Some(StackStatus {
+        name: names.stack.clone(),
+        id: infra.stack.as_ref().map(|s| s.id.clone()),
+        status: infra.stack.as_ref().map(|s| s.status.clone()),
+    });
+    let outputs = infra.stack.as_ref().map(|s| &s.outputs);
+    let output = |key: &str| {
+        outputs
+            .and_then(|o| o.get(key))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    status.bucket_name = output(template::OUT_BUCKET);
+    status.kms_key_arn = output(template::OUT_KMS_KEY_ARN);
+    status.file_system_id = output(template::OUT_FILE_SYSTEM_ID);
+    status.redis_endpoint = match (
+        output(template::OUT_REDIS_ADDRESS),
+        output(template::OUT_REDIS_PORT),
+    ) {
+        (Some(host), Some(port)) => Some(format!("{host}:{port}")),
+        _ => None,
+    };
+    let placement = (|| {
+        Some(Placement {
+            kms_key_id: output(template::OUT_KMS_KEY_ARN)?,
+            subnet_group: output(template::OUT_DB_SUBNET_GROUP)?,
+            security_group: output(template::OUT_SECURITY_GROUP)?,
+            parameter_group: output(template::OUT_DB_PARAMETER_GROUP)?,
+        })
+    })();
+
+    // The database.
+    let adopted = spec
+        .adopt
+        .as_ref()
+        .and_then(|a| a.db_instance_identifier.clone());
+    let identifier = adopted.clone().unwrap_or_else(|| names.db_instance.clone());
+    let database_verdict = match (&infra.database, &placement) {
+        (None, _) if adopted.is_some() => Verdict::falsy(
+            "DatabaseReady",
+            "AdoptedDatabaseNotFound",
+            format!(
+                "spec.adopt.dbInstanceIdentifier names {identifier:?}, which does not exist in {}; it is never created in its place",
+                spec.aws.region
+            ),
+        ),
+        (None, None) => Verdict::falsy(
+            "DatabaseReady",
+            "WaitingForStack",
+            "the database is created once the stack's key, subnet group, security group and parameter group exist",
+        ),
+        (None, Some(placement)) => {
+            let master = match &user_secret {
+                Some(name) if infra.user_master_password => MasterSource::UserSecret(name.clone()),
+                _ => MasterSource::ManagedByRds,
+            };
+            let request = database::create_request(
+                &identifier,
+                &spec.database,
+                placement,
+                &infra.tags,
+                crate::aws::rds::MasterPassword::ManagedByRds,
+            );
+            changes.push(Change::CreateDatabase {
+                request: Box::new(request),
+                master,
+            });
+            in_progress = true;
+            Verdict::falsy(
+                "DatabaseReady",
+                "DatabaseCreating",
+                format!("creating DB instance {identifier}"),
+            )
+        }
+        (Some(db), placement) => {
+            if let Some(placement) = placement.as_ref().filter(|_| serving(&db.status)) {
+                let diffs = database::differences(&spec.database, placement, db);
+                if let Some((request, differences)) =
+                    database::modification(&identifier, &spec.database, placement, db, &diffs)
+                {
+                    changes.push(Change::ModifyDatabase {
+                        request,
+                        differences,
+                    });
+                    in_progress = true;
+                }
+            }
+            if serving(&db.status) {
+                Verdict::truthy(
+                    "DatabaseReady",
+                    "DatabaseAvailable",
+                    format!("DB instance {identifier} is {}", db.status),
+                )
+            } else {
+                in_progress = true;
+                Verdict::falsy(
+                    "DatabaseReady",
+                    if db.status == "creating" {
+                        "DatabaseCreating"
+                    } else {
+                        "DatabaseNotAvailable"
+                    },
+                    format!("DB instance {identifier} is {}", db.status),
+                )
+            }
+        }
+    };
+    status.database = Some(match &infra.database {
+        Some(db) => DatabaseStatus {
+            identifier: identifier.clone(),
+            arn: db.arn.clone(),
+            endpoint: db
+                .endpoint
+                .as_ref()
+                .map(|(host, port)| format!("{host}:{port}")),
+            status: Some(db.status.clone()),
+            latest_restorable_time: db
+                .latest_restorable_time
+                .and_then(|t| Timestamp::try_from(t).ok())
+                .map(Time),
+            earliest_restorable_time: previous
+                .database
+                .as_ref()
+                .and_then(|p| p.earliest_restorable_time.clone()),
+        },
+        None => DatabaseStatus {
+            identifier: identifier.clone(),
+            ..DatabaseStatus::default()
+        },
+    });
+
+    let stack_ready = stack_verdict.status;
+    let database_ready = database_verdict.status;
+    let ready = if stack_ready && database_ready {
+        Verdict::truthy(
+            "Ready",
+            "InfrastructureReady",
+            "the stack and the database are ready (the web tier comes with a later operator version)",
+        )
+    } else {
+        let waiting: Vec<&str> = [(stack_ready, "stack"), (database_ready, "database")]
+            .into_iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, what)| what)
+            .collect();
+        Verdict::falsy(
+            "Ready",
+            "InfrastructureNotReady",
+            format!("waiting for: {}", waiting.join(", ")),
+        )
+    };
+    let was_ready = matches!(
+        previous.phase,
+        Some(DeploymentPhase::Ready | DeploymentPhase::Updating | DeploymentPhase::Degraded)
+    );
+    status.phase = Some(if stack_verdict.reason == STACK_FAILED {
+        DeploymentPhase::Failed
+    } else if ready.status && changes.is_empty() && !in_progress {
+        DeploymentPhase::Ready
+    } else if was_ready && ready.status {
+        DeploymentPhase::Updating
+    } else if was_ready {
+        DeploymentPhase::Degraded
+    } else {
+        DeploymentPhase::Provisioning
+    });
+
+    // The latest restorable time moves every few minutes on its own; alone, it is written
+    // with the sync time, not on every look.
+    let restorable_only = match (&mut status.database, &previous.database) {
+        (Some(now_db), Some(before)) => {
+            let mut same = now_db.clone();
+            same.latest_restorable_time = before.latest_restorable_time.clone();
+            same == *before
+        }
+        _ => false,
+    };
+    // The sync time moves with what AWS told, or after an hour of the same answer.
+    let aws_changed = status.stack != previous.stack
+        || (status.database != previous.database && !restorable_only)
+        || status.bucket_name != previous.bucket_name
+        || status.kms_key_arn != previous.kms_key_arn
+        || status.file_system_id != previous.file_system_id
+        || status.redis_endpoint != previous.redis_endpoint;
+    let stale = previous
+        .last_aws_sync_time
+        .as_ref()
+        .is_none_or(|t| now.duration_since(t.0).unsigned_abs() >= SYNC_TIME_REFRESH);
+    if aws_changed || stale {
+        status.last_aws_sync_time = Some(Time(now));
+    } else if restorable_only {
+        status.database = previous.database.clone();
+    }
+
+    InfraPlan {
+        verdicts: vec![stack_verdict, database_verdict, ready],
+        status,
+        changes,
+        in_progress,
+    }
+}
+
+const STACK_FAILED: &str = "StackFailed";
+
+/// A rolled-back stack is replaced only once the spec changed after the failure was
+/// reported: the same spec would fail the same way.
+fn failed_in_an_earlier_generation(previous: &OpenEMRDeploymentStatus, generation: i64) -> bool {
+    crate::conditions::find(&previous.conditions, "StackReady").is_some_and(|c| {
+        c.reason == STACK_FAILED && c.observed_generation.is_some_and(|g| g < generation)
+    })
+}
+
+fn failure_message(stack_name: &str, stack: &StackInfo, failure: Option<&StackFailure>) -> String {
+    let cause = match failure {
+        Some(f) => format!(
+            "{} ({}) failed: {}",
+            f.logical_id, f.resource_type, f.reason
+        ),
+        None => stack
+            .status_reason
+            .clone()
+            .unwrap_or_else(|| "no reason given".into()),
+    };
+    let next = if stack.state() == StackState::RolledBack {
+        "fix the cause; the stack is replaced on the next change of the spec"
+    } else {
+        "it needs a person (see the stack's events in CloudFormation)"
+    };
+    format!("stack {stack_name} is {}: {cause}; {next}", stack.status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::OpenEMRDeploymentSpec;
+    use crate::controller::deployment::names::{self, ClusterId};
+
+    fn clinic() -> OpenEMRDeployment {
+        let spec: OpenEMRDeploymentSpec = serde_json::from_value(serde_json::json!({
+            "aws": {"region": "us-east-1"},
+            "network": {"newVpc": {}},
+        }))
+        .unwrap();
+        let mut d = OpenEMRDeployment::new("clinic-a", spec);
+        d.metadata.namespace = Some("ns".into());
+        d.metadata.uid = Some("0f8e2a1c-1111-2222-3333-444455556666".into());
+        d.metadata.generation = Some(3);
+        d
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn infra(d: &OpenEMRDeployment) -> Infra {
+        let cluster = ClusterId::parse("prod").unwrap();
+        Infra {
+            names: ClinicNames::new(&cluster, "ns", "clinic-a"),
+            tags: names::tags(&cluster, "ns", "clinic-a", "uid", &d.spec.tags),
+            stack: None,
+            stack_failure: None,
+            database: None,
+            credentials_secret: true,
+            user_master_password: false,
+            progress_interval: Duration::from_secs(30),
+        }
+    }
+
+    /// A finished stack with every output, built from the template `d` renders to now.
+    fn stable_stack(d: &OpenEMRDeployment, infra: &Infra) -> StackInfo {
+        let rendered = template::render(&StackInputs {
+            names: &infra.names,
+            tags: &infra.tags,
+            spec: &d.spec,
+        });
+        let outputs = [
+            (
+                template::OUT_KMS_KEY_ARN,
+                "arn:aws:kms:us-east-1:123456789012:key/k",
+            ),
+            (template::OUT_BUCKET, infra.names.bucket.as_str()),
+            (template::OUT_FILE_SYSTEM_ID, "fs-1"),
+            (template::OUT_REDIS_ADDRESS, "redis.example"),
+            (template::OUT_REDIS_PORT, "6379"),
+            (template::OUT_DB_SUBNET_GROUP, "subnets"),
+            (template::OUT_SECURITY_GROUP, "sg-1"),
+            (template::OUT_DB_PARAMETER_GROUP, "params"),
+            (template::OUT_TEMPLATE_HASH, rendered.hash.as_str()),
+        ];
+        StackInfo {
+            id: "arn:stack".into(),
+            status: "CREATE_COMPLETE".into(),
+            status_reason: None,
+            outputs: outputs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn available_db(d: &OpenEMRDeployment, infra: &Infra) -> DbInstance {
+        let placement = Placement {
+            kms_key_id: "arn:aws:kms:us-east-1:123456789012:key/k".into(),
+            subnet_group: "subnets".into(),
+            security_group: "sg-1".into(),
+            parameter_group: "params".into(),
+        };
+        let spec = &d.spec.database;
+        DbInstance {
+            identifier: infra.names.db_instance.clone(),
+            status: "available".into(),
+            endpoint: Some(("db.example".into(), 3306)),
+            engine_version: "8.0.40".into(),
+            instance_class: spec.instance_class.clone(),
+            allocated_storage: spec.allocated_storage_gi_b,
+            backup_retention: spec.backup_retention_days,
+            backup_window: Some(spec.backup_window.clone()),
+            maintenance_window: Some(spec.maintenance_window.clone()),
+            deletion_protection: true,
+            storage_encrypted: true,
+            parameter_groups: vec![placement.parameter_group],
+            subnet_group: Some(placement.subnet_group),
+            security_groups: vec![placement.security_group],
+            copy_tags_to_snapshot: true,
+            auto_minor_version_upgrade: true,
+            ..DbInstance::default()
+        }
+    }
+
+    fn reasons(plan: &InfraPlan) -> Vec<(&'static str, bool, &'static str)> {
+        plan.verdicts
+            .iter()
+            .map(|v| (v.type_, v.status, v.reason))
+            .collect()
+    }
+
+    fn actions(plan: &InfraPlan) -> Vec<String> {
+        plan.changes.iter().map(|c| c.intent().0).collect()
+    }
+
+    #[test]
+    fn a_new_clinic_gets_its_secret_and_stack_first() {
+        let d = clinic();
+        let mut seen = infra(&d);
+        seen.credentials_secret = false;
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        assert_eq!(actions(&plan), ["CreateCredentialsSecret", "CreateStack"]);
+        assert_eq!(
+            reasons(&plan),
+            [
+                ("StackReady", false, "StackCreating"),
+                ("DatabaseReady", false, "WaitingForStack"),
+                ("Ready", false, "InfrastructureNotReady"),
+            ]
+        );
+        assert!(plan.in_progress);
+        assert_eq!(plan.status.phase, Some(DeploymentPhase::Provisioning));
+        assert_eq!(
+            plan.status.credentials_secret_name.as_deref(),
+            Some("clinic-a-db-credentials")
+        );
+        // The token ties the request to this object, generation and template.
+        let Change::CreateStack(request) = &plan.changes[1] else {
+            unreachable!()
+        };
+        assert!(
+            request
+                .token
+                .starts_with("oe-create-0f8e2a1c111122223333444455556666-g3-"),
+            "{}",
+            request.token
+        );
+        assert!(request.token.len() <= 128);
+        assert_eq!(request.tags, seen.tags);
+    }
+
+    #[test]
+    fn the_database_is_created_with_the_stacks_pieces() {
+        let d = clinic();
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        assert_eq!(actions(&plan), ["CreateDBInstance"]);
+        let Change::CreateDatabase { request, master } = &plan.changes[0] else {
+            unreachable!()
+        };
+        assert_eq!(*master, MasterSource::ManagedByRds);
+        assert_eq!(request.identifier, seen.names.db_instance);
+        assert_eq!(
+            (
+                request.subnet_group.as_str(),
+                request.security_group.as_str(),
+                request.parameter_group.as_str()
+            ),
+            ("subnets", "sg-1", "params")
+        );
+        assert_eq!(
+            request.kms_key_id,
+            "arn:aws:kms:us-east-1:123456789012:key/k"
+        );
+        assert_eq!(
+            plan.status.redis_endpoint.as_deref(),
+            Some("redis.example:6379")
+        );
+        assert_eq!(plan.verdicts[0].reason, "StackReady");
+    }
+
+    #[test]
+    fn a_ready_clinic_plans_nothing_and_rewrites_nothing() {
+        let d = clinic();
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        seen.database = Some(available_db(&d, &seen));
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        assert_eq!(actions(&plan), Vec::<String>::new());
+        assert!(!plan.in_progress);
+        assert_eq!(
+            plan.verdicts[2],
+            Verdict::truthy(
+                "Ready",
+                "InfrastructureReady",
+                plan.verdicts[2].message.clone()
+            )
+        );
+        assert_eq!(plan.status.phase, Some(DeploymentPhase::Ready));
+        assert_eq!(
+            plan.status
+                .database
+                .as_ref()
+                .and_then(|db| db.endpoint.as_deref()),
+            Some("db.example:3306")
+        );
+        // Ten minutes later the same answer leaves the status as it was, even though the
+        // latest restorable time moved.
+        let later = Timestamp::from_second(1_800_000_600).unwrap();
+        let mut moved = seen.clone();
+        if let Some(db) = moved.database.as_mut() {
+            db.latest_restorable_time =
+                Some(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_500));
+        }
+        let again = plan_infrastructure(&d, &moved, &plan.status, later);
+        assert_eq!(again.status, plan.status);
+        // After an hour the sync time moves.
+        let hour = Timestamp::from_second(1_800_003_600).unwrap();
+        let refreshed = plan_infrastructure(&d, &moved, &plan.status, hour);
+        assert_eq!(refreshed.status.last_aws_sync_time, Some(Time(hour)));
+        assert!(
+            refreshed
+                .status
+                .database
+                .unwrap()
+                .latest_restorable_time
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_template_change_updates_the_stack() {
+        let mut d = clinic();
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        seen.database = Some(available_db(&d, &seen));
+        d.spec.sessions.replicas = 1;
+        d.metadata.generation = Some(4);
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        assert_eq!(actions(&plan), ["UpdateStack"]);
+        let Change::UpdateStack(request) = &plan.changes[0] else {
+            unreachable!()
+        };
+        assert!(request.token.starts_with("oe-update-") && request.token.contains("-g4-"));
+        assert_eq!(plan.verdicts[0].reason, "StackUpdating");
+    }
+
+    #[test]
+    fn drift_becomes_one_modification_naming_it() {
+        let d = clinic();
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        let mut db = available_db(&d, &seen);
+        db.backup_retention = 1;
+        db.publicly_accessible = true;
+        seen.database = Some(db);
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        let Change::ModifyDatabase {
+            request,
+            differences,
+        } = &plan.changes[0]
+        else {
+            unreachable!()
+        };
+        assert!(request.apply_immediately);
+        assert_eq!(request.backup_retention, Some(7));
+        assert_eq!(request.publicly_accessible, Some(false));
+        let fields: Vec<_> = differences.iter().map(|d| d.field).collect();
+        assert_eq!(fields, ["backupRetentionDays", "publiclyAccessible"]);
+        // Still serving: the database is ready while it is corrected.
+        assert_eq!(plan.verdicts[1].reason, "DatabaseAvailable");
+    }
+
+    #[test]
+    fn a_rolled_back_stack_is_reported_then_replaced_only_on_a_new_generation() {
+        let d = clinic();
+        let mut seen = infra(&d);
+        seen.stack = Some(StackInfo {
+            id: "arn:stack".into(),
+            status: "ROLLBACK_COMPLETE".into(),
+            ..StackInfo::default()
+        });
+        seen.stack_failure = Some(StackFailure {
+            logical_id: "Files".into(),
+            resource_type: "AWS::EFS::FileSystem".into(),
+            reason: "quota reached".into(),
+            retained: vec!["Key (key-1)".into()],
+        });
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        assert_eq!(actions(&plan), Vec::<String>::new());
+        let failed = &plan.verdicts[0];
+        assert_eq!(failed.reason, "StackFailed");
+        assert!(
+            failed
+                .message
+                .contains("Files (AWS::EFS::FileSystem) failed: quota reached"),
+            "{}",
+            failed.message
+        );
+        assert_eq!(plan.status.phase, Some(DeploymentPhase::Failed));
+
+        // The same generation fails the same way: nothing is retried.
+        let mut previous = plan.status.clone();
+        previous.conditions = crate::conditions::merge(&[], &plan.verdicts, Some(3), now());
+        assert_eq!(
+            actions(&plan_infrastructure(&d, &seen, &previous, now())),
+            Vec::<String>::new()
+        );
+        // A new generation replaces it; the Event will name what the rollback kept.
+        let mut edited = d.clone();
+        edited.metadata.generation = Some(4);
+        let plan = plan_infrastructure(&edited, &seen, &previous, now());
+        let Change::DeleteFailedStack { retained, .. } = &plan.changes[0] else {
+            unreachable!()
+        };
+        assert_eq!(retained, &["Key (key-1)"]);
+    }
+
+    #[test]
+    fn an_adopted_database_is_never_created() {
+        let mut d = clinic();
+        d.spec.adopt = Some(
+            serde_json::from_value(serde_json::json!({"dbInstanceIdentifier": "legacy-db"}))
+                .unwrap(),
+        );
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        assert_eq!(actions(&plan), Vec::<String>::new());
+        assert_eq!(plan.verdicts[1].reason, "AdoptedDatabaseNotFound");
+        assert!(plan.verdicts[1].message.contains("legacy-db"));
+    }
+
+    #[test]
+    fn a_users_root_password_is_named_never_carried() {
+        let mut d = clinic();
+        d.spec.database.credentials_secret_ref = Some(crate::api::LocalRef {
+            name: "db-creds".into(),
+        });
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        seen.user_master_password = true;
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        let Change::CreateDatabase { master, .. } = &plan.changes[0] else {
+            unreachable!()
+        };
+        assert_eq!(*master, MasterSource::UserSecret("db-creds".into()));
+        assert_eq!(
+            plan.status.credentials_secret_name.as_deref(),
+            Some("db-creds")
+        );
+    }
+}

@@ -1,0 +1,477 @@
+//! A clinic becomes its AWS infrastructure: the operator binary against the real control
+//! plane (under the RBAC of `deploy/`) and moto over HTTP, checked in moto afterwards.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use openemr_operator::api::OpenEMRDeployment;
+use support::operator::Operator;
+use support::{TestNamespace, apply, documents, env, eventually, wait_for_reason};
+
+/// Clients of one region against the test environment's moto.
+async fn moto(region: &str) -> aws_config::SdkConfig {
+    env().aws(Some(region)).await
+}
+
+const REGION: &str = "us-west-2";
+
+fn clinic() -> serde_json::Value {
+    documents(&format!(
+        "
+apiVersion: openemr.io/v1alpha1
+kind: OpenEMRDeployment
+metadata: {{name: clinic-p}}
+spec:
+  aws: {{region: {REGION}}}
+  network: {{newVpc: {{cidr: 10.20.0.0/16}}}}
+  database:
+    backupRetentionDays: 10
+    backupWindow: '02:00-02:30'
+    maintenanceWindow: 'mon:04:00-mon:05:00'
+    applyChanges: Immediately
+  tags: {{team: records}}
+"
+    ))
+    .remove(0)
+}
+
+async fn events_of(client: &Client, ns: &str, name: &str) -> Vec<Event> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_clinic_becomes_its_infrastructure_and_is_kept_so() {
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "clinic").await;
+    apply(&client, &ns.name, &clinic()).await.unwrap();
+    let operator = Operator::start_with(env(), Some(&ns.name), &["--resync-interval", "2s"]);
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+
+    let ready = wait_for_reason(&clinics, "clinic-p", "Ready", "InfrastructureReady").await;
+    assert_eq!(ready.status, "True");
+    let status = clinics.get("clinic-p").await.unwrap().status.unwrap();
+    for t in ["StackReady", "DatabaseReady"] {
+        let c = status.conditions.iter().find(|c| c.type_ == t).unwrap();
+        assert_eq!(c.status, "True", "{t}: {}", c.message);
+    }
+    let db_status = status.database.clone().expect("status.database");
+    assert!(db_status.endpoint.is_some(), "{db_status:?}");
+    let kms_key_arn = status.kms_key_arn.clone().expect("status.kmsKeyArn");
+    let bucket = status.bucket_name.clone().expect("status.bucketName");
+    assert!(status.file_system_id.is_some());
+    assert!(status.last_aws_sync_time.is_some());
+    let stack = status.stack.clone().unwrap();
+    assert!(
+        stack
+            .name
+            .starts_with(&format!("openemr-t{}", std::process::id()))
+            || stack.name.starts_with("openemr-")
+    );
+
+    // The database in moto is as the spec and the rules say.
+    let aws = moto(REGION).await;
+    let rds = aws_sdk_rds::Client::new(&aws);
+    let db = rds
+        .describe_db_instances()
+        .db_instance_identifier(&db_status.identifier)
+        .send()
+        .await
+        .unwrap()
+        .db_instances()[0]
+        .clone();
+    assert_eq!(db.storage_encrypted(), Some(true));
+    let key_id = kms_key_arn.rsplit('/').next().unwrap();
+    assert!(
+        db.kms_key_id().unwrap_or_default().contains(key_id),
+        "{:?} vs {kms_key_arn}",
+        db.kms_key_id()
+    );
+    assert_eq!(db.publicly_accessible(), Some(false));
+    assert_eq!(db.deletion_protection(), Some(true));
+    assert_eq!(db.backup_retention_period(), Some(10));
+    assert_eq!(db.preferred_backup_window(), Some("02:00-02:30"));
+    assert_eq!(db.copy_tags_to_snapshot(), Some(true));
+    assert!(
+        db.master_user_secret().is_some(),
+        "the master password is managed by RDS"
+    );
+    let group = db.db_parameter_groups()[0]
+        .db_parameter_group_name()
+        .unwrap()
+        .to_string();
+    let params = rds
+        .describe_db_parameters()
+        .db_parameter_group_name(&group)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        params
+            .parameters()
+            .iter()
+            .any(|p| p.parameter_name() == Some("require_secure_transport")
+                && p.parameter_value() == Some("1")),
+        "require_secure_transport=1 in {group}"
+    );
+    assert!(db.db_subnet_group().is_some());
+    assert_eq!(db.vpc_security_groups().len(), 1);
+    let tags: Vec<_> = db
+        .tag_list()
+        .iter()
+        .map(|t| (t.key().unwrap_or_default(), t.value().unwrap_or_default()))
+        .collect();
+    assert!(
+        tags.contains(&("team", "records"))
+            && tags.contains(&("openemr.io/namespace", ns.name.as_str())),
+        "{tags:?}"
+    );
+
+    // The bucket and the key.
+    let s3 = support::TestEnv::s3(&aws);
+    assert_eq!(
+        support::bucket_protection(&s3, &bucket).await,
+        (Some("Enabled".to_string()), [Some(true); 4])
+    );
+    let encryption = s3
+        .get_bucket_encryption()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let rule = &encryption
+        .server_side_encryption_configuration()
+        .unwrap()
+        .rules()[0];
+    let default = rule.apply_server_side_encryption_by_default().unwrap();
+    assert_eq!(default.sse_algorithm().as_str(), "aws:kms");
+    let kms = aws_sdk_kms::Client::new(&aws);
+    let rotation = kms
+        .get_key_rotation_status()
+        .key_id(key_id)
+        .send()
+        .await
+        .unwrap();
+    assert!(rotation.key_rotation_enabled());
+
+    // OpenEMR's credentials: a Secret, and its password nowhere else.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let name = status.credentials_secret_name.clone().unwrap();
+    let secret = secrets.get(&name).await.unwrap();
+    assert!(
+        secret.metadata.owner_references.is_none(),
+        "kept with the data, not garbage-collected"
+    );
+    let password = String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap();
+    assert_eq!(password.len(), 32);
+
+    // Drift made outside the operator is put back, with an Event naming from and to.
+    rds.modify_db_instance()
+        .db_instance_identifier(&db_status.identifier)
+        .backup_retention_period(3)
+        .deletion_protection(false)
+        .apply_immediately(true)
+        .send()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "drift corrected", || async {
+        let db = rds
+            .describe_db_instances()
+            .db_instance_identifier(&db_status.identifier)
+            .send()
+            .await
+            .ok()?
+            .db_instances()[0]
+            .clone();
+        (db.backup_retention_period() == Some(10) && db.deletion_protection() == Some(true))
+            .then_some(())
+    })
+    .await;
+    let modified = eventually(
+        Duration::from_secs(10),
+        "a DatabaseModified Event",
+        || async {
+            events_of(&client, &ns.name, "clinic-p")
+                .await
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("DatabaseModified"))
+        },
+    )
+    .await;
+    let note = modified.note.unwrap_or_default();
+    assert!(
+        note.contains("backupRetentionDays: 3 → 10")
+            && note.contains("deletionProtection: false → true"),
+        "{note}"
+    );
+
+    // A spec change reaches RDS (applyChanges: Immediately).
+    clinics
+        .patch(
+            "clinic-p",
+            &PatchParams::apply("openemr-tests"),
+            &Patch::Merge(
+                serde_json::json!({"spec": {"database": {"instanceClass": "db.r6g.large"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the class change in RDS",
+        || async {
+            let out = rds
+                .describe_db_instances()
+                .db_instance_identifier(&db_status.identifier)
+                .send()
+                .await
+                .ok()?;
+            (out.db_instances()[0].db_instance_class() == Some("db.r6g.large")).then_some(())
+        },
+    )
+    .await;
+
+    // Exactly one of each create, however many passes it took.
+    for op in ["CreateStack", "CreateDBInstance"] {
+        let sample = format!(
+            "openemr_aws_api_calls_total{{service=\"{}\",operation=\"{op}\",outcome=\"success\"}}",
+            if op == "CreateStack" {
+                "cloudformation"
+            } else {
+                "rds"
+            }
+        );
+        assert_eq!(operator.metric(&sample).await, 1, "{sample}");
+    }
+
+    // No password in the log, the status or any Event.
+    let status_json =
+        serde_json::to_string(&clinics.get("clinic-p").await.unwrap().status).unwrap();
+    assert!(!status_json.contains(&password));
+    for e in events_of(&client, &ns.name, "clinic-p").await {
+        assert!(!e.note.unwrap_or_default().contains(&password));
+    }
+    let (code, log) = operator.terminate_with_log();
+    assert_eq!(code.code(), Some(0));
+    assert!(!log.contains(&password));
+}
+
+/// A minimal clinic manifest with a deletion policy.
+fn clinic_with(name: &str, region: &str, policy: &str, extra: &str) -> serde_json::Value {
+    documents(&format!(
+        "
+apiVersion: openemr.io/v1alpha1
+kind: OpenEMRDeployment
+metadata: {{name: {name}}}
+spec:
+  aws: {{region: {region}}}
+  network: {{newVpc: {{}}}}
+  deletionPolicy: {policy}
+{extra}
+"
+    ))
+    .remove(0)
+}
+
+async fn db_exists(rds: &aws_sdk_rds::Client, id: &str) -> bool {
+    match rds
+        .describe_db_instances()
+        .db_instance_identifier(id)
+        .send()
+        .await
+    {
+        Ok(out) => !out.db_instances().is_empty(),
+        Err(e) => {
+            let text = format!("{e:?}");
+            assert!(text.contains("DBInstanceNotFound"), "{text}");
+            false
+        }
+    }
+}
+
+async fn snapshot_status(rds: &aws_sdk_rds::Client, id: &str) -> Option<String> {
+    let out = rds
+        .describe_db_snapshots()
+        .db_snapshot_identifier(id)
+        .send()
+        .await
+        .ok()?;
+    out.db_snapshots()
+        .first()
+        .and_then(|s| s.status().map(str::to_string))
+}
+
+async fn stack_alive(cfn: &aws_sdk_cloudformation::Client, name: &str) -> bool {
+    match cfn.describe_stacks().stack_name(name).send().await {
+        Ok(out) => out
+            .stacks()
+            .first()
+            .and_then(|s| s.stack_status())
+            .is_some_and(|s| s.as_str() != "DELETE_COMPLETE"),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn deletion_does_what_each_policy_promises_and_a_namespace_never_takes_data() {
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "deletion").await;
+    let doomed_ns = TestNamespace::new(env(), "doomed").await;
+    let region = "us-east-1";
+    let clinics = [
+        ("keep", "Retain", ""),
+        ("snap", "Snapshot", ""),
+        ("gone", "Delete", ""),
+        ("gone-now", "Delete", "  skipFinalSnapshot: true"),
+    ];
+    for (name, policy, extra) in clinics {
+        apply(&client, &ns.name, &clinic_with(name, region, policy, extra))
+            .await
+            .unwrap();
+    }
+    apply(
+        &client,
+        &doomed_ns.name,
+        &clinic_with("in-doomed-ns", region, "Delete", ""),
+    )
+    .await
+    .unwrap();
+    // One operator per namespace: the other tests of this binary run beside this one.
+    let operator = Operator::start(env(), Some(&ns.name));
+    let doomed_operator = Operator::start(env(), Some(&doomed_ns.name));
+    let api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let doomed_api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &doomed_ns.name);
+    let mut ids = std::collections::BTreeMap::new();
+    for (name, _, _) in clinics {
+        wait_for_reason(&api, name, "Ready", "InfrastructureReady").await;
+        let status = api.get(name).await.unwrap().status.unwrap();
+        ids.insert(name, status);
+    }
+    wait_for_reason(&doomed_api, "in-doomed-ns", "Ready", "InfrastructureReady").await;
+    let doomed = doomed_api.get("in-doomed-ns").await.unwrap();
+
+    for (name, _, _) in clinics {
+        api.delete(name, &Default::default()).await.unwrap();
+    }
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .delete(&doomed_ns.name, &Default::default())
+        .await
+        .unwrap();
+    for (name, _, _) in clinics {
+        eventually(Duration::from_secs(60), &format!("{name} gone"), || async {
+            api.get_opt(name).await.unwrap().is_none().then_some(())
+        })
+        .await;
+    }
+    eventually(
+        Duration::from_secs(60),
+        "the doomed clinic gone",
+        || async {
+            doomed_api
+                .get_opt("in-doomed-ns")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+
+    let aws = moto(region).await;
+    let rds = aws_sdk_rds::Client::new(&aws);
+    let cfn = aws_sdk_cloudformation::Client::new(&aws);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let uid_of = |status: &openemr_operator::api::OpenEMRDeploymentStatus| {
+        status.database.clone().unwrap().identifier
+    };
+    let final_of = |db: &str, uid: &str| format!("{db}-final-{}", &uid[..8]);
+
+    // Retain: everything stays, still protected, and the credentials with it.
+    let keep = &ids["keep"];
+    let keep_db = uid_of(keep);
+    assert!(db_exists(&rds, &keep_db).await);
+    let described = rds
+        .describe_db_instances()
+        .db_instance_identifier(&keep_db)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        described.db_instances()[0].deletion_protection(),
+        Some(true)
+    );
+    assert!(stack_alive(&cfn, &keep.stack.clone().unwrap().name).await);
+    assert!(
+        secrets
+            .get_opt(keep.credentials_secret_name.as_deref().unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Snapshot / Delete: the database went only after its final snapshot was available.
+    let created = |name: &str| {
+        let status = &ids[name];
+        (
+            uid_of(status),
+            status.stack.clone().unwrap().name,
+            status.credentials_secret_name.clone().unwrap(),
+        )
+    };
+    let all_events: Vec<Event> = Api::<Event>::namespaced(client.clone(), &ns.name)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    let uid = |name: &str| {
+        all_events
+            .iter()
+            .find(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .and_then(|e| e.regarding.as_ref().and_then(|r| r.uid.clone()))
+            .unwrap()
+    };
+    for name in ["snap", "gone"] {
+        let (db, stack, secret) = created(name);
+        assert!(!db_exists(&rds, &db).await, "{name}: DB deleted");
+        assert_eq!(
+            snapshot_status(&rds, &final_of(&db, &uid(name)))
+                .await
+                .as_deref(),
+            Some("available"),
+            "{name}"
+        );
+        let kept = name == "snap";
+        assert_eq!(stack_alive(&cfn, &stack).await, kept, "{name}: stack");
+        assert_eq!(
+            secrets.get_opt(&secret).await.unwrap().is_some(),
+            kept,
+            "{name}: Secret"
+        );
+    }
+    let (db, _, _) = created("gone-now");
+    assert!(!db_exists(&rds, &db).await);
+    assert_eq!(
+        snapshot_status(&rds, &final_of(&db, &uid("gone-now"))).await,
+        None
+    );
+
+    // The namespace went, with deletionPolicy Delete: the data did not.
+    let doomed_db = doomed.status.unwrap().database.unwrap().identifier;
+    assert!(
+        db_exists(&rds, &doomed_db).await,
+        "a namespace deletion never deletes data"
+    );
+    drop((operator, doomed_operator));
+}

@@ -1,0 +1,557 @@
+//! The clinic's stack template, checked by real tools.
+//!
+//! Every example clinic and the variants that change the template's shape are rendered and
+//! linted with cfn-lint (AWS's resource specifications: types, properties, values, tag
+//! shapes) and checkov (security policies: encryption, public access, TLS, logging). Both
+//! come from `hack/install-linters.sh`; a missing tool fails the test, it never skips.
+//! Checkov checks that do not apply are listed, each with its reason, in
+//! `hack/checkov-skips.yaml`.
+//!
+//! Then the rendered stack is created, unchanged, in moto, with the clinic's tags as the
+//! stack's tags as the operator creates it: two clinics with new VPCs side by side in one
+//! region, and one on an existing network. Moto models the key, bucket, network, security
+//! group, RDS groups and EFS, and with `hack/moto_extras.py` (which `hack/dev-env.sh` loads)
+//! the ElastiCache subnet group and replication group, the names of the RDS groups, the
+//! bucket's versioning and public access block, and the zones of the stack's region; it
+//! skips CloudTrail and the bucket policy. Every output the operator reads must be there,
+//! the Redis endpoint included.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_sdk_cloudformation::types::{StackStatus, Tag};
+use openemr_operator::api::OpenEMRDeploymentSpec;
+use openemr_operator::controller::deployment::names::{self, ClinicNames, ClusterId};
+use openemr_operator::controller::deployment::template::{self, RenderedStack, StackInputs};
+use serde_json::{Value, json};
+use support::{REPO, documents, env, files};
+
+/// A clinic to render: a label (the file name), where its names come from, and its spec.
+struct Clinic {
+    label: String,
+    names: ClinicNames,
+    tags: BTreeMap<String, String>,
+    spec: OpenEMRDeploymentSpec,
+}
+
+impl Clinic {
+    fn new(cluster: &str, label: &str, spec: OpenEMRDeploymentSpec) -> Clinic {
+        let cluster = ClusterId::parse(cluster).unwrap();
+        Clinic {
+            label: label.to_string(),
+            names: ClinicNames::new(&cluster, "clinics", label),
+            tags: names::tags(&cluster, "clinics", label, "uid-1", &spec.tags),
+            spec,
+        }
+    }
+
+    fn render(&self) -> RenderedStack {
+        template::render(&StackInputs {
+            names: &self.names,
+            tags: &self.tags,
+            spec: &self.spec,
+        })
+    }
+}
+
+fn spec(yaml: &str) -> OpenEMRDeploymentSpec {
+    serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+const EXISTING: &str = "
+aws: {region: us-west-2}
+network:
+  existing:
+    vpcId: vpc-0a1b2c3d4e5f60718
+    subnetIds: [subnet-0a1b2c3d4e5f60718, subnet-1a2b3c4d5e6f70819]
+    clusterSecurityGroupId: sg-0a1b2c3d4e5f60718
+";
+
+/// Every OpenEMRDeployment in `examples/`, and the variants that change the template.
+fn clinics() -> Vec<Clinic> {
+    let mut out = Vec::new();
+    for file in files("examples", "yaml") {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for doc in documents(&text) {
+            if doc["kind"] != "OpenEMRDeployment" {
+                continue;
+            }
+            let name = doc["metadata"]["name"].as_str().unwrap();
+            let spec = serde_json::from_value(doc["spec"].clone())
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            out.push(Clinic::new("ci", &format!("example-{name}"), spec));
+        }
+    }
+    assert!(out.len() >= 2, "examples/ holds at least two clinics");
+    let variants = [
+        (
+            "new-vpc-3az",
+            "aws: {region: eu-west-1}\nnetwork: {newVpc: {cidr: 10.42.0.0/16, availabilityZones: 3}}".to_string(),
+        ),
+        ("existing-network", EXISTING.to_string()),
+        (
+            "adopted-bucket",
+            format!("{EXISTING}adopt: {{bucketName: hospital-records-archive}}\n"),
+        ),
+        ("audit-off", format!("{EXISTING}audit: {{cloudTrail: false}}\n")),
+        (
+            "adopted-bucket-audit-off",
+            format!("{EXISTING}adopt: {{bucketName: hospital-records-archive}}\naudit: {{cloudTrail: false}}\n"),
+        ),
+        (
+            "provisioned-efs",
+            format!("{EXISTING}documents: {{throughputMode: Provisioned, provisionedThroughputMiBps: 128}}\n"),
+        ),
+        ("bursting-efs", format!("{EXISTING}documents: {{throughputMode: Bursting}}\n")),
+        (
+            "redis-replicas",
+            format!("{EXISTING}sessions: {{nodeType: cache.r7g.large, replicas: 2}}\n"),
+        ),
+        (
+            "mysql-8-4",
+            format!("{EXISTING}database: {{engineVersion: '8.4'}}\ntags: {{cost-center: clinics, environment: production}}\n"),
+        ),
+    ];
+    for (label, yaml) in variants {
+        out.push(Clinic::new("ci", label, spec(&yaml)));
+    }
+    out
+}
+
+/// The directory of `hack/install-linters.sh`'s tools, installed on first use.
+fn linters() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(Path::new(REPO).join("hack/install-linters.sh"))
+            .output()
+            .expect("running hack/install-linters.sh");
+        assert!(
+            out.status.success(),
+            "hack/install-linters.sh failed; the template cannot be checked without cfn-lint and checkov:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        for tool in ["cfn-lint", "checkov"] {
+            assert!(bin.join(tool).is_file(), "{tool} missing from {}", bin.display());
+        }
+        bin
+    })
+}
+
+/// Writes every clinic's template to a fresh directory.
+fn write_templates(purpose: &str) -> (PathBuf, Vec<(PathBuf, Clinic)>) {
+    let dir = std::env::temp_dir().join(format!(
+        "openemr-stack-templates-{purpose}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut written = Vec::new();
+    for clinic in clinics() {
+        let path = dir.join(format!("{}.json", clinic.label));
+        std::fs::write(&path, clinic.render().body).unwrap();
+        written.push((path, clinic));
+    }
+    (dir, written)
+}
+
+/// Errors, warnings and informational findings alike (`--include-checks I`: e.g. a stateful
+/// resource without an explicit deletion policy).
+#[test]
+fn every_template_passes_cfn_lint_without_findings() {
+    let bin = linters();
+    let (dir, templates) = write_templates("cfn-lint");
+    let mut findings = Vec::new();
+    for (path, clinic) in &templates {
+        // In the clinic's own region: what exists (node types, engine families) varies.
+        let out = Command::new(bin.join("cfn-lint"))
+            .args(["--format", "json", "--include-checks", "I"])
+            .args(["--regions", &clinic.spec.aws.region, "--"])
+            .arg(path)
+            .output()
+            .expect("running cfn-lint");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let matches: Vec<Value> = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "cfn-lint gave no JSON for {} ({e}):\n{stdout}\n{}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        for m in matches {
+            findings.push(format!(
+                "{}: {} {} at {}: {}",
+                clinic.label,
+                m["Level"].as_str().unwrap_or("?"),
+                m["Rule"]["Id"].as_str().unwrap_or("?"),
+                m["Location"]["Path"],
+                m["Message"].as_str().unwrap_or("?"),
+            ));
+        }
+        assert!(
+            out.status.success() || !findings.is_empty(),
+            "cfn-lint failed on {} without findings: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        findings.is_empty(),
+        "cfn-lint findings:\n{}",
+        findings.join("\n")
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// One skipped checkov check and why.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Skip {
+    id: String,
+    reason: String,
+}
+
+#[test]
+fn every_template_passes_checkov() {
+    let bin = linters();
+    let skips: Vec<Skip> = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(Path::new(REPO).join("hack/checkov-skips.yaml")).unwrap(),
+    )
+    .expect("hack/checkov-skips.yaml: a list of {id, reason}");
+    for skip in &skips {
+        assert!(
+            skip.id.starts_with("CKV") && skip.reason.trim().len() > 40,
+            "{}: every skip needs a check id and a real reason",
+            skip.id
+        );
+    }
+    let skip_ids: Vec<&str> = skips.iter().map(|s| s.id.as_str()).collect();
+    let (dir, templates) = write_templates("checkov");
+    let mut cmd = Command::new(bin.join("checkov"));
+    cmd.args(["--framework", "cloudformation", "--compact", "--quiet"])
+        .args(["-o", "json", "--skip-download"])
+        .arg("-d")
+        .arg(&dir);
+    if !skip_ids.is_empty() {
+        cmd.args(["--skip-check", &skip_ids.join(",")]);
+    }
+    // Offline and quiet: no version check, no telemetry.
+    let out = cmd
+        .env("BC_SKIP_MAPPING", "TRUE")
+        .env("CHECKOV_RUN_SCA_PACKAGE_SCAN_V2", "false")
+        .output()
+        .expect("running checkov");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "checkov gave no JSON ({e}):\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let summary = &report["summary"];
+    assert_eq!(
+        summary["parsing_errors"], 0,
+        "checkov could not parse: {summary}"
+    );
+    assert!(
+        summary["resource_count"].as_u64().unwrap_or(0) >= 10 * templates.len() as u64,
+        "checkov did not see the templates' resources: {summary}"
+    );
+    assert!(summary["passed"].as_u64().unwrap_or(0) > 0, "{summary}");
+    let failed: Vec<String> = report["results"]["failed_checks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    format!(
+                        "{} {} on {} in {}",
+                        c["check_id"].as_str().unwrap_or("?"),
+                        c["check_name"].as_str().unwrap_or("?"),
+                        c["resource"].as_str().unwrap_or("?"),
+                        c["file_path"].as_str().unwrap_or("?"),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        failed.is_empty() && summary["failed"] == 0,
+        "checkov failed checks (fix the template, or skip with a reason in hack/checkov-skips.yaml):\n{}",
+        failed.join("\n")
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+async fn sdk_config(region: &str) -> aws_config::SdkConfig {
+    env().aws(Some(region)).await
+}
+
+/// Creates a stack with these tags and returns its outputs once it is CREATE_COMPLETE.
+async fn create_stack(
+    cfn: &aws_sdk_cloudformation::Client,
+    name: &str,
+    body: &str,
+    tags: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let tags = tags
+        .iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect();
+    cfn.create_stack()
+        .stack_name(name)
+        .template_body(body)
+        .set_tags(Some(tags))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CreateStack {name}: {e:?}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let described = cfn
+            .describe_stacks()
+            .stack_name(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DescribeStacks {name}: {e:?}"));
+        let stack = &described.stacks()[0];
+        match stack.stack_status() {
+            Some(StackStatus::CreateComplete) => {
+                return stack
+                    .outputs()
+                    .iter()
+                    .map(|o| {
+                        (
+                            o.output_key().unwrap_or_default().to_string(),
+                            o.output_value().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect();
+            }
+            Some(StackStatus::CreateInProgress) => {}
+            other => panic!(
+                "stack {name} is {other:?}: {:?}",
+                stack.stack_status_reason()
+            ),
+        }
+        assert!(Instant::now() < deadline, "stack {name} never completed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Creates the clinic's stack in moto, checks what it reports and what it made, and returns
+/// its outputs.
+async fn clinic_stack_in_moto(clinic: &Clinic, region: &str) -> BTreeMap<String, String> {
+    let config = sdk_config(region).await;
+    let cfn = aws_sdk_cloudformation::Client::new(&config);
+    let rendered = clinic.render();
+    let outputs = create_stack(&cfn, &clinic.names.stack, &rendered.body, &clinic.tags).await;
+
+    for key in template::OUTPUTS {
+        assert!(
+            outputs.get(*key).is_some_and(|v| !v.is_empty()),
+            "output {key} missing: {outputs:?}"
+        );
+    }
+    assert_eq!(outputs[template::OUT_TEMPLATE_HASH], rendered.hash);
+    assert_eq!(outputs[template::OUT_BUCKET], clinic.names.bucket);
+    assert!(
+        outputs[template::OUT_KMS_KEY_ARN].starts_with(&format!("arn:aws:kms:{region}:")),
+        "{outputs:?}"
+    );
+    assert!(
+        outputs[template::OUT_FILE_SYSTEM_ID].starts_with("fs-"),
+        "{outputs:?}"
+    );
+    assert!(
+        outputs[template::OUT_SECURITY_GROUP].starts_with("sg-"),
+        "{outputs:?}"
+    );
+    // The replication group's primary endpoint, made by moto's ElastiCache.
+    assert!(
+        outputs[template::OUT_REDIS_ADDRESS].ends_with(".cache.amazonaws.com"),
+        "{outputs:?}"
+    );
+    assert_eq!(
+        outputs[template::OUT_REDIS_PORT],
+        template::REDIS_PORT.to_string()
+    );
+
+    // The stack carries the clinic's tags, for CloudFormation to put on every resource.
+    let described = cfn
+        .describe_stacks()
+        .stack_name(&clinic.names.stack)
+        .send()
+        .await
+        .unwrap();
+    let stack_tags: BTreeMap<String, String> = described.stacks()[0]
+        .tags()
+        .iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(stack_tags, clinic.tags);
+
+    // The bucket: versioned, private, encrypted by default with the clinic's key.
+    let s3 = support::TestEnv::s3(&config);
+    let bucket = &clinic.names.bucket;
+    assert_eq!(
+        support::bucket_protection(&s3, bucket).await,
+        (Some("Enabled".to_string()), [Some(true); 4])
+    );
+    let encryption = s3
+        .get_bucket_encryption()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    let rule = &encryption
+        .server_side_encryption_configuration()
+        .unwrap()
+        .rules()[0];
+    let default = rule.apply_server_side_encryption_by_default().unwrap();
+    assert_eq!(default.sse_algorithm().as_str(), "aws:kms");
+    assert_eq!(
+        default.kms_master_key_id(),
+        Some(outputs[template::OUT_KMS_KEY_ARN].as_str())
+    );
+
+    // One mount target per subnet.
+    let resources = cfn
+        .describe_stack_resources()
+        .stack_name(&clinic.names.stack)
+        .send()
+        .await
+        .unwrap();
+    let mount_targets = resources
+        .stack_resources()
+        .iter()
+        .filter(|r| r.resource_type() == Some("AWS::EFS::MountTarget"))
+        .count();
+    let subnets = match &clinic.spec.network.existing {
+        Some(existing) => existing.subnet_ids.len(),
+        None => {
+            clinic
+                .spec
+                .network
+                .new_vpc
+                .as_ref()
+                .unwrap()
+                .availability_zones as usize
+        }
+    };
+    assert_eq!(mount_targets, subnets);
+
+    // The database's subnets, one per zone of the clinic's region.
+    let rds = aws_sdk_rds::Client::new(&config);
+    let groups = rds
+        .describe_db_subnet_groups()
+        .db_subnet_group_name(&outputs[template::OUT_DB_SUBNET_GROUP])
+        .send()
+        .await
+        .unwrap();
+    let zones: BTreeSet<&str> = groups.db_subnet_groups()[0]
+        .subnets()
+        .iter()
+        .map(|s| {
+            s.subnet_availability_zone()
+                .and_then(|z| z.name())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(zones.len(), subnets, "{zones:?}");
+    for zone in zones {
+        assert!(zone.starts_with(region), "{zone} is not in {region}");
+    }
+    let parameters = rds
+        .describe_db_parameter_groups()
+        .db_parameter_group_name(&outputs[template::OUT_DB_PARAMETER_GROUP])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        parameters.db_parameter_groups()[0].db_parameter_group_family(),
+        Some(template::parameter_group_family(&clinic.spec.database.engine_version).as_str())
+    );
+    outputs
+}
+
+/// A cluster id of this test run, so that names never meet those of an earlier run.
+fn run_cluster() -> String {
+    format!("t{}", std::process::id())
+}
+
+/// Many clinics share an account and a region: their stacks have the same logical ids
+/// (and here even the same VPC block) and must not meet.
+#[tokio::test]
+async fn new_vpc_clinic_stacks_create_side_by_side_in_moto() {
+    let region = "eu-west-1";
+    let clinic = |label: &str, team: &str| {
+        Clinic::new(
+            &run_cluster(),
+            label,
+            spec(&format!(
+                "aws: {{region: {region}}}\nnetwork: {{newVpc: {{cidr: 10.60.0.0/16, availabilityZones: 3}}}}\ntags: {{team: {team}}}"
+            )),
+        )
+    };
+    let (a, b) = (clinic("new-vpc-a", "north"), clinic("new-vpc-b", "south"));
+    let (a, b) = tokio::join!(
+        clinic_stack_in_moto(&a, region),
+        clinic_stack_in_moto(&b, region)
+    );
+    for key in template::OUTPUTS {
+        if *key != template::OUT_REDIS_PORT {
+            assert_ne!(a[*key], b[*key], "{key}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_existing_network_clinic_stack_creates_in_moto() {
+    let region = "us-west-2";
+    let config = sdk_config(region).await;
+    let cfn = aws_sdk_cloudformation::Client::new(&config);
+    // The cluster's network, made the way a cluster's own tooling would.
+    let fixture = json!({
+        "Resources": {
+            "Vpc": {"Type": "AWS::EC2::VPC", "Properties": {"CidrBlock": "10.70.0.0/16"}},
+            "SubnetA": {"Type": "AWS::EC2::Subnet", "Properties": {
+                "VpcId": {"Ref": "Vpc"}, "CidrBlock": "10.70.0.0/20", "AvailabilityZone": "us-west-2a"}},
+            "SubnetB": {"Type": "AWS::EC2::Subnet", "Properties": {
+                "VpcId": {"Ref": "Vpc"}, "CidrBlock": "10.70.16.0/20", "AvailabilityZone": "us-west-2b"}},
+            "ClusterSecurityGroup": {"Type": "AWS::EC2::SecurityGroup", "Properties": {
+                "GroupDescription": "cluster nodes", "VpcId": {"Ref": "Vpc"}}},
+        },
+        "Outputs": {
+            "Vpc": {"Value": {"Ref": "Vpc"}},
+            "SubnetA": {"Value": {"Ref": "SubnetA"}},
+            "SubnetB": {"Value": {"Ref": "SubnetB"}},
+            "ClusterSecurityGroup": {"Value": {"Fn::GetAtt": ["ClusterSecurityGroup", "GroupId"]}},
+        },
+    });
+    let net = create_stack(
+        &cfn,
+        &format!("cluster-network-{}", run_cluster()),
+        &fixture.to_string(),
+        &BTreeMap::new(),
+    )
+    .await;
+    let clinic = Clinic::new(
+        &run_cluster(),
+        "existing",
+        spec(&format!(
+            "aws: {{region: {region}}}\nnetwork:\n  existing:\n    vpcId: {}\n    subnetIds: [{}, {}]\n    clusterSecurityGroupId: {}\n",
+            net["Vpc"], net["SubnetA"], net["SubnetB"], net["ClusterSecurityGroup"]
+        )),
+    );
+    clinic_stack_in_moto(&clinic, region).await;
+}
