@@ -58,6 +58,11 @@ enum Command {
         /// being created or modified).
         #[arg(long, env = "PROGRESS_INTERVAL", default_value = "30s", value_parser = parse_duration)]
         progress_interval: Duration,
+        /// How often the DB instances and stacks of each account and region are read in
+        /// pages (one DescribeDBInstances per 100 instances) to see drift and state for
+        /// every clinic at rest; drift made outside the operator is seen within this.
+        #[arg(long, env = "INVENTORY_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+        inventory_interval: Duration,
         #[command(flatten)]
         budgets: BudgetFlags,
     },
@@ -147,6 +152,7 @@ fn main() -> ExitCode {
             retry_max,
             cluster_id,
             progress_interval,
+            inventory_interval,
             budgets,
         } => {
             init_logging(log_format);
@@ -168,6 +174,7 @@ fn main() -> ExitCode {
                         aws: run::AwsOptions {
                             cluster_id,
                             progress_interval,
+                            inventory_interval,
                             budgets: budgets.config(),
                         },
                     }))

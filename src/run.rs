@@ -15,9 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::{self, BackupPolicy, OpenEMRBackup, OpenEMRDeployment, RestoreRequest};
+use crate::aws::inventory::Inventory;
 use crate::aws::{self, accounts::AwsPool, budget::BudgetConfig, budget::Budgets};
+use crate::controller::RefKind;
 use crate::controller::deployment::names::ClusterId;
 use crate::controller::driver::{Driver, watch_secrets};
+use crate::controller::triggers::Target;
 use crate::controller::{ClinicAws, Context, DriverConfig, Reconcile, run_controller};
 use crate::metrics::Metrics;
 use crate::server::{self, Health};
@@ -39,6 +42,7 @@ pub struct RunOptions {
 pub struct AwsOptions {
     pub cluster_id: ClusterId,
     pub progress_interval: Duration,
+    pub inventory_interval: Duration,
     /// Request rates per account, region and service.
     pub budgets: BudgetConfig,
 }
@@ -78,10 +82,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let base = aws::load_base_config().await;
     let budgets = Arc::new(Budgets::new(opts.aws.budgets, metrics.clone()));
     let (mut ctx, writers) = Context::new(client, metrics.clone(), opts.namespace, opts.driver);
+    let inventory = Arc::new(Inventory::new(
+        opts.aws.inventory_interval,
+        opts.aws.cluster_id.as_str(),
+    ));
     ctx.aws = Some(ClinicAws {
         pool: Arc::new(AwsPool::new(base, metrics, budgets)),
         cluster: opts.aws.cluster_id.clone(),
         progress_interval: opts.aws.progress_interval,
+        inventory: inventory.clone(),
     });
     let ctx = Arc::new(ctx);
     info!(config = ?ctx.config, "controllers starting");
@@ -115,6 +124,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 synced.clone()
             ),
             watch_secrets(ctx.clone(), shutdown.clone()),
+            inventory.run(
+                |owner| ctx.hub.publish(Target::new(
+                    RefKind::Infrastructure,
+                    &owner.namespace,
+                    &owner.name
+                )),
+                shutdown.clone()
+            ),
         )
     };
     let readiness = async {

@@ -11,7 +11,9 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use openemr_operator::api::OpenEMRDeployment;
 use support::operator::Operator;
-use support::{TestNamespace, apply, documents, env, eventually, wait_for_reason};
+use support::{
+    TestNamespace, apply, aws_calls, documents, env, eventually, is_mutating, wait_for_reason,
+};
 
 /// Clients of one region against the test environment's moto.
 async fn moto(region: &str) -> aws_config::SdkConfig {
@@ -19,6 +21,9 @@ async fn moto(region: &str) -> aws_config::SdkConfig {
 }
 
 const REGION: &str = "us-west-2";
+
+/// The inventory interval of the tests here.
+const INVENTORY: Duration = Duration::from_secs(3);
 
 fn clinic() -> serde_json::Value {
     documents(&format!(
@@ -57,7 +62,13 @@ async fn a_clinic_becomes_its_infrastructure_and_is_kept_so() {
     let client = env().admin().await;
     let ns = TestNamespace::new(env(), "clinic").await;
     apply(&client, &ns.name, &clinic()).await.unwrap();
-    let operator = Operator::start_with(env(), Some(&ns.name), &["--resync-interval", "2s"]);
+    // The resync stays at its default (10 minutes): only the inventory can see drift in
+    // time for this test.
+    let operator = Operator::start_with(
+        env(),
+        Some(&ns.name),
+        &["--inventory-interval", &format!("{}s", INVENTORY.as_secs())],
+    );
     let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
 
     let ready = wait_for_reason(&clinics, "clinic-p", "Ready", "InfrastructureReady").await;
@@ -242,6 +253,46 @@ async fn a_clinic_becomes_its_infrastructure_and_is_kept_so() {
         },
     )
     .await;
+
+    // Steady state: over several inventory intervals nothing is changed, and the clinic
+    // costs no call of its own: one page of instances and one of stacks per interval.
+    eventually(Duration::from_secs(30), "the clinic at rest", || async {
+        let status = clinics.get("clinic-p").await.ok()?.status?;
+        (status.phase == Some(openemr_operator::api::deployment::DeploymentPhase::Ready)
+            && status.in_flight.is_none())
+        .then_some(())
+    })
+    .await;
+    tokio::time::sleep(INVENTORY).await;
+    let before = aws_calls(&operator).await;
+    let intervals = 4;
+    tokio::time::sleep(INVENTORY * intervals).await;
+    let after = aws_calls(&operator).await;
+    let delta: std::collections::BTreeMap<_, _> = after
+        .iter()
+        .map(|(op, n)| (op.clone(), n - before.get(op).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    println!("steady state over {intervals} inventory intervals: {delta:?}");
+    assert!(
+        !delta.keys().any(|op| is_mutating(op)),
+        "no mutating call at rest: {delta:?}"
+    );
+    let pages = |op: &str| delta.get(op).copied().unwrap_or(0);
+    for op in ["DescribeDBInstances", "DescribeStacks"] {
+        assert!(
+            (intervals as u64 - 1..=intervals as u64 + 1).contains(&pages(op)),
+            "{op}: one page per interval, got {delta:?}"
+        );
+    }
+    assert_eq!(
+        delta
+            .keys()
+            .filter(|op| !["DescribeDBInstances", "DescribeStacks"].contains(&op.as_str()))
+            .count(),
+        0,
+        "nothing else: {delta:?}"
+    );
 
     // Exactly one of each create, however many passes it took.
     for op in ["CreateStack", "CreateDBInstance"] {

@@ -14,8 +14,8 @@ use kube::Api;
 use openemr_operator::api::OpenEMRDeployment;
 use support::operator::Operator;
 use support::{
-    TestEnv, TestNamespace, apply, condition, documents, eventually, private_env_without_crds,
-    warning_event,
+    TestEnv, TestNamespace, apply, aws_calls, condition, documents, eventually,
+    private_env_without_crds, warning_event,
 };
 
 /// The ClusterRole is shared by every test here.
@@ -265,4 +265,29 @@ async fn a_blip_across_100_clinics_costs_no_status_write_and_no_event() {
     assert_eq!(published, 9 * CLINICS as u64);
     assert_eq!(warnings, 0);
     assert_eq!(operator.terminate().code(), Some(0));
+
+    // A restart re-confirms every clinic from one page of DB instances (100 per page) and
+    // the stacks' pages, with no call per clinic and no change.
+    let restarted = Operator::start(env, Some(&ns.name));
+    restarted.wait_for("/readyz", 200).await;
+    let ok = "openemr_reconciliations_total{controller=\"openemrdeployment\",result=\"ok\"}";
+    eventually(
+        Duration::from_secs(60),
+        "every clinic reconciled after the restart",
+        || async { (restarted.metric(ok).await >= CLINICS as u64).then_some(()) },
+    )
+    .await;
+    let calls = aws_calls(&restarted).await;
+    println!("restart with {CLINICS} clinics at rest: {calls:?}");
+    assert_eq!(calls.get("DescribeDBInstances"), Some(&1), "{calls:?}");
+    let stack_pages = calls.get("DescribeStacks").copied().unwrap_or(0);
+    assert!((1..=2).contains(&stack_pages), "{calls:?}");
+    assert_eq!(calls.len(), 2, "nothing but the two inventories: {calls:?}");
+    assert_eq!(
+        restarted
+            .metric("openemr_status_writes_total{controller=\"openemrdeployment\"}")
+            .await,
+        0
+    );
+    assert_eq!(restarted.terminate().code(), Some(0));
 }

@@ -13,11 +13,13 @@ use super::error::AwsError;
 /// A stack as the operator sees it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StackInfo {
+    pub name: String,
     pub id: String,
     /// E.g. `CREATE_COMPLETE`.
     pub status: String,
     pub status_reason: Option<String>,
     pub outputs: BTreeMap<String, String>,
+    pub tags: BTreeMap<String, String>,
 }
 
 /// What state a stack is in, for planning.
@@ -93,6 +95,11 @@ pub trait Stacks {
         &self,
         name: &str,
     ) -> impl Future<Output = Result<Option<StackInfo>, AwsError>> + Send;
+    /// One page of every live stack in this account and region, and the token of the next.
+    fn list_stacks(
+        &self,
+        next_token: Option<String>,
+    ) -> impl Future<Output = Result<(Vec<StackInfo>, Option<String>), AwsError>> + Send;
     /// The first resource that failed in the stack's latest operation, from its events.
     fn first_failure(
         &self,
@@ -111,6 +118,33 @@ pub trait Stacks {
         name: &str,
         token: &str,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+fn stack_info(s: &aws_sdk_cloudformation::types::Stack) -> StackInfo {
+    StackInfo {
+        name: s.stack_name().unwrap_or_default().to_string(),
+        id: s.stack_id().unwrap_or_default().to_string(),
+        status: s
+            .stack_status()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        status_reason: s.stack_status_reason().map(str::to_string),
+        outputs: s
+            .outputs()
+            .iter()
+            .filter_map(|o| {
+                Some((
+                    o.output_key()?.to_string(),
+                    o.output_value().unwrap_or_default().to_string(),
+                ))
+            })
+            .collect(),
+        tags: s
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+            .collect(),
+    }
 }
 
 fn cfn_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
@@ -185,24 +219,26 @@ impl Stacks for AwsClients {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
-        Ok(out.stacks().first().map(|s| StackInfo {
-            id: s.stack_id().unwrap_or_default().to_string(),
-            status: s
-                .stack_status()
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_default(),
-            status_reason: s.stack_status_reason().map(str::to_string),
-            outputs: s
-                .outputs()
-                .iter()
-                .filter_map(|o| {
-                    Some((
-                        o.output_key()?.to_string(),
-                        o.output_value().unwrap_or_default().to_string(),
-                    ))
-                })
-                .collect(),
-        }))
+        Ok(out.stacks().first().map(stack_info))
+    }
+
+    async fn list_stacks(
+        &self,
+        next_token: Option<String>,
+    ) -> Result<(Vec<StackInfo>, Option<String>), AwsError> {
+        let request = self
+            .cloudformation
+            .describe_stacks()
+            .set_next_token(next_token)
+            .send();
+        let out = self
+            .call(Service::CloudFormation, "DescribeStacks", request)
+            .await?;
+        let next = out
+            .next_token()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
+        Ok((out.stacks().iter().map(stack_info).collect(), next))
     }
 
     async fn first_failure(&self, name: &str) -> Result<Option<StackFailure>, AwsError> {

@@ -14,6 +14,7 @@ pub mod accounts;
 pub mod budget;
 pub mod cloudformation;
 pub mod error;
+pub mod inventory;
 pub mod rds;
 
 use std::fmt;

@@ -140,6 +140,8 @@ pub struct ClinicAws {
     pub cluster: deployment::names::ClusterId,
     /// How soon a clinic is looked at again while AWS works on it.
     pub progress_interval: Duration,
+    /// DB instances and stacks per account and region, read in pages and shared.
+    pub inventory: Arc<crate::aws::inventory::Inventory>,
 }
 
 impl Context {

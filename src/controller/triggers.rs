@@ -27,6 +27,8 @@ pub enum RefKind {
     Policy,
     Backup,
     Secret,
+    /// A clinic's own AWS resources, as the batched inventory saw them change.
+    Infrastructure,
 }
 
 /// One named object: kind, namespace, name.

@@ -380,6 +380,33 @@ pub async fn bucket_protection(
     )
 }
 
+/// Every `openemr_aws_api_calls_total` sample, as (operation, count), summed over outcomes.
+pub async fn aws_calls(operator: &operator::Operator) -> std::collections::BTreeMap<String, u64> {
+    let (_, body) = operator.get("/metrics").await.expect("metrics");
+    let mut calls = std::collections::BTreeMap::new();
+    for line in body
+        .lines()
+        .filter(|l| l.starts_with("openemr_aws_api_calls_total{"))
+    {
+        let operation = line
+            .split("operation=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default()
+            .to_string();
+        let count: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        *calls.entry(operation).or_default() += count;
+    }
+    calls
+}
+
+/// Whether an AWS operation changes something.
+pub fn is_mutating(operation: &str) -> bool {
+    ["Create", "Modify", "Delete", "Update", "Put"]
+        .iter()
+        .any(|verb| operation.starts_with(verb))
+}
+
 /// Every file under `dir` with extension `ext`, sorted.
 pub fn files(dir: &str, ext: &str) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(Path::new(REPO).join(dir))

@@ -35,6 +35,16 @@ fn aws_error(action: &'static str) -> impl FnOnce(AwsError) -> Error {
     move |source| Error::Aws { action, source }
 }
 
+/// Whether the clinic was Ready for its current generation with nothing in flight: then the
+/// inventory's view (at most one interval old, and pushed when it changes) is enough.
+fn at_rest(d: &OpenEMRDeployment) -> bool {
+    d.status.as_ref().is_some_and(|s| {
+        s.phase == Some(crate::api::deployment::DeploymentPhase::Ready)
+            && s.observed_generation == d.metadata.generation
+            && s.in_flight.is_none()
+    })
+}
+
 /// Reads the clinic's stack, its DB instance and its credentials Secret.
 pub async fn observe_infra(
     d: &OpenEMRDeployment,
@@ -52,10 +62,37 @@ pub async fn observe_infra(
         &d.spec.tags,
     );
     let clients = clients(d, aws).await;
-    let stack = clients
-        .describe_stack(&names.stack)
-        .await
-        .map_err(aws_error("reading the stack"))?;
+    let identifier = d
+        .spec
+        .adopt
+        .as_ref()
+        .and_then(|a| a.db_instance_identifier.clone())
+        .unwrap_or_else(|| names.db_instance.clone());
+    // A clinic at rest is served from the shared inventory; one with work in progress, or
+    // whose resource the snapshot lacks (it may be newer than the snapshot), reads its own.
+    let (mut stack, mut database) = (None, None);
+    aws.inventory.watch(&clients);
+    if at_rest(d) {
+        let snapshot = aws
+            .inventory
+            .current(&clients)
+            .await
+            .map_err(aws_error("reading the inventory"))?;
+        stack = snapshot.stacks.get(&names.stack).cloned();
+        database = snapshot.databases.get(&identifier).cloned();
+    }
+    if stack.is_none() {
+        stack = clients
+            .describe_stack(&names.stack)
+            .await
+            .map_err(aws_error("reading the stack"))?;
+    }
+    if database.is_none() {
+        database = clients
+            .describe_instance(&identifier)
+            .await
+            .map_err(aws_error("reading the DB instance"))?;
+    }
     let stack_failure = match &stack {
         Some(s) if matches!(s.state(), StackState::RolledBack | StackState::Failed) => clients
             .first_failure(&names.stack)
@@ -63,16 +100,6 @@ pub async fn observe_infra(
             .map_err(aws_error("reading the stack's events"))?,
         _ => None,
     };
-    let identifier = d
-        .spec
-        .adopt
-        .as_ref()
-        .and_then(|a| a.db_instance_identifier.clone())
-        .unwrap_or_else(|| names.db_instance.clone());
-    let database = clients
-        .describe_instance(&identifier)
-        .await
-        .map_err(aws_error("reading the DB instance"))?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let (credentials_secret, user_master_password) = match &d.spec.database.credentials_secret_ref {
         // The user's Secret was checked for `password` before AWS was read.

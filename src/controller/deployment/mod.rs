@@ -98,9 +98,12 @@ impl Reconcile for OpenEMRDeployment {
     const FINALIZER: Option<&'static str> = Some(FINALIZER);
 
     fn references(&self) -> Vec<(RefKind, String)> {
+        // Its own AWS resources: the inventory names the clinic when they change.
+        let own = (RefKind::Infrastructure, self.name_any());
         self.referenced_secrets()
             .into_iter()
             .map(|(_, r)| (RefKind::Secret, r.name.clone()))
+            .chain(std::iter::once(own))
             .collect()
     }
 
@@ -276,7 +279,8 @@ mod tests {
             both.references(),
             [
                 (RefKind::Secret, "db-creds".to_string()),
-                (RefKind::Secret, "admin".to_string())
+                (RefKind::Secret, "admin".to_string()),
+                (RefKind::Infrastructure, "clinic-a".to_string())
             ]
         );
         let mut bare = clinic();

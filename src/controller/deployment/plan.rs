@@ -347,6 +347,13 @@ pub fn plan_infrastructure(
                 spec.aws.region
             ),
         ),
+        (None, _) if previously_created(previous) => Verdict::falsy(
+            "DatabaseReady",
+            "DatabaseMissing",
+            format!(
+                "DB instance {identifier} existed and is gone; the operator does not create an empty database in its place: restore it with a RestoreRequest, or delete and recreate this clinic for a new one"
+            ),
+        ),
         (None, None) => Verdict::falsy(
             "DatabaseReady",
             "WaitingForStack",
@@ -505,6 +512,14 @@ pub fn plan_infrastructure(
 
 const STACK_FAILED: &str = "StackFailed";
 
+/// The database was seen (status holds its ARN): if it is gone now, someone deleted it.
+fn previously_created(previous: &OpenEMRDeploymentStatus) -> bool {
+    previous
+        .database
+        .as_ref()
+        .is_some_and(|db| db.arn.is_some())
+}
+
 /// A rolled-back stack is replaced only once the spec changed after the failure was
 /// reported: the same spec would fail the same way.
 fn failed_in_an_earlier_generation(previous: &OpenEMRDeploymentStatus, generation: i64) -> bool {
@@ -591,6 +606,7 @@ mod tests {
             (template::OUT_TEMPLATE_HASH, rendered.hash.as_str()),
         ];
         StackInfo {
+            name: infra.names.stack.clone(),
             id: "arn:stack".into(),
             status: "CREATE_COMPLETE".into(),
             status_reason: None,
@@ -598,6 +614,7 @@ mod tests {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            tags: infra.tags.clone(),
         }
     }
 
@@ -843,6 +860,22 @@ mod tests {
             unreachable!()
         };
         assert_eq!(retained, &["Key (key-1)"]);
+    }
+
+    #[test]
+    fn a_database_deleted_behind_the_operators_back_is_not_replaced_by_an_empty_one() {
+        let d = clinic();
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        let mut db = available_db(&d, &seen);
+        db.arn = Some("arn:aws:rds:us-east-1:123456789012:db:x".into());
+        seen.database = Some(db);
+        let ready = plan_infrastructure(&d, &seen, &Default::default(), now());
+        seen.database = None;
+        let plan = plan_infrastructure(&d, &seen, &ready.status, now());
+        assert_eq!(actions(&plan), Vec::<String>::new());
+        assert_eq!(plan.verdicts[1].reason, "DatabaseMissing");
+        assert_eq!(plan.status.phase, Some(DeploymentPhase::Degraded));
     }
 
     #[test]

@@ -1,0 +1,316 @@
+//! The batched inventory: one paged `DescribeDBInstances` (100 per page) and one paged
+//! `DescribeStacks` per account and region, shared by every clinic there, instead of a
+//! describe per clinic per look.
+//!
+//! A clinic at rest reads its DB instance and stack from the latest snapshot; only a clinic
+//! with work in progress (or one whose resource is missing from the snapshot) describes its
+//! own. A refresh is single-flight per account and region, so an operator restart with
+//! thousands of clinics re-confirms them with one page per 100 instances. A background
+//! loop refreshes each known account and region every interval and wakes the clinics whose
+//! instance or stack changed, so drift made outside the operator is seen within one
+//! interval with no per-clinic call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::AwsClients;
+use super::cloudformation::{StackInfo, Stacks};
+use super::error::AwsError;
+use super::rds::{Databases, DbInstance};
+
+/// What one account and region held at one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub taken: Option<Instant>,
+    /// By DB instance identifier.
+    pub databases: HashMap<String, DbInstance>,
+    /// By stack name.
+    pub stacks: HashMap<String, StackInfo>,
+}
+
+impl Snapshot {
+    fn age(&self) -> Option<Duration> {
+        self.taken.map(|t| t.elapsed())
+    }
+}
+
+/// The clinic a resource belongs to, from the operator's tags on it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub namespace: String,
+    pub name: String,
+}
+
+struct Region {
+    clients: Arc<AwsClients>,
+    /// Held across a refresh: callers that find the snapshot stale wait for the one
+    /// refresh in flight instead of starting their own.
+    snapshot: tokio::sync::Mutex<Arc<Snapshot>>,
+}
+
+/// The inventories of every account and region a clinic was seen in.
+pub struct Inventory {
+    interval: Duration,
+    cluster: String,
+    regions: Mutex<HashMap<(String, String), Arc<Region>>>,
+}
+
+impl std::fmt::Debug for Inventory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inventory")
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tag keys read to match resources to clinics (set by the clinic controller).
+const TAG_CLUSTER: &str = "openemr.io/cluster";
+const TAG_NAMESPACE: &str = "openemr.io/namespace";
+const TAG_NAME: &str = "openemr.io/name";
+
+fn owner(tags: &std::collections::BTreeMap<String, String>, cluster: &str) -> Option<Owner> {
+    (tags.get(TAG_CLUSTER)? == cluster).then(|| Owner {
+        namespace: tags.get(TAG_NAMESPACE).cloned().unwrap_or_default(),
+        name: tags.get(TAG_NAME).cloned().unwrap_or_default(),
+    })
+}
+
+/// An instance as compared for change: the restorable time moves on its own every few
+/// minutes and is not a change anyone acts on.
+fn comparable(db: &DbInstance) -> DbInstance {
+    DbInstance {
+        latest_restorable_time: None,
+        ..db.clone()
+    }
+}
+
+/// The clinics whose instance or stack differs between two snapshots (appeared, changed or
+/// went), found by the operator's tags on them.
+pub fn changed_owners(before: &Snapshot, after: &Snapshot, cluster: &str) -> Vec<Owner> {
+    let mut owners = Vec::new();
+    let mut note = |o: Option<Owner>| {
+        if let Some(o) = o
+            && !owners.contains(&o)
+        {
+            owners.push(o);
+        }
+    };
+    for (id, db) in &after.databases {
+        if before.databases.get(id).map(comparable) != Some(comparable(db)) {
+            note(owner(&db.tags, cluster));
+        }
+    }
+    for (id, db) in &before.databases {
+        if !after.databases.contains_key(id) {
+            note(owner(&db.tags, cluster));
+        }
+    }
+    for (name, stack) in &after.stacks {
+        if before.stacks.get(name) != Some(stack) {
+            note(owner(&stack.tags, cluster));
+        }
+    }
+    for (name, stack) in &before.stacks {
+        if !after.stacks.contains_key(name) {
+            note(owner(&stack.tags, cluster));
+        }
+    }
+    owners
+}
+
+impl Inventory {
+    /// Snapshots older than `interval` are refreshed; the loop refreshes at that pace.
+    pub fn new(interval: Duration, cluster: &str) -> Inventory {
+        Inventory {
+            interval,
+            cluster: cluster.to_string(),
+            regions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    fn region(&self, clients: &Arc<AwsClients>) -> Arc<Region> {
+        let key = (clients.account.clone(), clients.region.clone());
+        let mut regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
+        regions
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Region {
+                    clients: clients.clone(),
+                    snapshot: tokio::sync::Mutex::new(Arc::new(Snapshot::default())),
+                })
+            })
+            .clone()
+    }
+
+    /// Makes the account and region of `clients` one the loop keeps refreshing (a clinic
+    /// there exists), without reading anything now.
+    pub fn watch(&self, clients: &Arc<AwsClients>) {
+        self.region(clients);
+    }
+
+    /// The snapshot of the account and region of `clients`, refreshed first when it is
+    /// older than the interval (or was never taken).
+    pub async fn current(&self, clients: &Arc<AwsClients>) -> Result<Arc<Snapshot>, AwsError> {
+        let region = self.region(clients);
+        let mut held = region.snapshot.lock().await;
+        if held.age().is_none_or(|age| age >= self.interval) {
+            *held = Arc::new(take(&region.clients).await?);
+        }
+        Ok(held.clone())
+    }
+
+    /// Refreshes every known account and region each interval and hands the clinics whose
+    /// resources changed to `wake`.
+    pub async fn run(&self, wake: impl Fn(Owner), shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.interval) => {}
+                () = shutdown.cancelled() => return,
+            }
+            let regions: Vec<Arc<Region>> = self
+                .regions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for region in regions {
+                let mut held = region.snapshot.lock().await;
+                // A clinic may have refreshed it a moment ago.
+                if held.age().is_some_and(|age| age < self.interval / 2) {
+                    continue;
+                }
+                match take(&region.clients).await {
+                    Ok(fresh) => {
+                        let owners = changed_owners(&held, &fresh, &self.cluster);
+                        debug!(account = %region.clients.account, region = %region.clients.region, changed = owners.len(), "inventory refreshed");
+                        *held = Arc::new(fresh);
+                        drop(held);
+                        owners.into_iter().for_each(&wake);
+                    }
+                    Err(e) => {
+                        warn!(account = %region.clients.account, region = %region.clients.region, error = %e, "inventory refresh failed; the next interval tries again");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads every DB instance and stack of one account and region, page by page.
+async fn take(clients: &AwsClients) -> Result<Snapshot, AwsError> {
+    let mut databases = HashMap::new();
+    let mut marker = None;
+    loop {
+        let (page, next) = clients.list_instances(marker).await?;
+        databases.extend(page.into_iter().map(|db| (db.identifier.clone(), db)));
+        match next {
+            Some(m) => marker = Some(m),
+            None => break,
+        }
+    }
+    let mut stacks = HashMap::new();
+    let mut token = None;
+    loop {
+        let (page, next) = clients.list_stacks(token).await?;
+        stacks.extend(page.into_iter().map(|s| (s.name.clone(), s)));
+        match next {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    Ok(Snapshot {
+        taken: Some(Instant::now()),
+        databases,
+        stacks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn tags(cluster: &str, name: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (TAG_CLUSTER.to_string(), cluster.to_string()),
+            (TAG_NAMESPACE.to_string(), "ns".to_string()),
+            (TAG_NAME.to_string(), name.to_string()),
+        ])
+    }
+
+    fn db(id: &str, cluster: &str, retention: i32) -> DbInstance {
+        DbInstance {
+            identifier: id.into(),
+            backup_retention: retention,
+            tags: tags(cluster, id),
+            ..DbInstance::default()
+        }
+    }
+
+    fn snapshot(dbs: Vec<DbInstance>) -> Snapshot {
+        Snapshot {
+            taken: Some(Instant::now()),
+            databases: dbs.into_iter().map(|d| (d.identifier.clone(), d)).collect(),
+            stacks: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn only_clinics_of_this_cluster_whose_resources_changed_are_woken() {
+        let before = snapshot(vec![
+            db("a", "prod", 7),
+            db("b", "prod", 7),
+            db("c", "prod", 7),
+            db("x", "other", 7),
+        ]);
+        let mut moved = db("b", "prod", 7);
+        moved.latest_restorable_time = Some(std::time::SystemTime::now());
+        let after = snapshot(vec![
+            db("a", "prod", 3),
+            moved,
+            db("x", "other", 1),
+            db("n", "prod", 7),
+        ]);
+        let names: Vec<_> = {
+            let mut owners = changed_owners(&before, &after, "prod");
+            owners.sort_by(|a, b| a.name.cmp(&b.name));
+            owners.into_iter().map(|o| o.name).collect()
+        };
+        // a drifted, c went, n appeared; b's restorable time alone and another cluster's x
+        // are nobody's business here.
+        assert_eq!(names, ["a", "c", "n"]);
+    }
+
+    #[test]
+    fn stacks_changing_status_wake_their_clinic() {
+        let stack = |status: &str| StackInfo {
+            name: "s".into(),
+            status: status.into(),
+            tags: tags("prod", "clinic-s"),
+            ..StackInfo::default()
+        };
+        let mut before = snapshot(vec![]);
+        before.stacks.insert("s".into(), stack("CREATE_COMPLETE"));
+        let mut after = snapshot(vec![]);
+        after
+            .stacks
+            .insert("s".into(), stack("UPDATE_ROLLBACK_FAILED"));
+        assert_eq!(
+            changed_owners(&before, &after, "prod"),
+            [Owner {
+                namespace: "ns".into(),
+                name: "clinic-s".into()
+            }]
+        );
+        assert_eq!(changed_owners(&before, &before, "prod"), []);
+    }
+}
