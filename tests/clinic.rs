@@ -526,3 +526,110 @@ async fn deletion_does_what_each_policy_promises_and_a_namespace_never_takes_dat
     );
     drop((operator, doomed_operator));
 }
+
+#[tokio::test]
+async fn adopted_resources_are_never_recreated_and_differences_are_reported_before_changes() {
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "adopt").await;
+    let region = "us-east-2";
+    let aws = moto(region).await;
+    let rds = aws_sdk_rds::Client::new(&aws);
+    let s3 = support::TestEnv::s3(&aws);
+    let db_id = format!("legacy-{}", std::process::id());
+    let bucket = format!("legacy-docs-{}", std::process::id());
+    // What a clinic run by hand looks like: short retention, unprotected, an unversioned
+    // bucket with no public access block.
+    rds.create_db_instance()
+        .db_instance_identifier(&db_id)
+        .engine("mysql")
+        .engine_version("8.0.40")
+        .db_instance_class("db.t4g.medium")
+        .allocated_storage(20)
+        .master_username("admin")
+        .manage_master_user_password(true)
+        .storage_encrypted(true)
+        .backup_retention_period(3)
+        .deletion_protection(false)
+        .send()
+        .await
+        .unwrap();
+    s3.create_bucket()
+        .bucket(&bucket)
+        .create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::UsEast2)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let manifest = clinic_with(
+        "adopter",
+        region,
+        "Retain",
+        &format!("  adopt: {{dbInstanceIdentifier: {db_id}, bucketName: {bucket}}}"),
+    );
+    apply(&client, &ns.name, &manifest).await.unwrap();
+    let operator = Operator::start(env(), Some(&ns.name));
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+
+    let adopted = wait_for_reason(&clinics, "adopter", "Adopted", "DifferencesReported").await;
+    for expected in [
+        "backupRetentionDays: 3 → 7",
+        "deletionProtection: false → true",
+        "bucketVersioning: off → Enabled",
+        "bucketPublicAccessBlock",
+        "subnetGroup",
+    ] {
+        assert!(
+            adopted.message.contains(expected),
+            "{expected} in {}",
+            adopted.message
+        );
+    }
+    wait_for_reason(&clinics, "adopter", "Ready", "InfrastructureReady").await;
+
+    // Corrected after the report, and never recreated.
+    eventually(
+        Duration::from_secs(30),
+        "the adopted resources corrected",
+        || async {
+            let db = rds
+                .describe_db_instances()
+                .db_instance_identifier(&db_id)
+                .send()
+                .await
+                .ok()?
+                .db_instances()[0]
+                .clone();
+            let bucket_ok = support::bucket_protection(&s3, &bucket).await
+                == (Some("Enabled".to_string()), [Some(true); 4]);
+            (db.backup_retention_period() == Some(7)
+                && db.deletion_protection() == Some(true)
+                && bucket_ok)
+                .then_some(())
+        },
+    )
+    .await;
+    let status = clinics.get("adopter").await.unwrap().status.unwrap();
+    assert_eq!(status.bucket_name.as_deref(), Some(bucket.as_str()));
+    assert_eq!(status.database.unwrap().identifier, db_id);
+    let creates = "openemr_aws_api_calls_total{service=\"rds\",operation=\"CreateDBInstance\",outcome=\"success\"}";
+    assert_eq!(operator.metric(creates).await, 0);
+
+    // The report's Event came before the first change's.
+    let events = events_of(&client, &ns.name, "adopter").await;
+    let time_of = |reason: &str| {
+        events
+            .iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+            .and_then(|e| e.event_time.clone())
+            .unwrap_or_else(|| panic!("an Event {reason}"))
+            .0
+    };
+    let reported = time_of("DifferencesReported");
+    assert!(reported <= time_of("DatabaseModified"));
+    assert!(reported <= time_of("BucketSecured"));
+    drop(operator);
+}

@@ -71,6 +71,21 @@ pub struct AwsError {
 pub const MAX_MESSAGE: usize = 300;
 
 impl AwsError {
+    /// A request the operator could not even build (a value the SDK refused).
+    pub fn invalid_request(
+        service: &'static str,
+        operation: &'static str,
+        message: String,
+    ) -> AwsError {
+        AwsError {
+            class: ErrorClass::Invalid,
+            service,
+            operation,
+            code: "RequestNotBuilt".into(),
+            message,
+        }
+    }
+
     /// Classifies a failure of `operation`: by AWS's error code and message when AWS
     /// answered, else by how the request failed.
     pub fn from_sdk<E, R>(

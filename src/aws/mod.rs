@@ -16,6 +16,7 @@ pub mod cloudformation;
 pub mod error;
 pub mod inventory;
 pub mod rds;
+pub mod s3;
 
 use std::fmt;
 use std::future::Future;

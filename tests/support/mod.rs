@@ -362,20 +362,23 @@ pub async fn bucket_protection(
         .send()
         .await
         .unwrap();
+    // No block configured at all reads as four unset switches.
     let block = s3
         .get_public_access_block()
         .bucket(bucket)
         .send()
         .await
-        .unwrap();
-    let block = block.public_access_block_configuration().unwrap();
+        .ok();
+    let block = block
+        .as_ref()
+        .and_then(|b| b.public_access_block_configuration());
     (
         versioning.status().map(|s| s.as_str().to_string()),
         [
-            block.block_public_acls(),
-            block.ignore_public_acls(),
-            block.block_public_policy(),
-            block.restrict_public_buckets(),
+            block.and_then(|b| b.block_public_acls()),
+            block.and_then(|b| b.ignore_public_acls()),
+            block.and_then(|b| b.block_public_policy()),
+            block.and_then(|b| b.restrict_public_buckets()),
         ],
     )
 }

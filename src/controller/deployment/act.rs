@@ -12,13 +12,14 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::deletion::{Seen, Step, effective_policy, next_step};
 use super::names::{self, ClinicNames};
-use super::plan::{Change, Infra, MasterSource};
+use super::plan::{AdoptedBucket, Change, Infra, MasterSource};
 use crate::api::{DeletionPolicy, OpenEMRDeployment};
 use crate::aws::AwsClients;
 use crate::aws::accounts::session_name;
 use crate::aws::cloudformation::{StackState, Stacks, UpdateOutcome};
 use crate::aws::error::{AwsError, ErrorClass};
 use crate::aws::rds::{Databases, MasterPassword};
+use crate::aws::s3::Buckets;
 use crate::controller::{ClinicAws, Context, Error};
 
 /// Key of the user's Secret that may hold the master password.
@@ -126,7 +127,21 @@ pub async fn observe_infra(
             (found.is_some(), false)
         }
     };
+    // An adopted bucket is read while the clinic is not at rest: to report how it differs
+    // before the first change, and to see that a correction took.
+    let adopted_bucket = match d.spec.adopt.as_ref().and_then(|a| a.bucket_name.as_deref()) {
+        Some(bucket) if !at_rest(d) => match clients
+            .bucket_settings(bucket)
+            .await
+            .map_err(aws_error("reading the adopted bucket"))?
+        {
+            Some(settings) => AdoptedBucket::Seen(settings),
+            None => AdoptedBucket::Missing,
+        },
+        _ => AdoptedBucket::NotRead,
+    };
     Ok(Infra {
+        adopted_bucket,
         names,
         tags,
         stack,
@@ -231,6 +246,32 @@ pub async fn act(d: &OpenEMRDeployment, change: &Change, ctx: &Context) -> Resul
                 false,
                 "DatabaseCreateStarted",
                 &format!("creating DB instance {}", request.identifier),
+            )
+            .await;
+            Ok(())
+        }
+        Change::SecureAdoptedBucket {
+            bucket,
+            kms_key_arn,
+            differences,
+        } => {
+            let clients = clients(d, aws).await;
+            for difference in differences {
+                match difference.field {
+                    "bucketVersioning" => clients.enable_versioning(bucket).await,
+                    "bucketEncryption" => clients.encrypt_with(bucket, kms_key_arn).await,
+                    "bucketPublicAccessBlock" => clients.block_public_access(bucket).await,
+                    _ => Ok(()),
+                }
+                .map_err(aws_error("securing the adopted bucket"))?;
+            }
+            let list: Vec<_> = differences.iter().map(ToString::to_string).collect();
+            announce(
+                ctx,
+                d,
+                false,
+                "BucketSecured",
+                &format!("adopted bucket {bucket}: {}", list.join("; ")),
             )
             .await;
             Ok(())

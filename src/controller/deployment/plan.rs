@@ -20,6 +20,7 @@ use crate::api::deployment::{DatabaseStatus, DeploymentPhase, StackStatus};
 use crate::api::{OpenEMRDeployment, OpenEMRDeploymentStatus};
 use crate::aws::cloudformation::{StackFailure, StackInfo, StackRequest, StackState};
 use crate::aws::rds::{CreateDb, DbInstance, ModifyDb};
+use crate::aws::s3::BucketSettings;
 use crate::conditions::Verdict;
 
 /// What AWS and the cluster showed about one clinic's infrastructure.
@@ -38,6 +39,19 @@ pub struct Infra {
     pub user_master_password: bool,
     /// How soon to look again while AWS is working.
     pub progress_interval: Duration,
+    /// The bucket named in `spec.adopt.bucketName`, as read (only while the clinic is not
+    /// at rest).
+    pub adopted_bucket: AdoptedBucket,
+}
+
+/// What was read of an adopted bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AdoptedBucket {
+    /// Not read this time (none adopted, or the clinic is at rest).
+    #[default]
+    NotRead,
+    Missing,
+    Seen(BucketSettings),
 }
 
 /// Where the master password comes from; resolved only in `act`, so no password is ever
@@ -72,6 +86,12 @@ pub enum Change {
         request: Box<CreateDb>,
         master: MasterSource,
     },
+    /// Brings an adopted bucket to the clinic's settings (after they were reported).
+    SecureAdoptedBucket {
+        bucket: String,
+        kms_key_arn: String,
+        differences: Vec<Difference>,
+    },
     ModifyDatabase {
         request: ModifyDb,
         differences: Vec<Difference>,
@@ -87,6 +107,9 @@ impl std::fmt::Debug for Change {
             }
             Change::CreateStack(r) => write!(f, "CreateStack({}, token {})", r.name, r.token),
             Change::UpdateStack(r) => write!(f, "UpdateStack({}, token {})", r.name, r.token),
+            Change::SecureAdoptedBucket { bucket, .. } => {
+                write!(f, "SecureAdoptedBucket({bucket})")
+            }
             Change::DeleteFailedStack { name, .. } => write!(f, "DeleteFailedStack({name})"),
             Change::CreateDatabase { request, master } => {
                 write!(
@@ -115,6 +138,17 @@ impl Change {
     /// The action and token recorded in `status.inFlight` before the call.
     pub fn intent(&self) -> (String, String) {
         match self {
+            Change::SecureAdoptedBucket {
+                bucket,
+                differences,
+                ..
+            } => {
+                let fields: Vec<_> = differences.iter().map(|d| d.field).collect();
+                (
+                    "SecureAdoptedBucket".into(),
+                    format!("{bucket}:{}", fields.join(",")),
+                )
+            }
             Change::CreateCredentialsSecret { name, .. } => {
                 ("CreateCredentialsSecret".into(), name.clone())
             }
@@ -333,6 +367,10 @@ pub fn plan_infrastructure(
     })();
 
     // The database.
+    // Adopted resources: their differences are reported (condition and Event) in a pass
+    // that changes neither of them; later passes correct them.
+    let reporting = spec.adopt.is_some() && !adoption_reported(previous);
+    let mut db_report = None;
     let adopted = spec
         .adopt
         .as_ref()
@@ -385,7 +423,14 @@ pub fn plan_infrastructure(
         (Some(db), placement) => {
             if let Some(placement) = placement.as_ref().filter(|_| serving(&db.status)) {
                 let diffs = database::differences(&spec.database, placement, db);
-                if let Some((request, differences)) =
+                // An adopted instance's differences are reported (condition and Event)
+                // in a pass that changes nothing; the next pass corrects them.
+                if reporting {
+                    if adopted.is_some() {
+                        let unchangeable = database::unchangeable_differences(placement, db);
+                        db_report = Some((diffs, unchangeable));
+                    }
+                } else if let Some((request, differences)) =
                     database::modification(&identifier, &spec.database, placement, db, &diffs)
                 {
                     changes.push(Change::ModifyDatabase {
@@ -438,6 +483,53 @@ pub fn plan_infrastructure(
             ..DatabaseStatus::default()
         },
     });
+
+    let mut adoption = None;
+    let bucket_diffs = match &infra.adopted_bucket {
+        AdoptedBucket::Seen(settings) => {
+            bucket_differences(settings, status.kms_key_arn.as_deref())
+        }
+        _ => Vec::new(),
+    };
+    let adopted_bucket = spec.adopt.as_ref().and_then(|a| a.bucket_name.clone());
+    if let Some(bucket) = &adopted_bucket
+        && infra.adopted_bucket == AdoptedBucket::Missing
+    {
+        adoption = Some(Verdict::falsy(
+            ADOPTED,
+            "AdoptedBucketNotFound",
+            format!(
+                "spec.adopt.bucketName names {bucket:?}, which does not exist or is not this account's; it is never created in its place"
+            ),
+        ));
+    }
+    if reporting && adoption.is_none() {
+        let db_ready = adopted.is_none() || db_report.is_some();
+        let bucket_ready = adopted_bucket.is_none()
+            || (matches!(infra.adopted_bucket, AdoptedBucket::Seen(_))
+                && status.kms_key_arn.is_some());
+        in_progress = true;
+        if db_ready && bucket_ready {
+            let (fixable, unchangeable) = db_report.unwrap_or_default();
+            adoption = Some(adoption_verdict(
+                adopted.as_deref(),
+                &fixable,
+                &unchangeable,
+                adopted_bucket.as_deref().map(|b| (b, &bucket_diffs[..])),
+            ));
+        }
+    } else if let (Some(bucket), Some(key), false) = (
+        &adopted_bucket,
+        &status.kms_key_arn,
+        bucket_diffs.is_empty(),
+    ) {
+        changes.push(Change::SecureAdoptedBucket {
+            bucket: bucket.clone(),
+            kms_key_arn: key.clone(),
+            differences: bucket_diffs.clone(),
+        });
+        in_progress = true;
+    }
 
     let stack_ready = stack_verdict.status;
     let database_ready = database_verdict.status;
@@ -502,8 +594,10 @@ pub fn plan_infrastructure(
         status.database = previous.database.clone();
     }
 
+    let mut verdicts = vec![stack_verdict, database_verdict, ready];
+    verdicts.extend(adoption);
     InfraPlan {
-        verdicts: vec![stack_verdict, database_verdict, ready],
+        verdicts,
         status,
         changes,
         in_progress,
@@ -511,6 +605,103 @@ pub fn plan_infrastructure(
 }
 
 const STACK_FAILED: &str = "StackFailed";
+
+/// Condition type reporting how an adopted DB instance differed from the spec.
+pub const ADOPTED: &str = "Adopted";
+
+fn adoption_reported(previous: &OpenEMRDeploymentStatus) -> bool {
+    crate::conditions::find(&previous.conditions, ADOPTED).is_some_and(|c| c.status == "True")
+}
+
+/// How an adopted bucket differs from what the clinic's own bucket would be.
+pub fn bucket_differences(settings: &BucketSettings, kms_key_arn: Option<&str>) -> Vec<Difference> {
+    let mut out = Vec::new();
+    if settings.versioning.as_deref() != Some("Enabled") {
+        out.push(Difference {
+            field: "bucketVersioning",
+            from: settings.versioning.clone().unwrap_or_else(|| "off".into()),
+            to: "Enabled".into(),
+            disruptive: false,
+        });
+    }
+    let key_id = |arn: &str| arn.rsplit('/').next().unwrap_or(arn).to_string();
+    let with_clinic_key = match (&settings.encryption, kms_key_arn) {
+        (Some((algorithm, Some(key))), Some(wanted)) => {
+            algorithm == "aws:kms" && key_id(key) == key_id(wanted)
+        }
+        _ => false,
+    };
+    if !with_clinic_key {
+        out.push(Difference {
+            field: "bucketEncryption",
+            from: match &settings.encryption {
+                Some((algorithm, Some(key))) => format!("{algorithm} with {key}"),
+                Some((algorithm, None)) => algorithm.clone(),
+                None => "none".into(),
+            },
+            to: format!("aws:kms with {}", kms_key_arn.unwrap_or("the clinic's key")),
+            disruptive: false,
+        });
+    }
+    if settings.public_access_block != [true; 4] {
+        out.push(Difference {
+            field: "bucketPublicAccessBlock",
+            from: format!("{:?}", settings.public_access_block),
+            to: "[true, true, true, true]".into(),
+            disruptive: false,
+        });
+    }
+    out
+}
+
+/// `Adopted=True`, listing each difference later passes correct and each one RDS cannot
+/// change on an existing instance.
+fn adoption_verdict(
+    database: Option<&str>,
+    fixable: &[Difference],
+    unchangeable: &[Difference],
+    bucket: Option<(&str, &[Difference])>,
+) -> Verdict {
+    let list = |d: &[Difference]| {
+        d.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let mut parts = Vec::new();
+    if let Some(identifier) = database {
+        if fixable.is_empty() && unchangeable.is_empty() {
+            parts.push(format!("DB instance {identifier} matches the spec"));
+        }
+        if !fixable.is_empty() {
+            parts.push(format!(
+                "DB instance {identifier} is changed to the spec: {}",
+                list(fixable)
+            ));
+        }
+        if !unchangeable.is_empty() {
+            parts.push(format!(
+                "DB instance {identifier} differs where RDS cannot change an existing instance (restore it into a new clinic to fix): {}",
+                list(unchangeable)
+            ));
+        }
+    }
+    let mut any_difference = !fixable.is_empty() || !unchangeable.is_empty();
+    if let Some((name, diffs)) = bucket {
+        any_difference |= !diffs.is_empty();
+        parts.push(if diffs.is_empty() {
+            format!("bucket {name} matches the spec")
+        } else {
+            format!("bucket {name} is changed to the spec: {}", list(diffs))
+        });
+    }
+    let reason = if any_difference {
+        "DifferencesReported"
+    } else {
+        "MatchesSpec"
+    };
+    Verdict::truthy(ADOPTED, reason, format!("adopted: {}", parts.join("; ")))
+}
 
 /// The database was seen (status holds its ARN): if it is gone now, someone deleted it.
 fn previously_created(previous: &OpenEMRDeploymentStatus) -> bool {
@@ -581,6 +772,7 @@ mod tests {
             credentials_secret: true,
             user_master_password: false,
             progress_interval: Duration::from_secs(30),
+            adopted_bucket: AdoptedBucket::NotRead,
         }
     }
 
@@ -876,6 +1068,81 @@ mod tests {
         assert_eq!(actions(&plan), Vec::<String>::new());
         assert_eq!(plan.verdicts[1].reason, "DatabaseMissing");
         assert_eq!(plan.status.phase, Some(DeploymentPhase::Degraded));
+    }
+
+    #[test]
+    fn an_adopted_databases_differences_are_reported_before_anything_changes() {
+        let mut d = clinic();
+        d.spec.adopt = Some(
+            serde_json::from_value(serde_json::json!({"dbInstanceIdentifier": "legacy-db"}))
+                .unwrap(),
+        );
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        let mut db = available_db(&d, &seen);
+        db.identifier = "legacy-db".into();
+        db.backup_retention = 1;
+        db.storage_encrypted = false;
+        seen.database = Some(db);
+        let first = plan_infrastructure(&d, &seen, &Default::default(), now());
+        assert_eq!(actions(&first), Vec::<String>::new());
+        let adopted = first.verdicts.iter().find(|v| v.type_ == ADOPTED).unwrap();
+        assert_eq!(adopted.reason, "DifferencesReported");
+        assert!(
+            adopted.message.contains("backupRetentionDays: 1 → 7"),
+            "{}",
+            adopted.message
+        );
+        assert!(
+            adopted.message.contains("storageEncrypted: false → true"),
+            "{}",
+            adopted.message
+        );
+        assert!(first.in_progress);
+        // Once reported, the next pass corrects what RDS can change, and reports no more.
+        let mut previous = first.status.clone();
+        previous.conditions = crate::conditions::merge(&[], &first.verdicts, Some(3), now());
+        let second = plan_infrastructure(&d, &seen, &previous, now());
+        assert_eq!(actions(&second), ["ModifyDBInstance"]);
+        assert!(second.verdicts.iter().all(|v| v.type_ != ADOPTED));
+    }
+
+    #[test]
+    fn an_adopted_bucket_is_compared_with_the_clinics_own() {
+        let key = "arn:aws:kms:us-east-1:123456789012:key/k-1";
+        let good = BucketSettings {
+            versioning: Some("Enabled".into()),
+            encryption: Some(("aws:kms".into(), Some("k-1".into()))),
+            public_access_block: [true; 4],
+        };
+        assert_eq!(bucket_differences(&good, Some(key)), []);
+        let bare = BucketSettings {
+            versioning: Some("Suspended".into()),
+            encryption: Some(("AES256".into(), None)),
+            public_access_block: [true, false, true, true],
+        };
+        let fields: Vec<_> = bucket_differences(&bare, Some(key))
+            .into_iter()
+            .map(|d| format!("{d}"))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "bucketVersioning: Suspended → Enabled".to_string(),
+                format!("bucketEncryption: AES256 → aws:kms with {key}"),
+                "bucketPublicAccessBlock: [true, false, true, true] → [true, true, true, true]"
+                    .to_string(),
+            ]
+        );
+        // Another key is a difference too.
+        let other = BucketSettings {
+            encryption: Some(("aws:kms".into(), Some("k-2".into()))),
+            ..good
+        };
+        assert_eq!(
+            bucket_differences(&other, Some(key))[0].field,
+            "bucketEncryption"
+        );
     }
 
     #[test]
