@@ -26,10 +26,22 @@ curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "operator not read
 echo "operator running (pid $(cat .dev/operator.pid), log .dev/operator.log, metrics http://127.0.0.1:$port/metrics)"
 
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl apply -n demo --server-side -f examples/clinic.yaml -f examples/backup-policy.yaml
+# The example clinic lives in an existing VPC: make its stand-in in moto and point the
+# manifest at it.
+read -r vpc subnet_a subnet_b group < <(
+  "$("$repo/hack/install-moto.sh")" "$repo/hack/demo-network.py")
+sed -e "s/vpc-0a1b2c3d4e5f60718/$vpc/" -e "s/subnet-0a1b2c3d4e5f60718/$subnet_a/" \
+    -e "s/subnet-1a2b3c4d5e6f70819/$subnet_b/" -e "s/sg-0a1b2c3d4e5f60718/$group/" \
+    examples/clinic.yaml >.dev/clinic.yaml
+kubectl apply -n demo --server-side -f .dev/clinic.yaml -f examples/backup-policy.yaml
 kubectl wait -n demo --for=condition=Accepted --timeout=60s openemrdeployment/clinic-a backuppolicy/clinic-a-nightly >/dev/null
+echo "waiting for the clinic's stack and database in moto..."
+kubectl wait -n demo --for=condition=Ready --timeout=180s openemrdeployment/clinic-a >/dev/null
 echo
-kubectl get openemr -n demo
+kubectl get openemr -n demo -o wide
+echo
+kubectl get openemrdeployment clinic-a -n demo \
+  -o jsonpath='stack {.status.stack.name} ({.status.stack.status}), bucket {.status.bucketName}, key {.status.kmsKeyArn}{"\n"}'
 echo
 kubectl get openemrdeployment clinic-a -n demo \
   -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
