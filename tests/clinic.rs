@@ -228,20 +228,24 @@ async fn a_clinic_becomes_its_infrastructure_and_is_kept_so() {
         "{note}"
     );
 
-    // A spec change reaches RDS (applyChanges: Immediately).
+    // Spec changes reach RDS (applyChanges: Immediately): class, storage growth, Multi-AZ,
+    // retention.
     clinics
         .patch(
             "clinic-p",
             &PatchParams::apply("openemr-tests"),
-            &Patch::Merge(
-                serde_json::json!({"spec": {"database": {"instanceClass": "db.r6g.large"}}}),
-            ),
+            &Patch::Merge(serde_json::json!({"spec": {"database": {
+                "instanceClass": "db.r6g.large",
+                "allocatedStorageGiB": 40,
+                "multiAZ": true,
+                "backupRetentionDays": 14,
+            }}})),
         )
         .await
         .unwrap();
     eventually(
         Duration::from_secs(30),
-        "the class change in RDS",
+        "the spec changes in RDS",
         || async {
             let out = rds
                 .describe_db_instances()
@@ -249,7 +253,12 @@ async fn a_clinic_becomes_its_infrastructure_and_is_kept_so() {
                 .send()
                 .await
                 .ok()?;
-            (out.db_instances()[0].db_instance_class() == Some("db.r6g.large")).then_some(())
+            let db = &out.db_instances()[0];
+            (db.db_instance_class() == Some("db.r6g.large")
+                && db.allocated_storage() == Some(40)
+                && db.multi_az() == Some(true)
+                && db.backup_retention_period() == Some(14))
+            .then_some(())
         },
     )
     .await;
@@ -631,5 +640,52 @@ async fn adopted_resources_are_never_recreated_and_differences_are_reported_befo
     let reported = time_of("DifferencesReported");
     assert!(reported <= time_of("DatabaseModified"));
     assert!(reported <= time_of("BucketSecured"));
+    drop(operator);
+}
+
+#[tokio::test]
+async fn a_clinic_with_a_role_lands_in_the_roles_account() {
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "role").await;
+    let account = "111122223333";
+    let mut manifest = clinic_with("elsewhere", "eu-west-1", "Retain", "");
+    manifest["spec"]["aws"]["roleArn"] =
+        format!("arn:aws:iam::{account}:role/openemr-clinic").into();
+    apply(&client, &ns.name, &manifest).await.unwrap();
+    let operator = Operator::start(env(), Some(&ns.name));
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    wait_for_reason(&clinics, "elsewhere", "Ready", "InfrastructureReady").await;
+    let status = clinics.get("elsewhere").await.unwrap().status.unwrap();
+    let db_arn = status.database.unwrap().arn.unwrap();
+    assert!(db_arn.contains(&format!(":{account}:")), "{db_arn}");
+    assert!(
+        status
+            .kms_key_arn
+            .unwrap()
+            .contains(&format!(":{account}:"))
+    );
+    assert!(
+        status
+            .stack
+            .unwrap()
+            .id
+            .unwrap()
+            .contains(&format!(":{account}:"))
+    );
+    // Invisible to the operator's own account.
+    let rds = aws_sdk_rds::Client::new(&moto("eu-west-1").await);
+    let own = rds.describe_db_instances().send().await.unwrap();
+    assert!(
+        own.db_instances()
+            .iter()
+            .all(|db| !db.db_instance_arn().unwrap_or_default().contains(account))
+    );
+    let assumed =
+        "openemr_aws_api_calls_total{service=\"sts\",operation=\"AssumeRole\",outcome=\"success\"}";
+    assert_eq!(
+        operator.metric(assumed).await,
+        1,
+        "credentials cached and reused"
+    );
     drop(operator);
 }
