@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/openemr-operator
 
-.PHONY: build crds lint unit test test-dev prepare controlplane moto linters dev-up dev-down demo demo-down clean
+.PHONY: build crds lint unit test test-dev bench prepare controlplane moto linters dev-up dev-down demo demo-down clean
 
 build:
 	$(CARGO) build
@@ -40,6 +40,15 @@ test: prepare lint
 ## stop `make demo`'s operator first with `make demo-down`).
 test-dev: demo-down
 	OPENEMR_TEST_ENV=$(CURDIR)/.dev/env $(CARGO) test --all-targets
+
+## bench: the scale benchmark (CLINICS clinics, default 100) on its own control plane +
+## moto; writes bench/scale-$(CLINICS).{md,json}. BENCH_ARGS adds options, e.g.
+## `make bench CLINICS=1000 BENCH_ARGS="--inventory-interval 30s"` (see `--help`).
+CLINICS ?= 100
+BENCH_ARGS ?=
+bench: prepare
+	$(CARGO) bench --bench scale -- --clinics $(CLINICS) $(BENCH_ARGS)
+	@bash hack/dev-env.sh wait-stopped
 
 ## dev-up / dev-down: the local environment in the background; `source .dev/env` to use it.
 dev-up: prepare

@@ -33,6 +33,10 @@ moto 5.2.5 also answers `Fn::GetAZs ""` (the stack's region) with us-east-1's zo
 every region, so a new VPC's subnets of a stack in eu-west-1 land in `us-east-1a`, ...;
 `Fn::GetAZs` here gives the zones of the region asked for, `""` meaning the stack's.
 
+moto 5.2.5 stores the `KeyPolicy` of an AWS::KMS::Key made by CloudFormation as the
+template's JSON object where its KMS API keeps a string, so DescribeKey of any such key
+fails with HTTP 500 (`json.loads` of a dict). Here the policy is stored as a JSON string.
+
 Nothing is needed for EFS: moto names a file system's creation token after the stack, the
 logical id and a random suffix, so many clinic stacks share an account and region. Nor for
 stack tags, which moto puts on EC2 resources only: no test reads them elsewhere.
@@ -45,6 +49,7 @@ silently disable or shadow it.
 """
 
 import inspect
+import json
 import re
 
 import moto
@@ -55,6 +60,7 @@ from moto.core import serialize
 from moto.core.serialize import S3Serializer
 from moto.core.common_models import CloudFormationModel
 from moto.elasticache.models import ElastiCacheBackend, elasticache_backends
+from moto.kms.models import Key as KmsKey
 from moto.rds.models import DBParameterGroup, DBSubnetGroup
 from moto.s3.models import FakeBucket, S3Backend, s3_backends
 from moto.utilities.utils import get_partition
@@ -392,6 +398,25 @@ def _clean_json(resource_json, resources_map):
 
 
 parsing.clean_json = _clean_json
+
+_moto_key_create = KmsKey.create_from_cloudformation_json
+
+
+def _key_create(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    properties = cloudformation_json.get("Properties", {})
+    if isinstance(properties.get("KeyPolicy"), dict):
+        properties = {**properties, "KeyPolicy": json.dumps(properties["KeyPolicy"])}
+        cloudformation_json = {**cloudformation_json, "Properties": properties}
+    return _moto_key_create(resource_name, cloudformation_json, account_id, region_name, **kwargs)
+
+
+import moto.kms.policy_validator  # noqa: E402  (checked below, before patching)
+
+_require(
+    "json.loads(key.policy)" in inspect.getsource(moto.kms.policy_validator),
+    "moto's KMS no longer reads key policies as JSON strings",
+)
+KmsKey.create_from_cloudformation_json = classmethod(_key_create)
 
 # In case anything asked for the models already: the next request sees these two.
 for _cached in (parsing.get_model_list, parsing.get_model_map, parsing.get_name_type_map):

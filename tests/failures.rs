@@ -196,20 +196,7 @@ async fn a_blip_across_100_clinics_costs_no_status_write_and_no_event() {
     }
     forbid_secrets(env);
     // Budgets wide open: this test is about the driver, and moto answers at once.
-    let operator = Operator::start_with(
-        env,
-        Some(&ns.name),
-        &[
-            "--cloudformation-requests-per-second",
-            "1000",
-            "--cloudformation-burst",
-            "1000",
-            "--rds-requests-per-second",
-            "1000",
-            "--rds-burst",
-            "1000",
-        ],
-    );
+    let operator = Operator::start_with(env, Some(&ns.name), &support::WIDE_BUDGETS);
     operator.wait_for("/readyz", 200).await;
     eventually(
         Duration::from_secs(30),

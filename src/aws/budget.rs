@@ -28,15 +28,19 @@ pub enum Service {
     S3,
     Sts,
     SecretsManager,
+    Kms,
+    Efs,
 }
 
 impl Service {
-    pub const ALL: [Service; 5] = [
+    pub const ALL: [Service; 7] = [
         Service::Rds,
         Service::CloudFormation,
         Service::S3,
         Service::Sts,
         Service::SecretsManager,
+        Service::Kms,
+        Service::Efs,
     ];
 
     /// The service label of `openemr_aws_api_calls_total` (the SDK's service name, lowercase,
@@ -48,6 +52,8 @@ impl Service {
             Service::S3 => "s3",
             Service::Sts => "sts",
             Service::SecretsManager => "secretsmanager",
+            Service::Kms => "kms",
+            Service::Efs => "efs",
         }
     }
 }
@@ -75,6 +81,8 @@ pub struct BudgetConfig {
     pub s3: Rate,
     pub sts: Rate,
     pub secrets_manager: Rate,
+    pub kms: Rate,
+    pub efs: Rate,
 }
 
 impl BudgetConfig {
@@ -85,6 +93,8 @@ impl BudgetConfig {
             Service::S3 => self.s3,
             Service::Sts => self.sts,
             Service::SecretsManager => self.secrets_manager,
+            Service::Kms => self.kms,
+            Service::Efs => self.efs,
         }
     }
 }
@@ -118,6 +128,15 @@ impl Default for BudgetConfig {
             secrets_manager: Rate {
                 per_second: 20,
                 burst: 10,
+            },
+            // KMS and EFS are called only to delete a clinic's key and file system.
+            kms: Rate {
+                per_second: 5,
+                burst: 5,
+            },
+            efs: Rate {
+                per_second: 5,
+                burst: 5,
             },
         }
     }
@@ -156,6 +175,18 @@ pub struct BudgetFlags {
     /// Secrets Manager requests that may go at once after a quiet period.
     #[arg(long, env = "SECRETSMANAGER_BURST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub secretsmanager_burst: u32,
+    /// KMS requests per second, per account and region.
+    #[arg(long, env = "KMS_REQUESTS_PER_SECOND", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub kms_requests_per_second: u32,
+    /// KMS requests that may go at once after a quiet period.
+    #[arg(long, env = "KMS_BURST", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub kms_burst: u32,
+    /// EFS requests per second, per account and region.
+    #[arg(long, env = "EFS_REQUESTS_PER_SECOND", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub efs_requests_per_second: u32,
+    /// EFS requests that may go at once after a quiet period.
+    #[arg(long, env = "EFS_BURST", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub efs_burst: u32,
 }
 
 impl BudgetFlags {
@@ -180,6 +211,14 @@ impl BudgetFlags {
             secrets_manager: Rate {
                 per_second: self.secretsmanager_requests_per_second,
                 burst: self.secretsmanager_burst,
+            },
+            kms: Rate {
+                per_second: self.kms_requests_per_second,
+                burst: self.kms_burst,
+            },
+            efs: Rate {
+                per_second: self.efs_requests_per_second,
+                burst: self.efs_burst,
             },
         }
     }

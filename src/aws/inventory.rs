@@ -26,6 +26,9 @@ use super::rds::{Databases, DbInstance};
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub taken: Option<Instant>,
+    /// When the stacks were listed: less often than the instances (see
+    /// [`STACK_REFRESH_INTERVALS`]).
+    pub stacks_taken: Option<Instant>,
     /// By DB instance identifier.
     pub databases: HashMap<String, DbInstance>,
     /// By stack name.
@@ -37,6 +40,11 @@ impl Snapshot {
         self.taken.map(|t| t.elapsed())
     }
 }
+
+/// Stacks are listed every this many inventory intervals (30 minutes at the default 5):
+/// they change only when the operator changes them (and a clinic with a change in flight
+/// reads its own stack), and listing them costs as many pages as the instances.
+pub const STACK_REFRESH_INTERVALS: u32 = 6;
 
 /// The clinic a resource belongs to, from the operator's tags on it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -136,6 +144,10 @@ impl Inventory {
         self.interval
     }
 
+    fn stack_max_age(&self) -> Duration {
+        self.interval * STACK_REFRESH_INTERVALS
+    }
+
     fn region(&self, clients: &Arc<AwsClients>) -> Arc<Region> {
         let key = (clients.account.clone(), clients.region.clone());
         let mut regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
@@ -162,7 +174,7 @@ impl Inventory {
         let region = self.region(clients);
         let mut held = region.snapshot.lock().await;
         if held.age().is_none_or(|age| age >= self.interval) {
-            *held = Arc::new(take(&region.clients).await?);
+            *held = Arc::new(take(&region.clients, &held, self.stack_max_age()).await?);
         }
         Ok(held.clone())
     }
@@ -188,7 +200,7 @@ impl Inventory {
                 if held.age().is_some_and(|age| age < self.interval / 2) {
                     continue;
                 }
-                match take(&region.clients).await {
+                match take(&region.clients, &held, self.stack_max_age()).await {
                     Ok(fresh) => {
                         let owners = changed_owners(&held, &fresh, &self.cluster);
                         debug!(account = %region.clients.account, region = %region.clients.region, changed = owners.len(), "inventory refreshed");
@@ -205,8 +217,13 @@ impl Inventory {
     }
 }
 
-/// Reads every DB instance and stack of one account and region, page by page.
-async fn take(clients: &AwsClients) -> Result<Snapshot, AwsError> {
+/// Reads every DB instance of one account and region, page by page, and every stack unless
+/// `previous` listed them less than `stack_max_age` ago.
+async fn take(
+    clients: &AwsClients,
+    previous: &Snapshot,
+    stack_max_age: Duration,
+) -> Result<Snapshot, AwsError> {
     let mut databases = HashMap::new();
     let mut marker = None;
     loop {
@@ -217,18 +234,27 @@ async fn take(clients: &AwsClients) -> Result<Snapshot, AwsError> {
             None => break,
         }
     }
-    let mut stacks = HashMap::new();
-    let mut token = None;
-    loop {
-        let (page, next) = clients.list_stacks(token).await?;
-        stacks.extend(page.into_iter().map(|s| (s.name.clone(), s)));
-        match next {
-            Some(t) => token = Some(t),
-            None => break,
+    let stacks_fresh = previous
+        .stacks_taken
+        .is_some_and(|t| t.elapsed() < stack_max_age);
+    let (stacks, stacks_taken) = if stacks_fresh {
+        (previous.stacks.clone(), previous.stacks_taken)
+    } else {
+        let mut stacks = HashMap::new();
+        let mut token = None;
+        loop {
+            let (page, next) = clients.list_stacks(token).await?;
+            stacks.extend(page.into_iter().map(|s| (s.name.clone(), s)));
+            match next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
         }
-    }
+        (stacks, Some(Instant::now()))
+    };
     Ok(Snapshot {
         taken: Some(Instant::now()),
+        stacks_taken,
         databases,
         stacks,
     })
@@ -259,6 +285,7 @@ mod tests {
     fn snapshot(dbs: Vec<DbInstance>) -> Snapshot {
         Snapshot {
             taken: Some(Instant::now()),
+            stacks_taken: Some(Instant::now()),
             databases: dbs.into_iter().map(|d| (d.identifier.clone(), d)).collect(),
             stacks: HashMap::new(),
         }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod inventory;
 pub mod rds;
 pub mod s3;
+pub mod teardown;
 
 use std::fmt;
 use std::future::Future;
@@ -66,6 +67,8 @@ pub struct AwsClients {
     pub cloudformation: aws_sdk_cloudformation::Client,
     pub secretsmanager: aws_sdk_secretsmanager::Client,
     pub sts: aws_sdk_sts::Client,
+    pub kms: aws_sdk_kms::Client,
+    pub efs: aws_sdk_efs::Client,
     pub budgets: Arc<Budgets>,
 }
 
@@ -108,6 +111,14 @@ impl AwsClients {
             .interceptor(counter.clone())
             .build();
         let sts = aws_sdk_sts::config::Builder::from(config)
+            .region(aws_region.clone())
+            .interceptor(counter.clone())
+            .build();
+        let kms = aws_sdk_kms::config::Builder::from(config)
+            .region(aws_region.clone())
+            .interceptor(counter.clone())
+            .build();
+        let efs = aws_sdk_efs::config::Builder::from(config)
             .region(aws_region)
             .interceptor(counter)
             .build();
@@ -119,6 +130,8 @@ impl AwsClients {
             cloudformation: aws_sdk_cloudformation::Client::from_conf(cloudformation),
             secretsmanager: aws_sdk_secretsmanager::Client::from_conf(secretsmanager),
             sts: aws_sdk_sts::Client::from_conf(sts),
+            kms: aws_sdk_kms::Client::from_conf(kms),
+            efs: aws_sdk_efs::Client::from_conf(efs),
             budgets,
         }
     }

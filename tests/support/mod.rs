@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod operator;
 
 use std::collections::BTreeMap;
@@ -409,6 +410,35 @@ pub fn is_mutating(operation: &str) -> bool {
         .iter()
         .any(|verb| operation.starts_with(verb))
 }
+
+/// A clinic with a new VPC in `region`; `extra` is more of its spec, as YAML lines
+/// indented by two spaces.
+pub fn clinic_manifest(name: &str, region: &str, extra: &str) -> serde_json::Value {
+    documents(&format!(
+        "
+apiVersion: openemr.io/v1alpha1
+kind: OpenEMRDeployment
+metadata: {{name: {name}}}
+spec:
+  aws: {{region: {region}}}
+  network: {{newVpc: {{}}}}
+{extra}
+"
+    ))
+    .remove(0)
+}
+
+/// Operator flags that take the AWS budgets out of the way, for tests about something else.
+pub const WIDE_BUDGETS: [&str; 8] = [
+    "--cloudformation-requests-per-second",
+    "1000",
+    "--cloudformation-burst",
+    "1000",
+    "--rds-requests-per-second",
+    "1000",
+    "--rds-burst",
+    "1000",
+];
 
 /// Every file under `dir` with extension `ext`, sorted.
 pub fn files(dir: &str, ext: &str) -> Vec<PathBuf> {

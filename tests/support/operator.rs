@@ -20,6 +20,17 @@ impl Operator {
 
     /// Like [`Self::start`], with extra arguments to `run` (timings, concurrency).
     pub fn start_with(env: &TestEnv, namespace: Option<&str>, extra: &[&str]) -> Operator {
+        Self::start_with_env(env, namespace, extra, &[])
+    }
+
+    /// Like [`Self::start_with`], with environment variables set over the environment
+    /// file's and the harness's own (e.g. `AWS_ENDPOINT_URL` of a fault proxy).
+    pub fn start_with_env(
+        env: &TestEnv,
+        namespace: Option<&str>,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Operator {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -45,6 +56,7 @@ impl Operator {
             .env("CLUSTER_ID", format!("t{}", std::process::id()))
             // moto finishes everything at once; no need to wait long between looks.
             .env("PROGRESS_INTERVAL", "1s")
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -122,6 +134,19 @@ impl Operator {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("the operator did not exit within 30 s of SIGTERM");
+    }
+
+    /// Kills the process with SIGKILL (no chance to finish anything), waits for it, and
+    /// returns its whole log.
+    pub fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log()
+    }
+
+    /// The operator's process id (its memory is read from `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

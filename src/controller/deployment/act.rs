@@ -20,6 +20,7 @@ use crate::aws::cloudformation::{StackState, Stacks, UpdateOutcome};
 use crate::aws::error::{AwsError, ErrorClass};
 use crate::aws::rds::{Databases, MasterPassword};
 use crate::aws::s3::Buckets;
+use crate::aws::teardown::{KEY_DELETION_WINDOW_DAYS, Teardown};
 use crate::controller::{ClinicAws, Context, Error};
 
 /// Key of the user's Secret that may hold the master password.
@@ -468,6 +469,15 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let own_secret = d.spec.database.credentials_secret_ref.is_none();
     let tags = names::tags(&aws.cluster, &ns, &name, &uid, &d.spec.tags);
+    // What the stack retained, as status last saw it (nothing is known of a stack that
+    // never finished).
+    let status = d.status.clone().unwrap_or_default();
+    let (bucket, file_system, key) = (
+        status.bucket_name,
+        status.file_system_id,
+        status.kms_key_arn,
+    );
+    let delete_all = policy == DeletionPolicy::Delete;
 
     for _ in 0..STEPS_PER_PASS {
         let seen = Seen {
@@ -490,6 +500,27 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
                     .map_err(aws_error("reading the stack"))?
             } else {
                 None
+            },
+            bucket_exists: match (&delete_all, &bucket) {
+                (true, Some(b)) => clients
+                    .bucket_exists(b)
+                    .await
+                    .map_err(aws_error("reading the bucket"))?,
+                _ => false,
+            },
+            file_system_exists: match (&delete_all, &file_system) {
+                (true, Some(f)) => clients
+                    .file_system_exists(f)
+                    .await
+                    .map_err(aws_error("reading the file system"))?,
+                _ => false,
+            },
+            key_state: match (&delete_all, &key) {
+                (true, Some(k)) => clients
+                    .key_state(k)
+                    .await
+                    .map_err(aws_error("reading the KMS key"))?,
+                _ => None,
             },
             credentials_secret: own_secret
                 && policy == DeletionPolicy::Delete
@@ -591,6 +622,49 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
                     names.stack
                 )));
             }
+            Step::DeleteBucket => {
+                let bucket = bucket.as_deref().unwrap_or_default();
+                clients
+                    .empty_and_delete_bucket(bucket)
+                    .await
+                    .map_err(aws_error("deleting the bucket"))?;
+                announce(
+                    ctx,
+                    d,
+                    true,
+                    "BucketDeleted",
+                    &format!("deleted bucket {bucket} and every object version in it"),
+                )
+                .await;
+            }
+            Step::DeleteFileSystem => {
+                let file_system = file_system.as_deref().unwrap_or_default();
+                match clients.delete_file_system(file_system).await {
+                    // Its mount targets are still going.
+                    Err(e) if e.is_conflict() => {
+                        return Err(waiting(format!(
+                            "file system {file_system}'s mount targets to be deleted"
+                        )));
+                    }
+                    other => other.map_err(aws_error("deleting the file system"))?,
+                }
+                announce(
+                    ctx,
+                    d,
+                    true,
+                    "FileSystemDeleted",
+                    &format!("deleted file system {file_system}"),
+                )
+                .await;
+            }
+            Step::ScheduleKeyDeletion => {
+                let key = key.as_deref().unwrap_or_default();
+                clients
+                    .schedule_key_deletion(key)
+                    .await
+                    .map_err(aws_error("scheduling the key's deletion"))?;
+                announce(ctx, d, true, "KeyDeletionScheduled", &format!("KMS key {key} is deleted in {KEY_DELETION_WINDOW_DAYS} days unless a person cancels it")).await;
+            }
             Step::DeleteCredentialsSecret => {
                 match secrets
                     .delete(&names.credentials_secret, &Default::default())
@@ -639,9 +713,20 @@ fn left_behind(
     if policy != DeletionPolicy::Delete && status.stack.as_ref().is_some_and(|s| s.id.is_some()) {
         kept.push(format!("stack {}", names.stack));
     }
-    kept.extend(status.bucket_name.map(|b| format!("bucket {b}")));
-    kept.extend(status.kms_key_arn.map(|k| format!("KMS key {k}")));
-    kept.extend(status.file_system_id.map(|f| format!("file system {f}")));
+    if policy == DeletionPolicy::Delete {
+        // The bucket and file system went; the key stays while a snapshot needs it.
+        if !d.spec.skip_final_snapshot {
+            kept.extend(
+                status
+                    .kms_key_arn
+                    .map(|k| format!("KMS key {k} (the final snapshot is encrypted with it)")),
+            );
+        }
+    } else {
+        kept.extend(status.bucket_name.map(|b| format!("bucket {b}")));
+        kept.extend(status.kms_key_arn.map(|k| format!("KMS key {k}")));
+        kept.extend(status.file_system_id.map(|f| format!("file system {f}")));
+    }
     if policy != DeletionPolicy::Delete && d.spec.database.credentials_secret_ref.is_none() {
         kept.push(format!("Secret {}", names.credentials_secret));
     }

@@ -20,6 +20,11 @@ pub struct Seen {
     pub stack: Option<StackInfo>,
     /// The operator's own credentials Secret exists.
     pub credentials_secret: bool,
+    /// What the stack retained (read for `Delete` only).
+    pub bucket_exists: bool,
+    pub file_system_exists: bool,
+    /// The key's state, `None` when unknown or gone.
+    pub key_state: Option<String>,
 }
 
 /// The next step of a clinic's deletion.
@@ -34,6 +39,12 @@ pub enum Step {
     WaitForDatabase(String),
     DeleteStack,
     WaitForStack(String),
+    /// Empties (every version) and deletes the bucket the stack retained.
+    DeleteBucket,
+    DeleteFileSystem,
+    /// Only without a final snapshot: the snapshot and retained automated backups are
+    /// encrypted with the key, and deleting it would make them unreadable.
+    ScheduleKeyDeletion,
     DeleteCredentialsSecret,
     /// Nothing left to do: the finalizer may go.
     Done,
@@ -79,6 +90,19 @@ pub fn next_step(policy: DeletionPolicy, skip_final_snapshot: bool, seen: &Seen)
             }
             Some(stack) if stack.state() != StackState::Deleted => return Step::DeleteStack,
             _ => {}
+        }
+        if seen.bucket_exists {
+            return Step::DeleteBucket;
+        }
+        if seen.file_system_exists {
+            return Step::DeleteFileSystem;
+        }
+        let key_alive = seen
+            .key_state
+            .as_deref()
+            .is_some_and(|s| !matches!(s, "PendingDeletion" | "PendingReplicaDeletion"));
+        if !snapshot_first && key_alive {
+            return Step::ScheduleKeyDeletion;
         }
         if seen.credentials_secret {
             return Step::DeleteCredentialsSecret;
@@ -247,6 +271,54 @@ mod tests {
         );
         assert_eq!(
             next_step(DeletionPolicy::Delete, false, &Seen::default()),
+            Step::Done
+        );
+    }
+
+    #[test]
+    fn delete_removes_what_the_stack_retained_and_keeps_the_key_a_snapshot_needs() {
+        let retained = Seen {
+            bucket_exists: true,
+            file_system_exists: true,
+            key_state: Some("Enabled".into()),
+            ..Seen::default()
+        };
+        assert_eq!(
+            next_step(DeletionPolicy::Delete, false, &retained),
+            Step::DeleteBucket
+        );
+        let fs_and_key = Seen {
+            bucket_exists: false,
+            ..retained.clone()
+        };
+        assert_eq!(
+            next_step(DeletionPolicy::Delete, false, &fs_and_key),
+            Step::DeleteFileSystem
+        );
+        let key_only = Seen {
+            file_system_exists: false,
+            ..fs_and_key
+        };
+        // With a final snapshot the key stays: the snapshot is encrypted with it.
+        assert_eq!(
+            next_step(DeletionPolicy::Delete, false, &key_only),
+            Step::Done
+        );
+        assert_eq!(
+            next_step(DeletionPolicy::Delete, true, &key_only),
+            Step::ScheduleKeyDeletion
+        );
+        let pending = Seen {
+            key_state: Some("PendingDeletion".into()),
+            ..key_only
+        };
+        assert_eq!(
+            next_step(DeletionPolicy::Delete, true, &pending),
+            Step::Done
+        );
+        // Snapshot keeps all of them.
+        assert_eq!(
+            next_step(DeletionPolicy::Snapshot, false, &retained),
             Step::Done
         );
     }

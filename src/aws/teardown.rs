@@ -1,0 +1,169 @@
+//! Removing what a clinic's stack keeps on purpose (`DeletionPolicy: Retain`): its bucket
+//! (emptied of every object version first), its EFS file system and its KMS key. Used only
+//! by `deletionPolicy: Delete`, after the final snapshot; each call is safe to repeat.
+
+use std::future::Future;
+
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+
+use super::AwsClients;
+use super::budget::Service;
+use super::error::AwsError;
+
+/// Days a scheduled key deletion waits (the most AWS allows), during which a person can
+/// still cancel it.
+pub const KEY_DELETION_WINDOW_DAYS: i32 = 30;
+
+/// What the cleanup of `deletionPolicy: Delete` asks of S3, EFS and KMS.
+pub trait Teardown {
+    fn bucket_exists(&self, bucket: &str) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    /// Deletes every object version and delete marker, then the bucket.
+    fn empty_and_delete_bucket(
+        &self,
+        bucket: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn file_system_exists(&self, id: &str) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    /// Deletes the file system's mount targets, then the file system (a `Conflict` while
+    /// the mount targets are still going).
+    fn delete_file_system(&self, id: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// The key's state (`Enabled`, `PendingDeletion`, …), `None` when it does not exist.
+    fn key_state(&self, key: &str)
+    -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
+    fn schedule_key_deletion(&self, key: &str)
+    -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+impl Teardown for AwsClients {
+    async fn bucket_exists(&self, bucket: &str) -> Result<bool, AwsError> {
+        let request = self.s3.head_bucket().bucket(bucket).send();
+        match self.call(Service::S3, "HeadBucket", request).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn empty_and_delete_bucket(&self, bucket: &str) -> Result<(), AwsError> {
+        let (mut key_marker, mut version_marker) = (None, None);
+        loop {
+            let request = self
+                .s3
+                .list_object_versions()
+                .bucket(bucket)
+                .set_key_marker(key_marker.clone())
+                .set_version_id_marker(version_marker.clone())
+                .send();
+            let page = self
+                .call(Service::S3, "ListObjectVersions", request)
+                .await?;
+            let objects: Vec<ObjectIdentifier> = page
+                .versions()
+                .iter()
+                .map(|v| (v.key(), v.version_id()))
+                .chain(
+                    page.delete_markers()
+                        .iter()
+                        .map(|m| (m.key(), m.version_id())),
+                )
+                .filter_map(|(key, version)| {
+                    ObjectIdentifier::builder()
+                        .key(key?)
+                        .set_version_id(version.map(str::to_string))
+                        .build()
+                        .ok()
+                })
+                .collect();
+            if !objects.is_empty() {
+                let delete = Delete::builder()
+                    .set_objects(Some(objects))
+                    .quiet(true)
+                    .build()
+                    .map_err(|e| AwsError::invalid_request("s3", "DeleteObjects", e.to_string()))?;
+                let request = self
+                    .s3
+                    .delete_objects()
+                    .bucket(bucket)
+                    .delete(delete)
+                    .send();
+                self.call(Service::S3, "DeleteObjects", request).await?;
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
+        }
+        let request = self.s3.delete_bucket().bucket(bucket).send();
+        match self.call(Service::S3, "DeleteBucket", request).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn file_system_exists(&self, id: &str) -> Result<bool, AwsError> {
+        let request = self.efs.describe_file_systems().file_system_id(id).send();
+        match self
+            .call(Service::Efs, "DescribeFileSystems", request)
+            .await
+        {
+            Ok(out) => Ok(!out.file_systems().is_empty()),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete_file_system(&self, id: &str) -> Result<(), AwsError> {
+        let request = self.efs.describe_mount_targets().file_system_id(id).send();
+        let targets = match self
+            .call(Service::Efs, "DescribeMountTargets", request)
+            .await
+        {
+            Ok(out) => out.mount_targets().to_vec(),
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for target in targets {
+            let request = self
+                .efs
+                .delete_mount_target()
+                .mount_target_id(target.mount_target_id())
+                .send();
+            match self.call(Service::Efs, "DeleteMountTarget", request).await {
+                Err(e) if !e.is_not_found() => return Err(e),
+                _ => {}
+            }
+        }
+        let request = self.efs.delete_file_system().file_system_id(id).send();
+        match self.call(Service::Efs, "DeleteFileSystem", request).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn key_state(&self, key: &str) -> Result<Option<String>, AwsError> {
+        let request = self.kms.describe_key().key_id(key).send();
+        match self.call(Service::Kms, "DescribeKey", request).await {
+            Ok(out) => Ok(out
+                .key_metadata()
+                .and_then(|m| m.key_state())
+                .map(|s| s.as_str().to_string())),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn schedule_key_deletion(&self, key: &str) -> Result<(), AwsError> {
+        // AWS takes the key's ARN or id; the id alone also suits emulators that look keys
+        // up by id only (moto 5.2).
+        let key_id = key.rsplit('/').next().unwrap_or(key);
+        let request = self
+            .kms
+            .schedule_key_deletion()
+            .key_id(key_id)
+            .pending_window_in_days(KEY_DELETION_WINDOW_DAYS)
+            .send();
+        self.call(Service::Kms, "ScheduleKeyDeletion", request)
+            .await
+            .map(|_| ())
+    }
+}

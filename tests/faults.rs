@@ -1,0 +1,648 @@
+//! AWS misbehaving between the operator and moto, through the fault proxy of
+//! `tests/support/faults.rs`: the proxy answers as AWS would; clinics converge through
+//! throttling and 5xx at about twice the requests; a permanent `AccessDenied` is reported
+//! and backed off, and heals by itself once lifted; an operator killed (SIGKILL) around its
+//! creates leaves exactly one of each thing once a restarted operator converges.
+//!
+//! Every operator here watches its own namespace only: the tests of this binary run at once.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use aws_config::SdkConfig;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use openemr_operator::api::OpenEMRDeployment;
+use openemr_operator::aws::{AwsError, ErrorClass};
+use openemr_operator::controller::deployment::names::{ClinicNames, ClusterId};
+use support::faults::{AwsFault, FaultProxy, Outcome, Rule};
+use support::operator::Operator;
+use support::{TestNamespace, apply, condition, env, eventually, wait_for_reason};
+
+/// Retries after 1, 2, 4, 4 s instead of 15 s doubling to 10 min, so a test sees several.
+const FAST_RETRIES: [&str; 4] = ["--retry-initial", "1s", "--retry-max", "4s"];
+
+fn clinic(name: &str, region: &str) -> serde_json::Value {
+    support::clinic_manifest(name, region, "")
+}
+
+/// An operator for namespace `ns` whose AWS is the proxy.
+fn operator_through(proxy: &FaultProxy, ns: &str, args: &[&str]) -> Operator {
+    let url = proxy.url();
+    Operator::start_with_env(env(), Some(ns), args, &[("AWS_ENDPOINT_URL", &url)])
+}
+
+/// An SDK configuration in `region` whose endpoint is `endpoint`, with the environment's
+/// credentials, retrying as the SDK does by default unless `retries` is false.
+async fn sdk_config(endpoint: &str, region: &str, retries: bool) -> SdkConfig {
+    let mut loader = openemr_operator::aws::base_config_loader()
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new(region.to_string()))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            env().var("AWS_ACCESS_KEY_ID"),
+            env().var("AWS_SECRET_ACCESS_KEY"),
+            None,
+            None,
+            "test",
+        ));
+    if !retries {
+        loader = loader.retry_config(aws_config::retry::RetryConfig::disabled());
+    }
+    loader.load().await
+}
+
+/// The names the operators of this test process give a clinic's AWS resources.
+fn names_of(ns: &str, name: &str) -> ClinicNames {
+    let cluster = ClusterId::parse(&format!("t{}", std::process::id())).unwrap();
+    ClinicNames::new(&cluster, ns, name)
+}
+
+async fn is_ready(api: &Api<OpenEMRDeployment>, name: &str) -> bool {
+    condition(api, name, "Ready")
+        .await
+        .is_some_and(|c| c.reason == "InfrastructureReady" && c.status == "True")
+}
+
+#[tokio::test]
+async fn the_proxy_answers_as_aws_does_and_the_operator_reads_it_so() {
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let region = "ap-southeast-2";
+    let config = sdk_config(&proxy.url(), region, true).await;
+    let cfn = aws_sdk_cloudformation::Client::new(&config);
+    let rds = aws_sdk_rds::Client::new(&config);
+    let secrets = aws_sdk_secretsmanager::Client::new(&config);
+    let s3 = support::TestEnv::s3(&config);
+
+    // Nothing set: everything passes, named by its operation.
+    cfn.describe_stacks().send().await.unwrap();
+    secrets.list_secrets().send().await.unwrap();
+    s3.list_buckets().send().await.unwrap();
+    for op in ["DescribeStacks", "ListSecrets", "s3:GET"] {
+        let c = proxy.counts(op);
+        assert_eq!((c.seen, c.forwarded, c.answered), (1, 1, 1), "{op}: {c:?}");
+    }
+
+    // Throttling, in each protocol as AWS words it; the SDK retries it (3 attempts).
+    proxy.set("*", Rule::default().throttle(1.0));
+    let e = cfn.describe_stacks().send().await.unwrap_err();
+    let e = AwsError::from_sdk("cloudformation", "DescribeStacks", e);
+    assert_eq!(
+        (e.class, e.code.as_str()),
+        (ErrorClass::Throttled, "Throttling")
+    );
+    assert_eq!(proxy.counts("DescribeStacks").throttled, 3);
+    let e = secrets.list_secrets().send().await.unwrap_err();
+    let e = AwsError::from_sdk("secretsmanager", "ListSecrets", e);
+    assert_eq!(
+        (e.class, e.code.as_str(), e.message.as_str()),
+        (
+            ErrorClass::Throttled,
+            "ThrottlingException",
+            "Rate exceeded"
+        )
+    );
+    let e = s3.list_buckets().send().await.unwrap_err();
+    let e = AwsError::from_sdk("s3", "ListBuckets", e);
+    assert_eq!(
+        (e.class, e.code.as_str()),
+        (ErrorClass::Throttled, "SlowDown")
+    );
+
+    // 5xx: retried by the SDK, then a retryable error.
+    proxy.set("*", Rule::default().server_error(1.0));
+    let e = cfn.describe_stacks().send().await.unwrap_err();
+    let e = AwsError::from_sdk("cloudformation", "DescribeStacks", e);
+    assert_eq!(e.class, ErrorClass::Retryable, "{e}");
+    assert!(
+        ["InternalFailure", "ServiceUnavailable"].contains(&e.code.as_str()),
+        "{e}"
+    );
+    assert_eq!(proxy.counts("DescribeStacks").server_errors, 3);
+
+    // A reset: the connection closes without an answer, nothing reaches moto.
+    proxy.set("*", Rule::default().reset(1.0));
+    let forwarded = proxy.counts("DescribeStacks").forwarded;
+    let e = cfn.describe_stacks().send().await.unwrap_err();
+    let e = AwsError::from_sdk("cloudformation", "DescribeStacks", e);
+    assert_eq!(
+        (e.class, e.code.as_str()),
+        (ErrorClass::Retryable, "DispatchFailure"),
+        "{e}"
+    );
+    let c = proxy.counts("DescribeStacks");
+    assert_eq!((c.resets, c.forwarded), (3, forwarded), "{c:?}");
+
+    // A fixed error, not retried by the SDK; the create never reaches moto.
+    proxy.clear_all();
+    proxy.set(
+        "CreateDBInstance",
+        Rule::default().error(AwsFault::access_denied("rds:CreateDBInstance")),
+    );
+    let e = rds
+        .create_db_instance()
+        .db_instance_identifier("denied-db")
+        .db_instance_class("db.t3.micro")
+        .engine("mysql")
+        .allocated_storage(20)
+        .master_username("admin")
+        .master_user_password("password123")
+        .send()
+        .await
+        .unwrap_err();
+    let e = AwsError::from_sdk("rds", "CreateDBInstance", e);
+    assert_eq!(
+        (e.class, e.code.as_str()),
+        (ErrorClass::AccessDenied, "AccessDenied")
+    );
+    assert!(e.message.contains("rds:CreateDBInstance"), "{e}");
+    let c = proxy.counts("CreateDBInstance");
+    assert_eq!((c.seen, c.errors, c.forwarded), (1, 1, 0), "{c:?}");
+    let direct = aws_sdk_rds::Client::new(&env().aws(Some(region)).await);
+    assert!(
+        direct
+            .describe_db_instances()
+            .db_instance_identifier("denied-db")
+            .send()
+            .await
+            .is_err(),
+        "the denied create did not happen"
+    );
+
+    // Latency: the call waits, then succeeds; it is in flight meanwhile.
+    proxy.set("*", Rule::default().latency(Duration::from_millis(800)));
+    let started = Instant::now();
+    let call = tokio::spawn({
+        let cfn = cfn.clone();
+        async move { cfn.describe_stacks().send().await }
+    });
+    proxy
+        .wait_until("DescribeStacks", Duration::from_secs(5), "in flight", |c| {
+            c.in_flight == 1
+        })
+        .await;
+    call.await.unwrap().unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    assert_eq!(proxy.counts("DescribeStacks").in_flight, 0);
+
+    // A rule for the next request only: the SDK's retry gets through.
+    proxy.set("DescribeStacks", Rule::default().throttle(1.0).times(1));
+    let before = proxy.counts("DescribeStacks");
+    cfn.describe_stacks().send().await.unwrap();
+    let after = proxy.counts("DescribeStacks");
+    assert_eq!(
+        (
+            after.throttled - before.throttled,
+            after.forwarded - before.forwarded
+        ),
+        (1, 1)
+    );
+
+    // The same seed draws the same faults for the same requests; another seed others.
+    let outcomes = |seed: u64| async move {
+        let proxy = FaultProxy::start_seeded(env().var("AWS_ENDPOINT_URL"), seed);
+        proxy.set("*", Rule::default().throttle(0.3).server_error(0.05));
+        let cfn =
+            aws_sdk_cloudformation::Client::new(&sdk_config(&proxy.url(), region, false).await);
+        for _ in 0..40 {
+            let _ = cfn.describe_stacks().send().await;
+        }
+        let history: Vec<Outcome> = proxy
+            .history("DescribeStacks")
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect();
+        history
+    };
+    let first = outcomes(42).await;
+    let faults = first.iter().filter(|o| o.is_fault()).count();
+    assert!(
+        (5..=25).contains(&faults),
+        "{faults} faults of 40: {first:?}"
+    );
+    assert_eq!(first, outcomes(42).await);
+    assert_ne!(first, outcomes(43).await);
+    println!("{}", proxy.report());
+}
+
+/// Ten clinics through 30% throttling and 5% 5xx on every operation become ready, at no
+/// more than about twice the requests ten clinics cost without faults.
+#[tokio::test]
+async fn ten_clinics_converge_through_throttling_and_5xx_at_about_twice_the_requests() {
+    const CLINICS: usize = 10;
+    let client = env().admin().await;
+    let region = "us-east-2";
+    let clean_ns = TestNamespace::new(env(), "faults-clean").await;
+    let faulty_ns = TestNamespace::new(env(), "faults-faulty").await;
+    let clean = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let faulty = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    faulty.set("*", Rule::default().throttle(0.3).server_error(0.05));
+    for ns in [&clean_ns, &faulty_ns] {
+        for i in 0..CLINICS {
+            apply(&client, &ns.name, &clinic(&format!("clinic-{i}"), region))
+                .await
+                .unwrap();
+        }
+    }
+    let args: Vec<&str> = FAST_RETRIES
+        .iter()
+        .chain(&support::WIDE_BUDGETS)
+        .copied()
+        .collect();
+    let started = Instant::now();
+    let _clean_operator = operator_through(&clean, &clean_ns.name, &args);
+    let faulty_operator = operator_through(&faulty, &faulty_ns.name, &args);
+
+    let mut took = Vec::new();
+    for (ns, proxy) in [(&clean_ns, &clean), (&faulty_ns, &faulty)] {
+        let api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+        eventually(
+            Duration::from_secs(100),
+            &format!("{CLINICS} clinics ready in {}", ns.name),
+            || async {
+                for i in 0..CLINICS {
+                    if !is_ready(&api, &format!("clinic-{i}")).await {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+        took.push((started.elapsed(), proxy.total()));
+        for i in 0..CLINICS {
+            let synced = condition(&api, &format!("clinic-{i}"), "Synced")
+                .await
+                .unwrap();
+            assert_eq!(synced.status, "True", "clinic-{i}: {synced:?}");
+        }
+    }
+    let (clean_took, clean_total) = took[0];
+    let (faulty_took, faulty_total) = took[1];
+    println!(
+        "without faults: {} requests, ready after {clean_took:?}\n{}",
+        clean_total.seen,
+        clean.report()
+    );
+    println!(
+        "with 30% throttling + 5% 5xx (seed {:#x}): {} requests ({} faulted, {} forwarded), \
+         ready after {faulty_took:?}, {:.2}× the requests\n{}",
+        faulty.seed(),
+        faulty_total.seen,
+        faulty_total.faulted(),
+        faulty_total.forwarded,
+        faulty_total.seen as f64 / clean_total.seen as f64,
+        faulty.report()
+    );
+    let retried = faulty_operator
+        .metric("openemr_reconciliations_total{controller=\"openemrdeployment\",result=\"AwsThrottled\"}")
+        .await;
+    println!("reconciles that failed on throttling after the SDK's retries: {retried}");
+    assert!(faulty_total.throttled > 0 && faulty_total.server_errors > 0);
+    assert!(
+        faulty_total.seen as f64 <= 2.5 * clean_total.seen as f64,
+        "{} requests with faults, {} without",
+        faulty_total.seen,
+        clean_total.seen
+    );
+    // Faults come before moto: each create that reached it is the one it needed.
+    for op in ["CreateStack", "CreateDBInstance"] {
+        assert_eq!(
+            clean.counts(op).forwarded,
+            CLINICS as u64,
+            "{op} without faults"
+        );
+        assert_eq!(
+            faulty.counts(op).forwarded,
+            CLINICS as u64,
+            "{op} with faults"
+        );
+    }
+}
+
+/// A create AWS refuses is reported with the operation named, retried with backoff (no
+/// hot loop), and goes through by itself once allowed.
+#[tokio::test]
+async fn access_denied_is_reported_backed_off_and_heals_once_lifted() {
+    let client = env().admin().await;
+    let region = "eu-west-1";
+    let ns = TestNamespace::new(env(), "faults-denied").await;
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    proxy.set(
+        "CreateDBInstance",
+        Rule::default().error(AwsFault::access_denied("rds:CreateDBInstance")),
+    );
+    apply(&client, &ns.name, &clinic("denied", region))
+        .await
+        .unwrap();
+    let operator = operator_through(&proxy, &ns.name, &FAST_RETRIES);
+    let api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+
+    let synced = wait_for_reason(&api, "denied", "Synced", "AwsAccessDenied").await;
+    assert_eq!(synced.status, "False");
+    for part in [
+        "CreateDBInstance",
+        "AccessDenied",
+        "not authorized to perform: rds:CreateDBInstance",
+    ] {
+        assert!(synced.message.contains(part), "{part}: {}", synced.message);
+    }
+    let first = proxy.history("CreateDBInstance")[0].0;
+    let window = Duration::from_secs(15);
+    tokio::time::sleep_until((first + window).into()).await;
+    let attempts: Vec<_> = proxy
+        .history("CreateDBInstance")
+        .into_iter()
+        .filter(|(at, _)| *at < first + window)
+        .collect();
+    let gaps: Vec<String> = attempts
+        .windows(2)
+        .map(|w| format!("{:.1}s", (w[1].0 - w[0].0).as_secs_f64()))
+        .collect();
+    println!(
+        "CreateDBInstance denied {} times in the {window:?} after the first denial; gaps {gaps:?}",
+        attempts.len()
+    );
+    assert!(
+        attempts.iter().all(|(_, o)| matches!(o, Outcome::Error(_))),
+        "{attempts:?}"
+    );
+    // 1, 2, 4, 4, 4 s apart (jittered up to 10%): 5 in 15 s; a hot loop makes hundreds.
+    assert!(
+        (2..=6).contains(&attempts.len()),
+        "{} CreateDBInstance requests in {window:?}; log:\n{}",
+        attempts.len(),
+        operator.log()
+    );
+    assert_eq!(proxy.counts("CreateDBInstance").forwarded, 0);
+
+    // Allowed again: the next retry creates it, and the clinic becomes ready by itself.
+    proxy.clear("CreateDBInstance");
+    let lifted = Instant::now();
+    wait_for_reason(&api, "denied", "Ready", "InfrastructureReady").await;
+    println!("ready {:?} after the denial was lifted", lifted.elapsed());
+    eventually(Duration::from_secs(10), "Synced=True", || async {
+        condition(&api, "denied", "Synced")
+            .await
+            .filter(|c| c.status == "True")
+    })
+    .await;
+    assert_eq!(proxy.counts("CreateDBInstance").forwarded, 1);
+    assert_eq!(operator.terminate().code(), Some(0));
+}
+
+/// AWS creates the stack and the database but their answers are lost (a 503 instead):
+/// the SDK's retry meets the resource already there, which the operator takes as done.
+#[tokio::test]
+async fn a_create_whose_answer_is_lost_is_not_made_twice() {
+    let client = env().admin().await;
+    let region = "ca-central-1";
+    let name = "lost";
+    let ns = TestNamespace::new(env(), "faults-lost").await;
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    for op in ["CreateStack", "CreateDBInstance"] {
+        proxy.set(op, Rule::default().lose_answer(1.0).times(1));
+    }
+    apply(&client, &ns.name, &clinic(name, region))
+        .await
+        .unwrap();
+    let operator = operator_through(&proxy, &ns.name, &FAST_RETRIES);
+    let api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    wait_for_reason(&api, name, "Ready", "InfrastructureReady").await;
+    println!("{}", proxy.report());
+    let moto = env().aws(Some(region)).await;
+    let left = left_behind(
+        &aws_sdk_cloudformation::Client::new(&moto),
+        &aws_sdk_rds::Client::new(&moto),
+        &Api::namespaced(client.clone(), &ns.name),
+        &names_of(&ns.name, name),
+    )
+    .await;
+    assert_eq!((left.stacks, left.databases), (1, 1));
+    assert_eq!(left.secrets, [format!("{name}-db-credentials")]);
+    for op in ["CreateStack", "CreateDBInstance"] {
+        let c = proxy.counts(op);
+        assert_eq!(c.answers_lost, 1, "{op}: {c:?}");
+        // The lost one and the SDK's retry, which found it done.
+        assert_eq!(c.forwarded, 2, "{op}: {c:?}");
+    }
+    assert_eq!(operator.terminate().code(), Some(0));
+}
+
+/// What a killed operator may have left in AWS and the cluster for one clinic, counted.
+struct Left {
+    stacks: usize,
+    databases: usize,
+    secrets: Vec<String>,
+}
+
+async fn left_behind(
+    cfn: &aws_sdk_cloudformation::Client,
+    rds: &aws_sdk_rds::Client,
+    secrets: &Api<Secret>,
+    names: &ClinicNames,
+) -> Left {
+    let mut stacks = 0;
+    let mut token = None;
+    loop {
+        let page = cfn
+            .list_stacks()
+            .set_next_token(token)
+            .send()
+            .await
+            .unwrap();
+        stacks += page
+            .stack_summaries()
+            .iter()
+            .filter(|s| s.stack_name() == Some(names.stack.as_str()))
+            .count();
+        token = page.next_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    let databases = match rds
+        .describe_db_instances()
+        .db_instance_identifier(&names.db_instance)
+        .send()
+        .await
+    {
+        Ok(out) => out.db_instances().len(),
+        Err(e) => {
+            let text = format!("{e:?}");
+            assert!(text.contains("DBInstanceNotFound"), "{text}");
+            0
+        }
+    };
+    let secrets = secrets
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .filter(|n| n.ends_with("-db-credentials"))
+        .collect();
+    Left {
+        stacks,
+        databases,
+        secrets,
+    }
+}
+
+/// Polls (every 5 ms, up to 60 s) until the clinic's recorded intent is `action`, then
+/// kills the operator. Returns whether the call had not gone out by then: nothing of it
+/// reached the proxy (which would see a request written before the kill).
+async fn kill_at_intent(
+    operator: Operator,
+    api: &Api<OpenEMRDeployment>,
+    name: &str,
+    action: &str,
+    proxy: &FaultProxy,
+) -> bool {
+    let before = proxy.counts(action).seen;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let intent = api
+            .get(name)
+            .await
+            .ok()
+            .and_then(|d| d.status)
+            .and_then(|s| s.in_flight)
+            .map(|i| i.action);
+        if intent.as_deref() == Some(action) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no intent {action} within 60 s; log:\n{}",
+            operator.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    operator.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.counts(action).seen == before
+}
+
+/// Kills the operator while a call of `action`, held by the proxy for 3 s before it goes
+/// on to moto, is in flight; returns once moto has answered it.
+async fn kill_in_flight(operator: Operator, action: &str, proxy: &FaultProxy) {
+    proxy.set(action, Rule::default().latency(Duration::from_secs(3)));
+    proxy
+        .wait_until(
+            action,
+            Duration::from_secs(60),
+            "a request in flight",
+            |c| c.in_flight > 0,
+        )
+        .await;
+    operator.kill();
+    proxy.clear(action);
+    proxy
+        .wait_until(action, Duration::from_secs(10), "moto's answer", |c| {
+            c.in_flight == 0 && c.answered > 0
+        })
+        .await;
+}
+
+/// SIGKILL at four points around the two creates: after the stack's intent is recorded and
+/// before the call; with the call in flight; the same for the database. Each restart
+/// finds what the last one left; in the end there is exactly one stack, one DB instance
+/// and one credentials Secret, each create reached AWS once, and the clinic is ready.
+#[tokio::test]
+async fn sigkill_around_the_creates_leaves_exactly_one_of_each() {
+    let client = env().admin().await;
+    let region = "eu-central-1";
+    let name = "killed";
+    let ns = TestNamespace::new(env(), "faults-kill").await;
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    apply(&client, &ns.name, &clinic(name, region))
+        .await
+        .unwrap();
+    let api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let moto = env().aws(Some(region)).await;
+    let cfn = aws_sdk_cloudformation::Client::new(&moto);
+    let rds = aws_sdk_rds::Client::new(&moto);
+    let names = names_of(&ns.name, name);
+    // A budget of one request per second and service: the create waits for its token
+    // after the describe before it took the last one, so the intent stands in status
+    // about a second before the call goes out.
+    let paced: Vec<&str> = FAST_RETRIES
+        .iter()
+        .copied()
+        .chain([
+            "--cloudformation-requests-per-second",
+            "1",
+            "--cloudformation-burst",
+            "1",
+            "--rds-requests-per-second",
+            "1",
+            "--rds-burst",
+            "1",
+        ])
+        .collect();
+    let start = || operator_through(&proxy, &ns.name, &paced);
+    let mut points = Vec::new();
+
+    // 1. The stack's intent recorded, the call not made.
+    let hit = kill_at_intent(start(), &api, name, "CreateStack", &proxy).await;
+    let left = left_behind(&cfn, &rds, &secrets, &names).await;
+    assert_eq!((left.stacks, left.databases), (0, 0));
+    assert!(left.secrets.len() <= 1, "{:?}", left.secrets);
+    points.push(("CreateStack intent recorded, call not sent", hit));
+
+    // 2. CreateStack in flight: moto creates the stack after the operator died.
+    kill_in_flight(start(), "CreateStack", &proxy).await;
+    let left = left_behind(&cfn, &rds, &secrets, &names).await;
+    assert_eq!((left.stacks, left.databases), (1, 0));
+    assert_eq!(left.secrets, [format!("{name}-db-credentials")]);
+    points.push(("CreateStack in flight (done by moto after the kill)", true));
+
+    // 3. The database's intent recorded, the call not made.
+    let hit = kill_at_intent(start(), &api, name, "CreateDBInstance", &proxy).await;
+    let left = left_behind(&cfn, &rds, &secrets, &names).await;
+    assert_eq!((left.stacks, left.databases), (1, 0));
+    points.push(("CreateDBInstance intent recorded, call not sent", hit));
+
+    // 4. CreateDBInstance in flight.
+    kill_in_flight(start(), "CreateDBInstance", &proxy).await;
+    let left = left_behind(&cfn, &rds, &secrets, &names).await;
+    assert_eq!((left.stacks, left.databases), (1, 1));
+    points.push((
+        "CreateDBInstance in flight (done by moto after the kill)",
+        true,
+    ));
+
+    // 5. A last restart converges.
+    let operator = start();
+    let ready = wait_for_reason(&api, name, "Ready", "InfrastructureReady").await;
+    assert_eq!(ready.status, "True");
+    let left = left_behind(&cfn, &rds, &secrets, &names).await;
+    assert_eq!((left.stacks, left.databases), (1, 1));
+    assert_eq!(left.secrets, [format!("{name}-db-credentials")]);
+    let status = api.get(name).await.unwrap().status.unwrap();
+    assert_eq!(status.stack.unwrap().name, names.stack);
+    assert_eq!(status.database.unwrap().identifier, names.db_instance);
+    assert!(status.in_flight.is_none(), "{:?}", status.in_flight);
+    for (point, hit) in &points {
+        println!(
+            "{point}: {}",
+            if *hit {
+                "hit"
+            } else {
+                "missed (the call had gone out)"
+            }
+        );
+    }
+    println!("{}", proxy.report());
+    for op in ["CreateStack", "CreateDBInstance"] {
+        assert_eq!(proxy.counts(op).forwarded, 1, "{op} reached AWS once");
+    }
+    assert!(
+        points.iter().all(|(_, hit)| *hit),
+        "a kill point was missed: {points:?}"
+    );
+    assert_eq!(operator.terminate().code(), Some(0));
+}
