@@ -518,7 +518,15 @@ mod tests {
         let names: Vec<_> = Service::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(
             names,
-            ["rds", "cloudformation", "s3", "sts", "secretsmanager"]
+            [
+                "rds",
+                "cloudformation",
+                "s3",
+                "sts",
+                "secretsmanager",
+                "kms",
+                "efs"
+            ]
         );
     }
 }
