@@ -608,7 +608,8 @@ async fn adopted_resources_are_never_recreated_and_differences_are_reported_befo
         &format!("  adopt: {{dbInstanceIdentifier: {db_id}, bucketName: {bucket}}}"),
     );
     apply(&client, &ns.name, &manifest).await.unwrap();
-    let operator = Operator::start(env(), Some(&ns.name));
+    // The resync stays at 10 minutes: only the inventory can see the later drift.
+    let operator = Operator::start_with(env(), Some(&ns.name), &["--inventory-interval", "3s"]);
     let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
 
     let adopted = wait_for_reason(&clinics, "adopter", "Adopted", "DifferencesReported").await;
@@ -668,6 +669,38 @@ async fn adopted_resources_are_never_recreated_and_differences_are_reported_befo
     let reported = time_of("DifferencesReported");
     assert!(reported <= time_of("DatabaseModified"));
     assert!(reported <= time_of("BucketSecured"));
+
+    // The adopted instance carries none of the operator's tags, yet its drift wakes the
+    // clinic that claimed it, once the clinic is at rest (no pass of its own is due).
+    eventually(Duration::from_secs(30), "the adopter at rest", || async {
+        let status = clinics.get("adopter").await.ok()?.status?;
+        (status.phase == Some(openemr_operator::api::deployment::DeploymentPhase::Ready)
+            && status.in_flight.is_none())
+        .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rds.modify_db_instance()
+        .db_instance_identifier(&db_id)
+        .backup_retention_period(2)
+        .apply_immediately(true)
+        .send()
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the adopted instance's drift corrected",
+        || async {
+            let out = rds
+                .describe_db_instances()
+                .db_instance_identifier(&db_id)
+                .send()
+                .await
+                .ok()?;
+            (out.db_instances()[0].backup_retention_period() == Some(7)).then_some(())
+        },
+    )
+    .await;
     drop(operator);
 }
 

@@ -55,6 +55,8 @@ pub struct Owner {
 
 struct Region {
     clients: Arc<AwsClients>,
+    /// Instances the operator did not tag (adopted), by identifier, with their clinic.
+    claims: Mutex<HashMap<String, Owner>>,
     /// Held across a refresh: callers that find the snapshot stale wait for the one
     /// refresh in flight instead of starting their own.
     snapshot: tokio::sync::Mutex<Arc<Snapshot>>,
@@ -97,8 +99,16 @@ fn comparable(db: &DbInstance) -> DbInstance {
 }
 
 /// The clinics whose instance or stack differs between two snapshots (appeared, changed or
-/// went), found by the operator's tags on them.
-pub fn changed_owners(before: &Snapshot, after: &Snapshot, cluster: &str) -> Vec<Owner> {
+/// went), found by the operator's tags on them, or for instances without them (adopted
+/// ones) by `claimed` (identifier → clinic).
+pub fn changed_owners(
+    before: &Snapshot,
+    after: &Snapshot,
+    cluster: &str,
+    claimed: &HashMap<String, Owner>,
+) -> Vec<Owner> {
+    let db_owner =
+        |db: &DbInstance| owner(&db.tags, cluster).or_else(|| claimed.get(&db.identifier).cloned());
     let mut owners = Vec::new();
     let mut note = |o: Option<Owner>| {
         if let Some(o) = o
@@ -109,12 +119,12 @@ pub fn changed_owners(before: &Snapshot, after: &Snapshot, cluster: &str) -> Vec
     };
     for (id, db) in &after.databases {
         if before.databases.get(id).map(comparable) != Some(comparable(db)) {
-            note(owner(&db.tags, cluster));
+            note(db_owner(db));
         }
     }
     for (id, db) in &before.databases {
         if !after.databases.contains_key(id) {
-            note(owner(&db.tags, cluster));
+            note(db_owner(db));
         }
     }
     for (name, stack) in &after.stacks {
@@ -156,6 +166,7 @@ impl Inventory {
             .or_insert_with(|| {
                 Arc::new(Region {
                     clients: clients.clone(),
+                    claims: Mutex::new(HashMap::new()),
                     snapshot: tokio::sync::Mutex::new(Arc::new(Snapshot::default())),
                 })
             })
@@ -166,6 +177,16 @@ impl Inventory {
     /// there exists), without reading anything now.
     pub fn watch(&self, clients: &Arc<AwsClients>) {
         self.region(clients);
+    }
+
+    /// Names the clinic of an instance that does not carry the operator's tags (an adopted
+    /// one), so that its drift wakes the clinic too.
+    pub fn claim(&self, clients: &Arc<AwsClients>, identifier: &str, owner: Owner) {
+        self.region(clients)
+            .claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(identifier.to_string(), owner);
     }
 
     /// The snapshot of the account and region of `clients`, refreshed first when it is
@@ -202,7 +223,12 @@ impl Inventory {
                 }
                 match take(&region.clients, &held, self.stack_max_age()).await {
                     Ok(fresh) => {
-                        let owners = changed_owners(&held, &fresh, &self.cluster);
+                        let claims = region
+                            .claims
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone();
+                        let owners = changed_owners(&held, &fresh, &self.cluster, &claims);
                         debug!(account = %region.clients.account, region = %region.clients.region, changed = owners.len(), "inventory refreshed");
                         *held = Arc::new(fresh);
                         drop(held);
@@ -308,7 +334,7 @@ mod tests {
             db("n", "prod", 7),
         ]);
         let names: Vec<_> = {
-            let mut owners = changed_owners(&before, &after, "prod");
+            let mut owners = changed_owners(&before, &after, "prod", &HashMap::new());
             owners.sort_by(|a, b| a.name.cmp(&b.name));
             owners.into_iter().map(|o| o.name).collect()
         };
@@ -331,13 +357,30 @@ mod tests {
         after
             .stacks
             .insert("s".into(), stack("UPDATE_ROLLBACK_FAILED"));
+        let none = HashMap::new();
         assert_eq!(
-            changed_owners(&before, &after, "prod"),
+            changed_owners(&before, &after, "prod", &none),
             [Owner {
                 namespace: "ns".into(),
                 name: "clinic-s".into()
             }]
         );
-        assert_eq!(changed_owners(&before, &before, "prod"), []);
+        assert_eq!(changed_owners(&before, &before, "prod", &none), []);
+    }
+
+    #[test]
+    fn an_untagged_adopted_instance_wakes_the_clinic_that_claimed_it() {
+        let mut legacy = db("legacy", "prod", 7);
+        legacy.tags.clear();
+        let before = snapshot(vec![legacy.clone()]);
+        legacy.backup_retention = 1;
+        let after = snapshot(vec![legacy]);
+        assert_eq!(changed_owners(&before, &after, "prod", &HashMap::new()), []);
+        let adopter = Owner {
+            namespace: "ns".into(),
+            name: "adopter".into(),
+        };
+        let claims = HashMap::from([("legacy".to_string(), adopter.clone())]);
+        assert_eq!(changed_owners(&before, &after, "prod", &claims), [adopter]);
     }
 }

@@ -74,6 +74,20 @@ pub async fn observe_infra(
     // whose resource the snapshot lacks (it may be newer than the snapshot), reads its own.
     let (mut stack, mut database) = (None, None);
     aws.inventory.watch(&clients);
+    if d.spec
+        .adopt
+        .as_ref()
+        .is_some_and(|a| a.db_instance_identifier.is_some())
+    {
+        aws.inventory.claim(
+            &clients,
+            &identifier,
+            crate::aws::inventory::Owner {
+                namespace: ns.clone(),
+                name: name.clone(),
+            },
+        );
+    }
     if at_rest(d) {
         let snapshot = aws
             .inventory
