@@ -58,8 +58,10 @@ struct Args {
     /// The operator's `--resync-interval` (short, so that every clinic resyncs in the window).
     #[arg(long, default_value = "60s", value_parser = duration)]
     resync_interval: Duration,
-    /// Length of the steady-state window, in inventory intervals.
-    #[arg(long, default_value_t = 3)]
+    /// Length of the steady-state window, in inventory intervals (default: the inventory's
+    /// stack cycle, as it lists stacks only every so many refreshes, so that the window
+    /// holds whole cycles).
+    #[arg(long, default_value_t = openemr_operator::aws::inventory::STACK_REFRESH_INTERVALS)]
     steady_intervals: u32,
     /// Server-side applies in flight while the clinics are created.
     #[arg(long, default_value_t = 32)]
@@ -76,6 +78,9 @@ struct Args {
     /// Extra argument for `openemr-operator run` (repeat it), e.g. `--operator-arg=--rds-burst=20`.
     #[arg(long = "operator-arg", allow_hyphen_values = true)]
     operator_args: Vec<String>,
+    /// Only render `scale-<N>.md` again from a `scale-<N>.json` of an earlier run.
+    #[arg(long, value_name = "JSON")]
+    render: Option<PathBuf>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -112,6 +117,15 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let args = Args::parse();
+    if let Some(json) = &args.render {
+        return match render(json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("scale: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.clinics == 0 {
         eprintln!("--clinics must be at least 1");
         return ExitCode::FAILURE;
@@ -744,6 +758,15 @@ async fn run(env: &'static TestEnv, args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes the markdown of an earlier run's JSON beside it, and prints it.
+fn render(json: &Path) -> anyhow::Result<()> {
+    let results: Value = serde_json::from_str(&std::fs::read_to_string(json)?)?;
+    let markdown = report(&results);
+    std::fs::write(json.with_extension("md"), &markdown)?;
+    println!("{markdown}");
+    Ok(())
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -930,7 +953,7 @@ fn report(r: &Value) -> String {
     );
     let _ = writeln!(
         o,
-        "| peak RSS | {} (baseline {}, about {per_clinic_kib} per clinic) | 89 MB (~65 MB base + 25 KB per instance) | |",
+        "| peak RSS | {} (baseline {}; (peak − baseline) ÷ clinics = {per_clinic_kib}) | 89 MB (~65 MB base + 25 KB per instance) | |",
         mib(peak_first),
         mib(base),
     );
@@ -959,7 +982,8 @@ fn report(r: &Value) -> String {
         "Steady state: a {} s window ({} inventory intervals of {} s, resync {} s), scaled to \
          calls per clinic per hour: calls ÷ {nu} clinics × 3600 ÷ {} s; the last column \
          assumes every steady-state call comes from the inventory and scales it to the \
-         default 5 min interval. Outcomes other than success are listed below the table.\n",
+         default 5 min interval (right when the window holds whole inventory cycles: \
+         stacks are listed every few refreshes, `STACK_REFRESH_INTERVALS`). Outcomes other than success are listed below the table.\n",
         num(window, 1),
         steady["inventory_intervals"],
         num(interval, 0),
@@ -1012,7 +1036,7 @@ fn report(r: &Value) -> String {
                     c["service"].as_str().unwrap_or(""),
                     c["operation"].as_str().unwrap_or(""),
                     c["outcome"].as_str().unwrap_or(""),
-                    c["calls"]
+                    num(f(&c["calls"]), 0)
                 )
             })
             .collect();
@@ -1034,19 +1058,29 @@ fn report(r: &Value) -> String {
             return "none".to_string();
         }
         b.iter()
-            .map(|(svc, v)| format!("{svc} {} ({})", num(f(&v["wait_seconds"]), 1), v["waits"]))
+            .map(|(svc, v)| {
+                format!(
+                    "{svc} {} ({})",
+                    num(f(&v["wait_seconds"]), 1),
+                    num(f(&v["waits"]), 0)
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
     let reconciles = |p: &Value| {
         let r = p["reconciles"].as_object().cloned().unwrap_or_default();
         let ok = r.get("ok").map(f).unwrap_or(0.0);
-        let failed: f64 = r
+        let failed: Vec<String> = r
             .iter()
-            .filter(|(k, _)| *k != "ok")
-            .map(|(_, v)| f(v))
-            .sum();
-        format!("{ok} / {failed}")
+            .filter(|(k, v)| *k != "ok" && f(v) > 0.0)
+            .map(|(k, v)| format!("{k} {}", num(f(v), 0)))
+            .collect();
+        if failed.is_empty() {
+            format!("{} / 0", num(ok, 0))
+        } else {
+            format!("{} / {}", num(ok, 0), failed.join(", "))
+        }
     };
     let row = |o: &mut String, name: &str, seconds: &Value, p: &Value, mem: &Value| {
         let _ = writeln!(
