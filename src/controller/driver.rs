@@ -43,7 +43,6 @@ use crate::conditions::{self, Verdict};
 use crate::metrics::ControllerLabel;
 
 /// The API's limit on an Event's note.
-const MAX_EVENT_NOTE: usize = 1024;
 /// How far requeue delays are spread (a fraction of the delay, added).
 const JITTER: f64 = 0.1;
 /// How soon an object whose cache was stale is planned again.
@@ -428,7 +427,7 @@ async fn record_failure<K: Reconcile>(obj: &K, error: &Error, driver: &Driver<K>
         let event = Event {
             type_: EventType::Warning,
             reason: error.reason().into(),
-            note: Some(truncated_note(&error.condition_message())),
+            note: Some(error.condition_message()),
             action: SYNCED.into(),
             secondary: None,
         };
@@ -571,10 +570,6 @@ fn is_ours(manager: &str) -> bool {
     manager == FIELD_MANAGER || manager.starts_with(&format!("{FIELD_MANAGER}/"))
 }
 
-fn truncated_note(text: &str) -> String {
-    super::truncated(text, MAX_EVENT_NOTE)
-}
-
 async fn publish_transitions<K: Reconcile>(
     obj: &K,
     before: &[crate::api::Condition],
@@ -597,10 +592,7 @@ async fn publish_transitions<K: Reconcile>(
                 EventType::Normal
             },
             reason: c.reason.clone(),
-            note: Some(truncated_note(&format!(
-                "{} is {}: {}",
-                c.type_, c.status, c.message
-            ))),
+            note: Some(format!("{} is {}: {}", c.type_, c.status, c.message)),
             action: c.type_.clone(),
             secondary: None,
         };
@@ -630,11 +622,11 @@ async fn report_invalid<K: Reconcile>(
     let event = Event {
         type_: EventType::Warning,
         reason: "InvalidObject".into(),
-        note: Some(truncated_note(&format!(
+        note: Some(format!(
             "cannot be read as {}: {}",
             K::kind(&()),
             invalid.error
-        ))),
+        )),
         action: "Decode".into(),
         secondary: None,
     };

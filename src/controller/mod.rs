@@ -42,6 +42,9 @@ use crate::metrics::Metrics;
 pub use driver::run_controller;
 pub use triggers::RefKind;
 
+/// Longest Event note, in bytes (the API server refuses more than 1 KiB).
+pub const MAX_EVENT_NOTE: usize = 1024;
+
 /// Prefix of every field manager and the Event reporter of this operator.
 pub const FIELD_MANAGER: &str = "openemr-operator";
 
@@ -199,13 +202,20 @@ impl Context {
         }
     }
 
-    /// Publishes an Event on an object of kind `K`. One that cannot be written must not
-    /// fail the reconcile around it.
+    /// Publishes an Event on an object of kind `K`, its note cut to [`MAX_EVENT_NOTE`]
+    /// bytes. One that cannot be written must not fail the reconcile around it.
     pub async fn publish<K: Reconcile>(
         &self,
         event: &kube::runtime::events::Event,
         reference: &k8s_openapi::api::core::v1::ObjectReference,
     ) {
+        let event = &kube::runtime::events::Event {
+            type_: event.type_,
+            reason: event.reason.clone(),
+            note: event.note.as_deref().map(|n| truncated(n, MAX_EVENT_NOTE)),
+            action: event.action.clone(),
+            secondary: event.secondary.clone(),
+        };
         self.metrics
             .events
             .get_or_create(&crate::metrics::ControllerLabel::new(K::CONTROLLER))

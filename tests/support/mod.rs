@@ -384,6 +384,25 @@ pub async fn bucket_protection(
     )
 }
 
+/// A bucket's default encryption: algorithm and KMS key.
+pub async fn bucket_encryption(s3: &aws_sdk_s3::Client, bucket: &str) -> (String, Option<String>) {
+    let encryption = s3
+        .get_bucket_encryption()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    let rule = &encryption
+        .server_side_encryption_configuration()
+        .unwrap()
+        .rules()[0];
+    let default = rule.apply_server_side_encryption_by_default().unwrap();
+    (
+        default.sse_algorithm().as_str().to_string(),
+        default.kms_master_key_id().map(str::to_string),
+    )
+}
+
 /// Every `openemr_aws_api_calls_total` sample, as (operation, count), summed over outcomes.
 pub async fn aws_calls(operator: &operator::Operator) -> std::collections::BTreeMap<String, u64> {
     let (_, body) = operator.get("/metrics").await.expect("metrics");

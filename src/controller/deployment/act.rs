@@ -47,11 +47,14 @@ fn at_rest(d: &OpenEMRDeployment) -> bool {
     })
 }
 
-/// Reads the clinic's stack, its DB instance and its credentials Secret.
+/// Reads the clinic's stack, its DB instance and its own credentials Secret;
+/// `user_master_password` says whether the user's Secret (already read) has
+/// `root-password`.
 pub async fn observe_infra(
     d: &OpenEMRDeployment,
     aws: &ClinicAws,
     ctx: &Context,
+    user_master_password: bool,
 ) -> Result<Infra, Error> {
     let ns = d.namespace().unwrap_or_default();
     let name = d.name_any();
@@ -117,30 +120,18 @@ pub async fn observe_infra(
         _ => None,
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let (credentials_secret, user_master_password) = match &d.spec.database.credentials_secret_ref {
-        // The user's Secret was checked for `password` before AWS was read.
-        Some(r) => {
-            let secret = secrets
-                .get_opt(&r.name)
-                .await
-                .map_err(Error::observe(format!("Secret {ns}/{}", r.name)))?;
-            let root = secret.as_ref().is_some_and(|s| {
-                s.data
-                    .as_ref()
-                    .is_some_and(|d| d.contains_key(ROOT_PASSWORD_KEY))
-            });
-            (secret.is_some(), root)
-        }
-        None => {
-            let found = secrets
-                .get_metadata_opt(&names.credentials_secret)
-                .await
-                .map_err(Error::observe(format!(
-                    "Secret {ns}/{}",
-                    names.credentials_secret
-                )))?;
-            (found.is_some(), false)
-        }
+    // The user's Secret was read (and its keys checked) before AWS was; only the
+    // operator's own is looked for here.
+    let credentials_secret = match &d.spec.database.credentials_secret_ref {
+        Some(_) => true,
+        None => secrets
+            .get_metadata_opt(&names.credentials_secret)
+            .await
+            .map_err(Error::observe(format!(
+                "Secret {ns}/{}",
+                names.credentials_secret
+            )))?
+            .is_some(),
     };
     // An adopted bucket is read while the clinic is not at rest: to report how it differs
     // before the first change, and to see that a correction took.
@@ -444,7 +435,7 @@ pub async fn announce(
             EventType::Normal
         },
         reason: reason.to_string(),
-        note: Some(super::super::truncated(note, 1024)),
+        note: Some(note.to_string()),
         action: "Provision".into(),
         secondary: None,
     };

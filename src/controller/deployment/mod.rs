@@ -123,6 +123,7 @@ impl Reconcile for OpenEMRDeployment {
         let ns = self.namespace().unwrap_or_default();
         let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         let mut secrets = Vec::new();
+        let mut user_master_password = false;
         for (usage, r) in self.referenced_secrets() {
             let found = api
                 .get_opt(&r.name)
@@ -131,6 +132,9 @@ impl Reconcile for OpenEMRDeployment {
             let check = match found {
                 None => SecretCheck::Missing,
                 Some(secret) => {
+                    if *usage == DATABASE_CREDENTIALS {
+                        user_master_password = has_key(&secret, act::ROOT_PASSWORD_KEY);
+                    }
                     let missing: Vec<_> = usage
                         .keys
                         .iter()
@@ -148,7 +152,9 @@ impl Reconcile for OpenEMRDeployment {
         }
         let accepted = secrets.iter().all(|(_, _, c)| *c == SecretCheck::Present);
         let infra = match &ctx.aws {
-            Some(aws) if accepted => Some(act::observe_infra(self, aws, ctx).await?),
+            Some(aws) if accepted => {
+                Some(act::observe_infra(self, aws, ctx, user_master_password).await?)
+            }
             _ => None,
         };
         Ok(Observed { secrets, infra })
