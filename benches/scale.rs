@@ -460,6 +460,7 @@ metadata: {{name: {name}}}
 spec:
   aws: {{region: {REGION}}}
   network: {{newVpc: {{}}}}
+  web: {{replicas: 0}}
 "
     ))
     .remove(0)
@@ -494,7 +495,7 @@ async fn create_clinics(client: &kube::Client, ns: &str, n: usize, concurrency: 
 fn is_ready(c: &OpenEMRDeployment) -> bool {
     let conditions = c.status.as_ref().map(|s| &s.conditions[..]);
     openemr_operator::conditions::find(conditions.unwrap_or_default(), "Ready")
-        .is_some_and(|r| r.status == "True" && r.reason == "InfrastructureReady")
+        .is_some_and(|r| r.status == "True" && r.reason == "Ready")
 }
 
 async fn count_ready(clinics: &Api<OpenEMRDeployment>) -> Option<usize> {

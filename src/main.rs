@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use openemr_operator::aws::budget::BudgetFlags;
-use openemr_operator::controller::DriverConfig;
 use openemr_operator::controller::deployment::names::ClusterId;
+use openemr_operator::controller::deployment::workload::WorkloadConfig;
+use openemr_operator::controller::{CaFiles, DriverConfig};
 use openemr_operator::{api, run};
 use tracing_subscriber::EnvFilter;
 
@@ -24,6 +25,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start; the size of the flags does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the controllers against the cluster of the current kubeconfig or service account.
     Run {
@@ -65,6 +68,8 @@ enum Command {
         inventory_interval: Duration,
         #[command(flatten)]
         budgets: BudgetFlags,
+        #[command(flatten)]
+        web: WebFlags,
     },
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
     Crd {
@@ -72,6 +77,39 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// The web tier's CA bundles and setup Job limits.
+#[derive(clap::Args, Debug, Clone)]
+struct WebFlags {
+    /// PEM bundle the web tier trusts for MySQL: AWS's RDS bundle (global, or the
+    /// region's). Read on every look at a clinic, so replacing the file (a mounted
+    /// ConfigMap) reaches every clinic; the workers roll when it changes.
+    #[arg(
+        long,
+        env = "MYSQL_CA_FILE",
+        default_value = "/etc/openemr-operator/ca/rds-ca.pem"
+    )]
+    mysql_ca_file: PathBuf,
+    /// PEM bundle the web tier trusts for Redis: Amazon Root CA 1, where ElastiCache's
+    /// chain ends.
+    #[arg(
+        long,
+        env = "REDIS_CA_FILE",
+        default_value = "/etc/openemr-operator/ca/redis-ca.pem"
+    )]
+    redis_ca_file: PathBuf,
+    /// Failed pods of a setup Job before the Job counts as failed (the Job controller
+    /// retries them with its own growing delay).
+    #[arg(long, env = "SETUP_BACKOFF_LIMIT", default_value_t = 4, value_parser = clap::value_parser!(i32).range(0..=20))]
+    setup_backoff_limit: i32,
+    /// Longest run of one setup Job (the image retries an unreachable database forever).
+    #[arg(long, env = "SETUP_DEADLINE", default_value = "30m", value_parser = parse_duration)]
+    setup_deadline: Duration,
+    /// Wait before a failed setup Job is followed by a new one; doubles per attempt, at
+    /// most an hour.
+    #[arg(long, env = "SETUP_RETRY_AFTER", default_value = "5m", value_parser = parse_duration)]
+    setup_retry_after: Duration,
 }
 
 /// Longest timing a flag takes: a day is far beyond any useful resync or retry, and the
@@ -154,6 +192,7 @@ fn main() -> ExitCode {
             progress_interval,
             inventory_interval,
             budgets,
+            web,
         } => {
             init_logging(log_format);
             tokio::runtime::Builder::new_multi_thread()
@@ -176,6 +215,15 @@ fn main() -> ExitCode {
                             progress_interval,
                             inventory_interval,
                             budgets: budgets.config(),
+                            ca_files: CaFiles {
+                                mysql: web.mysql_ca_file,
+                                redis: web.redis_ca_file,
+                            },
+                            workload: WorkloadConfig {
+                                setup_backoff_limit: web.setup_backoff_limit,
+                                setup_deadline: web.setup_deadline,
+                                setup_retry_after: web.setup_retry_after,
+                            },
                         },
                     }))
                 })

@@ -19,9 +19,10 @@ use crate::aws::inventory::Inventory;
 use crate::aws::{self, accounts::AwsPool, budget::BudgetConfig, budget::Budgets};
 use crate::controller::RefKind;
 use crate::controller::deployment::names::ClusterId;
+use crate::controller::deployment::workload::WorkloadConfig;
 use crate::controller::driver::{Driver, watch_secrets};
 use crate::controller::triggers::Target;
-use crate::controller::{ClinicAws, Context, DriverConfig, Reconcile, run_controller};
+use crate::controller::{CaFiles, ClinicAws, Context, DriverConfig, Reconcile, run_controller};
 use crate::metrics::Metrics;
 use crate::server::{self, Health};
 
@@ -45,6 +46,8 @@ pub struct AwsOptions {
     pub inventory_interval: Duration,
     /// Request rates per account, region and service.
     pub budgets: BudgetConfig,
+    pub ca_files: CaFiles,
+    pub workload: WorkloadConfig,
 }
 
 /// Runs until SIGTERM/SIGINT; returns Ok after a clean shutdown.
@@ -91,6 +94,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         cluster: opts.aws.cluster_id.clone(),
         progress_interval: opts.aws.progress_interval,
         inventory: inventory.clone(),
+        workload: opts.aws.workload.clone(),
+        ca_files: opts.aws.ca_files.clone(),
     });
     let ctx = Arc::new(ctx);
     info!(config = ?ctx.config, "controllers starting");
@@ -124,6 +129,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 synced.clone()
             ),
             watch_secrets(ctx.clone(), shutdown.clone()),
+            crate::controller::children::run(ctx.clone(), writers.children, shutdown.clone()),
             inventory.run(
                 |owner| ctx.hub.publish(Target::new(
                     RefKind::Infrastructure,

@@ -34,6 +34,8 @@ metadata: {{name: clinic-p}}
 spec:
   aws: {{region: {REGION}}}
   network: {{newVpc: {{cidr: 10.20.0.0/16}}}}
+  # The web tier stopped: this file is about the AWS side (tests/web.rs runs it).
+  web: {{replicas: 0}}
   database:
     backupRetentionDays: 10
     backupWindow: '02:00-02:30'
@@ -71,7 +73,7 @@ async fn a_clinic_becomes_its_infrastructure_and_is_kept_so() {
     );
     let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
 
-    let ready = wait_for_reason(&clinics, "clinic-p", "Ready", "InfrastructureReady").await;
+    let ready = wait_for_reason(&clinics, "clinic-p", "Ready", "Ready").await;
     assert_eq!(ready.status, "True");
     let status = clinics.get("clinic-p").await.unwrap().status.unwrap();
     for t in ["StackReady", "DatabaseReady"] {
@@ -396,11 +398,11 @@ async fn deletion_does_what_each_policy_promises_and_a_namespace_never_takes_dat
     let doomed_api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &doomed_ns.name);
     let mut ids = std::collections::BTreeMap::new();
     for (name, _, _) in clinics {
-        wait_for_reason(&api, name, "Ready", "InfrastructureReady").await;
+        wait_for_reason(&api, name, "Ready", "Ready").await;
         let status = api.get(name).await.unwrap().status.unwrap();
         ids.insert(name, status);
     }
-    wait_for_reason(&doomed_api, "in-doomed-ns", "Ready", "InfrastructureReady").await;
+    wait_for_reason(&doomed_api, "in-doomed-ns", "Ready", "Ready").await;
     let doomed = doomed_api.get("in-doomed-ns").await.unwrap();
 
     for (name, _, _) in clinics {
@@ -615,7 +617,7 @@ async fn adopted_resources_are_never_recreated_and_differences_are_reported_befo
             adopted.message
         );
     }
-    wait_for_reason(&clinics, "adopter", "Ready", "InfrastructureReady").await;
+    wait_for_reason(&clinics, "adopter", "Ready", "Ready").await;
 
     // Corrected after the report, and never recreated.
     eventually(
@@ -704,7 +706,7 @@ async fn a_clinic_with_a_role_lands_in_the_roles_account() {
     apply(&client, &ns.name, &manifest).await.unwrap();
     let operator = Operator::start(env(), Some(&ns.name));
     let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
-    wait_for_reason(&clinics, "elsewhere", "Ready", "InfrastructureReady").await;
+    wait_for_reason(&clinics, "elsewhere", "Ready", "Ready").await;
     let status = clinics.get("elsewhere").await.unwrap().status.unwrap();
     let db_arn = status.database.unwrap().arn.unwrap();
     assert!(db_arn.contains(&format!(":{account}:")), "{db_arn}");

@@ -285,6 +285,7 @@ metadata: {name: clinic-a}
 spec:
   aws: {region: us-east-1}
   network: {newVpc: {}}
+  web: {replicas: 0}
 ";
 
 #[tokio::test]
@@ -327,7 +328,7 @@ spec:
     let accepted = wait_for_reason(&clinics, "clinic-a", "Accepted", "Valid").await;
     assert_eq!(accepted.status, "True");
     // The clinic (a new VPC) becomes its infrastructure in moto.
-    let ready = wait_for_reason(&clinics, "clinic-a", "Ready", "InfrastructureReady").await;
+    let ready = wait_for_reason(&clinics, "clinic-a", "Ready", "Ready").await;
     assert_eq!(ready.status, "True");
     assert_eq!(
         clinics
@@ -376,7 +377,7 @@ spec:
     )
     .await;
     wait_for_reason(&clinics, "clinic-b", "Accepted", "Valid").await;
-    wait_for_reason(&clinics, "clinic-b", "Ready", "InfrastructureReady").await;
+    wait_for_reason(&clinics, "clinic-b", "Ready", "Ready").await;
 
     // Steady state: reconciling again writes no status. Each policy and backup was written
     // exactly twice so far, each clinic six times in three passes: the intents of its

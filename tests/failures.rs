@@ -66,6 +66,8 @@ spec:
   aws: {{region: us-east-1}}
   network: {{newVpc: {{}}}}
   database: {{credentialsSecretRef: {{name: clinic-db}}}}
+  # The web tier stopped: this file is about the reconcile driver and the AWS side.
+  web: {{replicas: 0}}
 "
     ))
     .remove(0)
@@ -218,7 +220,7 @@ async fn a_blip_across_100_clinics_costs_no_status_write_and_no_event() {
                 .filter(|c| {
                     let conditions = c.status.as_ref().map(|s| &s.conditions[..]);
                     openemr_operator::conditions::find(conditions.unwrap_or_default(), "Ready")
-                        .is_some_and(|a| a.reason == "InfrastructureReady")
+                        .is_some_and(|a| a.reason == "Ready")
                 })
                 .count();
             (ready == CLINICS).then_some(())
@@ -246,10 +248,11 @@ async fn a_blip_across_100_clinics_costs_no_status_write_and_no_event() {
     assert_eq!(failed, CLINICS as u64, "one failure each, then success");
     // What a clinic costs without any failure, in three passes: the stack's intent and the
     // status; the database's intent and the status; the status saying Ready (5 writes).
-    // Events: Accepted, StackReady, DatabaseReady and Ready appearing, the stack started;
-    // StackReady true, the database started; DatabaseReady and Ready true (9).
+    // Events: Accepted, StackReady, DatabaseReady, WorkloadReady and Ready appearing, the
+    // stack started; StackReady true, the database started; DatabaseReady, WorkloadReady
+    // (stopped: these clinics want 0 replicas) and Ready true (11).
     assert_eq!(writes, 5 * CLINICS as u64);
-    assert_eq!(published, 9 * CLINICS as u64);
+    assert_eq!(published, 11 * CLINICS as u64);
     assert_eq!(warnings, 0);
     assert_eq!(operator.terminate().code(), Some(0));
 

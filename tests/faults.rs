@@ -61,7 +61,7 @@ fn names_of(ns: &str, name: &str) -> ClinicNames {
 async fn is_ready(api: &Api<OpenEMRDeployment>, name: &str) -> bool {
     condition(api, name, "Ready")
         .await
-        .is_some_and(|c| c.reason == "InfrastructureReady" && c.status == "True")
+        .is_some_and(|c| c.reason == "Ready" && c.status == "True")
 }
 
 #[tokio::test]
@@ -379,7 +379,7 @@ async fn access_denied_is_reported_backed_off_and_heals_once_lifted() {
     // Allowed again: the next retry creates it, and the clinic becomes ready by itself.
     proxy.clear("CreateDBInstance");
     let lifted = Instant::now();
-    wait_for_reason(&api, "denied", "Ready", "InfrastructureReady").await;
+    wait_for_reason(&api, "denied", "Ready", "Ready").await;
     println!("ready {:?} after the denial was lifted", lifted.elapsed());
     eventually(Duration::from_secs(10), "Synced=True", || async {
         condition(&api, "denied", "Synced")
@@ -408,7 +408,7 @@ async fn a_create_whose_answer_is_lost_is_not_made_twice() {
         .unwrap();
     let operator = operator_through(&proxy, &ns.name, &FAST_RETRIES);
     let api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
-    wait_for_reason(&api, name, "Ready", "InfrastructureReady").await;
+    wait_for_reason(&api, name, "Ready", "Ready").await;
     println!("{}", proxy.report());
     let moto = env().aws(Some(region)).await;
     let left = left_behind(
@@ -617,7 +617,7 @@ async fn sigkill_around_the_creates_leaves_exactly_one_of_each() {
 
     // 5. A last restart converges.
     let operator = start();
-    let ready = wait_for_reason(&api, name, "Ready", "InfrastructureReady").await;
+    let ready = wait_for_reason(&api, name, "Ready", "Ready").await;
     assert_eq!(ready.status, "True");
     let left = left_behind(&cfn, &rds, &secrets, &names).await;
     assert_eq!((left.stacks, left.databases), (1, 1));

@@ -562,8 +562,12 @@ fn default_upgrade_timeout_seconds() -> i32 {
     1800
 }
 
+/// The current production line (openemr-devops marks 7.0.3 obsolete). A patch-level tag
+/// is not used: the image's automatic upgrade works between releases only.
+pub const DEFAULT_IMAGE: &str = "openemr/openemr:8.0.0";
+
 fn default_image() -> String {
-    "openemr/openemr:7.0.3".into()
+    DEFAULT_IMAGE.into()
 }
 fn default_replicas() -> i32 {
     2
@@ -733,9 +737,30 @@ pub struct WebStatus {
     /// Whether OpenEMR's one-time setup has completed.
     #[serde(default)]
     pub setup_complete: bool,
-    /// URL users reach the clinic at, when an Ingress is declared.
+    /// URL users reach the clinic at: the Ingress's when one is declared, else the
+    /// Service's inside the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Holds on the web tier (a quiesced backup, an in-place restore): while any is
+    /// present the workers run at 0 and `spec.web.replicas` comes back when the last goes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holds: Vec<WebHold>,
+}
+
+/// One hold on a clinic's web tier: a Lease labelled `openemr.io/hold-on: <clinic>`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WebHold {
+    /// Who holds it (the Lease's `holderIdentity`, else its name).
+    pub holder: String,
+    /// Why (the Lease's `openemr.io/hold-reason` annotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Since when (the Lease's `acquireTime`, else its creation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// The Lease, to find and release it.
+    pub lease: String,
 }
 
 /// Where an image upgrade is.

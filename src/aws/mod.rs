@@ -17,6 +17,7 @@ pub mod error;
 pub mod inventory;
 pub mod rds;
 pub mod s3;
+pub mod secrets;
 pub mod teardown;
 
 use std::fmt;

@@ -373,6 +373,10 @@ async fn apply<K: Reconcile>(cached: &K, driver: &Driver<K>) -> Result<Action, E
     let mut status = merged(&obj, plan.status, &[synced], now);
     let mut written = current;
     for change in &plan.changes {
+        if !K::recorded(change) {
+            obj.act(change, ctx).await?;
+            continue;
+        }
         let (action, token) = K::intent(change);
         // A repeat of the intent left by an earlier attempt keeps its start time.
         let started_at = written
@@ -392,7 +396,7 @@ async fn apply<K: Reconcile>(cached: &K, driver: &Driver<K>) -> Result<Action, E
         obj.act(change, ctx).await?;
         status.set_in_flight(None);
     }
-    if plan.changes.is_empty() {
+    if plan.changes.iter().all(|c| !K::recorded(c)) {
         // The plan saw the world and wants nothing: an intent left over is settled.
         status.set_in_flight(None);
     }

@@ -10,6 +10,7 @@
 
 pub mod backup;
 pub mod backup_policy;
+pub mod children;
 pub mod deployment;
 pub mod driver;
 pub mod restore;
@@ -105,6 +106,7 @@ pub struct CacheWriters {
     pub policies: Writer<DeserializeGuard<BackupPolicy>>,
     pub backups: Writer<DeserializeGuard<OpenEMRBackup>>,
     pub restores: Writer<DeserializeGuard<RestoreRequest>>,
+    pub children: children::ChildWriters,
 }
 
 /// An object found in a cache: readable as this API, or present but malformed.
@@ -132,6 +134,8 @@ pub struct Context {
     pub hub: triggers::TriggerHub,
     /// AWS access for the clinic controller; without it, clinics are validated only.
     pub aws: Option<ClinicAws>,
+    /// The clinics' web-tier children and holds.
+    pub children: children::ChildCaches,
     caches_synced: watch::Sender<bool>,
 }
 
@@ -145,6 +149,18 @@ pub struct ClinicAws {
     pub progress_interval: Duration,
     /// DB instances and stacks per account and region, read in pages and shared.
     pub inventory: Arc<crate::aws::inventory::Inventory>,
+    /// Setup Job limits and retries.
+    pub workload: deployment::workload::WorkloadConfig,
+    /// Files with the CA bundles the web tier trusts: RDS's, ElastiCache's.
+    pub ca_files: CaFiles,
+}
+
+/// Where the CA bundles are read from (on every look, so a replaced file reaches every
+/// clinic without a restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaFiles {
+    pub mysql: std::path::PathBuf,
+    pub redis: std::path::PathBuf,
 }
 
 impl Context {
@@ -163,6 +179,7 @@ impl Context {
         let (policies, policies_w) = reflector::store();
         let (backups, backups_w) = reflector::store();
         let (restores, restores_w) = reflector::store();
+        let (children, children_w) = children::ChildCaches::new();
         let ctx = Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -177,6 +194,7 @@ impl Context {
             },
             hub: triggers::TriggerHub::default(),
             aws: None,
+            children,
             caches_synced: watch::Sender::new(false),
         };
         let writers = CacheWriters {
@@ -184,6 +202,7 @@ impl Context {
             policies: policies_w,
             backups: backups_w,
             restores: restores_w,
+            children: children_w,
         };
         (ctx, writers)
     }
@@ -491,6 +510,13 @@ pub trait Reconcile:
     /// The action name and the deterministic token (from uid, generation, set id) of a
     /// change, recorded in status before it is sent.
     fn intent(change: &Self::Change) -> (String, String);
+
+    /// Whether the intent of `change` is stored before it is made. Changes that are
+    /// idempotent and leave nothing to recognise after a crash (a server-side apply) skip
+    /// the status write.
+    fn recorded(_change: &Self::Change) -> bool {
+        true
+    }
 
     /// Makes one change.
     fn act(

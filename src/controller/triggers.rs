@@ -29,6 +29,8 @@ pub enum RefKind {
     Secret,
     /// A clinic's own AWS resources, as the batched inventory saw them change.
     Infrastructure,
+    /// A clinic's web-tier children or holds, as their watches saw them change.
+    Workload,
 }
 
 /// One named object: kind, namespace, name.

@@ -441,6 +441,7 @@ metadata: {{name: {name}}}
 spec:
   aws: {{region: {region}}}
   network: {{newVpc: {{}}}}
+  web: {{replicas: 0}}
 {extra}
 "
     ))

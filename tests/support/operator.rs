@@ -56,6 +56,15 @@ impl Operator {
             .env("CLUSTER_ID", format!("t{}", std::process::id()))
             // moto finishes everything at once; no need to wait long between looks.
             .env("PROGRESS_INTERVAL", "1s")
+            // Stand-ins for AWS's RDS bundle and Amazon Root CA 1 (not downloadable here).
+            .env(
+                "MYSQL_CA_FILE",
+                format!("{}/tests/fixtures/stand-in-mysql-ca.pem", super::REPO),
+            )
+            .env(
+                "REDIS_CA_FILE",
+                format!("{}/tests/fixtures/stand-in-redis-ca.pem", super::REPO),
+            )
             .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)

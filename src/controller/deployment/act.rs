@@ -13,6 +13,7 @@ use kube::{Api, Resource, ResourceExt};
 use super::deletion::{Seen, Step, effective_policy, next_step};
 use super::names::{self, ClinicNames};
 use super::plan::{AdoptedBucket, Change, Infra, MasterSource};
+use super::web_act;
 use crate::api::{DeletionPolicy, OpenEMRDeployment};
 use crate::aws::AwsClients;
 use crate::aws::accounts::session_name;
@@ -20,13 +21,14 @@ use crate::aws::cloudformation::{StackState, Stacks, UpdateOutcome};
 use crate::aws::error::{AwsError, ErrorClass};
 use crate::aws::rds::{Databases, MasterPassword};
 use crate::aws::s3::Buckets;
+use crate::aws::secrets::ManagedSecrets;
 use crate::aws::teardown::{KEY_DELETION_WINDOW_DAYS, Teardown};
 use crate::controller::{ClinicAws, Context, Error};
 
 /// Key of the user's Secret that may hold the master password.
 pub const ROOT_PASSWORD_KEY: &str = "root-password";
 
-async fn clients(d: &OpenEMRDeployment, aws: &ClinicAws) -> std::sync::Arc<AwsClients> {
+pub(super) async fn clients(d: &OpenEMRDeployment, aws: &ClinicAws) -> std::sync::Arc<AwsClients> {
     let session = session_name(d.namespace().as_deref().unwrap_or_default(), &d.name_any());
     aws.pool
         .clients(d.spec.aws.role_arn.as_deref(), &session, &d.spec.aws.region)
@@ -37,11 +39,25 @@ fn aws_error(action: &'static str) -> impl FnOnce(AwsError) -> Error {
     move |source| Error::Aws { action, source }
 }
 
-/// Whether the clinic was Ready for its current generation with nothing in flight: then the
-/// inventory's view (at most one interval old, and pushed when it changes) is enough.
+/// Whether the clinic's stack and database were ready for its current generation, with
+/// nothing being changed and nothing in flight: then the inventory's view (at most one
+/// interval old, and pushed when it changes) is enough. A clinic whose web tier alone is
+/// unhealthy (`Degraded`, which is never a phase with changes under way) is at rest too.
 fn at_rest(d: &OpenEMRDeployment) -> bool {
+    use crate::api::deployment::DeploymentPhase;
     d.status.as_ref().is_some_and(|s| {
-        s.phase == Some(crate::api::deployment::DeploymentPhase::Ready)
+        let settled = matches!(
+            s.phase,
+            Some(DeploymentPhase::Ready | DeploymentPhase::Degraded)
+        );
+        let ready = |t: &str| {
+            crate::conditions::find(&s.conditions, t).is_some_and(|c| {
+                c.status == "True" && c.observed_generation == d.metadata.generation
+            })
+        };
+        settled
+            && ready("StackReady")
+            && ready("DatabaseReady")
             && s.observed_generation == d.metadata.generation
             && s.in_flight.is_none()
     })
@@ -280,6 +296,91 @@ pub async fn act(d: &OpenEMRDeployment, change: &Change, ctx: &Context) -> Resul
                 &format!("adopted bucket {bucket}: {}", list.join("; ")),
             )
             .await;
+            Ok(())
+        }
+        Change::ApplyChildren(children) => web_act::apply_children(ctx, &ns, children).await,
+        Change::DeleteChild { kind, name } => web_act::delete_child(ctx, &ns, *kind, name).await,
+        Change::CreateAdminSecret { name } => {
+            let password = generate_password().map_err(|e| Error::Act {
+                action: "generating the administrator's password".into(),
+                reason: "RandomUnavailable",
+                message: e.to_string(),
+            })?;
+            let secret = web_act::secret(
+                &ns,
+                name,
+                web_act::generated_labels(&d.name_any()),
+                Some(BTreeMap::from([(
+                    "openemr.io/retained-with-data".to_string(),
+                    "OpenEMR's first administrator; kept when the clinic is deleted, unless its deletionPolicy is Delete".to_string(),
+                )])),
+                None,
+                BTreeMap::from([
+                    ("username".to_string(), "admin".to_string()),
+                    ("password".to_string(), password),
+                ]),
+            );
+            web_act::create_secret_once(ctx, &ns, secret).await
+        }
+        Change::CopyMasterPassword { name, secret_arn } => {
+            let password = clients(d, aws)
+                .await
+                .master_password(secret_arn)
+                .await
+                .map_err(aws_error("reading the master password for setup"))?;
+            let secret = web_act::secret(
+                &ns,
+                name,
+                web_act::generated_labels(&d.name_any()),
+                None,
+                d.controller_owner_ref(&()),
+                BTreeMap::from([("password".to_string(), password.0)]),
+            );
+            web_act::create_secret_once(ctx, &ns, secret).await
+        }
+        Change::CreateUpgradeSnapshot { snapshot } => {
+            let name = d.name_any();
+            let names = ClinicNames::new(&aws.cluster, &ns, &name);
+            let identifier = d
+                .spec
+                .adopt
+                .as_ref()
+                .and_then(|a| a.db_instance_identifier.clone())
+                .unwrap_or_else(|| names.db_instance.clone());
+            let tags = names::tags(
+                &aws.cluster,
+                &ns,
+                &name,
+                d.metadata.uid.as_deref().unwrap_or_default(),
+                &d.spec.tags,
+            );
+            match clients(d, aws)
+                .await
+                .create_snapshot(&identifier, snapshot, &tags)
+                .await
+            {
+                // A repeat after a crash: the one snapshot exists already.
+                Err(e) if e.class == ErrorClass::Conflict => Ok(()),
+                other => other.map_err(aws_error("taking the pre-upgrade snapshot")),
+            }?;
+            announce(
+                ctx,
+                d,
+                false,
+                "UpgradeSnapshotStarted",
+                &format!(
+                    "DB snapshot {snapshot} of {identifier} is being taken before the upgrade"
+                ),
+            )
+            .await;
+            Ok(())
+        }
+        Change::Announce {
+            reason,
+            note,
+            warning,
+        } => {
+            announce(ctx, d, *warning, reason, note).await;
             Ok(())
         }
         Change::ModifyDatabase {

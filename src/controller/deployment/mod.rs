@@ -11,9 +11,15 @@
 pub mod act;
 pub mod database;
 pub mod deletion;
+pub mod holds;
 pub mod names;
 pub mod plan;
 pub mod template;
+pub mod web;
+pub mod web_act;
+pub mod workload;
+
+use std::sync::atomic::Ordering;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
@@ -70,6 +76,8 @@ pub struct Observed {
     /// The clinic's AWS infrastructure; not read while a named Secret is missing (nothing is
     /// created for a spec that is not accepted), nor without AWS settings.
     pub infra: Option<plan::Infra>,
+    /// The web tier's children and holds, read with the infrastructure.
+    pub workload: Option<workload::WorkloadSeen>,
 }
 
 impl OpenEMRDeployment {
@@ -98,17 +106,25 @@ impl Reconcile for OpenEMRDeployment {
     const FINALIZER: Option<&'static str> = Some(FINALIZER);
 
     fn references(&self) -> Vec<(RefKind, String)> {
-        // Its own AWS resources: the inventory names the clinic when they change.
-        let own = (RefKind::Infrastructure, self.name_any());
+        // Its own AWS resources (the inventory names the clinic when they change) and its
+        // web tier's children and holds (their watches do).
+        let own = [
+            (RefKind::Infrastructure, self.name_any()),
+            (RefKind::Workload, self.name_any()),
+        ];
         self.referenced_secrets()
             .into_iter()
             .map(|(_, r)| (RefKind::Secret, r.name.clone()))
-            .chain(std::iter::once(own))
+            .chain(own)
             .collect()
     }
 
     fn intent(change: &Change) -> (String, String) {
         change.intent()
+    }
+
+    fn recorded(change: &Change) -> bool {
+        change.recorded()
     }
 
     async fn act(&self, change: &Change, ctx: &Context) -> Result<(), Error> {
@@ -151,13 +167,24 @@ impl Reconcile for OpenEMRDeployment {
             secrets.push((usage, r.name.clone(), check));
         }
         let accepted = secrets.iter().all(|(_, _, c)| *c == SecretCheck::Present);
-        let infra = match &ctx.aws {
-            Some(aws) if accepted => {
-                Some(act::observe_infra(self, aws, ctx, user_master_password).await?)
+        let (infra, workload) = match &ctx.aws {
+            Some(_) if accepted && !ctx.children.synced.load(Ordering::SeqCst) => {
+                return Err(Error::Waiting {
+                    what: "the watches of the web tier's children to list".into(),
+                    after: std::time::Duration::from_secs(1),
+                });
             }
-            _ => None,
+            Some(aws) if accepted => (
+                Some(act::observe_infra(self, aws, ctx, user_master_password).await?),
+                Some(web_act::observe_workload(self, aws, ctx).await?),
+            ),
+            _ => (None, None),
         };
-        Ok(Observed { secrets, infra })
+        Ok(Observed {
+            secrets,
+            infra,
+            workload,
+        })
     }
 
     fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<OpenEMRDeploymentStatus, Change> {
@@ -214,8 +241,28 @@ impl Reconcile for OpenEMRDeployment {
         };
         let previous = self.status.clone().unwrap_or_default();
         let infra_plan = plan::plan_infrastructure(self, infra, &previous, now);
+        let site = infra_plan
+            .waiting
+            .is_empty()
+            .then(|| plan::site(self, infra))
+            .flatten();
+        let seen = observed.workload.clone().unwrap_or_default();
+        let web = workload::plan_workload(self, site.as_ref(), &seen, now);
+        let mut waiting = infra_plan.waiting.clone();
+        if !web.verdict.status {
+            waiting.push("web tier");
+        }
+        let aws_busy = infra_plan.in_progress || !infra_plan.changes.is_empty();
+        let (ready, phase) = plan::overall(
+            &waiting,
+            infra_plan.failed,
+            aws_busy || web.busy || web.in_progress,
+            previous.phase,
+        );
         let mut verdicts = vec![accepted];
         verdicts.extend(infra_plan.verdicts);
+        verdicts.push(web.verdict);
+        verdicts.push(ready);
         let mut status = status_with(self, &verdicts, now);
         let conditions = std::mem::take(&mut status.conditions);
         let observed_generation = status.observed_generation;
@@ -224,14 +271,22 @@ impl Reconcile for OpenEMRDeployment {
         status.conditions = conditions;
         status.observed_generation = observed_generation;
         status.in_flight = in_flight;
+        status.phase = Some(phase);
+        status.web = Some(web.web);
+        status.upgrade = web.upgrade;
+        let requeue = if aws_busy || web.in_progress {
+            Requeue::After(infra.progress_interval)
+        } else if let Some(after) = web.wake_after {
+            Requeue::After(after)
+        } else {
+            Requeue::Resync
+        };
+        let mut changes = infra_plan.changes;
+        changes.extend(web.changes);
         Plan {
             status,
-            requeue: if infra_plan.in_progress || !infra_plan.changes.is_empty() {
-                Requeue::After(infra.progress_interval)
-            } else {
-                Requeue::Resync
-            },
-            changes: infra_plan.changes,
+            requeue,
+            changes,
         }
     }
 }
@@ -274,6 +329,7 @@ mod tests {
                 (&ADMIN_CREDENTIALS, "admin".into(), admin),
             ],
             infra: None,
+            workload: None,
         }
     }
 
@@ -286,7 +342,8 @@ mod tests {
             [
                 (RefKind::Secret, "db-creds".to_string()),
                 (RefKind::Secret, "admin".to_string()),
-                (RefKind::Infrastructure, "clinic-a".to_string())
+                (RefKind::Infrastructure, "clinic-a".to_string()),
+                (RefKind::Workload, "clinic-a".to_string())
             ]
         );
         let mut bare = clinic();

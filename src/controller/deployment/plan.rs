@@ -16,6 +16,8 @@ use k8s_openapi::jiff::Timestamp;
 use super::database::{self, Difference, Placement};
 use super::names::ClinicNames;
 use super::template::{self, RenderedStack, StackInputs};
+use super::web::{Child, ChildKind, SecretKey};
+use super::workload::Site;
 use crate::api::deployment::{DatabaseStatus, DeploymentPhase, StackStatus};
 use crate::api::{OpenEMRDeployment, OpenEMRDeploymentStatus};
 use crate::aws::cloudformation::{StackFailure, StackInfo, StackRequest, StackState};
@@ -96,6 +98,34 @@ pub enum Change {
         request: ModifyDb,
         differences: Vec<Difference>,
     },
+    /// Server-side applies these web-tier children (idempotent).
+    ApplyChildren(Vec<Child>),
+    /// Deletes a child the spec no longer wants (idempotent).
+    DeleteChild {
+        kind: ChildKind,
+        name: String,
+    },
+    /// Generates the first administrator's credentials once, into a Secret kept with the
+    /// data (like the database credentials).
+    CreateAdminSecret {
+        name: String,
+    },
+    /// Copies the RDS-managed master password from Secrets Manager into a Secret owned by
+    /// the clinic, for the first setup only (deleted once setup completed).
+    CopyMasterPassword {
+        name: String,
+        secret_arn: String,
+    },
+    /// The DB snapshot an image upgrade waits for.
+    CreateUpgradeSnapshot {
+        snapshot: String,
+    },
+    /// An Event about a step of the web tier that no call marks.
+    Announce {
+        reason: &'static str,
+        note: String,
+        warning: bool,
+    },
 }
 
 impl std::fmt::Debug for Change {
@@ -130,6 +160,20 @@ impl std::fmt::Debug for Change {
                     list.join("; ")
                 )
             }
+            Change::ApplyChildren(children) => {
+                let list: Vec<_> = children
+                    .iter()
+                    .map(|c| format!("{}/{}", c.kind, c.name))
+                    .collect();
+                write!(f, "ApplyChildren({})", list.join(", "))
+            }
+            Change::DeleteChild { kind, name } => write!(f, "DeleteChild({kind}/{name})"),
+            Change::CreateAdminSecret { name } => write!(f, "CreateAdminSecret({name})"),
+            Change::CopyMasterPassword { name, .. } => write!(f, "CopyMasterPassword({name})"),
+            Change::CreateUpgradeSnapshot { snapshot } => {
+                write!(f, "CreateUpgradeSnapshot({snapshot})")
+            }
+            Change::Announce { reason, .. } => write!(f, "Announce({reason})"),
         }
     }
 }
@@ -168,7 +212,35 @@ impl Change {
                     format!("{}:{}", request.identifier, fields.join(",")),
                 )
             }
+            Change::ApplyChildren(children) => {
+                let list: Vec<_> = children
+                    .iter()
+                    .map(|c| format!("{}/{}", c.kind, c.name))
+                    .collect();
+                ("ApplyChildren".into(), list.join(","))
+            }
+            Change::DeleteChild { kind, name } => ("DeleteChild".into(), format!("{kind}/{name}")),
+            Change::CreateAdminSecret { name } => ("CreateAdminSecret".into(), name.clone()),
+            Change::CopyMasterPassword { name, .. } => ("CopyMasterPassword".into(), name.clone()),
+            Change::CreateUpgradeSnapshot { snapshot } => {
+                ("CreateDBSnapshot".into(), snapshot.clone())
+            }
+            Change::Announce { reason, .. } => ("Announce".into(), (*reason).into()),
         }
+    }
+
+    /// Whether the intent is stored in status before the call: for AWS calls, whose
+    /// repetition after a crash must be recognised. Kubernetes applies and Events are
+    /// idempotent or harmless to repeat, and cost no status write.
+    pub fn recorded(&self) -> bool {
+        !matches!(
+            self,
+            Change::ApplyChildren(_)
+                | Change::DeleteChild { .. }
+                | Change::CreateAdminSecret { .. }
+                | Change::CopyMasterPassword { .. }
+                | Change::Announce { .. }
+        )
     }
 }
 
@@ -180,6 +252,49 @@ pub struct InfraPlan {
     pub changes: Vec<Change>,
     /// AWS is still working on something: look again soon.
     pub in_progress: bool,
+    /// What is not ready yet ("stack", "database"); empty when both are.
+    pub waiting: Vec<&'static str>,
+    /// The stack failed and needs a change to the spec or to AWS.
+    pub failed: bool,
+}
+
+/// The `Ready` condition and the phase from the parts' readiness: `waiting` names the
+/// parts not ready, `busy` says whether anything is being changed.
+pub fn overall(
+    waiting: &[&str],
+    failed: bool,
+    busy: bool,
+    previous: Option<DeploymentPhase>,
+) -> (Verdict, DeploymentPhase) {
+    let ready = if waiting.is_empty() {
+        Verdict::truthy(
+            "Ready",
+            "Ready",
+            "the stack, the database and the web tier are ready",
+        )
+    } else {
+        Verdict::falsy(
+            "Ready",
+            "NotReady",
+            format!("waiting for: {}", waiting.join(", ")),
+        )
+    };
+    let was_ready = matches!(
+        previous,
+        Some(DeploymentPhase::Ready | DeploymentPhase::Updating | DeploymentPhase::Degraded)
+    );
+    let phase = if failed {
+        DeploymentPhase::Failed
+    } else if ready.status && !busy {
+        DeploymentPhase::Ready
+    } else if was_ready && busy {
+        DeploymentPhase::Updating
+    } else if was_ready {
+        DeploymentPhase::Degraded
+    } else {
+        DeploymentPhase::Provisioning
+    };
+    (ready, phase)
 }
 
 /// RDS states in which the database serves.
@@ -211,6 +326,30 @@ fn stack_token(kind: &str, uid: &str, generation: i64, hash: &str) -> String {
         "oe-{kind}-{uid}-g{generation}-{}",
         &hash[..hash.len().min(12)]
     )
+}
+
+/// Where the web tier finds the infrastructure, once the stack and the database serve.
+pub fn site(d: &OpenEMRDeployment, infra: &Infra) -> Option<Site> {
+    let db = infra.database.as_ref()?;
+    let (host, port) = db.endpoint.clone()?;
+    let outputs = &infra.stack.as_ref()?.outputs;
+    let output = |key: &str| outputs.get(key).filter(|v| !v.is_empty()).cloned();
+    let user_secret = d.spec.database.credentials_secret_ref.as_ref();
+    let credentials = user_secret
+        .map(|r| r.name.clone())
+        .unwrap_or_else(|| infra.names.credentials_secret.clone());
+    Some(Site {
+        database_host: host,
+        database_port: port,
+        database_identifier: db.identifier.clone(),
+        redis_host: output(template::OUT_REDIS_ADDRESS)?,
+        file_system_id: output(template::OUT_FILE_SYSTEM_ID)?,
+        database_password: SecretKey::new(&credentials, super::web::PASSWORD_KEY),
+        user_master_password: user_secret
+            .filter(|_| infra.user_master_password)
+            .map(|r| SecretKey::new(&r.name, super::act::ROOT_PASSWORD_KEY)),
+        master_secret_arn: db.master_user_secret_arn.clone(),
+    })
 }
 
 /// Plans the clinic's AWS infrastructure from what was observed.
@@ -531,41 +670,15 @@ pub fn plan_infrastructure(
         in_progress = true;
     }
 
-    let stack_ready = stack_verdict.status;
-    let database_ready = database_verdict.status;
-    let ready = if stack_ready && database_ready {
-        Verdict::truthy(
-            "Ready",
-            "InfrastructureReady",
-            "the stack and the database are ready (the web tier comes with a later operator version)",
-        )
-    } else {
-        let waiting: Vec<&str> = [(stack_ready, "stack"), (database_ready, "database")]
-            .into_iter()
-            .filter(|(ok, _)| !ok)
-            .map(|(_, what)| what)
-            .collect();
-        Verdict::falsy(
-            "Ready",
-            "InfrastructureNotReady",
-            format!("waiting for: {}", waiting.join(", ")),
-        )
-    };
-    let was_ready = matches!(
-        previous.phase,
-        Some(DeploymentPhase::Ready | DeploymentPhase::Updating | DeploymentPhase::Degraded)
-    );
-    status.phase = Some(if stack_verdict.reason == STACK_FAILED {
-        DeploymentPhase::Failed
-    } else if ready.status && changes.is_empty() && !in_progress {
-        DeploymentPhase::Ready
-    } else if was_ready && ready.status {
-        DeploymentPhase::Updating
-    } else if was_ready {
-        DeploymentPhase::Degraded
-    } else {
-        DeploymentPhase::Provisioning
-    });
+    let waiting: Vec<&'static str> = [
+        (stack_verdict.status, "stack"),
+        (database_verdict.status, "database"),
+    ]
+    .into_iter()
+    .filter(|(ok, _)| !ok)
+    .map(|(_, what)| what)
+    .collect();
+    let failed = stack_verdict.reason == STACK_FAILED;
 
     // The latest restorable time moves every few minutes on its own; alone, it is written
     // with the sync time, not on every look.
@@ -594,13 +707,15 @@ pub fn plan_infrastructure(
         status.database = previous.database.clone();
     }
 
-    let mut verdicts = vec![stack_verdict, database_verdict, ready];
+    let mut verdicts = vec![stack_verdict, database_verdict];
     verdicts.extend(adoption);
     InfraPlan {
         verdicts,
         status,
         changes,
         in_progress,
+        waiting,
+        failed,
     }
 }
 
@@ -862,11 +977,14 @@ mod tests {
             [
                 ("StackReady", false, "StackCreating"),
                 ("DatabaseReady", false, "WaitingForStack"),
-                ("Ready", false, "InfrastructureNotReady"),
             ]
         );
         assert!(plan.in_progress);
-        assert_eq!(plan.status.phase, Some(DeploymentPhase::Provisioning));
+        assert_eq!(plan.waiting, ["stack", "database"]);
+        let (ready, phase) = overall(&plan.waiting, plan.failed, true, None);
+        assert_eq!((ready.status, ready.reason), (false, "NotReady"));
+        assert_eq!(ready.message, "waiting for: stack, database");
+        assert_eq!(phase, DeploymentPhase::Provisioning);
         assert_eq!(
             plan.status.credentials_secret_name.as_deref(),
             Some("clinic-a-db-credentials")
@@ -926,15 +1044,10 @@ mod tests {
         let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
         assert_eq!(actions(&plan), Vec::<String>::new());
         assert!(!plan.in_progress);
-        assert_eq!(
-            plan.verdicts[2],
-            Verdict::truthy(
-                "Ready",
-                "InfrastructureReady",
-                plan.verdicts[2].message.clone()
-            )
-        );
-        assert_eq!(plan.status.phase, Some(DeploymentPhase::Ready));
+        assert!(plan.waiting.is_empty());
+        let (ready, phase) = overall(&plan.waiting, plan.failed, false, None);
+        assert_eq!((ready.status, ready.reason), (true, "Ready"));
+        assert_eq!(phase, DeploymentPhase::Ready);
         assert_eq!(
             plan.status
                 .database
@@ -1035,7 +1148,11 @@ mod tests {
             "{}",
             failed.message
         );
-        assert_eq!(plan.status.phase, Some(DeploymentPhase::Failed));
+        assert!(plan.failed);
+        assert_eq!(
+            overall(&plan.waiting, plan.failed, false, None).1,
+            DeploymentPhase::Failed
+        );
 
         // The same generation fails the same way: nothing is retried.
         let mut previous = plan.status.clone();
@@ -1067,7 +1184,12 @@ mod tests {
         let plan = plan_infrastructure(&d, &seen, &ready.status, now());
         assert_eq!(actions(&plan), Vec::<String>::new());
         assert_eq!(plan.verdicts[1].reason, "DatabaseMissing");
-        assert_eq!(plan.status.phase, Some(DeploymentPhase::Degraded));
+        assert_eq!(plan.waiting, ["database"]);
+        let was = Some(DeploymentPhase::Ready);
+        assert_eq!(
+            overall(&plan.waiting, plan.failed, false, was).1,
+            DeploymentPhase::Degraded
+        );
     }
 
     #[test]

@@ -1,0 +1,145 @@
+//! Holds on a clinic's web tier: whoever must stop the web tier for a while (a quiesced
+//! backup, an in-place restore, a person) places a hold, and the clinic controller keeps
+//! the workers at 0 until the last hold is released; then `spec.web.replicas` comes back.
+//!
+//! A hold is a `coordination.k8s.io/v1` Lease in the clinic's namespace, labelled
+//! [`HOLD_ON_LABEL`]` = <clinic>`: who (`spec.holderIdentity`), since when
+//! (`spec.acquireTime`), why (annotation [`REASON_ANNOTATION`]). It lives in the API server,
+//! so it survives operator restarts; one owned by its holder (an OpenEMRBackup, say) goes
+//! with it. The spec is never edited, so GitOps tools see no drift while a hold is on.
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use crate::api::deployment::WebHold;
+
+/// Label on a hold's Lease naming the clinic it holds.
+pub const HOLD_ON_LABEL: &str = "openemr.io/hold-on";
+/// Annotation on a hold's Lease saying why.
+pub const REASON_ANNOTATION: &str = "openemr.io/hold-reason";
+
+/// The hold a Lease stands for, if it is one for `clinic`.
+pub fn hold_of(lease: &Lease, clinic: &str) -> Option<WebHold> {
+    if lease.labels().get(HOLD_ON_LABEL).map(String::as_str) != Some(clinic) {
+        return None;
+    }
+    if lease.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let spec = lease.spec.as_ref();
+    Some(WebHold {
+        holder: spec
+            .and_then(|s| s.holder_identity.clone())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| lease.name_any()),
+        reason: lease.annotations().get(REASON_ANNOTATION).cloned(),
+        since: spec
+            .and_then(|s| s.acquire_time.as_ref())
+            .map(|t| Time(t.0))
+            .or_else(|| lease.metadata.creation_timestamp.clone()),
+        lease: lease.name_any(),
+    })
+}
+
+/// Holds in a stable order (oldest first, then by Lease name).
+pub fn sorted(mut holds: Vec<WebHold>) -> Vec<WebHold> {
+    holds.sort_by(|a, b| {
+        let key = |h: &WebHold| h.since.as_ref().map(|t| t.0);
+        key(a).cmp(&key(b)).then_with(|| a.lease.cmp(&b.lease))
+    });
+    holds
+}
+
+/// The Lease name of `holder`'s hold on `clinic`.
+pub fn lease_name(clinic: &str, holder: &str) -> String {
+    format!("{clinic}-hold-{holder}")
+}
+
+/// Places `holder`'s hold on `clinic` (idempotent: an existing hold is kept as it is).
+pub async fn place(
+    client: &Client,
+    namespace: &str,
+    clinic: &str,
+    holder: &str,
+    reason: &str,
+) -> Result<(), kube::Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let lease: Lease = serde_json::from_value(json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": lease_name(clinic, holder),
+            "labels": {HOLD_ON_LABEL: clinic},
+            "annotations": {REASON_ANNOTATION: reason},
+        },
+        "spec": {
+            "holderIdentity": holder,
+            "acquireTime": MicroTime(k8s_openapi::jiff::Timestamp::now()),
+        },
+    }))
+    .map_err(kube::Error::SerdeError)?;
+    match api.create(&PostParams::default(), &lease).await {
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+/// Releases `holder`'s hold on `clinic` (idempotent).
+pub async fn release(
+    client: &Client,
+    namespace: &str,
+    clinic: &str,
+    holder: &str,
+) -> Result<(), kube::Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    match api
+        .delete(&lease_name(clinic, holder), &DeleteParams::default())
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(labels: serde_json::Value, spec: serde_json::Value) -> Lease {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "clinic-a-hold-nightly",
+                "labels": labels,
+                "annotations": {REASON_ANNOTATION: "quiesced backup"},
+                "creationTimestamp": "2026-11-23T03:00:05Z",
+            },
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_lease_labelled_for_the_clinic_is_a_hold() {
+        let l = lease(
+            json!({HOLD_ON_LABEL: "clinic-a"}),
+            json!({"holderIdentity": "backup/nightly", "acquireTime": "2026-11-23T03:00:00.000000Z"}),
+        );
+        let hold = hold_of(&l, "clinic-a").unwrap();
+        assert_eq!(hold.holder, "backup/nightly");
+        assert_eq!(hold.reason.as_deref(), Some("quiesced backup"));
+        assert_eq!(hold.since.unwrap().0.to_string(), "2026-11-23T03:00:00Z");
+        assert!(hold_of(&l, "clinic-b").is_none());
+    }
+
+    #[test]
+    fn a_bare_lease_names_itself_and_its_creation() {
+        let l = lease(json!({HOLD_ON_LABEL: "clinic-a"}), json!({}));
+        let hold = hold_of(&l, "clinic-a").unwrap();
+        assert_eq!(hold.holder, "clinic-a-hold-nightly");
+        assert_eq!(hold.since.unwrap().0.to_string(), "2026-11-23T03:00:05Z");
+        assert!(hold_of(&lease(json!({}), json!({})), "clinic-a").is_none());
+    }
+}

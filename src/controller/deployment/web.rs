@@ -1,0 +1,858 @@
+//! The clinic's web tier as Kubernetes objects: a pure renderer from the spec and what the
+//! infrastructure provides to the JSON the operator applies with server-side apply.
+//!
+//! What the official image needs, and where it gets it here:
+//! - database and Redis settings from the Secret `<clinic>-openemr` (`envFrom`); every
+//!   password from its own Secret by `secretKeyRef`, never as a literal;
+//! - `sites/` on the clinic's EFS file system (a PersistentVolume of the EFS CSI driver,
+//!   mounted with TLS, reclaim `Retain`, pre-bound to the claim `<clinic>-sites`);
+//! - the CA bundles (RDS, ElastiCache) from the ConfigMap `<clinic>-ca`, at the paths the
+//!   entrypoint looks at; an init container replaces the copy the entrypoint made under
+//!   `sites/` when the bundle changes, since the entrypoint only copies a missing one;
+//! - `K8S=admin` in the setup Job (configures the site and exits), `K8S=worker` in the
+//!   Deployment (never configures), so no replica waits on a leader lock.
+//!
+//! `OPENEMR_SETTING_*` is never set: the image applies it over a connection without TLS,
+//! which a database with `require_secure_transport=1` refuses (silently, to the image).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use serde_json::{Value, json};
+
+use super::names::short_hash;
+use crate::api::deployment::{ServiceType, WebSpec};
+
+/// Where OpenEMR lives in the image.
+pub const OPENEMR_ROOT: &str = "/var/www/localhost/htdocs/openemr";
+/// Where the entrypoint looks for the MySQL CA.
+pub const MYSQL_CA_DIR: &str = "/root/certs/mysql/server";
+/// Where the entrypoint looks for the Redis CA.
+pub const REDIS_CA_DIR: &str = "/root/certs/redis";
+/// The page a ready replica serves.
+pub const LOGIN_PATH: &str = "/interface/login/login.php";
+/// Label naming the clinic a child belongs to; the child watches wake that clinic.
+pub const CLINIC_LABEL: &str = "openemr.io/clinic";
+/// Label telling the part of the web tier.
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// Annotation on a setup Job: the image it sets up.
+pub const IMAGE_ANNOTATION: &str = "openemr.io/image";
+/// Annotation on a setup Job: which attempt it is (1, 2, …).
+pub const ATTEMPT_ANNOTATION: &str = "openemr.io/attempt";
+/// Annotation on the worker template: digest of the CA bundles, so a new bundle rolls them.
+pub const CA_DIGEST_ANNOTATION: &str = "openemr.io/ca-digest";
+/// Capacity written on the volume and claim; EFS is elastic, Kubernetes needs a number.
+const SITES_CAPACITY: &str = "5Gi";
+/// Key of the OpenEMR user's password in the credentials Secret.
+pub const PASSWORD_KEY: &str = "password";
+
+/// The kinds of children, in the order they are applied (what a Pod mounts comes first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ChildKind {
+    Secret,
+    ConfigMap,
+    PersistentVolume,
+    PersistentVolumeClaim,
+    Service,
+    Job,
+    Deployment,
+    PodDisruptionBudget,
+    Ingress,
+    NetworkPolicy,
+}
+
+impl ChildKind {
+    /// Objects whose spec is (mostly) immutable: created when missing, never patched.
+    pub fn create_only(self) -> bool {
+        matches!(
+            self,
+            ChildKind::PersistentVolume | ChildKind::PersistentVolumeClaim | ChildKind::Job
+        )
+    }
+}
+
+impl std::fmt::Display for ChildKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// One object to have, as the JSON sent with server-side apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Child {
+    pub kind: ChildKind,
+    pub name: String,
+    pub body: Value,
+}
+
+/// Names of a clinic's children.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebNames {
+    pub clinic: String,
+    pub settings_secret: String,
+    pub ca: String,
+    pub volume: String,
+    pub claim: String,
+    pub workers: String,
+    /// The generated first-administrator Secret (when the spec names none).
+    pub admin_secret: String,
+    /// The copy of an RDS-managed master password, present only while setup runs.
+    pub master_copy: String,
+}
+
+impl WebNames {
+    pub fn new(namespace: &str, clinic: &str) -> WebNames {
+        WebNames {
+            clinic: clinic.to_string(),
+            settings_secret: format!("{clinic}-openemr"),
+            ca: format!("{clinic}-ca"),
+            // Cluster-scoped: the namespace makes it unique.
+            volume: format!("openemr-{namespace}-{clinic}-sites"),
+            claim: format!("{clinic}-sites"),
+            workers: format!("{clinic}-openemr"),
+            admin_secret: format!("{clinic}-admin"),
+            master_copy: format!("{clinic}-db-master"),
+        }
+    }
+
+    /// The setup Job for `image`, attempt `attempt` (1-based). At most 40 + 18 characters,
+    /// within the 63 a Job's name may have for its pods' `job-name` label.
+    pub fn setup_job(&self, image: &str, attempt: u32) -> String {
+        format!(
+            "{}-setup-{}-{attempt}",
+            self.clinic,
+            &short_hash(&[image])[..6]
+        )
+    }
+}
+
+/// A Secret key, for `secretKeyRef`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretKey {
+    pub secret: String,
+    pub key: String,
+}
+
+impl SecretKey {
+    pub fn new(secret: &str, key: &str) -> SecretKey {
+        SecretKey {
+            secret: secret.into(),
+            key: key.into(),
+        }
+    }
+}
+
+/// The first setup's credentials: the master user, for creating the schema and OpenEMR's
+/// user, and the first administrator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupCredentials {
+    pub master_username: String,
+    pub master_password: SecretKey,
+    pub admin_username: SecretKey,
+    pub admin_password: SecretKey,
+}
+
+/// Everything the renderer needs: the spec, where the infrastructure is, the CA bundles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebInputs<'a> {
+    pub namespace: &'a str,
+    pub uid: &'a str,
+    pub names: &'a WebNames,
+    pub web: &'a WebSpec,
+    pub database_host: &'a str,
+    pub database_port: i32,
+    pub database_name: &'a str,
+    pub database_user: &'a str,
+    /// OpenEMR's own database password.
+    pub database_password: SecretKey,
+    pub redis_host: &'a str,
+    pub file_system_id: &'a str,
+    pub mysql_ca: &'a str,
+    pub redis_ca: &'a str,
+    /// How many Job pods may fail before the Job counts as failed.
+    pub setup_backoff_limit: i32,
+    /// How long one setup Job may run (the entrypoint retries forever when the database
+    /// is unreachable).
+    pub setup_deadline_seconds: i64,
+}
+
+impl WebInputs<'_> {
+    fn labels(&self, component: &str) -> Value {
+        json!({
+            "app.kubernetes.io/name": "openemr",
+            "app.kubernetes.io/instance": self.names.clinic,
+            COMPONENT_LABEL: component,
+            "app.kubernetes.io/managed-by": "openemr-operator",
+            CLINIC_LABEL: self.names.clinic,
+        })
+    }
+
+    fn metadata(&self, name: &str, component: &str) -> Value {
+        json!({
+            "name": name,
+            "namespace": self.namespace,
+            "labels": self.labels(component),
+            "ownerReferences": [{
+                "apiVersion": "openemr.io/v1alpha1",
+                "kind": "OpenEMRDeployment",
+                "name": self.names.clinic,
+                "uid": self.uid,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        })
+    }
+
+    fn worker_selector(&self) -> Value {
+        json!({
+            "app.kubernetes.io/instance": self.names.clinic,
+            COMPONENT_LABEL: "web",
+        })
+    }
+
+    /// Digest of the CA bundles (their rotation rolls the workers).
+    pub fn ca_digest(&self) -> String {
+        short_hash(&[self.mysql_ca, self.redis_ca])
+    }
+
+    /// The non-secret settings the image reads, as a Secret (host names stay out of Pod
+    /// specs and logs). No password is in it.
+    pub fn settings_secret(&self) -> Child {
+        let settings = BTreeMap::from([
+            ("MYSQL_HOST", self.database_host.to_string()),
+            ("MYSQL_PORT", self.database_port.to_string()),
+            ("MYSQL_DATABASE", self.database_name.to_string()),
+            ("MYSQL_USER", self.database_user.to_string()),
+            // TLS to the database, verified against the mounted CA.
+            ("FORCE_DATABASE_SSL_CONNECT", "1".to_string()),
+            // The image appends :6379 itself, so the host goes alone (ElastiCache's port).
+            ("REDIS_SERVER", self.redis_host.to_string()),
+            ("REDIS_TLS", "yes".to_string()),
+        ]);
+        Child {
+            kind: ChildKind::Secret,
+            name: self.names.settings_secret.clone(),
+            body: json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": self.metadata(&self.names.settings_secret, "web"),
+                "type": "Opaque",
+                "stringData": settings,
+            }),
+        }
+    }
+
+    pub fn ca_config_map(&self) -> Child {
+        Child {
+            kind: ChildKind::ConfigMap,
+            name: self.names.ca.clone(),
+            body: json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": self.metadata(&self.names.ca, "web"),
+                "data": {"mysql-ca": self.mysql_ca, "redis-ca": self.redis_ca},
+            }),
+        }
+    }
+
+    /// The EFS volume. Cluster-scoped, so it has no owner: a clinic's cleanup removes it
+    /// (the file system itself follows `deletionPolicy`).
+    pub fn volume(&self) -> Child {
+        let mut metadata = self.metadata(&self.names.volume, "web");
+        if let Some(m) = metadata.as_object_mut() {
+            m.remove("ownerReferences");
+            m.remove("namespace");
+        }
+        metadata["labels"]["openemr.io/namespace"] = json!(self.namespace);
+        Child {
+            kind: ChildKind::PersistentVolume,
+            name: self.names.volume.clone(),
+            body: json!({
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": metadata,
+                "spec": {
+                    "capacity": {"storage": SITES_CAPACITY},
+                    "accessModes": ["ReadWriteMany"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": "",
+                    "volumeMode": "Filesystem",
+                    // Encrypted in transit (the EFS mount helper's stunnel).
+                    "mountOptions": ["tls"],
+                    "csi": {"driver": "efs.csi.aws.com", "volumeHandle": self.file_system_id},
+                    "claimRef": {"namespace": self.namespace, "name": self.names.claim},
+                },
+            }),
+        }
+    }
+
+    pub fn claim(&self) -> Child {
+        Child {
+            kind: ChildKind::PersistentVolumeClaim,
+            name: self.names.claim.clone(),
+            body: json!({
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": self.metadata(&self.names.claim, "web"),
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "volumeName": self.names.volume,
+                    "resources": {"requests": {"storage": SITES_CAPACITY}},
+                },
+            }),
+        }
+    }
+
+    pub fn service(&self) -> Child {
+        let type_ = match self.web.service.type_ {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::LoadBalancer => "LoadBalancer",
+            ServiceType::NodePort => "NodePort",
+        };
+        Child {
+            kind: ChildKind::Service,
+            name: self.names.workers.clone(),
+            body: json!({
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": self.metadata(&self.names.workers, "web"),
+                "spec": {
+                    "type": type_,
+                    "selector": self.worker_selector(),
+                    "ports": [{
+                        "name": "http",
+                        "port": self.web.service.port,
+                        "targetPort": "http",
+                        "protocol": "TCP",
+                    }],
+                },
+            }),
+        }
+    }
+
+    /// The Ingress, when the spec declares one.
+    pub fn ingress(&self) -> Option<Child> {
+        let ingress = self.web.ingress.as_ref()?;
+        let mut spec = json!({
+            "rules": [{
+                "host": ingress.host,
+                "http": {"paths": [{
+                    "path": "/",
+                    "pathType": "Prefix",
+                    "backend": {"service": {
+                        "name": self.names.workers,
+                        "port": {"name": "http"},
+                    }},
+                }]},
+            }],
+        });
+        if let Some(class) = &ingress.class_name {
+            spec["ingressClassName"] = json!(class);
+        }
+        if let Some(tls) = &ingress.tls_secret_name {
+            spec["tls"] = json!([{"hosts": [ingress.host], "secretName": tls}]);
+        }
+        Some(Child {
+            kind: ChildKind::Ingress,
+            name: self.names.workers.clone(),
+            body: json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "Ingress",
+                "metadata": self.metadata(&self.names.workers, "web"),
+                "spec": spec,
+            }),
+        })
+    }
+
+    /// Only HTTP reaches the clinic's pods (the setup Job's listen on nothing); their own
+    /// connections (RDS, ElastiCache, EFS, DNS) are not restricted here, since where those
+    /// are depends on the cluster's network.
+    pub fn network_policy(&self) -> Child {
+        Child {
+            kind: ChildKind::NetworkPolicy,
+            name: self.names.workers.clone(),
+            body: json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": self.metadata(&self.names.workers, "web"),
+                "spec": {
+                    "podSelector": {"matchLabels": {
+                        "app.kubernetes.io/instance": self.names.clinic,
+                        "app.kubernetes.io/managed-by": "openemr-operator",
+                    }},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [{"ports": [{"protocol": "TCP", "port": 80}]}],
+                },
+            }),
+        }
+    }
+
+    /// At most one replica down by choice (drains, the rolling update never goes below).
+    pub fn disruption_budget(&self) -> Child {
+        Child {
+            kind: ChildKind::PodDisruptionBudget,
+            name: self.names.workers.clone(),
+            body: json!({
+                "apiVersion": "policy/v1",
+                "kind": "PodDisruptionBudget",
+                "metadata": self.metadata(&self.names.workers, "web"),
+                "spec": {
+                    "maxUnavailable": 1,
+                    "selector": {"matchLabels": self.worker_selector()},
+                },
+            }),
+        }
+    }
+
+    fn resources(&self) -> Value {
+        let given = self.web.resources.as_ref().filter(|r| {
+            r.requests.as_ref().is_some_and(|m| !m.is_empty())
+                || r.limits.as_ref().is_some_and(|m| !m.is_empty())
+        });
+        match given {
+            Some(r) => serde_json::to_value(ResourceRequirements {
+                claims: None,
+                ..r.clone()
+            })
+            .unwrap_or_else(|_| default_resources()),
+            None => default_resources(),
+        }
+    }
+
+    fn volumes(&self) -> Value {
+        json!([
+            {"name": "sites", "persistentVolumeClaim": {"claimName": self.names.claim}},
+            {"name": "mysql-ca", "configMap": {
+                "name": self.names.ca,
+                "items": [{"key": "mysql-ca", "path": "mysql-ca"}],
+            }},
+            {"name": "redis-ca", "configMap": {
+                "name": self.names.ca,
+                "items": [{"key": "redis-ca", "path": "redis-ca"}],
+            }},
+        ])
+    }
+
+    fn mounts(&self) -> Value {
+        json!([
+            {"name": "sites", "mountPath": format!("{OPENEMR_ROOT}/sites")},
+            {"name": "mysql-ca", "mountPath": MYSQL_CA_DIR, "readOnly": true},
+            {"name": "redis-ca", "mountPath": REDIS_CA_DIR, "readOnly": true},
+        ])
+    }
+
+    /// The container shape every OpenEMR container here shares.
+    fn container(&self, name: &str, env: Value) -> Value {
+        json!({
+            "name": name,
+            "image": self.web.image,
+            "imagePullPolicy": "Always",
+            "envFrom": [{"secretRef": {"name": self.names.settings_secret}}],
+            "env": env,
+            "resources": self.resources(),
+            "securityContext": container_security(),
+            "volumeMounts": self.mounts(),
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        })
+    }
+
+    /// Replaces the entrypoint's copy of a CA bundle under `sites/` when the mounted one
+    /// differs (the entrypoint copies only a missing one, so rotation needs this).
+    fn ca_refresh(&self) -> Value {
+        let script = format!(
+            "set -eu\n\
+             dir={OPENEMR_ROOT}/sites/default/documents/certificates\n\
+             [ -d \"$dir\" ] || exit 0\n\
+             for src in {MYSQL_CA_DIR}/mysql-ca {REDIS_CA_DIR}/redis-ca; do\n\
+             \x20 dst=\"$dir/$(basename \"$src\")\"\n\
+             \x20 if ! cmp -s \"$src\" \"$dst\"; then\n\
+             \x20   cp \"$src\" \"$dst.new\" && chmod 744 \"$dst.new\" && mv \"$dst.new\" \"$dst\"\n\
+             \x20   echo \"refreshed $dst\"\n\
+             \x20 fi\n\
+             done\n"
+        );
+        let mut c = self.container("ca-refresh", json!([]));
+        c["command"] = json!(["sh", "-c", script]);
+        if let Some(m) = c.as_object_mut() {
+            m.remove("envFrom");
+        }
+        c["resources"] = small_resources();
+        c
+    }
+
+    fn pod_spec(&self, init: Vec<Value>, main: Value, restart: &str) -> Value {
+        json!({
+            "automountServiceAccountToken": false,
+            "enableServiceLinks": false,
+            "restartPolicy": restart,
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+            "initContainers": init,
+            "containers": [main],
+            "volumes": self.volumes(),
+        })
+    }
+
+    fn database_password_env(&self) -> Value {
+        secret_env("MYSQL_PASS", &self.database_password)
+    }
+
+    /// The setup Job: `K8S=admin` configures the site (first setup, with `setup`'s
+    /// credentials) or migrates it to this image (an upgrade, without them), then exits.
+    pub fn setup_job(&self, name: &str, attempt: u32, setup: Option<&SetupCredentials>) -> Child {
+        let mut env = vec![
+            json!({"name": "K8S", "value": "admin"}),
+            self.database_password_env(),
+        ];
+        if let Some(s) = setup {
+            env.push(json!({"name": "MYSQL_ROOT_USER", "value": s.master_username}));
+            env.push(secret_env("MYSQL_ROOT_PASS", &s.master_password));
+            env.push(secret_env("OE_USER", &s.admin_username));
+            env.push(secret_env("OE_PASS", &s.admin_password));
+        }
+        let mut main = self.container("setup", json!(env));
+        main["ports"] = json!([]);
+        // An empty file system gets the image's own `sites/` first; nothing on it is ever
+        // overwritten or removed.
+        let seed = format!(
+            "set -eu\n\
+             if [ -d /seed/default ]; then echo 'sites/ already holds a site'; exit 0; fi\n\
+             cp -a {OPENEMR_ROOT}/sites/. /seed/\n\
+             echo 'seeded sites/ from the image'\n"
+        );
+        let mut seed_container = self.container("seed-sites", json!([]));
+        seed_container["command"] = json!(["sh", "-c", seed]);
+        seed_container["volumeMounts"] = json!([{"name": "sites", "mountPath": "/seed"}]);
+        seed_container["resources"] = small_resources();
+        if let Some(m) = seed_container.as_object_mut() {
+            m.remove("envFrom");
+        }
+        let mut metadata = self.metadata(name, "setup");
+        metadata["annotations"] = json!({
+            IMAGE_ANNOTATION: self.web.image,
+            ATTEMPT_ANNOTATION: attempt.to_string(),
+        });
+        let mut template_labels = self.labels("setup");
+        template_labels["openemr.io/job"] = json!(name);
+        Child {
+            kind: ChildKind::Job,
+            name: name.to_string(),
+            body: json!({
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": metadata,
+                "spec": {
+                    "backoffLimit": self.setup_backoff_limit,
+                    "activeDeadlineSeconds": self.setup_deadline_seconds,
+                    "template": {
+                        "metadata": {"labels": template_labels},
+                        "spec": self.pod_spec(
+                            vec![seed_container, self.ca_refresh()],
+                            main,
+                            "Never",
+                        ),
+                    },
+                },
+            }),
+        }
+    }
+
+    /// The workers: `K8S=worker`, `replicas` of them (0 while held or stopped).
+    pub fn workers(&self, replicas: i32) -> Child {
+        let env = json!([{"name": "K8S", "value": "worker"}, self.database_password_env()]);
+        let mut main = self.container("openemr", env);
+        main["ports"] = json!([{"name": "http", "containerPort": 80, "protocol": "TCP"}]);
+        let login = json!({"path": LOGIN_PATH, "port": "http"});
+        // No traffic before the login page answers; the startup probe gives a slow first
+        // start (opcache, certificates) ten minutes before liveness may restart it.
+        main["readinessProbe"] = json!({
+            "httpGet": login, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3,
+        });
+        main["startupProbe"] = json!({
+            "httpGet": login, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 60,
+        });
+        main["livenessProbe"] = json!({
+            "httpGet": login, "periodSeconds": 20, "timeoutSeconds": 10, "failureThreshold": 3,
+        });
+        let mut template_labels = self.labels("web");
+        template_labels["app.kubernetes.io/version"] =
+            json!(label_safe(image_tag(&self.web.image)));
+        Child {
+            kind: ChildKind::Deployment,
+            name: self.names.workers.clone(),
+            body: json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": self.metadata(&self.names.workers, "web"),
+                "spec": {
+                    "replicas": replicas,
+                    "selector": {"matchLabels": self.worker_selector()},
+                    // A new replica is ready before an old one goes.
+                    "strategy": {"type": "RollingUpdate", "rollingUpdate": {
+                        "maxUnavailable": 0, "maxSurge": 1,
+                    }},
+                    "revisionHistoryLimit": 5,
+                    "template": {
+                        "metadata": {
+                            "labels": template_labels,
+                            "annotations": {CA_DIGEST_ANNOTATION: self.ca_digest()},
+                        },
+                        "spec": self.pod_spec(vec![self.ca_refresh()], main, "Always"),
+                    },
+                },
+            }),
+        }
+    }
+
+    /// The URL users reach the clinic at.
+    pub fn url(&self) -> String {
+        match &self.web.ingress {
+            Some(i) if i.tls_secret_name.is_some() => format!("https://{}/", i.host),
+            Some(i) => format!("http://{}/", i.host),
+            None => format!(
+                "http://{}.{}.svc:{}/",
+                self.names.workers, self.namespace, self.web.service.port
+            ),
+        }
+    }
+}
+
+fn secret_env(name: &str, key: &SecretKey) -> Value {
+    json!({"name": name, "valueFrom": {"secretKeyRef": {"name": key.secret, "key": key.key}}})
+}
+
+/// What the image tolerates: it starts as root to chown `sites/` and bind port 80, then
+/// Apache drops to its own user. So: no privilege escalation, every capability dropped but
+/// the few that start needs, the runtime's seccomp profile.
+fn container_security() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "privileged": false,
+        "capabilities": {
+            "drop": ["ALL"],
+            "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID", "NET_BIND_SERVICE"],
+        },
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+/// What a replica gets when the spec says nothing (OpenEMR's PHP workers under load).
+fn default_resources() -> Value {
+    json!({
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"cpu": "2", "memory": "2Gi"},
+    })
+}
+
+fn small_resources() -> Value {
+    json!({
+        "requests": {"cpu": "50m", "memory": "64Mi"},
+        "limits": {"cpu": "500m", "memory": "256Mi"},
+    })
+}
+
+/// The tag of an image reference (after the last `:` of its last path part).
+pub fn image_tag(image: &str) -> &str {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    last.rsplit_once(':').map_or("latest", |(_, tag)| tag)
+}
+
+/// `text` cut to a valid label value (63 characters of `[A-Za-z0-9._-]`).
+fn label_safe(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(63)
+        .collect();
+    cleaned
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
+}
+
+/// Whether `observed` carries everything `desired` sets: objects key by key, lists element
+/// by element (each desired element found in some observed one). What others add (server
+/// defaults, a mesh's sidecar) is left alone; what they change is put back.
+pub fn carries(observed: &Value, desired: &Value) -> bool {
+    match (observed, desired) {
+        (Value::Object(o), Value::Object(d)) => d
+            .iter()
+            .all(|(k, dv)| dv.is_null() || o.get(k).is_some_and(|ov| carries(ov, dv))),
+        (Value::Array(o), Value::Array(d)) => {
+            d.iter().all(|dv| o.iter().any(|ov| carries(ov, dv)))
+                && (o.len() == d.len() || d.iter().any(Value::is_object))
+        }
+        (o, d) => o == d,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> WebSpec {
+        serde_json::from_value(json!({
+            "replicas": 2,
+            "ingress": {"host": "clinic-a.example.org", "tlsSecretName": "clinic-a-tls"},
+        }))
+        .unwrap()
+    }
+
+    fn inputs<'a>(names: &'a WebNames, web: &'a WebSpec) -> WebInputs<'a> {
+        WebInputs {
+            namespace: "clinics",
+            uid: "uid-1",
+            names,
+            web,
+            database_host: "db.example",
+            database_port: 3306,
+            database_name: "openemr",
+            database_user: "openemr",
+            database_password: SecretKey::new("clinic-a-db-credentials", PASSWORD_KEY),
+            redis_host: "redis.example",
+            file_system_id: "fs-123",
+            mysql_ca: "MYSQL CA",
+            redis_ca: "REDIS CA",
+            setup_backoff_limit: 4,
+            setup_deadline_seconds: 1800,
+        }
+    }
+
+    fn env_names(container: &Value) -> Vec<&str> {
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn workers_run_as_workers_with_the_login_probe_and_no_token() {
+        let names = WebNames::new("clinics", "clinic-a");
+        let web = spec();
+        let d = inputs(&names, &web).workers(2).body;
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        let main = &pod["containers"][0];
+        assert_eq!(main["env"][0], json!({"name": "K8S", "value": "worker"}));
+        assert_eq!(main["readinessProbe"]["httpGet"]["path"], LOGIN_PATH);
+        assert!(main["startupProbe"]["failureThreshold"].as_i64().unwrap() >= 30);
+        assert_eq!(main["image"], web.image);
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+        let mounts: Vec<&str> = main["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mountPath"].as_str().unwrap())
+            .collect();
+        assert!(mounts.contains(&"/var/www/localhost/htdocs/openemr/sites"));
+        assert!(mounts.contains(&MYSQL_CA_DIR));
+        // No password value anywhere: only references.
+        let text = d.to_string();
+        assert!(text.contains("secretKeyRef"));
+        assert_eq!(env_names(main), ["K8S", "MYSQL_PASS"]);
+    }
+
+    #[test]
+    fn the_first_setup_carries_credentials_by_reference_and_an_upgrade_none() {
+        let names = WebNames::new("clinics", "clinic-a");
+        let web = spec();
+        let i = inputs(&names, &web);
+        let setup = SetupCredentials {
+            master_username: "openemr_admin".into(),
+            master_password: SecretKey::new("clinic-a-db-master", "password"),
+            admin_username: SecretKey::new("clinic-a-admin", "username"),
+            admin_password: SecretKey::new("clinic-a-admin", "password"),
+        };
+        let job = i
+            .setup_job(&names.setup_job(&web.image, 1), 1, Some(&setup))
+            .body;
+        let main = &job["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            env_names(main),
+            [
+                "K8S",
+                "MYSQL_PASS",
+                "MYSQL_ROOT_USER",
+                "MYSQL_ROOT_PASS",
+                "OE_USER",
+                "OE_PASS"
+            ]
+        );
+        assert_eq!(main["env"][0]["value"], "admin");
+        assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
+        let upgrade = i.setup_job("x", 1, None).body;
+        assert_eq!(
+            env_names(&upgrade["spec"]["template"]["spec"]["containers"][0]),
+            ["K8S", "MYSQL_PASS"]
+        );
+        assert!(names.setup_job(&web.image, 12).len() <= 63);
+    }
+
+    #[test]
+    fn settings_name_the_database_and_redis_with_tls() {
+        let names = WebNames::new("clinics", "clinic-a");
+        let web = spec();
+        let s = inputs(&names, &web).settings_secret().body;
+        assert_eq!(s["stringData"]["REDIS_SERVER"], "redis.example");
+        assert_eq!(s["stringData"]["REDIS_TLS"], "yes");
+        assert_eq!(s["stringData"]["FORCE_DATABASE_SSL_CONNECT"], "1");
+        assert_eq!(s["stringData"]["MYSQL_HOST"], "db.example");
+    }
+
+    #[test]
+    fn the_volume_is_efs_over_tls_retained_and_bound_to_the_claim() {
+        let names = WebNames::new("clinics", "clinic-a");
+        let web = spec();
+        let pv = inputs(&names, &web).volume().body;
+        assert_eq!(pv["spec"]["csi"]["driver"], "efs.csi.aws.com");
+        assert_eq!(pv["spec"]["csi"]["volumeHandle"], "fs-123");
+        assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        assert_eq!(pv["spec"]["mountOptions"], json!(["tls"]));
+        assert_eq!(pv["spec"]["claimRef"]["name"], "clinic-a-sites");
+        assert!(pv["metadata"].get("ownerReferences").is_none());
+    }
+
+    #[test]
+    fn ingress_and_url_follow_the_spec() {
+        let names = WebNames::new("clinics", "clinic-a");
+        let mut web = spec();
+        let i = inputs(&names, &web);
+        assert_eq!(i.url(), "https://clinic-a.example.org/");
+        let ingress = i.ingress().unwrap().body;
+        assert_eq!(ingress["spec"]["tls"][0]["secretName"], "clinic-a-tls");
+        web.ingress = None;
+        let i = inputs(&names, &web);
+        assert!(i.ingress().is_none());
+        assert_eq!(i.url(), "http://clinic-a-openemr.clinics.svc:80/");
+    }
+
+    #[test]
+    fn carrying_ignores_additions_and_sees_changes() {
+        let desired = json!({"spec": {"replicas": 2, "list": [{"name": "a", "v": 1}]}});
+        let more = json!({"spec": {"replicas": 2, "x": 1, "list": [{"name": "b"}, {"name": "a", "v": 1, "w": 2}]}});
+        assert!(carries(&more, &desired));
+        let changed = json!({"spec": {"replicas": 3, "list": [{"name": "a", "v": 1}]}});
+        assert!(!carries(&changed, &desired));
+        assert!(!carries(
+            &json!({"spec": {"replicas": 2, "list": []}}),
+            &desired
+        ));
+        assert!(!carries(&json!(["tls", "x"]), &json!(["tls"])));
+    }
+
+    #[test]
+    fn tags_are_read_from_any_reference() {
+        assert_eq!(image_tag("openemr/openemr:8.0.0"), "8.0.0");
+        assert_eq!(image_tag("registry:5000/openemr/openemr:7.0.3"), "7.0.3");
+        assert_eq!(image_tag("registry:5000/openemr/openemr"), "latest");
+        assert_eq!(image_tag("openemr/openemr:8.0.0@sha256:abc"), "8.0.0");
+    }
+}

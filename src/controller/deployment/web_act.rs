@@ -1,0 +1,463 @@
+//! The web tier's I/O: what the caches hold of a clinic's children and holds (plus, when
+//! needed, a failed setup pod's last words and an upgrade snapshot's state), and the
+//! changes — server-side applies under the field manager `openemr-operator/web`, forced so
+//! hand edits are put back, deletions, generated Secrets.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::holds;
+use super::web::{
+    ATTEMPT_ANNOTATION, CLINIC_LABEL, COMPONENT_LABEL, Child, ChildKind, IMAGE_ANNOTATION, WebNames,
+};
+use super::workload::{JobState, SetupJob, WorkersSeen, WorkloadSeen};
+use crate::api::OpenEMRDeployment;
+use crate::api::deployment::UpgradePhase;
+use crate::aws::rds::Databases;
+use crate::controller::children::cached;
+use crate::controller::{ClinicAws, Context, Error};
+
+/// Field manager of the web tier's applies.
+pub const WEB_MANAGER: &str = "openemr-operator/web";
+
+/// JSON of a cached object without what the server alone writes.
+fn comparable<K: Serialize>(obj: &K) -> Value {
+    let mut v = serde_json::to_value(obj).unwrap_or(Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        m.remove("status");
+    }
+    v
+}
+
+fn belongs(meta: &ObjectMeta, clinic: &str) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(CLINIC_LABEL))
+        .is_some_and(|c| c == clinic)
+}
+
+/// Reads what the caches hold of `d`'s web tier.
+pub async fn observe_workload(
+    d: &OpenEMRDeployment,
+    aws: &ClinicAws,
+    ctx: &Context,
+) -> Result<WorkloadSeen, Error> {
+    let ns = d.namespace().unwrap_or_default();
+    let clinic = d.name_any();
+    let names = WebNames::new(&ns, &clinic);
+    let caches = &ctx.children;
+    let mut children = BTreeMap::new();
+    let mut put = |kind: ChildKind, name: &str, value: Option<Value>| {
+        if let Some(v) = value {
+            children.insert((kind, name.to_string()), v);
+        }
+    };
+    let one = |kind| {
+        let c = &caches;
+        let ns = &ns;
+        move |name: &str| -> Option<Value> {
+            match kind {
+                ChildKind::Secret => cached(&c.secrets, ns, name).map(|o| comparable(&*o)),
+                ChildKind::ConfigMap => cached(&c.config_maps, ns, name).map(|o| comparable(&*o)),
+                ChildKind::PersistentVolumeClaim => {
+                    cached(&c.claims, ns, name).map(|o| comparable(&*o))
+                }
+                ChildKind::Service => cached(&c.services, ns, name).map(|o| comparable(&*o)),
+                ChildKind::Deployment => cached(&c.deployments, ns, name).map(|o| comparable(&*o)),
+                ChildKind::PodDisruptionBudget => {
+                    cached(&c.budgets, ns, name).map(|o| comparable(&*o))
+                }
+                ChildKind::Ingress => cached(&c.ingresses, ns, name).map(|o| comparable(&*o)),
+                ChildKind::PersistentVolume => c
+                    .volumes
+                    .get(&kube::runtime::reflector::ObjectRef::new(name))
+                    .map(|o| comparable(&*o)),
+                ChildKind::Job => cached(&c.jobs, ns, name).map(|o| comparable(&*o)),
+                ChildKind::NetworkPolicy => {
+                    cached(&c.network_policies, ns, name).map(|o| comparable(&*o))
+                }
+            }
+        }
+    };
+    put(
+        ChildKind::Secret,
+        &names.settings_secret,
+        one(ChildKind::Secret)(&names.settings_secret),
+    );
+    put(
+        ChildKind::ConfigMap,
+        &names.ca,
+        one(ChildKind::ConfigMap)(&names.ca),
+    );
+    put(
+        ChildKind::PersistentVolume,
+        &names.volume,
+        one(ChildKind::PersistentVolume)(&names.volume),
+    );
+    put(
+        ChildKind::PersistentVolumeClaim,
+        &names.claim,
+        one(ChildKind::PersistentVolumeClaim)(&names.claim),
+    );
+    for kind in [
+        ChildKind::Service,
+        ChildKind::NetworkPolicy,
+        ChildKind::Deployment,
+        ChildKind::PodDisruptionBudget,
+        ChildKind::Ingress,
+    ] {
+        put(kind, &names.workers, one(kind)(&names.workers));
+    }
+
+    let mut setup_jobs = Vec::new();
+    for job in caches.jobs.state() {
+        if job.namespace().as_deref() != Some(&ns) || !belongs(&job.metadata, &clinic) {
+            continue;
+        }
+        if job.labels().get(COMPONENT_LABEL).map(String::as_str) != Some("setup") {
+            continue;
+        }
+        let annotations = job.annotations();
+        let image = annotations
+            .get(IMAGE_ANNOTATION)
+            .cloned()
+            .unwrap_or_default();
+        let attempt = annotations
+            .get(ATTEMPT_ANNOTATION)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1);
+        let state = job_state(&job);
+        let state = match state {
+            JobState::Failed { reason, at, .. } => JobState::Failed {
+                detail: last_words(ctx, &ns, &job.name_any()).await?,
+                reason,
+                at,
+            },
+            other => other,
+        };
+        setup_jobs.push(SetupJob {
+            name: job.name_any(),
+            image,
+            attempt,
+            state,
+        });
+    }
+    setup_jobs.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let workers = cached(&caches.deployments, &ns, &names.workers).map(|dep| workers_seen(&dep));
+    let holds = caches
+        .holds
+        .state()
+        .iter()
+        .filter(|l| l.namespace().as_deref() == Some(&ns))
+        .filter_map(|l| holds::hold_of(l, &clinic))
+        .collect();
+    let secret_exists = |name: &str| cached(&caches.secrets, &ns, name).is_some();
+    let admin_secret = match &d.spec.web.admin_credentials_secret_ref {
+        Some(_) => true,
+        // The generated one is labelled like every child, so the cache holds it.
+        None => secret_exists(&names.admin_secret),
+    };
+    let master_copy = secret_exists(&names.master_copy);
+    let ca = Some(read_ca(aws).await);
+    let upgrade_snapshot = match d.status.as_ref().and_then(|s| s.upgrade.as_ref()) {
+        Some(u) if u.phase == Some(UpgradePhase::SnapshotPending) => match &u.snapshot {
+            Some(snapshot) => {
+                let clients = super::act::clients(d, aws).await;
+                clients
+                    .describe_snapshot(snapshot)
+                    .await
+                    .map_err(|source| Error::Aws {
+                        action: "reading the upgrade snapshot",
+                        source,
+                    })?
+                    .map(|s| s.status)
+            }
+            None => None,
+        },
+        _ => None,
+    };
+    Ok(WorkloadSeen {
+        children,
+        setup_jobs,
+        workers,
+        holds,
+        admin_secret,
+        master_copy,
+        ca,
+        upgrade_snapshot,
+        config: aws.workload.clone(),
+    })
+}
+
+async fn read_ca(aws: &ClinicAws) -> Result<(String, String), String> {
+    let read = |path: std::path::PathBuf, flag: &'static str| async move {
+        let text = tokio::fs::read_to_string(&path)
+            .await
+            .map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+        if !text.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(format!(
+                "{flag} {}: no PEM certificate in it",
+                path.display()
+            ));
+        }
+        Ok(text)
+    };
+    let mysql = read(aws.ca_files.mysql.clone(), "--mysql-ca-file").await?;
+    let redis = read(aws.ca_files.redis.clone(), "--redis-ca-file").await?;
+    Ok((mysql, redis))
+}
+
+fn job_state(job: &Job) -> JobState {
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let is = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == t && c.status == "True")
+    };
+    if is("Complete").is_some() {
+        return JobState::Complete;
+    }
+    if let Some(c) = is("Failed") {
+        return JobState::Failed {
+            reason: format!(
+                "{}: {}",
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default()
+            ),
+            detail: String::new(),
+            at: c.last_transition_time.as_ref().map(|t| t.0),
+        };
+    }
+    JobState::Running
+}
+
+/// What the failed Job's last pod said as it terminated (its termination message, which
+/// `FallbackToLogsOnError` fills from the log's tail), cut for a condition.
+async fn last_words(ctx: &Context, ns: &str, job: &str) -> Result<String, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await
+        .map_err(Error::observe(format!("Pods of Job {ns}/{job}")))?;
+    let mut words: Vec<(Option<k8s_openapi::jiff::Timestamp>, String)> = Vec::new();
+    for pod in list.items {
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.clone())
+            .unwrap_or_default();
+        for s in statuses {
+            if let Some(t) = s.state.and_then(|st| st.terminated) {
+                let text = t
+                    .message
+                    .clone()
+                    .filter(|m| !m.trim().is_empty())
+                    .or(t.reason.clone())
+                    .unwrap_or_default();
+                words.push((t.finished_at.map(|f| f.0), text.trim().to_string()));
+            }
+        }
+    }
+    words.sort();
+    Ok(words
+        .pop()
+        .map(|(_, w)| crate::controller::truncated(&w, 200))
+        .unwrap_or_default())
+}
+
+fn workers_seen(dep: &Deployment) -> WorkersSeen {
+    let spec = dep.spec.as_ref();
+    let status = dep.status.as_ref();
+    let image = spec
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    WorkersSeen {
+        image,
+        replicas: spec.and_then(|s| s.replicas).unwrap_or(1),
+        ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+        updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
+        current: status.and_then(|s| s.observed_generation) >= dep.metadata.generation,
+    }
+}
+
+async fn apply<K>(ctx: &Context, ns: &str, child: &Child) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    send(api, child).await
+}
+
+async fn send<K>(api: Api<K>, child: &Child) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let result = if child.kind.create_only() {
+        let obj: K = serde_json::from_value(child.body.clone()).map_err(|e| Error::Act {
+            action: format!("rendering {} {}", child.kind, child.name),
+            reason: "RenderFailed",
+            message: e.to_string(),
+        })?;
+        match api.create(&PostParams::default(), &obj).await {
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            other => other.map(|_| ()),
+        }
+    } else {
+        api.patch(
+            &child.name,
+            &PatchParams::apply(WEB_MANAGER).force(),
+            &Patch::Apply(&child.body),
+        )
+        .await
+        .map(|_| ())
+    };
+    result.map_err(|e| Error::Act {
+        action: format!("applying {} {}", child.kind, child.name),
+        reason: "ChildApplyFailed",
+        message: e.to_string(),
+    })
+}
+
+/// Applies children in order.
+pub async fn apply_children(ctx: &Context, ns: &str, children: &[Child]) -> Result<(), Error> {
+    for child in children {
+        match child.kind {
+            ChildKind::Secret => apply::<Secret>(ctx, ns, child).await,
+            ChildKind::ConfigMap => apply::<ConfigMap>(ctx, ns, child).await,
+            ChildKind::PersistentVolume => {
+                send(Api::<PersistentVolume>::all(ctx.client.clone()), child).await
+            }
+            ChildKind::PersistentVolumeClaim => {
+                apply::<PersistentVolumeClaim>(ctx, ns, child).await
+            }
+            ChildKind::Service => apply::<Service>(ctx, ns, child).await,
+            ChildKind::Job => apply::<Job>(ctx, ns, child).await,
+            ChildKind::Deployment => apply::<Deployment>(ctx, ns, child).await,
+            ChildKind::PodDisruptionBudget => apply::<PodDisruptionBudget>(ctx, ns, child).await,
+            ChildKind::Ingress => apply::<Ingress>(ctx, ns, child).await,
+            ChildKind::NetworkPolicy => apply::<NetworkPolicy>(ctx, ns, child).await,
+        }?;
+    }
+    Ok(())
+}
+
+/// Deletes a child (gone already is fine).
+pub async fn delete_child(
+    ctx: &Context,
+    ns: &str,
+    kind: ChildKind,
+    name: &str,
+) -> Result<(), Error> {
+    let params = DeleteParams::background();
+    let client = ctx.client.clone();
+    let result = match kind {
+        ChildKind::Secret => Api::<Secret>::namespaced(client, ns)
+            .delete(name, &params)
+            .await
+            .map(|_| ()),
+        ChildKind::Ingress => Api::<Ingress>::namespaced(client, ns)
+            .delete(name, &params)
+            .await
+            .map(|_| ()),
+        ChildKind::PodDisruptionBudget => Api::<PodDisruptionBudget>::namespaced(client, ns)
+            .delete(name, &params)
+            .await
+            .map(|_| ()),
+        ChildKind::PersistentVolume => Api::<PersistentVolume>::all(client)
+            .delete(name, &params)
+            .await
+            .map(|_| ()),
+        other => {
+            return Err(Error::Act {
+                action: format!("deleting {other} {name}"),
+                reason: "NotDeletable",
+                message: "the operator never deletes this kind of child".into(),
+            });
+        }
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::Act {
+            action: format!("deleting {kind} {name}"),
+            reason: "ChildDeleteFailed",
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Labels of a Secret the operator generates for a clinic (so the child cache holds it).
+pub fn generated_labels(clinic: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "openemr-operator".to_string(),
+        ),
+        (CLINIC_LABEL.to_string(), clinic.to_string()),
+        (super::names::TAG_NAME.to_string(), clinic.to_string()),
+    ])
+}
+
+/// Creates a Secret once; an existing one is never overwritten.
+pub async fn create_secret_once(ctx: &Context, ns: &str, secret: Secret) -> Result<(), Error> {
+    let name = secret.name_any();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(Error::Act {
+            action: format!("creating Secret {ns}/{name}"),
+            reason: "SecretWriteFailed",
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// A Secret with `data`.
+pub fn secret(
+    ns: &str,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    annotations: Option<BTreeMap<String, String>>,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    data: BTreeMap<String, String>,
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(ns.to_string()),
+            labels: Some(labels),
+            annotations,
+            owner_references: owner.map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}

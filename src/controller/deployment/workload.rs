@@ -1,0 +1,1066 @@
+//! Plans the web tier, purely: from the spec, what the infrastructure provides, the
+//! children the caches hold, the holds and the previous status, to the children to apply,
+//! `WorkloadReady`, `status.web` and `status.upgrade`.
+//!
+//! Order of a clinic's life: infrastructure ready → Secrets, CA, volume, Service → one setup
+//! Job (`K8S=admin`) → once it completed, the workers (`K8S=worker`). A failed setup Job is
+//! reported and retried with a new Job after a delay that doubles; nothing on the volume is
+//! ever removed. An image change on a set-up clinic is an upgrade: snapshot (if asked) seen
+//! `available` → a Job with the new image migrates → the workers roll → done, or, past the
+//! timeout, the workers go back to the previous image (`RolledBack`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use serde_json::Value;
+
+use super::holds;
+use super::plan::Change;
+use super::web::{self, Child, ChildKind, SecretKey, SetupCredentials, WebInputs, WebNames};
+use crate::api::OpenEMRDeployment;
+use crate::api::deployment::{UpgradePhase, UpgradeStatus, WebHold, WebStatus};
+use crate::conditions::Verdict;
+
+/// Condition type of the web tier.
+pub const WORKLOAD_READY: &str = "WorkloadReady";
+
+/// Where the infrastructure is, once it is ready.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    pub database_host: String,
+    pub database_port: i32,
+    pub database_identifier: String,
+    pub redis_host: String,
+    pub file_system_id: String,
+    /// The Secret and key with OpenEMR's own database password.
+    pub database_password: SecretKey,
+    /// The user's Secret with `root-password`, if given; else RDS manages the master
+    /// password in Secrets Manager ([`Site::master_secret_arn`]).
+    pub user_master_password: Option<SecretKey>,
+    pub master_secret_arn: Option<String>,
+}
+
+/// A setup Job as the cache shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetupJob {
+    pub name: String,
+    pub image: String,
+    pub attempt: u32,
+    pub state: JobState,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobState {
+    Running,
+    Complete,
+    Failed {
+        /// The Job's own reason and message (`BackoffLimitExceeded`, `DeadlineExceeded`).
+        reason: String,
+        /// What its last pod said when it terminated (its termination message or log tail).
+        detail: String,
+        at: Option<Timestamp>,
+    },
+}
+
+/// The workers' Deployment as the cache shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkersSeen {
+    pub image: String,
+    pub replicas: i32,
+    pub ready: i32,
+    pub updated: i32,
+    /// The Deployment controller has seen the latest spec.
+    pub current: bool,
+}
+
+/// Timings and limits of the web tier (flags of `run`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadConfig {
+    pub setup_backoff_limit: i32,
+    pub setup_deadline: Duration,
+    /// First wait before a failed setup Job is followed by a new one; doubles per attempt.
+    pub setup_retry_after: Duration,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        WorkloadConfig {
+            setup_backoff_limit: 4,
+            setup_deadline: Duration::from_secs(1800),
+            setup_retry_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What `observe` found of the web tier.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WorkloadSeen {
+    /// Every child the caches hold, as JSON (without status).
+    pub children: BTreeMap<(ChildKind, String), Value>,
+    pub setup_jobs: Vec<SetupJob>,
+    pub workers: Option<WorkersSeen>,
+    pub holds: Vec<WebHold>,
+    pub admin_secret: bool,
+    pub master_copy: bool,
+    /// The CA bundles (MySQL, Redis), or why they could not be read.
+    pub ca: Option<Result<(String, String), String>>,
+    /// The pre-upgrade snapshot's state (`available`, `creating`…), when one is awaited.
+    pub upgrade_snapshot: Option<String>,
+    pub config: WorkloadConfig,
+}
+
+/// The outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadPlan {
+    pub verdict: Verdict,
+    pub web: WebStatus,
+    pub upgrade: Option<UpgradeStatus>,
+    pub changes: Vec<Change>,
+    /// AWS works on something the web tier waits for (the pre-upgrade snapshot): look
+    /// again at the progress interval. Everything else wakes the clinic through a watch.
+    pub in_progress: bool,
+    /// A timer: a failed setup's next attempt, an upgrade's timeout.
+    pub wake_after: Option<Duration>,
+    /// The web tier is being set up or upgraded.
+    pub busy: bool,
+}
+
+const SETUP_RETRY_MAX: Duration = Duration::from_secs(3600);
+
+/// Plans the web tier. `site` is `None` until the stack and the database are ready.
+pub fn plan_workload(
+    d: &OpenEMRDeployment,
+    site: Option<&Site>,
+    seen: &WorkloadSeen,
+    now: Timestamp,
+) -> WorkloadPlan {
+    let previous = d.status.clone().unwrap_or_default();
+    let mut web = previous.web.clone().unwrap_or_default();
+    web.holds = holds::sorted(seen.holds.clone());
+    let mut upgrade = previous.upgrade.clone();
+    let waiting = |reason: &'static str, message: String| WorkloadPlan {
+        verdict: Verdict::falsy(WORKLOAD_READY, reason, message),
+        web: web.clone(),
+        upgrade: upgrade.clone(),
+        changes: Vec::new(),
+        in_progress: false,
+        wake_after: None,
+        busy: false,
+    };
+    let Some(site) = site else {
+        return waiting(
+            "WaitingForInfrastructure",
+            "the web tier starts once the stack and the database are ready".into(),
+        );
+    };
+    let (mysql_ca, redis_ca) = match &seen.ca {
+        Some(Ok(pair)) => pair.clone(),
+        Some(Err(why)) => return waiting("CABundleUnavailable", why.clone()),
+        None => {
+            return waiting(
+                "CABundleUnavailable",
+                "the operator has no CA bundles configured".into(),
+            );
+        }
+    };
+    let ns = d.namespace().unwrap_or_default();
+    let uid = d.metadata.uid.clone().unwrap_or_default();
+    let names = WebNames::new(&ns, &d.name_any());
+    let spec = &d.spec.web;
+    let inputs = WebInputs {
+        namespace: &ns,
+        uid: &uid,
+        names: &names,
+        web: spec,
+        database_host: &site.database_host,
+        database_port: site.database_port,
+        database_name: &d.spec.database.database_name,
+        database_user: &d.spec.database.username,
+        database_password: site.database_password.clone(),
+        redis_host: &site.redis_host,
+        file_system_id: &site.file_system_id,
+        mysql_ca: &mysql_ca,
+        redis_ca: &redis_ca,
+        setup_backoff_limit: seen.config.setup_backoff_limit,
+        setup_deadline_seconds: seen.config.setup_deadline.as_secs() as i64,
+    };
+    web.url = Some(inputs.url());
+
+    let mut wanted: Vec<Child> = vec![
+        inputs.settings_secret(),
+        inputs.ca_config_map(),
+        inputs.volume(),
+        inputs.claim(),
+        inputs.service(),
+        inputs.network_policy(),
+    ];
+    wanted.extend(inputs.ingress());
+    if spec.replicas >= 2 {
+        wanted.push(inputs.disruption_budget());
+    }
+    let mut changes = Vec::new();
+    let mut in_progress = false;
+    let mut wake_after = None;
+    let mut busy = false;
+    let held = !web.holds.is_empty();
+    let replicas = if held { 0 } else { spec.replicas };
+
+    // The image the workers run: the spec's until set up, then moved only by an upgrade.
+    let running = seen
+        .workers
+        .as_ref()
+        .map(|w| w.image.clone())
+        .or_else(|| web.image.clone());
+    let verdict;
+    if !web.setup_complete {
+        let jobs: Vec<&SetupJob> = seen
+            .setup_jobs
+            .iter()
+            .filter(|j| j.image == spec.image)
+            .collect();
+        if jobs.iter().any(|j| j.state == JobState::Complete) {
+            web.setup_complete = true;
+        }
+        if !web.setup_complete {
+            let step = setup_step(&inputs, &names, site, seen, &jobs, replicas, now);
+            changes.extend(step.changes);
+            verdict = step.verdict;
+            web.ready_replicas = 0;
+            return finish(
+                wanted,
+                changes,
+                seen,
+                WorkloadPlan {
+                    verdict,
+                    web,
+                    upgrade,
+                    changes: Vec::new(),
+                    in_progress,
+                    wake_after: step.wake_after,
+                    busy: step.busy,
+                },
+            );
+        }
+    }
+    // Set up: the master password's copy is no longer needed in the cluster.
+    if seen.master_copy {
+        changes.push(Change::DeleteChild {
+            kind: ChildKind::Secret,
+            name: names.master_copy.clone(),
+        });
+    }
+
+    // Upgrades.
+    let current = running.unwrap_or_else(|| spec.image.clone());
+    let mut image = current.clone();
+    // One upgrade per (from, to): a rolled-back one is not tried again until the spec
+    // names another image.
+    let needs_upgrade = current != spec.image
+        && upgrade
+            .as_ref()
+            .is_none_or(|u| u.to_image != spec.image || u.from_image != current);
+    if needs_upgrade && !held {
+        let snapshot = spec.upgrade.snapshot_before_upgrade.then(|| {
+            format!(
+                "{}-upgrade-g{}",
+                site.database_identifier,
+                d.metadata.generation.unwrap_or_default()
+            )
+        });
+        upgrade = Some(UpgradeStatus {
+            from_image: current.clone(),
+            to_image: spec.image.clone(),
+            phase: Some(if snapshot.is_some() {
+                UpgradePhase::SnapshotPending
+            } else {
+                UpgradePhase::Rolling
+            }),
+            snapshot,
+            start_time: Some(Time(now)),
+            completion_time: None,
+        });
+        changes.push(Change::Announce {
+            reason: "UpgradeStarted",
+            note: format!("upgrading {current} → {}", spec.image),
+            warning: false,
+        });
+    }
+    if let Some(u) = upgrade.as_mut().filter(|u| u.to_image == spec.image) {
+        let step = upgrade_step(u, &inputs, &names, seen, held, now);
+        changes.extend(step.changes);
+        in_progress |= step.in_progress;
+        wake_after = step.wake_after;
+        busy = step.busy;
+        image = step.image;
+    }
+
+    let mut worker_inputs = inputs.clone();
+    let upgraded_spec;
+    if image != spec.image {
+        let mut s = spec.clone();
+        s.image = image.clone();
+        upgraded_spec = s;
+        worker_inputs.web = &upgraded_spec;
+    }
+    wanted.push(worker_inputs.workers(replicas));
+    web.image = Some(image.clone());
+    let ready = seen
+        .workers
+        .as_ref()
+        .filter(|w| w.image == image)
+        .map_or(0, |w| w.ready.min(w.updated));
+    web.ready_replicas = seen.workers.as_ref().map_or(0, |w| w.ready);
+    verdict = if held {
+        let list: Vec<String> = web.holds.iter().map(describe_hold).collect();
+        Verdict::falsy(
+            WORKLOAD_READY,
+            "Held",
+            format!("the web tier is held at 0 replicas by {}", list.join("; ")),
+        )
+    } else if replicas == 0 {
+        Verdict::truthy(
+            WORKLOAD_READY,
+            "Stopped",
+            "spec.web.replicas is 0: the web tier is stopped (no data is touched)",
+        )
+    } else if ready >= replicas && seen.workers.as_ref().is_some_and(|w| w.current) {
+        Verdict::truthy(
+            WORKLOAD_READY,
+            "ReplicasReady",
+            format!("{ready}/{replicas} replicas ready"),
+        )
+    } else {
+        Verdict::falsy(
+            WORKLOAD_READY,
+            "ReplicasNotReady",
+            format!("{ready}/{replicas} replicas ready"),
+        )
+    };
+    finish(
+        wanted,
+        changes,
+        seen,
+        WorkloadPlan {
+            verdict,
+            web,
+            upgrade,
+            changes: Vec::new(),
+            in_progress,
+            wake_after,
+            busy,
+        },
+    )
+}
+
+/// Adds the applies of children that differ from what the caches hold, and the deletions
+/// of children no longer wanted, to the plan.
+fn finish(
+    wanted: Vec<Child>,
+    mut changes: Vec<Change>,
+    seen: &WorkloadSeen,
+    mut plan: WorkloadPlan,
+) -> WorkloadPlan {
+    let differing: Vec<Child> = wanted
+        .iter()
+        .filter(|c| match seen.children.get(&(c.kind, c.name.clone())) {
+            None => true,
+            Some(_) if c.kind.create_only() => false,
+            Some(observed) => !web::carries(observed, &c.body),
+        })
+        .cloned()
+        .collect();
+    // Optional children the spec no longer wants.
+    for kind in [ChildKind::Ingress, ChildKind::PodDisruptionBudget] {
+        for (k, name) in seen.children.keys() {
+            if *k == kind && !wanted.iter().any(|c| c.kind == kind && &c.name == name) {
+                changes.push(Change::DeleteChild {
+                    kind,
+                    name: name.clone(),
+                });
+            }
+        }
+    }
+    if !differing.is_empty() {
+        changes.insert(0, Change::ApplyChildren(differing));
+    }
+    plan.changes = changes;
+    plan
+}
+
+fn describe_hold(h: &WebHold) -> String {
+    let since = h
+        .since
+        .as_ref()
+        .map(|t| format!(" since {}", t.0))
+        .unwrap_or_default();
+    let why = h
+        .reason
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    format!("{}{since}{why}, Lease {}", h.holder, h.lease)
+}
+
+struct Step {
+    changes: Vec<Change>,
+    wake_after: Option<Duration>,
+    verdict: Verdict,
+    /// A setup Job runs or is about to.
+    busy: bool,
+}
+
+/// The first setup: credentials in place, then one Job at a time, retried after failures.
+fn setup_step(
+    inputs: &WebInputs,
+    names: &WebNames,
+    site: &Site,
+    seen: &WorkloadSeen,
+    jobs: &[&SetupJob],
+    replicas: i32,
+    now: Timestamp,
+) -> Step {
+    let mut changes = Vec::new();
+    if replicas == 0 && jobs.is_empty() {
+        let (reason, what) = if seen.holds.is_empty() {
+            ("Stopped", "spec.web.replicas is 0")
+        } else {
+            ("Held", "the web tier is held")
+        };
+        let verdict = if seen.holds.is_empty() {
+            Verdict::truthy(
+                WORKLOAD_READY,
+                reason,
+                format!("{what}: setup waits until replicas are wanted"),
+            )
+        } else {
+            Verdict::falsy(
+                WORKLOAD_READY,
+                reason,
+                format!("{what}: setup waits until the hold is released"),
+            )
+        };
+        return Step {
+            changes,
+            wake_after: None,
+            verdict,
+            busy: false,
+        };
+    }
+    let web = inputs.web;
+    let admin = match &web.admin_credentials_secret_ref {
+        Some(r) => r.name.clone(),
+        None => {
+            if !seen.admin_secret {
+                changes.push(Change::CreateAdminSecret {
+                    name: names.admin_secret.clone(),
+                });
+            }
+            names.admin_secret.clone()
+        }
+    };
+    let master = match (&site.user_master_password, &site.master_secret_arn) {
+        (Some(key), _) => key.clone(),
+        (None, Some(arn)) => {
+            if !seen.master_copy {
+                changes.push(Change::CopyMasterPassword {
+                    name: names.master_copy.clone(),
+                    secret_arn: arn.clone(),
+                });
+            }
+            SecretKey::new(&names.master_copy, web::PASSWORD_KEY)
+        }
+        (None, None) => {
+            return Step {
+                changes,
+                wake_after: None,
+                busy: false,
+                verdict: Verdict::falsy(
+                    WORKLOAD_READY,
+                    "MasterPasswordUnavailable",
+                    "the database has no master password secret in Secrets Manager and spec.database.credentialsSecretRef has no root-password",
+                ),
+            };
+        }
+    };
+    let credentials = SetupCredentials {
+        master_username: super::database::MASTER_USERNAME.into(),
+        master_password: master,
+        admin_username: SecretKey::new(&admin, "username"),
+        admin_password: SecretKey::new(&admin, "password"),
+    };
+    let latest = jobs.iter().max_by_key(|j| j.attempt);
+    let (verdict, wake_after) = match latest.map(|j| (&j.state, j)) {
+        None => {
+            let name = names.setup_job(&web.image, 1);
+            changes.push(Change::ApplyChildren(vec![inputs.setup_job(
+                &name,
+                1,
+                Some(&credentials),
+            )]));
+            (
+                Verdict::falsy(
+                    WORKLOAD_READY,
+                    "SetupRunning",
+                    format!("setup Job {name} started; the workers start once it completes"),
+                ),
+                None,
+            )
+        }
+        Some((JobState::Running, j)) => (
+            Verdict::falsy(
+                WORKLOAD_READY,
+                "SetupRunning",
+                format!(
+                    "setup Job {} (attempt {}) is running; the workers start once it completes",
+                    j.name, j.attempt
+                ),
+            ),
+            None,
+        ),
+        // Seen as setup complete before this step runs; kept for completeness.
+        Some((JobState::Complete, j)) => (
+            Verdict::falsy(
+                WORKLOAD_READY,
+                "SetupRunning",
+                format!("setup Job {} completed", j.name),
+            ),
+            None,
+        ),
+        Some((JobState::Failed { reason, detail, at }, j)) => {
+            let delay = retry_delay(seen.config.setup_retry_after, j.attempt);
+            let due = at.map_or(now, |t| t + delay);
+            let next = j.attempt + 1;
+            let wait = if due <= now {
+                None
+            } else {
+                Some(Duration::from_secs(
+                    due.duration_since(now).as_secs().max(1) as u64,
+                ))
+            };
+            let retry = if due <= now {
+                let name = names.setup_job(&web.image, next);
+                changes.push(Change::ApplyChildren(vec![inputs.setup_job(
+                    &name,
+                    next,
+                    Some(&credentials),
+                )]));
+                format!("attempt {next} started as Job {name}")
+            } else {
+                format!("attempt {next} starts at {due}")
+            };
+            let detail = if detail.is_empty() {
+                String::new()
+            } else {
+                format!("; its pod said: {detail}")
+            };
+            (
+                Verdict::falsy(
+                    WORKLOAD_READY,
+                    "SetupFailed",
+                    format!(
+                        "setup Job {} (attempt {}) failed: {reason}{detail}; {retry}; nothing on the volume was removed",
+                        j.name, j.attempt
+                    ),
+                ),
+                wait,
+            )
+        }
+    };
+    Step {
+        changes,
+        wake_after,
+        verdict,
+        busy: true,
+    }
+}
+
+/// The wait before attempt `attempt + 1`: `first`, doubling, at most an hour.
+pub fn retry_delay(first: Duration, attempt: u32) -> Duration {
+    first
+        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(16)))
+        .min(SETUP_RETRY_MAX)
+}
+
+struct UpgradeStep {
+    changes: Vec<Change>,
+    in_progress: bool,
+    wake_after: Option<Duration>,
+    busy: bool,
+    /// The image the workers are to run.
+    image: String,
+}
+
+/// One look at an upgrade in progress (or finished: then only the image it left).
+fn upgrade_step(
+    u: &mut UpgradeStatus,
+    inputs: &WebInputs,
+    names: &WebNames,
+    seen: &WorkloadSeen,
+    held: bool,
+    now: Timestamp,
+) -> UpgradeStep {
+    let mut step = UpgradeStep {
+        changes: Vec::new(),
+        in_progress: false,
+        wake_after: None,
+        busy: true,
+        image: u.from_image.clone(),
+    };
+    let announce = |reason: &'static str, note: String, warning: bool| Change::Announce {
+        reason,
+        note,
+        warning,
+    };
+    match u.phase {
+        Some(UpgradePhase::Succeeded) => {
+            step.image = u.to_image.clone();
+            step.busy = false;
+            return step;
+        }
+        Some(UpgradePhase::RolledBack) | Some(UpgradePhase::Failed) => {
+            step.busy = false;
+            return step;
+        }
+        _ => {}
+    }
+    if held {
+        // A hold (a backup, a restore) pauses the upgrade where it is.
+        return step;
+    }
+    if u.phase == Some(UpgradePhase::SnapshotPending) {
+        let snapshot = u.snapshot.clone().unwrap_or_default();
+        match seen.upgrade_snapshot.as_deref() {
+            Some("available") => {
+                u.phase = Some(UpgradePhase::Rolling);
+                step.changes.push(announce(
+                    "UpgradeSnapshotAvailable",
+                    format!(
+                        "snapshot {snapshot} is available; migrating to {}",
+                        u.to_image
+                    ),
+                    false,
+                ));
+            }
+            None => {
+                step.changes.push(Change::CreateUpgradeSnapshot {
+                    snapshot: snapshot.clone(),
+                });
+                step.in_progress = true;
+                return step;
+            }
+            Some(_) => {
+                step.in_progress = true;
+                return step;
+            }
+        }
+    }
+    // Rolling: the migration Job, then the workers.
+    let mut upgraded = inputs.web.clone();
+    upgraded.image = u.to_image.clone();
+    let job_inputs = WebInputs {
+        web: &upgraded,
+        ..inputs.clone()
+    };
+    let jobs: Vec<&SetupJob> = seen
+        .setup_jobs
+        .iter()
+        .filter(|j| j.image == u.to_image)
+        .collect();
+    let latest = jobs.iter().max_by_key(|j| j.attempt);
+    let started = u.start_time.as_ref().map_or(now, |t| t.0);
+    let timeout = Duration::from_secs(inputs.web.upgrade.timeout_seconds.max(0) as u64);
+    let timed_out = now.duration_since(started).unsigned_abs() >= timeout;
+    let failure = match latest.map(|j| &j.state) {
+        None => {
+            let name = names.setup_job(&u.to_image, 1);
+            step.changes.push(Change::ApplyChildren(vec![
+                job_inputs.setup_job(&name, 1, None),
+            ]));
+            step.changes.push(announce(
+                "UpgradeMigrating",
+                format!("Job {name} migrates the site to {}", u.to_image),
+                false,
+            ));
+            None
+        }
+        Some(JobState::Running) => None,
+        Some(JobState::Failed { reason, detail, .. }) => {
+            Some(format!("the migration Job failed: {reason} {detail}"))
+        }
+        Some(JobState::Complete) => {
+            step.image = u.to_image.clone();
+            let rolled = seen.workers.as_ref().is_some_and(|w| {
+                w.image == u.to_image
+                    && w.current
+                    && w.updated >= inputs.web.replicas
+                    && w.ready >= inputs.web.replicas
+                    && w.replicas == inputs.web.replicas
+            });
+            if rolled {
+                step.busy = false;
+                u.phase = Some(UpgradePhase::Succeeded);
+                u.completion_time = Some(Time(now));
+                step.changes.push(announce(
+                    "UpgradeSucceeded",
+                    format!("every replica runs {} and is ready", u.to_image),
+                    false,
+                ));
+                return step;
+            }
+            None
+        }
+    };
+    let failure = failure.or_else(|| {
+        timed_out.then(|| {
+            format!(
+                "{} was not ready within spec.web.upgrade.timeoutSeconds ({}s)",
+                u.to_image, inputs.web.upgrade.timeout_seconds
+            )
+        })
+    });
+    let Some(why) = failure else {
+        let left = timeout.saturating_sub(now.duration_since(started).unsigned_abs());
+        step.wake_after = Some(left.max(Duration::from_secs(1)));
+        return step;
+    };
+    step.busy = false;
+    u.completion_time = Some(Time(now));
+    let restore_from = u
+        .snapshot
+        .as_ref()
+        .map(|s| format!("; snapshot {s} holds the database from before the upgrade, for a person to restore from"))
+        .unwrap_or_default();
+    if inputs.web.upgrade.rollback_on_failure {
+        u.phase = Some(UpgradePhase::RolledBack);
+        step.image = u.from_image.clone();
+        step.changes.push(announce(
+            "UpgradeRolledBack",
+            format!(
+                "{why}: the workers run {} again{restore_from}",
+                u.from_image
+            ),
+            true,
+        ));
+    } else {
+        u.phase = Some(UpgradePhase::Failed);
+        step.changes.push(announce(
+            "UpgradeFailed",
+            format!(
+                "{why}; rollbackOnFailure is off, so the workers stay on {}{restore_from}",
+                step.image
+            ),
+            true,
+        ));
+    }
+    step
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::OpenEMRDeploymentSpec;
+    use crate::api::deployment::OpenEMRDeploymentStatus;
+
+    fn clinic(web: serde_json::Value) -> OpenEMRDeployment {
+        let spec: OpenEMRDeploymentSpec = serde_json::from_value(serde_json::json!({
+            "aws": {"region": "us-east-1"},
+            "network": {"newVpc": {}},
+            "web": web,
+        }))
+        .unwrap();
+        let mut d = OpenEMRDeployment::new("clinic-a", spec);
+        d.metadata.namespace = Some("clinics".into());
+        d.metadata.uid = Some("uid-1".into());
+        d.metadata.generation = Some(3);
+        d
+    }
+
+    fn site() -> Site {
+        Site {
+            database_host: "db.example".into(),
+            database_port: 3306,
+            database_identifier: "db-1".into(),
+            redis_host: "redis.example".into(),
+            file_system_id: "fs-1".into(),
+            database_password: SecretKey::new("clinic-a-db-credentials", "password"),
+            user_master_password: None,
+            master_secret_arn: Some("arn:aws:secretsmanager:x".into()),
+        }
+    }
+
+    fn seen() -> WorkloadSeen {
+        WorkloadSeen {
+            ca: Some(Ok(("MYSQL".into(), "REDIS".into()))),
+            ..WorkloadSeen::default()
+        }
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn applied(plan: &WorkloadPlan) -> Vec<(ChildKind, String)> {
+        plan.changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::ApplyChildren(children) => Some(children),
+                _ => None,
+            })
+            .flatten()
+            .map(|c| (c.kind, c.name.clone()))
+            .collect()
+    }
+
+    fn child(plan: &WorkloadPlan, kind: ChildKind) -> Option<&Child> {
+        plan.changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::ApplyChildren(children) => Some(children),
+                _ => None,
+            })
+            .flatten()
+            .find(|c| c.kind == kind)
+    }
+
+    fn set_up(d: &mut OpenEMRDeployment, image: &str) {
+        d.status = Some(OpenEMRDeploymentStatus {
+            web: Some(WebStatus {
+                setup_complete: true,
+                image: Some(image.into()),
+                ..WebStatus::default()
+            }),
+            ..OpenEMRDeploymentStatus::default()
+        });
+    }
+
+    fn workers(image: &str, ready: i32) -> WorkersSeen {
+        WorkersSeen {
+            image: image.into(),
+            replicas: 2,
+            ready,
+            updated: ready,
+            current: true,
+        }
+    }
+
+    #[test]
+    fn nothing_starts_before_the_infrastructure() {
+        let plan = plan_workload(&clinic(serde_json::json!({})), None, &seen(), now());
+        assert_eq!(plan.verdict.reason, "WaitingForInfrastructure");
+        assert!(plan.changes.is_empty());
+    }
+
+    #[test]
+    fn setup_comes_first_with_its_credentials_and_no_worker() {
+        let d = clinic(serde_json::json!({"replicas": 2}));
+        let plan = plan_workload(&d, Some(&site()), &seen(), now());
+        let kinds: Vec<ChildKind> = applied(&plan).into_iter().map(|(k, _)| k).collect();
+        assert!(kinds.contains(&ChildKind::Job));
+        assert!(!kinds.contains(&ChildKind::Deployment));
+        assert!(kinds.contains(&ChildKind::PersistentVolume));
+        let actions: Vec<String> = plan.changes.iter().map(|c| c.intent().0).collect();
+        assert!(actions.contains(&"CreateAdminSecret".to_string()));
+        assert!(actions.contains(&"CopyMasterPassword".to_string()));
+        assert_eq!(plan.verdict.reason, "SetupRunning");
+        assert!(plan.busy);
+    }
+
+    #[test]
+    fn a_completed_setup_brings_the_workers_and_removes_the_master_copy() {
+        let d = clinic(serde_json::json!({"replicas": 2}));
+        let mut s = seen();
+        s.master_copy = true;
+        s.setup_jobs = vec![SetupJob {
+            name: "clinic-a-setup-abc-1".into(),
+            image: d.spec.web.image.clone(),
+            attempt: 1,
+            state: JobState::Complete,
+        }];
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        assert!(plan.web.setup_complete);
+        let workers = child(&plan, ChildKind::Deployment).unwrap();
+        assert_eq!(workers.body["spec"]["replicas"], 2);
+        assert!(plan.changes.contains(&Change::DeleteChild {
+            kind: ChildKind::Secret,
+            name: "clinic-a-db-master".into()
+        }));
+        assert_eq!(plan.verdict.reason, "ReplicasNotReady");
+        assert!(!plan.in_progress, "the Deployment's watch wakes the clinic");
+    }
+
+    #[test]
+    fn a_hold_keeps_the_workers_at_zero_and_says_who() {
+        let mut d = clinic(serde_json::json!({"replicas": 3}));
+        set_up(&mut d, "openemr/openemr:8.0.0");
+        let mut s = seen();
+        s.workers = Some(workers("openemr/openemr:8.0.0", 3));
+        s.holds = vec![WebHold {
+            holder: "backup/nightly".into(),
+            reason: Some("quiesced backup".into()),
+            since: None,
+            lease: "clinic-a-hold-nightly".into(),
+        }];
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        assert_eq!(plan.verdict.reason, "Held");
+        assert!(plan.verdict.message.contains("backup/nightly"));
+        assert_eq!(
+            child(&plan, ChildKind::Deployment).unwrap().body["spec"]["replicas"],
+            0
+        );
+        // Released: spec.web.replicas again.
+        s.holds.clear();
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        assert_eq!(
+            child(&plan, ChildKind::Deployment).unwrap().body["spec"]["replicas"],
+            3
+        );
+    }
+
+    #[test]
+    fn a_failed_setup_is_retried_after_a_doubling_delay() {
+        let d = clinic(serde_json::json!({"replicas": 1}));
+        let mut s = seen();
+        s.admin_secret = true;
+        s.master_copy = true;
+        let failed_at = now() - std::time::Duration::from_secs(60);
+        s.setup_jobs = vec![SetupJob {
+            name: "j-1".into(),
+            image: d.spec.web.image.clone(),
+            attempt: 1,
+            state: JobState::Failed {
+                reason: "BackoffLimitExceeded: Job has reached the specified backoff limit".into(),
+                detail: "Couldn't set up".into(),
+                at: Some(failed_at),
+            },
+        }];
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        assert_eq!(plan.verdict.reason, "SetupFailed");
+        assert!(plan.verdict.message.contains("Couldn't set up"));
+        assert!(
+            child(&plan, ChildKind::Job).is_none(),
+            "not before the delay"
+        );
+        assert_eq!(plan.wake_after, Some(std::time::Duration::from_secs(240)));
+        let later = now() + std::time::Duration::from_secs(300);
+        let plan = plan_workload(&d, Some(&site()), &s, later);
+        let job = child(&plan, ChildKind::Job).unwrap();
+        assert_eq!(
+            job.body["metadata"]["annotations"][web::ATTEMPT_ANNOTATION],
+            "2"
+        );
+        assert!(!plan.changes.iter().any(|c| matches!(
+            c,
+            Change::DeleteChild {
+                kind: ChildKind::PersistentVolume | ChildKind::PersistentVolumeClaim,
+                ..
+            }
+        )));
+        let first = std::time::Duration::from_secs(300);
+        assert_eq!(retry_delay(first, 1), first);
+        assert_eq!(retry_delay(first, 3), first * 4);
+        assert_eq!(retry_delay(first, 40), SETUP_RETRY_MAX);
+    }
+
+    #[test]
+    fn an_upgrade_waits_for_its_snapshot_then_migrates_then_rolls() {
+        let mut d = clinic(serde_json::json!({"replicas": 2, "image": "openemr/openemr:8.0.1"}));
+        set_up(&mut d, "openemr/openemr:8.0.0");
+        let mut s = seen();
+        s.workers = Some(workers("openemr/openemr:8.0.0", 2));
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let u = plan.upgrade.clone().unwrap();
+        assert_eq!(u.phase, Some(UpgradePhase::SnapshotPending));
+        assert_eq!(u.snapshot.as_deref(), Some("db-1-upgrade-g3"));
+        assert!(plan.changes.contains(&Change::CreateUpgradeSnapshot {
+            snapshot: "db-1-upgrade-g3".into()
+        }));
+        // The new image is nowhere yet.
+        let workers_child = child(&plan, ChildKind::Deployment).unwrap();
+        assert!(!workers_child.body.to_string().contains("8.0.1"));
+        assert!(child(&plan, ChildKind::Job).is_none());
+
+        // The snapshot is available: the migration Job runs the new image, without the
+        // setup credentials.
+        d.status.as_mut().unwrap().upgrade = plan.upgrade.clone();
+        s.upgrade_snapshot = Some("available".into());
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        assert_eq!(
+            plan.upgrade.as_ref().unwrap().phase,
+            Some(UpgradePhase::Rolling)
+        );
+        let job = child(&plan, ChildKind::Job).unwrap();
+        assert!(job.body.to_string().contains("openemr/openemr:8.0.1"));
+        assert!(!job.body.to_string().contains("MYSQL_ROOT_PASS"));
+        assert!(
+            !child(&plan, ChildKind::Deployment)
+                .unwrap()
+                .body
+                .to_string()
+                .contains("8.0.1")
+        );
+
+        // Migrated: the workers roll.
+        d.status.as_mut().unwrap().upgrade = plan.upgrade.clone();
+        s.setup_jobs = vec![SetupJob {
+            name: "m".into(),
+            image: "openemr/openemr:8.0.1".into(),
+            attempt: 1,
+            state: JobState::Complete,
+        }];
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        assert!(
+            child(&plan, ChildKind::Deployment)
+                .unwrap()
+                .body
+                .to_string()
+                .contains("8.0.1")
+        );
+
+        // Not ready within the timeout: back to the previous image, the snapshot named.
+        let late = now() + std::time::Duration::from_secs(1801);
+        s.workers = Some(WorkersSeen {
+            ready: 0,
+            updated: 1,
+            ..workers("openemr/openemr:8.0.1", 0)
+        });
+        let plan = plan_workload(&d, Some(&site()), &s, late);
+        assert_eq!(
+            plan.upgrade.as_ref().unwrap().phase,
+            Some(UpgradePhase::RolledBack)
+        );
+        let workers_child = child(&plan, ChildKind::Deployment).unwrap();
+        assert!(
+            workers_child
+                .body
+                .to_string()
+                .contains("openemr/openemr:8.0.0")
+        );
+        let Some(Change::Announce {
+            note,
+            warning: true,
+            ..
+        }) = plan
+            .changes
+            .iter()
+            .find(|c| matches!(c, Change::Announce { .. }))
+        else {
+            panic!("no warning Event: {:?}", plan.changes)
+        };
+        assert!(note.contains("db-1-upgrade-g3"), "{note}");
+
+        // Rolled back stays rolled back: no second upgrade, no second snapshot.
+        d.status.as_mut().unwrap().upgrade = plan.upgrade.clone();
+        s.workers = Some(workers("openemr/openemr:8.0.0", 2));
+        let plan = plan_workload(&d, Some(&site()), &s, late);
+        assert!(
+            !plan
+                .changes
+                .iter()
+                .any(|c| matches!(c, Change::CreateUpgradeSnapshot { .. }))
+        );
+        assert_eq!(plan.upgrade.unwrap().phase, Some(UpgradePhase::RolledBack));
+    }
+}

@@ -1,0 +1,580 @@
+//! The web tier on a real kube-apiserver + kube-controller-manager (its Job, Deployment and
+//! ReplicaSet controllers, garbage collection) with the infrastructure in moto. There is no
+//! kubelet: the tests play it by patching Pod status (`Succeeded` / `Failed` for the setup
+//! Job's pod, `Running` + `Ready` for the workers).
+//!
+//! Every operator here watches its own namespace only: the tests of this binary run at once.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{
+    Event, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use openemr_operator::api::OpenEMRDeployment;
+use openemr_operator::api::deployment::DeploymentPhase;
+use serde_json::json;
+use support::operator::Operator;
+use support::{TestNamespace, apply, condition, env, eventually, wait_for_reason};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn clinic(name: &str, web: serde_json::Value) -> serde_json::Value {
+    let mut c = support::clinic_manifest(name, "us-west-2", "");
+    c["spec"]["web"] = web;
+    c
+}
+
+/// Pods of `selector` in `ns`.
+async fn pods(client: &Client, ns: &str, selector: &str) -> Vec<Pod> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items
+}
+
+/// Plays the kubelet: `pod` ran to `phase` (`Succeeded` or `Failed`, with `message`).
+async fn finish_pod(client: &Client, ns: &str, pod: &str, phase: &str, message: &str) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let exit = if phase == "Succeeded" { 0 } else { 1 };
+    let now = "2026-11-23T00:00:00Z";
+    let status = json!({"status": {
+        "phase": phase,
+        "containerStatuses": [{
+            "name": "setup", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {
+                "exitCode": exit, "reason": if exit == 0 { "Completed" } else { "Error" },
+                "message": message, "startedAt": now, "finishedAt": now,
+            }},
+        }],
+    }});
+    api.patch_status(pod, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+/// Plays the kubelet for every worker pod of `clinic`: running and ready.
+async fn run_workers(client: &Client, ns: &str, clinic: &str) -> usize {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("app.kubernetes.io/instance={clinic},app.kubernetes.io/component=web");
+    let mut n = 0;
+    for pod in pods(client, ns, &selector).await {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let now = "2026-11-23T00:00:00Z";
+        let status = json!({"status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+            ],
+            "containerStatuses": [{
+                "name": "openemr", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
+                "started": true, "state": {"running": {"startedAt": now}},
+            }],
+        }});
+        api.patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await
+        .unwrap();
+        n += 1;
+    }
+    n
+}
+
+/// The setup Jobs of `clinic`, by name.
+async fn setup_jobs(client: &Client, ns: &str, clinic: &str) -> Vec<Job> {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    let mut jobs = api
+        .list(&ListParams::default().labels(&format!(
+            "openemr.io/clinic={clinic},app.kubernetes.io/component=setup"
+        )))
+        .await
+        .unwrap()
+        .items;
+    jobs.sort_by_key(|j| j.name_any());
+    jobs
+}
+
+/// Waits for attempt `n`'s Job and its pod, returns the pod's name.
+async fn setup_pod(client: &Client, ns: &str, clinic: &str, n: usize) -> (Job, String) {
+    let job = eventually(WAIT, &format!("setup Job #{n} of {clinic}"), || async {
+        setup_jobs(client, ns, clinic).await.into_iter().nth(n - 1)
+    })
+    .await;
+    let name = job.name_any();
+    let pod = eventually(WAIT, &format!("the pod of Job {name}"), || async {
+        pods(client, ns, &format!("job-name={name}"))
+            .await
+            .into_iter()
+            .next()
+            .map(|p| p.name_any())
+    })
+    .await;
+    (job, pod)
+}
+
+fn env_of(spec: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    spec["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e.clone()))
+        .collect()
+}
+
+async fn secret_value(client: &Client, ns: &str, name: &str, key: &str) -> String {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let s = api.get(name).await.unwrap();
+    String::from_utf8(s.data.unwrap()[key].0.clone()).unwrap()
+}
+
+/// A clinic through setup to `Ready`, the kubelet played; returns the operator.
+async fn ready_clinic(client: &Client, ns: &str, name: &str, operator_args: &[&str]) -> Operator {
+    let operator = Operator::start_with(env(), Some(ns), operator_args);
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), ns);
+    let (_, pod) = setup_pod(client, ns, name, 1).await;
+    finish_pod(client, ns, &pod, "Succeeded", "").await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let workers = format!("{name}-openemr");
+    eventually(WAIT, "the workers' pods", || async {
+        let d = deployments.get_opt(&workers).await.ok()??;
+        let want = d.spec?.replicas? as usize;
+        (run_workers(client, ns, name).await >= want && want > 0).then_some(())
+    })
+    .await;
+    wait_for_reason(&clinics, name, "Ready", "Ready").await;
+    operator
+}
+
+#[tokio::test]
+async fn a_clinic_is_set_up_once_then_served_by_workers_and_ready() {
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "web").await;
+    let name = "clinic-w";
+    let web = json!({
+        "replicas": 2,
+        "ingress": {"host": "clinic-w.example.org", "tlsSecretName": "clinic-w-tls"},
+    });
+    apply(&client, &ns.name, &clinic(name, web)).await.unwrap();
+    let operator = Operator::start(env(), Some(&ns.name));
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+
+    // Setup first: one Job, no worker.
+    let (job, pod) = setup_pod(&client, &ns.name, name, 1).await;
+    let setup = wait_for_reason(&clinics, name, "WorkloadReady", "SetupRunning").await;
+    assert_eq!(setup.status, "False");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        deployments
+            .get_opt(&format!("{name}-openemr"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let job_pod = serde_json::to_value(job.spec.unwrap().template.spec.unwrap()).unwrap();
+    let job_env = env_of(&job_pod);
+    let names: Vec<&str> = job_env.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "K8S",
+            "MYSQL_PASS",
+            "MYSQL_ROOT_USER",
+            "MYSQL_ROOT_PASS",
+            "OE_USER",
+            "OE_PASS"
+        ]
+    );
+    assert_eq!(job_env[0].1["value"], "admin");
+    for (n, e) in &job_env {
+        if n.ends_with("PASS") {
+            assert!(e.get("value").is_none(), "{n} is a literal: {e}");
+            assert!(e["valueFrom"]["secretKeyRef"].is_object(), "{n}: {e}");
+        }
+    }
+    assert_eq!(
+        job_env[3].1["valueFrom"]["secretKeyRef"]["name"],
+        format!("{name}-db-master")
+    );
+    // The RDS-managed master password was copied for setup from Secrets Manager.
+    let master = secret_value(&client, &ns.name, &format!("{name}-db-master"), "password").await;
+    assert!(master.len() >= 8);
+
+    // The kubelet says the setup pod succeeded: the Job controller completes the Job, and
+    // the workers appear.
+    finish_pod(&client, &ns.name, &pod, "Succeeded", "").await;
+    let workers = eventually(WAIT, "the workers' Deployment", || async {
+        deployments.get_opt(&format!("{name}-openemr")).await.ok()?
+    })
+    .await;
+    let status = clinics.get(name).await.unwrap().status.unwrap();
+    assert!(status.web.as_ref().unwrap().setup_complete);
+    // The master password's copy is gone once setup is done.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    eventually(WAIT, "the master password copy deleted", || async {
+        secrets
+            .get_opt(&format!("{name}-db-master"))
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    // The worker Pod spec carries what the image needs.
+    let spec = workers.spec.clone().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let pod_spec = serde_json::to_value(spec.template.spec.unwrap()).unwrap();
+    assert_eq!(pod_spec["automountServiceAccountToken"], false);
+    let main = &pod_spec["containers"][0];
+    assert_eq!(main["image"], "openemr/openemr:8.0.0");
+    assert_eq!(env_of(&pod_spec)[0].1["value"], "worker");
+    assert_eq!(
+        main["readinessProbe"]["httpGet"]["path"],
+        "/interface/login/login.php"
+    );
+    assert!(main["startupProbe"].is_object());
+    assert_eq!(
+        main["envFrom"][0]["secretRef"]["name"],
+        format!("{name}-openemr")
+    );
+    let mounts = main["volumeMounts"].to_string();
+    assert!(
+        mounts.contains("/var/www/localhost/htdocs/openemr/sites"),
+        "{mounts}"
+    );
+    assert!(mounts.contains("/root/certs/mysql/server"), "{mounts}");
+    assert!(mounts.contains("/root/certs/redis"), "{mounts}");
+    let settings = secrets.get(&format!("{name}-openemr")).await.unwrap();
+    let setting =
+        |k: &str| String::from_utf8(settings.data.as_ref().unwrap()[k].0.clone()).unwrap();
+    assert_eq!(setting("REDIS_TLS"), "yes");
+    assert!(
+        !setting("REDIS_SERVER").contains(':'),
+        "the image adds the port"
+    );
+    assert_eq!(setting("FORCE_DATABASE_SSL_CONNECT"), "1");
+    assert_eq!(
+        setting("MYSQL_HOST"),
+        status
+            .database
+            .as_ref()
+            .unwrap()
+            .endpoint
+            .as_deref()
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap()
+    );
+    let ca: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let bundle = ca.get(&format!("{name}-ca")).await.unwrap().data.unwrap();
+    let stand_in = std::fs::read_to_string(format!(
+        "{}/tests/fixtures/stand-in-mysql-ca.pem",
+        support::REPO
+    ))
+    .unwrap();
+    assert_eq!(bundle["mysql-ca"], stand_in);
+
+    // The EFS volume.
+    let pv: Api<PersistentVolume> = Api::all(client.clone());
+    let volume = pv
+        .get(&format!("openemr-{}-{name}-sites", ns.name))
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    let csi = volume.csi.unwrap();
+    assert_eq!(csi.driver, "efs.csi.aws.com");
+    assert_eq!(Some(csi.volume_handle), status.file_system_id);
+    assert_eq!(volume.mount_options, Some(vec!["tls".to_string()]));
+    assert_eq!(
+        volume.persistent_volume_reclaim_policy.as_deref(),
+        Some("Retain")
+    );
+    assert_eq!(volume.access_modes, Some(vec!["ReadWriteMany".to_string()]));
+    let pvc: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+    assert!(pvc.get(&format!("{name}-sites")).await.is_ok());
+
+    // The kubelet says the workers run and are ready.
+    eventually(WAIT, "two worker pods", || async {
+        (run_workers(&client, &ns.name, name).await >= 2).then_some(())
+    })
+    .await;
+    let workload = wait_for_reason(&clinics, name, "WorkloadReady", "ReplicasReady").await;
+    assert_eq!(workload.message, "2/2 replicas ready");
+    let ready = wait_for_reason(&clinics, name, "Ready", "Ready").await;
+    assert_eq!(ready.status, "True");
+    let status = clinics.get(name).await.unwrap().status.unwrap();
+    assert_eq!(status.phase, Some(DeploymentPhase::Ready));
+    let web = status.web.unwrap();
+    assert_eq!(web.url.as_deref(), Some("https://clinic-w.example.org/"));
+    assert_eq!(web.ready_replicas, 2);
+    assert_eq!(web.image.as_deref(), Some("openemr/openemr:8.0.0"));
+
+    let ingress: Api<Ingress> = Api::namespaced(client.clone(), &ns.name);
+    let ing = ingress
+        .get(&format!("{name}-openemr"))
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!(
+        ing.tls.unwrap()[0].secret_name.as_deref(),
+        Some("clinic-w-tls")
+    );
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        pdbs.get_opt(&format!("{name}-openemr"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Setup ran once.
+    assert_eq!(setup_jobs(&client, &ns.name, name).await.len(), 1);
+
+    // No password anywhere people or logs read: operator log, Events, status, Pod specs.
+    let passwords = [
+        secret_value(
+            &client,
+            &ns.name,
+            &format!("{name}-db-credentials"),
+            "password",
+        )
+        .await,
+        secret_value(&client, &ns.name, &format!("{name}-admin"), "password").await,
+        master,
+    ];
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let event_text =
+        serde_json::to_string(&events.list(&Default::default()).await.unwrap().items).unwrap();
+    let status_text = serde_json::to_string(&clinics.get(name).await.unwrap().status).unwrap();
+    let pod_text =
+        serde_json::to_string(&pods(&client, &ns.name, &format!("openemr.io/clinic={name}")).await)
+            .unwrap()
+            + &serde_json::to_string(&setup_jobs(&client, &ns.name, name).await).unwrap()
+            + &serde_json::to_string(&deployments.get(&format!("{name}-openemr")).await.unwrap())
+                .unwrap();
+    let log = operator.log();
+    for p in &passwords {
+        for (what, text) in [
+            ("log", &log),
+            ("Events", &event_text),
+            ("status", &status_text),
+            ("Pod specs", &pod_text),
+        ] {
+            assert!(
+                !text.contains(p.as_str()),
+                "a password appears in the {what}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn replicas_follow_the_spec_and_hand_edits_deletions_and_holds_are_handled() {
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "web-scale").await;
+    let name = "clinic-s";
+    apply(&client, &ns.name, &clinic(name, json!({"replicas": 2})))
+        .await
+        .unwrap();
+    let operator = ready_clinic(&client, &ns.name, name, &[]).await;
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns.name);
+    let workers = format!("{name}-openemr");
+    let replicas = || async { deployments.get(&workers).await.ok()?.spec?.replicas };
+    let wait_replicas = |n: i32| {
+        let replicas = &replicas;
+        async move {
+            eventually(WAIT, &format!("{n} replicas"), || async {
+                (replicas().await? == n).then_some(())
+            })
+            .await
+        }
+    };
+
+    // 2 → 5 → 0 → 2.
+    for n in [5, 0, 2] {
+        apply(&client, &ns.name, &clinic(name, json!({"replicas": n})))
+            .await
+            .unwrap();
+        wait_replicas(n).await;
+        let budget = pdbs.get_opt(&workers).await.unwrap().is_some();
+        eventually(WAIT, "the budget to follow", || async {
+            (pdbs.get_opt(&workers).await.ok()?.is_some() == (n >= 2)).then_some(())
+        })
+        .await;
+        let _ = budget;
+        if n == 0 {
+            let stopped = wait_for_reason(&clinics, name, "WorkloadReady", "Stopped").await;
+            assert_eq!(stopped.status, "True");
+        }
+    }
+    run_workers(&client, &ns.name, name).await;
+
+    // A person edits the Deployment by hand: put back.
+    let edit = json!({"spec": {"replicas": 7, "template": {"spec": {"containers": [
+        {"name": "openemr", "image": "openemr/openemr:7.0.3"}
+    ]}}}});
+    deployments
+        .patch(&workers, &PatchParams::default(), &Patch::Strategic(&edit))
+        .await
+        .unwrap();
+    eventually(WAIT, "the hand edit put back", || async {
+        let spec = deployments.get(&workers).await.ok()?.spec?;
+        let image = spec.template.spec?.containers[0].image.clone()?;
+        (spec.replicas == Some(2) && image == "openemr/openemr:8.0.0").then_some(())
+    })
+    .await;
+
+    // A deleted Service is recreated.
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let uid = services.get(&workers).await.unwrap().uid();
+    services
+        .delete(&workers, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(WAIT, "the Service recreated", || async {
+        let s = services.get_opt(&workers).await.ok()??;
+        (s.uid() != uid).then_some(())
+    })
+    .await;
+
+    // A hold, placed by hand: the workers go to 0, the clinic says why.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let hold: Lease = serde_json::from_value(json!({
+        "metadata": {
+            "name": "clinic-s-hold-by-hand",
+            "labels": {"openemr.io/hold-on": name},
+            "annotations": {"openemr.io/hold-reason": "copying documents by hand"},
+        },
+        "spec": {"holderIdentity": "ops/alice", "acquireTime": "2026-11-23T10:00:00.000000Z"},
+    }))
+    .unwrap();
+    leases.create(&PostParams::default(), &hold).await.unwrap();
+    wait_replicas(0).await;
+    let held = wait_for_reason(&clinics, name, "WorkloadReady", "Held").await;
+    assert_eq!(held.status, "False");
+    assert!(held.message.contains("ops/alice"), "{}", held.message);
+    assert!(
+        held.message.contains("copying documents by hand"),
+        "{}",
+        held.message
+    );
+    let web = clinics
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .web
+        .unwrap();
+    assert_eq!(web.holds.len(), 1);
+    assert_eq!(web.holds[0].holder, "ops/alice");
+    assert_eq!(
+        wait_for_reason(&clinics, name, "Ready", "NotReady")
+            .await
+            .status,
+        "False"
+    );
+
+    // The hold survives an operator restart: the new one keeps the workers at 0.
+    drop(operator);
+    let operator = Operator::start(env(), Some(&ns.name));
+    operator.wait_for("/readyz", 200).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(replicas().await, Some(0));
+
+    // Released: spec.web.replicas comes back.
+    leases
+        .delete("clinic-s-hold-by-hand", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_replicas(2).await;
+    eventually(WAIT, "ready again", || async {
+        run_workers(&client, &ns.name, name).await;
+        let c = condition(&clinics, name, "Ready").await?;
+        (c.status == "True").then_some(())
+    })
+    .await;
+    drop(operator);
+}
+
+#[tokio::test]
+async fn a_failed_setup_is_reported_and_retried_and_nothing_is_removed() {
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "web-fail").await;
+    let name = "clinic-f";
+    apply(&client, &ns.name, &clinic(name, json!({"replicas": 1})))
+        .await
+        .unwrap();
+    let _operator = Operator::start_with(
+        env(),
+        Some(&ns.name),
+        &["--setup-backoff-limit", "0", "--setup-retry-after", "4s"],
+    );
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let (_, pod) = setup_pod(&client, &ns.name, name, 1).await;
+    finish_pod(
+        &client,
+        &ns.name,
+        &pod,
+        "Failed",
+        "Couldn't set up: MySQL refused the connection",
+    )
+    .await;
+    let failed = wait_for_reason(&clinics, name, "WorkloadReady", "SetupFailed").await;
+    assert_eq!(failed.status, "False");
+    assert!(
+        failed.message.contains("BackoffLimitExceeded"),
+        "{}",
+        failed.message
+    );
+    assert!(
+        failed.message.contains("MySQL refused the connection"),
+        "{}",
+        failed.message
+    );
+    // No worker; the volume and its claim are there, untouched.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        deployments
+            .get_opt(&format!("{name}-openemr"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let pvc: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+    let claim_uid = pvc.get(&format!("{name}-sites")).await.unwrap().uid();
+
+    // Retried with a new Job (the failed one stays as the record); it succeeds.
+    let (second, pod) = setup_pod(&client, &ns.name, name, 2).await;
+    assert_eq!(second.annotations()["openemr.io/attempt"], "2");
+    assert_eq!(setup_jobs(&client, &ns.name, name).await.len(), 2);
+    finish_pod(&client, &ns.name, &pod, "Succeeded", "").await;
+    eventually(WAIT, "the workers after the retry", || async {
+        deployments.get_opt(&format!("{name}-openemr")).await.ok()?
+    })
+    .await;
+    assert_eq!(
+        pvc.get(&format!("{name}-sites")).await.unwrap().uid(),
+        claim_uid
+    );
+}
