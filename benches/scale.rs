@@ -8,7 +8,7 @@
 //!
 //! Phases, each measured from the operator's own `/metrics` and `/proc/<pid>/status`:
 //! a baseline (the operator with no clinic), the cold start (N clinics created at once,
-//! then one operator started; time until every clinic is `Ready=True InfrastructureReady`),
+//! then one operator started; time until every clinic is `Ready=True` (their web tier stopped: `replicas: 0`)),
 //! steady state (K inventory intervals at a short interval, scaled to calls per clinic per
 //! hour), drift (one database changed in moto behind the operator's back; time until it is
 //! put back) and a restart (SIGTERM, a new process; time until every clinic is reconciled

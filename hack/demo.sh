@@ -19,7 +19,11 @@ if [ -f .dev/operator.pid ] && kill -0 "$(cat .dev/operator.pid)" 2>/dev/null; t
   kill "$(cat .dev/operator.pid)"; sleep 1
 fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-KUBECONFIG=$OPERATOR_KUBECONFIG setsid "$bin" run --probe-addr "127.0.0.1:$port" --cluster-id demo --progress-interval 2s >.dev/operator.log 2>&1 &
+# The RDS and ElastiCache CA bundles cannot be downloaded here: test stand-ins take their
+# place (deploy/README.md says how a real cluster gets AWS's own).
+KUBECONFIG=$OPERATOR_KUBECONFIG setsid "$bin" run --probe-addr "127.0.0.1:$port" --cluster-id demo --progress-interval 2s \
+  --mysql-ca-file tests/fixtures/stand-in-mysql-ca.pem --redis-ca-file tests/fixtures/stand-in-redis-ca.pem \
+  >.dev/operator.log 2>&1 &
 echo $! >.dev/operator.pid
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.2; done
 curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "operator not ready; see .dev/operator.log" >&2; exit 1; }
@@ -36,12 +40,44 @@ sed -e "s/vpc-0a1b2c3d4e5f60718/$vpc/" -e "s/subnet-0a1b2c3d4e5f60718/$subnet_a/
 kubectl apply -n demo --server-side -f .dev/clinic.yaml -f examples/backup-policy.yaml
 kubectl wait -n demo --for=condition=Accepted --timeout=60s openemrdeployment/clinic-a backuppolicy/clinic-a-nightly >/dev/null
 echo "waiting for the clinic's stack and database in moto..."
-kubectl wait -n demo --for=condition=Ready --timeout=180s openemrdeployment/clinic-a >/dev/null
+kubectl wait -n demo --for=condition=DatabaseReady --timeout=180s openemrdeployment/clinic-a >/dev/null
+kubectl wait -n demo --for=condition=StackReady --timeout=60s openemrdeployment/clinic-a >/dev/null
+
+# This control plane has no nodes and no kubelet: this script plays the kubelet, as the
+# tests do, by writing the Pod status a kubelet would write.
+pod_status() { # pod phase ready
+  local now; now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  kubectl patch pod -n demo "$1" --subresource=status --type=merge -p "{\"status\":{\"phase\":\"$2\",
+    \"conditions\":[{\"type\":\"Ready\",\"status\":\"$3\",\"lastTransitionTime\":\"$now\"}]}}" >/dev/null
+}
+echo "kubelet (played by this script): waiting for the setup Job's pod..."
+for _ in $(seq 1 120); do
+  job=$(kubectl get jobs -n demo -l openemr.io/clinic=clinic-a,app.kubernetes.io/component=setup -o name | head -1)
+  pod=${job:+$(kubectl get pods -n demo -l "job-name=${job#job.batch/}" -o name | head -1)}
+  [ -n "${pod:-}" ] && break; sleep 0.5
+done
+[ -n "${pod:-}" ] || { echo "no setup pod; see .dev/operator.log" >&2; exit 1; }
+echo "kubelet (played): ${pod#pod/} of ${job#job.batch/} (K8S=admin) ran and exited 0"
+pod_status "${pod#pod/}" Succeeded False
+echo "kubelet (played): waiting for the workers' pods..."
+for _ in $(seq 1 120); do
+  pods=$(kubectl get pods -n demo -l app.kubernetes.io/instance=clinic-a,app.kubernetes.io/component=web -o name)
+  [ "$(echo "$pods" | grep -c pod/)" -ge 2 ] && break; sleep 0.5
+done
+for p in $pods; do
+  echo "kubelet (played): ${p#pod/} (K8S=worker) running; /interface/login/login.php answers"
+  pod_status "${p#pod/}" Running True
+done
+kubectl wait -n demo --for=condition=Ready --timeout=120s openemrdeployment/clinic-a >/dev/null
 echo
 kubectl get openemr -n demo -o wide
 echo
 kubectl get openemrdeployment clinic-a -n demo \
   -o jsonpath='stack {.status.stack.name} ({.status.stack.status}), bucket {.status.bucketName}, key {.status.kmsKeyArn}{"\n"}'
+kubectl get openemrdeployment clinic-a -n demo \
+  -o jsonpath='web tier: {.status.web.readyReplicas} replicas ready of {.status.web.image}, setup complete: {.status.web.setupComplete}, URL {.status.web.url}{"\n"}'
+echo
+kubectl get jobs,deployments,services,ingresses,pdb,networkpolicies,pvc -n demo -l openemr.io/clinic=clinic-a
 echo
 kubectl get openemrdeployment clinic-a -n demo \
   -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'

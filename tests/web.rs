@@ -384,6 +384,30 @@ async fn a_clinic_is_set_up_once_then_served_by_workers_and_ready() {
             );
         }
     }
+
+    // Deleted (deletionPolicy Retain): the cluster-scoped volume object goes with the
+    // clinic; the file system it pointed at stays in AWS.
+    let file_system = status.file_system_id.clone().unwrap();
+    clinics
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let volume_name = format!("openemr-{}-{name}-sites", ns.name);
+    eventually(WAIT, "the clinic and its volume object gone", || async {
+        (clinics.get_opt(name).await.ok()?.is_none()
+            && pv.get_opt(&volume_name).await.ok()?.is_none())
+        .then_some(())
+    })
+    .await;
+    let config = env().aws(Some("us-west-2")).await;
+    let efs = aws_sdk_efs::Client::new(&config);
+    let kept = efs
+        .describe_file_systems()
+        .file_system_id(file_system)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.file_systems().len(), 1, "the file system is retained");
 }
 
 #[tokio::test]
@@ -429,6 +453,50 @@ async fn replicas_follow_the_spec_and_hand_edits_deletions_and_holds_are_handled
     }
     run_workers(&client, &ns.name, name).await;
 
+    // Resources, the Service's port and an Ingress follow the spec, and so does its removal.
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns.name);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let changed = json!({
+        "replicas": 2,
+        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+        "service": {"port": 8080},
+        "ingress": {"host": "clinic-s.example.org", "className": "nginx"},
+    });
+    apply(&client, &ns.name, &clinic(name, changed))
+        .await
+        .unwrap();
+    eventually(
+        WAIT,
+        "resources, port and Ingress from the spec",
+        || async {
+            let d = deployments.get(&workers).await.ok()?.spec?;
+            let resources = d.template.spec?.containers[0].resources.clone()?;
+            let cpu = resources.requests?.get("cpu")?.0.clone();
+            let port = services.get(&workers).await.ok()?.spec?.ports?[0].port;
+            let ingress = ingresses.get_opt(&workers).await.ok()??.spec?;
+            let url = clinics.get(name).await.ok()?.status?.web?.url?;
+            (cpu == "250m"
+                && port == 8080
+                && ingress.ingress_class_name.as_deref() == Some("nginx")
+                && url == "http://clinic-s.example.org/")
+                .then_some(())
+        },
+    )
+    .await;
+    apply(&client, &ns.name, &clinic(name, json!({"replicas": 2})))
+        .await
+        .unwrap();
+    eventually(WAIT, "the Ingress gone with its spec", || async {
+        ingresses
+            .get_opt(&workers)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    run_workers(&client, &ns.name, name).await;
+
     // A person edits the Deployment by hand: put back.
     let edit = json!({"spec": {"replicas": 7, "template": {"spec": {"containers": [
         {"name": "openemr", "image": "openemr/openemr:7.0.3"}
@@ -445,7 +513,6 @@ async fn replicas_follow_the_spec_and_hand_edits_deletions_and_holds_are_handled
     .await;
 
     // A deleted Service is recreated.
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
     let uid = services.get(&workers).await.unwrap().uid();
     services
         .delete(&workers, &DeleteParams::default())
@@ -478,14 +545,7 @@ async fn replicas_follow_the_spec_and_hand_edits_deletions_and_holds_are_handled
         "{}",
         held.message
     );
-    let web = clinics
-        .get(name)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .web
-        .unwrap();
+    let web = web_status(&clinics, name).await;
     assert_eq!(web.holds.len(), 1);
     assert_eq!(web.holds[0].holder, "ops/alice");
     assert_eq!(
@@ -577,4 +637,195 @@ async fn a_failed_setup_is_reported_and_retried_and_nothing_is_removed() {
         pvc.get(&format!("{name}-sites")).await.unwrap().uid(),
         claim_uid
     );
+}
+
+/// The manual DB snapshots of `instance` in moto: (identifier, status, created).
+async fn snapshots(region: &str, instance: &str) -> Vec<(String, String, i64)> {
+    let config = env().aws(Some(region)).await;
+    let rds = aws_sdk_rds::Client::new(&config);
+    let out = rds
+        .describe_db_snapshots()
+        .db_instance_identifier(instance)
+        .snapshot_type("manual")
+        .send()
+        .await
+        .unwrap();
+    out.db_snapshots()
+        .iter()
+        .map(|s| {
+            (
+                s.db_snapshot_identifier().unwrap_or_default().to_string(),
+                s.status().unwrap_or_default().to_string(),
+                s.snapshot_create_time().map_or(0, |t| t.secs()),
+            )
+        })
+        .collect()
+}
+
+/// Waits for the setup Job of `clinic` that runs `image`, and its pod's name.
+async fn migration_job(client: &Client, ns: &str, clinic: &str, image: &str) -> (Job, String) {
+    eventually(WAIT, &format!("the Job migrating to {image}"), || async {
+        let job = setup_jobs(client, ns, clinic)
+            .await
+            .into_iter()
+            .find(|j| j.annotations().get("openemr.io/image").map(String::as_str) == Some(image))?;
+        let job_name = job.name_any();
+        let pod = pods(client, ns, &format!("job-name={job_name}"))
+            .await
+            .into_iter()
+            .next()?;
+        Some((job, pod.name_any()))
+    })
+    .await
+}
+
+async fn web_status(
+    clinics: &Api<OpenEMRDeployment>,
+    name: &str,
+) -> openemr_operator::api::deployment::WebStatus {
+    clinics
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .web
+        .unwrap()
+}
+
+fn images_of(value: &serde_json::Value) -> String {
+    value.to_string()
+}
+
+#[tokio::test]
+async fn an_image_upgrade_is_guarded_by_one_snapshot_resumes_after_a_kill_and_rolls_back() {
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "web-up").await;
+    let name = "clinic-u";
+    let web =
+        |image: &str| json!({"replicas": 1, "image": image, "upgrade": {"timeoutSeconds": 60}});
+    apply(
+        &client,
+        &ns.name,
+        &clinic(name, web("openemr/openemr:8.0.0")),
+    )
+    .await
+    .unwrap();
+    let operator = ready_clinic(&client, &ns.name, name, &[]).await;
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let workers = format!("{name}-openemr");
+    let instance = clinics
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .database
+        .unwrap()
+        .identifier;
+
+    // The image changes; the operator is killed as soon as the upgrade is recorded, and a
+    // new one resumes it.
+    apply(
+        &client,
+        &ns.name,
+        &clinic(name, web("openemr/openemr:8.0.1")),
+    )
+    .await
+    .unwrap();
+    let generation = clinics
+        .get(name)
+        .await
+        .unwrap()
+        .metadata
+        .generation
+        .unwrap();
+    eventually(WAIT, "the upgrade recorded", || async {
+        clinics.get(name).await.ok()?.status?.upgrade
+    })
+    .await;
+    operator.kill();
+    let operator = Operator::start(env(), Some(&ns.name));
+
+    // The migration Job appears with the new image only once the snapshot is there.
+    let (job, pod) = migration_job(&client, &ns.name, name, "openemr/openemr:8.0.1").await;
+    let taken = snapshots("us-west-2", &instance).await;
+    assert_eq!(taken.len(), 1, "exactly one snapshot: {taken:?}");
+    let (snapshot, state, created) = &taken[0];
+    assert_eq!(snapshot, &format!("{instance}-upgrade-g{generation}"));
+    assert_eq!(state, "available");
+    let job_created = job.metadata.creation_timestamp.unwrap().0.as_second();
+    assert!(
+        *created <= job_created,
+        "snapshot at {created}, Job at {job_created}"
+    );
+    // The workers still run the old image while the site migrates.
+    let before = deployments.get(&workers).await.unwrap();
+    assert!(!images_of(&serde_json::to_value(&before.spec).unwrap()).contains("8.0.1"));
+    let job_env = env_of(&serde_json::to_value(job.spec.unwrap().template.spec.unwrap()).unwrap());
+    assert!(
+        !job_env.iter().any(|(n, _)| n == "MYSQL_ROOT_PASS"),
+        "an upgrade needs no master password"
+    );
+
+    // Migrated: the workers roll to the new image, whose pods never become ready.
+    finish_pod(&client, &ns.name, &pod, "Succeeded", "").await;
+    eventually(WAIT, "the workers on the new image", || async {
+        let d = deployments.get(&workers).await.ok()?;
+        images_of(&serde_json::to_value(&d.spec).ok()?)
+            .contains("8.0.1")
+            .then_some(())
+    })
+    .await;
+    let rolled = eventually(
+        Duration::from_secs(120),
+        "the rollback after the timeout",
+        || async {
+            let u = clinics.get(name).await.ok()?.status?.upgrade?;
+            (u.phase == Some(openemr_operator::api::deployment::UpgradePhase::RolledBack))
+                .then_some(u)
+        },
+    )
+    .await;
+    assert_eq!(rolled.from_image, "openemr/openemr:8.0.0");
+    assert_eq!(rolled.to_image, "openemr/openemr:8.0.1");
+    assert_eq!(rolled.snapshot.as_deref(), Some(snapshot.as_str()));
+    assert!(rolled.completion_time.is_some());
+    eventually(WAIT, "the workers back on the old image", || async {
+        let d = deployments.get(&workers).await.ok()?;
+        let text = images_of(&serde_json::to_value(&d.spec).ok()?);
+        (!text.contains("8.0.1") && text.contains("openemr/openemr:8.0.0")).then_some(())
+    })
+    .await;
+    let event = support::warning_event(&client, &ns.name, name, "UpgradeRolledBack").await;
+    assert!(event.note.unwrap_or_default().contains(snapshot.as_str()));
+    // Still exactly one snapshot, after the kill, the resume and the rollback.
+    assert_eq!(snapshots("us-west-2", &instance).await.len(), 1);
+
+    // A next image whose replicas become ready: migrated, rolled, Succeeded.
+    apply(
+        &client,
+        &ns.name,
+        &clinic(name, web("openemr/openemr:8.0.2")),
+    )
+    .await
+    .unwrap();
+    let (_, pod) = migration_job(&client, &ns.name, name, "openemr/openemr:8.0.2").await;
+    finish_pod(&client, &ns.name, &pod, "Succeeded", "").await;
+    let done = eventually(WAIT, "the upgrade to succeed", || async {
+        run_workers(&client, &ns.name, name).await;
+        let u = clinics.get(name).await.ok()?.status?.upgrade?;
+        (u.phase == Some(openemr_operator::api::deployment::UpgradePhase::Succeeded)).then_some(u)
+    })
+    .await;
+    assert_eq!(done.from_image, "openemr/openemr:8.0.0");
+    assert_eq!(
+        snapshots("us-west-2", &instance).await.len(),
+        2,
+        "one per upgrade"
+    );
+    let web = web_status(&clinics, name).await;
+    assert_eq!(web.image.as_deref(), Some("openemr/openemr:8.0.2"));
+    drop(operator);
 }

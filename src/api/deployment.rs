@@ -37,6 +37,7 @@ use super::{Condition, DeletionPolicy, patterns};
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.aws.region"),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.web.url"),
     printcolumn(
         name = "Endpoint",
         type_ = "string",

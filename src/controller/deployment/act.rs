@@ -13,6 +13,7 @@ use kube::{Api, Resource, ResourceExt};
 use super::deletion::{Seen, Step, effective_policy, next_step};
 use super::names::{self, ClinicNames};
 use super::plan::{AdoptedBucket, Change, Infra, MasterSource};
+use super::web::ChildKind;
 use super::web_act;
 use crate::api::{DeletionPolicy, OpenEMRDeployment};
 use crate::aws::AwsClients;
@@ -645,6 +646,13 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
         };
         match next_step(policy, d.spec.skip_final_snapshot, &seen) {
             Step::Done => {
+                // The volume object is cluster-scoped, so no owner takes it along; removing
+                // it (reclaim Retain) leaves the file system, which followed the policy.
+                let web = super::web::WebNames::new(&ns, &name);
+                web_act::delete_child(ctx, &ns, ChildKind::PersistentVolume, &web.volume).await?;
+                if delete_all && d.spec.web.admin_credentials_secret_ref.is_none() {
+                    web_act::delete_child(ctx, &ns, ChildKind::Secret, &web.admin_secret).await?;
+                }
                 let note = left_behind(
                     d,
                     policy,

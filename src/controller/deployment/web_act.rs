@@ -296,6 +296,7 @@ fn workers_seen(dep: &Deployment) -> WorkersSeen {
         replicas: spec.and_then(|s| s.replicas).unwrap_or(1),
         ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
         updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
+        total: status.and_then(|s| s.replicas).unwrap_or(0),
         current: status.and_then(|s| s.observed_generation) >= dep.metadata.generation,
     }
 }

@@ -72,8 +72,21 @@ pub struct WorkersSeen {
     pub replicas: i32,
     pub ready: i32,
     pub updated: i32,
+    /// Pods of every revision (old ones linger while a rollout is under way).
+    pub total: i32,
     /// The Deployment controller has seen the latest spec.
     pub current: bool,
+}
+
+impl WorkersSeen {
+    /// Every replica runs the latest template and is ready, and no older one is left.
+    pub fn rolled_out(&self, wanted: i32) -> bool {
+        self.current
+            && self.replicas == wanted
+            && self.updated >= wanted
+            && self.total == self.updated
+            && self.ready >= wanted
+    }
 }
 
 /// Timings and limits of the web tier (flags of `run`).
@@ -692,13 +705,10 @@ fn upgrade_step(
         }
         Some(JobState::Complete) => {
             step.image = u.to_image.clone();
-            let rolled = seen.workers.as_ref().is_some_and(|w| {
-                w.image == u.to_image
-                    && w.current
-                    && w.updated >= inputs.web.replicas
-                    && w.ready >= inputs.web.replicas
-                    && w.replicas == inputs.web.replicas
-            });
+            let rolled = seen
+                .workers
+                .as_ref()
+                .is_some_and(|w| w.image == u.to_image && w.rolled_out(inputs.web.replicas));
             if rolled {
                 step.busy = false;
                 u.phase = Some(UpgradePhase::Succeeded);
@@ -842,6 +852,7 @@ mod tests {
             replicas: 2,
             ready,
             updated: ready,
+            total: ready,
             current: true,
         }
     }
@@ -1021,11 +1032,14 @@ mod tests {
 
         // Not ready within the timeout: back to the previous image, the snapshot named.
         let late = now() + std::time::Duration::from_secs(1801);
+        // The old replicas still serve (ready counts them); the new ones never become ready.
         s.workers = Some(WorkersSeen {
-            ready: 0,
+            ready: 2,
             updated: 1,
+            total: 3,
             ..workers("openemr/openemr:8.0.1", 0)
         });
+        assert!(!s.workers.as_ref().unwrap().rolled_out(2));
         let plan = plan_workload(&d, Some(&site()), &s, late);
         assert_eq!(
             plan.upgrade.as_ref().unwrap().phase,
