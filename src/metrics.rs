@@ -62,7 +62,15 @@ pub struct Metrics {
     pub aws_budget_wait_seconds: Family<AwsServiceLabel, Counter<f64, AtomicU64>>,
     /// AWS calls that had to wait for a token.
     pub aws_budget_waits: Family<AwsServiceLabel, Counter>,
+    /// Writes to the clinics' web-tier children (applies, creates, deletions), by kind.
+    pub child_writes: Family<ChildKindLabel, Counter>,
     pub ready: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChildKindLabel {
+    /// `Deployment`, `Secret`, …
+    pub kind: String,
 }
 
 /// Reconcile duration buckets: 10 ms to about 11 minutes (AWS work is slow).
@@ -141,6 +149,12 @@ impl Metrics {
             "AWS calls that had to wait for the request budget, by service",
             aws_budget_waits.clone(),
         );
+        let child_writes = Family::<ChildKindLabel, Counter>::default();
+        registry.register(
+            "openemr_child_writes",
+            "Writes to the clinics' web-tier children (server-side applies, creates, deletions), by kind",
+            child_writes.clone(),
+        );
         let ready = Gauge::default();
         registry.register(
             "openemr_operator_ready",
@@ -159,6 +173,7 @@ impl Metrics {
             aws_api_attempts,
             aws_budget_wait_seconds,
             aws_budget_waits,
+            child_writes,
             ready,
         }
     }

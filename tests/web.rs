@@ -348,6 +348,41 @@ async fn a_clinic_is_set_up_once_then_served_by_workers_and_ready() {
     // Setup ran once.
     assert_eq!(setup_jobs(&client, &ns.name, name).await.len(), 1);
 
+    // At rest, a look at the clinic writes no child: what the caches hold carries what
+    // the plan renders.
+    let child_writes = || async {
+        let (_, body) = operator.get("/metrics").await.unwrap();
+        body.lines()
+            .filter(|l| l.starts_with("openemr_child_writes_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let ok = "openemr_reconciliations_total{controller=\"openemrdeployment\",result=\"ok\"}";
+    let writes_before = child_writes().await;
+    assert!(writes_before > 0);
+    for i in 0..3 {
+        let looks = operator.metric(ok).await;
+        let touch = json!({"metadata": {"annotations": {"example.org/touched": i.to_string()}}});
+        clinics
+            .patch(name, &PatchParams::default(), &Patch::Merge(&touch))
+            .await
+            .unwrap();
+        eventually(WAIT, "a look at the clinic", || async {
+            (operator.metric(ok).await > looks).then_some(())
+        })
+        .await;
+    }
+    let (_, body) = operator.get("/metrics").await.unwrap();
+    let per_kind: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("openemr_child_writes_total"))
+        .collect();
+    assert_eq!(
+        child_writes().await,
+        writes_before,
+        "no child written at rest: {per_kind:?}"
+    );
+
     // No password anywhere people or logs read: operator log, Events, status, Pod specs.
     let passwords = [
         secret_value(

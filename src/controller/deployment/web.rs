@@ -237,7 +237,11 @@ impl WebInputs<'_> {
                 "kind": "Secret",
                 "metadata": self.metadata(&self.names.settings_secret, "web"),
                 "type": "Opaque",
-                "stringData": settings,
+                // `data`, as the API server stores it, so the plan can compare it.
+                "data": settings
+                    .into_iter()
+                    .map(|(k, v)| (k, base64(v.as_bytes())))
+                    .collect::<BTreeMap<_, _>>(),
             }),
         }
     }
@@ -617,6 +621,11 @@ impl WebInputs<'_> {
     }
 }
 
+/// Base64, as Secrets carry their data (k8s-openapi's `ByteString` encodes it).
+fn base64(bytes: &[u8]) -> Value {
+    serde_json::to_value(k8s_openapi::ByteString(bytes.to_vec())).unwrap_or(Value::Null)
+}
+
 fn secret_env(name: &str, key: &SecretKey) -> Value {
     json!({"name": name, "valueFrom": {"secretKeyRef": {"name": key.secret, "key": key.key}}})
 }
@@ -681,14 +690,24 @@ fn label_safe(text: &str) -> String {
 /// defaults, a mesh's sidecar) is left alone; what they change is put back.
 pub fn carries(observed: &Value, desired: &Value) -> bool {
     match (observed, desired) {
+        // The API server leaves out what is empty (`env: []`), so empty is as good as absent.
         (Value::Object(o), Value::Object(d)) => d
             .iter()
-            .all(|(k, dv)| dv.is_null() || o.get(k).is_some_and(|ov| carries(ov, dv))),
+            .all(|(k, dv)| is_empty(dv) || o.get(k).is_some_and(|ov| carries(ov, dv))),
         (Value::Array(o), Value::Array(d)) => {
             d.iter().all(|dv| o.iter().any(|ov| carries(ov, dv)))
                 && (o.len() == d.len() || d.iter().any(Value::is_object))
         }
         (o, d) => o == d,
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
     }
 }
 
@@ -801,10 +820,11 @@ mod tests {
         let names = WebNames::new("clinics", "clinic-a");
         let web = spec();
         let s = inputs(&names, &web).settings_secret().body;
-        assert_eq!(s["stringData"]["REDIS_SERVER"], "redis.example");
-        assert_eq!(s["stringData"]["REDIS_TLS"], "yes");
-        assert_eq!(s["stringData"]["FORCE_DATABASE_SSL_CONNECT"], "1");
-        assert_eq!(s["stringData"]["MYSQL_HOST"], "db.example");
+        assert_eq!(s["data"]["REDIS_SERVER"], base64(b"redis.example"));
+        assert_eq!(s["data"]["REDIS_TLS"], "eWVz");
+        assert_eq!(s["data"]["FORCE_DATABASE_SSL_CONNECT"], "MQ==");
+        assert_eq!(s["data"]["MYSQL_HOST"], base64(b"db.example"));
+        assert_eq!(base64(b"ab"), "YWI=");
     }
 
     #[test]
@@ -846,6 +866,11 @@ mod tests {
             &desired
         ));
         assert!(!carries(&json!(["tls", "x"]), &json!(["tls"])));
+        // What the server leaves out because it is empty.
+        assert!(carries(
+            &json!({"name": "a"}),
+            &json!({"name": "a", "env": [], "x": {}})
+        ));
     }
 
     #[test]

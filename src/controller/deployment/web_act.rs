@@ -340,9 +340,19 @@ where
     })
 }
 
+fn count(ctx: &Context, kind: ChildKind) {
+    ctx.metrics
+        .child_writes
+        .get_or_create(&crate::metrics::ChildKindLabel {
+            kind: kind.to_string(),
+        })
+        .inc();
+}
+
 /// Applies children in order.
 pub async fn apply_children(ctx: &Context, ns: &str, children: &[Child]) -> Result<(), Error> {
     for child in children {
+        count(ctx, child.kind);
         match child.kind {
             ChildKind::Secret => apply::<Secret>(ctx, ns, child).await,
             ChildKind::ConfigMap => apply::<ConfigMap>(ctx, ns, child).await,
@@ -370,6 +380,7 @@ pub async fn delete_child(
     kind: ChildKind,
     name: &str,
 ) -> Result<(), Error> {
+    count(ctx, kind);
     let params = DeleteParams::background();
     let client = ctx.client.clone();
     let result = match kind {
