@@ -221,8 +221,12 @@ async fn a_clinic_is_set_up_once_then_served_by_workers_and_ready() {
         deployments.get_opt(&format!("{name}-openemr")).await.ok()?
     })
     .await;
-    let status = clinics.get(name).await.unwrap().status.unwrap();
-    assert!(status.web.as_ref().unwrap().setup_complete);
+    // The status saying so is written at the end of the pass that made the workers.
+    let status = eventually(WAIT, "setupComplete in status", || async {
+        let status = clinics.get(name).await.ok()?.status?;
+        status.web.as_ref()?.setup_complete.then_some(status)
+    })
+    .await;
     // The master password's copy is gone once setup is done.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     eventually(WAIT, "the master password copy deleted", || async {

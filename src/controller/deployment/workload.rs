@@ -221,22 +221,51 @@ pub fn plan_workload(
     let held = !web.holds.is_empty();
     let replicas = if held { 0 } else { spec.replicas };
 
-    // The image the workers run: the spec's until set up, then moved only by an upgrade.
-    let running = seen
-        .workers
-        .as_ref()
-        .map(|w| w.image.clone())
-        .or_else(|| web.image.clone());
     let verdict;
     if !web.setup_complete {
+        // Any completed setup configured the site; if it ran another image than the spec
+        // names now, the difference is an upgrade (with its snapshot), below.
+        if let Some(done) = seen
+            .setup_jobs
+            .iter()
+            .find(|j| j.state == JobState::Complete)
+        {
+            web.setup_complete = true;
+            web.image.get_or_insert_with(|| done.image.clone());
+        }
+        let other_running = seen
+            .setup_jobs
+            .iter()
+            .find(|j| j.image != spec.image && j.state == JobState::Running);
+        if let (false, Some(other)) = (web.setup_complete, other_running) {
+            // Two setups at once would configure the same site concurrently.
+            return finish(
+                wanted,
+                changes,
+                seen,
+                WorkloadPlan {
+                    verdict: Verdict::falsy(
+                        WORKLOAD_READY,
+                        "SetupRunning",
+                        format!(
+                            "setup Job {} runs {}; setup with {} waits until it ends",
+                            other.name, other.image, spec.image
+                        ),
+                    ),
+                    web,
+                    upgrade,
+                    changes: Vec::new(),
+                    in_progress,
+                    wake_after: None,
+                    busy: true,
+                },
+            );
+        }
         let jobs: Vec<&SetupJob> = seen
             .setup_jobs
             .iter()
             .filter(|j| j.image == spec.image)
             .collect();
-        if jobs.iter().any(|j| j.state == JobState::Complete) {
-            web.setup_complete = true;
-        }
         if !web.setup_complete {
             let step = setup_step(&inputs, &names, site, seen, &jobs, replicas, now);
             changes.extend(step.changes);
@@ -266,8 +295,13 @@ pub fn plan_workload(
         });
     }
 
-    // Upgrades.
-    let current = running.unwrap_or_else(|| spec.image.clone());
+    // Upgrades. The image the workers run: the one set up, then moved only by an upgrade.
+    let current = seen
+        .workers
+        .as_ref()
+        .map(|w| w.image.clone())
+        .or_else(|| web.image.clone())
+        .unwrap_or_else(|| spec.image.clone());
     let mut image = current.clone();
     // One upgrade per (from, to): a rolled-back one is not tried again until the spec
     // names another image.
@@ -900,6 +934,41 @@ mod tests {
         }));
         assert_eq!(plan.verdict.reason, "ReplicasNotReady");
         assert!(!plan.in_progress, "the Deployment's watch wakes the clinic");
+    }
+
+    #[test]
+    fn an_image_change_during_setup_waits_and_then_becomes_an_upgrade() {
+        let mut d = clinic(serde_json::json!({"replicas": 1, "image": "openemr/openemr:8.0.1"}));
+        let mut s = seen();
+        s.admin_secret = true;
+        s.master_copy = true;
+        s.setup_jobs = vec![SetupJob {
+            name: "j-old".into(),
+            image: "openemr/openemr:8.0.0".into(),
+            attempt: 1,
+            state: JobState::Running,
+        }];
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        assert!(
+            child(&plan, ChildKind::Job).is_none(),
+            "never two setups at once"
+        );
+        assert!(
+            plan.verdict.message.contains("waits"),
+            "{}",
+            plan.verdict.message
+        );
+        // It completed with the old image: the site is set up, the new image is an upgrade.
+        s.setup_jobs[0].state = JobState::Complete;
+        d.status = None;
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        assert!(plan.web.setup_complete);
+        let u = plan.upgrade.unwrap();
+        assert_eq!(
+            (u.from_image.as_str(), u.to_image.as_str()),
+            ("openemr/openemr:8.0.0", "openemr/openemr:8.0.1")
+        );
+        assert_eq!(u.phase, Some(UpgradePhase::SnapshotPending));
     }
 
     #[test]
