@@ -42,6 +42,31 @@ fn comparable<K: Serialize>(obj: &K) -> Value {
     v
 }
 
+/// A child from its kind's cache, as JSON to compare with what the plan renders.
+fn cached_child(
+    c: &crate::controller::children::ChildCaches,
+    kind: ChildKind,
+    ns: &str,
+    name: &str,
+) -> Option<Value> {
+    match kind {
+        ChildKind::Secret => cached(&c.secrets, ns, name).map(|o| comparable(&*o)),
+        ChildKind::ConfigMap => cached(&c.config_maps, ns, name).map(|o| comparable(&*o)),
+        ChildKind::PersistentVolumeClaim => cached(&c.claims, ns, name).map(|o| comparable(&*o)),
+        ChildKind::Service => cached(&c.services, ns, name).map(|o| comparable(&*o)),
+        ChildKind::Deployment => cached(&c.deployments, ns, name).map(|o| comparable(&*o)),
+        ChildKind::PodDisruptionBudget => cached(&c.budgets, ns, name).map(|o| comparable(&*o)),
+        ChildKind::Ingress => cached(&c.ingresses, ns, name).map(|o| comparable(&*o)),
+        ChildKind::Job => cached(&c.jobs, ns, name).map(|o| comparable(&*o)),
+        ChildKind::NetworkPolicy => cached(&c.network_policies, ns, name).map(|o| comparable(&*o)),
+        // Cluster-scoped.
+        ChildKind::PersistentVolume => c
+            .volumes
+            .get(&kube::runtime::reflector::ObjectRef::new(name))
+            .map(|o| comparable(&*o)),
+    }
+}
+
 fn belongs(meta: &ObjectMeta, clinic: &str) -> bool {
     meta.labels
         .as_ref()
@@ -59,68 +84,24 @@ pub async fn observe_workload(
     let clinic = d.name_any();
     let names = WebNames::new(&ns, &clinic);
     let caches = &ctx.children;
-    let mut children = BTreeMap::new();
-    let mut put = |kind: ChildKind, name: &str, value: Option<Value>| {
-        if let Some(v) = value {
-            children.insert((kind, name.to_string()), v);
-        }
-    };
-    let one = |kind| {
-        let c = &caches;
-        let ns = &ns;
-        move |name: &str| -> Option<Value> {
-            match kind {
-                ChildKind::Secret => cached(&c.secrets, ns, name).map(|o| comparable(&*o)),
-                ChildKind::ConfigMap => cached(&c.config_maps, ns, name).map(|o| comparable(&*o)),
-                ChildKind::PersistentVolumeClaim => {
-                    cached(&c.claims, ns, name).map(|o| comparable(&*o))
-                }
-                ChildKind::Service => cached(&c.services, ns, name).map(|o| comparable(&*o)),
-                ChildKind::Deployment => cached(&c.deployments, ns, name).map(|o| comparable(&*o)),
-                ChildKind::PodDisruptionBudget => {
-                    cached(&c.budgets, ns, name).map(|o| comparable(&*o))
-                }
-                ChildKind::Ingress => cached(&c.ingresses, ns, name).map(|o| comparable(&*o)),
-                ChildKind::PersistentVolume => c
-                    .volumes
-                    .get(&kube::runtime::reflector::ObjectRef::new(name))
-                    .map(|o| comparable(&*o)),
-                ChildKind::Job => cached(&c.jobs, ns, name).map(|o| comparable(&*o)),
-                ChildKind::NetworkPolicy => {
-                    cached(&c.network_policies, ns, name).map(|o| comparable(&*o))
-                }
-            }
-        }
-    };
-    put(
-        ChildKind::Secret,
-        &names.settings_secret,
-        one(ChildKind::Secret)(&names.settings_secret),
-    );
-    put(
-        ChildKind::ConfigMap,
-        &names.ca,
-        one(ChildKind::ConfigMap)(&names.ca),
-    );
-    put(
-        ChildKind::PersistentVolume,
-        &names.volume,
-        one(ChildKind::PersistentVolume)(&names.volume),
-    );
-    put(
-        ChildKind::PersistentVolumeClaim,
-        &names.claim,
-        one(ChildKind::PersistentVolumeClaim)(&names.claim),
-    );
-    for kind in [
-        ChildKind::Service,
-        ChildKind::NetworkPolicy,
-        ChildKind::Deployment,
-        ChildKind::PodDisruptionBudget,
-        ChildKind::Ingress,
-    ] {
-        put(kind, &names.workers, one(kind)(&names.workers));
-    }
+    let lookups = [
+        (ChildKind::Secret, &names.settings_secret),
+        (ChildKind::ConfigMap, &names.ca),
+        (ChildKind::PersistentVolume, &names.volume),
+        (ChildKind::PersistentVolumeClaim, &names.claim),
+        (ChildKind::Service, &names.workers),
+        (ChildKind::NetworkPolicy, &names.workers),
+        (ChildKind::Deployment, &names.workers),
+        (ChildKind::PodDisruptionBudget, &names.workers),
+        (ChildKind::Ingress, &names.workers),
+    ];
+    let children = lookups
+        .into_iter()
+        .filter_map(|(kind, name)| {
+            let found = cached_child(caches, kind, &ns, name)?;
+            Some(((kind, name.clone()), found))
+        })
+        .collect();
 
     let mut setup_jobs = Vec::new();
     for job in caches.jobs.state() {
