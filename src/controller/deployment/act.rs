@@ -4,9 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{ObjectMeta, PostParams};
+
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
@@ -302,11 +301,7 @@ pub async fn act(d: &OpenEMRDeployment, change: &Change, ctx: &Context) -> Resul
         Change::ApplyChildren(children) => web_act::apply_children(ctx, &ns, children).await,
         Change::DeleteChild { kind, name } => web_act::delete_child(ctx, &ns, *kind, name).await,
         Change::CreateAdminSecret { name } => {
-            let password = generate_password().map_err(|e| Error::Act {
-                action: "generating the administrator's password".into(),
-                reason: "RandomUnavailable",
-                message: e.to_string(),
-            })?;
+            let password = new_password("the administrator's password")?;
             let secret = web_act::secret(
                 &ns,
                 name,
@@ -470,56 +465,39 @@ async fn create_credentials_secret(
     username: &str,
     database: &str,
 ) -> Result<(), Error> {
-    let password = generate_password().map_err(|e| Error::Act {
-        action: "generating the database password".into(),
+    let password = new_password("the database password")?;
+    let secret = web_act::secret(
+        ns,
+        name,
+        BTreeMap::from([
+            (
+                "app.kubernetes.io/managed-by".to_string(),
+                "openemr-operator".to_string(),
+            ),
+            (names::TAG_NAME.to_string(), d.name_any()),
+        ]),
+        Some(BTreeMap::from([(
+            "openemr.io/retained-with-data".to_string(),
+            "kept when the clinic is deleted, unless its deletionPolicy is Delete".to_string(),
+        )])),
+        None,
+        BTreeMap::from([
+            ("username".to_string(), username.to_string()),
+            ("password".to_string(), password),
+            ("database".to_string(), database.to_string()),
+        ]),
+    );
+    // Created by an earlier attempt: never overwritten, the database may use it.
+    web_act::create_secret_once(ctx, ns, secret).await
+}
+
+/// A generated password, or why there is none.
+fn new_password(what: &str) -> Result<String, Error> {
+    generate_password().map_err(|e| Error::Act {
+        action: format!("generating {what}"),
         reason: "RandomUnavailable",
         message: e.to_string(),
-    })?;
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: Some(ns.to_string()),
-            labels: Some(BTreeMap::from([
-                (
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "openemr-operator".to_string(),
-                ),
-                (names::TAG_NAME.to_string(), d.name_any()),
-            ])),
-            annotations: Some(BTreeMap::from([(
-                "openemr.io/retained-with-data".to_string(),
-                "kept when the clinic is deleted, unless its deletionPolicy is Delete".to_string(),
-            )])),
-            ..ObjectMeta::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([
-            (
-                "username".to_string(),
-                ByteString(username.as_bytes().to_vec()),
-            ),
-            ("password".to_string(), ByteString(password.into_bytes())),
-            (
-                "database".to_string(),
-                ByteString(database.as_bytes().to_vec()),
-            ),
-        ])),
-        ..Secret::default()
-    };
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => {}
-        // Created by an earlier attempt: never overwritten, the database may use it.
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => {
-            return Err(Error::Act {
-                action: format!("creating Secret {ns}/{name}"),
-                reason: "SecretWriteFailed",
-                message: e.to_string(),
-            });
-        }
-    }
-    Ok(())
+    })
 }
 
 /// An Event on the clinic about a step taken in AWS.

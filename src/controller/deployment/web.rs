@@ -476,13 +476,21 @@ impl WebInputs<'_> {
              \x20 fi\n\
              done\n"
         );
-        let mut c = self.container("ca-refresh", json!([]));
-        c["command"] = json!(["sh", "-c", script]);
-        if let Some(m) = c.as_object_mut() {
-            m.remove("envFrom");
-        }
-        c["resources"] = small_resources();
-        c
+        self.init_container("ca-refresh", &script, self.mounts())
+    }
+
+    /// A short shell step in the same image, with no settings and little CPU and memory.
+    fn init_container(&self, name: &str, script: &str, mounts: Value) -> Value {
+        json!({
+            "name": name,
+            "image": self.web.image,
+            "imagePullPolicy": "Always",
+            "command": ["sh", "-c", script],
+            "resources": small_resources(),
+            "securityContext": container_security(),
+            "volumeMounts": mounts,
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        })
     }
 
     fn pod_spec(&self, init: Vec<Value>, main: Value, restart: &str) -> Value {
@@ -524,13 +532,11 @@ impl WebInputs<'_> {
              cp -a {OPENEMR_ROOT}/sites/. /seed/\n\
              echo 'seeded sites/ from the image'\n"
         );
-        let mut seed_container = self.container("seed-sites", json!([]));
-        seed_container["command"] = json!(["sh", "-c", seed]);
-        seed_container["volumeMounts"] = json!([{"name": "sites", "mountPath": "/seed"}]);
-        seed_container["resources"] = small_resources();
-        if let Some(m) = seed_container.as_object_mut() {
-            m.remove("envFrom");
-        }
+        let seed_container = self.init_container(
+            "seed-sites",
+            &seed,
+            json!([{"name": "sites", "mountPath": "/seed"}]),
+        );
         let mut metadata = self.metadata(name, "setup");
         metadata["annotations"] = json!({
             IMAGE_ANNOTATION: self.web.image,

@@ -120,23 +120,30 @@ pub async fn observe_workload(
             .get(ATTEMPT_ANNOTATION)
             .and_then(|a| a.parse().ok())
             .unwrap_or(1);
-        let state = job_state(&job);
-        let state = match state {
-            JobState::Failed { reason, at, .. } => JobState::Failed {
-                detail: last_words(ctx, &ns, &job.name_any()).await?,
-                reason,
-                at,
-            },
-            other => other,
-        };
         setup_jobs.push(SetupJob {
             name: job.name_any(),
             image,
             attempt,
-            state,
+            state: job_state(&job),
         });
     }
     setup_jobs.sort_by(|a, b| a.name.cmp(&b.name));
+    // What a failed pod said matters only for the latest attempt of each image: the plan
+    // reports and retries that one, and earlier ones stay as records without a Pod list.
+    let latest: Vec<usize> = (0..setup_jobs.len())
+        .filter(|&i| {
+            let j = &setup_jobs[i];
+            !setup_jobs
+                .iter()
+                .any(|o| o.image == j.image && o.attempt > j.attempt)
+        })
+        .collect();
+    for i in latest {
+        let name = setup_jobs[i].name.clone();
+        if let JobState::Failed { detail, .. } = &mut setup_jobs[i].state {
+            *detail = last_words(ctx, &ns, &name).await?;
+        }
+    }
 
     let workers = cached(&caches.deployments, &ns, &names.workers).map(|dep| workers_seen(&dep));
     let holds = caches

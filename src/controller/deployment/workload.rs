@@ -241,7 +241,6 @@ pub fn plan_workload(
             // Two setups at once would configure the same site concurrently.
             return finish(
                 wanted,
-                changes,
                 seen,
                 WorkloadPlan {
                     verdict: Verdict::falsy(
@@ -254,7 +253,7 @@ pub fn plan_workload(
                     ),
                     web,
                     upgrade,
-                    changes: Vec::new(),
+                    changes,
                     in_progress,
                     wake_after: None,
                     busy: true,
@@ -273,13 +272,12 @@ pub fn plan_workload(
             web.ready_replicas = 0;
             return finish(
                 wanted,
-                changes,
                 seen,
                 WorkloadPlan {
                     verdict,
                     web,
                     upgrade,
-                    changes: Vec::new(),
+                    changes,
                     in_progress,
                     wake_after: step.wake_after,
                     busy: step.busy,
@@ -388,13 +386,12 @@ pub fn plan_workload(
     };
     finish(
         wanted,
-        changes,
         seen,
         WorkloadPlan {
             verdict,
             web,
             upgrade,
-            changes: Vec::new(),
+            changes,
             in_progress,
             wake_after,
             busy,
@@ -404,12 +401,8 @@ pub fn plan_workload(
 
 /// Adds the applies of children that differ from what the caches hold, and the deletions
 /// of children no longer wanted, to the plan.
-fn finish(
-    wanted: Vec<Child>,
-    mut changes: Vec<Change>,
-    seen: &WorkloadSeen,
-    mut plan: WorkloadPlan,
-) -> WorkloadPlan {
+fn finish(wanted: Vec<Child>, seen: &WorkloadSeen, mut plan: WorkloadPlan) -> WorkloadPlan {
+    let changes = &mut plan.changes;
     let differing: Vec<Child> = wanted
         .iter()
         .filter(|c| match seen.children.get(&(c.kind, c.name.clone())) {
@@ -420,20 +413,18 @@ fn finish(
         .cloned()
         .collect();
     // Optional children the spec no longer wants.
-    for kind in [ChildKind::Ingress, ChildKind::PodDisruptionBudget] {
-        for (k, name) in seen.children.keys() {
-            if *k == kind && !wanted.iter().any(|c| c.kind == kind && &c.name == name) {
-                changes.push(Change::DeleteChild {
-                    kind,
-                    name: name.clone(),
-                });
-            }
+    for (kind, name) in seen.children.keys() {
+        let optional = matches!(kind, ChildKind::Ingress | ChildKind::PodDisruptionBudget);
+        if optional && !wanted.iter().any(|c| c.kind == *kind && &c.name == name) {
+            changes.push(Change::DeleteChild {
+                kind: *kind,
+                name: name.clone(),
+            });
         }
     }
     if !differing.is_empty() {
         changes.insert(0, Change::ApplyChildren(differing));
     }
-    plan.changes = changes;
     plan
 }
 
