@@ -166,6 +166,12 @@ impl AwsError {
         self.class == ErrorClass::Conflict
     }
 
+    /// The thing a create names exists already (a repeat after a crash), as opposed to
+    /// the other conflicts, such as an instance in a state that refuses the call.
+    pub fn already_exists(&self) -> bool {
+        self.is_conflict() && self.code.contains("AlreadyExists")
+    }
+
     pub fn is_transient(&self) -> bool {
         self.class.is_transient()
     }
@@ -353,6 +359,21 @@ pub fn class_of_response(code: &str, message: &str, http_status: Option<u16>) ->
 mod tests {
     use super::*;
     use ErrorClass::*;
+
+    #[test]
+    fn only_an_existing_thing_is_a_repeat_among_conflicts() {
+        let error = |code: &str| AwsError {
+            class: class_of_response(code, "", Some(400)),
+            service: "rds",
+            operation: "CreateDBSnapshot",
+            code: code.into(),
+            message: String::new(),
+        };
+        assert!(error("DBSnapshotAlreadyExists").already_exists());
+        assert!(error("DBInstanceAlreadyExists").already_exists());
+        let busy = error("InvalidDBInstanceState");
+        assert!(busy.is_conflict() && !busy.already_exists());
+    }
 
     #[test]
     fn real_codes_of_each_service() {

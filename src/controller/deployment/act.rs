@@ -257,9 +257,7 @@ pub async fn act(d: &OpenEMRDeployment, change: &Change, ctx: &Context) -> Resul
                     MasterPassword::Given(read_root_password(ctx, &ns, secret).await?);
             }
             match clients(d, aws).await.create_instance(&request).await {
-                Err(e) if e.class == ErrorClass::Conflict && e.code.contains("AlreadyExists") => {
-                    Ok(())
-                }
+                Err(e) if e.already_exists() => Ok(()),
                 other => other.map_err(aws_error("creating the DB instance")),
             }?;
             announce(
@@ -355,8 +353,9 @@ pub async fn act(d: &OpenEMRDeployment, change: &Change, ctx: &Context) -> Resul
                 .create_snapshot(&identifier, snapshot, &tags)
                 .await
             {
-                // A repeat after a crash: the one snapshot exists already.
-                Err(e) if e.class == ErrorClass::Conflict => Ok(()),
+                // A repeat after a crash: the one snapshot exists already. Any other
+                // conflict (the instance busy) is an error, retried with backoff.
+                Err(e) if e.already_exists() => Ok(()),
                 other => other.map_err(aws_error("taking the pre-upgrade snapshot")),
             }?;
             announce(
@@ -648,7 +647,7 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
                     .create_snapshot(&identifier, &final_snapshot, &tags)
                     .await
                 {
-                    Err(e) if e.is_conflict() && e.code.contains("AlreadyExists") => Ok(()),
+                    Err(e) if e.already_exists() => Ok(()),
                     other => other.map_err(aws_error("taking the final snapshot")),
                 }?;
                 announce(
