@@ -83,14 +83,21 @@ async fn run_workers(client: &Client, ns: &str, clinic: &str) -> usize {
                 "started": true, "state": {"running": {"startedAt": now}},
             }],
         }});
-        api.patch_status(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&status),
-        )
-        .await
-        .unwrap();
-        n += 1;
+        // The ReplicaSet may remove a pod between the list and the patch
+        // (a rollout or a scale-down still settling): the kubelet has no
+        // pod to report on then.
+        match api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            )
+            .await
+        {
+            Ok(_) => n += 1,
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => panic!("marking {} ready: {e}", pod.name_any()),
+        }
     }
     n
 }
