@@ -557,6 +557,13 @@ async fn replicas_follow_the_spec_and_hand_edits_deletions_and_holds_are_handled
         (spec.replicas == Some(2) && image == "openemr/openemr:8.0.0").then_some(())
     })
     .await;
+    // The edited image is not the site's version: no upgrade from it, no snapshot.
+    let status = clinics.get(name).await.unwrap().status.unwrap();
+    assert_eq!(status.upgrade, None);
+    assert_eq!(
+        status.web.unwrap().image.as_deref(),
+        Some("openemr/openemr:8.0.0")
+    );
 
     // A deleted Service is recreated.
     let uid = services.get(&workers).await.unwrap().uid();
@@ -796,6 +803,16 @@ async fn an_image_upgrade_is_guarded_by_one_snapshot_resumes_after_a_kill_and_ro
 
     // The migration Job appears with the new image only once the snapshot is there.
     let (job, pod) = migration_job(&client, &ns.name, name, "openemr/openemr:8.0.1").await;
+    let job_name = job.name_any();
+    let recorded = clinics
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .upgrade
+        .unwrap();
+    assert_eq!(recorded.migration_job.as_deref(), Some(job_name.as_str()));
     let taken = snapshots("us-west-2", &instance).await;
     assert_eq!(taken.len(), 1, "exactly one snapshot: {taken:?}");
     let (snapshot, state, created) = &taken[0];
@@ -849,15 +866,48 @@ async fn an_image_upgrade_is_guarded_by_one_snapshot_resumes_after_a_kill_and_ro
     // Still exactly one snapshot, after the kill, the resume and the rollback.
     assert_eq!(snapshots("us-west-2", &instance).await.len(), 1);
 
-    // A next image whose replicas become ready: migrated, rolled, Succeeded.
+    let serving =
+        support::wait_for_reason(&clinics, name, "WorkloadReady", "UpgradeNotApplied").await;
+    assert_eq!(serving.status, "True", "{}", serving.message);
+    assert!(serving.message.contains(snapshot.as_str()));
+
+    // GitOps reverts the image, then names it again: a new upgrade, its own snapshot
+    // and migration Job; this time the replicas become ready.
     apply(
         &client,
         &ns.name,
-        &clinic(name, web("openemr/openemr:8.0.2")),
+        &clinic(name, web("openemr/openemr:8.0.0")),
     )
     .await
     .unwrap();
-    let (_, pod) = migration_job(&client, &ns.name, name, "openemr/openemr:8.0.2").await;
+    eventually(WAIT, "the failed upgrade superseded", || async {
+        let u = clinics.get(name).await.ok()?.status?.upgrade?;
+        u.superseded.then_some(())
+    })
+    .await;
+    apply(
+        &client,
+        &ns.name,
+        &clinic(name, web("openemr/openemr:8.0.1")),
+    )
+    .await
+    .unwrap();
+    let retry = eventually(WAIT, "the second upgrade's migration Job", || async {
+        let u = clinics.get(name).await.ok()?.status?.upgrade?;
+        let job = u.migration_job?;
+        (u.phase == Some(openemr_operator::api::deployment::UpgradePhase::Rolling)
+            && job != job_name)
+            .then_some(job)
+    })
+    .await;
+    let pod = eventually(WAIT, "the pod of the second migration", || async {
+        pods(&client, &ns.name, &format!("job-name={retry}"))
+            .await
+            .into_iter()
+            .next()
+            .map(|p| p.name_any())
+    })
+    .await;
     finish_pod(&client, &ns.name, &pod, "Succeeded", "").await;
     let done = eventually(WAIT, "the upgrade to succeed", || async {
         run_workers(&client, &ns.name, name).await;
@@ -872,6 +922,6 @@ async fn an_image_upgrade_is_guarded_by_one_snapshot_resumes_after_a_kill_and_ro
         "one per upgrade"
     );
     let web = web_status(&clinics, name).await;
-    assert_eq!(web.image.as_deref(), Some("openemr/openemr:8.0.2"));
+    assert_eq!(web.image.as_deref(), Some("openemr/openemr:8.0.1"));
     drop(operator);
 }

@@ -775,8 +775,11 @@ pub enum UpgradePhase {
     Succeeded,
     /// The new image failed; the previous one runs again.
     RolledBack,
-    /// The new image failed and could not be rolled back; see the conditions.
+    /// The new image failed and `rollbackOnFailure` is off: the workers stay where the
+    /// upgrade left them; see the conditions.
     Failed,
+    /// The spec named another image before the workers moved to the new one.
+    Cancelled,
 }
 
 /// An image upgrade.
@@ -799,6 +802,13 @@ pub struct UpgradeStatus {
     /// When it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// The Job that migrates the site to the new image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_job: Option<String>,
+    /// The spec named another image after this upgrade failed or was cancelled: naming
+    /// its new image again starts a new upgrade, with a new snapshot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub superseded: bool,
 }
 
 /// Identifiers of the supporting stack.

@@ -124,6 +124,16 @@ impl WebNames {
             &short_hash(&[image])[..6]
         )
     }
+
+    /// The Job that migrates the site to `image` for the upgrade the clinic's `generation`
+    /// asked for: the same name after a restart, another one for a later retry.
+    pub fn migration_job(&self, image: &str, generation: i64) -> String {
+        format!(
+            "{}-migrate-{}",
+            self.clinic,
+            &short_hash(&[image, &generation.to_string()])[..6]
+        )
+    }
 }
 
 /// A Secret key, for `secretKeyRef`.

@@ -7,7 +7,9 @@
 //! reported and retried with a new Job after a delay that doubles; nothing on the volume is
 //! ever removed. An image change on a set-up clinic is an upgrade: snapshot (if asked) seen
 //! `available` → a Job with the new image migrates → the workers roll → done, or, past the
-//! timeout, the workers go back to the previous image (`RolledBack`).
+//! timeout, the workers go back to the previous image (`RolledBack`). A failed upgrade is
+//! tried again only after the spec named another image in between (`superseded`); one
+//! whose image no worker runs yet is cancelled when the spec names another.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -294,27 +296,30 @@ pub fn plan_workload(
     }
 
     // Upgrades. The image the workers run: the one set up, then moved only by an upgrade.
-    let current = seen
-        .workers
-        .as_ref()
-        .map(|w| w.image.clone())
-        .or_else(|| web.image.clone())
+    // The operator's own record comes first: an image edited into the Deployment by hand
+    // is put back, never taken for the site's version. The Deployment's image serves only
+    // when the status was lost (a restored manifest).
+    let current = web
+        .image
+        .clone()
+        .or_else(|| seen.workers.as_ref().map(|w| w.image.clone()))
         .unwrap_or_else(|| spec.image.clone());
     let mut image = current.clone();
-    // One upgrade per (from, to): a rolled-back one is not tried again until the spec
-    // names another image.
+    let generation = d.metadata.generation.unwrap_or_default();
+    if let Some(u) = upgrade.as_mut().filter(|u| u.to_image != spec.image) {
+        leave_upgrade(u, &current, now, &mut changes);
+    }
+    // One upgrade per (from, to): one that failed is not tried again until the spec has
+    // named another image in between (`superseded`).
     let needs_upgrade = current != spec.image
         && upgrade
             .as_ref()
-            .is_none_or(|u| u.to_image != spec.image || u.from_image != current);
+            .is_none_or(|u| u.to_image != spec.image || u.from_image != current || u.superseded);
     if needs_upgrade && !held {
-        let snapshot = spec.upgrade.snapshot_before_upgrade.then(|| {
-            format!(
-                "{}-upgrade-g{}",
-                site.database_identifier,
-                d.metadata.generation.unwrap_or_default()
-            )
-        });
+        let snapshot = spec
+            .upgrade
+            .snapshot_before_upgrade
+            .then(|| format!("{}-upgrade-g{generation}", site.database_identifier));
         upgrade = Some(UpgradeStatus {
             from_image: current.clone(),
             to_image: spec.image.clone(),
@@ -326,6 +331,8 @@ pub fn plan_workload(
             snapshot,
             start_time: Some(Time(now)),
             completion_time: None,
+            migration_job: Some(names.migration_job(&spec.image, generation)),
+            superseded: false,
         });
         changes.push(Change::Announce {
             reason: "UpgradeStarted",
@@ -333,13 +340,17 @@ pub fn plan_workload(
             warning: false,
         });
     }
+    let mut unmet_upgrade = None;
     if let Some(u) = upgrade.as_mut().filter(|u| u.to_image == spec.image) {
-        let step = upgrade_step(u, &inputs, &names, seen, held, now);
+        let step = upgrade_step(u, &inputs, &names, seen, &current, held, now);
         changes.extend(step.changes);
         in_progress |= step.in_progress;
         wake_after = step.wake_after;
         busy = step.busy;
         image = step.image;
+        if image != spec.image && !busy {
+            unmet_upgrade = Some(unmet(u));
+        }
     }
 
     let mut worker_inputs = inputs.clone();
@@ -372,10 +383,15 @@ pub fn plan_workload(
             "spec.web.replicas is 0: the web tier is stopped (no data is touched)",
         )
     } else if ready >= replicas && seen.workers.as_ref().is_some_and(|w| w.current) {
+        // Serving, though not the image the spec names: said where people look.
+        let (reason, note) = match &unmet_upgrade {
+            Some(why) => ("UpgradeNotApplied", format!("; {why}")),
+            None => ("ReplicasReady", String::new()),
+        };
         Verdict::truthy(
             WORKLOAD_READY,
-            "ReplicasReady",
-            format!("{ready}/{replicas} replicas ready"),
+            reason,
+            format!("{ready}/{replicas} replicas ready{note}"),
         )
     } else {
         Verdict::falsy(
@@ -622,6 +638,66 @@ pub fn retry_delay(first: Duration, attempt: u32) -> Duration {
         .min(SETUP_RETRY_MAX)
 }
 
+/// Whether an upgrade has ended, well or not.
+fn ended(u: &UpgradeStatus) -> bool {
+    matches!(
+        u.phase,
+        Some(
+            UpgradePhase::Succeeded
+                | UpgradePhase::RolledBack
+                | UpgradePhase::Failed
+                | UpgradePhase::Cancelled
+        )
+    )
+}
+
+/// The spec names another image than `u`'s: an upgrade under way whose image no worker
+/// runs yet is cancelled, and one that failed or was cancelled may be tried again later.
+/// (Once the workers run the new image, naming another is an upgrade of its own.)
+fn leave_upgrade(u: &mut UpgradeStatus, current: &str, now: Timestamp, changes: &mut Vec<Change>) {
+    if !ended(u) && current == u.from_image {
+        u.phase = Some(UpgradePhase::Cancelled);
+        u.completion_time = Some(Time(now));
+        let migrated = u
+            .migration_job
+            .as_ref()
+            .map(|j| format!("; Job {j} may have migrated the schema already"))
+            .unwrap_or_default();
+        changes.push(Change::Announce {
+            reason: "UpgradeCancelled",
+            note: format!(
+                "the spec no longer names {}: the workers stay on {}{migrated}",
+                u.to_image, u.from_image
+            ),
+            warning: true,
+        });
+    }
+    if matches!(
+        u.phase,
+        Some(UpgradePhase::RolledBack | UpgradePhase::Failed | UpgradePhase::Cancelled)
+    ) {
+        u.superseded = true;
+    }
+}
+
+/// Why the workers do not run the image the spec names, after `u` ended without it.
+fn unmet(u: &UpgradeStatus) -> String {
+    let how = match u.phase {
+        Some(UpgradePhase::Failed) => "failed",
+        _ => "rolled back",
+    };
+    let snapshot = u
+        .snapshot
+        .as_ref()
+        .map(|s| format!(" (snapshot {s} holds the database from before)"))
+        .unwrap_or_default();
+    format!(
+        "spec.web.image {} does not run: its upgrade from {} {how}{snapshot}; to try again, \
+         name another image, then this one",
+        u.to_image, u.from_image
+    )
+}
+
 struct UpgradeStep {
     changes: Vec<Change>,
     in_progress: bool,
@@ -637,6 +713,7 @@ fn upgrade_step(
     inputs: &WebInputs,
     names: &WebNames,
     seen: &WorkloadSeen,
+    current: &str,
     held: bool,
     now: Timestamp,
 ) -> UpgradeStep {
@@ -658,7 +735,13 @@ fn upgrade_step(
             step.busy = false;
             return step;
         }
-        Some(UpgradePhase::RolledBack) | Some(UpgradePhase::Failed) => {
+        Some(UpgradePhase::RolledBack) | Some(UpgradePhase::Cancelled) => {
+            step.busy = false;
+            return step;
+        }
+        Some(UpgradePhase::Failed) => {
+            // rollbackOnFailure is off: the workers stay where the upgrade left them.
+            step.image = current.to_string();
             step.busy = false;
             return step;
         }
@@ -666,6 +749,7 @@ fn upgrade_step(
     }
     if held {
         // A hold (a backup, a restore) pauses the upgrade where it is.
+        step.image = current.to_string();
         return step;
     }
     if u.phase == Some(UpgradePhase::SnapshotPending) {
@@ -702,24 +786,32 @@ fn upgrade_step(
         web: &upgraded,
         ..inputs.clone()
     };
-    let jobs: Vec<&SetupJob> = seen
-        .setup_jobs
-        .iter()
-        .filter(|j| j.image == u.to_image)
-        .collect();
-    let latest = jobs.iter().max_by_key(|j| j.attempt);
+    // Upgrades recorded before the Job was named used the first setup's naming.
+    let job_name = u
+        .migration_job
+        .get_or_insert_with(|| names.setup_job(&u.to_image, 1))
+        .clone();
+    let job = seen.setup_jobs.iter().find(|j| j.name == job_name);
     let started = u.start_time.as_ref().map_or(now, |t| t.0);
     let timeout = Duration::from_secs(inputs.web.upgrade.timeout_seconds.max(0) as u64);
     let timed_out = now.duration_since(started).unsigned_abs() >= timeout;
-    let failure = match latest.map(|j| &j.state) {
+    let failure = match job.map(|j| &j.state) {
         None => {
-            let name = names.setup_job(&u.to_image, 1);
+            // Numbered after the Jobs that ran this image before (an earlier upgrade to
+            // it that failed), so the newest is the one whose failure is read.
+            let attempt = 1 + seen
+                .setup_jobs
+                .iter()
+                .filter(|j| j.image == u.to_image)
+                .map(|j| j.attempt)
+                .max()
+                .unwrap_or(0);
             step.changes.push(Change::ApplyChildren(vec![
-                job_inputs.setup_job(&name, 1, None),
+                job_inputs.setup_job(&job_name, attempt, None),
             ]));
             step.changes.push(announce(
                 "UpgradeMigrating",
-                format!("Job {name} migrates the site to {}", u.to_image),
+                format!("Job {job_name} migrates the site to {}", u.to_image),
                 false,
             ));
             None
@@ -869,6 +961,13 @@ mod tests {
             }),
             ..OpenEMRDeploymentStatus::default()
         });
+    }
+
+    /// What the driver writes to status after a look: the next look starts from it.
+    fn carry(d: &mut OpenEMRDeployment, plan: &WorkloadPlan) {
+        let status = d.status.get_or_insert_with(Default::default);
+        status.web = Some(plan.web.clone());
+        status.upgrade = plan.upgrade.clone();
     }
 
     fn workers(image: &str, ready: i32) -> WorkersSeen {
@@ -1055,7 +1154,7 @@ mod tests {
 
         // The snapshot is available: the migration Job runs the new image, without the
         // setup credentials.
-        d.status.as_mut().unwrap().upgrade = plan.upgrade.clone();
+        carry(&mut d, &plan);
         s.upgrade_snapshot = Some("available".into());
         let plan = plan_workload(&d, Some(&site()), &s, now());
         assert_eq!(
@@ -1074,9 +1173,15 @@ mod tests {
         );
 
         // Migrated: the workers roll.
-        d.status.as_mut().unwrap().upgrade = plan.upgrade.clone();
+        carry(&mut d, &plan);
+        let migration = job.name.clone();
+        assert_eq!(
+            plan.upgrade.as_ref().unwrap().migration_job.as_ref(),
+            Some(&migration)
+        );
+        assert!(migration.starts_with("clinic-a-migrate-"), "{migration}");
         s.setup_jobs = vec![SetupJob {
-            name: "m".into(),
+            name: migration,
             image: "openemr/openemr:8.0.1".into(),
             attempt: 1,
             state: JobState::Complete,
@@ -1126,7 +1231,7 @@ mod tests {
         assert!(note.contains("db-1-upgrade-g3"), "{note}");
 
         // Rolled back stays rolled back: no second upgrade, no second snapshot.
-        d.status.as_mut().unwrap().upgrade = plan.upgrade.clone();
+        carry(&mut d, &plan);
         s.workers = Some(workers("openemr/openemr:8.0.0", 2));
         let plan = plan_workload(&d, Some(&site()), &s, late);
         assert!(
@@ -1135,6 +1240,163 @@ mod tests {
                 .iter()
                 .any(|c| matches!(c, Change::CreateUpgradeSnapshot { .. }))
         );
-        assert_eq!(plan.upgrade.unwrap().phase, Some(UpgradePhase::RolledBack));
+        assert_eq!(
+            plan.upgrade.as_ref().unwrap().phase,
+            Some(UpgradePhase::RolledBack)
+        );
+        assert_eq!(plan.verdict.reason, "UpgradeNotApplied");
+        assert!(plan.verdict.status);
+        assert!(
+            plan.verdict.message.contains("db-1-upgrade-g3"),
+            "{}",
+            plan.verdict.message
+        );
+
+        // The spec goes back to the running image: nothing to do, the record kept.
+        carry(&mut d, &plan);
+        d.spec.web.image = "openemr/openemr:8.0.0".into();
+        d.metadata.generation = Some(4);
+        let plan = plan_workload(&d, Some(&site()), &s, late);
+        let u = plan.upgrade.clone().unwrap();
+        assert_eq!(u.phase, Some(UpgradePhase::RolledBack));
+        assert!(u.superseded);
+        assert!(plan.changes.iter().all(|c| !matches!(
+            c,
+            Change::CreateUpgradeSnapshot { .. } | Change::Announce { .. }
+        )));
+        assert_eq!(plan.verdict.reason, "ReplicasReady");
+
+        // And names the failed image again: a new upgrade, its own snapshot and Job.
+        carry(&mut d, &plan);
+        d.spec.web.image = "openemr/openemr:8.0.1".into();
+        d.metadata.generation = Some(5);
+        s.upgrade_snapshot = None; // db-1-upgrade-g5 is not there yet
+        let plan = plan_workload(&d, Some(&site()), &s, late);
+        let again = plan.upgrade.clone().unwrap();
+        assert_eq!(again.phase, Some(UpgradePhase::SnapshotPending));
+        assert_eq!(again.snapshot.as_deref(), Some("db-1-upgrade-g5"));
+        assert!(!again.superseded);
+        assert_ne!(again.migration_job, u.migration_job);
+        assert!(plan.changes.contains(&Change::CreateUpgradeSnapshot {
+            snapshot: "db-1-upgrade-g5".into()
+        }));
+
+        // Its migration Job is numbered after the first one, and the first one's state
+        // (completed) does not count for it.
+        carry(&mut d, &plan);
+        s.upgrade_snapshot = Some("available".into());
+        let plan = plan_workload(&d, Some(&site()), &s, late);
+        let job = child(&plan, ChildKind::Job).unwrap();
+        assert_eq!(Some(&job.name), again.migration_job.as_ref());
+        assert_eq!(
+            job.body["metadata"]["annotations"][web::ATTEMPT_ANNOTATION],
+            "2"
+        );
+        assert!(
+            !child(&plan, ChildKind::Deployment)
+                .unwrap()
+                .body
+                .to_string()
+                .contains("8.0.1"),
+            "the workers wait for this upgrade's own migration"
+        );
+    }
+
+    #[test]
+    fn an_image_edited_into_the_workers_by_hand_is_put_back_not_upgraded_from() {
+        let mut d = clinic(serde_json::json!({"replicas": 2}));
+        let image = d.spec.web.image.clone();
+        set_up(&mut d, &image);
+        let mut s = seen();
+        s.workers = Some(workers("openemr/openemr:7.0.3", 2));
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        assert!(plan.upgrade.is_none(), "{:?}", plan.upgrade);
+        assert!(
+            plan.changes
+                .iter()
+                .all(|c| !matches!(c, Change::CreateUpgradeSnapshot { .. }))
+        );
+        let workers = child(&plan, ChildKind::Deployment).unwrap();
+        assert!(
+            workers
+                .body
+                .to_string()
+                .contains(&format!("\"{}\"", d.spec.web.image))
+        );
+    }
+
+    #[test]
+    fn naming_another_image_before_the_workers_moved_cancels_the_upgrade() {
+        let mut d = clinic(serde_json::json!({"replicas": 2, "image": "openemr/openemr:8.0.1"}));
+        set_up(&mut d, "openemr/openemr:8.0.0");
+        let mut s = seen();
+        s.workers = Some(workers("openemr/openemr:8.0.0", 2));
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        carry(&mut d, &plan);
+        d.spec.web.image = "openemr/openemr:8.0.0".into();
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let u = plan.upgrade.clone().unwrap();
+        assert_eq!(u.phase, Some(UpgradePhase::Cancelled));
+        assert!(u.superseded && u.completion_time.is_some());
+        assert!(plan.changes.iter().any(|c| matches!(
+            c,
+            Change::Announce {
+                reason: "UpgradeCancelled",
+                warning: true,
+                ..
+            }
+        )));
+        assert!(!plan.busy);
+        assert!(
+            !child(&plan, ChildKind::Deployment)
+                .unwrap()
+                .body
+                .to_string()
+                .contains("8.0.1")
+        );
+    }
+
+    #[test]
+    fn a_failed_upgrade_without_rollback_leaves_the_workers_where_they_are() {
+        let mut d = clinic(serde_json::json!({
+            "replicas": 2,
+            "image": "openemr/openemr:8.0.1",
+            "upgrade": {"rollbackOnFailure": false, "snapshotBeforeUpgrade": false},
+        }));
+        set_up(&mut d, "openemr/openemr:8.0.0");
+        let mut s = seen();
+        s.workers = Some(workers("openemr/openemr:8.0.0", 2));
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let u = plan.upgrade.clone().unwrap();
+        assert_eq!(u.phase, Some(UpgradePhase::Rolling));
+        carry(&mut d, &plan);
+        s.setup_jobs = vec![SetupJob {
+            name: u.migration_job.clone().unwrap(),
+            image: "openemr/openemr:8.0.1".into(),
+            attempt: 1,
+            state: JobState::Complete,
+        }];
+        s.workers = Some(WorkersSeen {
+            ready: 2,
+            updated: 1,
+            total: 3,
+            ..workers("openemr/openemr:8.0.1", 0)
+        });
+        let late = now() + std::time::Duration::from_secs(1801);
+        let plan = plan_workload(&d, Some(&site()), &s, late);
+        assert_eq!(
+            plan.upgrade.as_ref().unwrap().phase,
+            Some(UpgradePhase::Failed)
+        );
+        // Looked at again later: still the new image, never rolled back behind the spec.
+        carry(&mut d, &plan);
+        let plan = plan_workload(&d, Some(&site()), &s, late);
+        assert!(
+            child(&plan, ChildKind::Deployment)
+                .is_none_or(|w| w.body.to_string().contains("openemr/openemr:8.0.1")),
+            "{:?}",
+            plan.changes
+        );
+        assert_eq!(plan.web.image.as_deref(), Some("openemr/openemr:8.0.1"));
     }
 }
