@@ -645,16 +645,33 @@ async fn a_failed_setup_is_reported_and_retried_and_nothing_is_removed() {
     );
     let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
     let (_, pod) = setup_pod(&client, &ns.name, name, 1).await;
+    // The pod's last words carry the generated administrator's password (a Secret it
+    // reads) and another after a `rootpass=` key: neither may be repeated.
+    let admin = secret_value(&client, &ns.name, &format!("{name}-admin"), "password").await;
     finish_pod(
         &client,
         &ns.name,
         &pod,
         "Failed",
-        "Couldn't set up: MySQL refused the connection",
+        &format!(
+            "Couldn't set up: MySQL refused the connection; tried admin/{admin} \
+             with server=db rootpass=not-a-secret-we-know"
+        ),
     )
     .await;
     let failed = wait_for_reason(&clinics, name, "WorkloadReady", "SetupFailed").await;
     assert_eq!(failed.status, "False");
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let said = serde_json::to_string(&clinics.get(name).await.unwrap().status).unwrap()
+        + &serde_json::to_string(&events.list(&Default::default()).await.unwrap().items).unwrap();
+    for secret in [admin.as_str(), "not-a-secret-we-know"] {
+        assert!(!said.contains(secret), "{secret} repeated: {said}");
+    }
+    assert!(
+        failed.message.contains("tried admin/<redacted>"),
+        "{}",
+        failed.message
+    );
     assert!(
         failed.message.contains("BackoffLimitExceeded"),
         "{}",

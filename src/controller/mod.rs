@@ -13,6 +13,7 @@ pub mod backup_policy;
 pub mod children;
 pub mod deployment;
 pub mod driver;
+pub mod redact;
 pub mod restore;
 pub mod state;
 pub mod triggers;

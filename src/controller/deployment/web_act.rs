@@ -28,6 +28,7 @@ use crate::api::OpenEMRDeployment;
 use crate::api::deployment::UpgradePhase;
 use crate::aws::rds::Databases;
 use crate::controller::children::cached;
+use crate::controller::redact::redact;
 use crate::controller::{ClinicAws, Context, Error};
 
 /// Field manager of the web tier's applies.
@@ -104,6 +105,8 @@ pub async fn observe_workload(
         .collect();
 
     let mut setup_jobs = Vec::new();
+    // The Secrets each Job's pod could read, to keep their values out of what it said.
+    let mut readable: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for job in caches.jobs.state() {
         if job.namespace().as_deref() != Some(&ns) || !belongs(&job.metadata, &clinic) {
             continue;
@@ -120,6 +123,7 @@ pub async fn observe_workload(
             .get(ATTEMPT_ANNOTATION)
             .and_then(|a| a.parse().ok())
             .unwrap_or(1);
+        readable.insert(job.name_any(), secret_refs(&job));
         setup_jobs.push(SetupJob {
             name: job.name_any(),
             image,
@@ -141,7 +145,12 @@ pub async fn observe_workload(
     for i in latest {
         let name = setup_jobs[i].name.clone();
         if let JobState::Failed { detail, .. } = &mut setup_jobs[i].state {
-            *detail = last_words(ctx, &ns, &name).await?;
+            let words = last_words(ctx, &ns, &name).await?;
+            if !words.is_empty() {
+                let refs = readable.remove(&name).unwrap_or_default();
+                let known = secret_values(ctx, &ns, &refs).await;
+                *detail = crate::controller::truncated(&redact(&words, &known), 200);
+            }
         }
     }
 
@@ -265,10 +274,38 @@ async fn last_words(ctx: &Context, ns: &str, job: &str) -> Result<String, Error>
         }
     }
     words.sort();
-    Ok(words
-        .pop()
-        .map(|(_, w)| crate::controller::truncated(&w, 200))
-        .unwrap_or_default())
+    Ok(words.pop().map(|(_, w)| w).unwrap_or_default())
+}
+
+/// The (Secret, key) pairs a Job's containers read by `secretKeyRef`.
+fn secret_refs(job: &Job) -> Vec<(String, String)> {
+    let Some(pod) = job.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+        return Vec::new();
+    };
+    pod.containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+        .flat_map(|c| c.env.iter().flatten())
+        .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+        .map(|r| (r.name.clone(), r.key.clone()))
+        .collect()
+}
+
+/// The values behind `refs`, as far as they can be read: one that cannot is left to the
+/// pattern half of [`redact`], and never stops the look.
+async fn secret_values(ctx: &Context, ns: &str, refs: &[(String, String)]) -> Vec<String> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut values = Vec::new();
+    for (name, key) in refs {
+        let Ok(Some(secret)) = api.get_opt(name).await else {
+            continue;
+        };
+        let bytes = secret.data.as_ref().and_then(|d| d.get(key)).map(|b| &b.0);
+        if let Some(text) = bytes.and_then(|b| std::str::from_utf8(b).ok()) {
+            values.push(text.to_string());
+        }
+    }
+    values
 }
 
 fn workers_seen(dep: &Deployment) -> WorkersSeen {
