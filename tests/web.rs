@@ -259,6 +259,12 @@ async fn a_clinic_is_set_up_once_then_served_by_workers_and_ready() {
         "/interface/login/login.php"
     );
     assert!(main["startupProbe"].is_object());
+    // Kept by the API server as sent (a dropped field would be re-applied on every look).
+    assert_eq!(main["lifecycle"]["preStop"]["sleep"]["seconds"], 10);
+    assert_eq!(
+        pod_spec["topologySpreadConstraints"].as_array().map(Vec::len),
+        Some(2)
+    );
     assert_eq!(
         main["envFrom"][0]["secretRef"]["name"],
         format!("{name}-openemr")

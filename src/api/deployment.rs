@@ -537,9 +537,9 @@ pub struct UpgradeSpec {
     #[serde(default = "default_true")]
     pub snapshot_before_upgrade: bool,
 
-    /// If the new image does not become ready, go back to the previous image; with a
-    /// migrated schema, restore the pre-upgrade snapshot side by side for a person to
-    /// switch to (never in place without a RestoreRequest).
+    /// If the new image does not become ready, go back to the previous image. The
+    /// pre-upgrade snapshot is named in `status.upgrade` and a Warning Event for a person
+    /// to restore from (never restored in place without a RestoreRequest).
     #[serde(default = "default_true")]
     pub rollback_on_failure: bool,
 

@@ -644,7 +644,13 @@ async fn forward(
     let body = body
         .collect()
         .await
-        .map_err(|e| format!("reading moto's answer: {e}"))?
+        .map_err(|e| {
+            // Said whole, for the next time this is seen (once, in CI): which answer broke.
+            format!(
+                "reading moto's answer to {operation} ({} {:?}): {e:?}",
+                parts.status, parts.headers
+            )
+        })?
         .to_bytes();
     shared.count(&operation, |c| c.answered += 1);
     for name in [header::TRANSFER_ENCODING, header::CONNECTION] {

@@ -594,6 +594,25 @@ impl WebInputs<'_> {
         main["livenessProbe"] = json!({
             "httpGet": login, "periodSeconds": 20, "timeoutSeconds": 10, "failureThreshold": 3,
         });
+        // A replica being removed keeps serving while Services and load balancers stop
+        // sending to it, so rollouts and scale-downs cut no request. The kubelet's own
+        // sleep: the image needs no `sleep` binary for it.
+        main["lifecycle"] = json!({"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}});
+        let mut pod = self.pod_spec(vec![self.ca_refresh()], main, "Always");
+        pod["terminationGracePeriodSeconds"] = json!(PRE_STOP_SECONDS + 30);
+        // Replicas spread over zones, then nodes, so one outage takes only some; a
+        // preference, so a one-zone or one-node cluster still runs them all.
+        pod["topologySpreadConstraints"] = json!(
+            ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+                .iter()
+                .map(|key| json!({
+                    "maxSkew": 1,
+                    "topologyKey": key,
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": self.worker_selector()},
+                }))
+                .collect::<Vec<_>>()
+        );
         let mut template_labels = self.labels("web");
         template_labels["app.kubernetes.io/version"] =
             json!(label_safe(image_tag(&self.web.image)));
@@ -617,7 +636,7 @@ impl WebInputs<'_> {
                             "labels": template_labels,
                             "annotations": {CA_DIGEST_ANNOTATION: self.ca_digest()},
                         },
-                        "spec": self.pod_spec(vec![self.ca_refresh()], main, "Always"),
+                        "spec": pod,
                     },
                 },
             }),
@@ -636,6 +655,9 @@ impl WebInputs<'_> {
         }
     }
 }
+
+/// How long a replica being removed goes on serving before it is told to stop.
+const PRE_STOP_SECONDS: i64 = 10;
 
 /// Base64, as Secrets carry their data (k8s-openapi's `ByteString` encodes it).
 fn base64(bytes: &[u8]) -> Value {
@@ -793,6 +815,27 @@ mod tests {
         let text = d.to_string();
         assert!(text.contains("secretKeyRef"));
         assert_eq!(env_names(main), ["K8S", "MYSQL_PASS"]);
+        // Removed replicas drain; replicas prefer distinct zones and nodes.
+        let sleep = main["lifecycle"]["preStop"]["sleep"]["seconds"]
+            .as_i64()
+            .unwrap();
+        assert!(pod["terminationGracePeriodSeconds"].as_i64().unwrap() > sleep);
+        let spread = pod["topologySpreadConstraints"].as_array().unwrap();
+        let keys: Vec<&str> = spread
+            .iter()
+            .map(|c| c["topologyKey"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+        );
+        for c in spread {
+            assert_eq!(c["whenUnsatisfiable"], "ScheduleAnyway");
+            assert_eq!(
+                c["labelSelector"]["matchLabels"],
+                d["spec"]["selector"]["matchLabels"]
+            );
+        }
     }
 
     #[test]

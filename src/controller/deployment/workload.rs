@@ -863,10 +863,17 @@ fn upgrade_step(
     if inputs.web.upgrade.rollback_on_failure {
         u.phase = Some(UpgradePhase::RolledBack);
         step.image = u.from_image.clone();
+        // The old image on a schema the new one migrated may not work well: said plainly.
+        let migrated = match job.map(|j| &j.state) {
+            Some(JobState::Complete) => {
+                format!(" on the schema Job {job_name} migrated to {}", u.to_image)
+            }
+            _ => String::new(),
+        };
         step.changes.push(announce(
             "UpgradeRolledBack",
             format!(
-                "{why}: the workers run {} again{restore_from}",
+                "{why}: the workers run {} again{migrated}{restore_from}",
                 u.from_image
             ),
             true,
@@ -1229,6 +1236,10 @@ mod tests {
             panic!("no warning Event: {:?}", plan.changes)
         };
         assert!(note.contains("db-1-upgrade-g3"), "{note}");
+        assert!(
+            note.contains("on the schema Job clinic-a-migrate-"),
+            "{note}"
+        );
 
         // Rolled back stays rolled back: no second upgrade, no second snapshot.
         carry(&mut d, &plan);
