@@ -262,7 +262,9 @@ async fn a_clinic_is_set_up_once_then_served_by_workers_and_ready() {
     // Kept by the API server as sent (a dropped field would be re-applied on every look).
     assert_eq!(main["lifecycle"]["preStop"]["sleep"]["seconds"], 10);
     assert_eq!(
-        pod_spec["topologySpreadConstraints"].as_array().map(Vec::len),
+        pod_spec["topologySpreadConstraints"]
+            .as_array()
+            .map(Vec::len),
         Some(2)
     );
     assert_eq!(
@@ -633,6 +635,45 @@ async fn replicas_follow_the_spec_and_hand_edits_deletions_and_holds_are_handled
         (c.status == "True").then_some(())
     })
     .await;
+
+    // A hold whose holder stops renewing it (a backup that died) lapses on its own: the
+    // workers come back without anyone deleting the Lease, which stays for its holder.
+    let renewed = k8s_openapi::jiff::Timestamp::now();
+    let lapsing: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "clinic-s-hold-lapsing", "labels": {"openemr.io/hold-on": name}},
+        "spec": {
+            "holderIdentity": "backup/crashed",
+            "acquireTime": renewed,
+            "renewTime": renewed,
+            "leaseDurationSeconds": 15,
+        },
+    }))
+    .unwrap();
+    leases
+        .create(&PostParams::default(), &lapsing)
+        .await
+        .unwrap();
+    wait_replicas(0).await;
+    wait_replicas(2).await;
+    let lapsed = eventually(WAIT, "the lapsed hold named", || async {
+        run_workers(&client, &ns.name, name).await;
+        let c = condition(&clinics, name, "WorkloadReady").await?;
+        (c.status == "True" && c.message.contains("backup/crashed")).then_some(c)
+    })
+    .await;
+    assert!(
+        lapsed.message.contains("renewed too late"),
+        "{}",
+        lapsed.message
+    );
+    assert!(web_status(&clinics, name).await.holds.is_empty());
+    assert!(
+        leases
+            .get_opt("clinic-s-hold-lapsing")
+            .await
+            .unwrap()
+            .is_some()
+    );
     drop(operator);
 }
 

@@ -762,6 +762,10 @@ pub struct WebHold {
     pub since: Option<Time>,
     /// The Lease, to find and release it.
     pub lease: String,
+    /// When the hold lapses unless its holder renews the Lease (`renewTime`, else
+    /// `acquireTime`, plus `leaseDurationSeconds`); none: it lasts until released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<Time>,
 }
 
 /// Where an image upgrade is.

@@ -7,9 +7,16 @@
 //! (`spec.acquireTime`), why (annotation [`REASON_ANNOTATION`]). It lives in the API server,
 //! so it survives operator restarts; one owned by its holder (an OpenEMRBackup, say) goes
 //! with it. The spec is never edited, so GitOps tools see no drift while a hold is on.
+//!
+//! A Lease with `leaseDurationSeconds` holds only while its holder renews it: a holder that
+//! died mid-backup cannot keep a clinic down for good. The lapsed Lease is left to its
+//! holder (never deleted here) and named in `WorkloadReady`.
+
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -30,6 +37,11 @@ pub fn hold_of(lease: &Lease, clinic: &str) -> Option<WebHold> {
         return None;
     }
     let spec = lease.spec.as_ref();
+    let expires = spec.and_then(|s| {
+        let last = s.renew_time.as_ref().or(s.acquire_time.as_ref())?.0;
+        let seconds = s.lease_duration_seconds.filter(|d| *d > 0)?;
+        Some(Time(last + Duration::from_secs(seconds as u64)))
+    });
     Some(WebHold {
         holder: spec
             .and_then(|s| s.holder_identity.clone())
@@ -41,7 +53,16 @@ pub fn hold_of(lease: &Lease, clinic: &str) -> Option<WebHold> {
             .map(|t| Time(t.0))
             .or_else(|| lease.metadata.creation_timestamp.clone()),
         lease: lease.name_any(),
+        expires,
     })
+}
+
+/// `holds` split into those in force at `now` and those that lapsed unrenewed.
+pub fn in_force(holds: &[WebHold], now: Timestamp) -> (Vec<WebHold>, Vec<WebHold>) {
+    holds
+        .iter()
+        .cloned()
+        .partition(|h| h.expires.as_ref().is_none_or(|t| t.0 > now))
 }
 
 /// Holds in a stable order (oldest first, then by Lease name).
@@ -132,6 +153,37 @@ mod tests {
         assert_eq!(hold.reason.as_deref(), Some("quiesced backup"));
         assert_eq!(hold.since.unwrap().0.to_string(), "2026-11-23T03:00:00Z");
         assert!(hold_of(&l, "clinic-b").is_none());
+    }
+
+    #[test]
+    fn a_lease_with_a_duration_lapses_unless_renewed() {
+        let l = lease(
+            json!({HOLD_ON_LABEL: "clinic-a"}),
+            json!({
+                "holderIdentity": "backup/nightly",
+                "acquireTime": "2026-11-23T03:00:00.000000Z",
+                "renewTime": "2026-11-23T03:10:00.000000Z",
+                "leaseDurationSeconds": 600,
+            }),
+        );
+        let hold = hold_of(&l, "clinic-a").unwrap();
+        assert_eq!(
+            hold.expires.as_ref().unwrap().0.to_string(),
+            "2026-11-23T03:20:00Z"
+        );
+        let at = |t: &str| t.parse::<Timestamp>().unwrap();
+        let (on, lapsed) = in_force(std::slice::from_ref(&hold), at("2026-11-23T03:19:59Z"));
+        assert_eq!((on.len(), lapsed.len()), (1, 0));
+        let (on, lapsed) = in_force(std::slice::from_ref(&hold), at("2026-11-23T03:20:00Z"));
+        assert_eq!((on.len(), lapsed.len()), (0, 1));
+        // Without a duration it lasts until released.
+        let forever = lease(
+            json!({HOLD_ON_LABEL: "clinic-a"}),
+            json!({"holderIdentity": "p"}),
+        );
+        let hold = hold_of(&forever, "clinic-a").unwrap();
+        assert_eq!(hold.expires, None);
+        assert_eq!(in_force(&[hold], at("2099-01-01T00:00:00Z")).0.len(), 1);
     }
 
     #[test]

@@ -152,9 +152,45 @@ pub fn plan_workload(
     seen: &WorkloadSeen,
     now: Timestamp,
 ) -> WorkloadPlan {
+    let (holds, lapsed) = holds::in_force(&seen.holds, now);
+    let mut plan = plan_held(d, site, seen, holds::sorted(holds), now);
+    // Look again when a hold lapses, should its holder not renew it.
+    let lapses = plan.web.holds.iter().filter_map(|h| h.expires.as_ref());
+    if let Some(first) = lapses.map(|t| t.0).min() {
+        let left = Duration::from_secs(first.duration_since(now).as_secs().max(1) as u64);
+        plan.wake_after = Some(plan.wake_after.map_or(left, |w| w.min(left)));
+    }
+    if !lapsed.is_empty() {
+        let list: Vec<String> = lapsed
+            .iter()
+            .map(|h| {
+                let at = h
+                    .expires
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default();
+                format!("{} (Lease {}, lapsed at {at})", h.holder, h.lease)
+            })
+            .collect();
+        plan.verdict.message.push_str(&format!(
+            "; not honoured, renewed too late: {}",
+            list.join(", ")
+        ));
+    }
+    plan
+}
+
+/// [`plan_workload`] with the holds in force.
+fn plan_held(
+    d: &OpenEMRDeployment,
+    site: Option<&Site>,
+    seen: &WorkloadSeen,
+    holds: Vec<WebHold>,
+    now: Timestamp,
+) -> WorkloadPlan {
     let previous = d.status.clone().unwrap_or_default();
     let mut web = previous.web.clone().unwrap_or_default();
-    web.holds = holds::sorted(seen.holds.clone());
+    web.holds = holds;
     let mut upgrade = previous.upgrade.clone();
     let waiting = |reason: &'static str, message: String| WorkloadPlan {
         verdict: Verdict::falsy(WORKLOAD_READY, reason, message),
@@ -268,7 +304,7 @@ pub fn plan_workload(
             .filter(|j| j.image == spec.image)
             .collect();
         if !web.setup_complete {
-            let step = setup_step(&inputs, &names, site, seen, &jobs, replicas, now);
+            let step = setup_step(&inputs, &names, site, seen, &jobs, held, now);
             changes.extend(step.changes);
             verdict = step.verdict;
             web.ready_replicas = 0;
@@ -473,17 +509,18 @@ fn setup_step(
     site: &Site,
     seen: &WorkloadSeen,
     jobs: &[&SetupJob],
-    replicas: i32,
+    held: bool,
     now: Timestamp,
 ) -> Step {
+    let replicas = if held { 0 } else { inputs.web.replicas };
     let mut changes = Vec::new();
     if replicas == 0 && jobs.is_empty() {
-        let (reason, what) = if seen.holds.is_empty() {
+        let (reason, what) = if !held {
             ("Stopped", "spec.web.replicas is 0")
         } else {
             ("Held", "the web tier is held")
         };
-        let verdict = if seen.holds.is_empty() {
+        let verdict = if !held {
             Verdict::truthy(
                 WORKLOAD_READY,
                 reason,
@@ -1079,6 +1116,7 @@ mod tests {
             reason: Some("quiesced backup".into()),
             since: None,
             lease: "clinic-a-hold-nightly".into(),
+            expires: None,
         }];
         let plan = plan_workload(&d, Some(&site()), &s, now());
         assert_eq!(plan.verdict.reason, "Held");
@@ -1093,6 +1131,42 @@ mod tests {
         assert_eq!(
             child(&plan, ChildKind::Deployment).unwrap().body["spec"]["replicas"],
             3
+        );
+    }
+
+    #[test]
+    fn a_hold_its_holder_stopped_renewing_lapses() {
+        let mut d = clinic(serde_json::json!({"replicas": 3}));
+        set_up(&mut d, "openemr/openemr:8.0.0");
+        let mut s = seen();
+        s.workers = Some(workers("openemr/openemr:8.0.0", 3));
+        s.workers.as_mut().unwrap().replicas = 3;
+        let hold = |expires: Timestamp| WebHold {
+            holder: "backup/nightly".into(),
+            reason: None,
+            since: None,
+            lease: "clinic-a-hold-nightly".into(),
+            expires: Some(Time(expires)),
+        };
+        // In force: held, and a look is due when it would lapse.
+        s.holds = vec![hold(now() + std::time::Duration::from_secs(90))];
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        assert_eq!(plan.verdict.reason, "Held");
+        assert_eq!(plan.wake_after, Some(std::time::Duration::from_secs(90)));
+        // Lapsed: not honoured, and said.
+        s.holds = vec![hold(now() - std::time::Duration::from_secs(1))];
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        assert_eq!(plan.verdict.reason, "ReplicasReady");
+        assert!(plan.web.holds.is_empty());
+        assert!(
+            plan.verdict
+                .message
+                .contains("backup/nightly (Lease clinic-a-hold-nightly"),
+            "{}",
+            plan.verdict.message
+        );
+        assert!(
+            child(&plan, ChildKind::Deployment).is_none_or(|w| w.body["spec"]["replicas"] == 3)
         );
     }
 
