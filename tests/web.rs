@@ -503,6 +503,7 @@ async fn replicas_follow_the_spec_and_hand_edits_deletions_and_holds_are_handled
         if n == 0 {
             let stopped = wait_for_reason(&clinics, name, "WorkloadReady", "Stopped").await;
             assert_eq!(stopped.status, "True");
+            claim_deleted_by_hand_is_made_anew_and_bound(&client, &ns.name, name).await;
         }
     }
     run_workers(&client, &ns.name, name).await;
@@ -675,6 +676,36 @@ async fn replicas_follow_the_spec_and_hand_edits_deletions_and_holds_are_handled
             .is_some()
     );
     drop(operator);
+}
+
+/// Deletes the clinic's `sites/` claim by hand (no pod uses it): the operator makes it
+/// anew and frees the volume, `Released` under `Retain`, to bind to it.
+async fn claim_deleted_by_hand_is_made_anew_and_bound(client: &Client, ns: &str, clinic: &str) {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let claim = format!("{clinic}-sites");
+    let phase = |c: &PersistentVolumeClaim| c.status.as_ref().and_then(|s| s.phase.clone());
+    let first = eventually(WAIT, "the claim bound", || async {
+        let c = claims.get(&claim).await.ok()?;
+        (phase(&c).as_deref() == Some("Bound")).then_some(c)
+    })
+    .await;
+    let volume = first.spec.unwrap().volume_name.unwrap();
+    claims
+        .delete(&claim, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(WAIT, "the claim made anew and bound", || async {
+        let c = claims.get_opt(&claim).await.ok()??;
+        (c.uid() != first.metadata.uid && phase(&c).as_deref() == Some("Bound")).then_some(())
+    })
+    .await;
+    let pv = volumes.get(&volume).await.unwrap();
+    assert_eq!(
+        pv.spec.unwrap().persistent_volume_reclaim_policy.as_deref(),
+        Some("Retain")
+    );
+    support::warning_event(client, ns, clinic, "VolumeRebound").await;
 }
 
 #[tokio::test]

@@ -298,6 +298,7 @@ pub async fn act(d: &OpenEMRDeployment, change: &Change, ctx: &Context) -> Resul
         }
         Change::ApplyChildren(children) => web_act::apply_children(ctx, &ns, children).await,
         Change::DeleteChild { kind, name } => web_act::delete_child(ctx, &ns, *kind, name).await,
+        Change::RebindVolume { name } => web_act::rebind_volume(ctx, name).await,
         Change::CreateAdminSecret { name } => {
             let password = new_password("the administrator's password")?;
             let secret = web_act::secret(

@@ -105,6 +105,11 @@ pub enum Change {
         kind: ChildKind,
         name: String,
     },
+    /// Frees the clinic's volume, `Released` after its claim was deleted, to bind to the
+    /// claim made anew (the file system's data is untouched; reclaim stays `Retain`).
+    RebindVolume {
+        name: String,
+    },
     /// Generates the first administrator's credentials once, into a Secret kept with the
     /// data (like the database credentials).
     CreateAdminSecret {
@@ -168,6 +173,7 @@ impl std::fmt::Debug for Change {
                 write!(f, "ApplyChildren({})", list.join(", "))
             }
             Change::DeleteChild { kind, name } => write!(f, "DeleteChild({kind}/{name})"),
+            Change::RebindVolume { name } => write!(f, "RebindVolume({name})"),
             Change::CreateAdminSecret { name } => write!(f, "CreateAdminSecret({name})"),
             Change::CopyMasterPassword { name, .. } => write!(f, "CopyMasterPassword({name})"),
             Change::CreateUpgradeSnapshot { snapshot } => {
@@ -220,6 +226,7 @@ impl Change {
                 ("ApplyChildren".into(), list.join(","))
             }
             Change::DeleteChild { kind, name } => ("DeleteChild".into(), format!("{kind}/{name}")),
+            Change::RebindVolume { name } => ("RebindVolume".into(), name.clone()),
             Change::CreateAdminSecret { name } => ("CreateAdminSecret".into(), name.clone()),
             Change::CopyMasterPassword { name, .. } => ("CopyMasterPassword".into(), name.clone()),
             Change::CreateUpgradeSnapshot { snapshot } => {
@@ -237,6 +244,7 @@ impl Change {
             self,
             Change::ApplyChildren(_)
                 | Change::DeleteChild { .. }
+                | Change::RebindVolume { .. }
                 | Change::CreateAdminSecret { .. }
                 | Change::CopyMasterPassword { .. }
                 | Change::Announce { .. }

@@ -169,6 +169,12 @@ pub async fn observe_workload(
         None => secret_exists(&names.admin_secret),
     };
     let master_copy = secret_exists(&names.master_copy);
+    // `Released`: the claim it was bound to is gone (deleted by hand, say).
+    let volume_released = caches
+        .volumes
+        .get(&kube::runtime::reflector::ObjectRef::new(&names.volume))
+        .and_then(|pv| pv.status.as_ref()?.phase.clone())
+        .is_some_and(|phase| phase == "Released");
     let ca = Some(read_ca(aws).await);
     let upgrade_snapshot = match d.status.as_ref().and_then(|s| s.upgrade.as_ref()) {
         Some(u) if u.phase == Some(UpgradePhase::SnapshotPending) => match &u.snapshot {
@@ -194,6 +200,7 @@ pub async fn observe_workload(
         holds,
         admin_secret,
         master_copy,
+        volume_released,
         ca,
         upgrade_snapshot,
         config: aws.workload.clone(),
@@ -399,6 +406,24 @@ pub async fn apply_children(ctx: &Context, ns: &str, children: &[Child]) -> Resu
 }
 
 /// Deletes a child (gone already is fine).
+/// Drops the uid of the deleted claim from the volume's `claimRef`: the volume turns
+/// `Available`, still pre-bound by name, and binds to the claim of that name made anew.
+pub async fn rebind_volume(ctx: &Context, name: &str) -> Result<(), Error> {
+    count(ctx, ChildKind::PersistentVolume);
+    let patch = serde_json::json!({"spec": {"claimRef": {"uid": null, "resourceVersion": null}}});
+    match Api::<PersistentVolume>::all(ctx.client.clone())
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::Act {
+            action: format!("binding PersistentVolume {name} to its claim again"),
+            reason: "ChildWriteFailed",
+            message: e.to_string(),
+        }),
+    }
+}
+
 pub async fn delete_child(
     ctx: &Context,
     ns: &str,

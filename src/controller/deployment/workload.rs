@@ -120,6 +120,8 @@ pub struct WorkloadSeen {
     pub holds: Vec<WebHold>,
     pub admin_secret: bool,
     pub master_copy: bool,
+    /// The volume is `Released`: its claim was deleted.
+    pub volume_released: bool,
     /// The CA bundles (MySQL, Redis), or why they could not be read.
     pub ca: Option<Result<(String, String), String>>,
     /// The pre-upgrade snapshot's state (`available`, `creating`…), when one is awaited.
@@ -253,6 +255,21 @@ fn plan_held(
         wanted.push(inputs.disruption_budget());
     }
     let mut changes = Vec::new();
+    if seen.volume_released {
+        // The claim was deleted (and is made anew above): without this the volume, kept
+        // by `Retain`, would stay `Released` and the new claim would never bind.
+        changes.push(Change::RebindVolume {
+            name: names.volume.clone(),
+        });
+        changes.push(Change::Announce {
+            reason: "VolumeRebound",
+            note: format!(
+                "claim {} was deleted; volume {} (file system {}, untouched) binds to the claim made anew",
+                names.claim, names.volume, site.file_system_id
+            ),
+            warning: true,
+        });
+    }
     let mut in_progress = false;
     let mut wake_after = None;
     let mut busy = false;
@@ -1132,6 +1149,36 @@ mod tests {
             child(&plan, ChildKind::Deployment).unwrap().body["spec"]["replicas"],
             3
         );
+    }
+
+    #[test]
+    fn a_volume_whose_claim_was_deleted_binds_to_the_new_one() {
+        let mut d = clinic(serde_json::json!({"replicas": 1}));
+        set_up(&mut d, "openemr/openemr:8.0.0");
+        let mut s = seen();
+        s.workers = Some(workers("openemr/openemr:8.0.0", 1));
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        assert!(
+            !plan
+                .changes
+                .iter()
+                .any(|c| matches!(c, Change::RebindVolume { .. }))
+        );
+        s.volume_released = true;
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        assert!(plan.changes.contains(&Change::RebindVolume {
+            name: "openemr-clinics-clinic-a-sites".into()
+        }));
+        assert!(
+            applied(&plan).contains(&(ChildKind::PersistentVolumeClaim, "clinic-a-sites".into()))
+        );
+        assert!(!plan.changes.iter().any(|c| matches!(
+            c,
+            Change::DeleteChild {
+                kind: ChildKind::PersistentVolume,
+                ..
+            }
+        )));
     }
 
     #[test]
