@@ -538,6 +538,25 @@ async fn replicas_follow_the_spec_and_hand_edits_deletions_and_holds_are_handled
         },
     )
     .await;
+    // What the spec stops setting goes from the children too (the objects still have it,
+    // so only the operator's record of what it applied can tell).
+    let fewer = json!({
+        "replicas": 2,
+        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}},
+        "service": {"port": 8080},
+        "ingress": {"host": "clinic-s.example.org"},
+    });
+    apply(&client, &ns.name, &clinic(name, fewer))
+        .await
+        .unwrap();
+    eventually(WAIT, "the class and the limits gone", || async {
+        let d = deployments.get(&workers).await.ok()?.spec?;
+        let resources = d.template.spec?.containers[0].resources.clone()?;
+        let ingress = ingresses.get_opt(&workers).await.ok()??.spec?;
+        (resources.limits.is_none_or(|l| l.is_empty()) && ingress.ingress_class_name.is_none())
+            .then_some(())
+    })
+    .await;
     apply(&client, &ns.name, &clinic(name, json!({"replicas": 2})))
         .await
         .unwrap();

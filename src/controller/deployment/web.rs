@@ -39,6 +39,8 @@ pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 pub const IMAGE_ANNOTATION: &str = "openemr.io/image";
 /// Annotation on a setup Job: which attempt it is (1, 2, …).
 pub const ATTEMPT_ANNOTATION: &str = "openemr.io/attempt";
+/// Annotation on every child: the digest of what the operator last rendered for it.
+pub const APPLIED_ANNOTATION: &str = "openemr.io/applied";
 /// Annotation on the worker template: digest of the CA bundles, so a new bundle rolls them.
 pub const CA_DIGEST_ANNOTATION: &str = "openemr.io/ca-digest";
 /// Capacity written on the volume and claim; EFS is elastic, Kubernetes needs a number.
@@ -721,6 +723,19 @@ fn label_safe(text: &str) -> String {
     cleaned
         .trim_matches(|c: char| !c.is_ascii_alphanumeric())
         .to_string()
+}
+
+/// `child` with the digest of what it sets in [`APPLIED_ANNOTATION`]. [`carries`] alone
+/// cannot see a field the spec no longer sets (an Ingress's TLS removed, a limit dropped):
+/// the object still has it. With the digest, any change in what is rendered is a
+/// difference, and the apply drops what the operator's field manager no longer sets.
+pub fn stamped(mut child: Child) -> Child {
+    let digest = short_hash(&[&child.body.to_string()]);
+    if let Some(meta) = child.body["metadata"].as_object_mut() {
+        let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+        annotations[APPLIED_ANNOTATION] = json!(digest);
+    }
+    child
 }
 
 /// Whether `observed` carries everything `desired` sets: objects key by key, lists element

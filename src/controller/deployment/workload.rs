@@ -471,6 +471,7 @@ fn plan_held(
 /// Adds the applies of children that differ from what the caches hold, and the deletions
 /// of children no longer wanted, to the plan.
 fn finish(wanted: Vec<Child>, seen: &WorkloadSeen, mut plan: WorkloadPlan) -> WorkloadPlan {
+    let wanted: Vec<Child> = wanted.into_iter().map(web::stamped).collect();
     let changes = &mut plan.changes;
     let differing: Vec<Child> = wanted
         .iter()
@@ -1149,6 +1150,41 @@ mod tests {
             child(&plan, ChildKind::Deployment).unwrap().body["spec"]["replicas"],
             3
         );
+    }
+
+    #[test]
+    fn a_field_the_spec_stops_setting_is_applied_away() {
+        let web = |tls: bool| {
+            let mut ingress = serde_json::json!({"host": "clinic-a.example.org"});
+            if tls {
+                ingress["tlsSecretName"] = "clinic-a-tls".into();
+            }
+            serde_json::json!({"replicas": 1, "ingress": ingress})
+        };
+        let mut d = clinic(web(true));
+        set_up(&mut d, "openemr/openemr:8.0.0");
+        let mut s = seen();
+        s.workers = Some(workers("openemr/openemr:8.0.0", 1));
+        // What the first look applies is what the caches then hold (with a server default).
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        for c in plan.changes.iter().filter_map(|c| match c {
+            Change::ApplyChildren(children) => Some(children),
+            _ => None,
+        }) {
+            for child in c {
+                let mut observed = child.body.clone();
+                observed["metadata"]["uid"] = "x".into();
+                s.children
+                    .insert((child.kind, child.name.clone()), observed);
+            }
+        }
+        let at_rest = plan_workload(&d, Some(&site()), &s, now());
+        assert_eq!(applied(&at_rest), vec![], "{:?}", at_rest.changes);
+        // TLS leaves the spec: the Ingress still has it, yet is applied again.
+        d.spec.web = serde_json::from_value(web(false)).unwrap();
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let ingress = child(&plan, ChildKind::Ingress).expect("the Ingress applied again");
+        assert!(ingress.body["spec"].get("tls").is_none());
     }
 
     #[test]
