@@ -575,7 +575,7 @@ fn default_replicas() -> i32 {
 }
 
 /// The web tier's Service.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// Service type.
@@ -586,6 +586,16 @@ pub struct ServiceSpec {
     #[serde(default = "default_service_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+
+    /// Annotations on the Service, e.g. a load balancer's settings
+    /// (`service.beta.kubernetes.io/aws-load-balancer-*`) for `type: LoadBalancer`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(
+        validation = Rule::new("self.all(k, !k.startsWith('openemr.io/'))")
+            .message("spec.web.service.annotations keys must not start with 'openemr.io/' (reserved by the operator)"),
+    )]
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl Default for ServiceSpec {
@@ -593,6 +603,7 @@ impl Default for ServiceSpec {
         ServiceSpec {
             type_: ServiceType::default(),
             port: default_service_port(),
+            annotations: BTreeMap::new(),
         }
     }
 }
@@ -602,7 +613,7 @@ fn default_service_port() -> i32 {
 }
 
 /// An Ingress for the web tier.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
     /// Host name users reach the clinic at.
@@ -614,10 +625,23 @@ pub struct IngressSpec {
     #[schemars(length(min = 1, max = 253))]
     pub class_name: Option<String>,
 
-    /// Secret with the TLS certificate for `host`; HTTPS only when set.
+    /// Secret with the TLS certificate for `host`; HTTPS only when set. (The AWS Load
+    /// Balancer Controller finds the certificate for `host` in ACM instead.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(patterns::DNS_SUBDOMAIN), length(max = 253))]
     pub tls_secret_name: Option<String>,
+
+    /// Annotations for the ingress controller, over the operator's own. With
+    /// `className: alb` those are `alb.ingress.kubernetes.io/target-type: ip` (the Service
+    /// is a ClusterIP) and `healthcheck-path` on the login page (`/` only redirects);
+    /// `scheme` stays the controller's default, `internal`, unless set here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(
+        validation = Rule::new("self.all(k, !k.startsWith('openemr.io/'))")
+            .message("spec.web.ingress.annotations keys must not start with 'openemr.io/' (reserved by the operator)"),
+    )]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// Existing AWS resources to adopt. Differences from the spec are reported before anything

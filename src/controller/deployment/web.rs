@@ -39,6 +39,9 @@ pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 pub const IMAGE_ANNOTATION: &str = "openemr.io/image";
 /// Annotation on a setup Job: which attempt it is (1, 2, …).
 pub const ATTEMPT_ANNOTATION: &str = "openemr.io/attempt";
+/// The IngressClass of the AWS Load Balancer Controller, and its annotations' prefix.
+const ALB_CLASS: &str = "alb";
+const ALB_PREFIX: &str = "alb.ingress.kubernetes.io/";
 /// Annotation on every child: the digest of what the operator last rendered for it.
 pub const APPLIED_ANNOTATION: &str = "openemr.io/applied";
 /// Annotation on the worker template: digest of the CA bundles, so a new bundle rolls them.
@@ -326,13 +329,17 @@ impl WebInputs<'_> {
             ServiceType::LoadBalancer => "LoadBalancer",
             ServiceType::NodePort => "NodePort",
         };
+        let mut metadata = self.metadata(&self.names.workers, "web");
+        if !self.web.service.annotations.is_empty() {
+            metadata["annotations"] = json!(self.web.service.annotations);
+        }
         Child {
             kind: ChildKind::Service,
             name: self.names.workers.clone(),
             body: json!({
                 "apiVersion": "v1",
                 "kind": "Service",
-                "metadata": self.metadata(&self.names.workers, "web"),
+                "metadata": metadata,
                 "spec": {
                     "type": type_,
                     "selector": self.worker_selector(),
@@ -369,13 +376,26 @@ impl WebInputs<'_> {
         if let Some(tls) = &ingress.tls_secret_name {
             spec["tls"] = json!([{"hosts": [ingress.host], "secretName": tls}]);
         }
+        let mut annotations = BTreeMap::new();
+        if ingress.class_name.as_deref() == Some(ALB_CLASS) {
+            // The AWS Load Balancer Controller's defaults do not fit: `instance` targets
+            // need a NodePort Service, and its health check on `/` gets OpenEMR's redirect,
+            // which it counts as unhealthy.
+            annotations.insert(format!("{ALB_PREFIX}target-type"), "ip".to_string());
+            annotations.insert(format!("{ALB_PREFIX}healthcheck-path"), LOGIN_PATH.into());
+        }
+        annotations.extend(ingress.annotations.clone());
+        let mut metadata = self.metadata(&self.names.workers, "web");
+        if !annotations.is_empty() {
+            metadata["annotations"] = json!(annotations);
+        }
         Some(Child {
             kind: ChildKind::Ingress,
             name: self.names.workers.clone(),
             body: json!({
                 "apiVersion": "networking.k8s.io/v1",
                 "kind": "Ingress",
-                "metadata": self.metadata(&self.names.workers, "web"),
+                "metadata": metadata,
                 "spec": spec,
             }),
         })
@@ -803,6 +823,40 @@ mod tests {
             .iter()
             .map(|e| e["name"].as_str().unwrap())
             .collect()
+    }
+
+    #[test]
+    fn an_alb_ingress_targets_pods_and_checks_the_login_page_unless_told_otherwise() {
+        let names = WebNames::new("clinics", "clinic-a");
+        let web: WebSpec = serde_json::from_value(json!({
+            "ingress": {
+                "host": "clinic-a.example.org",
+                "className": "alb",
+                "annotations": {
+                    "alb.ingress.kubernetes.io/scheme": "internet-facing",
+                    "alb.ingress.kubernetes.io/healthcheck-path": "/health",
+                },
+            },
+            "service": {"annotations": {"example.org/team": "clinics"}},
+        }))
+        .unwrap();
+        let i = inputs(&names, &web).ingress().unwrap().body;
+        let a = &i["metadata"]["annotations"];
+        assert_eq!(a["alb.ingress.kubernetes.io/target-type"], "ip");
+        assert_eq!(a["alb.ingress.kubernetes.io/scheme"], "internet-facing");
+        assert_eq!(a["alb.ingress.kubernetes.io/healthcheck-path"], "/health");
+        let svc = inputs(&names, &web).service().body;
+        assert_eq!(
+            svc["metadata"]["annotations"]["example.org/team"],
+            "clinics"
+        );
+        // Another class gets only what the spec says.
+        let other: WebSpec = serde_json::from_value(json!({
+            "ingress": {"host": "clinic-a.example.org", "className": "nginx"},
+        }))
+        .unwrap();
+        let i = inputs(&names, &other).ingress().unwrap().body;
+        assert!(i["metadata"].get("annotations").is_none());
     }
 
     #[test]
