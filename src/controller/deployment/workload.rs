@@ -850,7 +850,14 @@ fn upgrade_step(
     let started = u.start_time.as_ref().map_or(now, |t| t.0);
     let timeout = Duration::from_secs(inputs.web.upgrade.timeout_seconds.max(0) as u64);
     let timed_out = now.duration_since(started).unsigned_abs() >= timeout;
+    // A Job of a cancelled upgrade may still run: two at once would migrate the same
+    // database concurrently. Its end wakes the clinic through the Jobs' watch.
+    let other_running = seen
+        .setup_jobs
+        .iter()
+        .any(|j| j.name != job_name && j.state == JobState::Running);
     let failure = match job.map(|j| &j.state) {
+        None if other_running => None,
         None => {
             // Numbered after the Jobs that ran this image before (an earlier upgrade to
             // it that failed), so the newest is the one whose failure is read.
@@ -1521,6 +1528,34 @@ mod tests {
                 .body
                 .to_string()
                 .contains("8.0.1")
+        );
+
+        // Named again while the cancelled upgrade's Job still migrates: the new upgrade's
+        // Job waits for it to end.
+        carry(&mut d, &plan);
+        d.spec.web.image = "openemr/openemr:8.0.1".into();
+        d.metadata.generation = Some(5);
+        s.setup_jobs = vec![SetupJob {
+            name: u.migration_job.clone().unwrap(),
+            image: "openemr/openemr:8.0.1".into(),
+            attempt: 1,
+            state: JobState::Running,
+        }];
+        s.upgrade_snapshot = Some("available".into());
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        carry(&mut d, &plan);
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let again = plan.upgrade.clone().unwrap();
+        assert_eq!(again.phase, Some(UpgradePhase::Rolling));
+        assert_ne!(again.migration_job, u.migration_job);
+        assert!(child(&plan, ChildKind::Job).is_none(), "{:?}", plan.changes);
+        assert!(plan.busy);
+        // It ended: now the new one starts.
+        s.setup_jobs[0].state = JobState::Complete;
+        let plan = plan_workload(&d, Some(&site()), &s, now());
+        assert_eq!(
+            child(&plan, ChildKind::Job).map(|j| j.name.clone()),
+            again.migration_job
         );
     }
 
