@@ -741,3 +741,78 @@ async fn a_clinic_with_a_role_lands_in_the_roles_account() {
     );
     drop(operator);
 }
+
+#[tokio::test]
+async fn a_stack_update_is_made_once_and_a_stale_inventory_never_repeats_it() {
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "stack-up").await;
+    let name = "clinic-t";
+    let manifest = |team: &str| {
+        clinic_with(
+            name,
+            REGION,
+            "Delete",
+            &format!("  tags: {{team: {team}}}\n"),
+        )
+    };
+    apply(&client, &ns.name, &manifest("records"))
+        .await
+        .unwrap();
+    // Stacks are listed every sixth inventory interval: 18 s here, long enough for a stale
+    // listing to be read after the update.
+    let operator = Operator::start_with(
+        env(),
+        Some(&ns.name),
+        &["--inventory-interval", &format!("{}s", INVENTORY.as_secs())],
+    );
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    wait_for_reason(&clinics, name, "Ready", "Ready").await;
+    // At rest long enough for the inventory to hold the stack as it is now.
+    tokio::time::sleep(INVENTORY * 2).await;
+
+    // The tags change: the stack is updated once and the clinic is Ready again.
+    apply(&client, &ns.name, &manifest("billing"))
+        .await
+        .unwrap();
+    let generation = clinics.get(name).await.unwrap().metadata.generation;
+    eventually(
+        Duration::from_secs(60),
+        "the stack updated and the clinic ready",
+        || async {
+            let s = clinics.get(name).await.ok()?.status?;
+            let stack = s.conditions.iter().find(|c| c.type_ == "StackReady")?;
+            (s.phase == Some(openemr_operator::api::deployment::DeploymentPhase::Ready)
+                && stack.status == "True"
+                && stack.observed_generation == generation
+                && s.in_flight.is_none())
+            .then_some(())
+        },
+    )
+    .await;
+    let before = aws_calls(&operator).await;
+    // Wakes of the clinic at rest (its Service deleted and made anew), while the inventory's
+    // stack listing is still the one from before the update.
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), &ns.name);
+    let service = format!("{name}-openemr");
+    for _ in 0..3 {
+        services
+            .delete(&service, &Default::default())
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(30), "the Service made anew", || async {
+            services.get_opt(&service).await.ok()?
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let after = aws_calls(&operator).await;
+    let delta =
+        |op: &str| after.get(op).copied().unwrap_or(0) - before.get(op).copied().unwrap_or(0);
+    assert_eq!(delta("UpdateStack"), 0, "no second update: {after:?}");
+    let status = clinics.get(name).await.unwrap().status.unwrap();
+    assert_eq!(
+        status.phase,
+        Some(openemr_operator::api::deployment::DeploymentPhase::Ready)
+    );
+}

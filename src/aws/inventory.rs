@@ -60,6 +60,29 @@ struct Region {
     /// Held across a refresh: callers that find the snapshot stale wait for the one
     /// refresh in flight instead of starting their own.
     snapshot: tokio::sync::Mutex<Arc<Snapshot>>,
+    /// What clinics read of their own resources, and when: newer than a listing, it is
+    /// the view at rest. Without it a clinic whose stack was just updated would read the
+    /// listing from before (stacks are listed every sixth interval) and update it again.
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    stacks: HashMap<String, (Instant, StackInfo)>,
+    databases: HashMap<String, (Instant, DbInstance)>,
+}
+
+/// The newer of a listing's `listed` entry (listed at `listed_at`) and a clinic's own
+/// `read` one.
+fn newer<T: Clone>(
+    listed: Option<&T>,
+    listed_at: Option<Instant>,
+    read: Option<&(Instant, T)>,
+) -> Option<T> {
+    match read {
+        Some((at, value)) if listed_at.is_none_or(|l| *at > l) => Some(value.clone()),
+        _ => listed.cloned(),
+    }
 }
 
 /// The inventories of every account and region a clinic was seen in.
@@ -168,6 +191,7 @@ impl Inventory {
                     clients: clients.clone(),
                     claims: Mutex::new(HashMap::new()),
                     snapshot: tokio::sync::Mutex::new(Arc::new(Snapshot::default())),
+                    seen: Mutex::new(Seen::default()),
                 })
             })
             .clone()
@@ -200,6 +224,50 @@ impl Inventory {
         Ok(held.clone())
     }
 
+    /// A clinic at rest's stack and DB instance: from the snapshot (refreshed first when
+    /// stale), unless the clinic's own last read of one is newer than its listing.
+    pub async fn view(
+        &self,
+        clients: &Arc<AwsClients>,
+        stack: &str,
+        database: &str,
+    ) -> Result<(Option<StackInfo>, Option<DbInstance>), AwsError> {
+        let snapshot = self.current(clients).await?;
+        let region = self.region(clients);
+        let seen = region.seen.lock().unwrap_or_else(|e| e.into_inner());
+        Ok((
+            newer(
+                snapshot.stacks.get(stack),
+                snapshot.stacks_taken,
+                seen.stacks.get(stack),
+            ),
+            newer(
+                snapshot.databases.get(database),
+                snapshot.taken,
+                seen.databases.get(database),
+            ),
+        ))
+    }
+
+    /// Remembers what a clinic just read of its own stack and DB instance.
+    pub fn saw(
+        &self,
+        clients: &Arc<AwsClients>,
+        stack: Option<&StackInfo>,
+        database: Option<&DbInstance>,
+    ) {
+        let region = self.region(clients);
+        let mut seen = region.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if let Some(s) = stack {
+            seen.stacks.insert(s.name.clone(), (now, s.clone()));
+        }
+        if let Some(db) = database {
+            seen.databases
+                .insert(db.identifier.clone(), (now, db.clone()));
+        }
+    }
+
     /// Refreshes every known account and region each interval and hands the clinics whose
     /// resources changed to `wake`.
     pub async fn run(&self, wake: impl Fn(Owner), shutdown: CancellationToken) {
@@ -229,6 +297,7 @@ impl Inventory {
                             .unwrap_or_else(|e| e.into_inner())
                             .clone();
                         let owners = changed_owners(&held, &fresh, &self.cluster, &claims);
+                        forget_older(&region, &fresh);
                         debug!(account = %region.clients.account, region = %region.clients.region, changed = owners.len(), "inventory refreshed");
                         *held = Arc::new(fresh);
                         drop(held);
@@ -241,6 +310,15 @@ impl Inventory {
             }
         }
     }
+}
+
+/// Drops the clinics' own reads that `fresh` lists anew.
+fn forget_older(region: &Region, fresh: &Snapshot) {
+    let mut seen = region.seen.lock().unwrap_or_else(|e| e.into_inner());
+    let older = |listed: Option<Instant>, at: &Instant| listed.is_some_and(|l| *at <= l);
+    seen.stacks
+        .retain(|_, (at, _)| !older(fresh.stacks_taken, at));
+    seen.databases.retain(|_, (at, _)| !older(fresh.taken, at));
 }
 
 /// Reads every DB instance of one account and region, page by page, and every stack unless
@@ -315,6 +393,25 @@ mod tests {
             databases: dbs.into_iter().map(|d| (d.identifier.clone(), d)).collect(),
             stacks: HashMap::new(),
         }
+    }
+
+    #[test]
+    fn a_clinics_own_read_wins_over_an_older_listing_only() {
+        let listed_at = Instant::now();
+        let read_later = (listed_at + Duration::from_secs(1), db("a", "prod", 14));
+        let listed = db("a", "prod", 7);
+        let pick = |read: &(Instant, DbInstance)| {
+            newer(Some(&listed), Some(listed_at), Some(read)).map(|d| d.backup_retention)
+        };
+        assert_eq!(pick(&read_later), Some(14), "read after the listing");
+        let read_before = (listed_at - Duration::from_secs(1), db("a", "prod", 14));
+        assert_eq!(pick(&read_before), Some(7), "the listing is newer");
+        assert_eq!(
+            newer(None, None, Some(&read_before)).map(|d| d.backup_retention),
+            Some(14),
+            "never listed"
+        );
+        assert_eq!(newer::<DbInstance>(None, Some(listed_at), None), None);
     }
 
     #[test]

@@ -108,25 +108,25 @@ pub async fn observe_infra(
         );
     }
     if at_rest(d) {
-        let snapshot = aws
+        (stack, database) = aws
             .inventory
-            .current(&clients)
+            .view(&clients, &names.stack, &identifier)
             .await
             .map_err(aws_error("reading the inventory"))?;
-        stack = snapshot.stacks.get(&names.stack).cloned();
-        database = snapshot.databases.get(&identifier).cloned();
     }
     if stack.is_none() {
         stack = clients
             .describe_stack(&names.stack)
             .await
             .map_err(aws_error("reading the stack"))?;
+        aws.inventory.saw(&clients, stack.as_ref(), None);
     }
     if database.is_none() {
         database = clients
             .describe_instance(&identifier)
             .await
             .map_err(aws_error("reading the DB instance"))?;
+        aws.inventory.saw(&clients, None, database.as_ref());
     }
     let stack_failure = match &stack {
         Some(s) if matches!(s.state(), StackState::RolledBack | StackState::Failed) => clients
