@@ -1039,3 +1039,55 @@ async fn an_image_upgrade_is_guarded_by_one_snapshot_resumes_after_a_kill_and_ro
     assert_eq!(web.image.as_deref(), Some("openemr/openemr:8.0.1"));
     drop(operator);
 }
+
+#[tokio::test]
+async fn the_hold_helpers_place_renew_and_release_a_lease_in_the_api_server() {
+    use openemr_operator::controller::deployment::holds;
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "web-holds").await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let (clinic, holder) = ("clinic-h", "backup-nightly");
+    let lease_name = holds::lease_name(clinic, holder);
+    let hold = || async {
+        let lease = leases.get(&lease_name).await.unwrap();
+        holds::hold_of(&lease, clinic).expect("a hold on the clinic")
+    };
+
+    let lasts = Some(Duration::from_secs(60));
+    holds::place(&client, &ns.name, clinic, holder, "quiesced backup", lasts)
+        .await
+        .unwrap();
+    let placed = hold().await;
+    assert_eq!(placed.holder, holder);
+    assert_eq!(placed.reason.as_deref(), Some("quiesced backup"));
+    let since = placed.since.clone().unwrap().0;
+    let expires = placed.expires.clone().unwrap().0;
+    assert_eq!(expires.duration_since(since).as_secs(), 60);
+
+    // Placed again: the first stays as it was.
+    holds::place(&client, &ns.name, clinic, holder, "another reason", None)
+        .await
+        .unwrap();
+    assert_eq!(hold().await, placed);
+
+    // Renewed: it lapses later.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    holds::renew(&client, &ns.name, clinic, holder)
+        .await
+        .unwrap();
+    assert!(hold().await.expires.unwrap().0 > expires);
+
+    // Released, twice; renewing a released hold tells its holder it is gone.
+    holds::release(&client, &ns.name, clinic, holder)
+        .await
+        .unwrap();
+    assert!(leases.get_opt(&lease_name).await.unwrap().is_none());
+    holds::release(&client, &ns.name, clinic, holder)
+        .await
+        .unwrap();
+    let gone = holds::renew(&client, &ns.name, clinic, holder).await;
+    assert!(
+        matches!(&gone, Err(kube::Error::Api(s)) if s.code == 404),
+        "{gone:?}"
+    );
+}

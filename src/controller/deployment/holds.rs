@@ -17,7 +17,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
@@ -80,14 +80,23 @@ pub fn lease_name(clinic: &str, holder: &str) -> String {
 }
 
 /// Places `holder`'s hold on `clinic` (idempotent: an existing hold is kept as it is).
+/// With `lasts`, the hold lapses unless [`renew`]ed within that long of the last renewal,
+/// so a holder that dies cannot keep the clinic down.
 pub async fn place(
     client: &Client,
     namespace: &str,
     clinic: &str,
     holder: &str,
     reason: &str,
+    lasts: Option<Duration>,
 ) -> Result<(), kube::Error> {
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let now = MicroTime(Timestamp::now());
+    let mut spec = json!({"holderIdentity": holder, "acquireTime": now});
+    if let Some(lasts) = lasts {
+        spec["leaseDurationSeconds"] = json!(lasts.as_secs().clamp(1, i32::MAX as u64));
+        spec["renewTime"] = json!(now);
+    }
     let lease: Lease = serde_json::from_value(json!({
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
@@ -96,16 +105,31 @@ pub async fn place(
             "labels": {HOLD_ON_LABEL: clinic},
             "annotations": {REASON_ANNOTATION: reason},
         },
-        "spec": {
-            "holderIdentity": holder,
-            "acquireTime": MicroTime(k8s_openapi::jiff::Timestamp::now()),
-        },
+        "spec": spec,
     }))
     .map_err(kube::Error::SerdeError)?;
     match api.create(&PostParams::default(), &lease).await {
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         other => other.map(|_| ()),
     }
+}
+
+/// Renews `holder`'s hold on `clinic` (its `renewTime` is now).
+pub async fn renew(
+    client: &Client,
+    namespace: &str,
+    clinic: &str,
+    holder: &str,
+) -> Result<(), kube::Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let patch = json!({"spec": {"renewTime": MicroTime(Timestamp::now())}});
+    api.patch(
+        &lease_name(clinic, holder),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Releases `holder`'s hold on `clinic` (idempotent).
