@@ -333,18 +333,9 @@ fn the_example_clinics_web_tier_passes_checkov() {
         admin_username: SecretKey::new("clinic-a-admin", "username"),
         admin_password: SecretKey::new("clinic-a-admin", "password"),
     };
-    let mut children = vec![
-        inputs.settings_secret(),
-        inputs.ca_config_map(),
-        inputs.volume(),
-        inputs.claim(),
-        inputs.service(),
-        inputs.network_policy(),
-        inputs.disruption_budget(),
-        inputs.setup_job(&names.setup_job(&spec.web.image, 1), 1, Some(&setup)),
-        inputs.workers(spec.web.replicas),
-    ];
-    children.extend(inputs.ingress());
+    let mut children = inputs.standing_children();
+    children.push(inputs.setup_job(&names.setup_job(&spec.web.image, 1), 1, Some(&setup)));
+    children.push(inputs.workers(spec.web.replicas));
     let dir = std::env::temp_dir().join(format!("openemr-web-tier-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

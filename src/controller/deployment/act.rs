@@ -35,6 +35,26 @@ pub(super) async fn clients(d: &OpenEMRDeployment, aws: &ClinicAws) -> std::sync
         .await
 }
 
+/// The clinic's DB instance: the adopted one, else the one it was made with.
+fn db_identifier(d: &OpenEMRDeployment, names: &ClinicNames) -> String {
+    d.spec
+        .adopt
+        .as_ref()
+        .and_then(|a| a.db_instance_identifier.clone())
+        .unwrap_or_else(|| names.db_instance.clone())
+}
+
+/// The tags on everything the clinic makes in AWS.
+fn clinic_tags(d: &OpenEMRDeployment, aws: &ClinicAws) -> BTreeMap<String, String> {
+    names::tags(
+        &aws.cluster,
+        &d.namespace().unwrap_or_default(),
+        &d.name_any(),
+        d.metadata.uid.as_deref().unwrap_or_default(),
+        &d.spec.tags,
+    )
+}
+
 fn aws_error(action: &'static str) -> impl FnOnce(AwsError) -> Error {
     move |source| Error::Aws { action, source }
 }
@@ -75,20 +95,9 @@ pub async fn observe_infra(
     let ns = d.namespace().unwrap_or_default();
     let name = d.name_any();
     let names = ClinicNames::new(&aws.cluster, &ns, &name);
-    let tags = names::tags(
-        &aws.cluster,
-        &ns,
-        &name,
-        d.metadata.uid.as_deref().unwrap_or_default(),
-        &d.spec.tags,
-    );
+    let tags = clinic_tags(d, aws);
     let clients = clients(d, aws).await;
-    let identifier = d
-        .spec
-        .adopt
-        .as_ref()
-        .and_then(|a| a.db_instance_identifier.clone())
-        .unwrap_or_else(|| names.db_instance.clone());
+    let identifier = db_identifier(d, &names);
     // A clinic at rest is served from the shared inventory; one with work in progress, or
     // whose resource the snapshot lacks (it may be newer than the snapshot), reads its own.
     let (mut stack, mut database) = (None, None);
@@ -336,19 +345,8 @@ pub async fn act(d: &OpenEMRDeployment, change: &Change, ctx: &Context) -> Resul
         Change::CreateUpgradeSnapshot { snapshot } => {
             let name = d.name_any();
             let names = ClinicNames::new(&aws.cluster, &ns, &name);
-            let identifier = d
-                .spec
-                .adopt
-                .as_ref()
-                .and_then(|a| a.db_instance_identifier.clone())
-                .unwrap_or_else(|| names.db_instance.clone());
-            let tags = names::tags(
-                &aws.cluster,
-                &ns,
-                &name,
-                d.metadata.uid.as_deref().unwrap_or_default(),
-                &d.spec.tags,
-            );
+            let identifier = db_identifier(d, &names);
+            let tags = clinic_tags(d, aws);
             match clients(d, aws)
                 .await
                 .create_snapshot(&identifier, snapshot, &tags)
@@ -544,16 +542,11 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
         .is_none_or(|n| n.metadata.deletion_timestamp.is_some());
     let policy = effective_policy(d.spec.deletion_policy, terminating);
     let clients = clients(d, aws).await;
-    let identifier = d
-        .spec
-        .adopt
-        .as_ref()
-        .and_then(|a| a.db_instance_identifier.clone())
-        .unwrap_or_else(|| names.db_instance.clone());
+    let identifier = db_identifier(d, &names);
     let final_snapshot = names.final_snapshot(&uid);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let own_secret = d.spec.database.credentials_secret_ref.is_none();
-    let tags = names::tags(&aws.cluster, &ns, &name, &uid, &d.spec.tags);
+    let tags = clinic_tags(d, aws);
     // What the stack retained, as status last saw it (nothing is known of a stack that
     // never finished).
     let status = d.status.clone().unwrap_or_default();

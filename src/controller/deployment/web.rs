@@ -354,6 +354,25 @@ impl WebInputs<'_> {
         }
     }
 
+    /// The children every clinic with infrastructure has, setup or not: settings, CA,
+    /// volume and claim, Service, NetworkPolicy, the Ingress when declared and the
+    /// disruption budget from two replicas.
+    pub fn standing_children(&self) -> Vec<Child> {
+        let mut children = vec![
+            self.settings_secret(),
+            self.ca_config_map(),
+            self.volume(),
+            self.claim(),
+            self.service(),
+            self.network_policy(),
+        ];
+        children.extend(self.ingress());
+        if self.web.replicas >= 2 {
+            children.push(self.disruption_budget());
+        }
+        children
+    }
+
     /// The Ingress, when the spec declares one.
     pub fn ingress(&self) -> Option<Child> {
         let ingress = self.web.ingress.as_ref()?;

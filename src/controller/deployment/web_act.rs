@@ -105,8 +105,6 @@ pub async fn observe_workload(
         .collect();
 
     let mut setup_jobs = Vec::new();
-    // The Secrets each Job's pod could read, to keep their values out of what it said.
-    let mut readable: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for job in caches.jobs.state() {
         if job.namespace().as_deref() != Some(&ns) || !belongs(&job.metadata, &clinic) {
             continue;
@@ -123,7 +121,6 @@ pub async fn observe_workload(
             .get(ATTEMPT_ANNOTATION)
             .and_then(|a| a.parse().ok())
             .unwrap_or(1);
-        readable.insert(job.name_any(), secret_refs(&job));
         setup_jobs.push(SetupJob {
             name: job.name_any(),
             image,
@@ -147,7 +144,10 @@ pub async fn observe_workload(
         if let JobState::Failed { detail, .. } = &mut setup_jobs[i].state {
             let words = last_words(ctx, &ns, &name).await?;
             if !words.is_empty() {
-                let refs = readable.remove(&name).unwrap_or_default();
+                // The Secrets its pod could read: their values stay out of what it said.
+                let refs = cached(&caches.jobs, &ns, &name)
+                    .map(|job| secret_refs(&job))
+                    .unwrap_or_default();
                 let known = secret_values(ctx, &ns, &refs).await;
                 *detail = crate::controller::truncated(&redact(&words, &known), 200);
             }

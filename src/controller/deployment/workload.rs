@@ -242,18 +242,7 @@ fn plan_held(
     };
     web.url = Some(inputs.url());
 
-    let mut wanted: Vec<Child> = vec![
-        inputs.settings_secret(),
-        inputs.ca_config_map(),
-        inputs.volume(),
-        inputs.claim(),
-        inputs.service(),
-        inputs.network_policy(),
-    ];
-    wanted.extend(inputs.ingress());
-    if spec.replicas >= 2 {
-        wanted.push(inputs.disruption_budget());
-    }
+    let mut wanted = inputs.standing_children();
     let mut changes = Vec::new();
     if seen.volume_released {
         // The claim was deleted (and is made anew above): without this the volume, kept
