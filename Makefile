@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/openemr-operator
 
-.PHONY: build crds lint unit test test-dev bench prepare controlplane moto linters dev-up dev-down demo demo-down clean
+.PHONY: build crds lint unit test test-dev bench prepare controlplane moto linters mariadb dev-up dev-down demo demo-down clean
 
 build:
 	$(CARGO) build
@@ -21,14 +21,17 @@ unit:
 	$(CARGO) test --lib --test crds
 
 ## prepare: build the control plane, install moto and the template linters (cfn-lint,
-## checkov), all cached under ~/.cache; no-op when present.
-prepare: controlplane moto linters
+## checkov), all cached under ~/.cache, and MariaDB, PHP and busybox for the script tests;
+## no-op when present.
+prepare: controlplane moto linters mariadb
 controlplane:
 	@bash hack/build-controlplane.sh >/dev/null
 moto:
 	@bash hack/install-moto.sh >/dev/null
 linters:
 	@bash hack/install-linters.sh >/dev/null
+mariadb:
+	@bash hack/install-mariadb.sh >/dev/null
 
 ## test: everything — lint, unit tests, and the tests on a real control plane + moto.
 ## The harness starts its own environment and stops it when the tests end.

@@ -300,7 +300,7 @@ fn every_template_passes_checkov() {
 #[test]
 fn the_example_clinics_web_tier_passes_checkov() {
     use openemr_operator::controller::deployment::web::{
-        SecretKey, SetupCredentials, WebInputs, WebNames,
+        SecretKey, SetupCredentials, SetupMode, WebInputs, WebNames,
     };
     let example = support::documents(
         &std::fs::read_to_string(Path::new(REPO).join("examples/clinic.yaml")).unwrap(),
@@ -334,7 +334,11 @@ fn the_example_clinics_web_tier_passes_checkov() {
         admin_password: SecretKey::new("clinic-a-admin", "password"),
     };
     let mut children = inputs.standing_children();
-    children.push(inputs.setup_job(&names.setup_job(&spec.web.image, 1), 1, Some(&setup)));
+    children.push(inputs.setup_job(
+        &names.setup_job(&spec.web.image, 1),
+        1,
+        &SetupMode::Install(setup),
+    ));
     children.push(inputs.workers(spec.web.replicas));
     let dir = std::env::temp_dir().join(format!("openemr-web-tier-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

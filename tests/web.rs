@@ -199,14 +199,18 @@ async fn a_clinic_is_set_up_once_then_served_by_workers_and_ready() {
         names,
         [
             "K8S",
+            "OPENEMR_SETUP_MODE",
             "MYSQL_PASS",
-            "MYSQL_ROOT_USER",
-            "MYSQL_ROOT_PASS",
+            "OPENEMR_MASTER_USER",
+            "OPENEMR_MASTER_PASS",
             "OE_USER",
             "OE_PASS"
         ]
     );
     assert_eq!(job_env[0].1["value"], "admin");
+    assert_eq!(job_env[1].1["value"], "install");
+    // The master user's name as RDS reports it.
+    assert_eq!(job_env[3].1["value"], "openemr_admin");
     for (n, e) in &job_env {
         if n.ends_with("PASS") {
             assert!(e.get("value").is_none(), "{n} is a literal: {e}");
@@ -214,7 +218,7 @@ async fn a_clinic_is_set_up_once_then_served_by_workers_and_ready() {
         }
     }
     assert_eq!(
-        job_env[3].1["valueFrom"]["secretKeyRef"]["name"],
+        job_env[4].1["valueFrom"]["secretKeyRef"]["name"],
         format!("{name}-db-master")
     );
     // The RDS-managed master password was copied for setup from Secrets Manager.
@@ -942,8 +946,15 @@ async fn an_image_upgrade_is_guarded_by_one_snapshot_resumes_after_a_kill_and_ro
     assert!(!images_of(&serde_json::to_value(&before.spec).unwrap()).contains("8.0.1"));
     let job_env = env_of(&serde_json::to_value(job.spec.unwrap().template.spec.unwrap()).unwrap());
     assert!(
-        !job_env.iter().any(|(n, _)| n == "MYSQL_ROOT_PASS"),
+        !job_env
+            .iter()
+            .any(|(n, _)| n == "MYSQL_ROOT_PASS" || n == "OPENEMR_MASTER_PASS"),
         "an upgrade needs no master password"
+    );
+    assert!(
+        job_env
+            .iter()
+            .any(|(n, e)| n == "OPENEMR_SETUP_MODE" && e["value"] == "migrate")
     );
 
     // Migrated: the workers roll to the new image, whose pods never become ready.

@@ -43,6 +43,8 @@ pub struct DbInstance {
     pub pending: Pending,
     pub latest_restorable_time: Option<std::time::SystemTime>,
     pub master_user_secret_arn: Option<String>,
+    /// `MasterUsername`: read, never assumed (an adopted instance has its own).
+    pub master_username: Option<String>,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -235,6 +237,7 @@ fn instance(db: &aws_sdk_rds::types::DbInstance) -> DbInstance {
             .master_user_secret()
             .and_then(|s| s.secret_arn())
             .map(str::to_string),
+        master_username: db.master_username().map(str::to_string),
         tags: db
             .tag_list()
             .iter()

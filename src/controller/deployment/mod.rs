@@ -40,8 +40,10 @@ pub struct SecretUse {
     pub keys: &'static [&'static str],
     /// Condition reason when it does not exist.
     pub not_found: &'static str,
-    /// Condition reason when it lacks a key.
+    /// Condition reason when it lacks a key or holds a value that cannot be used.
     pub invalid: &'static str,
+    /// Keys whose values reach OpenEMR's installer (checked until the site is set up).
+    pub installer_keys: &'static [&'static str],
 }
 
 /// `spec.database.credentialsSecretRef`.
@@ -50,6 +52,8 @@ pub const DATABASE_CREDENTIALS: SecretUse = SecretUse {
     keys: &["password"],
     not_found: "CredentialsSecretNotFound",
     invalid: "CredentialsSecretInvalid",
+    // Written into sqlconf.php by the installer; `root-password` never reaches it.
+    installer_keys: &["password"],
 };
 
 /// `spec.web.adminCredentialsSecretRef`.
@@ -58,6 +62,7 @@ pub const ADMIN_CREDENTIALS: SecretUse = SecretUse {
     keys: &["username", "password"],
     not_found: "AdminCredentialsSecretNotFound",
     invalid: "AdminCredentialsSecretInvalid",
+    installer_keys: &["username", "password"],
 };
 
 /// What a referenced Secret looks like (its key names, never its values).
@@ -65,6 +70,8 @@ pub const ADMIN_CREDENTIALS: SecretUse = SecretUse {
 pub enum SecretCheck {
     Missing,
     MissingKeys(Vec<&'static str>),
+    /// A key whose value OpenEMR's installer cannot carry, and why (never the value).
+    Unusable(&'static str, &'static str),
     Present,
 }
 
@@ -81,6 +88,22 @@ pub struct Observed {
 }
 
 impl OpenEMRDeployment {
+    /// OpenEMR's installer may still read the Secrets: the site is not set up, and the
+    /// database is not adopted (the installer never runs on an adopted one).
+    fn installer_may_run(&self) -> bool {
+        let set_up = self
+            .status
+            .as_ref()
+            .and_then(|s| s.web.as_ref())
+            .is_some_and(|w| w.setup_complete);
+        let adopted = self
+            .spec
+            .adopt
+            .as_ref()
+            .is_some_and(|a| a.db_instance_identifier.is_some());
+        !set_up && !adopted
+    }
+
     /// The Secrets this clinic's spec names.
     fn referenced_secrets(&self) -> Vec<(&'static SecretUse, &LocalRef)> {
         let database = self.spec.database.credentials_secret_ref.as_ref();
@@ -151,17 +174,7 @@ impl Reconcile for OpenEMRDeployment {
                     if *usage == DATABASE_CREDENTIALS {
                         user_master_password = has_key(&secret, act::ROOT_PASSWORD_KEY);
                     }
-                    let missing: Vec<_> = usage
-                        .keys
-                        .iter()
-                        .copied()
-                        .filter(|k| !has_key(&secret, k))
-                        .collect();
-                    if missing.is_empty() {
-                        SecretCheck::Present
-                    } else {
-                        SecretCheck::MissingKeys(missing)
-                    }
+                    check_secret(usage, &secret, self.installer_may_run())
                 }
             };
             secrets.push((usage, r.name.clone(), check));
@@ -198,6 +211,14 @@ impl Reconcile for OpenEMRDeployment {
                     usage.not_found,
                     format!(
                         "{} names Secret {name:?}, which does not exist in this namespace",
+                        usage.field
+                    ),
+                )),
+                SecretCheck::Unusable(key, why) => Some(Verdict::falsy(
+                    "Accepted",
+                    usage.invalid,
+                    format!(
+                        "{}: the value of key {key} in Secret {name:?} {why}, which OpenEMR's installer cannot carry (the image passes it unquoted, split on blanks and cut at the first =, into sqlconf.php between single quotes); put another value in the Secret",
                         usage.field
                     ),
                 )),
@@ -291,6 +312,47 @@ impl Reconcile for OpenEMRDeployment {
     }
 }
 
+/// What a referenced Secret holds for `usage`: its keys, and, while OpenEMR's installer
+/// may still read it, whether the installer can carry its values.
+fn check_secret(usage: &SecretUse, secret: &Secret, installer_may_run: bool) -> SecretCheck {
+    let missing: Vec<_> = usage
+        .keys
+        .iter()
+        .copied()
+        .filter(|k| !has_key(secret, k))
+        .collect();
+    let unusable = usage
+        .installer_keys
+        .iter()
+        .filter(|_| installer_may_run)
+        .find_map(|k| installer_refuses(secret, k).map(|why| (*k, why)));
+    match (missing.is_empty(), unusable) {
+        (false, _) => SecretCheck::MissingKeys(missing),
+        (true, Some((key, why))) => SecretCheck::Unusable(key, why),
+        (true, None) => SecretCheck::Present,
+    }
+}
+
+/// Why the value of `key` cannot go to OpenEMR's installer, if it cannot.
+fn installer_refuses(secret: &Secret, key: &str) -> Option<&'static str> {
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| String::from_utf8(v.0.clone()).ok())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|v| Some(v.clone()))
+        })?;
+    match value {
+        Some(v) => web::installer_refuses(&v),
+        None => Some("is not UTF-8 text"),
+    }
+}
+
 fn has_key(secret: &Secret, key: &str) -> bool {
     secret.data.as_ref().is_some_and(|d| d.contains_key(key))
         || secret
@@ -320,6 +382,51 @@ mod tests {
 
     fn now() -> Timestamp {
         Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    #[test]
+    fn a_secret_value_the_installer_cannot_carry_is_refused_by_name_never_by_value() {
+        let secret = |password: &[u8]| Secret {
+            data: Some(std::collections::BTreeMap::from([
+                (
+                    "username".to_string(),
+                    k8s_openapi::ByteString(b"admin".to_vec()),
+                ),
+                (
+                    "password".to_string(),
+                    k8s_openapi::ByteString(password.to_vec()),
+                ),
+            ])),
+            ..Secret::default()
+        };
+        let good = secret(b"p@ss#w0rd!");
+        assert_eq!(
+            check_secret(&ADMIN_CREDENTIALS, &good, true),
+            SecretCheck::Present
+        );
+        let bad = secret(b"abc=def");
+        let check = check_secret(&ADMIN_CREDENTIALS, &bad, true);
+        assert!(matches!(check, SecretCheck::Unusable("password", _)));
+        // Once set up (or for an adopted database) the installer reads it no more.
+        assert_eq!(
+            check_secret(&ADMIN_CREDENTIALS, &bad, false),
+            SecretCheck::Present
+        );
+        assert!(matches!(
+            check_secret(&ADMIN_CREDENTIALS, &secret(&[0xff, 0xfe]), true),
+            SecretCheck::Unusable("password", "is not UTF-8 text")
+        ));
+        let plan = clinic().plan(&observed(SecretCheck::Present, check), now());
+        let accepted = plan
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Accepted")
+            .unwrap();
+        assert_eq!(accepted.status, "False");
+        assert_eq!(accepted.reason, "AdminCredentialsSecretInvalid");
+        assert!(accepted.message.contains("key password"));
+        assert!(!accepted.message.contains("abc=def"));
     }
 
     fn observed(database: SecretCheck, admin: SecretCheck) -> Observed {

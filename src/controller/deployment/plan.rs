@@ -17,7 +17,7 @@ use super::database::{self, Difference, Placement};
 use super::names::ClinicNames;
 use super::template::{self, RenderedStack, StackInputs};
 use super::web::{Child, ChildKind, SecretKey};
-use super::workload::Site;
+use super::workload::{DatabaseOrigin, Site};
 use crate::api::deployment::{DatabaseStatus, DeploymentPhase, StackStatus};
 use crate::api::{OpenEMRDeployment, OpenEMRDeploymentStatus};
 use crate::aws::cloudformation::{StackFailure, StackInfo, StackRequest, StackState};
@@ -357,7 +357,29 @@ pub fn site(d: &OpenEMRDeployment, infra: &Infra) -> Option<Site> {
             .filter(|_| infra.user_master_password)
             .map(|r| SecretKey::new(&r.name, super::act::ROOT_PASSWORD_KEY)),
         master_secret_arn: db.master_user_secret_arn.clone(),
+        master_username: db
+            .master_username
+            .clone()
+            .unwrap_or_else(|| super::database::MASTER_USERNAME.to_string()),
+        database_origin: database_origin(d, db),
     })
+}
+
+/// Where the clinic's database came from, from the spec and the instance's tags.
+fn database_origin(d: &OpenEMRDeployment, db: &DbInstance) -> DatabaseOrigin {
+    let adopted = d
+        .spec
+        .adopt
+        .as_ref()
+        .is_some_and(|a| a.db_instance_identifier.is_some());
+    let uid = d.metadata.uid.as_deref().unwrap_or_default();
+    match db.tags.get(super::names::TAG_UID) {
+        _ if adopted => DatabaseOrigin::Adopted,
+        Some(tagged) if tagged == uid => DatabaseOrigin::CreatedEmpty,
+        other => DatabaseOrigin::Foreign {
+            uid: other.cloned(),
+        },
+    }
 }
 
 /// Plans the clinic's AWS infrastructure from what was observed.
@@ -897,6 +919,42 @@ mod tests {
             progress_interval: Duration::from_secs(30),
             adopted_bucket: AdoptedBucket::NotRead,
         }
+    }
+
+    #[test]
+    fn the_database_origin_comes_from_adoption_then_the_uid_on_the_instance() {
+        let d = clinic();
+        let uid = d.metadata.uid.clone().unwrap();
+        let tagged = |uid: Option<&str>| DbInstance {
+            tags: uid
+                .map(|u| BTreeMap::from([(names::TAG_UID.to_string(), u.to_string())]))
+                .unwrap_or_default(),
+            ..DbInstance::default()
+        };
+        assert_eq!(
+            database_origin(&d, &tagged(Some(&uid))),
+            DatabaseOrigin::CreatedEmpty
+        );
+        assert_eq!(
+            database_origin(&d, &tagged(Some("older"))),
+            DatabaseOrigin::Foreign {
+                uid: Some("older".into())
+            }
+        );
+        assert_eq!(
+            database_origin(&d, &tagged(None)),
+            DatabaseOrigin::Foreign { uid: None }
+        );
+        let mut adopted = d.clone();
+        adopted.spec.adopt = serde_json::from_value(serde_json::json!({
+            "dbInstanceIdentifier": "legacy-db"
+        }))
+        .unwrap();
+        // Even once tagged with this clinic's uid (as adoption will tag it).
+        assert_eq!(
+            database_origin(&adopted, &tagged(Some(&uid))),
+            DatabaseOrigin::Adopted
+        );
     }
 
     /// A finished stack with every output, built from the template `d` renders to now.

@@ -157,7 +157,67 @@ impl SecretKey {
     }
 }
 
-/// The first setup's credentials: the master user, for creating the schema and OpenEMR's
+/// The setup Job's container script (see its header): `install`, `migrate` or `attach`.
+pub const SETUP_SCRIPT: &str = include_str!("scripts/setup.sh");
+/// The workers' start before the image's entrypoint: certificate, setup scripts removed,
+/// code read-only.
+pub const WORKER_SCRIPT: &str = include_str!("scripts/worker.sh");
+/// What [`WORKER_SCRIPT`] deletes from the code tree, as upstream's followers do.
+pub const SETUP_SCRIPTS: &[&str] = &[
+    "admin.php",
+    "acl_upgrade.php",
+    "setup.php",
+    "sql_patch.php",
+    "sql_upgrade.php",
+    "ippf_upgrade.php",
+    "auto_configure.php",
+];
+/// [`SETUP_SCRIPT`]'s exit code when it refused to run (nothing was changed).
+pub const EXIT_REFUSED: i32 = 3;
+/// [`SETUP_SCRIPT`]'s exit code when the site is not usable after its step.
+pub const EXIT_UNUSABLE: i32 = 4;
+/// Annotation on a setup Job: its [`SetupMode`].
+pub const SETUP_MODE_ANNOTATION: &str = "openemr.io/setup-mode";
+
+/// What a setup Job may do to the database and the site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetupMode {
+    /// The first setup of a database this clinic created empty: the database and
+    /// OpenEMR's user are made with the master password, then OpenEMR's installer runs.
+    Install(SetupCredentials),
+    /// An upgrade: the image's entrypoint migrates the configured site.
+    Migrate,
+    /// A database this clinic did not create empty (adopted, another incarnation's): no
+    /// installer and no migration; the site on the volume must already be configured.
+    Attach,
+}
+
+impl SetupMode {
+    pub fn word(&self) -> &'static str {
+        match self {
+            SetupMode::Install(_) => "install",
+            SetupMode::Migrate => "migrate",
+            SetupMode::Attach => "attach",
+        }
+    }
+}
+
+/// Why a value cannot go to OpenEMR's installer, if it cannot. The image hands settings to
+/// it as unquoted `key=value` words: split on blanks, globbed, cut at the first `=`, the
+/// word `BLANK` read as empty; passwords are then written between single quotes into
+/// `sqlconf.php`. [`SETUP_SCRIPT`] applies the same rule.
+pub fn installer_refuses(value: &str) -> Option<&'static str> {
+    if value.is_empty() || value == "BLANK" {
+        return Some("is empty or the word BLANK");
+    }
+    let bad = |c: char| c.is_whitespace() || matches!(c, '=' | '\'' | '"' | '\\' | '*' | '?' | '[');
+    value
+        .chars()
+        .any(bad)
+        .then_some("holds a blank or one of = ' \" \\ * ? [")
+}
+
+/// The first setup's credentials: the master user, for creating the database and OpenEMR's
 /// user, and the first administrator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetupCredentials {
@@ -560,38 +620,46 @@ impl WebInputs<'_> {
         secret_env("MYSQL_PASS", &self.database_password)
     }
 
-    /// The setup Job: `K8S=admin` configures the site (first setup, with `setup`'s
-    /// credentials) or migrates it to this image (an upgrade, without them), then exits.
-    pub fn setup_job(&self, name: &str, attempt: u32, setup: Option<&SetupCredentials>) -> Child {
+    /// The setup Job: `K8S=admin` runs under [`SETUP_SCRIPT`], which guards the image's
+    /// entrypoint as `mode` allows and ends by proving the site is configured.
+    pub fn setup_job(&self, name: &str, attempt: u32, mode: &SetupMode) -> Child {
         let mut env = vec![
             json!({"name": "K8S", "value": "admin"}),
+            json!({"name": "OPENEMR_SETUP_MODE", "value": mode.word()}),
             self.database_password_env(),
         ];
-        if let Some(s) = setup {
-            env.push(json!({"name": "MYSQL_ROOT_USER", "value": s.master_username}));
-            env.push(secret_env("MYSQL_ROOT_PASS", &s.master_password));
+        if let SetupMode::Install(s) = mode {
+            env.push(json!({"name": "OPENEMR_MASTER_USER", "value": s.master_username}));
+            env.push(secret_env("OPENEMR_MASTER_PASS", &s.master_password));
             env.push(secret_env("OE_USER", &s.admin_username));
             env.push(secret_env("OE_PASS", &s.admin_password));
         }
         let mut main = self.container("setup", json!(env));
+        main["command"] = json!(["sh", "-c", SETUP_SCRIPT]);
         main["ports"] = json!([]);
         // An empty file system gets the image's own `sites/` first; nothing on it is ever
-        // overwritten or removed.
-        let seed = format!(
-            "set -eu\n\
-             if [ -d /seed/default ]; then echo 'sites/ already holds a site'; exit 0; fi\n\
-             cp -a {OPENEMR_ROOT}/sites/. /seed/\n\
-             echo 'seeded sites/ from the image'\n"
-        );
-        let seed_container = self.init_container(
-            "seed-sites",
-            &seed,
-            json!([{"name": "sites", "mountPath": "/seed"}]),
-        );
+        // overwritten or removed. A database the clinic did not create empty needs the
+        // site it was made with, never a fresh one.
+        let mut init = Vec::new();
+        if !matches!(mode, SetupMode::Attach) {
+            let seed = format!(
+                "set -eu\n\
+                 if [ -d /seed/default ]; then echo 'sites/ already holds a site'; exit 0; fi\n\
+                 cp -a {OPENEMR_ROOT}/sites/. /seed/\n\
+                 echo 'seeded sites/ from the image'\n"
+            );
+            init.push(self.init_container(
+                "seed-sites",
+                &seed,
+                json!([{"name": "sites", "mountPath": "/seed"}]),
+            ));
+        }
+        init.push(self.ca_refresh());
         let mut metadata = self.metadata(name, "setup");
         metadata["annotations"] = json!({
             IMAGE_ANNOTATION: self.web.image,
             ATTEMPT_ANNOTATION: attempt.to_string(),
+            SETUP_MODE_ANNOTATION: mode.word(),
         });
         let mut template_labels = self.labels("setup");
         template_labels["openemr.io/job"] = json!(name);
@@ -605,13 +673,22 @@ impl WebInputs<'_> {
                 "spec": {
                     "backoffLimit": self.setup_backoff_limit,
                     "activeDeadlineSeconds": self.setup_deadline_seconds,
+                    // A refusal or a site found unusable ends the Job at once: another pod
+                    // would find the same; the operator's next attempt comes after its
+                    // delay. A pod evicted or preempted does not count as a failure.
+                    "podFailurePolicy": {"rules": [
+                        {"action": "FailJob", "onExitCodes": {
+                            "containerName": "setup",
+                            "operator": "In",
+                            "values": [EXIT_REFUSED, EXIT_UNUSABLE],
+                        }},
+                        {"action": "Ignore", "onPodConditions": [
+                            {"type": "DisruptionTarget", "status": "True"},
+                        ]},
+                    ]},
                     "template": {
                         "metadata": {"labels": template_labels},
-                        "spec": self.pod_spec(
-                            vec![seed_container, self.ca_refresh()],
-                            main,
-                            "Never",
-                        ),
+                        "spec": self.pod_spec(init, main, "Never"),
                     },
                 },
             }),
@@ -622,6 +699,11 @@ impl WebInputs<'_> {
     pub fn workers(&self, replicas: i32) -> Child {
         let env = json!([{"name": "K8S", "value": "worker"}, self.database_password_env()]);
         let mut main = self.container("openemr", env);
+        main["command"] = json!(["sh", "-c", WORKER_SCRIPT]);
+        // The root httpd parent signals its children (uid 1000) to stop gracefully.
+        if let Some(caps) = main["securityContext"]["capabilities"]["add"].as_array_mut() {
+            caps.push(json!("KILL"));
+        }
         main["ports"] = json!([{"name": "http", "containerPort": 80, "protocol": "TCP"}]);
         let login = json!({"path": LOGIN_PATH, "port": "http"});
         // No traffic before the login page answers; the startup probe gives a slow first
@@ -887,6 +969,7 @@ mod tests {
         assert_eq!(pod["automountServiceAccountToken"], false);
         let main = &pod["containers"][0];
         assert_eq!(main["env"][0], json!({"name": "K8S", "value": "worker"}));
+        assert_eq!(main["command"][2], WORKER_SCRIPT);
         assert_eq!(main["readinessProbe"]["httpGet"]["path"], LOGIN_PATH);
         assert!(main["startupProbe"]["failureThreshold"].as_i64().unwrap() >= 30);
         assert_eq!(main["image"], web.image);
@@ -927,39 +1010,155 @@ mod tests {
     }
 
     #[test]
-    fn the_first_setup_carries_credentials_by_reference_and_an_upgrade_none() {
+    fn only_an_install_carries_credentials_and_only_the_script_sees_the_master_password() {
         let names = WebNames::new("clinics", "clinic-a");
         let web = spec();
         let i = inputs(&names, &web);
         let setup = SetupCredentials {
-            master_username: "openemr_admin".into(),
+            master_username: "admin_from_rds".into(),
             master_password: SecretKey::new("clinic-a-db-master", "password"),
             admin_username: SecretKey::new("clinic-a-admin", "username"),
             admin_password: SecretKey::new("clinic-a-admin", "password"),
         };
         let job = i
-            .setup_job(&names.setup_job(&web.image, 1), 1, Some(&setup))
+            .setup_job(
+                &names.setup_job(&web.image, 1),
+                1,
+                &SetupMode::Install(setup),
+            )
             .body;
-        let main = &job["spec"]["template"]["spec"]["containers"][0];
+        let pod = &job["spec"]["template"]["spec"];
+        let main = &pod["containers"][0];
+        // The image's installer never gets the master password: MYSQL_ROOT_PASS is set by
+        // the script to a privilege-less setup user's, after the database is prepared.
         assert_eq!(
             env_names(main),
             [
                 "K8S",
+                "OPENEMR_SETUP_MODE",
                 "MYSQL_PASS",
-                "MYSQL_ROOT_USER",
-                "MYSQL_ROOT_PASS",
+                "OPENEMR_MASTER_USER",
+                "OPENEMR_MASTER_PASS",
                 "OE_USER",
                 "OE_PASS"
             ]
         );
         assert_eq!(main["env"][0]["value"], "admin");
-        assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
-        let upgrade = i.setup_job("x", 1, None).body;
+        assert_eq!(main["env"][1]["value"], "install");
+        assert_eq!(main["env"][3]["value"], "admin_from_rds");
+        assert_eq!(main["command"], json!(["sh", "-c", SETUP_SCRIPT]));
+        assert_eq!(pod["restartPolicy"], "Never");
+        let init: Vec<&str> = pod["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(init, ["seed-sites", "ca-refresh"]);
+        // A refusal or an unusable site fails the Job at once.
+        let rules = &job["spec"]["podFailurePolicy"]["rules"];
+        assert_eq!(rules[0]["action"], "FailJob");
+        assert_eq!(rules[0]["onExitCodes"]["containerName"], "setup");
         assert_eq!(
-            env_names(&upgrade["spec"]["template"]["spec"]["containers"][0]),
-            ["K8S", "MYSQL_PASS"]
+            rules[0]["onExitCodes"]["values"],
+            json!([EXIT_REFUSED, EXIT_UNUSABLE])
         );
+        assert_eq!(
+            job["metadata"]["annotations"][SETUP_MODE_ANNOTATION],
+            "install"
+        );
+
+        let upgrade = i.setup_job("x", 1, &SetupMode::Migrate).body;
+        let main = &upgrade["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(env_names(main), ["K8S", "OPENEMR_SETUP_MODE", "MYSQL_PASS"]);
+        assert_eq!(main["env"][1]["value"], "migrate");
+
+        // An existing database: no credentials, and no fresh site seeded onto the volume.
+        let attach = i.setup_job("x", 1, &SetupMode::Attach).body;
+        let pod = &attach["spec"]["template"]["spec"];
+        assert_eq!(
+            env_names(&pod["containers"][0]),
+            ["K8S", "OPENEMR_SETUP_MODE", "MYSQL_PASS"]
+        );
+        assert_eq!(pod["containers"][0]["env"][1]["value"], "attach");
+        assert_eq!(pod["initContainers"].as_array().unwrap().len(), 1);
+        assert_eq!(pod["initContainers"][0]["name"], "ca-refresh");
         assert!(names.setup_job(&web.image, 12).len() <= 63);
+    }
+
+    #[test]
+    fn the_setup_script_guards_the_installer_and_proves_the_site() {
+        // The installer runs only after the database was found without tables, and as a
+        // user that holds no privileges; every mode ends with the verification.
+        let install = SETUP_SCRIPT
+            .split("\ninstall)\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n    ;;\n").next())
+            .unwrap();
+        let guard = install.find("information_schema.tables").unwrap();
+        let refuse = install.find("stop 3 \"refused: database").unwrap();
+        let prepare = install
+            .find("CREATE USER IF NOT EXISTS '$setup_user'")
+            .unwrap();
+        let entrypoint = install.find("./openemr.sh").unwrap();
+        assert!(guard < refuse && refuse < prepare && prepare < entrypoint);
+        assert!(install.contains("unset OPENEMR_MASTER_PASS"));
+        assert!(!install.contains("GRANT ALL PRIVILEGES ON *.*"));
+        assert!(
+            !install.contains("TO '$setup_user'"),
+            "the setup user gets no grant"
+        );
+        assert!(install.trim_end().ends_with("verify"));
+        for mode in ["migrate)", "attach)"] {
+            let body = SETUP_SCRIPT.split(mode).nth(1).unwrap();
+            let body = body.split(";;").next().unwrap();
+            assert!(body.trim_end().ends_with("verify"), "{mode}");
+            assert!(
+                body.contains("unset MYSQL_ROOT_PASS OPENEMR_MASTER_PASS"),
+                "{mode}"
+            );
+        }
+        let attach = SETUP_SCRIPT.split("attach)").nth(1).unwrap();
+        assert!(!attach.split(";;").next().unwrap().contains("openemr.sh"));
+        assert!(SETUP_SCRIPT.contains(&format!("stop {EXIT_REFUSED} ")));
+        assert!(SETUP_SCRIPT.contains(&format!("stop {EXIT_UNUSABLE} ")));
+    }
+
+    #[test]
+    fn workers_make_the_certificate_remove_setup_scripts_and_may_signal_their_children() {
+        let names = WebNames::new("clinics", "clinic-a");
+        let web = spec();
+        let d = inputs(&names, &web).workers(2).body;
+        let main = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(main["command"], json!(["sh", "-c", WORKER_SCRIPT]));
+        let ssl = WORKER_SCRIPT.find("sh ./ssl.sh").unwrap();
+        let remove = WORKER_SCRIPT.find("rm -f admin.php").unwrap();
+        let start = WORKER_SCRIPT.find("exec ./openemr.sh").unwrap();
+        assert!(ssl < remove && remove < start);
+        for script in SETUP_SCRIPTS {
+            assert!(WORKER_SCRIPT.contains(script), "{script}");
+        }
+        assert!(WORKER_SCRIPT.contains("-path ./sites -prune"));
+        let caps = main["securityContext"]["capabilities"]["add"]
+            .as_array()
+            .unwrap();
+        assert!(caps.contains(&json!("KILL")));
+        assert_eq!(
+            main["securityContext"]["capabilities"]["drop"],
+            json!(["ALL"])
+        );
+    }
+
+    #[test]
+    fn the_installer_refuses_what_it_cannot_carry() {
+        for ok in ["abcDEF123", "p@ss#w0rd!%^&()-_+{}|;:,.<>/~`$x", "é-ü"] {
+            assert_eq!(installer_refuses(ok), None, "{ok}");
+        }
+        for bad in [
+            "", "BLANK", "a=b", "a'b", "a\"b", "a\\b", "a b", "a\tb", "a\nb", "a*", "a?", "a[",
+        ] {
+            assert!(installer_refuses(bad).is_some(), "{bad:?}");
+        }
     }
 
     #[test]

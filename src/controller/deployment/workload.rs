@@ -21,7 +21,9 @@ use serde_json::Value;
 
 use super::holds;
 use super::plan::Change;
-use super::web::{self, Child, ChildKind, SecretKey, SetupCredentials, WebInputs, WebNames};
+use super::web::{
+    self, Child, ChildKind, SecretKey, SetupCredentials, SetupMode, WebInputs, WebNames,
+};
 use crate::api::OpenEMRDeployment;
 use crate::api::deployment::{UpgradePhase, UpgradeStatus, WebHold, WebStatus};
 use crate::conditions::Verdict;
@@ -43,6 +45,37 @@ pub struct Site {
     /// password in Secrets Manager ([`Site::master_secret_arn`]).
     pub user_master_password: Option<SecretKey>,
     pub master_secret_arn: Option<String>,
+    /// The master user's name, as the instance reports it.
+    pub master_username: String,
+    /// What the first setup may do to the database.
+    pub database_origin: DatabaseOrigin,
+}
+
+/// Where the clinic's database came from. OpenEMR's installer, given an empty `sites/`
+/// and a database that already holds OpenEMR, drops and recreates its tables: it runs only
+/// on a database this clinic created empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseOrigin {
+    /// Created by this clinic (its uid is on the instance's tags).
+    CreatedEmpty,
+    /// Named by `spec.adopt.dbInstanceIdentifier`.
+    Adopted,
+    /// Found under the clinic's name but made by another incarnation of it (the uid on
+    /// its tags) or by someone else (no uid).
+    Foreign { uid: Option<String> },
+}
+
+impl DatabaseOrigin {
+    fn describe(&self) -> String {
+        match self {
+            DatabaseOrigin::CreatedEmpty => "created empty by this clinic".into(),
+            DatabaseOrigin::Adopted => "adopted (spec.adopt.dbInstanceIdentifier)".into(),
+            DatabaseOrigin::Foreign { uid: Some(uid) } => {
+                format!("made by an earlier clinic of this name (uid {uid})")
+            }
+            DatabaseOrigin::Foreign { uid: None } => "not made by this operator".into(),
+        }
+    }
 }
 
 /// A setup Job as the cache shows it.
@@ -548,61 +581,45 @@ fn setup_step(
         };
     }
     let web = inputs.web;
-    let admin = match &web.admin_credentials_secret_ref {
-        Some(r) => r.name.clone(),
-        None => {
-            if !seen.admin_secret {
-                changes.push(Change::CreateAdminSecret {
-                    name: names.admin_secret.clone(),
-                });
+    let mode = match &site.database_origin {
+        DatabaseOrigin::CreatedEmpty => {
+            match install_credentials(names, web, site, seen, &mut changes) {
+                Ok(credentials) => SetupMode::Install(credentials),
+                Err(verdict) => {
+                    return Step {
+                        changes,
+                        wake_after: None,
+                        busy: false,
+                        verdict,
+                    };
+                }
             }
-            names.admin_secret.clone()
         }
+        DatabaseOrigin::Adopted | DatabaseOrigin::Foreign { .. } => SetupMode::Attach,
     };
-    let master = match (&site.user_master_password, &site.master_secret_arn) {
-        (Some(key), _) => key.clone(),
-        (None, Some(arn)) => {
-            if !seen.master_copy {
-                changes.push(Change::CopyMasterPassword {
-                    name: names.master_copy.clone(),
-                    secret_arn: arn.clone(),
-                });
-            }
-            SecretKey::new(&names.master_copy, web::PASSWORD_KEY)
-        }
-        (None, None) => {
-            return Step {
-                changes,
-                wake_after: None,
-                busy: false,
-                verdict: Verdict::falsy(
-                    WORKLOAD_READY,
-                    "MasterPasswordUnavailable",
-                    "the database has no master password secret in Secrets Manager and spec.database.credentialsSecretRef has no root-password",
-                ),
-            };
-        }
-    };
-    let credentials = SetupCredentials {
-        master_username: super::database::MASTER_USERNAME.into(),
-        master_password: master,
-        admin_username: SecretKey::new(&admin, "username"),
-        admin_password: SecretKey::new(&admin, "password"),
+    // Said wherever the setup of an existing database is reported.
+    let attaching = match mode {
+        SetupMode::Attach => format!(
+            "; the database is {}, so OpenEMR's installer never runs on it: the site on claim {} must be the one made with it",
+            site.database_origin.describe(),
+            names.claim
+        ),
+        _ => String::new(),
     };
     let latest = jobs.iter().max_by_key(|j| j.attempt);
     let (verdict, wake_after) = match latest.map(|j| (&j.state, j)) {
         None => {
             let name = names.setup_job(&web.image, 1);
-            changes.push(Change::ApplyChildren(vec![inputs.setup_job(
-                &name,
-                1,
-                Some(&credentials),
-            )]));
+            changes.push(Change::ApplyChildren(vec![
+                inputs.setup_job(&name, 1, &mode),
+            ]));
             (
                 Verdict::falsy(
                     WORKLOAD_READY,
                     "SetupRunning",
-                    format!("setup Job {name} started; the workers start once it completes"),
+                    format!(
+                        "setup Job {name} started; the workers start once it completes{attaching}"
+                    ),
                 ),
                 None,
             )
@@ -612,7 +629,7 @@ fn setup_step(
                 WORKLOAD_READY,
                 "SetupRunning",
                 format!(
-                    "setup Job {} (attempt {}) is running; the workers start once it completes",
+                    "setup Job {} (attempt {}) is running; the workers start once it completes{attaching}",
                     j.name, j.attempt
                 ),
             ),
@@ -640,11 +657,9 @@ fn setup_step(
             };
             let retry = if due <= now {
                 let name = names.setup_job(&web.image, next);
-                changes.push(Change::ApplyChildren(vec![inputs.setup_job(
-                    &name,
-                    next,
-                    Some(&credentials),
-                )]));
+                changes.push(Change::ApplyChildren(vec![
+                    inputs.setup_job(&name, next, &mode),
+                ]));
                 format!("attempt {next} started as Job {name}")
             } else {
                 format!("attempt {next} starts at {due}")
@@ -654,12 +669,16 @@ fn setup_step(
             } else {
                 format!("; its pod said: {detail}")
             };
+            let why = match mode {
+                SetupMode::Attach => "SiteNotConfigured",
+                _ => "SetupFailed",
+            };
             (
                 Verdict::falsy(
                     WORKLOAD_READY,
-                    "SetupFailed",
+                    why,
                     format!(
-                        "setup Job {} (attempt {}) failed: {reason}{detail}; {retry}; nothing on the volume was removed",
+                        "setup Job {} (attempt {}) failed: {reason}{detail}; {retry}; nothing on the volume was removed{attaching}",
                         j.name, j.attempt
                     ),
                 ),
@@ -673,6 +692,53 @@ fn setup_step(
         verdict,
         busy: true,
     }
+}
+
+/// The first setup's credentials, with the changes that put them in place, or why there
+/// are none.
+fn install_credentials(
+    names: &WebNames,
+    web: &crate::api::deployment::WebSpec,
+    site: &Site,
+    seen: &WorkloadSeen,
+    changes: &mut Vec<Change>,
+) -> Result<SetupCredentials, Verdict> {
+    let admin = match &web.admin_credentials_secret_ref {
+        Some(r) => r.name.clone(),
+        None => {
+            if !seen.admin_secret {
+                changes.push(Change::CreateAdminSecret {
+                    name: names.admin_secret.clone(),
+                });
+            }
+            names.admin_secret.clone()
+        }
+    };
+    let master = match (&site.user_master_password, &site.master_secret_arn) {
+        (Some(key), _) => key.clone(),
+        (None, Some(arn)) => {
+            if !seen.master_copy {
+                changes.push(Change::CopyMasterPassword {
+                    name: names.master_copy.clone(),
+                    secret_arn: arn.clone(),
+                });
+            }
+            SecretKey::new(&names.master_copy, web::PASSWORD_KEY)
+        }
+        (None, None) => {
+            return Err(Verdict::falsy(
+                WORKLOAD_READY,
+                "MasterPasswordUnavailable",
+                "the database has no master password secret in Secrets Manager and spec.database.credentialsSecretRef has no root-password",
+            ));
+        }
+    };
+    Ok(SetupCredentials {
+        master_username: site.master_username.clone(),
+        master_password: master,
+        admin_username: SecretKey::new(&admin, "username"),
+        admin_password: SecretKey::new(&admin, "password"),
+    })
 }
 
 /// The wait before attempt `attempt + 1`: `first`, doubling, at most an hour.
@@ -857,9 +923,12 @@ fn upgrade_step(
                 .map(|j| j.attempt)
                 .max()
                 .unwrap_or(0);
-            step.changes.push(Change::ApplyChildren(vec![
-                job_inputs.setup_job(&job_name, attempt, None),
-            ]));
+            step.changes
+                .push(Change::ApplyChildren(vec![job_inputs.setup_job(
+                    &job_name,
+                    attempt,
+                    &SetupMode::Migrate,
+                )]));
             step.changes.push(announce(
                 "UpgradeMigrating",
                 format!("Job {job_name} migrates the site to {}", u.to_image),
@@ -973,6 +1042,8 @@ mod tests {
             database_password: SecretKey::new("clinic-a-db-credentials", "password"),
             user_master_password: None,
             master_secret_arn: Some("arn:aws:secretsmanager:x".into()),
+            master_username: "openemr_admin".into(),
+            database_origin: DatabaseOrigin::CreatedEmpty,
         }
     }
 
@@ -1250,6 +1321,75 @@ mod tests {
     }
 
     #[test]
+    fn a_database_the_clinic_did_not_create_empty_never_meets_the_installer() {
+        let d = clinic(serde_json::json!({"replicas": 1}));
+        for origin in [
+            DatabaseOrigin::Adopted,
+            DatabaseOrigin::Foreign {
+                uid: Some("uid-0".into()),
+            },
+            DatabaseOrigin::Foreign { uid: None },
+        ] {
+            let site = Site {
+                database_origin: origin.clone(),
+                ..site()
+            };
+            let plan = plan_workload(&d, Some(&site), &seen(), now());
+            let job = child(&plan, ChildKind::Job).unwrap();
+            let main = &job.body["spec"]["template"]["spec"]["containers"][0];
+            let env: Vec<&str> = main["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                env,
+                ["K8S", "OPENEMR_SETUP_MODE", "MYSQL_PASS"],
+                "{origin:?}"
+            );
+            assert_eq!(main["env"][1]["value"], "attach");
+            // Nothing is made for an installer that will not run.
+            assert!(
+                !plan.changes.iter().any(|c| matches!(
+                    c,
+                    Change::CopyMasterPassword { .. } | Change::CreateAdminSecret { .. }
+                )),
+                "{origin:?}"
+            );
+            assert!(plan.verdict.message.contains(&origin.describe()));
+
+            // The site on the volume is not the database's: said, with what to do.
+            let mut s = seen();
+            s.setup_jobs = vec![SetupJob {
+                name: "j-1".into(),
+                image: d.spec.web.image.clone(),
+                attempt: 1,
+                state: JobState::Failed {
+                    reason: "PodFailurePolicy".into(),
+                    detail: "sites/ holds no configured site".into(),
+                    at: Some(now()),
+                },
+            }];
+            let plan = plan_workload(&d, Some(&site), &s, now());
+            assert_eq!(plan.verdict.reason, "SiteNotConfigured");
+            assert!(plan.verdict.message.contains("clinic-a-sites"));
+            assert!(
+                plan.verdict
+                    .message
+                    .contains("sites/ holds no configured site")
+            );
+        }
+        // Created empty by this clinic: the installer's credentials.
+        let plan = plan_workload(&d, Some(&site()), &seen(), now());
+        let job = child(&plan, ChildKind::Job).unwrap();
+        assert_eq!(
+            job.body["spec"]["template"]["spec"]["containers"][0]["env"][1]["value"],
+            "install"
+        );
+    }
+
+    #[test]
     fn a_failed_setup_is_retried_after_a_doubling_delay() {
         let d = clinic(serde_json::json!({"replicas": 1}));
         let mut s = seen();
@@ -1323,7 +1463,13 @@ mod tests {
         );
         let job = child(&plan, ChildKind::Job).unwrap();
         assert!(job.body.to_string().contains("openemr/openemr:8.0.1"));
-        assert!(!job.body.to_string().contains("MYSQL_ROOT_PASS"));
+        let env = job.body["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+        assert!(env.contains("\"migrate\""));
+        assert!(
+            !env.contains("OPENEMR_MASTER_PASS")
+                && !env
+                    .contains("secretKeyRef\":{\"key\":\"password\",\"name\":\"clinic-a-db-master")
+        );
         assert!(
             !child(&plan, ChildKind::Deployment)
                 .unwrap()
