@@ -39,7 +39,8 @@ use tokio_util::sync::CancellationToken;
 #[serde(rename_all = "camelCase")]
 pub struct WidgetSpec {
     /// `fail`: observe always fails, with a new message each time. `create`: make the
-    /// ConfigMap named after the widget.
+    /// ConfigMap named after the widget. `refused`: plan `Ready` and a ConfigMap whose
+    /// name the API server refuses.
     mode: String,
 }
 
@@ -122,8 +123,20 @@ impl Reconcile for Widget {
         } else {
             Verdict::falsy("Made", "Missing", "")
         };
-        let status = status_with(self, &[made], now);
-        let changes = if *exists {
+        let refused = self.spec.mode == "refused";
+        // As a planner does that judges from what serves now, before its changes are made.
+        let ready = if *exists || refused {
+            Verdict::truthy("Ready", "Ready", "serving")
+        } else {
+            Verdict::falsy("Ready", "NotReady", "")
+        };
+        let status = status_with(self, &[made, ready], now);
+        let changes = if refused {
+            vec![CreateConfigMap {
+                name: format!("{}-Not_A_Name", self.name_any()),
+                token: format!("refused-{}", self.metadata.generation.unwrap_or(0)),
+            }]
+        } else if *exists {
             Vec::new()
         } else {
             vec![CreateConfigMap {
@@ -149,12 +162,12 @@ impl Reconcile for Widget {
     async fn act(&self, change: &CreateConfigMap, ctx: &Context) -> Result<(), Error> {
         let ns = self.namespace().unwrap_or_default();
         let stored = Api::<Widget>::namespaced(ctx.client.clone(), &ns)
-            .get(&change.name)
+            .get(&self.name_any())
             .await
             .ok()
             .and_then(|w| w.status)
             .and_then(|s| s.in_flight);
-        record(&change.name, |r| r.intent_stored_at_act.push(stored));
+        record(&self.name_any(), |r| r.intent_stored_at_act.push(stored));
         let cm: ConfigMap = serde_json::from_value(serde_json::json!({
             "metadata": {"name": change.name, "annotations": {"token": change.token}},
         }))
@@ -167,7 +180,7 @@ impl Reconcile for Widget {
                 reason: "CreateFailed",
                 message: e.to_string(),
             })?;
-        record(&change.name, |r| r.creates += 1);
+        record(&self.name_any(), |r| r.creates += 1);
         if HANG_AFTER_CALL.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
@@ -357,6 +370,74 @@ async fn an_intent_is_stored_before_the_call_and_a_crash_after_it_makes_no_dupli
         .await
         .expect("the controller stops")
         .unwrap();
+}
+
+#[tokio::test]
+async fn ready_is_never_true_for_a_generation_whose_changes_failed() {
+    install_widget_crd();
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "driver-ready").await;
+    let widgets: Api<Widget> = Api::namespaced(client.clone(), &ns.name);
+    let config = DriverConfig {
+        report_after_failures: 1,
+        ..DriverConfig::default()
+    };
+    let running = start(client.clone(), &ns.name, config);
+    widgets
+        .create(&PostParams::default(), &widget("server", "create"))
+        .await
+        .unwrap();
+    let ready = |w: &Widget| {
+        w.status
+            .as_ref()
+            .and_then(|s| conditions::find(&s.conditions, "Ready").cloned())
+    };
+    eventually(
+        Duration::from_secs(20),
+        "Ready for generation 1",
+        || async {
+            let w = widgets.get("server").await.ok()?;
+            ready(&w).filter(|c| c.status == "True").map(|_| ())
+        },
+    )
+    .await;
+
+    // Generation 2 plans Ready from what serves, but its change is refused by the API
+    // server: Ready must not be True for it, at the intent's write or after.
+    widgets
+        .patch(
+            "server",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"mode": "refused"}})),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen_failed = None;
+    while Instant::now() < deadline {
+        let w = widgets.get("server").await.unwrap();
+        let c = ready(&w).unwrap();
+        assert!(
+            !(c.status == "True" && c.observed_generation == Some(2)),
+            "Ready=True for generation 2: {c:?}"
+        );
+        if c.status == "False" {
+            seen_failed = Some((c, synced(&w).unwrap()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (c, synced) = seen_failed.expect("Ready went False");
+    assert_eq!(c.reason, "ReconcileFailed");
+    assert!(
+        c.message.starts_with("generation 2 is not in effect:"),
+        "{}",
+        c.message
+    );
+    assert_eq!(synced.status, "False");
+    assert!(record("server", |r| r.intent_stored_at_act.len()) >= 1);
+    running.shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), running.task).await;
 }
 
 #[tokio::test]

@@ -646,3 +646,59 @@ async fn sigkill_around_the_creates_leaves_exactly_one_of_each() {
     );
     assert_eq!(operator.terminate().code(), Some(0));
 }
+
+/// moto makes a snapshot `available` at once, so an end state cannot show the order of
+/// deletion; here the proxy holds the final snapshot at `creating` and the instance must
+/// stay until the snapshot reads `available`.
+#[tokio::test]
+async fn the_database_goes_only_after_its_final_snapshot_reads_available() {
+    let client = env().admin().await;
+    let region = "eu-central-1";
+    let ns = TestNamespace::new(env(), "faults-final").await;
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let manifest = support::clinic_manifest("final", region, "  deletionPolicy: Snapshot\n");
+    apply(&client, &ns.name, &manifest).await.unwrap();
+    let operator = operator_through(&proxy, &ns.name, &[]);
+    let api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    eventually(Duration::from_secs(90), "the clinic ready", || async {
+        is_ready(&api, "final").await.then_some(())
+    })
+    .await;
+
+    // Every snapshot reads `creating` until the rule is cleared.
+    proxy.set(
+        "DescribeDBSnapshots",
+        Rule::default().rewrite("<Status>available</Status>", "<Status>creating</Status>"),
+    );
+    api.delete("final", &Default::default()).await.unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the final snapshot polled",
+        || async {
+            let created = proxy.counts("CreateDBSnapshot").forwarded >= 1;
+            (created && proxy.counts("DescribeDBSnapshots").rewritten >= 3).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        proxy.counts("DeleteDBInstance").seen,
+        0,
+        "the instance was deleted while its final snapshot read creating: {}",
+        proxy.report()
+    );
+    assert!(api.get_opt("final").await.unwrap().is_some());
+
+    let released = Instant::now();
+    proxy.clear("DescribeDBSnapshots");
+    eventually(Duration::from_secs(60), "the clinic gone", || async {
+        api.get_opt("final").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let deletes = proxy.history("DeleteDBInstance");
+    assert!(!deletes.is_empty(), "{}", proxy.report());
+    assert!(
+        deletes.iter().all(|(at, _)| *at > released),
+        "DeleteDBInstance before the snapshot read available"
+    );
+    drop(operator);
+}

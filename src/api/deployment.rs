@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -495,7 +495,7 @@ pub struct WebSpec {
 
     /// CPU and memory for each replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<WebResources>,
 
     /// The Service in front of the replicas.
     #[serde(default)]
@@ -574,6 +574,63 @@ fn default_replicas() -> i32 {
     2
 }
 
+/// Requests and limits of each replica, checked as the API server checks a container's:
+/// refused at admission rather than when the workers are applied.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new("!has(self.requests) || !has(self.limits) || ((!has(self.requests.cpu) || !has(self.limits.cpu) || !isQuantity(string(self.requests.cpu)) || !isQuantity(string(self.limits.cpu)) || quantity(string(self.requests.cpu)).compareTo(quantity(string(self.limits.cpu))) <= 0) && (!has(self.requests.memory) || !has(self.limits.memory) || !isQuantity(string(self.requests.memory)) || !isQuantity(string(self.limits.memory)) || quantity(string(self.requests.memory)).compareTo(quantity(string(self.limits.memory))) <= 0))")
+        .message("spec.web.resources: a request must not exceed its limit")
+        .field_path(".requests"),
+)]
+pub struct WebResources {
+    /// The least each replica gets, e.g. `{cpu: 500m, memory: 1Gi}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<ResourceAmounts>,
+
+    /// The most each replica may use, e.g. `{cpu: "2", memory: 2Gi}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceAmounts>,
+}
+
+/// CPU, memory and scratch space, each a non-negative quantity.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new(non_negative_quantity("cpu"))
+        .message("cpu must be a non-negative quantity, e.g. 500m or 2")
+        .field_path(".cpu"),
+    validation = Rule::new(non_negative_quantity("memory"))
+        .message("memory must be a non-negative quantity, e.g. 512Mi or 2Gi")
+        .field_path(".memory"),
+    validation = Rule::new(non_negative_quantity("ephemeral-storage"))
+        .message("ephemeral-storage must be a non-negative quantity, e.g. 1Gi")
+        .field_path(".ephemeral-storage"),
+)]
+pub struct ResourceAmounts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    #[serde(
+        default,
+        rename = "ephemeral-storage",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ephemeral_storage: Option<Quantity>,
+}
+
+/// A CEL rule: `field` of `self`, when set, is a quantity of at least zero.
+fn non_negative_quantity(field: &str) -> String {
+    // CEL reaches a property with a dash through its escaped name.
+    let cel_field = format!("self.{}", field.replace('-', "__dash__"));
+    format!(
+        "!has({cel_field}) || (isQuantity(string({cel_field})) && !quantity(string({cel_field})).isLessThan(quantity('0')))"
+    )
+}
+
+/// A CEL test that every key of the map `self` is a valid annotation key (a qualified name
+/// with an optional DNS-subdomain prefix), as the API server requires.
+const ANNOTATION_KEYS: &str = "self.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))";
+
 /// The web tier's Service.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -594,6 +651,8 @@ pub struct ServiceSpec {
     #[x_kube(
         validation = Rule::new("self.all(k, !k.startsWith('openemr.io/'))")
             .message("spec.web.service.annotations keys must not start with 'openemr.io/' (reserved by the operator)"),
+        validation = Rule::new(ANNOTATION_KEYS)
+            .message("spec.web.service.annotations keys must be qualified names, e.g. service.beta.kubernetes.io/aws-load-balancer-scheme"),
     )]
     pub annotations: BTreeMap<String, String>,
 }
@@ -620,9 +679,9 @@ pub struct IngressSpec {
     #[schemars(pattern(patterns::DNS_SUBDOMAIN), length(max = 253))]
     pub host: String,
 
-    /// IngressClass to use; the cluster default when unset.
+    /// IngressClass to use (a DNS subdomain, e.g. `alb`); the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(pattern(patterns::DNS_SUBDOMAIN), length(min = 1, max = 253))]
     pub class_name: Option<String>,
 
     /// Secret with the TLS certificate for `host`; HTTPS only when set. (The AWS Load
@@ -640,6 +699,8 @@ pub struct IngressSpec {
     #[x_kube(
         validation = Rule::new("self.all(k, !k.startsWith('openemr.io/'))")
             .message("spec.web.ingress.annotations keys must not start with 'openemr.io/' (reserved by the operator)"),
+        validation = Rule::new(ANNOTATION_KEYS)
+            .message("spec.web.ingress.annotations keys must be qualified names, e.g. alb.ingress.kubernetes.io/scheme"),
     )]
     pub annotations: BTreeMap<String, String>,
 }

@@ -37,7 +37,9 @@ use tracing::{debug, info, warn};
 
 use super::state::{Current, ObjectStates};
 use super::triggers::{Fingerprints, ReferenceIndex, Target, jittered};
-use super::{Context, Error, FIELD_MANAGER, ObjectStatus, Reconcile, Requeue, SYNCED, merged};
+use super::{
+    Context, Error, FIELD_MANAGER, ObjectStatus, READY, Reconcile, Requeue, SYNCED, merged,
+};
 use crate::api::ChangeIntent;
 use crate::conditions::{self, Verdict};
 use crate::metrics::ControllerLabel;
@@ -390,8 +392,11 @@ async fn apply<K: Reconcile>(cached: &K, driver: &Driver<K>) -> Result<Action, E
             started_at,
         }));
         // The intent is stored before the call goes out: a crash after the call leaves a
-        // trace the next plan sees.
-        written = update_status(&obj, &written, &status, driver).await?;
+        // trace the next plan sees. The conditions stay as they were until the changes are
+        // made: `Ready` must not speak for a generation whose changes may still fail.
+        let mut intent = status.clone();
+        *intent.conditions_mut() = written.status.conditions().to_vec();
+        written = update_status(&obj, &written, &intent, driver).await?;
         *obj.status_mut() = Some(written.status.clone());
         obj.act(change, ctx).await?;
         status.set_in_flight(None);
@@ -446,7 +451,23 @@ async fn record_failure<K: Reconcile>(obj: &K, error: &Error, driver: &Driver<K>
             obj.status().cloned().unwrap_or_default()
         });
     let synced = Verdict::falsy(SYNCED, error.reason(), error.condition_message());
-    let failed = merged(obj, current.status.clone(), &[synced], Timestamp::now());
+    let mut verdicts = vec![synced];
+    // `Ready` said for an earlier generation is not said for this one, which failed.
+    let generation = obj.meta().generation;
+    let stale_ready = conditions::find(current.status.conditions(), READY)
+        .filter(|c| c.status == "True" && c.observed_generation != generation);
+    if stale_ready.is_some() {
+        verdicts.push(Verdict::falsy(
+            READY,
+            "ReconcileFailed",
+            format!(
+                "generation {} is not in effect: {}",
+                generation.unwrap_or_default(),
+                error.condition_message()
+            ),
+        ));
+    }
+    let failed = merged(obj, current.status.clone(), &verdicts, Timestamp::now());
     if let Err(write) = update_status(obj, &current, &failed, driver).await {
         warn!(controller = K::CONTROLLER, error = %write, "cannot record the failure in status");
     }

@@ -52,6 +52,8 @@ pub const FIELD_MANAGER: &str = "openemr-operator";
 
 /// Condition type saying whether the last reconcile could do its work.
 pub const SYNCED: &str = "Synced";
+/// The condition saying an object is fully in effect, for kinds that have one.
+pub const READY: &str = "Ready";
 
 /// Timings and limits of the reconcile driver (flags of `run`).
 #[derive(Debug, Clone)]

@@ -18,6 +18,10 @@
 //!   network;
 //! - a forwarded request may also lose its answer: moto did the operation, the client gets
 //!   a 503 instead (AWS acted, then failed to say so);
+//! - a forwarded request's successful (2xx) answer may be rewritten: each of the rule's
+//!   substitutions replaces every occurrence of a text in the body (XML or JSON alike).
+//!   moto has no `creating` snapshot, no rollback or in-progress stack states, no
+//!   `storage-full` or `pending-reboot`: this is how tests make AWS answer as it does;
 //! - a rule may be limited to the next n requests of its operation, then it is gone.
 //!
 //! The draw for the n-th request of an operation depends only on the seed, the operation
@@ -103,6 +107,8 @@ pub struct Rule {
     pub lose_answer: f64,
     /// The rule applies to this many more requests, then is removed (`None`: for good).
     pub times: Option<u64>,
+    /// `(text, replacement)` pairs applied, in order, to a forwarded request's 2xx answer.
+    pub rewrites: Vec<(String, String)>,
 }
 
 impl Rule {
@@ -133,6 +139,13 @@ impl Rule {
 
     pub fn lose_answer(mut self, probability: f64) -> Rule {
         self.lose_answer = probability;
+        self
+    }
+
+    /// Every `text` in a successful answer becomes `replacement`.
+    pub fn rewrite(mut self, text: &str, replacement: &str) -> Rule {
+        self.rewrites
+            .push((text.to_string(), replacement.to_string()));
         self
     }
 
@@ -180,6 +193,8 @@ pub struct Counts {
     /// Requests passed by the faults and not yet answered by moto (waiting out their
     /// latency, or at moto).
     pub in_flight: u64,
+    /// Forwarded requests whose answer a rewrite rule applied to.
+    pub rewritten: u64,
 }
 
 impl Counts {
@@ -399,10 +414,12 @@ impl Drop for FaultProxy {
 enum Decision {
     Reset,
     Answer(Fault),
-    /// After this latency; with the answer replaced by a 503 if `lose` is set.
+    /// After this latency; with the answer replaced by a 503 if `lose` is set, else
+    /// rewritten by `rewrites` if it succeeded.
     Forward {
         latency: Duration,
         lose: bool,
+        rewrites: Vec<(String, String)>,
     },
 }
 
@@ -464,10 +481,14 @@ impl Shared {
             } else {
                 Outcome::Forwarded
             };
+            if !lose && !rule.rewrites.is_empty() {
+                counts.rewritten += 1;
+            }
             (
                 Decision::Forward {
                     latency: rule.latency,
                     lose,
+                    rewrites: rule.rewrites.clone(),
                 },
                 outcome,
             )
@@ -575,10 +596,15 @@ async fn handle(
             match std::future::pending::<Infallible>().await {}
         }
         Decision::Answer(fault) => Ok(call.fault_answer(&fault)),
-        Decision::Forward { latency, lose } => {
+        Decision::Forward {
+            latency,
+            lose,
+            rewrites,
+        } => {
             // A task of its own: it goes on if the client goes away (is killed).
             let operation = call.operation.clone();
-            let forwarding = tokio::spawn(forward(shared, operation, latency, parts, body));
+            let forwarding =
+                tokio::spawn(forward(shared, operation, latency, parts, body, rewrites));
             Ok(match forwarding.await {
                 Ok(Ok(_)) if lose => call.fault_answer(&Fault::Server(503)),
                 Ok(Ok(answer)) => answer,
@@ -609,6 +635,7 @@ async fn forward(
     latency: Duration,
     mut parts: Parts,
     body: Bytes,
+    rewrites: Vec<(String, String)>,
 ) -> Result<Answer, String> {
     let _in_flight = InFlight {
         shared: shared.clone(),
@@ -653,6 +680,16 @@ async fn forward(
         })?
         .to_bytes();
     shared.count(&operation, |c| c.answered += 1);
+    let body = match std::str::from_utf8(&body) {
+        Ok(text) if parts.status.is_success() && !rewrites.is_empty() => {
+            let mut text = text.to_string();
+            for (from, to) in &rewrites {
+                text = text.replace(from.as_str(), to);
+            }
+            Bytes::from(text)
+        }
+        _ => body,
+    };
     for name in [header::TRANSFER_ENCODING, header::CONNECTION] {
         parts.headers.remove(name);
     }

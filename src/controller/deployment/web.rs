@@ -17,11 +17,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
 use serde_json::{Value, json};
 
 use super::names::short_hash;
-use crate::api::deployment::{ServiceType, WebSpec};
+use crate::api::deployment::{ResourceAmounts, ServiceType, WebSpec};
 
 /// Where OpenEMR lives in the image.
 pub const OPENEMR_ROOT: &str = "/var/www/localhost/htdocs/openemr";
@@ -521,16 +520,16 @@ impl WebInputs<'_> {
     }
 
     fn resources(&self) -> Value {
-        let given = self.web.resources.as_ref().filter(|r| {
-            r.requests.as_ref().is_some_and(|m| !m.is_empty())
-                || r.limits.as_ref().is_some_and(|m| !m.is_empty())
-        });
+        let any = |a: &Option<ResourceAmounts>| {
+            a.as_ref().is_some_and(|a| *a != ResourceAmounts::default())
+        };
+        let given = self
+            .web
+            .resources
+            .as_ref()
+            .filter(|r| any(&r.requests) || any(&r.limits));
         match given {
-            Some(r) => serde_json::to_value(ResourceRequirements {
-                claims: None,
-                ..r.clone()
-            })
-            .unwrap_or_else(|_| default_resources()),
+            Some(r) => serde_json::to_value(r).unwrap_or_else(|_| default_resources()),
             None => default_resources(),
         }
     }
