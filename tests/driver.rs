@@ -152,6 +152,7 @@ impl Reconcile for Widget {
             status,
             changes,
             requeue: Requeue::After(Duration::from_secs(1)),
+            failure: None,
         }
     }
 

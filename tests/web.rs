@@ -22,6 +22,7 @@ use kube::{Api, Client, ResourceExt};
 use openemr_operator::api::OpenEMRDeployment;
 use openemr_operator::api::deployment::DeploymentPhase;
 use serde_json::json;
+use support::faults::{AwsFault, FaultProxy, Rule};
 use support::operator::Operator;
 use support::{TestNamespace, apply, condition, env, eventually, wait_for_reason};
 
@@ -151,7 +152,18 @@ async fn secret_value(client: &Client, ns: &str, name: &str, key: &str) -> Strin
 
 /// A clinic through setup to `Ready`, the kubelet played; returns the operator.
 async fn ready_clinic(client: &Client, ns: &str, name: &str, operator_args: &[&str]) -> Operator {
-    let operator = Operator::start_with(env(), Some(ns), operator_args);
+    ready_clinic_with_env(client, ns, name, operator_args, &[]).await
+}
+
+/// [`ready_clinic`] with an operator started with `vars` in its environment.
+async fn ready_clinic_with_env(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    operator_args: &[&str],
+    vars: &[(&str, &str)],
+) -> Operator {
+    let operator = Operator::start_with_env(env(), Some(ns), operator_args, vars);
     let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), ns);
     let (_, pod) = setup_pod(client, ns, name, 1).await;
     finish_pod(client, ns, &pod, "Succeeded", "").await;
@@ -1075,11 +1087,26 @@ async fn the_hold_helpers_place_renew_and_release_a_lease_in_the_api_server() {
     let expires = placed.expires.clone().unwrap().0;
     assert_eq!(expires.duration_since(since).as_secs(), 60);
 
-    // Placed again: the first stays as it was.
+    // Placed again: in force again with the new lifetime and reason, since unchanged.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     holds::place(&client, &ns.name, clinic, holder, "another reason", None)
         .await
         .unwrap();
-    assert_eq!(hold().await, placed);
+    let again = hold().await;
+    assert_eq!(again.reason.as_deref(), Some("another reason"));
+    assert_eq!(again.since, placed.since);
+    assert_eq!(
+        again.expires, None,
+        "placed without a lifetime: it does not lapse"
+    );
+    holds::place(&client, &ns.name, clinic, holder, "quiesced backup", lasts)
+        .await
+        .unwrap();
+    let expires = hold().await.expires.unwrap().0;
+    assert!(
+        expires.duration_since(since).as_secs() > 60,
+        "renewed by the placing"
+    );
 
     // Renewed: it lapses later.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -1101,4 +1128,160 @@ async fn the_hold_helpers_place_renew_and_release_a_lease_in_the_api_server() {
         matches!(&gone, Err(kube::Error::Api(s)) if s.code == 404),
         "{gone:?}"
     );
+}
+
+/// Quiesced backups and in-place restores depend on a hold taking the workers to 0 at once,
+/// whatever AWS is doing: here while the stack reads `UPDATE_IN_PROGRESS` (moto never
+/// says so; the proxy rewrites its answers) and while RDS answers every read with a 503.
+#[tokio::test]
+async fn a_hold_holds_while_the_stack_updates_and_while_rds_fails_and_placed_again_holds_again() {
+    use openemr_operator::controller::deployment::holds;
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "web-hold-aws").await;
+    let name = "held";
+    apply(&client, &ns.name, &clinic(name, json!({"replicas": 2})))
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let url = proxy.url();
+    let operator = ready_clinic_with_env(
+        &client,
+        &ns.name,
+        name,
+        &[
+            "--inventory-interval",
+            "2s",
+            "--retry-initial",
+            "1s",
+            "--retry-max",
+            "2s",
+        ],
+        &[("AWS_ENDPOINT_URL", &url)],
+    )
+    .await;
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let workers = format!("{name}-openemr");
+    let replicas = || async {
+        deployments
+            .get(&workers)
+            .await
+            .ok()
+            .and_then(|d| d.spec?.replicas)
+    };
+    let effective = || async {
+        let status = clinics.get(name).await.ok()?.status?;
+        let holds = status.web?.holds;
+        Some(!holds.is_empty() && holds.iter().all(|h| h.effective))
+    };
+
+    // The stack reads as updating: the clinic waits for it, and a hold still holds.
+    proxy.set(
+        "DescribeStacks",
+        Rule::default()
+            .rewrite(
+                "<StackStatus>CREATE_COMPLETE<",
+                "<StackStatus>UPDATE_IN_PROGRESS<",
+            )
+            .rewrite(
+                "<StackStatus>UPDATE_COMPLETE<",
+                "<StackStatus>UPDATE_IN_PROGRESS<",
+            ),
+    );
+    let busy = wait_for_reason(&clinics, name, "StackReady", "StackUpdating").await;
+    assert_eq!(busy.status, "False", "{busy:?}");
+    holds::place(
+        &client,
+        &ns.name,
+        name,
+        "backup-nightly",
+        "quiesced backup",
+        None,
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "the workers at 0 while the stack updates", || async {
+        (replicas().await == Some(0)).then_some(())
+    })
+    .await;
+    let stack = condition(&clinics, name, "StackReady").await.unwrap();
+    assert_eq!(
+        (stack.status.as_str(), stack.reason.as_str()),
+        ("False", "StackUpdating"),
+        "the stack still reads as updating: {stack:?}"
+    );
+    eventually(WAIT, "the hold in effect", || async {
+        effective().await.filter(|e| *e)
+    })
+    .await;
+    let held = condition(&clinics, name, "WorkloadReady").await.unwrap();
+    assert_eq!(held.reason, "Held");
+
+    // Released while the stack still updates: the web tier follows its spec again.
+    holds::release(&client, &ns.name, name, "backup-nightly")
+        .await
+        .unwrap();
+    eventually(WAIT, "the workers back at 2", || async {
+        (replicas().await == Some(2)).then_some(())
+    })
+    .await;
+
+    // RDS answers nothing but 503: reading the clinic fails, and a hold still holds.
+    proxy.set(
+        "DescribeDBInstances",
+        Rule::default().error(AwsFault::new(503, "ServiceUnavailable", "RDS is down")),
+    );
+    eventually(WAIT, "the RDS failure reported", || async {
+        let synced = condition(&clinics, name, "Synced").await?;
+        (synced.status == "False" && synced.message.contains("ServiceUnavailable")).then_some(())
+    })
+    .await;
+    holds::place(
+        &client,
+        &ns.name,
+        name,
+        "restore-in-place",
+        "in-place restore",
+        None,
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "the workers at 0 while RDS fails", || async {
+        (replicas().await == Some(0)).then_some(())
+    })
+    .await;
+    eventually(WAIT, "the hold in effect while RDS fails", || async {
+        effective().await.filter(|e| *e)
+    })
+    .await;
+    holds::release(&client, &ns.name, name, "restore-in-place")
+        .await
+        .unwrap();
+    proxy.clear_all();
+
+    // A hold whose holder stopped renewing lapses; placed again, it holds again.
+    eventually(WAIT, "the workers back at 2", || async {
+        (replicas().await == Some(2)).then_some(())
+    })
+    .await;
+    let short = Some(Duration::from_secs(3));
+    holds::place(&client, &ns.name, name, "drill", "monthly drill", short)
+        .await
+        .unwrap();
+    eventually(WAIT, "held by the short hold", || async {
+        (replicas().await == Some(0)).then_some(())
+    })
+    .await;
+    eventually(WAIT, "the short hold lapsed", || async {
+        (replicas().await == Some(2)).then_some(())
+    })
+    .await;
+    holds::place(&client, &ns.name, name, "drill", "monthly drill", short)
+        .await
+        .unwrap();
+    eventually(WAIT, "held again once placed again", || async {
+        (replicas().await == Some(0)).then_some(())
+    })
+    .await;
+    drop(operator);
 }

@@ -851,6 +851,12 @@ pub struct WebHold {
     /// `acquireTime`, plus `leaseDurationSeconds`); none: it lasts until released.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<Time>,
+    /// The hold has taken effect: no worker pod is left (none terminating either) and no
+    /// setup or migration Job runs, so nothing of the web tier writes to the database or
+    /// the documents. A holder that needs quiet (a quiesced backup, an in-place restore)
+    /// waits for this.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub effective: bool,
 }
 
 /// Where an image upgrade is.

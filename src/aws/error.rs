@@ -53,7 +53,7 @@ impl ErrorClass {
 
 /// One failed AWS operation, classified. Carries only what AWS said, never request
 /// parameters, so it is safe to put in conditions and Events.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{operation} ({service}): {code}: {message}")]
 pub struct AwsError {
     pub class: ErrorClass,

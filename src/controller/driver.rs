@@ -401,6 +401,17 @@ async fn apply<K: Reconcile>(cached: &K, driver: &Driver<K>) -> Result<Action, E
         obj.act(change, ctx).await?;
         status.set_in_flight(None);
     }
+    if let Some(failure) = plan.failure {
+        // What could be done is done and said; `Synced` stays as it was until the failure
+        // is reported (after the configured count), and the object backs off.
+        let synced = conditions::find(written.status.conditions(), SYNCED).cloned();
+        let conditions = status.conditions_mut();
+        conditions.retain(|c| c.type_ != SYNCED);
+        conditions.extend(synced);
+        conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+        update_status(&obj, &written, &status, driver).await?;
+        return Err(failure.into());
+    }
     if plan.changes.iter().all(|c| !K::recorded(c)) {
         // The plan saw the world and wants nothing: an intent left over is settled.
         status.set_in_flight(None);

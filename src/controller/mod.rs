@@ -401,6 +401,36 @@ pub struct Plan<S, C> {
     /// the same change again (its token makes a repeat harmless).
     pub changes: Vec<C>,
     pub requeue: Requeue,
+    /// A read that failed while the rest could still be planned (the web tier while AWS
+    /// cannot be read): the changes are made and the status written, then the reconcile
+    /// fails with this, backing off and reporting it as any failure.
+    pub failure: Option<AwsFailure>,
+}
+
+/// An AWS call that failed during `observe`, kept so that what needs no AWS still happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsFailure {
+    pub action: &'static str,
+    pub source: crate::aws::error::AwsError,
+}
+
+impl From<AwsFailure> for Error {
+    fn from(f: AwsFailure) -> Error {
+        Error::Aws {
+            action: f.action,
+            source: f.source,
+        }
+    }
+}
+
+impl Error {
+    /// The AWS failure this is, or the error itself when it is something else.
+    pub fn into_aws_failure(self) -> Result<AwsFailure, Error> {
+        match self {
+            Error::Aws { action, source } => Ok(AwsFailure { action, source }),
+            other => Err(other),
+        }
+    }
 }
 
 impl<S, C> Plan<S, C> {
@@ -417,6 +447,7 @@ impl<S, C> Plan<S, C> {
             status,
             changes: Vec::new(),
             requeue,
+            failure: None,
         }
     }
 }

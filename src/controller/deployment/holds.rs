@@ -54,6 +54,7 @@ pub fn hold_of(lease: &Lease, clinic: &str) -> Option<WebHold> {
             .or_else(|| lease.metadata.creation_timestamp.clone()),
         lease: lease.name_any(),
         expires,
+        effective: false,
     })
 }
 
@@ -79,9 +80,10 @@ pub fn lease_name(clinic: &str, holder: &str) -> String {
     format!("{clinic}-hold-{holder}")
 }
 
-/// Places `holder`'s hold on `clinic` (idempotent: an existing hold is kept as it is).
-/// With `lasts`, the hold lapses unless [`renew`]ed within that long of the last renewal,
-/// so a holder that dies cannot keep the clinic down.
+/// Places `holder`'s hold on `clinic`. With `lasts`, the hold lapses unless [`renew`]ed
+/// within that long of the last renewal, so a holder that dies cannot keep the clinic down.
+/// Placing a hold that exists puts it in force again, lapsed or not: its `renewTime` is
+/// now, its lifetime and reason are the ones given (its `acquireTime` stays).
 pub async fn place(
     client: &Client,
     namespace: &str,
@@ -109,7 +111,24 @@ pub async fn place(
     }))
     .map_err(kube::Error::SerdeError)?;
     match api.create(&PostParams::default(), &lease).await {
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let refresh = json!({
+                "metadata": {"annotations": {REASON_ANNOTATION: reason}},
+                "spec": {
+                    "holderIdentity": holder,
+                    "renewTime": now,
+                    // A merge patch's null removes the field: then it never lapses.
+                    "leaseDurationSeconds": lasts.map(|l| l.as_secs().clamp(1, i32::MAX as u64)),
+                },
+            });
+            api.patch(
+                &lease_name(clinic, holder),
+                &PatchParams::default(),
+                &Patch::Merge(&refresh),
+            )
+            .await
+            .map(|_| ())
+        }
         other => other.map(|_| ()),
     }
 }

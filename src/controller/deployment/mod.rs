@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Api, ResourceExt};
 
-use super::{Context, Error, Plan, Reconcile, RefKind, Requeue, status_with};
+use super::{AwsFailure, Context, Error, Plan, Reconcile, RefKind, Requeue, status_with};
 use crate::api::deployment::DeploymentPhase;
 use crate::api::{LocalRef, OpenEMRDeployment, OpenEMRDeploymentStatus};
 use crate::conditions::Verdict;
@@ -83,8 +83,12 @@ pub struct Observed {
     /// The clinic's AWS infrastructure; not read while a named Secret is missing (nothing is
     /// created for a spec that is not accepted), nor without AWS settings.
     pub infra: Option<plan::Infra>,
-    /// The web tier's children and holds, read with the infrastructure.
+    /// The web tier's children and holds, read with the infrastructure (and without it
+    /// when AWS cannot be read).
     pub workload: Option<workload::WorkloadSeen>,
+    /// An AWS read that failed: the web tier is planned without it, then the reconcile
+    /// fails with it.
+    pub aws_failure: Option<AwsFailure>,
 }
 
 impl OpenEMRDeployment {
@@ -180,23 +184,32 @@ impl Reconcile for OpenEMRDeployment {
             secrets.push((usage, r.name.clone(), check));
         }
         let accepted = secrets.iter().all(|(_, _, c)| *c == SecretCheck::Present);
-        let (infra, workload) = match &ctx.aws {
+        let (infra, workload, aws_failure) = match &ctx.aws {
             Some(_) if accepted && !ctx.children.synced.load(Ordering::SeqCst) => {
                 return Err(Error::Waiting {
                     what: "the watches of the web tier's children to list".into(),
                     after: std::time::Duration::from_secs(1),
                 });
             }
-            Some(aws) if accepted => (
-                Some(act::observe_infra(self, aws, ctx, user_master_password).await?),
-                Some(web_act::observe_workload(self, aws, ctx).await?),
-            ),
-            _ => (None, None),
+            Some(aws) if accepted => {
+                // AWS failing must not stop the web tier (a hold above all): its failure is
+                // kept for after. A failure to read Kubernetes stops everything, as before.
+                let (infra, infra_failure) =
+                    match act::observe_infra(self, aws, ctx, user_master_password).await {
+                        Ok(infra) => (Some(infra), None),
+                        Err(e) => (None, Some(e.into_aws_failure()?)),
+                    };
+                let (workload, workload_failure) =
+                    web_act::observe_workload(self, aws, ctx).await?;
+                (infra, Some(workload), infra_failure.or(workload_failure))
+            }
+            _ => (None, None, None),
         };
         Ok(Observed {
             secrets,
             infra,
             workload,
+            aws_failure,
         })
     }
 
@@ -237,6 +250,14 @@ impl Reconcile for OpenEMRDeployment {
         let accepted =
             refusal.unwrap_or_else(|| Verdict::truthy("Accepted", "Valid", "spec is valid"));
         let infra = observed.infra.as_ref().filter(|_| is_accepted);
+        if let (None, true, Some(failure), Some(seen)) = (
+            infra,
+            is_accepted,
+            &observed.aws_failure,
+            &observed.workload,
+        ) {
+            return self.plan_without_aws(accepted, seen, failure, now);
+        }
         let Some(infra) = infra else {
             let ready = if is_accepted {
                 Verdict::falsy(
@@ -262,13 +283,11 @@ impl Reconcile for OpenEMRDeployment {
         };
         let previous = self.status.clone().unwrap_or_default();
         let infra_plan = plan::plan_infrastructure(self, infra, &previous, now);
-        let site = infra_plan
-            .waiting
-            .is_empty()
-            .then(|| plan::site(self, infra))
-            .flatten();
+        // The web tier runs on the last site known while the stack or the database is busy.
+        let infra_ready = infra_plan.waiting.is_empty();
+        let site = plan::site(self, infra).or_else(|| plan::site_from_status(self, &previous));
         let seen = observed.workload.clone().unwrap_or_default();
-        let web = workload::plan_workload(self, site.as_ref(), &seen, now);
+        let web = workload::plan_workload(self, site.as_ref(), infra_ready, &seen, now);
         let mut waiting = infra_plan.waiting.clone();
         if !web.verdict.status {
             waiting.push("web tier");
@@ -302,12 +321,44 @@ impl Reconcile for OpenEMRDeployment {
         } else {
             Requeue::Resync
         };
-        let mut changes = infra_plan.changes;
-        changes.extend(web.changes);
+        // The web tier's changes first: a hold must not wait behind an AWS call.
+        let mut changes = web.changes;
+        changes.extend(infra_plan.changes);
         Plan {
             status,
             requeue,
             changes,
+            failure: observed.aws_failure.clone(),
+        }
+    }
+}
+
+impl OpenEMRDeployment {
+    /// The plan while AWS cannot be read: the web tier follows its spec and holds on the
+    /// site last known; what the infrastructure's conditions said stays as it was.
+    fn plan_without_aws(
+        &self,
+        accepted: Verdict,
+        seen: &workload::WorkloadSeen,
+        failure: &AwsFailure,
+        now: Timestamp,
+    ) -> Plan<OpenEMRDeploymentStatus, Change> {
+        let previous = self.status.clone().unwrap_or_default();
+        let site = plan::site_from_status(self, &previous);
+        let web = workload::plan_workload(self, site.as_ref(), false, seen, now);
+        let mut verdicts = vec![accepted, web.verdict.clone()];
+        if !web.verdict.status {
+            verdicts.push(Verdict::falsy("Ready", "NotReady", "waiting for: web tier"));
+        }
+        let mut status = status_with(self, &verdicts, now);
+        status.web = Some(web.web);
+        status.upgrade = web.upgrade;
+        let requeue = web.wake_after.map_or(Requeue::Resync, Requeue::After);
+        Plan {
+            status,
+            requeue,
+            changes: web.changes,
+            failure: Some(failure.clone()),
         }
     }
 }
@@ -385,6 +436,84 @@ mod tests {
     }
 
     #[test]
+    fn with_aws_unreadable_a_hold_still_takes_the_workers_to_zero_and_the_failure_is_kept() {
+        use crate::api::deployment::{DatabaseStatus, WebHold, WebStatus};
+        let mut d = clinic();
+        d.metadata.namespace = Some("clinics".into());
+        d.metadata.uid = Some("uid-1".into());
+        d.status = Some(OpenEMRDeploymentStatus {
+            database: Some(DatabaseStatus {
+                identifier: "db-1".into(),
+                endpoint: Some("db.example:3306".into()),
+                ..DatabaseStatus::default()
+            }),
+            redis_endpoint: Some("redis.example:6379".into()),
+            file_system_id: Some("fs-1".into()),
+            credentials_secret_name: Some("clinic-a-db-credentials".into()),
+            web: Some(WebStatus {
+                setup_complete: true,
+                image: Some(d.spec.web.image.clone()),
+                ..WebStatus::default()
+            }),
+            ..OpenEMRDeploymentStatus::default()
+        });
+        let seen = workload::WorkloadSeen {
+            ca: Some(Ok(("MYSQL".into(), "REDIS".into()))),
+            holds: vec![WebHold {
+                holder: "restore/in-place".into(),
+                reason: None,
+                since: None,
+                lease: "clinic-a-hold-in-place".into(),
+                expires: None,
+                effective: false,
+            }],
+            worker_pods: Some(2),
+            ..workload::WorkloadSeen::default()
+        };
+        let failure = AwsFailure {
+            action: "reading the DB instance",
+            source: crate::aws::error::AwsError {
+                class: crate::aws::error::ErrorClass::Retryable,
+                service: "rds",
+                operation: "DescribeDBInstances",
+                code: "ServiceUnavailable".into(),
+                message: "try again".into(),
+            },
+        };
+        let observed = Observed {
+            secrets: vec![
+                (
+                    &DATABASE_CREDENTIALS,
+                    "db-creds".into(),
+                    SecretCheck::Present,
+                ),
+                (&ADMIN_CREDENTIALS, "admin".into(), SecretCheck::Present),
+            ],
+            infra: None,
+            workload: Some(seen),
+            aws_failure: Some(failure),
+        };
+        let plan = d.plan(&observed, now());
+        let workers = plan
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::ApplyChildren(children) => Some(children),
+                _ => None,
+            })
+            .flatten()
+            .find(|c| c.kind == web::ChildKind::Deployment)
+            .expect("the workers applied");
+        assert_eq!(workers.body["spec"]["replicas"], 0);
+        let failure = plan.failure.expect("the reconcile still fails");
+        assert_eq!(failure.source.operation, "DescribeDBInstances");
+        let status = plan.status;
+        let held = conditions::find(&status.conditions, "WorkloadReady").unwrap();
+        assert_eq!(held.reason, "Held");
+        assert!(!status.web.unwrap().holds[0].effective);
+    }
+
+    #[test]
     fn a_secret_value_the_installer_cannot_carry_is_refused_by_name_never_by_value() {
         let secret = |password: &[u8]| Secret {
             data: Some(std::collections::BTreeMap::from([
@@ -437,6 +566,7 @@ mod tests {
             ],
             infra: None,
             workload: None,
+            aws_failure: None,
         }
     }
 

@@ -365,6 +365,35 @@ pub fn site(d: &OpenEMRDeployment, infra: &Infra) -> Option<Site> {
     })
 }
 
+/// Where the web tier found the infrastructure last, from the status: what it uses while
+/// AWS cannot be read. `None` before the infrastructure was first ready. Only a set-up
+/// clinic's web tier runs on it (no setup starts then), so what only a first setup needs
+/// (the master password, the database's origin) is left at its least.
+pub fn site_from_status(d: &OpenEMRDeployment, status: &OpenEMRDeploymentStatus) -> Option<Site> {
+    let database = status.database.as_ref()?;
+    let (host, port) = database.endpoint.as_deref()?.rsplit_once(':')?;
+    let (redis_host, _) = status.redis_endpoint.as_deref()?.rsplit_once(':')?;
+    let credentials = d
+        .spec
+        .database
+        .credentials_secret_ref
+        .as_ref()
+        .map(|r| r.name.clone())
+        .or_else(|| status.credentials_secret_name.clone())?;
+    Some(Site {
+        database_host: host.to_string(),
+        database_port: port.parse().ok()?,
+        database_identifier: database.identifier.clone(),
+        redis_host: redis_host.to_string(),
+        file_system_id: status.file_system_id.clone()?,
+        database_password: SecretKey::new(&credentials, super::web::PASSWORD_KEY),
+        user_master_password: None,
+        master_secret_arn: None,
+        master_username: super::database::MASTER_USERNAME.to_string(),
+        database_origin: DatabaseOrigin::Foreign { uid: None },
+    })
+}
+
 /// Where the clinic's database came from, from the spec and the instance's tags.
 fn database_origin(d: &OpenEMRDeployment, db: &DbInstance) -> DatabaseOrigin {
     let adopted = d

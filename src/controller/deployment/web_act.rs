@@ -29,7 +29,7 @@ use crate::api::deployment::UpgradePhase;
 use crate::aws::rds::Databases;
 use crate::controller::children::cached;
 use crate::controller::redact::redact;
-use crate::controller::{ClinicAws, Context, Error};
+use crate::controller::{AwsFailure, ClinicAws, Context, Error};
 
 /// Field manager of the web tier's applies.
 pub const WEB_MANAGER: &str = "openemr-operator/web";
@@ -76,11 +76,13 @@ fn belongs(meta: &ObjectMeta, clinic: &str) -> bool {
 }
 
 /// Reads what the caches hold of `d`'s web tier.
+/// What the web tier looks like, from the caches (and a Pod list while held); an AWS read
+/// that failed comes back beside it, for the reconcile to fail with after the web tier.
 pub async fn observe_workload(
     d: &OpenEMRDeployment,
     aws: &ClinicAws,
     ctx: &Context,
-) -> Result<WorkloadSeen, Error> {
+) -> Result<(WorkloadSeen, Option<AwsFailure>), Error> {
     let ns = d.namespace().unwrap_or_default();
     let clinic = d.name_any();
     let names = WebNames::new(&ns, &clinic);
@@ -155,13 +157,21 @@ pub async fn observe_workload(
     }
 
     let workers = cached(&caches.deployments, &ns, &names.workers).map(|dep| workers_seen(&dep));
-    let holds = caches
+    let holds_of_clinic: Vec<_> = caches
         .holds
         .state()
         .iter()
         .filter(|l| l.namespace().as_deref() == Some(&ns))
         .filter_map(|l| holds::hold_of(l, &clinic))
         .collect();
+    // While held, the worker pods still there, terminating ones included (a cluster
+    // without `terminatingReplicas` in Deployment status shows them nowhere else).
+    let worker_pods = if holds_of_clinic.is_empty() {
+        None
+    } else {
+        Some(count_worker_pods(ctx, &ns, &clinic).await?)
+    };
+    let holds = holds_of_clinic;
     let secret_exists = |name: &str| cached(&caches.secrets, &ns, name).is_some();
     let admin_secret = match &d.spec.web.admin_credentials_secret_ref {
         Some(_) => true,
@@ -176,35 +186,41 @@ pub async fn observe_workload(
         .and_then(|pv| pv.status.as_ref()?.phase.clone())
         .is_some_and(|phase| phase == "Released");
     let ca = Some(read_ca(aws).await);
+    // Unread when AWS fails: the upgrade waits, everything else of the web tier goes on.
+    let mut failure = None;
     let upgrade_snapshot = match d.status.as_ref().and_then(|s| s.upgrade.as_ref()) {
         Some(u) if u.phase == Some(UpgradePhase::SnapshotPending) => match &u.snapshot {
             Some(snapshot) => {
                 let clients = super::act::clients(d, aws).await;
-                clients
-                    .describe_snapshot(snapshot)
-                    .await
-                    .map_err(|source| Error::Aws {
-                        action: "reading the upgrade snapshot",
-                        source,
-                    })?
-                    .map(|s| s.status)
+                match clients.describe_snapshot(snapshot).await {
+                    Ok(found) => found.map(|s| s.status),
+                    Err(source) => {
+                        failure = Some(AwsFailure {
+                            action: "reading the upgrade snapshot",
+                            source,
+                        });
+                        None
+                    }
+                }
             }
             None => None,
         },
         _ => None,
     };
-    Ok(WorkloadSeen {
+    let seen = WorkloadSeen {
         children,
         setup_jobs,
         workers,
         holds,
+        worker_pods,
         admin_secret,
         master_copy,
         volume_released,
         ca,
         upgrade_snapshot,
         config: aws.workload.clone(),
-    })
+    };
+    Ok((seen, failure))
 }
 
 async fn read_ca(aws: &ClinicAws) -> Result<(String, String), String> {
@@ -315,6 +331,16 @@ async fn secret_values(ctx: &Context, ns: &str, refs: &[(String, String)]) -> Ve
     values
 }
 
+/// How many pods of `clinic`'s workers exist, in any phase (terminating ones too).
+async fn count_worker_pods(ctx: &Context, ns: &str, clinic: &str) -> Result<usize, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!("app.kubernetes.io/instance={clinic},{COMPONENT_LABEL}=web");
+    pods.list_metadata(&ListParams::default().labels(&selector))
+        .await
+        .map(|list| list.items.len())
+        .map_err(Error::observe(format!("the worker pods of {ns}/{clinic}")))
+}
+
 fn workers_seen(dep: &Deployment) -> WorkersSeen {
     let spec = dep.spec.as_ref();
     let status = dep.status.as_ref();
@@ -329,6 +355,7 @@ fn workers_seen(dep: &Deployment) -> WorkersSeen {
         ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
         updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
         total: status.and_then(|s| s.replicas).unwrap_or(0),
+        terminating: status.and_then(|s| s.terminating_replicas).unwrap_or(0),
         current: status.and_then(|s| s.observed_generation) >= dep.metadata.generation,
     }
 }

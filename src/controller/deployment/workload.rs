@@ -109,6 +109,8 @@ pub struct WorkersSeen {
     pub updated: i32,
     /// Pods of every revision (old ones linger while a rollout is under way).
     pub total: i32,
+    /// Pods being deleted, as the Deployment reports them (0 where it does not).
+    pub terminating: i32,
     /// The Deployment controller has seen the latest spec.
     pub current: bool,
 }
@@ -151,6 +153,9 @@ pub struct WorkloadSeen {
     pub setup_jobs: Vec<SetupJob>,
     pub workers: Option<WorkersSeen>,
     pub holds: Vec<WebHold>,
+    /// The workers' pods that exist, terminating ones included: counted while a hold is
+    /// placed, so that a hold is effective only once none is left.
+    pub worker_pods: Option<usize>,
     pub admin_secret: bool,
     pub master_copy: bool,
     /// The volume is `Released`: its claim was deleted.
@@ -179,16 +184,42 @@ pub struct WorkloadPlan {
 }
 
 const SETUP_RETRY_MAX: Duration = Duration::from_secs(3600);
+/// How soon a hold not yet in effect is looked at again.
+const HOLD_CHECK: Duration = Duration::from_secs(5);
 
-/// Plans the web tier. `site` is `None` until the stack and the database are ready.
+/// Plans the web tier. `site` is where the infrastructure is: `None` until the stack and
+/// the database were first ready; then, while they are busy or AWS cannot be read
+/// (`infra_ready` false), the last one known. The web tier follows its spec and its holds
+/// whatever the infrastructure is doing; only what needs it (a first setup, an upgrade)
+/// waits for it.
 pub fn plan_workload(
     d: &OpenEMRDeployment,
     site: Option<&Site>,
+    infra_ready: bool,
     seen: &WorkloadSeen,
     now: Timestamp,
 ) -> WorkloadPlan {
     let (holds, lapsed) = holds::in_force(&seen.holds, now);
-    let mut plan = plan_held(d, site, seen, holds::sorted(holds), now);
+    let mut plan = plan_held(d, site, infra_ready, seen, holds::sorted(holds), now);
+    if !plan.web.holds.is_empty() {
+        // In effect once nothing of the web tier runs: no worker pod (terminating ones
+        // included) and no setup or migration Job, which a hold lets finish (stopping a
+        // migration half-way would leave the schema between two versions) but never starts.
+        let workers_gone = seen
+            .workers
+            .as_ref()
+            .is_none_or(|w| w.replicas == 0 && w.current && w.total == 0 && w.terminating == 0)
+            && seen.worker_pods == Some(0);
+        let no_job = seen.setup_jobs.iter().all(|j| j.state != JobState::Running);
+        let effective = workers_gone && no_job;
+        for h in &mut plan.web.holds {
+            h.effective = effective;
+        }
+        if !effective {
+            // Pods ending and Jobs finishing do not all wake the clinic: look again soon.
+            plan.wake_after = Some(plan.wake_after.map_or(HOLD_CHECK, |w| w.min(HOLD_CHECK)));
+        }
+    }
     // Look again when a hold lapses, should its holder not renew it.
     let lapses = plan.web.holds.iter().filter_map(|h| h.expires.as_ref());
     if let Some(first) = lapses.map(|t| t.0).min() {
@@ -219,6 +250,7 @@ pub fn plan_workload(
 fn plan_held(
     d: &OpenEMRDeployment,
     site: Option<&Site>,
+    infra_ready: bool,
     seen: &WorkloadSeen,
     holds: Vec<WebHold>,
     now: Timestamp,
@@ -342,6 +374,26 @@ fn plan_held(
             .iter()
             .filter(|j| j.image == spec.image)
             .collect();
+        if !web.setup_complete && !infra_ready {
+            // A running setup Job goes on; no new one starts before the infrastructure is.
+            return finish(
+                wanted,
+                seen,
+                WorkloadPlan {
+                    verdict: Verdict::falsy(
+                        WORKLOAD_READY,
+                        "WaitingForInfrastructure",
+                        "the first setup starts once the stack and the database are ready",
+                    ),
+                    web,
+                    upgrade,
+                    changes,
+                    in_progress,
+                    wake_after: None,
+                    busy: false,
+                },
+            );
+        }
         if !web.setup_complete {
             let step = setup_step(&inputs, &names, site, seen, &jobs, held, now);
             changes.extend(step.changes);
@@ -390,7 +442,10 @@ fn plan_held(
         && upgrade
             .as_ref()
             .is_none_or(|u| u.to_image != spec.image || u.from_image != current || u.superseded);
-    if needs_upgrade && !held {
+    // An upgrade starts, and goes on, only while the infrastructure is ready (its
+    // snapshot needs the database); meanwhile the workers stay where they are.
+    let paused = held || !infra_ready;
+    if needs_upgrade && !paused {
         let snapshot = spec
             .upgrade
             .snapshot_before_upgrade
@@ -417,7 +472,7 @@ fn plan_held(
     }
     let mut unmet_upgrade = None;
     if let Some(u) = upgrade.as_mut().filter(|u| u.to_image == spec.image) {
-        let step = upgrade_step(u, &inputs, &names, seen, &current, held, now);
+        let step = upgrade_step(u, &inputs, &names, seen, &current, paused, now);
         changes.extend(step.changes);
         in_progress |= step.in_progress;
         wake_after = step.wake_after;
@@ -655,7 +710,9 @@ fn setup_step(
                     due.duration_since(now).as_secs().max(1) as u64,
                 ))
             };
-            let retry = if due <= now {
+            let retry = if held {
+                format!("attempt {next} waits until the hold is released")
+            } else if due <= now {
                 let name = names.setup_job(&web.image, next);
                 changes.push(Change::ApplyChildren(vec![
                     inputs.setup_job(&name, next, &mode),
@@ -858,7 +915,8 @@ fn upgrade_step(
         _ => {}
     }
     if held {
-        // A hold (a backup, a restore) pauses the upgrade where it is.
+        // A hold (a backup, a restore), or infrastructure that is busy or unreadable,
+        // pauses the upgrade where it is.
         step.image = current.to_string();
         return step;
     }
@@ -1106,13 +1164,14 @@ mod tests {
             ready,
             updated: ready,
             total: ready,
+            terminating: 0,
             current: true,
         }
     }
 
     #[test]
     fn nothing_starts_before_the_infrastructure() {
-        let plan = plan_workload(&clinic(serde_json::json!({})), None, &seen(), now());
+        let plan = plan_workload(&clinic(serde_json::json!({})), None, true, &seen(), now());
         assert_eq!(plan.verdict.reason, "WaitingForInfrastructure");
         assert!(plan.changes.is_empty());
     }
@@ -1120,7 +1179,7 @@ mod tests {
     #[test]
     fn setup_comes_first_with_its_credentials_and_no_worker() {
         let d = clinic(serde_json::json!({"replicas": 2}));
-        let plan = plan_workload(&d, Some(&site()), &seen(), now());
+        let plan = plan_workload(&d, Some(&site()), true, &seen(), now());
         let kinds: Vec<ChildKind> = applied(&plan).into_iter().map(|(k, _)| k).collect();
         assert!(kinds.contains(&ChildKind::Job));
         assert!(!kinds.contains(&ChildKind::Deployment));
@@ -1143,7 +1202,7 @@ mod tests {
             attempt: 1,
             state: JobState::Complete,
         }];
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert!(plan.web.setup_complete);
         let workers = child(&plan, ChildKind::Deployment).unwrap();
         assert_eq!(workers.body["spec"]["replicas"], 2);
@@ -1167,7 +1226,7 @@ mod tests {
             attempt: 1,
             state: JobState::Running,
         }];
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert!(
             child(&plan, ChildKind::Job).is_none(),
             "never two setups at once"
@@ -1180,7 +1239,7 @@ mod tests {
         // It completed with the old image: the site is set up, the new image is an upgrade.
         s.setup_jobs[0].state = JobState::Complete;
         d.status = None;
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert!(plan.web.setup_complete);
         let u = plan.upgrade.unwrap();
         assert_eq!(
@@ -1188,6 +1247,119 @@ mod tests {
             ("openemr/openemr:8.0.0", "openemr/openemr:8.0.1")
         );
         assert_eq!(u.phase, Some(UpgradePhase::SnapshotPending));
+    }
+
+    #[test]
+    fn a_hold_is_applied_whatever_the_infrastructure_does_and_effective_once_nothing_runs() {
+        let mut d = clinic(serde_json::json!({"replicas": 2}));
+        set_up(&mut d, "openemr/openemr:8.0.0");
+        let mut s = seen();
+        s.workers = Some(workers("openemr/openemr:8.0.0", 2));
+        s.holds = vec![WebHold {
+            holder: "backup/nightly".into(),
+            reason: None,
+            since: None,
+            lease: "clinic-a-hold-nightly".into(),
+            expires: None,
+            effective: false,
+        }];
+        s.worker_pods = Some(2);
+        // The stack updating or AWS unreadable: the workers go to 0 all the same.
+        let plan = plan_workload(&d, Some(&site()), false, &s, now());
+        assert_eq!(plan.verdict.reason, "Held");
+        assert_eq!(
+            child(&plan, ChildKind::Deployment).unwrap().body["spec"]["replicas"],
+            0
+        );
+        assert!(!plan.web.holds[0].effective);
+        assert_eq!(plan.wake_after, Some(HOLD_CHECK));
+
+        // The Deployment at 0, but a pod still terminating: not yet.
+        let mut w = workers("openemr/openemr:8.0.0", 0);
+        w.replicas = 0;
+        s.workers = Some(w.clone());
+        s.worker_pods = Some(1);
+        let plan = plan_workload(&d, Some(&site()), false, &s, now());
+        assert!(!plan.web.holds[0].effective);
+        // Terminating as the Deployment reports it: not yet either.
+        s.worker_pods = Some(0);
+        s.workers = Some(WorkersSeen {
+            terminating: 1,
+            ..w.clone()
+        });
+        let plan = plan_workload(&d, Some(&site()), false, &s, now());
+        assert!(!plan.web.holds[0].effective);
+        // Nothing left: in effect.
+        s.workers = Some(w);
+        let plan = plan_workload(&d, Some(&site()), false, &s, now());
+        assert!(plan.web.holds[0].effective);
+        assert_eq!(plan.wake_after, None);
+        // A setup or migration Job still running: it may finish, but the hold waits for it.
+        s.setup_jobs = vec![SetupJob {
+            name: "clinic-a-migrate-abc".into(),
+            image: "openemr/openemr:8.0.1".into(),
+            attempt: 1,
+            state: JobState::Running,
+        }];
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
+        assert!(!plan.web.holds[0].effective);
+    }
+
+    #[test]
+    fn while_the_infrastructure_is_busy_no_setup_or_upgrade_starts_but_the_spec_is_followed() {
+        // Not set up: no setup Job before the infrastructure is ready.
+        let d = clinic(serde_json::json!({"replicas": 1}));
+        let plan = plan_workload(&d, Some(&site()), false, &seen(), now());
+        assert_eq!(plan.verdict.reason, "WaitingForInfrastructure");
+        assert!(child(&plan, ChildKind::Job).is_none());
+
+        // Set up, and the spec names a new image and 4 replicas: the replicas follow, the
+        // upgrade (and its snapshot) waits.
+        let mut d = clinic(serde_json::json!({"replicas": 4, "image": "openemr/openemr:8.0.1"}));
+        set_up(&mut d, "openemr/openemr:8.0.0");
+        let mut s = seen();
+        s.workers = Some(workers("openemr/openemr:8.0.0", 2));
+        let plan = plan_workload(&d, Some(&site()), false, &s, now());
+        assert!(plan.upgrade.is_none(), "{:?}", plan.upgrade);
+        let workers = &child(&plan, ChildKind::Deployment).unwrap().body;
+        assert_eq!(workers["spec"]["replicas"], 4);
+        assert!(workers.to_string().contains("openemr/openemr:8.0.0"));
+        // Ready again: the upgrade starts.
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
+        assert!(plan.upgrade.is_some());
+    }
+
+    #[test]
+    fn a_failed_setup_is_not_retried_while_held() {
+        let d = clinic(serde_json::json!({"replicas": 1}));
+        let mut s = seen();
+        s.admin_secret = true;
+        s.master_copy = true;
+        s.setup_jobs = vec![SetupJob {
+            name: "j-1".into(),
+            image: d.spec.web.image.clone(),
+            attempt: 1,
+            state: JobState::Failed {
+                reason: "BackoffLimitExceeded".into(),
+                detail: String::new(),
+                at: Some(now() - std::time::Duration::from_secs(7200)),
+            },
+        }];
+        s.holds = vec![WebHold {
+            holder: "restore/r".into(),
+            reason: None,
+            since: None,
+            lease: "clinic-a-hold-r".into(),
+            expires: None,
+            effective: false,
+        }];
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
+        assert!(child(&plan, ChildKind::Job).is_none());
+        assert!(
+            plan.verdict
+                .message
+                .contains("waits until the hold is released")
+        );
     }
 
     #[test]
@@ -1202,8 +1374,9 @@ mod tests {
             since: None,
             lease: "clinic-a-hold-nightly".into(),
             expires: None,
+            effective: false,
         }];
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert_eq!(plan.verdict.reason, "Held");
         assert!(plan.verdict.message.contains("backup/nightly"));
         assert_eq!(
@@ -1212,7 +1385,7 @@ mod tests {
         );
         // Released: spec.web.replicas again.
         s.holds.clear();
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert_eq!(
             child(&plan, ChildKind::Deployment).unwrap().body["spec"]["replicas"],
             3
@@ -1233,7 +1406,7 @@ mod tests {
         let mut s = seen();
         s.workers = Some(workers("openemr/openemr:8.0.0", 1));
         // What the first look applies is what the caches then hold (with a server default).
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         for c in plan.changes.iter().filter_map(|c| match c {
             Change::ApplyChildren(children) => Some(children),
             _ => None,
@@ -1245,11 +1418,11 @@ mod tests {
                     .insert((child.kind, child.name.clone()), observed);
             }
         }
-        let at_rest = plan_workload(&d, Some(&site()), &s, now());
+        let at_rest = plan_workload(&d, Some(&site()), true, &s, now());
         assert_eq!(applied(&at_rest), vec![], "{:?}", at_rest.changes);
         // TLS leaves the spec: the Ingress still has it, yet is applied again.
         d.spec.web = serde_json::from_value(web(false)).unwrap();
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         let ingress = child(&plan, ChildKind::Ingress).expect("the Ingress applied again");
         assert!(ingress.body["spec"].get("tls").is_none());
     }
@@ -1260,7 +1433,7 @@ mod tests {
         set_up(&mut d, "openemr/openemr:8.0.0");
         let mut s = seen();
         s.workers = Some(workers("openemr/openemr:8.0.0", 1));
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert!(
             !plan
                 .changes
@@ -1268,7 +1441,7 @@ mod tests {
                 .any(|c| matches!(c, Change::RebindVolume { .. }))
         );
         s.volume_released = true;
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert!(plan.changes.contains(&Change::RebindVolume {
             name: "openemr-clinics-clinic-a-sites".into()
         }));
@@ -1297,15 +1470,28 @@ mod tests {
             since: None,
             lease: "clinic-a-hold-nightly".into(),
             expires: Some(Time(expires)),
+            effective: false,
         };
-        // In force: held, and a look is due when it would lapse.
+        // In force: held, and looked at again soon until it is in effect.
         s.holds = vec![hold(now() + std::time::Duration::from_secs(90))];
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        s.worker_pods = Some(3);
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert_eq!(plan.verdict.reason, "Held");
+        assert_eq!(plan.wake_after, Some(HOLD_CHECK));
+        // In effect: a look is due when it would lapse.
+        s.workers = Some(WorkersSeen {
+            replicas: 0,
+            ..workers("openemr/openemr:8.0.0", 0)
+        });
+        s.worker_pods = Some(0);
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
+        assert!(plan.web.holds[0].effective);
         assert_eq!(plan.wake_after, Some(std::time::Duration::from_secs(90)));
+        s.workers = Some(workers("openemr/openemr:8.0.0", 3));
+        s.workers.as_mut().unwrap().replicas = 3;
         // Lapsed: not honoured, and said.
         s.holds = vec![hold(now() - std::time::Duration::from_secs(1))];
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert_eq!(plan.verdict.reason, "ReplicasReady");
         assert!(plan.web.holds.is_empty());
         assert!(
@@ -1334,7 +1520,7 @@ mod tests {
                 database_origin: origin.clone(),
                 ..site()
             };
-            let plan = plan_workload(&d, Some(&site), &seen(), now());
+            let plan = plan_workload(&d, Some(&site), true, &seen(), now());
             let job = child(&plan, ChildKind::Job).unwrap();
             let main = &job.body["spec"]["template"]["spec"]["containers"][0];
             let env: Vec<&str> = main["env"]
@@ -1371,7 +1557,7 @@ mod tests {
                     at: Some(now()),
                 },
             }];
-            let plan = plan_workload(&d, Some(&site), &s, now());
+            let plan = plan_workload(&d, Some(&site), true, &s, now());
             assert_eq!(plan.verdict.reason, "SiteNotConfigured");
             assert!(plan.verdict.message.contains("clinic-a-sites"));
             assert!(
@@ -1381,7 +1567,7 @@ mod tests {
             );
         }
         // Created empty by this clinic: the installer's credentials.
-        let plan = plan_workload(&d, Some(&site()), &seen(), now());
+        let plan = plan_workload(&d, Some(&site()), true, &seen(), now());
         let job = child(&plan, ChildKind::Job).unwrap();
         assert_eq!(
             job.body["spec"]["template"]["spec"]["containers"][0]["env"][1]["value"],
@@ -1406,7 +1592,7 @@ mod tests {
                 at: Some(failed_at),
             },
         }];
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert_eq!(plan.verdict.reason, "SetupFailed");
         assert!(plan.verdict.message.contains("Couldn't set up"));
         assert!(
@@ -1415,7 +1601,7 @@ mod tests {
         );
         assert_eq!(plan.wake_after, Some(std::time::Duration::from_secs(240)));
         let later = now() + std::time::Duration::from_secs(300);
-        let plan = plan_workload(&d, Some(&site()), &s, later);
+        let plan = plan_workload(&d, Some(&site()), true, &s, later);
         let job = child(&plan, ChildKind::Job).unwrap();
         assert_eq!(
             job.body["metadata"]["annotations"][web::ATTEMPT_ANNOTATION],
@@ -1440,7 +1626,7 @@ mod tests {
         set_up(&mut d, "openemr/openemr:8.0.0");
         let mut s = seen();
         s.workers = Some(workers("openemr/openemr:8.0.0", 2));
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         let u = plan.upgrade.clone().unwrap();
         assert_eq!(u.phase, Some(UpgradePhase::SnapshotPending));
         assert_eq!(u.snapshot.as_deref(), Some("db-1-upgrade-g3"));
@@ -1456,7 +1642,7 @@ mod tests {
         // setup credentials.
         carry(&mut d, &plan);
         s.upgrade_snapshot = Some("available".into());
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert_eq!(
             plan.upgrade.as_ref().unwrap().phase,
             Some(UpgradePhase::Rolling)
@@ -1492,7 +1678,7 @@ mod tests {
             attempt: 1,
             state: JobState::Complete,
         }];
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert!(
             child(&plan, ChildKind::Deployment)
                 .unwrap()
@@ -1511,7 +1697,7 @@ mod tests {
             ..workers("openemr/openemr:8.0.1", 0)
         });
         assert!(!s.workers.as_ref().unwrap().rolled_out(2));
-        let plan = plan_workload(&d, Some(&site()), &s, late);
+        let plan = plan_workload(&d, Some(&site()), true, &s, late);
         assert_eq!(
             plan.upgrade.as_ref().unwrap().phase,
             Some(UpgradePhase::RolledBack)
@@ -1543,7 +1729,7 @@ mod tests {
         // Rolled back stays rolled back: no second upgrade, no second snapshot.
         carry(&mut d, &plan);
         s.workers = Some(workers("openemr/openemr:8.0.0", 2));
-        let plan = plan_workload(&d, Some(&site()), &s, late);
+        let plan = plan_workload(&d, Some(&site()), true, &s, late);
         assert!(
             !plan
                 .changes
@@ -1566,7 +1752,7 @@ mod tests {
         carry(&mut d, &plan);
         d.spec.web.image = "openemr/openemr:8.0.0".into();
         d.metadata.generation = Some(4);
-        let plan = plan_workload(&d, Some(&site()), &s, late);
+        let plan = plan_workload(&d, Some(&site()), true, &s, late);
         let u = plan.upgrade.clone().unwrap();
         assert_eq!(u.phase, Some(UpgradePhase::RolledBack));
         assert!(u.superseded);
@@ -1581,7 +1767,7 @@ mod tests {
         d.spec.web.image = "openemr/openemr:8.0.1".into();
         d.metadata.generation = Some(5);
         s.upgrade_snapshot = None; // db-1-upgrade-g5 is not there yet
-        let plan = plan_workload(&d, Some(&site()), &s, late);
+        let plan = plan_workload(&d, Some(&site()), true, &s, late);
         let again = plan.upgrade.clone().unwrap();
         assert_eq!(again.phase, Some(UpgradePhase::SnapshotPending));
         assert_eq!(again.snapshot.as_deref(), Some("db-1-upgrade-g5"));
@@ -1595,7 +1781,7 @@ mod tests {
         // (completed) does not count for it.
         carry(&mut d, &plan);
         s.upgrade_snapshot = Some("available".into());
-        let plan = plan_workload(&d, Some(&site()), &s, late);
+        let plan = plan_workload(&d, Some(&site()), true, &s, late);
         let job = child(&plan, ChildKind::Job).unwrap();
         assert_eq!(Some(&job.name), again.migration_job.as_ref());
         assert_eq!(
@@ -1619,7 +1805,7 @@ mod tests {
         set_up(&mut d, &image);
         let mut s = seen();
         s.workers = Some(workers("openemr/openemr:7.0.3", 2));
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert!(plan.upgrade.is_none(), "{:?}", plan.upgrade);
         assert!(
             plan.changes
@@ -1641,10 +1827,10 @@ mod tests {
         set_up(&mut d, "openemr/openemr:8.0.0");
         let mut s = seen();
         s.workers = Some(workers("openemr/openemr:8.0.0", 2));
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         carry(&mut d, &plan);
         d.spec.web.image = "openemr/openemr:8.0.0".into();
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         let u = plan.upgrade.clone().unwrap();
         assert_eq!(u.phase, Some(UpgradePhase::Cancelled));
         assert!(u.superseded && u.completion_time.is_some());
@@ -1677,9 +1863,9 @@ mod tests {
             state: JobState::Running,
         }];
         s.upgrade_snapshot = Some("available".into());
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         carry(&mut d, &plan);
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         let again = plan.upgrade.clone().unwrap();
         assert_eq!(again.phase, Some(UpgradePhase::Rolling));
         assert_ne!(again.migration_job, u.migration_job);
@@ -1687,7 +1873,7 @@ mod tests {
         assert!(plan.busy);
         // It ended: now the new one starts.
         s.setup_jobs[0].state = JobState::Complete;
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert_eq!(
             child(&plan, ChildKind::Job).map(|j| j.name.clone()),
             again.migration_job
@@ -1704,7 +1890,7 @@ mod tests {
         set_up(&mut d, "openemr/openemr:8.0.0");
         let mut s = seen();
         s.workers = Some(workers("openemr/openemr:8.0.0", 2));
-        let plan = plan_workload(&d, Some(&site()), &s, now());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
         let u = plan.upgrade.clone().unwrap();
         assert_eq!(u.phase, Some(UpgradePhase::Rolling));
         carry(&mut d, &plan);
@@ -1721,14 +1907,14 @@ mod tests {
             ..workers("openemr/openemr:8.0.1", 0)
         });
         let late = now() + std::time::Duration::from_secs(1801);
-        let plan = plan_workload(&d, Some(&site()), &s, late);
+        let plan = plan_workload(&d, Some(&site()), true, &s, late);
         assert_eq!(
             plan.upgrade.as_ref().unwrap().phase,
             Some(UpgradePhase::Failed)
         );
         // Looked at again later: still the new image, never rolled back behind the spec.
         carry(&mut d, &plan);
-        let plan = plan_workload(&d, Some(&site()), &s, late);
+        let plan = plan_workload(&d, Some(&site()), true, &s, late);
         assert!(
             child(&plan, ChildKind::Deployment)
                 .is_none_or(|w| w.body.to_string().contains("openemr/openemr:8.0.1")),
