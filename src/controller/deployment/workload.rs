@@ -1157,6 +1157,18 @@ mod tests {
         status.upgrade = plan.upgrade.clone();
     }
 
+    /// A hold in force until released.
+    fn hold_by(holder: &str, reason: Option<&str>, lease: &str) -> WebHold {
+        WebHold {
+            holder: holder.into(),
+            reason: reason.map(str::to_string),
+            since: None,
+            lease: lease.into(),
+            expires: None,
+            effective: false,
+        }
+    }
+
     fn workers(image: &str, ready: i32) -> WorkersSeen {
         WorkersSeen {
             image: image.into(),
@@ -1255,14 +1267,7 @@ mod tests {
         set_up(&mut d, "openemr/openemr:8.0.0");
         let mut s = seen();
         s.workers = Some(workers("openemr/openemr:8.0.0", 2));
-        s.holds = vec![WebHold {
-            holder: "backup/nightly".into(),
-            reason: None,
-            since: None,
-            lease: "clinic-a-hold-nightly".into(),
-            expires: None,
-            effective: false,
-        }];
+        s.holds = vec![hold_by("backup/nightly", None, "clinic-a-hold-nightly")];
         s.worker_pods = Some(2);
         // The stack updating or AWS unreadable: the workers go to 0 all the same.
         let plan = plan_workload(&d, Some(&site()), false, &s, now());
@@ -1345,14 +1350,7 @@ mod tests {
                 at: Some(now() - std::time::Duration::from_secs(7200)),
             },
         }];
-        s.holds = vec![WebHold {
-            holder: "restore/r".into(),
-            reason: None,
-            since: None,
-            lease: "clinic-a-hold-r".into(),
-            expires: None,
-            effective: false,
-        }];
+        s.holds = vec![hold_by("restore/r", None, "clinic-a-hold-r")];
         let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert!(child(&plan, ChildKind::Job).is_none());
         assert!(
@@ -1368,14 +1366,11 @@ mod tests {
         set_up(&mut d, "openemr/openemr:8.0.0");
         let mut s = seen();
         s.workers = Some(workers("openemr/openemr:8.0.0", 3));
-        s.holds = vec![WebHold {
-            holder: "backup/nightly".into(),
-            reason: Some("quiesced backup".into()),
-            since: None,
-            lease: "clinic-a-hold-nightly".into(),
-            expires: None,
-            effective: false,
-        }];
+        s.holds = vec![hold_by(
+            "backup/nightly",
+            Some("quiesced backup"),
+            "clinic-a-hold-nightly",
+        )];
         let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert_eq!(plan.verdict.reason, "Held");
         assert!(plan.verdict.message.contains("backup/nightly"));
