@@ -519,7 +519,9 @@ async fn deletion_does_what_each_policy_promises_and_a_namespace_never_takes_dat
         ("keep", true, "Enabled"),
         ("snap", true, "Enabled"),
         ("gone", false, "Enabled"),
-        ("gone-now", false, "PendingDeletion"),
+        // No final snapshot, but RDS retains the automated backups (the operator deletes
+        // the instance with DeleteAutomatedBackups=false), encrypted with the key.
+        ("gone-now", false, "Enabled"),
     ] {
         let status = &ids[name];
         let bucket = status.bucket_name.clone().unwrap();
@@ -545,6 +547,18 @@ async fn deletion_does_what_each_policy_promises_and_a_namespace_never_takes_dat
             "{name}: key"
         );
     }
+
+    // What keeps the key is said.
+    let cleaned = events_of(&client, &ns.name, "gone-now")
+        .await
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("CleanedUp"))
+        .and_then(|e| e.note)
+        .expect("a CleanedUp Event");
+    assert!(
+        cleaned.contains("still encrypting") && cleaned.contains("retained automated backup"),
+        "{cleaned}"
+    );
 
     // The namespace went, with deletionPolicy Delete: the data did not.
     let doomed_db = doomed.status.unwrap().database.unwrap().identifier;
@@ -692,6 +706,69 @@ async fn adopted_resources_are_never_recreated_and_differences_are_reported_befo
         },
     )
     .await;
+
+    // Deleted with `Delete`: what was adopted is left as it was, objects, versions and all.
+    for body in ["first", "second"] {
+        s3.put_object()
+            .bucket(&bucket)
+            .key("documents/patient-1/scan.pdf")
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(
+                body.as_bytes(),
+            ))
+            .send()
+            .await
+            .unwrap();
+    }
+    clinics
+        .patch(
+            "adopter",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"deletionPolicy": "Delete"}})),
+        )
+        .await
+        .unwrap();
+    clinics
+        .delete("adopter", &Default::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "the adopter gone", || async {
+        clinics
+            .get_opt("adopter")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let versions = s3
+        .list_object_versions()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("the adopted bucket is still there");
+    assert_eq!(versions.versions().len(), 2, "{versions:?}");
+    let db = rds
+        .describe_db_instances()
+        .db_instance_identifier(&db_id)
+        .send()
+        .await
+        .expect("the adopted instance is still there");
+    assert_eq!(db.db_instances()[0].db_instance_status(), Some("available"));
+    let deletes = "openemr_aws_api_calls_total{service=\"rds\",operation=\"DeleteDBInstance\",outcome=\"success\"}";
+    assert_eq!(operator.metric(deletes).await, 0);
+    let events = events_of(&client, &ns.name, "adopter").await;
+    let cleaned = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("CleanedUp"))
+        .and_then(|e| e.note.clone())
+        .expect("a CleanedUp Event");
+    assert!(
+        cleaned.contains(&format!("DB instance {db_id}")),
+        "{cleaned}"
+    );
+    assert!(cleaned.contains("adopted"), "{cleaned}");
+    assert!(cleaned.contains(&format!("bucket {bucket}")), "{cleaned}");
+    assert!(cleaned.contains("file system"), "{cleaned}");
     drop(operator);
 }
 

@@ -917,13 +917,9 @@ async fn an_image_upgrade_is_guarded_by_one_snapshot_resumes_after_a_kill_and_ro
     )
     .await
     .unwrap();
-    let generation = clinics
-        .get(name)
-        .await
-        .unwrap()
-        .metadata
-        .generation
-        .unwrap();
+    let meta = clinics.get(name).await.unwrap().metadata;
+    let generation = meta.generation.unwrap();
+    let uid = meta.uid.unwrap();
     eventually(WAIT, "the upgrade recorded", || async {
         clinics.get(name).await.ok()?.status?.upgrade
     })
@@ -946,7 +942,10 @@ async fn an_image_upgrade_is_guarded_by_one_snapshot_resumes_after_a_kill_and_ro
     let taken = snapshots("us-west-2", &instance).await;
     assert_eq!(taken.len(), 1, "exactly one snapshot: {taken:?}");
     let (snapshot, state, created) = &taken[0];
-    assert_eq!(snapshot, &format!("{instance}-upgrade-g{generation}"));
+    assert_eq!(
+        snapshot,
+        &format!("{instance}-upgrade-{}-g{generation}", &uid[..8])
+    );
     assert_eq!(state, "available");
     let job_created = job.metadata.creation_timestamp.unwrap().0.as_second();
     assert!(

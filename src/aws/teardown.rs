@@ -31,6 +31,22 @@ pub trait Teardown {
     -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
     fn schedule_key_deletion(&self, key: &str)
     -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Whether the bucket holds any object version under one of `prefixes`.
+    fn holds_objects(
+        &self,
+        bucket: &str,
+        prefixes: &[&str],
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    /// The manual snapshots of `instance` (every page), by name.
+    fn instance_snapshots(
+        &self,
+        instance: &str,
+    ) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
+    /// How many automated backups RDS keeps of `instance` (after its deletion too).
+    fn retained_automated_backups(
+        &self,
+        instance: &str,
+    ) -> impl Future<Output = Result<usize, AwsError>> + Send;
 }
 
 impl Teardown for AwsClients {
@@ -165,5 +181,73 @@ impl Teardown for AwsClients {
         self.call(Service::Kms, "ScheduleKeyDeletion", request)
             .await
             .map(|_| ())
+    }
+
+    async fn holds_objects(&self, bucket: &str, prefixes: &[&str]) -> Result<bool, AwsError> {
+        for prefix in prefixes {
+            // A page of versions; delete markers alone hold nothing.
+            let request = self
+                .s3
+                .list_object_versions()
+                .bucket(bucket)
+                .prefix(*prefix)
+                .send();
+            let page = match self.call(Service::S3, "ListObjectVersions", request).await {
+                Ok(page) => page,
+                Err(e) if e.is_not_found() => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            if !page.versions().is_empty() || page.is_truncated() == Some(true) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn instance_snapshots(&self, instance: &str) -> Result<Vec<String>, AwsError> {
+        let mut names = Vec::new();
+        let mut marker = None;
+        loop {
+            let request = self
+                .rds
+                .describe_db_snapshots()
+                .db_instance_identifier(instance)
+                .snapshot_type("manual")
+                .set_marker(marker)
+                .send();
+            let page = match self
+                .call(Service::Rds, "DescribeDBSnapshots", request)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) if e.is_not_found() => return Ok(names),
+                Err(e) => return Err(e),
+            };
+            names.extend(
+                page.db_snapshots()
+                    .iter()
+                    .filter_map(|s| s.db_snapshot_identifier().map(str::to_string)),
+            );
+            marker = page.marker().map(str::to_string);
+            if marker.is_none() {
+                return Ok(names);
+            }
+        }
+    }
+
+    async fn retained_automated_backups(&self, instance: &str) -> Result<usize, AwsError> {
+        let request = self
+            .rds
+            .describe_db_instance_automated_backups()
+            .db_instance_identifier(instance)
+            .send();
+        match self
+            .call(Service::Rds, "DescribeDBInstanceAutomatedBackups", request)
+            .await
+        {
+            Ok(out) => Ok(out.db_instance_automated_backups().len()),
+            Err(e) if e.is_not_found() => Ok(0),
+            Err(e) => Err(e),
+        }
     }
 }

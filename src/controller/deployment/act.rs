@@ -9,7 +9,10 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
-use super::deletion::{Seen, Step, effective_policy, next_step};
+use super::deletion::{
+    BACKUP_PREFIXES, Seen, Step, adopted_instance_kept, bucket_kept, effective_policy, key_holders,
+    next_step,
+};
 use super::names::{self, ClinicNames};
 use super::plan::{AdoptedBucket, Change, Infra, MasterSource};
 use super::web::ChildKind;
@@ -556,6 +559,11 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
         status.kms_key_arn,
     );
     let delete_all = policy == DeletionPolicy::Delete;
+    let adopt = d.spec.adopt.as_ref();
+    let adopted_database = adopt.is_some_and(|a| a.db_instance_identifier.is_some());
+    let adopted_bucket = adopt
+        .and_then(|a| a.bucket_name.as_ref())
+        .is_some_and(|b| bucket.as_ref() == Some(b));
 
     for _ in 0..STEPS_PER_PASS {
         let seen = Seen {
@@ -600,6 +608,36 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
                     .map_err(aws_error("reading the KMS key"))?,
                 _ => None,
             },
+            adopted_database,
+            adopted_bucket,
+            bucket_holds_backups: match (&delete_all, &bucket) {
+                (true, Some(b)) if !adopted_bucket => clients
+                    .holds_objects(b, BACKUP_PREFIXES)
+                    .await
+                    .map_err(aws_error("looking for backups in the bucket"))?,
+                _ => false,
+            },
+            // What else the key encrypts, weighed only when its deletion could be next.
+            snapshots: if delete_all && key.is_some() {
+                let final_name = final_snapshot.as_str();
+                clients
+                    .instance_snapshots(&identifier)
+                    .await
+                    .map_err(aws_error("listing the DB instance's snapshots"))?
+                    .into_iter()
+                    .filter(|s| s != final_name)
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            automated_backups: if delete_all && key.is_some() {
+                clients
+                    .retained_automated_backups(&identifier)
+                    .await
+                    .map_err(aws_error("reading the retained automated backups"))?
+            } else {
+                0
+            },
             credentials_secret: own_secret
                 && policy == DeletionPolicy::Delete
                 && secrets
@@ -621,7 +659,10 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
                 // it (reclaim Retain) leaves the file system, which followed the policy.
                 let web = super::web::WebNames::new(&ns, &name);
                 web_act::delete_child(ctx, &ns, ChildKind::PersistentVolume, &web.volume).await?;
-                if delete_all && d.spec.web.admin_credentials_secret_ref.is_none() {
+                if delete_all
+                    && !adopted_database
+                    && d.spec.web.admin_credentials_secret_ref.is_none()
+                {
                     web_act::delete_child(ctx, &ns, ChildKind::Secret, &web.admin_secret).await?;
                 }
                 let note = left_behind(
@@ -669,6 +710,26 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
                     .modify_instance(&request)
                     .await
                     .map_err(aws_error("turning deletion protection off"))?;
+            }
+            Step::EnableDeletionProtection => {
+                let request = crate::aws::rds::ModifyDb {
+                    identifier: identifier.clone(),
+                    apply_immediately: true,
+                    deletion_protection: Some(true),
+                    ..Default::default()
+                };
+                clients
+                    .modify_instance(&request)
+                    .await
+                    .map_err(aws_error("turning deletion protection back on"))?;
+                announce(
+                    ctx,
+                    d,
+                    true,
+                    "DeletionProtectionRestored",
+                    &format!("adopted DB instance {identifier} is kept: deletion protection, turned off by an earlier cleanup, is on again"),
+                )
+                .await;
             }
             Step::DeleteDatabase => {
                 clients
@@ -786,25 +847,50 @@ fn left_behind(
     let status = d.status.clone().unwrap_or_default();
     let mut kept = Vec::new();
     if let Some(db) = &seen.database {
-        kept.push(format!("DB instance {} ({})", identifier, db.status));
+        let adopted = if seen.adopted_database {
+            ", adopted: never deleted by the operator"
+        } else {
+            ""
+        };
+        kept.push(format!(
+            "DB instance {} ({}{adopted})",
+            identifier, db.status
+        ));
     }
     if let Some(s) = &seen.final_snapshot {
         kept.push(format!("final snapshot {}", s.identifier));
-    } else if policy != DeletionPolicy::Retain && !d.spec.skip_final_snapshot {
+    } else if policy != DeletionPolicy::Retain
+        && !d.spec.skip_final_snapshot
+        && !seen.adopted_database
+    {
         kept.push(format!("final snapshot {final_snapshot}"));
     }
     // What the stack made is named as status last saw it: nothing is listed that was
     // never created.
-    if policy != DeletionPolicy::Delete && status.stack.as_ref().is_some_and(|s| s.id.is_some()) {
+    // Under `Delete` with an adopted instance kept, everything stays with it.
+    let all_kept = policy != DeletionPolicy::Delete || adopted_instance_kept(seen);
+    if all_kept && status.stack.as_ref().is_some_and(|s| s.id.is_some()) {
         kept.push(format!("stack {}", names.stack));
     }
-    if policy == DeletionPolicy::Delete {
-        // The bucket and file system went; the key stays while a snapshot needs it.
-        if !d.spec.skip_final_snapshot {
+    kept.extend(seen.snapshots.iter().map(|s| format!("snapshot {s}")));
+    if seen.automated_backups > 0 {
+        kept.push(format!(
+            "{} automated backup(s) RDS retains until they expire",
+            seen.automated_backups
+        ));
+    }
+    if !all_kept {
+        // The file system went; the bucket stays if adopted or holding backups, the key
+        // while anything encrypted with it remains.
+        if let (Some(b), Some(why)) = (&status.bucket_name, bucket_kept(seen)) {
+            kept.push(format!("bucket {b} ({why})"));
+        }
+        let holders = key_holders(seen);
+        if !holders.is_empty() {
             kept.extend(
                 status
                     .kms_key_arn
-                    .map(|k| format!("KMS key {k} (the final snapshot is encrypted with it)")),
+                    .map(|k| format!("KMS key {k} (still encrypting: {})", holders.join(", "))),
             );
         }
     } else {
@@ -812,7 +898,7 @@ fn left_behind(
         kept.extend(status.kms_key_arn.map(|k| format!("KMS key {k}")));
         kept.extend(status.file_system_id.map(|f| format!("file system {f}")));
     }
-    if policy != DeletionPolicy::Delete && d.spec.database.credentials_secret_ref.is_none() {
+    if all_kept && d.spec.database.credentials_secret_ref.is_none() {
         kept.push(format!("Secret {}", names.credentials_secret));
     }
     let why = if terminating && d.spec.deletion_policy != DeletionPolicy::Retain {
@@ -820,6 +906,8 @@ fn left_behind(
             "the namespace is being deleted, so deletionPolicy {:?} was not carried out and the data is kept",
             d.spec.deletion_policy
         )
+    } else if policy == DeletionPolicy::Delete && adopted_instance_kept(seen) {
+        "deletionPolicy Delete carried out as far as the adopted DB instance allows: the operator did not make it, so it is kept, and with it the stack (its groups), the file system (the drive keys its data pairs with), the key and the Secrets".to_string()
     } else {
         format!("deletionPolicy {policy:?} carried out")
     };

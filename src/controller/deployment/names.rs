@@ -96,6 +96,17 @@ impl ClinicNames {
     }
 }
 
+/// The snapshot an image upgrade takes of `db_identifier` (the clinic's own instance or an
+/// adopted one) for the clinic's `generation`. The uid keeps a clinic re-created under the
+/// same name from taking an older incarnation's snapshot for its own.
+pub fn upgrade_snapshot(db_identifier: &str, uid: &str, generation: i64) -> String {
+    format!(
+        "{}-upgrade-{}-g{generation}",
+        db_identifier.trim_end_matches('-'),
+        sanitized(&first(uid, 8))
+    )
+}
+
 fn first(text: &str, n: usize) -> String {
     text.chars().take(n).collect()
 }
@@ -152,6 +163,12 @@ fn fitted(prefix: &str, parts: &[&str], hash: &str, max: usize) -> String {
         format!("{body}-{hash}")
     }
 }
+
+/// Where backups live in a clinic's bucket, for the cleanup and the backup code alike: the
+/// documents mirror, and the sets' manifests.
+pub const DOCUMENTS_PREFIX: &str = "documents/";
+pub const BACKUPS_PREFIX: &str = "backups/";
+pub const BACKUP_PREFIXES: &[&str] = &[DOCUMENTS_PREFIX, BACKUPS_PREFIX];
 
 /// Tag keys the operator sets on every resource of a clinic.
 pub const TAG_CLUSTER: &str = "openemr.io/cluster";
@@ -246,6 +263,10 @@ mod tests {
         assert!(n.stack.len() <= 128 && n.trail.len() <= 128);
         assert!(n.kms_alias.len() <= 256);
         assert!(is_rds_name(&n.final_snapshot("uid"), 255));
+        assert!(is_rds_name(
+            &upgrade_snapshot(&n.db_instance, "0f8e2a1c-1111", i64::MAX),
+            255
+        ));
     }
 
     #[test]

@@ -437,7 +437,17 @@ pub fn plan_infrastructure(
             .clone()
             .unwrap_or_else(|| names.credentials_secret.clone()),
     );
-    if user_secret.is_none() && !infra.credentials_secret {
+    // Made once, before the database: once the database exists, a new random password
+    // would name a user that already has another one. A lost Secret is reported instead.
+    // (An adopted instance came with its own users: the generated Secret is made for it as
+    // before, since OpenEMR's installer never runs on it.)
+    let adopted = spec
+        .adopt
+        .as_ref()
+        .is_some_and(|a| a.db_instance_identifier.is_some());
+    let missing = user_secret.is_none() && !infra.credentials_secret;
+    let credentials_lost = missing && infra.database.is_some() && !adopted;
+    if missing && !credentials_lost {
         changes.push(Change::CreateCredentialsSecret {
             name: names.credentials_secret.clone(),
             username: spec.database.username.clone(),
@@ -575,6 +585,18 @@ pub fn plan_infrastructure(
         .and_then(|a| a.db_instance_identifier.clone());
     let identifier = adopted.clone().unwrap_or_else(|| names.db_instance.clone());
     let database_verdict = match (&infra.database, &placement) {
+        _ if credentials_lost => Verdict::falsy(
+            "DatabaseReady",
+            "CredentialsSecretMissing",
+            format!(
+                "Secret {} with the database's credentials is gone, and the database exists: \
+                 a new password would not match the one its OpenEMR user has, so none is made. \
+                 Recreate the Secret (keys username, password, database) from a backup of it, \
+                 or name a Secret holding the current password in \
+                 spec.database.credentialsSecretRef",
+                names.credentials_secret
+            ),
+        ),
         (None, _) if adopted.is_some() => Verdict::falsy(
             "DatabaseReady",
             "AdoptedDatabaseNotFound",
@@ -1128,6 +1150,32 @@ mod tests {
             Some("redis.example:6379")
         );
         assert_eq!(plan.verdicts[0].reason, "StackReady");
+    }
+
+    #[test]
+    fn a_lost_credentials_secret_is_reported_never_made_anew_once_the_database_exists() {
+        let d = clinic();
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        seen.database = Some(available_db(&d, &seen));
+        seen.credentials_secret = false;
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        assert!(
+            !actions(&plan).contains(&"CreateCredentialsSecret".to_string()),
+            "{:?}",
+            actions(&plan)
+        );
+        let database = plan
+            .verdicts
+            .iter()
+            .find(|v| v.type_ == "DatabaseReady")
+            .unwrap();
+        assert_eq!(
+            (database.status, database.reason),
+            (false, "CredentialsSecretMissing")
+        );
+        assert!(database.message.contains(&seen.names.credentials_secret));
+        assert_eq!(plan.waiting, ["database"]);
     }
 
     #[test]

@@ -449,7 +449,7 @@ fn plan_held(
         let snapshot = spec
             .upgrade
             .snapshot_before_upgrade
-            .then(|| format!("{}-upgrade-g{generation}", site.database_identifier));
+            .then(|| super::names::upgrade_snapshot(&site.database_identifier, &uid, generation));
         upgrade = Some(UpgradeStatus {
             from_image: current.clone(),
             to_image: spec.image.clone(),
@@ -1624,9 +1624,9 @@ mod tests {
         let plan = plan_workload(&d, Some(&site()), true, &s, now());
         let u = plan.upgrade.clone().unwrap();
         assert_eq!(u.phase, Some(UpgradePhase::SnapshotPending));
-        assert_eq!(u.snapshot.as_deref(), Some("db-1-upgrade-g3"));
+        assert_eq!(u.snapshot.as_deref(), Some("db-1-upgrade-uid-1-g3"));
         assert!(plan.changes.contains(&Change::CreateUpgradeSnapshot {
-            snapshot: "db-1-upgrade-g3".into()
+            snapshot: "db-1-upgrade-uid-1-g3".into()
         }));
         // The new image is nowhere yet.
         let workers_child = child(&plan, ChildKind::Deployment).unwrap();
@@ -1715,7 +1715,7 @@ mod tests {
         else {
             panic!("no warning Event: {:?}", plan.changes)
         };
-        assert!(note.contains("db-1-upgrade-g3"), "{note}");
+        assert!(note.contains("db-1-upgrade-uid-1-g3"), "{note}");
         assert!(
             note.contains("on the schema Job clinic-a-migrate-"),
             "{note}"
@@ -1738,7 +1738,7 @@ mod tests {
         assert_eq!(plan.verdict.reason, "UpgradeNotApplied");
         assert!(plan.verdict.status);
         assert!(
-            plan.verdict.message.contains("db-1-upgrade-g3"),
+            plan.verdict.message.contains("db-1-upgrade-uid-1-g3"),
             "{}",
             plan.verdict.message
         );
@@ -1761,15 +1761,15 @@ mod tests {
         carry(&mut d, &plan);
         d.spec.web.image = "openemr/openemr:8.0.1".into();
         d.metadata.generation = Some(5);
-        s.upgrade_snapshot = None; // db-1-upgrade-g5 is not there yet
+        s.upgrade_snapshot = None; // db-1-upgrade-uid-1-g5 is not there yet
         let plan = plan_workload(&d, Some(&site()), true, &s, late);
         let again = plan.upgrade.clone().unwrap();
         assert_eq!(again.phase, Some(UpgradePhase::SnapshotPending));
-        assert_eq!(again.snapshot.as_deref(), Some("db-1-upgrade-g5"));
+        assert_eq!(again.snapshot.as_deref(), Some("db-1-upgrade-uid-1-g5"));
         assert!(!again.superseded);
         assert_ne!(again.migration_job, u.migration_job);
         assert!(plan.changes.contains(&Change::CreateUpgradeSnapshot {
-            snapshot: "db-1-upgrade-g5".into()
+            snapshot: "db-1-upgrade-uid-1-g5".into()
         }));
 
         // Its migration Job is numbered after the first one, and the first one's state
