@@ -702,3 +702,75 @@ async fn the_database_goes_only_after_its_final_snapshot_reads_available() {
     );
     drop(operator);
 }
+
+/// moto never rolls an update back; the proxy makes the stack read `UPDATE_ROLLBACK_COMPLETE`
+/// with the previous template's hash. The update is reported and not sent again until
+/// the spec changes.
+#[tokio::test]
+async fn a_rolled_back_stack_update_is_reported_and_not_repeated_until_the_spec_changes() {
+    let client = env().admin().await;
+    let region = "eu-west-3";
+    let ns = TestNamespace::new(env(), "faults-rollback").await;
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    apply(&client, &ns.name, &clinic("rollback", region))
+        .await
+        .unwrap();
+    let operator = operator_through(&proxy, &ns.name, &["--inventory-interval", "2s"]);
+    let api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    eventually(Duration::from_secs(90), "the clinic ready", || async {
+        is_ready(&api, "rollback").await.then_some(())
+    })
+    .await;
+    assert_eq!(proxy.counts("UpdateStack").seen, 0);
+
+    // Every answer now says the last update rolled back, to an older template.
+    proxy.set(
+        "DescribeStacks",
+        Rule::default()
+            .rewrite(
+                "<StackStatus>CREATE_COMPLETE<",
+                "<StackStatus>UPDATE_ROLLBACK_COMPLETE<",
+            )
+            .rewrite(
+                "<StackStatus>UPDATE_COMPLETE<",
+                "<StackStatus>UPDATE_ROLLBACK_COMPLETE<",
+            )
+            .rewrite(
+                "<OutputKey>TemplateHash</OutputKey><OutputValue>",
+                "<OutputKey>TemplateHash</OutputKey><OutputValue>older-",
+            ),
+    );
+    let failed = wait_for_reason(&api, "rollback", "StackReady", "StackUpdateFailed").await;
+    assert_eq!(failed.status, "False");
+    assert!(failed.message.contains("rolled back"), "{}", failed.message);
+    let sent = proxy.counts("UpdateStack").seen;
+    assert_eq!(sent, 1, "the update sent once: {}", proxy.report());
+    // Looked at again and again (each annotation wakes it; 14 s spans an inventory pass
+    // that lists the stacks anew): never sent again.
+    for n in 0..3 {
+        api.patch(
+            "rollback",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"test/poke": n.to_string()}}}),
+            ),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    assert_eq!(proxy.counts("UpdateStack").seen, 1, "{}", proxy.report());
+    let still = condition(&api, "rollback", "StackReady").await.unwrap();
+    assert_eq!(still.reason, "StackUpdateFailed");
+
+    // A new generation tries again, and the stack is ready once it answers truly.
+    proxy.clear("DescribeStacks");
+    let mut changed = clinic("rollback", region);
+    changed["spec"]["tags"] = serde_json::json!({"cost-center": "clinic-42"});
+    apply(&client, &ns.name, &changed).await.unwrap();
+    eventually(Duration::from_secs(90), "ready again", || async {
+        (is_ready(&api, "rollback").await && proxy.counts("UpdateStack").seen == 2).then_some(())
+    })
+    .await;
+    drop(operator);
+}

@@ -918,6 +918,10 @@ pub struct StackStatus {
     /// Last CloudFormation status seen, e.g. `UPDATE_COMPLETE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// The request token of the last update sent (it names the generation and the
+    /// template): an update that rolled back is not sent again for the same ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<String>,
 }
 
 /// Identifiers and observed state of the RDS instance.

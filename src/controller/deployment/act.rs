@@ -10,8 +10,8 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
 use super::deletion::{
-    BACKUP_PREFIXES, Seen, Step, adopted_instance_kept, bucket_kept, effective_policy, key_holders,
-    next_step,
+    BACKUP_PREFIXES, Seen, Step, adopted_instance_kept, backups_left, bucket_kept,
+    effective_policy, key_holders, next_step,
 };
 use super::names::{self, ClinicNames};
 use super::plan::{AdoptedBucket, Change, Infra, MasterSource};
@@ -141,10 +141,15 @@ pub async fn observe_infra(
         aws.inventory.saw(&clients, None, database.as_ref());
     }
     let stack_failure = match &stack {
-        Some(s) if matches!(s.state(), StackState::RolledBack | StackState::Failed) => clients
-            .first_failure(&names.stack)
-            .await
-            .map_err(aws_error("reading the stack's events"))?,
+        Some(s)
+            if matches!(s.state(), StackState::RolledBack | StackState::Failed)
+                || s.status == "UPDATE_ROLLBACK_COMPLETE" =>
+        {
+            clients
+                .first_failure(&names.stack)
+                .await
+                .map_err(aws_error("reading the stack's events"))?
+        }
         _ => None,
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -872,13 +877,7 @@ fn left_behind(
     if all_kept && status.stack.as_ref().is_some_and(|s| s.id.is_some()) {
         kept.push(format!("stack {}", names.stack));
     }
-    kept.extend(seen.snapshots.iter().map(|s| format!("snapshot {s}")));
-    if seen.automated_backups > 0 {
-        kept.push(format!(
-            "{} automated backup(s) RDS retains until they expire",
-            seen.automated_backups
-        ));
-    }
+    kept.extend(backups_left(seen));
     if !all_kept {
         // The file system went; the bucket stays if adopted or holding backups, the key
         // while anything encrypted with it remains.
@@ -903,7 +902,7 @@ fn left_behind(
     }
     let why = if terminating && d.spec.deletion_policy != DeletionPolicy::Retain {
         format!(
-            "the namespace is being deleted, so deletionPolicy {:?} was not carried out and the data is kept",
+            "the namespace is being deleted, so deletionPolicy {:?} was not carried out and the data is kept; the Secrets in the namespace (the database's and the first administrator's credentials) go with it, so keep a copy of them to reach the data",
             d.spec.deletion_policy
         )
     } else if policy == DeletionPolicy::Delete && adopted_instance_kept(seen) {

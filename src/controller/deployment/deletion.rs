@@ -166,6 +166,22 @@ pub fn bucket_kept(seen: &Seen) -> Option<&'static str> {
     }
 }
 
+/// The instance's snapshots (besides the final one) and retained automated backups.
+pub fn backups_left(seen: &Seen) -> Vec<String> {
+    let mut left: Vec<String> = seen
+        .snapshots
+        .iter()
+        .map(|s| format!("snapshot {s}"))
+        .collect();
+    if seen.automated_backups > 0 {
+        left.push(format!(
+            "{} retained automated backup(s) of the DB instance, until they expire",
+            seen.automated_backups
+        ));
+    }
+    left
+}
+
 /// What is still encrypted with the clinic's KMS key, or may be: while anything is, the
 /// key is not scheduled for deletion (that would make it unreadable for good).
 pub fn key_holders(seen: &Seen) -> Vec<String> {
@@ -173,13 +189,7 @@ pub fn key_holders(seen: &Seen) -> Vec<String> {
     if let Some(s) = &seen.final_snapshot {
         holders.push(format!("final snapshot {}", s.identifier));
     }
-    holders.extend(seen.snapshots.iter().map(|s| format!("snapshot {s}")));
-    if seen.automated_backups > 0 {
-        holders.push(format!(
-            "{} retained automated backup(s) of the DB instance, until they expire",
-            seen.automated_backups
-        ));
-    }
+    holders.extend(backups_left(seen));
     if seen.bucket_exists && bucket_kept(seen).is_some() {
         holders.push("the kept bucket".to_string());
     }

@@ -467,6 +467,11 @@ pub fn plan_infrastructure(
         token: stack_token(kind, &uid, generation, &hash),
         tags: infra.tags.clone(),
     };
+    // The last update sent (its token names the generation and template), to tell a
+    // rolled-back update of this template from one of an earlier.
+    let previous_update = previous.stack.as_ref().and_then(|s| s.last_update.clone());
+    let update_token = stack_token("update", &uid, generation, &hash);
+    let mut sent_update = None;
     let stack_verdict = match &infra.stack {
         None => {
             changes.push(Change::CreateStack(request("create")));
@@ -531,8 +536,32 @@ pub fn plan_infrastructure(
                         "StackReady",
                         format!("stack {} is {}", names.stack, stack.status),
                     )
+                } else if stack.status == "UPDATE_ROLLBACK_COMPLETE"
+                    && previous_update.as_deref() == Some(update_token.as_str())
+                {
+                    // This very template was sent and rolled back: sending it again would
+                    // fail again, every progress interval. A new generation tries anew.
+                    let cause = match infra.stack_failure.as_ref() {
+                        Some(f) => format!(
+                            "{} ({}) failed: {}",
+                            f.logical_id, f.resource_type, f.reason
+                        ),
+                        None => stack
+                            .status_reason
+                            .clone()
+                            .unwrap_or_else(|| "no reason given".into()),
+                    };
+                    Verdict::falsy(
+                        "StackReady",
+                        STACK_UPDATE_FAILED,
+                        format!(
+                            "the update of stack {} to generation {generation}'s template rolled back: {cause}; the stack serves the previous template; fix the cause and change the spec to try again",
+                            names.stack
+                        ),
+                    )
                 } else {
                     changes.push(Change::UpdateStack(request("update")));
+                    sent_update = Some(update_token.clone());
                     in_progress = true;
                     Verdict::falsy(
                         "StackReady",
@@ -547,6 +576,7 @@ pub fn plan_infrastructure(
         name: names.stack.clone(),
         id: infra.stack.as_ref().map(|s| s.id.clone()),
         status: infra.stack.as_ref().map(|s| s.status.clone()),
+        last_update: sent_update.or(previous_update),
     });
     let outputs = infra.stack.as_ref().map(|s| &s.outputs);
     let output = |key: &str| {
@@ -801,6 +831,8 @@ pub fn plan_infrastructure(
 }
 
 const STACK_FAILED: &str = "StackFailed";
+/// `StackReady` reason: this generation's stack update rolled back.
+pub const STACK_UPDATE_FAILED: &str = "StackUpdateFailed";
 
 /// Condition type reporting how an adopted DB instance differed from the spec.
 pub const ADOPTED: &str = "Adopted";
@@ -1150,6 +1182,56 @@ mod tests {
             Some("redis.example:6379")
         );
         assert_eq!(plan.verdicts[0].reason, "StackReady");
+    }
+
+    #[test]
+    fn a_rolled_back_update_is_reported_and_sent_again_only_for_a_new_generation() {
+        let d = clinic();
+        let mut seen = infra(&d);
+        let mut stack = stable_stack(&d, &seen);
+        let hash = stack.outputs[template::OUT_TEMPLATE_HASH].clone();
+        stack
+            .outputs
+            .insert(template::OUT_TEMPLATE_HASH.into(), "older".into());
+        stack.status = "UPDATE_ROLLBACK_COMPLETE".into();
+        seen.stack = Some(stack);
+        seen.database = Some(available_db(&d, &seen));
+        seen.stack_failure = Some(StackFailure {
+            logical_id: "Sessions".into(),
+            resource_type: "AWS::ElastiCache::ReplicationGroup".into(),
+            reason: "cache.t9.micro is not a node type".into(),
+            retained: Vec::new(),
+        });
+        // An earlier generation's update rolled back: this generation's is sent.
+        let mut previous = OpenEMRDeploymentStatus::default();
+        let uid = d.metadata.uid.clone().unwrap();
+        previous.stack = Some(StackStatus {
+            last_update: Some(stack_token("update", &uid, 2, "earlier")),
+            ..StackStatus::default()
+        });
+        let plan = plan_infrastructure(&d, &seen, &previous, now());
+        assert_eq!(actions(&plan), ["UpdateStack"]);
+        let sent = plan.status.stack.as_ref().unwrap().last_update.clone();
+        assert_eq!(sent, Some(stack_token("update", &uid, 3, &hash)));
+        // This generation's own update rolled back: reported, not sent again.
+        let plan = plan_infrastructure(&d, &seen, &plan.status, now());
+        assert_eq!(actions(&plan), Vec::<String>::new());
+        let verdict = plan
+            .verdicts
+            .iter()
+            .find(|v| v.type_ == "StackReady")
+            .unwrap();
+        assert_eq!(
+            (verdict.status, verdict.reason),
+            (false, STACK_UPDATE_FAILED)
+        );
+        assert!(verdict.message.contains("Sessions"), "{}", verdict.message);
+        assert!(
+            verdict.message.contains("not a node type"),
+            "{}",
+            verdict.message
+        );
+        assert_eq!(plan.status.stack.unwrap().last_update, sent);
     }
 
     #[test]
