@@ -189,7 +189,13 @@ async fn a_clinic_is_set_up_once_then_served_by_workers_and_ready() {
         "ingress": {"host": "clinic-w.example.org", "tlsSecretName": "clinic-w-tls"},
     });
     apply(&client, &ns.name, &clinic(name, web)).await.unwrap();
-    let operator = Operator::start(env(), Some(&ns.name));
+    // At debug level: the leak check below reads everything the operator can log.
+    let operator = Operator::start_with_env(
+        env(),
+        Some(&ns.name),
+        &[],
+        &[("RUST_LOG", "info,openemr_operator=debug")],
+    );
     let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
 
     // Setup first: one Job, no worker.
@@ -418,7 +424,8 @@ async fn a_clinic_is_set_up_once_then_served_by_workers_and_ready() {
         "no child written at rest: {per_kind:?}"
     );
 
-    // No password anywhere people or logs read: operator log, Events, status, Pod specs.
+    // No password anywhere people or logs read: operator log (at debug level), Events,
+    // status, Pod specs; the master password's copy among them.
     let passwords = [
         secret_value(
             &client,
@@ -441,6 +448,7 @@ async fn a_clinic_is_set_up_once_then_served_by_workers_and_ready() {
             + &serde_json::to_string(&deployments.get(&format!("{name}-openemr")).await.unwrap())
                 .unwrap();
     let log = operator.log();
+    assert!(log.contains("DEBUG"), "the operator logged at debug level");
     for p in &passwords {
         for (what, text) in [
             ("log", &log),

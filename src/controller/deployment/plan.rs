@@ -541,16 +541,7 @@ pub fn plan_infrastructure(
                 {
                     // This very template was sent and rolled back: sending it again would
                     // fail again, every progress interval. A new generation tries anew.
-                    let cause = match infra.stack_failure.as_ref() {
-                        Some(f) => format!(
-                            "{} ({}) failed: {}",
-                            f.logical_id, f.resource_type, f.reason
-                        ),
-                        None => stack
-                            .status_reason
-                            .clone()
-                            .unwrap_or_else(|| "no reason given".into()),
-                    };
+                    let cause = failure_cause(stack, infra.stack_failure.as_ref());
                     Verdict::falsy(
                         "StackReady",
                         STACK_UPDATE_FAILED,
@@ -947,8 +938,9 @@ fn failed_in_an_earlier_generation(previous: &OpenEMRDeploymentStatus, generatio
     })
 }
 
-fn failure_message(stack_name: &str, stack: &StackInfo, failure: Option<&StackFailure>) -> String {
-    let cause = match failure {
+/// What failed in the stack: the first failed resource from its events, else its reason.
+fn failure_cause(stack: &StackInfo, failure: Option<&StackFailure>) -> String {
+    match failure {
         Some(f) => format!(
             "{} ({}) failed: {}",
             f.logical_id, f.resource_type, f.reason
@@ -957,7 +949,11 @@ fn failure_message(stack_name: &str, stack: &StackInfo, failure: Option<&StackFa
             .status_reason
             .clone()
             .unwrap_or_else(|| "no reason given".into()),
-    };
+    }
+}
+
+fn failure_message(stack_name: &str, stack: &StackInfo, failure: Option<&StackFailure>) -> String {
+    let cause = failure_cause(stack, failure);
     let next = if stack.state() == StackState::RolledBack {
         "fix the cause; the stack is replaced on the next change of the spec"
     } else {
