@@ -743,6 +743,22 @@ fn setup_step(
             )
         }
     };
+    // The master password's copy exists only while a setup Job runs or starts now (its pods
+    // read it as they start): a Job that failed and waits for its retry, a held clinic,
+    // an existing database set up by attaching, leave none behind.
+    let starts_job = changes.iter().any(|c| {
+        matches!(c, Change::ApplyChildren(children) if children.iter().any(|ch| ch.kind == ChildKind::Job))
+    });
+    let running = matches!(latest.map(|j| &j.state), Some(JobState::Running));
+    if !starts_job && !running {
+        changes.retain(|c| !matches!(c, Change::CopyMasterPassword { .. }));
+        if seen.master_copy {
+            changes.push(Change::DeleteChild {
+                kind: ChildKind::Secret,
+                name: names.master_copy.clone(),
+            });
+        }
+    }
     Step {
         changes,
         wake_after,
@@ -1594,6 +1610,37 @@ mod tests {
             child(&plan, ChildKind::Job).is_none(),
             "not before the delay"
         );
+        // Meanwhile no copy of the master password waits in the namespace.
+        assert!(plan.changes.iter().any(|c| matches!(
+            c,
+            Change::DeleteChild { kind: ChildKind::Secret, name } if name == "clinic-a-db-master"
+        )));
+        let mut gone = s.clone();
+        gone.master_copy = false;
+        let plan_gone = plan_workload(&d, Some(&site()), true, &gone, now());
+        assert!(!plan_gone.changes.iter().any(|c| matches!(
+            c,
+            Change::CopyMasterPassword { .. } | Change::DeleteChild { .. }
+        )));
+        // At the retry it is copied again, before the Job.
+        let retry = plan_workload(
+            &d,
+            Some(&site()),
+            true,
+            &gone,
+            now() + std::time::Duration::from_secs(300),
+        );
+        let copy = retry
+            .changes
+            .iter()
+            .position(|c| matches!(c, Change::CopyMasterPassword { .. }))
+            .expect("copied for the retry");
+        let job = retry
+            .changes
+            .iter()
+            .position(|c| matches!(c, Change::ApplyChildren(ch) if ch.iter().any(|c| c.kind == ChildKind::Job)))
+            .unwrap();
+        assert!(copy < job);
         assert_eq!(plan.wake_after, Some(std::time::Duration::from_secs(240)));
         let later = now() + std::time::Duration::from_secs(300);
         let plan = plan_workload(&d, Some(&site()), true, &s, later);
