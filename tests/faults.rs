@@ -774,3 +774,41 @@ async fn a_rolled_back_stack_update_is_reported_and_not_repeated_until_the_spec_
     .await;
     drop(operator);
 }
+
+/// `CreateStack` takes only "already exists" for a repeat of its own; another conflict is an
+/// error, reported, and the create is tried again.
+#[tokio::test]
+async fn a_create_stack_conflict_other_than_already_exists_is_an_error() {
+    let client = env().admin().await;
+    let region = "ap-southeast-2";
+    let ns = TestNamespace::new(env(), "faults-conflict").await;
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    proxy.set(
+        "CreateStack",
+        Rule::default().error(AwsFault::new(
+            400,
+            "TokenAlreadyExistsException",
+            "the token was used for another request",
+        )),
+    );
+    apply(&client, &ns.name, &clinic("conflict", region))
+        .await
+        .unwrap();
+    let operator = operator_through(&proxy, &ns.name, &FAST_RETRIES);
+    let api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let synced = wait_for_reason(&api, "conflict", "Synced", "AwsConflict").await;
+    assert_eq!(synced.status, "False");
+    assert!(
+        synced.message.contains("TokenAlreadyExists"),
+        "{}",
+        synced.message
+    );
+    proxy.clear("CreateStack");
+    eventually(
+        Duration::from_secs(90),
+        "ready once CreateStack is answered",
+        || async { is_ready(&api, "conflict").await.then_some(()) },
+    )
+    .await;
+    drop(operator);
+}

@@ -168,8 +168,12 @@ impl AwsError {
 
     /// The thing a create names exists already (a repeat after a crash), as opposed to
     /// the other conflicts, such as an instance in a state that refuses the call.
+    /// The thing being created exists (a repeat of an earlier create). Not a token reused
+    /// for another request (`TokenAlreadyExistsException`), which is a real conflict.
     pub fn already_exists(&self) -> bool {
-        self.is_conflict() && self.code.contains("AlreadyExists")
+        self.is_conflict()
+            && self.code.contains("AlreadyExists")
+            && !self.code.starts_with("TokenAlreadyExists")
     }
 
     pub fn is_transient(&self) -> bool {
@@ -373,6 +377,9 @@ mod tests {
         assert!(error("DBInstanceAlreadyExists").already_exists());
         let busy = error("InvalidDBInstanceState");
         assert!(busy.is_conflict() && !busy.already_exists());
+        assert!(error("AlreadyExistsException").already_exists());
+        let token = error("TokenAlreadyExistsException");
+        assert!(token.is_conflict() && !token.already_exists());
     }
 
     #[test]

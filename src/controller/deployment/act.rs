@@ -21,7 +21,7 @@ use crate::api::{DeletionPolicy, OpenEMRDeployment};
 use crate::aws::AwsClients;
 use crate::aws::accounts::session_name;
 use crate::aws::cloudformation::{StackState, Stacks, UpdateOutcome};
-use crate::aws::error::{AwsError, ErrorClass};
+use crate::aws::error::AwsError;
 use crate::aws::rds::{Databases, MasterPassword};
 use crate::aws::s3::Buckets;
 use crate::aws::secrets::ManagedSecrets;
@@ -210,8 +210,9 @@ pub async fn act(d: &OpenEMRDeployment, change: &Change, ctx: &Context) -> Resul
         } => create_credentials_secret(d, ctx, &ns, name, username, database).await,
         Change::CreateStack(request) => {
             match clients(d, aws).await.create_stack(request).await {
-                // A repeat after a crash: the stack exists; the next look reads it.
-                Err(e) if e.class == ErrorClass::Conflict => Ok(()),
+                // A repeat after a crash: the stack exists; the next look reads it. Any
+                // other conflict (a token used for something else) is an error.
+                Err(e) if e.already_exists() => Ok(()),
                 other => other.map_err(aws_error("creating the stack")),
             }?;
             announce(
