@@ -372,7 +372,14 @@ async fn apply<K: Reconcile>(cached: &K, driver: &Driver<K>) -> Result<Action, E
     let observed = obj.observe(ctx).await?;
     let plan = obj.plan(&observed, now);
     let synced = Verdict::truthy(SYNCED, "Reconciled", "the last reconcile succeeded");
-    let mut status = merged(&obj, plan.status, &[synced], now);
+    // A plan that carries a failure leaves `Synced` as the object had it: the failure is
+    // reported (after the configured count) by `record_failure`.
+    let verdicts: &[Verdict] = if plan.failure.is_some() {
+        &[]
+    } else {
+        std::slice::from_ref(&synced)
+    };
+    let mut status = merged(&obj, plan.status, verdicts, now);
     let mut written = current;
     for change in &plan.changes {
         if !K::recorded(change) {
@@ -402,13 +409,7 @@ async fn apply<K: Reconcile>(cached: &K, driver: &Driver<K>) -> Result<Action, E
         status.set_in_flight(None);
     }
     if let Some(failure) = plan.failure {
-        // What could be done is done and said; `Synced` stays as it was until the failure
-        // is reported (after the configured count), and the object backs off.
-        let synced = conditions::find(written.status.conditions(), SYNCED).cloned();
-        let conditions = status.conditions_mut();
-        conditions.retain(|c| c.type_ != SYNCED);
-        conditions.extend(synced);
-        conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+        // What could be done is done and said; then the object backs off.
         update_status(&obj, &written, &status, driver).await?;
         return Err(failure.into());
     }

@@ -572,11 +572,15 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
         .is_some_and(|b| bucket.as_ref() == Some(b));
 
     for _ in 0..STEPS_PER_PASS {
+        let database = clients
+            .describe_instance(&identifier)
+            .await
+            .map_err(aws_error("reading the DB instance"))?;
+        // The key's deletion is weighed only once the instance is gone (or adopted and
+        // kept): only then are its other snapshots and retained backups read.
+        let weigh_key = delete_all && key.is_some() && (database.is_none() || adopted_database);
         let seen = Seen {
-            database: clients
-                .describe_instance(&identifier)
-                .await
-                .map_err(aws_error("reading the DB instance"))?,
+            database,
             final_snapshot: if policy == DeletionPolicy::Retain {
                 None
             } else {
@@ -624,7 +628,7 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
                 _ => false,
             },
             // What else the key encrypts, weighed only when its deletion could be next.
-            snapshots: if delete_all && key.is_some() {
+            snapshots: if weigh_key {
                 let final_name = final_snapshot.as_str();
                 clients
                     .instance_snapshots(&identifier)
@@ -636,7 +640,7 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
             } else {
                 Vec::new()
             },
-            automated_backups: if delete_all && key.is_some() {
+            automated_backups: if weigh_key {
                 clients
                     .retained_automated_backups(&identifier)
                     .await
@@ -706,26 +710,12 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
                 )));
             }
             Step::DisableDeletionProtection => {
-                let request = crate::aws::rds::ModifyDb {
-                    identifier: identifier.clone(),
-                    apply_immediately: true,
-                    deletion_protection: Some(false),
-                    ..Default::default()
-                };
-                clients
-                    .modify_instance(&request)
+                set_deletion_protection(&clients, &identifier, false)
                     .await
                     .map_err(aws_error("turning deletion protection off"))?;
             }
             Step::EnableDeletionProtection => {
-                let request = crate::aws::rds::ModifyDb {
-                    identifier: identifier.clone(),
-                    apply_immediately: true,
-                    deletion_protection: Some(true),
-                    ..Default::default()
-                };
-                clients
-                    .modify_instance(&request)
+                set_deletion_protection(&clients, &identifier, true)
                     .await
                     .map_err(aws_error("turning deletion protection back on"))?;
                 announce(
@@ -838,6 +828,21 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
         what: "the next deletion step".into(),
         after: std::time::Duration::from_secs(1),
     })
+}
+
+/// Turns the instance's deletion protection on or off, at once.
+async fn set_deletion_protection(
+    clients: &AwsClients,
+    identifier: &str,
+    on: bool,
+) -> Result<(), AwsError> {
+    let request = crate::aws::rds::ModifyDb {
+        identifier: identifier.to_string(),
+        apply_immediately: true,
+        deletion_protection: Some(on),
+        ..Default::default()
+    };
+    clients.modify_instance(&request).await
 }
 
 /// The Event text of a finished cleanup: what was removed, and what is left and where.

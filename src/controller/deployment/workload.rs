@@ -1173,6 +1173,15 @@ mod tests {
         status.upgrade = plan.upgrade.clone();
     }
 
+    fn setup_job(name: &str, image: &str, attempt: u32, state: JobState) -> SetupJob {
+        SetupJob {
+            name: name.into(),
+            image: image.into(),
+            attempt,
+            state,
+        }
+    }
+
     /// A hold in force until released.
     fn hold_by(holder: &str, reason: Option<&str>, lease: &str) -> WebHold {
         WebHold {
@@ -1224,12 +1233,12 @@ mod tests {
         let d = clinic(serde_json::json!({"replicas": 2}));
         let mut s = seen();
         s.master_copy = true;
-        s.setup_jobs = vec![SetupJob {
-            name: "clinic-a-setup-abc-1".into(),
-            image: d.spec.web.image.clone(),
-            attempt: 1,
-            state: JobState::Complete,
-        }];
+        s.setup_jobs = vec![setup_job(
+            "clinic-a-setup-abc-1",
+            &d.spec.web.image,
+            1,
+            JobState::Complete,
+        )];
         let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert!(plan.web.setup_complete);
         let workers = child(&plan, ChildKind::Deployment).unwrap();
@@ -1248,12 +1257,12 @@ mod tests {
         let mut s = seen();
         s.admin_secret = true;
         s.master_copy = true;
-        s.setup_jobs = vec![SetupJob {
-            name: "j-old".into(),
-            image: "openemr/openemr:8.0.0".into(),
-            attempt: 1,
-            state: JobState::Running,
-        }];
+        s.setup_jobs = vec![setup_job(
+            "j-old",
+            "openemr/openemr:8.0.0",
+            1,
+            JobState::Running,
+        )];
         let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert!(
             child(&plan, ChildKind::Job).is_none(),
@@ -1316,12 +1325,12 @@ mod tests {
         assert!(plan.web.holds[0].effective);
         assert_eq!(plan.wake_after, None);
         // A setup or migration Job still running: it may finish, but the hold waits for it.
-        s.setup_jobs = vec![SetupJob {
-            name: "clinic-a-migrate-abc".into(),
-            image: "openemr/openemr:8.0.1".into(),
-            attempt: 1,
-            state: JobState::Running,
-        }];
+        s.setup_jobs = vec![setup_job(
+            "clinic-a-migrate-abc",
+            "openemr/openemr:8.0.1",
+            1,
+            JobState::Running,
+        )];
         let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert!(!plan.web.holds[0].effective);
     }
