@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use k8s_openapi::jiff::Timestamp;
 use openemr_operator::aws::budget::BudgetFlags;
+use openemr_operator::clock::Clock;
 use openemr_operator::controller::deployment::names::ClusterId;
 use openemr_operator::controller::deployment::workload::WorkloadConfig;
 use openemr_operator::controller::{CaFiles, DriverConfig};
@@ -70,6 +72,8 @@ enum Command {
         budgets: BudgetFlags,
         #[command(flatten)]
         web: WebFlags,
+        #[command(flatten)]
+        clock: ClockFlags,
     },
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
     Crd {
@@ -110,6 +114,31 @@ struct WebFlags {
     /// most an hour.
     #[arg(long, env = "SETUP_RETRY_AFTER", default_value = "5m", value_parser = parse_duration)]
     setup_retry_after: Duration,
+}
+
+/// The operator's clock, for tests and rehearsals: it decides when holds lapse, setups
+/// retry, upgrades time out and schedules fire. Leave unset in production.
+#[derive(clap::Args, Debug, Clone)]
+struct ClockFlags {
+    /// What the operator's clock shows at `--clock-anchor` (RFC 3339, e.g.
+    /// 2027-03-14T06:59:00Z). Unset: the system clock.
+    #[arg(long, env = "CLOCK_START")]
+    clock_start: Option<Timestamp>,
+    /// The real instant at which the clock shows `--clock-start` (RFC 3339); default: when
+    /// the operator starts. Lets a test and the operator agree on the clock exactly.
+    #[arg(long, env = "CLOCK_ANCHOR", requires = "clock_start")]
+    clock_anchor: Option<Timestamp>,
+    /// How many times faster than real time the clock runs (e.g. 60: an hour a minute).
+    /// Poll intervals, retries of failed calls and AWS call budgets stay real.
+    #[arg(long, env = "CLOCK_SPEED", default_value_t = 1.0)]
+    clock_speed: f64,
+}
+
+impl ClockFlags {
+    fn clock(&self) -> Result<Clock, String> {
+        let anchor = self.clock_anchor.unwrap_or_else(Timestamp::now);
+        Clock::new(anchor, self.clock_start.unwrap_or(anchor), self.clock_speed)
+    }
 }
 
 /// Longest timing a flag takes: a day is far beyond any useful resync or retry, and the
@@ -193,8 +222,25 @@ fn main() -> ExitCode {
             inventory_interval,
             budgets,
             web,
+            clock,
         } => {
             init_logging(log_format);
+            match clock.clock().and_then(openemr_operator::clock::install) {
+                Ok(()) => {
+                    let clock = openemr_operator::clock::current();
+                    if !clock.is_system() {
+                        tracing::warn!(
+                            now = %openemr_operator::clock::now(),
+                            speed = clock.speed(),
+                            "the operator's clock is not the system clock (--clock-start, --clock-speed)"
+                        );
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: --clock-speed / --clock-start: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -1291,3 +1291,105 @@ async fn a_hold_holds_while_the_stack_updates_and_while_rds_fails_and_placed_aga
     .await;
     drop(operator);
 }
+
+/// The operator's clock (`CLOCK_START`, `CLOCK_ANCHOR`, `CLOCK_SPEED`) crosses the process
+/// boundary: the operator stamps its conditions with it and times holds by it. At 120
+/// times real speed, a hold renewed for an hour lapses within the test's wait (90 s), which
+/// no operator on the system clock could do; one that, by the same clock, lapsed an hour
+/// ago holds nothing although the system clock says it was renewed a moment ago.
+#[tokio::test]
+async fn the_operators_clock_decides_when_holds_lapse() {
+    use k8s_openapi::jiff::Timestamp;
+    use openemr_operator::clock::Clock;
+
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "clock").await;
+    let name = "clinic-k";
+    apply(&client, &ns.name, &clinic(name, json!({"replicas": 2})))
+        .await
+        .unwrap();
+    let anchor = Timestamp::now();
+    let start: Timestamp = "2031-03-09T06:00:00Z".parse().unwrap();
+    let clock = Clock::new(anchor, start, 120.0).unwrap();
+    let (anchor_text, start_text) = (anchor.to_string(), start.to_string());
+    let operator = ready_clinic_with_env(
+        &client,
+        &ns.name,
+        name,
+        &[],
+        &[
+            ("CLOCK_START", &start_text),
+            ("CLOCK_ANCHOR", &anchor_text),
+            ("CLOCK_SPEED", "120"),
+        ],
+    )
+    .await;
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let ready = condition(&clinics, name, "Ready").await.unwrap();
+    let stamped = ready.last_transition_time.0;
+    assert!(
+        stamped >= start && stamped <= clock.at(Timestamp::now()),
+        "Ready was stamped {stamped}, not on the operator's clock (it started at {start})"
+    );
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let replicas = || async {
+        deployments
+            .get_opt(&format!("{name}-openemr"))
+            .await
+            .unwrap()
+            .and_then(|d| d.spec?.replicas)
+    };
+    let lease = |lease: &str, holder: &str, renewed: Timestamp| -> Lease {
+        serde_json::from_value(json!({
+            "metadata": {"name": lease, "labels": {"openemr.io/hold-on": name}},
+            "spec": {
+                "holderIdentity": holder,
+                "acquireTime": renewed,
+                "renewTime": renewed,
+                "leaseDurationSeconds": 3600,
+            },
+        }))
+        .unwrap()
+    };
+    // Renewed an hour and a second ago by the clock, a moment ago by the system's.
+    let stale = clock.at(Timestamp::now()) - Duration::from_secs(3601);
+    leases
+        .create(
+            &PostParams::default(),
+            &lease("clinic-k-hold-stale", "old", stale),
+        )
+        .await
+        .unwrap();
+    eventually(WAIT, "the stale hold reported as lapsed", || async {
+        let c = condition(&clinics, name, "WorkloadReady").await?;
+        (c.status == "True" && c.message.contains("old (Lease clinic-k-hold-stale")).then_some(())
+    })
+    .await;
+    assert_eq!(replicas().await, Some(2));
+
+    let renewed = clock.at(Timestamp::now());
+    leases
+        .create(
+            &PostParams::default(),
+            &lease("clinic-k-hold-hour", "hourly", renewed),
+        )
+        .await
+        .unwrap();
+    eventually(WAIT, "held", || async {
+        (replicas().await == Some(0)).then_some(())
+    })
+    .await;
+    // An hour on the operator's clock is 30 real seconds.
+    eventually(WAIT, "the hour-long hold lapsed", || async {
+        (replicas().await == Some(2)).then_some(())
+    })
+    .await;
+    let lapsed_at = clock.at(Timestamp::now());
+    assert!(
+        lapsed_at >= renewed + Duration::from_secs(3600),
+        "the hold lapsed at {lapsed_at} on the clock, before its hour from {renewed} was up"
+    );
+    drop(operator);
+}

@@ -65,8 +65,7 @@ fn check_schedule(expr: &str, zone: &str, now: DateTime<Utc>) -> Result<(), Sche
 impl BackupPolicy {
     fn validate(&self, observed: &Observed, now: Timestamp) -> Verdict {
         let spec = &self.spec;
-        let now = DateTime::from_timestamp(now.as_second(), now.subsec_nanosecond().max(0) as u32)
-            .unwrap_or_else(Utc::now);
+        let now = crate::clock::to_utc(now);
         if let Err(e) = check_schedule(&spec.schedule, &spec.time_zone, now) {
             return Verdict::falsy(
                 "Accepted",

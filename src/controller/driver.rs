@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
@@ -359,7 +358,7 @@ async fn with_finalizer<K: Reconcile>(obj: &K, driver: &Driver<K>) -> Result<Act
 /// The pipeline for one object that exists and is not being deleted.
 async fn apply<K: Reconcile>(cached: &K, driver: &Driver<K>) -> Result<Action, Error> {
     let ctx = &driver.ctx;
-    let now = Timestamp::now();
+    let now = crate::clock::now();
     let uid = cached.uid().unwrap_or_default();
     // Plan from the status as it really is, which may be newer than the cache's.
     let current = driver
@@ -479,7 +478,7 @@ async fn record_failure<K: Reconcile>(obj: &K, error: &Error, driver: &Driver<K>
             ),
         ));
     }
-    let failed = merged(obj, current.status.clone(), &verdicts, Timestamp::now());
+    let failed = merged(obj, current.status.clone(), &verdicts, crate::clock::now());
     if let Err(write) = update_status(obj, &current, &failed, driver).await {
         warn!(controller = K::CONTROLLER, error = %write, "cannot record the failure in status");
     }

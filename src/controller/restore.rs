@@ -118,10 +118,7 @@ impl RestoreRequest {
     /// How long until a requested point in time that is still in the future has passed.
     fn until_point_in_time(&self, now: Timestamp) -> Option<Duration> {
         let time = self.spec.source.point_in_time.as_ref()?.time.as_ref()?;
-        let wait = time.0.duration_since(now);
-        (wait.is_positive())
-            .then(|| Duration::try_from(wait).ok())
-            .flatten()
+        crate::clock::real_wait_until(time.0, now)
     }
 
     fn validate(&self, observed: &Observed, now: Timestamp) -> Verdict {

@@ -93,7 +93,7 @@ pub async fn place(
     lasts: Option<Duration>,
 ) -> Result<(), kube::Error> {
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
-    let now = MicroTime(Timestamp::now());
+    let now = MicroTime(crate::clock::now());
     let mut spec = json!({"holderIdentity": holder, "acquireTime": now});
     if let Some(lasts) = lasts {
         spec["leaseDurationSeconds"] = json!(lasts.as_secs().clamp(1, i32::MAX as u64));
@@ -141,7 +141,7 @@ pub async fn renew(
     holder: &str,
 ) -> Result<(), kube::Error> {
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
-    let patch = json!({"spec": {"renewTime": MicroTime(Timestamp::now())}});
+    let patch = json!({"spec": {"renewTime": MicroTime(crate::clock::now())}});
     api.patch(
         &lease_name(clinic, holder),
         &PatchParams::default(),

@@ -263,7 +263,11 @@ fn job_state(job: &Job) -> JobState {
                 c.message.clone().unwrap_or_default()
             ),
             detail: String::new(),
-            at: c.last_transition_time.as_ref().map(|t| t.0),
+            // The Job controller stamps real time; the retry is timed on the operator's clock.
+            at: c
+                .last_transition_time
+                .as_ref()
+                .map(|t| crate::clock::seen_at(t.0)),
         };
     }
     JobState::Running

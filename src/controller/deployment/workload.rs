@@ -26,6 +26,7 @@ use super::web::{
 };
 use crate::api::OpenEMRDeployment;
 use crate::api::deployment::{UpgradePhase, UpgradeStatus, WebHold, WebStatus};
+use crate::clock;
 use crate::conditions::Verdict;
 
 /// Condition type of the web tier.
@@ -223,7 +224,9 @@ pub fn plan_workload(
     // Look again when a hold lapses, should its holder not renew it.
     let lapses = plan.web.holds.iter().filter_map(|h| h.expires.as_ref());
     if let Some(first) = lapses.map(|t| t.0).min() {
-        let left = Duration::from_secs(first.duration_since(now).as_secs().max(1) as u64);
+        let left = clock::real_wait_until(first, now)
+            .unwrap_or_default()
+            .max(Duration::from_secs(1));
         plan.wake_after = Some(plan.wake_after.map_or(left, |w| w.min(left)));
     }
     if !lapsed.is_empty() {
@@ -703,13 +706,7 @@ fn setup_step(
             let delay = retry_delay(seen.config.setup_retry_after, j.attempt);
             let due = at.map_or(now, |t| t + delay);
             let next = j.attempt + 1;
-            let wait = if due <= now {
-                None
-            } else {
-                Some(Duration::from_secs(
-                    due.duration_since(now).as_secs().max(1) as u64,
-                ))
-            };
+            let wait = clock::real_wait_until(due, now).map(|w| w.max(Duration::from_secs(1)));
             let retry = if held {
                 format!("attempt {next} waits until the hold is released")
             } else if due <= now {
@@ -1043,7 +1040,8 @@ fn upgrade_step(
         })
     });
     let Some(why) = failure else {
-        let left = timeout.saturating_sub(now.duration_since(started).unsigned_abs());
+        let left = clock::current()
+            .real(timeout.saturating_sub(now.duration_since(started).unsigned_abs()));
         step.wake_after = Some(left.max(Duration::from_secs(1)));
         return step;
     };
