@@ -1300,7 +1300,6 @@ async fn a_hold_holds_while_the_stack_updates_and_while_rds_fails_and_placed_aga
 #[tokio::test]
 async fn the_operators_clock_decides_when_holds_lapse() {
     use k8s_openapi::jiff::Timestamp;
-    use openemr_operator::clock::Clock;
 
     let client = env().admin().await;
     let ns = TestNamespace::new(env(), "clock").await;
@@ -1308,27 +1307,14 @@ async fn the_operators_clock_decides_when_holds_lapse() {
     apply(&client, &ns.name, &clinic(name, json!({"replicas": 2})))
         .await
         .unwrap();
-    let anchor = Timestamp::now();
-    let start: Timestamp = "2031-03-09T06:00:00Z".parse().unwrap();
-    let clock = Clock::new(anchor, start, 120.0).unwrap();
-    let (anchor_text, start_text) = (anchor.to_string(), start.to_string());
-    let operator = ready_clinic_with_env(
-        &client,
-        &ns.name,
-        name,
-        &[],
-        &[
-            ("CLOCK_START", &start_text),
-            ("CLOCK_ANCHOR", &anchor_text),
-            ("CLOCK_SPEED", "120"),
-        ],
-    )
-    .await;
+    let clock = support::clock::TestClock::starting("2031-03-09T06:00:00Z", 120.0);
+    let start = clock.now();
+    let operator = ready_clinic_with_env(&client, &ns.name, name, &[], &clock.vars()).await;
     let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
     let ready = condition(&clinics, name, "Ready").await.unwrap();
     let stamped = ready.last_transition_time.0;
     assert!(
-        stamped >= start && stamped <= clock.at(Timestamp::now()),
+        stamped >= start && stamped <= clock.now(),
         "Ready was stamped {stamped}, not on the operator's clock (it started at {start})"
     );
 
@@ -1354,7 +1340,7 @@ async fn the_operators_clock_decides_when_holds_lapse() {
         .unwrap()
     };
     // Renewed an hour and a second ago by the clock, a moment ago by the system's.
-    let stale = clock.at(Timestamp::now()) - Duration::from_secs(3601);
+    let stale = clock.now() - Duration::from_secs(3601);
     leases
         .create(
             &PostParams::default(),
@@ -1369,7 +1355,7 @@ async fn the_operators_clock_decides_when_holds_lapse() {
     .await;
     assert_eq!(replicas().await, Some(2));
 
-    let renewed = clock.at(Timestamp::now());
+    let renewed = clock.now();
     leases
         .create(
             &PostParams::default(),
@@ -1386,7 +1372,7 @@ async fn the_operators_clock_decides_when_holds_lapse() {
         (replicas().await == Some(2)).then_some(())
     })
     .await;
-    let lapsed_at = clock.at(Timestamp::now());
+    let lapsed_at = clock.now();
     assert!(
         lapsed_at >= renewed + Duration::from_secs(3600),
         "the hold lapsed at {lapsed_at} on the clock, before its hour from {renewed} was up"

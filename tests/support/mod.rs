@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+pub mod clock;
 pub mod faults;
 pub mod mariadb;
 pub mod operator;
