@@ -20,7 +20,7 @@ if [ -f .dev/operator.pid ] && kill -0 "$(cat .dev/operator.pid)" 2>/dev/null; t
 fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # The RDS and ElastiCache CA bundles cannot be downloaded here: test stand-ins take their
-# place (deploy/README.md says how a real cluster gets AWS's own).
+# place (docs/web-tier.md says how a real cluster gets AWS's own: deploy/ca-bundles.sh).
 KUBECONFIG=$OPERATOR_KUBECONFIG setsid "$bin" run --probe-addr "127.0.0.1:$port" --cluster-id demo --progress-interval 2s \
   --mysql-ca-file tests/fixtures/stand-in-mysql-ca.pem --redis-ca-file tests/fixtures/stand-in-redis-ca.pem \
   >.dev/operator.log 2>&1 &

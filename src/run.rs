@@ -18,8 +18,8 @@ use crate::api::{self, BackupPolicy, OpenEMRBackup, OpenEMRDeployment, RestoreRe
 use crate::aws::inventory::Inventory;
 use crate::aws::{self, accounts::AwsPool, budget::BudgetConfig, budget::Budgets};
 use crate::controller::RefKind;
-use crate::controller::deployment::names::ClusterId;
-use crate::controller::deployment::workload::WorkloadConfig;
+use crate::controller::deployment::clinic::ClusterId;
+use crate::controller::deployment::web::WorkloadConfig;
 use crate::controller::driver::{Driver, watch_secrets};
 use crate::controller::triggers::Target;
 use crate::controller::{CaFiles, ClinicAws, Context, DriverConfig, Reconcile, run_controller};

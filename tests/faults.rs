@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use openemr_operator::api::OpenEMRDeployment;
 use openemr_operator::aws::{AwsError, ErrorClass};
-use openemr_operator::controller::deployment::names::{ClinicNames, ClusterId};
+use openemr_operator::controller::deployment::clinic::{ClinicNames, ClusterId};
 use support::faults::{AwsFault, FaultProxy, Outcome, Rule};
 use support::operator::Operator;
 use support::{TestNamespace, apply, condition, env, eventually, wait_for_reason};

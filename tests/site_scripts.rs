@@ -1,4 +1,4 @@
-//! The web tier's scripts (`src/controller/deployment/scripts/`), run for real by
+//! The web tier's scripts (`src/controller/deployment/web/scripts/`), run for real by
 //! busybox's `sh` (the image's shell is busybox ash) against a real MariaDB that requires
 //! TLS, with PHP's mysqli for its verification. No container runs here, so the image's
 //! entrypoint is played by a stand-in `openemr.sh` that does what OpenEMR's installer does
@@ -11,7 +11,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use openemr_operator::controller::deployment::web::{EXIT_REFUSED, EXIT_UNUSABLE, SETUP_SCRIPT};
+use openemr_operator::controller::deployment::web::scripts::{
+    EXIT_REFUSED, EXIT_UNUSABLE, SETUP_SCRIPT,
+};
 use support::mariadb::MariaDb;
 
 /// The master user, with a password the image's installer could never carry.
@@ -267,7 +269,7 @@ fn attach_and_migrate_change_nothing_and_need_a_configured_site_of_the_right_ver
 
 #[test]
 fn a_worker_makes_the_certificate_removes_the_setup_scripts_and_leaves_sites_writable() {
-    use openemr_operator::controller::deployment::web::{SETUP_SCRIPTS, WORKER_SCRIPT};
+    use openemr_operator::controller::deployment::web::scripts::{SETUP_SCRIPTS, WORKER_SCRIPT};
     let root = std::env::temp_dir().join(format!("openemr-worker-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let documents = root.join("sites/default/documents");

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_cloudformation::types::{StackStatus, Tag};
 use openemr_operator::api::OpenEMRDeploymentSpec;
-use openemr_operator::controller::deployment::names::{self, ClinicNames, ClusterId};
-use openemr_operator::controller::deployment::template::{self, RenderedStack, StackInputs};
+use openemr_operator::controller::deployment::clinic::{self, ClinicNames, ClusterId};
+use openemr_operator::controller::deployment::infra::template::{self, RenderedStack, StackInputs};
 use serde_json::{Value, json};
 use support::{REPO, documents, env, files};
 
@@ -45,7 +45,7 @@ impl Clinic {
         Clinic {
             label: label.to_string(),
             names: ClinicNames::new(&cluster, "clinics", label),
-            tags: names::tags(&cluster, "clinics", label, "uid-1", &spec.tags),
+            tags: clinic::tags(&cluster, "clinics", label, "uid-1", &spec.tags),
             spec,
         }
     }
@@ -299,9 +299,10 @@ fn every_template_passes_checkov() {
 /// Job included) passes checkov's Kubernetes checks.
 #[test]
 fn the_example_clinics_web_tier_passes_checkov() {
-    use openemr_operator::controller::deployment::web::{
-        SecretKey, SetupCredentials, SetupMode, WebInputs, WebNames,
-    };
+    use openemr_operator::controller::deployment::secrets::SecretKey;
+    use openemr_operator::controller::deployment::web::WebNames;
+    use openemr_operator::controller::deployment::web::render::WebInputs;
+    use openemr_operator::controller::deployment::web::scripts::{SetupCredentials, SetupMode};
     let example = support::documents(
         &std::fs::read_to_string(Path::new(REPO).join("examples/clinic.yaml")).unwrap(),
     )

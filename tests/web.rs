@@ -1071,7 +1071,7 @@ async fn an_image_upgrade_is_guarded_by_one_snapshot_resumes_after_a_kill_and_ro
 
 #[tokio::test]
 async fn the_hold_helpers_place_renew_and_release_a_lease_in_the_api_server() {
-    use openemr_operator::controller::deployment::holds;
+    use openemr_operator::controller::deployment::web::holds;
     let client = env().admin().await;
     let ns = TestNamespace::new(env(), "web-holds").await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
@@ -1141,7 +1141,7 @@ async fn the_hold_helpers_place_renew_and_release_a_lease_in_the_api_server() {
 /// says so; the proxy rewrites its answers) and while RDS answers every read with a 503.
 #[tokio::test]
 async fn a_hold_holds_while_the_stack_updates_and_while_rds_fails_and_placed_again_holds_again() {
-    use openemr_operator::controller::deployment::holds;
+    use openemr_operator::controller::deployment::web::holds;
     let client = env().admin().await;
     let ns = TestNamespace::new(env(), "web-hold-aws").await;
     let name = "held";

@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::Context;
-use super::deployment::holds::HOLD_ON_LABEL;
 use super::deployment::web::CLINIC_LABEL;
+use super::deployment::web::holds::HOLD_ON_LABEL;
 use super::triggers::{RefKind, Target};
 
 /// Selects what the operator made for a clinic.

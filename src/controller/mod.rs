@@ -147,13 +147,13 @@ pub struct ClinicAws {
     /// Clients per account (assumed role), session and region, with their budgets.
     pub pool: Arc<crate::aws::accounts::AwsPool>,
     /// Part of every AWS name (`--cluster-id`).
-    pub cluster: deployment::names::ClusterId,
+    pub cluster: deployment::clinic::ClusterId,
     /// How soon a clinic is looked at again while AWS works on it.
     pub progress_interval: Duration,
     /// DB instances and stacks per account and region, read in pages and shared.
     pub inventory: Arc<crate::aws::inventory::Inventory>,
     /// Setup Job limits and retries.
-    pub workload: deployment::workload::WorkloadConfig,
+    pub workload: deployment::web::WorkloadConfig,
     /// Files with the CA bundles the web tier trusts: RDS's, ElastiCache's.
     pub ca_files: CaFiles,
 }

@@ -1,129 +1,94 @@
-//! OpenEMRDeployment controller: one clinic's AWS infrastructure, kept as declared.
+//! OpenEMRDeployment controller: one clinic's AWS infrastructure and web tier, kept as
+//! declared.
 //!
-//! `observe` checks the Secrets the spec names (read when the clinic or one of them
-//! changes; Secrets are watched by metadata only and never cached), then reads the clinic's
-//! stack and DB instance from AWS under the clinic's account and region. [`plan`] decides,
-//! purely, what to create or correct; `act` ([`act`]) makes those calls. Names come from
-//! [`names`], the stack's template from [`template`], the database's settings and drift
-//! from [`database`]. Clinics carry the finalizer [`FINALIZER`] so that `deletionPolicy`
-//! is carried out before they go.
+//! This module is the glue: `observe` checks the Secrets the spec names ([`secrets`]; read
+//! when the clinic or one of them changes, watched by metadata only and never cached), then
+//! reads the infrastructure ([`infra`]) and the web tier ([`web`]); `plan` asks each part
+//! for its plan, purely, and merges them into one status and one list of [`Change`]s;
+//! `act` hands each change to the part it belongs to. Names come from [`clinic`]. Clinics
+//! carry the finalizer [`FINALIZER`] so that `deletionPolicy` is carried out ([`cleanup`])
+//! before they go.
+//!
+//! Dependencies go one way: `infra` and `web` never import each other; what the web tier
+//! needs of the infrastructure is a [`site::Site`], which `infra` builds and `web` runs on.
+//! `cleanup` uses `web`'s writes (the volume, the generated administrator Secret). They
+//! share [`clinic`], [`secrets`] and [`site`], which import none of them.
 
-pub mod act;
-pub mod database;
-pub mod deletion;
-pub mod holds;
-pub mod names;
-pub mod plan;
-pub mod template;
+pub mod cleanup;
+pub mod clinic;
+pub mod infra;
+pub mod secrets;
+pub mod site;
 pub mod web;
-pub mod web_act;
-pub mod workload;
 
 use std::sync::atomic::Ordering;
 
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 
 use super::{AwsFailure, Context, Error, Plan, Reconcile, RefKind, Requeue, status_with};
 use crate::api::deployment::DeploymentPhase;
-use crate::api::{LocalRef, OpenEMRDeployment, OpenEMRDeploymentStatus};
+use crate::api::{OpenEMRDeployment, OpenEMRDeploymentStatus};
 use crate::conditions::Verdict;
-use plan::Change;
-
-/// A Secret the spec may name, and what it must hold.
-#[derive(Debug, PartialEq, Eq)]
-pub struct SecretUse {
-    /// The spec field that names it.
-    pub field: &'static str,
-    /// Keys it must have.
-    pub keys: &'static [&'static str],
-    /// Condition reason when it does not exist.
-    pub not_found: &'static str,
-    /// Condition reason when it lacks a key or holds a value that cannot be used.
-    pub invalid: &'static str,
-    /// Keys whose values reach OpenEMR's installer (checked until the site is set up).
-    pub installer_keys: &'static [&'static str],
-}
-
-/// `spec.database.credentialsSecretRef`.
-pub const DATABASE_CREDENTIALS: SecretUse = SecretUse {
-    field: "spec.database.credentialsSecretRef",
-    keys: &["password"],
-    not_found: "CredentialsSecretNotFound",
-    invalid: "CredentialsSecretInvalid",
-    // Written into sqlconf.php by the installer; `root-password` never reaches it.
-    installer_keys: &["password"],
-};
-
-/// `spec.web.adminCredentialsSecretRef`.
-pub const ADMIN_CREDENTIALS: SecretUse = SecretUse {
-    field: "spec.web.adminCredentialsSecretRef",
-    keys: &["username", "password"],
-    not_found: "AdminCredentialsSecretNotFound",
-    invalid: "AdminCredentialsSecretInvalid",
-    installer_keys: &["username", "password"],
-};
-
-/// What a referenced Secret looks like (its key names, never its values).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretCheck {
-    Missing,
-    MissingKeys(Vec<&'static str>),
-    /// A key whose value OpenEMR's installer cannot carry, and why (never the value).
-    Unusable(&'static str, &'static str),
-    Present,
-}
+use infra::InfraChange;
+use secrets::{SecretCheck, SecretSeen};
+use web::WebChange;
 
 /// What `observe` found.
 #[derive(Debug, Clone)]
 pub struct Observed {
     /// Each Secret the spec names, with what was found.
-    pub secrets: Vec<(&'static SecretUse, String, SecretCheck)>,
+    pub secrets: Vec<SecretSeen>,
     /// The clinic's AWS infrastructure; not read while a named Secret is missing (nothing is
     /// created for a spec that is not accepted), nor without AWS settings.
-    pub infra: Option<plan::Infra>,
+    pub infra: Option<infra::Infra>,
     /// The web tier's children and holds, read with the infrastructure (and without it
     /// when AWS cannot be read).
-    pub workload: Option<workload::WorkloadSeen>,
+    pub workload: Option<web::WorkloadSeen>,
     /// An AWS read that failed: the web tier is planned without it, then the reconcile
     /// fails with it.
     pub aws_failure: Option<AwsFailure>,
 }
 
-impl OpenEMRDeployment {
-    /// OpenEMR's installer may still read the Secrets: the site is not set up, and the
-    /// database is not adopted (the installer never runs on an adopted one).
-    fn installer_may_run(&self) -> bool {
-        let set_up = self
-            .status
-            .as_ref()
-            .and_then(|s| s.web.as_ref())
-            .is_some_and(|w| w.setup_complete);
-        let adopted = self
-            .spec
-            .adopt
-            .as_ref()
-            .is_some_and(|a| a.db_instance_identifier.is_some());
-        !set_up && !adopted
-    }
+/// The finalizer on every clinic: its AWS resources are dealt with before it goes.
+pub const FINALIZER: &str = "openemr.io/cleanup";
 
-    /// The Secrets this clinic's spec names.
-    fn referenced_secrets(&self) -> Vec<(&'static SecretUse, &LocalRef)> {
-        let database = self.spec.database.credentials_secret_ref.as_ref();
-        let admin = self.spec.web.admin_credentials_secret_ref.as_ref();
-        [
-            (&DATABASE_CREDENTIALS, database),
-            (&ADMIN_CREDENTIALS, admin),
-        ]
-        .into_iter()
-        .filter_map(|(usage, r)| r.map(|r| (usage, r)))
-        .collect()
+/// A mutating call a clinic's plan asks for: in AWS for its infrastructure, or for its web
+/// tier.
+#[derive(Clone, PartialEq)]
+pub enum Change {
+    Infra(InfraChange),
+    Web(WebChange),
+}
+
+impl std::fmt::Debug for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Infra(c) => c.fmt(f),
+            Change::Web(c) => c.fmt(f),
+        }
     }
 }
 
-/// The finalizer on every clinic: its AWS resources are dealt with before it goes.
-pub const FINALIZER: &str = "openemr.io/cleanup";
+impl Change {
+    /// The action and token recorded in `status.inFlight` before the call.
+    pub fn intent(&self) -> (String, String) {
+        match self {
+            Change::Infra(c) => c.intent(),
+            Change::Web(c) => c.intent(),
+        }
+    }
+
+    /// Whether the intent is stored in status before the call: for AWS calls, whose
+    /// repetition after a crash must be recognised. Kubernetes applies and Events are
+    /// idempotent or harmless to repeat, and cost no status write.
+    pub fn recorded(&self) -> bool {
+        match self {
+            Change::Infra(c) => c.recorded(),
+            Change::Web(c) => c.recorded(),
+        }
+    }
+}
 
 impl Reconcile for OpenEMRDeployment {
     type Observed = Observed;
@@ -155,34 +120,25 @@ impl Reconcile for OpenEMRDeployment {
     }
 
     async fn act(&self, change: &Change, ctx: &Context) -> Result<(), Error> {
-        act::act(self, change, ctx).await
+        let Some(aws) = &ctx.aws else {
+            return Err(Error::Act {
+                action: "provisioning".into(),
+                reason: "NoAwsSettings",
+                message: "the operator runs without AWS settings".into(),
+            });
+        };
+        match change {
+            Change::Infra(change) => infra::act::act(self, change, aws, ctx).await,
+            Change::Web(change) => web::act::act(self, change, aws, ctx).await,
+        }
     }
 
     async fn cleanup(&self, ctx: &Context) -> Result<(), Error> {
-        act::cleanup(self, ctx).await
+        cleanup::act::cleanup(self, ctx).await
     }
 
     async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
-        let ns = self.namespace().unwrap_or_default();
-        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-        let mut secrets = Vec::new();
-        let mut user_master_password = false;
-        for (usage, r) in self.referenced_secrets() {
-            let found = api
-                .get_opt(&r.name)
-                .await
-                .map_err(Error::observe(format!("Secret {ns}/{}", r.name)))?;
-            let check = match found {
-                None => SecretCheck::Missing,
-                Some(secret) => {
-                    if *usage == DATABASE_CREDENTIALS {
-                        user_master_password = has_key(&secret, act::ROOT_PASSWORD_KEY);
-                    }
-                    check_secret(usage, &secret, self.installer_may_run())
-                }
-            };
-            secrets.push((usage, r.name.clone(), check));
-        }
+        let (secrets, user_master_password) = secrets::observe(self, ctx).await?;
         let accepted = secrets.iter().all(|(_, _, c)| *c == SecretCheck::Present);
         let (infra, workload, aws_failure) = match &ctx.aws {
             Some(_) if accepted && !ctx.children.synced.load(Ordering::SeqCst) => {
@@ -195,12 +151,13 @@ impl Reconcile for OpenEMRDeployment {
                 // AWS failing must not stop the web tier (a hold above all): its failure is
                 // kept for after. A failure to read Kubernetes stops everything, as before.
                 let (infra, infra_failure) =
-                    match act::observe_infra(self, aws, ctx, user_master_password).await {
+                    match infra::observe::observe_infra(self, aws, ctx, user_master_password).await
+                    {
                         Ok(infra) => (Some(infra), None),
                         Err(e) => (None, Some(e.into_aws_failure()?)),
                     };
                 let (workload, workload_failure) =
-                    web_act::observe_workload(self, aws, ctx).await?;
+                    web::observe::observe_workload(self, aws, ctx).await?;
                 (infra, Some(workload), infra_failure.or(workload_failure))
             }
             _ => (None, None, None),
@@ -214,38 +171,7 @@ impl Reconcile for OpenEMRDeployment {
     }
 
     fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<OpenEMRDeploymentStatus, Change> {
-        let refusal = observed
-            .secrets
-            .iter()
-            .find_map(|(usage, name, check)| match check {
-                SecretCheck::Present => None,
-                SecretCheck::Missing => Some(Verdict::falsy(
-                    "Accepted",
-                    usage.not_found,
-                    format!(
-                        "{} names Secret {name:?}, which does not exist in this namespace",
-                        usage.field
-                    ),
-                )),
-                SecretCheck::Unusable(key, why) => Some(Verdict::falsy(
-                    "Accepted",
-                    usage.invalid,
-                    format!(
-                        "{}: the value of key {key} in Secret {name:?} {why}, which OpenEMR's installer cannot carry (the image passes it unquoted, split on blanks and cut at the first =, into sqlconf.php between single quotes); put another value in the Secret",
-                        usage.field
-                    ),
-                )),
-                SecretCheck::MissingKeys(keys) => Some(Verdict::falsy(
-                    "Accepted",
-                    usage.invalid,
-                    format!(
-                        "{}: Secret {name:?} lacks the key(s) {} (it must have {})",
-                        usage.field,
-                        keys.join(", "),
-                        usage.keys.join(", ")
-                    ),
-                )),
-            });
+        let refusal = secrets::refusal(&observed.secrets);
         let is_accepted = refusal.is_none();
         let accepted =
             refusal.unwrap_or_else(|| Verdict::truthy("Accepted", "Valid", "spec is valid"));
@@ -282,18 +208,18 @@ impl Reconcile for OpenEMRDeployment {
             return Plan::after_validation(status, is_accepted);
         };
         let previous = self.status.clone().unwrap_or_default();
-        let infra_plan = plan::plan_infrastructure(self, infra, &previous, now);
+        let infra_plan = infra::plan::plan_infrastructure(self, infra, &previous, now);
         // The web tier runs on the last site known while the stack or the database is busy.
         let infra_ready = infra_plan.waiting.is_empty();
-        let site = plan::site(self, infra).or_else(|| plan::site_from_status(self, &previous));
+        let site = infra::site(self, infra).or_else(|| infra::site_from_status(self, &previous));
         let seen = observed.workload.clone().unwrap_or_default();
-        let web = workload::plan_workload(self, site.as_ref(), infra_ready, &seen, now);
+        let web = web::plan::plan_workload(self, site.as_ref(), infra_ready, &seen, now);
         let mut waiting = infra_plan.waiting.clone();
         if !web.verdict.status {
             waiting.push("web tier");
         }
         let aws_busy = infra_plan.in_progress || !infra_plan.changes.is_empty();
-        let (ready, phase) = plan::overall(
+        let (ready, phase) = infra::overall(
             &waiting,
             infra_plan.failed,
             aws_busy || web.busy || web.in_progress,
@@ -322,8 +248,9 @@ impl Reconcile for OpenEMRDeployment {
             Requeue::Resync
         };
         // The web tier's changes first: a hold must not wait behind an AWS call.
-        let mut changes = web.changes;
-        changes.extend(infra_plan.changes);
+        let changes = (web.changes.into_iter().map(Change::Web))
+            .chain(infra_plan.changes.into_iter().map(Change::Infra))
+            .collect();
         Plan {
             status,
             requeue,
@@ -339,13 +266,13 @@ impl OpenEMRDeployment {
     fn plan_without_aws(
         &self,
         accepted: Verdict,
-        seen: &workload::WorkloadSeen,
+        seen: &web::WorkloadSeen,
         failure: &AwsFailure,
         now: Timestamp,
     ) -> Plan<OpenEMRDeploymentStatus, Change> {
         let previous = self.status.clone().unwrap_or_default();
-        let site = plan::site_from_status(self, &previous);
-        let web = workload::plan_workload(self, site.as_ref(), false, seen, now);
+        let site = infra::site_from_status(self, &previous);
+        let web = web::plan::plan_workload(self, site.as_ref(), false, seen, now);
         let mut verdicts = vec![accepted, web.verdict.clone()];
         if !web.verdict.status {
             verdicts.push(Verdict::falsy("Ready", "NotReady", "waiting for: web tier"));
@@ -357,59 +284,10 @@ impl OpenEMRDeployment {
         Plan {
             status,
             requeue,
-            changes: web.changes,
+            changes: web.changes.into_iter().map(Change::Web).collect(),
             failure: Some(failure.clone()),
         }
     }
-}
-
-/// What a referenced Secret holds for `usage`: its keys, and, while OpenEMR's installer
-/// may still read it, whether the installer can carry its values.
-fn check_secret(usage: &SecretUse, secret: &Secret, installer_may_run: bool) -> SecretCheck {
-    let missing: Vec<_> = usage
-        .keys
-        .iter()
-        .copied()
-        .filter(|k| !has_key(secret, k))
-        .collect();
-    let unusable = usage
-        .installer_keys
-        .iter()
-        .filter(|_| installer_may_run)
-        .find_map(|k| installer_refuses(secret, k).map(|why| (*k, why)));
-    match (missing.is_empty(), unusable) {
-        (false, _) => SecretCheck::MissingKeys(missing),
-        (true, Some((key, why))) => SecretCheck::Unusable(key, why),
-        (true, None) => SecretCheck::Present,
-    }
-}
-
-/// Why the value of `key` cannot go to OpenEMR's installer, if it cannot.
-fn installer_refuses(secret: &Secret, key: &str) -> Option<&'static str> {
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|v| String::from_utf8(v.0.clone()).ok())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .map(|v| Some(v.clone()))
-        })?;
-    match value {
-        Some(v) => web::installer_refuses(&v),
-        None => Some("is not UTF-8 text"),
-    }
-}
-
-fn has_key(secret: &Secret, key: &str) -> bool {
-    secret.data.as_ref().is_some_and(|d| d.contains_key(key))
-        || secret
-            .string_data
-            .as_ref()
-            .is_some_and(|d| d.contains_key(key))
 }
 
 #[cfg(test)]
@@ -417,6 +295,8 @@ mod tests {
     use super::*;
     use crate::api::OpenEMRDeploymentSpec;
     use crate::conditions;
+    use k8s_openapi::api::core::v1::Secret;
+    use secrets::{ADMIN_CREDENTIALS, DATABASE_CREDENTIALS, check_secret};
 
     fn clinic() -> OpenEMRDeployment {
         let spec: OpenEMRDeploymentSpec = serde_json::from_value(serde_json::json!({
@@ -457,7 +337,7 @@ mod tests {
             }),
             ..OpenEMRDeploymentStatus::default()
         });
-        let seen = workload::WorkloadSeen {
+        let seen = web::WorkloadSeen {
             ca: Some(Ok(("MYSQL".into(), "REDIS".into()))),
             holds: vec![WebHold {
                 holder: "restore/in-place".into(),
@@ -468,7 +348,7 @@ mod tests {
                 effective: false,
             }],
             worker_pods: Some(2),
-            ..workload::WorkloadSeen::default()
+            ..web::WorkloadSeen::default()
         };
         let failure = AwsFailure {
             action: "reading the DB instance",
@@ -498,7 +378,7 @@ mod tests {
             .changes
             .iter()
             .filter_map(|c| match c {
-                Change::ApplyChildren(children) => Some(children),
+                Change::Web(WebChange::ApplyChildren(children)) => Some(children),
                 _ => None,
             })
             .flatten()

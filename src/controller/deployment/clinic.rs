@@ -1,4 +1,8 @@
-//! Deterministic names of a clinic's AWS resources and the tags they all carry.
+//! Everything that names a clinic: the deterministic names of its AWS resources, the tags
+//! they all carry, the snapshots and bucket prefixes it owns, the identifier of its DB
+//! instance (its own or an adopted one), and the handles every part of its controller
+//! reaches it by (its AWS clients, its Events). Backup and restore import this, so a name is
+//! computed in one place only.
 //!
 //! Names come from the operator-wide cluster id plus the clinic's namespace and name, so two
 //! clusters sharing an account never collide and a restarted operator finds what it made
@@ -8,8 +12,17 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
+
+use crate::api::OpenEMRDeployment;
+use crate::aws::AwsClients;
+use crate::aws::accounts::session_name;
+use crate::aws::error::AwsError;
+use crate::controller::{ClinicAws, Context, Error};
 
 /// The operator-wide id of this cluster, part of every AWS name (`--cluster-id`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,6 +204,63 @@ pub fn tags(
     tags.insert(TAG_NAME.into(), name.into());
     tags.insert(TAG_UID.into(), uid.into());
     tags
+}
+
+/// The clinic's DB instance: the adopted one, else the one it was made with.
+pub fn db_identifier(d: &OpenEMRDeployment, names: &ClinicNames) -> String {
+    d.spec
+        .adopt
+        .as_ref()
+        .and_then(|a| a.db_instance_identifier.clone())
+        .unwrap_or_else(|| names.db_instance.clone())
+}
+
+/// The tags on everything the clinic makes in AWS.
+pub fn clinic_tags(d: &OpenEMRDeployment, aws: &ClinicAws) -> BTreeMap<String, String> {
+    tags(
+        &aws.cluster,
+        &d.namespace().unwrap_or_default(),
+        &d.name_any(),
+        d.metadata.uid.as_deref().unwrap_or_default(),
+        &d.spec.tags,
+    )
+}
+
+/// The clients of the clinic's account (its role, if any) and region, under a session named
+/// after it.
+pub async fn clients(d: &OpenEMRDeployment, aws: &ClinicAws) -> Arc<AwsClients> {
+    let session = session_name(d.namespace().as_deref().unwrap_or_default(), &d.name_any());
+    aws.pool
+        .clients(d.spec.aws.role_arn.as_deref(), &session, &d.spec.aws.region)
+        .await
+}
+
+/// An AWS error as the reconcile's error, naming what was being done.
+pub fn aws_error(action: &'static str) -> impl FnOnce(AwsError) -> Error {
+    move |source| Error::Aws { action, source }
+}
+
+/// An Event on the clinic about a step taken in AWS.
+pub async fn announce(
+    ctx: &Context,
+    d: &OpenEMRDeployment,
+    warning: bool,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_string(),
+        note: Some(note.to_string()),
+        action: "Provision".into(),
+        secondary: None,
+    };
+    ctx.publish::<OpenEMRDeployment>(&event, &d.object_ref(&()))
+        .await;
 }
 
 #[cfg(test)]

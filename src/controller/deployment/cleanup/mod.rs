@@ -1,6 +1,6 @@
 //! What deleting a clinic does to its AWS resources, step by step: a pure function of the
-//! policy and what AWS shows now, so each pass of the cleanup does the next step and a
-//! crash at any point resumes where it was.
+//! policy and what AWS shows now, so each pass of the cleanup ([`act`]) does the next step
+//! and a crash at any point resumes where it was.
 //!
 //! Rules: the database goes only after a final snapshot with a deterministic name was seen
 //! `available` (unless `Delete` with `skipFinalSnapshot`); deleting the namespace never
@@ -11,7 +11,8 @@
 //!   turned it off); with an adopted instance kept, `Delete` keeps the rest too (the
 //!   stack's groups serve the instance, the file system's `sites/` holds the drive keys
 //!   its encrypted data pairs with, the Secrets its passwords);
-//! - no backup: a bucket holding anything under [`BACKUP_PREFIXES`] is kept;
+//! - no backup: a bucket holding anything under
+//!   [`BACKUP_PREFIXES`](super::clinic::BACKUP_PREFIXES) is kept;
 //! - the KMS key is never scheduled for deletion while anything encrypted with it remains
 //!   ([`key_holders`]: the final snapshot, other manual snapshots of the instance such as
 //!   upgrade snapshots and backup sets', retained automated backups, a kept bucket, an
@@ -19,7 +20,8 @@
 //!
 //! Whatever is kept is listed in the `CleanedUp` Event, with why.
 
-pub use super::names::BACKUP_PREFIXES;
+pub mod act;
+
 use crate::api::DeletionPolicy;
 use crate::aws::cloudformation::{StackInfo, StackState};
 use crate::aws::rds::{DbInstance, DbSnapshot};
@@ -40,7 +42,8 @@ pub struct Seen {
     /// `spec.adopt` names the DB instance / the bucket: the operator did not make them.
     pub adopted_database: bool,
     pub adopted_bucket: bool,
-    /// The bucket holds objects under [`BACKUP_PREFIXES`] (read for `Delete` only).
+    /// The bucket holds objects under [`BACKUP_PREFIXES`](super::clinic::BACKUP_PREFIXES)
+    /// (read for `Delete` only).
     pub bucket_holds_backups: bool,
     /// Manual snapshots of the instance besides the final one (upgrade snapshots, backup
     /// sets'), by name (read when the key's deletion is weighed).

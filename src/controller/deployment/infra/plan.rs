@@ -7,303 +7,20 @@
 //! the database. Nothing here ever deletes: replacing a rolled-back stack and deletion
 //! belong to explicit paths.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::database::{self, Difference, Placement};
-use super::names::ClinicNames;
+use super::adoption::{ADOPTED, adoption_reported, adoption_verdict, bucket_differences};
+use super::database::{self, Placement};
 use super::template::{self, RenderedStack, StackInputs};
-use super::web::{Child, ChildKind, SecretKey};
-use super::workload::{DatabaseOrigin, Site};
-use crate::api::deployment::{DatabaseStatus, DeploymentPhase, StackStatus};
+use super::{AdoptedBucket, Infra, InfraChange, InfraPlan, MasterSource};
+use crate::api::deployment::{DatabaseStatus, StackStatus};
 use crate::api::{OpenEMRDeployment, OpenEMRDeploymentStatus};
 use crate::aws::cloudformation::{StackFailure, StackInfo, StackRequest, StackState};
-use crate::aws::rds::{CreateDb, DbInstance, ModifyDb};
-use crate::aws::s3::BucketSettings;
 use crate::conditions::Verdict;
-
-/// What AWS and the cluster showed about one clinic's infrastructure.
-#[derive(Debug, Clone)]
-pub struct Infra {
-    pub names: ClinicNames,
-    pub tags: BTreeMap<String, String>,
-    pub stack: Option<StackInfo>,
-    /// The failing resource of a stack that failed or rolled back.
-    pub stack_failure: Option<StackFailure>,
-    pub database: Option<DbInstance>,
-    /// Whether the Secret with OpenEMR's database credentials exists (the operator's own,
-    /// or the user's named in `spec.database.credentialsSecretRef`).
-    pub credentials_secret: bool,
-    /// The user's Secret carries `root-password` for the master user.
-    pub user_master_password: bool,
-    /// How soon to look again while AWS is working.
-    pub progress_interval: Duration,
-    /// The bucket named in `spec.adopt.bucketName`, as read (only while the clinic is not
-    /// at rest).
-    pub adopted_bucket: AdoptedBucket,
-}
-
-/// What was read of an adopted bucket.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum AdoptedBucket {
-    /// Not read this time (none adopted, or the clinic is at rest).
-    #[default]
-    NotRead,
-    Missing,
-    Seen(BucketSettings),
-}
-
-/// Where the master password comes from; resolved only in `act`, so no password is ever
-/// part of a plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MasterSource {
-    ManagedByRds,
-    /// `root-password` of this Secret.
-    UserSecret(String),
-}
-
-/// A mutating call the plan asks for.
-#[derive(Clone, PartialEq)]
-pub enum Change {
-    /// OpenEMR's database user password, generated once into a Secret that is never
-    /// overwritten.
-    CreateCredentialsSecret {
-        name: String,
-        username: String,
-        database: String,
-    },
-    CreateStack(StackRequest),
-    UpdateStack(StackRequest),
-    /// Removes a stack whose creation rolled back, so the next pass creates it anew. Its
-    /// retained resources (named in an Event) stay.
-    DeleteFailedStack {
-        name: String,
-        token: String,
-        retained: Vec<String>,
-    },
-    CreateDatabase {
-        request: Box<CreateDb>,
-        master: MasterSource,
-    },
-    /// Brings an adopted bucket to the clinic's settings (after they were reported).
-    SecureAdoptedBucket {
-        bucket: String,
-        kms_key_arn: String,
-        differences: Vec<Difference>,
-    },
-    ModifyDatabase {
-        request: ModifyDb,
-        differences: Vec<Difference>,
-    },
-    /// Server-side applies these web-tier children (idempotent).
-    ApplyChildren(Vec<Child>),
-    /// Deletes a child the spec no longer wants (idempotent).
-    DeleteChild {
-        kind: ChildKind,
-        name: String,
-    },
-    /// Frees the clinic's volume, `Released` after its claim was deleted, to bind to the
-    /// claim made anew (the file system's data is untouched; reclaim stays `Retain`).
-    RebindVolume {
-        name: String,
-    },
-    /// Generates the first administrator's credentials once, into a Secret kept with the
-    /// data (like the database credentials).
-    CreateAdminSecret {
-        name: String,
-    },
-    /// Copies the RDS-managed master password from Secrets Manager into a Secret owned by
-    /// the clinic, for the first setup only (deleted once setup completed).
-    CopyMasterPassword {
-        name: String,
-        secret_arn: String,
-    },
-    /// The DB snapshot an image upgrade waits for.
-    CreateUpgradeSnapshot {
-        snapshot: String,
-    },
-    /// An Event about a step of the web tier that no call marks.
-    Announce {
-        reason: &'static str,
-        note: String,
-        warning: bool,
-    },
-}
-
-impl std::fmt::Debug for Change {
-    // Compact: a template body does not belong in a log line.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Change::CreateCredentialsSecret { name, .. } => {
-                write!(f, "CreateCredentialsSecret({name})")
-            }
-            Change::CreateStack(r) => write!(f, "CreateStack({}, token {})", r.name, r.token),
-            Change::UpdateStack(r) => write!(f, "UpdateStack({}, token {})", r.name, r.token),
-            Change::SecureAdoptedBucket { bucket, .. } => {
-                write!(f, "SecureAdoptedBucket({bucket})")
-            }
-            Change::DeleteFailedStack { name, .. } => write!(f, "DeleteFailedStack({name})"),
-            Change::CreateDatabase { request, master } => {
-                write!(
-                    f,
-                    "CreateDatabase({}, master {master:?})",
-                    request.identifier
-                )
-            }
-            Change::ModifyDatabase {
-                request,
-                differences,
-            } => {
-                let list: Vec<_> = differences.iter().map(|d| d.to_string()).collect();
-                write!(
-                    f,
-                    "ModifyDatabase({}, {})",
-                    request.identifier,
-                    list.join("; ")
-                )
-            }
-            Change::ApplyChildren(children) => {
-                let list: Vec<_> = children
-                    .iter()
-                    .map(|c| format!("{}/{}", c.kind, c.name))
-                    .collect();
-                write!(f, "ApplyChildren({})", list.join(", "))
-            }
-            Change::DeleteChild { kind, name } => write!(f, "DeleteChild({kind}/{name})"),
-            Change::RebindVolume { name } => write!(f, "RebindVolume({name})"),
-            Change::CreateAdminSecret { name } => write!(f, "CreateAdminSecret({name})"),
-            Change::CopyMasterPassword { name, .. } => write!(f, "CopyMasterPassword({name})"),
-            Change::CreateUpgradeSnapshot { snapshot } => {
-                write!(f, "CreateUpgradeSnapshot({snapshot})")
-            }
-            Change::Announce { reason, .. } => write!(f, "Announce({reason})"),
-        }
-    }
-}
-
-impl Change {
-    /// The action and token recorded in `status.inFlight` before the call.
-    pub fn intent(&self) -> (String, String) {
-        match self {
-            Change::SecureAdoptedBucket {
-                bucket,
-                differences,
-                ..
-            } => {
-                let fields: Vec<_> = differences.iter().map(|d| d.field).collect();
-                (
-                    "SecureAdoptedBucket".into(),
-                    format!("{bucket}:{}", fields.join(",")),
-                )
-            }
-            Change::CreateCredentialsSecret { name, .. } => {
-                ("CreateCredentialsSecret".into(), name.clone())
-            }
-            Change::CreateStack(r) => ("CreateStack".into(), r.token.clone()),
-            Change::UpdateStack(r) => ("UpdateStack".into(), r.token.clone()),
-            Change::DeleteFailedStack { token, .. } => ("DeleteStack".into(), token.clone()),
-            Change::CreateDatabase { request, .. } => {
-                ("CreateDBInstance".into(), request.identifier.clone())
-            }
-            Change::ModifyDatabase {
-                request,
-                differences,
-            } => {
-                let fields: Vec<_> = differences.iter().map(|d| d.field).collect();
-                (
-                    "ModifyDBInstance".into(),
-                    format!("{}:{}", request.identifier, fields.join(",")),
-                )
-            }
-            Change::ApplyChildren(children) => {
-                let list: Vec<_> = children
-                    .iter()
-                    .map(|c| format!("{}/{}", c.kind, c.name))
-                    .collect();
-                ("ApplyChildren".into(), list.join(","))
-            }
-            Change::DeleteChild { kind, name } => ("DeleteChild".into(), format!("{kind}/{name}")),
-            Change::RebindVolume { name } => ("RebindVolume".into(), name.clone()),
-            Change::CreateAdminSecret { name } => ("CreateAdminSecret".into(), name.clone()),
-            Change::CopyMasterPassword { name, .. } => ("CopyMasterPassword".into(), name.clone()),
-            Change::CreateUpgradeSnapshot { snapshot } => {
-                ("CreateDBSnapshot".into(), snapshot.clone())
-            }
-            Change::Announce { reason, .. } => ("Announce".into(), (*reason).into()),
-        }
-    }
-
-    /// Whether the intent is stored in status before the call: for AWS calls, whose
-    /// repetition after a crash must be recognised. Kubernetes applies and Events are
-    /// idempotent or harmless to repeat, and cost no status write.
-    pub fn recorded(&self) -> bool {
-        !matches!(
-            self,
-            Change::ApplyChildren(_)
-                | Change::DeleteChild { .. }
-                | Change::RebindVolume { .. }
-                | Change::CreateAdminSecret { .. }
-                | Change::CopyMasterPassword { .. }
-                | Change::Announce { .. }
-        )
-    }
-}
-
-/// The infrastructure part of a clinic's plan.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InfraPlan {
-    pub verdicts: Vec<Verdict>,
-    pub status: OpenEMRDeploymentStatus,
-    pub changes: Vec<Change>,
-    /// AWS is still working on something: look again soon.
-    pub in_progress: bool,
-    /// What is not ready yet ("stack", "database"); empty when both are.
-    pub waiting: Vec<&'static str>,
-    /// The stack failed and needs a change to the spec or to AWS.
-    pub failed: bool,
-}
-
-/// The `Ready` condition and the phase from the parts' readiness: `waiting` names the
-/// parts not ready, `busy` says whether anything is being changed.
-pub fn overall(
-    waiting: &[&str],
-    failed: bool,
-    busy: bool,
-    previous: Option<DeploymentPhase>,
-) -> (Verdict, DeploymentPhase) {
-    let ready = if waiting.is_empty() {
-        Verdict::truthy(
-            "Ready",
-            "Ready",
-            "the stack, the database and the web tier are ready",
-        )
-    } else {
-        Verdict::falsy(
-            "Ready",
-            "NotReady",
-            format!("waiting for: {}", waiting.join(", ")),
-        )
-    };
-    let was_ready = matches!(
-        previous,
-        Some(DeploymentPhase::Ready | DeploymentPhase::Updating | DeploymentPhase::Degraded)
-    );
-    let phase = if failed {
-        DeploymentPhase::Failed
-    } else if ready.status && !busy {
-        DeploymentPhase::Ready
-    } else if was_ready && busy {
-        DeploymentPhase::Updating
-    } else if was_ready {
-        DeploymentPhase::Degraded
-    } else {
-        DeploymentPhase::Provisioning
-    };
-    (ready, phase)
-}
+use crate::controller::deployment::clinic::db_identifier;
 
 /// RDS states in which the database serves.
 fn serving(status: &str) -> bool {
@@ -334,81 +51,6 @@ fn stack_token(kind: &str, uid: &str, generation: i64, hash: &str) -> String {
         "oe-{kind}-{uid}-g{generation}-{}",
         &hash[..hash.len().min(12)]
     )
-}
-
-/// Where the web tier finds the infrastructure, once the stack and the database serve.
-pub fn site(d: &OpenEMRDeployment, infra: &Infra) -> Option<Site> {
-    let db = infra.database.as_ref()?;
-    let (host, port) = db.endpoint.clone()?;
-    let outputs = &infra.stack.as_ref()?.outputs;
-    let output = |key: &str| outputs.get(key).filter(|v| !v.is_empty()).cloned();
-    let user_secret = d.spec.database.credentials_secret_ref.as_ref();
-    let credentials = user_secret
-        .map(|r| r.name.clone())
-        .unwrap_or_else(|| infra.names.credentials_secret.clone());
-    Some(Site {
-        database_host: host,
-        database_port: port,
-        database_identifier: db.identifier.clone(),
-        redis_host: output(template::OUT_REDIS_ADDRESS)?,
-        file_system_id: output(template::OUT_FILE_SYSTEM_ID)?,
-        database_password: SecretKey::new(&credentials, super::web::PASSWORD_KEY),
-        user_master_password: user_secret
-            .filter(|_| infra.user_master_password)
-            .map(|r| SecretKey::new(&r.name, super::act::ROOT_PASSWORD_KEY)),
-        master_secret_arn: db.master_user_secret_arn.clone(),
-        master_username: db
-            .master_username
-            .clone()
-            .unwrap_or_else(|| super::database::MASTER_USERNAME.to_string()),
-        database_origin: database_origin(d, db),
-    })
-}
-
-/// Where the web tier found the infrastructure last, from the status: what it uses while
-/// AWS cannot be read. `None` before the infrastructure was first ready. Only a set-up
-/// clinic's web tier runs on it (no setup starts then), so what only a first setup needs
-/// (the master password, the database's origin) is left at its least.
-pub fn site_from_status(d: &OpenEMRDeployment, status: &OpenEMRDeploymentStatus) -> Option<Site> {
-    let database = status.database.as_ref()?;
-    let (host, port) = database.endpoint.as_deref()?.rsplit_once(':')?;
-    let (redis_host, _) = status.redis_endpoint.as_deref()?.rsplit_once(':')?;
-    let credentials = d
-        .spec
-        .database
-        .credentials_secret_ref
-        .as_ref()
-        .map(|r| r.name.clone())
-        .or_else(|| status.credentials_secret_name.clone())?;
-    Some(Site {
-        database_host: host.to_string(),
-        database_port: port.parse().ok()?,
-        database_identifier: database.identifier.clone(),
-        redis_host: redis_host.to_string(),
-        file_system_id: status.file_system_id.clone()?,
-        database_password: SecretKey::new(&credentials, super::web::PASSWORD_KEY),
-        user_master_password: None,
-        master_secret_arn: None,
-        master_username: super::database::MASTER_USERNAME.to_string(),
-        database_origin: DatabaseOrigin::Foreign { uid: None },
-    })
-}
-
-/// Where the clinic's database came from, from the spec and the instance's tags.
-fn database_origin(d: &OpenEMRDeployment, db: &DbInstance) -> DatabaseOrigin {
-    let adopted = d
-        .spec
-        .adopt
-        .as_ref()
-        .is_some_and(|a| a.db_instance_identifier.is_some());
-    let uid = d.metadata.uid.as_deref().unwrap_or_default();
-    match db.tags.get(super::names::TAG_UID) {
-        _ if adopted => DatabaseOrigin::Adopted,
-        Some(tagged) if tagged == uid => DatabaseOrigin::CreatedEmpty,
-        other => DatabaseOrigin::Foreign {
-            uid: other.cloned(),
-        },
-    }
 }
 
 /// Plans the clinic's AWS infrastructure from what was observed.
@@ -448,7 +90,7 @@ pub fn plan_infrastructure(
     let missing = user_secret.is_none() && !infra.credentials_secret;
     let credentials_lost = missing && infra.database.is_some() && !adopted;
     if missing && !credentials_lost {
-        changes.push(Change::CreateCredentialsSecret {
+        changes.push(InfraChange::CreateCredentialsSecret {
             name: names.credentials_secret.clone(),
             username: spec.database.username.clone(),
             database: spec.database.database_name.clone(),
@@ -474,7 +116,7 @@ pub fn plan_infrastructure(
     let mut sent_update = None;
     let stack_verdict = match &infra.stack {
         None => {
-            changes.push(Change::CreateStack(request("create")));
+            changes.push(InfraChange::CreateStack(request("create")));
             in_progress = true;
             Verdict::falsy(
                 "StackReady",
@@ -484,7 +126,7 @@ pub fn plan_infrastructure(
         }
         Some(stack) => match stack.state() {
             StackState::Deleted => {
-                changes.push(Change::CreateStack(request("create")));
+                changes.push(InfraChange::CreateStack(request("create")));
                 in_progress = true;
                 Verdict::falsy(
                     "StackReady",
@@ -505,7 +147,7 @@ pub fn plan_infrastructure(
                 )
             }
             StackState::RolledBack if failed_in_an_earlier_generation(previous, generation) => {
-                changes.push(Change::DeleteFailedStack {
+                changes.push(InfraChange::DeleteFailedStack {
                     name: names.stack.clone(),
                     token: stack_token("delete", &uid, generation, &hash),
                     retained: infra
@@ -551,7 +193,7 @@ pub fn plan_infrastructure(
                         ),
                     )
                 } else {
-                    changes.push(Change::UpdateStack(request("update")));
+                    changes.push(InfraChange::UpdateStack(request("update")));
                     sent_update = Some(update_token.clone());
                     in_progress = true;
                     Verdict::falsy(
@@ -604,7 +246,7 @@ pub fn plan_infrastructure(
         .adopt
         .as_ref()
         .and_then(|a| a.db_instance_identifier.clone());
-    let identifier = adopted.clone().unwrap_or_else(|| names.db_instance.clone());
+    let identifier = db_identifier(d, names);
     let database_verdict = match (&infra.database, &placement) {
         _ if credentials_lost => Verdict::falsy(
             "DatabaseReady",
@@ -650,7 +292,7 @@ pub fn plan_infrastructure(
                 &infra.tags,
                 crate::aws::rds::MasterPassword::ManagedByRds,
             );
-            changes.push(Change::CreateDatabase {
+            changes.push(InfraChange::CreateDatabase {
                 request: Box::new(request),
                 master,
             });
@@ -674,7 +316,7 @@ pub fn plan_infrastructure(
                 } else if let Some((request, differences)) =
                     database::modification(&identifier, &spec.database, placement, db, &diffs)
                 {
-                    changes.push(Change::ModifyDatabase {
+                    changes.push(InfraChange::ModifyDatabase {
                         request,
                         differences,
                     });
@@ -764,7 +406,7 @@ pub fn plan_infrastructure(
         &status.kms_key_arn,
         bucket_diffs.is_empty(),
     ) {
-        changes.push(Change::SecureAdoptedBucket {
+        changes.push(InfraChange::SecureAdoptedBucket {
             bucket: bucket.clone(),
             kms_key_arn: key.clone(),
             differences: bucket_diffs.clone(),
@@ -825,103 +467,6 @@ const STACK_FAILED: &str = "StackFailed";
 /// `StackReady` reason: this generation's stack update rolled back.
 pub const STACK_UPDATE_FAILED: &str = "StackUpdateFailed";
 
-/// Condition type reporting how an adopted DB instance differed from the spec.
-pub const ADOPTED: &str = "Adopted";
-
-fn adoption_reported(previous: &OpenEMRDeploymentStatus) -> bool {
-    crate::conditions::find(&previous.conditions, ADOPTED).is_some_and(|c| c.status == "True")
-}
-
-/// How an adopted bucket differs from what the clinic's own bucket would be.
-pub fn bucket_differences(settings: &BucketSettings, kms_key_arn: Option<&str>) -> Vec<Difference> {
-    let mut out = Vec::new();
-    if settings.versioning.as_deref() != Some("Enabled") {
-        out.push(Difference {
-            field: "bucketVersioning",
-            from: settings.versioning.clone().unwrap_or_else(|| "off".into()),
-            to: "Enabled".into(),
-            disruptive: false,
-        });
-    }
-    let key_id = |arn: &str| arn.rsplit('/').next().unwrap_or(arn).to_string();
-    let with_clinic_key = match (&settings.encryption, kms_key_arn) {
-        (Some((algorithm, Some(key))), Some(wanted)) => {
-            algorithm == "aws:kms" && key_id(key) == key_id(wanted)
-        }
-        _ => false,
-    };
-    if !with_clinic_key {
-        out.push(Difference {
-            field: "bucketEncryption",
-            from: match &settings.encryption {
-                Some((algorithm, Some(key))) => format!("{algorithm} with {key}"),
-                Some((algorithm, None)) => algorithm.clone(),
-                None => "none".into(),
-            },
-            to: format!("aws:kms with {}", kms_key_arn.unwrap_or("the clinic's key")),
-            disruptive: false,
-        });
-    }
-    if settings.public_access_block != [true; 4] {
-        out.push(Difference {
-            field: "bucketPublicAccessBlock",
-            from: format!("{:?}", settings.public_access_block),
-            to: "[true, true, true, true]".into(),
-            disruptive: false,
-        });
-    }
-    out
-}
-
-/// `Adopted=True`, listing each difference later passes correct and each one RDS cannot
-/// change on an existing instance.
-fn adoption_verdict(
-    database: Option<&str>,
-    fixable: &[Difference],
-    unchangeable: &[Difference],
-    bucket: Option<(&str, &[Difference])>,
-) -> Verdict {
-    let list = |d: &[Difference]| {
-        d.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    let mut parts = Vec::new();
-    if let Some(identifier) = database {
-        if fixable.is_empty() && unchangeable.is_empty() {
-            parts.push(format!("DB instance {identifier} matches the spec"));
-        }
-        if !fixable.is_empty() {
-            parts.push(format!(
-                "DB instance {identifier} is changed to the spec: {}",
-                list(fixable)
-            ));
-        }
-        if !unchangeable.is_empty() {
-            parts.push(format!(
-                "DB instance {identifier} differs where RDS cannot change an existing instance (restore it into a new clinic to fix): {}",
-                list(unchangeable)
-            ));
-        }
-    }
-    let mut any_difference = !fixable.is_empty() || !unchangeable.is_empty();
-    if let Some((name, diffs)) = bucket {
-        any_difference |= !diffs.is_empty();
-        parts.push(if diffs.is_empty() {
-            format!("bucket {name} matches the spec")
-        } else {
-            format!("bucket {name} is changed to the spec: {}", list(diffs))
-        });
-    }
-    let reason = if any_difference {
-        "DifferencesReported"
-    } else {
-        "MatchesSpec"
-    };
-    Verdict::truthy(ADOPTED, reason, format!("adopted: {}", parts.join("; ")))
-}
-
 /// The database was seen (status holds its ARN): if it is gone now, someone deleted it.
 fn previously_created(previous: &OpenEMRDeploymentStatus) -> bool {
     previous
@@ -963,12 +508,15 @@ fn failure_message(stack_name: &str, stack: &StackInfo, failure: Option<&StackFa
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::OpenEMRDeploymentSpec;
-    use crate::controller::deployment::names::{self, ClusterId};
+    use crate::api::deployment::DeploymentPhase;
+    use crate::aws::rds::DbInstance;
+    use crate::controller::deployment::clinic::{self, ClinicNames, ClusterId};
+    use crate::controller::deployment::infra::overall;
 
-    fn clinic() -> OpenEMRDeployment {
+    pub(crate) fn clinic() -> OpenEMRDeployment {
         let spec: OpenEMRDeploymentSpec = serde_json::from_value(serde_json::json!({
             "aws": {"region": "us-east-1"},
             "network": {"newVpc": {}},
@@ -989,7 +537,7 @@ mod tests {
         let cluster = ClusterId::parse("prod").unwrap();
         Infra {
             names: ClinicNames::new(&cluster, "ns", "clinic-a"),
-            tags: names::tags(&cluster, "ns", "clinic-a", "uid", &d.spec.tags),
+            tags: clinic::tags(&cluster, "ns", "clinic-a", "uid", &d.spec.tags),
             stack: None,
             stack_failure: None,
             database: None,
@@ -998,42 +546,6 @@ mod tests {
             progress_interval: Duration::from_secs(30),
             adopted_bucket: AdoptedBucket::NotRead,
         }
-    }
-
-    #[test]
-    fn the_database_origin_comes_from_adoption_then_the_uid_on_the_instance() {
-        let d = clinic();
-        let uid = d.metadata.uid.clone().unwrap();
-        let tagged = |uid: Option<&str>| DbInstance {
-            tags: uid
-                .map(|u| BTreeMap::from([(names::TAG_UID.to_string(), u.to_string())]))
-                .unwrap_or_default(),
-            ..DbInstance::default()
-        };
-        assert_eq!(
-            database_origin(&d, &tagged(Some(&uid))),
-            DatabaseOrigin::CreatedEmpty
-        );
-        assert_eq!(
-            database_origin(&d, &tagged(Some("older"))),
-            DatabaseOrigin::Foreign {
-                uid: Some("older".into())
-            }
-        );
-        assert_eq!(
-            database_origin(&d, &tagged(None)),
-            DatabaseOrigin::Foreign { uid: None }
-        );
-        let mut adopted = d.clone();
-        adopted.spec.adopt = serde_json::from_value(serde_json::json!({
-            "dbInstanceIdentifier": "legacy-db"
-        }))
-        .unwrap();
-        // Even once tagged with this clinic's uid (as adoption will tag it).
-        assert_eq!(
-            database_origin(&adopted, &tagged(Some(&uid))),
-            DatabaseOrigin::Adopted
-        );
     }
 
     /// A finished stack with every output, built from the template `d` renders to now.
@@ -1135,7 +647,7 @@ mod tests {
             Some("clinic-a-db-credentials")
         );
         // The token ties the request to this object, generation and template.
-        let Change::CreateStack(request) = &plan.changes[1] else {
+        let InfraChange::CreateStack(request) = &plan.changes[1] else {
             unreachable!()
         };
         assert!(
@@ -1156,7 +668,7 @@ mod tests {
         seen.stack = Some(stable_stack(&d, &seen));
         let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
         assert_eq!(actions(&plan), ["CreateDBInstance"]);
-        let Change::CreateDatabase { request, master } = &plan.changes[0] else {
+        let InfraChange::CreateDatabase { request, master } = &plan.changes[0] else {
             unreachable!()
         };
         assert_eq!(*master, MasterSource::ManagedByRds);
@@ -1310,7 +822,7 @@ mod tests {
         d.metadata.generation = Some(4);
         let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
         assert_eq!(actions(&plan), ["UpdateStack"]);
-        let Change::UpdateStack(request) = &plan.changes[0] else {
+        let InfraChange::UpdateStack(request) = &plan.changes[0] else {
             unreachable!()
         };
         assert!(request.token.starts_with("oe-update-") && request.token.contains("-g4-"));
@@ -1327,7 +839,7 @@ mod tests {
         db.publicly_accessible = true;
         seen.database = Some(db);
         let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
-        let Change::ModifyDatabase {
+        let InfraChange::ModifyDatabase {
             request,
             differences,
         } = &plan.changes[0]
@@ -1386,7 +898,7 @@ mod tests {
         let mut edited = d.clone();
         edited.metadata.generation = Some(4);
         let plan = plan_infrastructure(&edited, &seen, &previous, now());
-        let Change::DeleteFailedStack { retained, .. } = &plan.changes[0] else {
+        let InfraChange::DeleteFailedStack { retained, .. } = &plan.changes[0] else {
             unreachable!()
         };
         assert_eq!(retained, &["Key (key-1)"]);
@@ -1451,44 +963,6 @@ mod tests {
     }
 
     #[test]
-    fn an_adopted_bucket_is_compared_with_the_clinics_own() {
-        let key = "arn:aws:kms:us-east-1:123456789012:key/k-1";
-        let good = BucketSettings {
-            versioning: Some("Enabled".into()),
-            encryption: Some(("aws:kms".into(), Some("k-1".into()))),
-            public_access_block: [true; 4],
-        };
-        assert_eq!(bucket_differences(&good, Some(key)), []);
-        let bare = BucketSettings {
-            versioning: Some("Suspended".into()),
-            encryption: Some(("AES256".into(), None)),
-            public_access_block: [true, false, true, true],
-        };
-        let fields: Vec<_> = bucket_differences(&bare, Some(key))
-            .into_iter()
-            .map(|d| format!("{d}"))
-            .collect();
-        assert_eq!(
-            fields,
-            [
-                "bucketVersioning: Suspended → Enabled".to_string(),
-                format!("bucketEncryption: AES256 → aws:kms with {key}"),
-                "bucketPublicAccessBlock: [true, false, true, true] → [true, true, true, true]"
-                    .to_string(),
-            ]
-        );
-        // Another key is a difference too.
-        let other = BucketSettings {
-            encryption: Some(("aws:kms".into(), Some("k-2".into()))),
-            ..good
-        };
-        assert_eq!(
-            bucket_differences(&other, Some(key))[0].field,
-            "bucketEncryption"
-        );
-    }
-
-    #[test]
     fn an_adopted_database_is_never_created() {
         let mut d = clinic();
         d.spec.adopt = Some(
@@ -1513,7 +987,7 @@ mod tests {
         seen.stack = Some(stable_stack(&d, &seen));
         seen.user_master_password = true;
         let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
-        let Change::CreateDatabase { master, .. } = &plan.changes[0] else {
+        let InfraChange::CreateDatabase { master, .. } = &plan.changes[0] else {
             unreachable!()
         };
         assert_eq!(*master, MasterSource::UserSecret("db-creds".into()));

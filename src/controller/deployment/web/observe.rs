@@ -1,38 +1,27 @@
-//! The web tier's I/O: what the caches hold of a clinic's children and holds (plus, when
-//! needed, a failed setup pod's last words and an upgrade snapshot's state), and the
-//! changes — server-side applies under the field manager `openemr-operator/web`, forced so
-//! hand edits are put back, deletions, generated Secrets.
+//! What the web tier looks like: its children and holds from the caches (plus, when needed,
+//! a failed setup pod's last words, its Secrets' values kept out of them, and an upgrade
+//! snapshot's state from AWS). Nothing here writes.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
-};
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::{Api, Resource, ResourceExt};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{ListParams, ObjectMeta};
+use kube::{Api, ResourceExt};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::holds;
-use super::web::{
-    ATTEMPT_ANNOTATION, CLINIC_LABEL, COMPONENT_LABEL, Child, ChildKind, IMAGE_ANNOTATION, WebNames,
+use super::{
+    ATTEMPT_ANNOTATION, CLINIC_LABEL, COMPONENT_LABEL, ChildKind, IMAGE_ANNOTATION, JobState,
+    SetupJob, WebNames, WorkersSeen, WorkloadSeen,
 };
-use super::workload::{JobState, SetupJob, WorkersSeen, WorkloadSeen};
 use crate::api::OpenEMRDeployment;
 use crate::api::deployment::UpgradePhase;
 use crate::aws::rds::Databases;
 use crate::controller::children::cached;
+use crate::controller::deployment::clinic::clients;
 use crate::controller::redact::redact;
 use crate::controller::{AwsFailure, ClinicAws, Context, Error};
-
-/// Field manager of the web tier's applies.
-pub const WEB_MANAGER: &str = "openemr-operator/web";
 
 /// JSON of a cached object without what the server alone writes.
 fn comparable<K: Serialize>(obj: &K) -> Value {
@@ -191,7 +180,7 @@ pub async fn observe_workload(
     let upgrade_snapshot = match d.status.as_ref().and_then(|s| s.upgrade.as_ref()) {
         Some(u) if u.phase == Some(UpgradePhase::SnapshotPending) => match &u.snapshot {
             Some(snapshot) => {
-                let clients = super::act::clients(d, aws).await;
+                let clients = clients(d, aws).await;
                 match clients.describe_snapshot(snapshot).await {
                     Ok(found) => found.map(|s| s.status),
                     Err(source) => {
@@ -361,196 +350,5 @@ fn workers_seen(dep: &Deployment) -> WorkersSeen {
         total: status.and_then(|s| s.replicas).unwrap_or(0),
         terminating: status.and_then(|s| s.terminating_replicas).unwrap_or(0),
         current: status.and_then(|s| s.observed_generation) >= dep.metadata.generation,
-    }
-}
-
-async fn apply<K>(ctx: &Context, ns: &str, child: &Child) -> Result<(), Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    send(api, child).await
-}
-
-async fn send<K>(api: Api<K>, child: &Child) -> Result<(), Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
-{
-    let result = if child.kind.create_only() {
-        let obj: K = serde_json::from_value(child.body.clone()).map_err(|e| Error::Act {
-            action: format!("rendering {} {}", child.kind, child.name),
-            reason: "RenderFailed",
-            message: e.to_string(),
-        })?;
-        match api.create(&PostParams::default(), &obj).await {
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            other => other.map(|_| ()),
-        }
-    } else {
-        api.patch(
-            &child.name,
-            &PatchParams::apply(WEB_MANAGER).force(),
-            &Patch::Apply(&child.body),
-        )
-        .await
-        .map(|_| ())
-    };
-    result.map_err(|e| Error::Act {
-        action: format!("applying {} {}", child.kind, child.name),
-        reason: "ChildApplyFailed",
-        message: e.to_string(),
-    })
-}
-
-fn count(ctx: &Context, kind: ChildKind) {
-    ctx.metrics
-        .child_writes
-        .get_or_create(&crate::metrics::ChildKindLabel {
-            kind: kind.to_string(),
-        })
-        .inc();
-}
-
-/// Applies children in order.
-pub async fn apply_children(ctx: &Context, ns: &str, children: &[Child]) -> Result<(), Error> {
-    for child in children {
-        count(ctx, child.kind);
-        match child.kind {
-            ChildKind::Secret => apply::<Secret>(ctx, ns, child).await,
-            ChildKind::ConfigMap => apply::<ConfigMap>(ctx, ns, child).await,
-            ChildKind::PersistentVolume => {
-                send(Api::<PersistentVolume>::all(ctx.client.clone()), child).await
-            }
-            ChildKind::PersistentVolumeClaim => {
-                apply::<PersistentVolumeClaim>(ctx, ns, child).await
-            }
-            ChildKind::Service => apply::<Service>(ctx, ns, child).await,
-            ChildKind::Job => apply::<Job>(ctx, ns, child).await,
-            ChildKind::Deployment => apply::<Deployment>(ctx, ns, child).await,
-            ChildKind::PodDisruptionBudget => apply::<PodDisruptionBudget>(ctx, ns, child).await,
-            ChildKind::Ingress => apply::<Ingress>(ctx, ns, child).await,
-            ChildKind::NetworkPolicy => apply::<NetworkPolicy>(ctx, ns, child).await,
-        }?;
-    }
-    Ok(())
-}
-
-/// Deletes a child (gone already is fine).
-/// Drops the uid of the deleted claim from the volume's `claimRef`: the volume turns
-/// `Available`, still pre-bound by name, and binds to the claim of that name made anew.
-pub async fn rebind_volume(ctx: &Context, name: &str) -> Result<(), Error> {
-    count(ctx, ChildKind::PersistentVolume);
-    let patch = serde_json::json!({"spec": {"claimRef": {"uid": null, "resourceVersion": null}}});
-    match Api::<PersistentVolume>::all(ctx.client.clone())
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) => Err(Error::Act {
-            action: format!("binding PersistentVolume {name} to its claim again"),
-            reason: "ChildWriteFailed",
-            message: e.to_string(),
-        }),
-    }
-}
-
-pub async fn delete_child(
-    ctx: &Context,
-    ns: &str,
-    kind: ChildKind,
-    name: &str,
-) -> Result<(), Error> {
-    count(ctx, kind);
-    let params = DeleteParams::background();
-    let client = ctx.client.clone();
-    let result = match kind {
-        ChildKind::Secret => Api::<Secret>::namespaced(client, ns)
-            .delete(name, &params)
-            .await
-            .map(|_| ()),
-        ChildKind::Ingress => Api::<Ingress>::namespaced(client, ns)
-            .delete(name, &params)
-            .await
-            .map(|_| ()),
-        ChildKind::PodDisruptionBudget => Api::<PodDisruptionBudget>::namespaced(client, ns)
-            .delete(name, &params)
-            .await
-            .map(|_| ()),
-        ChildKind::PersistentVolume => Api::<PersistentVolume>::all(client)
-            .delete(name, &params)
-            .await
-            .map(|_| ()),
-        other => {
-            return Err(Error::Act {
-                action: format!("deleting {other} {name}"),
-                reason: "NotDeletable",
-                message: "the operator never deletes this kind of child".into(),
-            });
-        }
-    };
-    match result {
-        Ok(()) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::Act {
-            action: format!("deleting {kind} {name}"),
-            reason: "ChildDeleteFailed",
-            message: e.to_string(),
-        }),
-    }
-}
-
-/// Labels of a Secret the operator generates for a clinic (so the child cache holds it).
-pub fn generated_labels(clinic: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            "openemr-operator".to_string(),
-        ),
-        (CLINIC_LABEL.to_string(), clinic.to_string()),
-        (super::names::TAG_NAME.to_string(), clinic.to_string()),
-    ])
-}
-
-/// Creates a Secret once; an existing one is never overwritten.
-pub async fn create_secret_once(ctx: &Context, ns: &str, secret: Secret) -> Result<(), Error> {
-    let name = secret.name_any();
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(Error::Act {
-            action: format!("creating Secret {ns}/{name}"),
-            reason: "SecretWriteFailed",
-            message: e.to_string(),
-        }),
-    }
-}
-
-/// A Secret with `data`.
-pub fn secret(
-    ns: &str,
-    name: &str,
-    labels: BTreeMap<String, String>,
-    annotations: Option<BTreeMap<String, String>>,
-    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
-    data: BTreeMap<String, String>,
-) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: Some(ns.to_string()),
-            labels: Some(labels),
-            annotations,
-            owner_references: owner.map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(
-            data.into_iter()
-                .map(|(k, v)| (k, ByteString(v.into_bytes())))
-                .collect(),
-        ),
-        ..Secret::default()
     }
 }

@@ -26,9 +26,9 @@ use std::net::Ipv4Addr;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::names::{self, ClinicNames};
 use crate::api::OpenEMRDeploymentSpec;
 use crate::api::deployment::ThroughputMode;
+use crate::controller::deployment::clinic::{self, ClinicNames};
 
 /// Output: ARN of the clinic's KMS key.
 pub const OUT_KMS_KEY_ARN: &str = "KmsKeyArn";
@@ -92,7 +92,7 @@ const REDIS: &str = "Redis";
 /// What the template is rendered from.
 pub struct StackInputs<'a> {
     pub names: &'a ClinicNames,
-    /// Every tag of the clinic, from [`names::tags`]. The template holds only their digest:
+    /// Every tag of the clinic, from [`clinic::tags`]. The template holds only their digest:
     /// the stack is created and updated with these as its tags.
     pub tags: &'a BTreeMap<String, String>,
     pub spec: &'a OpenEMRDeploymentSpec,
@@ -183,7 +183,7 @@ pub fn check(spec: &OpenEMRDeploymentSpec) -> Result<(), TemplateError> {
 pub fn render(inputs: &StackInputs) -> RenderedStack {
     let mut template = template(inputs);
     let unhashed = template.to_string();
-    let hash = names::hex(&Sha256::digest(unhashed.as_bytes()));
+    let hash = clinic::hex(&Sha256::digest(unhashed.as_bytes()));
     template["Outputs"][OUT_TEMPLATE_HASH] = json!({
         "Description": "SHA-256 of this template without this output; the operator compares it to decide whether the stack needs an update",
         "Value": hash,
@@ -333,7 +333,7 @@ fn template(inputs: &StackInputs) -> Value {
 /// different for any change of a key or a value.
 pub fn tags_digest(tags: &BTreeMap<String, String>) -> String {
     let canonical = serde_json::to_string(tags).expect("a map of strings serializes");
-    names::hex(&Sha256::digest(canonical.as_bytes()))
+    clinic::hex(&Sha256::digest(canonical.as_bytes()))
 }
 
 /// Data-holding resources outlive the stack and any replacement of themselves.
@@ -690,7 +690,7 @@ fn redis(inputs: &StackInputs) -> Value {
 mod tests {
     use super::*;
     use crate::api::deployment::{AdoptSpec, NewVpc};
-    use crate::controller::deployment::names::ClusterId;
+    use crate::controller::deployment::clinic::ClusterId;
 
     const EXISTING: &str = r#"
 aws: {region: us-east-1}
@@ -716,7 +716,7 @@ network:
     }
 
     fn tags_of(spec: &OpenEMRDeploymentSpec) -> BTreeMap<String, String> {
-        names::tags(
+        clinic::tags(
             &ClusterId::parse("prod").unwrap(),
             "clinics",
             "clinic-a",
@@ -868,7 +868,7 @@ network:
             .unwrap()
             .remove(OUT_TEMPLATE_HASH);
         assert_eq!(
-            names::hex(&Sha256::digest(t.to_string().as_bytes())),
+            clinic::hex(&Sha256::digest(t.to_string().as_bytes())),
             a.hash
         );
 

@@ -19,8 +19,14 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::names::short_hash;
+use super::scripts::{EXIT_REFUSED, EXIT_UNUSABLE, SETUP_SCRIPT, SetupMode, WORKER_SCRIPT};
+use super::{
+    ATTEMPT_ANNOTATION, CA_DIGEST_ANNOTATION, CLINIC_LABEL, COMPONENT_LABEL, Child, ChildKind,
+    IMAGE_ANNOTATION, SETUP_MODE_ANNOTATION, WebNames,
+};
 use crate::api::deployment::{ResourceAmounts, ServiceType, WebSpec};
+use crate::controller::deployment::clinic::short_hash;
+use crate::controller::deployment::secrets::SecretKey;
 
 /// Where OpenEMR lives in the image.
 pub const OPENEMR_ROOT: &str = "/var/www/localhost/htdocs/openemr";
@@ -30,201 +36,11 @@ pub const MYSQL_CA_DIR: &str = "/root/certs/mysql/server";
 pub const REDIS_CA_DIR: &str = "/root/certs/redis";
 /// The page a ready replica serves.
 pub const LOGIN_PATH: &str = "/interface/login/login.php";
-/// Label naming the clinic a child belongs to; the child watches wake that clinic.
-pub const CLINIC_LABEL: &str = "openemr.io/clinic";
-/// Label telling the part of the web tier.
-pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
-/// Annotation on a setup Job: the image it sets up.
-pub const IMAGE_ANNOTATION: &str = "openemr.io/image";
-/// Annotation on a setup Job: which attempt it is (1, 2, …).
-pub const ATTEMPT_ANNOTATION: &str = "openemr.io/attempt";
 /// The IngressClass of the AWS Load Balancer Controller, and its annotations' prefix.
 const ALB_CLASS: &str = "alb";
 const ALB_PREFIX: &str = "alb.ingress.kubernetes.io/";
-/// Annotation on every child: the digest of what the operator last rendered for it.
-pub const APPLIED_ANNOTATION: &str = "openemr.io/applied";
-/// Annotation on the worker template: digest of the CA bundles, so a new bundle rolls them.
-pub const CA_DIGEST_ANNOTATION: &str = "openemr.io/ca-digest";
 /// Capacity written on the volume and claim; EFS is elastic, Kubernetes needs a number.
 const SITES_CAPACITY: &str = "5Gi";
-/// Key of the OpenEMR user's password in the credentials Secret.
-pub const PASSWORD_KEY: &str = "password";
-
-/// The kinds of children, in the order they are applied (what a Pod mounts comes first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ChildKind {
-    Secret,
-    ConfigMap,
-    PersistentVolume,
-    PersistentVolumeClaim,
-    Service,
-    Job,
-    Deployment,
-    PodDisruptionBudget,
-    Ingress,
-    NetworkPolicy,
-}
-
-impl ChildKind {
-    /// Objects whose spec is (mostly) immutable: created when missing, never patched.
-    pub fn create_only(self) -> bool {
-        matches!(
-            self,
-            ChildKind::PersistentVolume | ChildKind::PersistentVolumeClaim | ChildKind::Job
-        )
-    }
-}
-
-impl std::fmt::Display for ChildKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
-    }
-}
-
-/// One object to have, as the JSON sent with server-side apply.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Child {
-    pub kind: ChildKind,
-    pub name: String,
-    pub body: Value,
-}
-
-/// Names of a clinic's children.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebNames {
-    pub clinic: String,
-    pub settings_secret: String,
-    pub ca: String,
-    pub volume: String,
-    pub claim: String,
-    pub workers: String,
-    /// The generated first-administrator Secret (when the spec names none).
-    pub admin_secret: String,
-    /// The copy of an RDS-managed master password, present only while setup runs.
-    pub master_copy: String,
-}
-
-impl WebNames {
-    pub fn new(namespace: &str, clinic: &str) -> WebNames {
-        WebNames {
-            clinic: clinic.to_string(),
-            settings_secret: format!("{clinic}-openemr"),
-            ca: format!("{clinic}-ca"),
-            // Cluster-scoped: the namespace makes it unique.
-            volume: format!("openemr-{namespace}-{clinic}-sites"),
-            claim: format!("{clinic}-sites"),
-            workers: format!("{clinic}-openemr"),
-            admin_secret: format!("{clinic}-admin"),
-            master_copy: format!("{clinic}-db-master"),
-        }
-    }
-
-    /// The setup Job for `image`, attempt `attempt` (1-based). At most 40 + 18 characters,
-    /// within the 63 a Job's name may have for its pods' `job-name` label.
-    pub fn setup_job(&self, image: &str, attempt: u32) -> String {
-        format!(
-            "{}-setup-{}-{attempt}",
-            self.clinic,
-            &short_hash(&[image])[..6]
-        )
-    }
-
-    /// The Job that migrates the site to `image` for the upgrade the clinic's `generation`
-    /// asked for: the same name after a restart, another one for a later retry.
-    pub fn migration_job(&self, image: &str, generation: i64) -> String {
-        format!(
-            "{}-migrate-{}",
-            self.clinic,
-            &short_hash(&[image, &generation.to_string()])[..6]
-        )
-    }
-}
-
-/// A Secret key, for `secretKeyRef`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretKey {
-    pub secret: String,
-    pub key: String,
-}
-
-impl SecretKey {
-    pub fn new(secret: &str, key: &str) -> SecretKey {
-        SecretKey {
-            secret: secret.into(),
-            key: key.into(),
-        }
-    }
-}
-
-/// The setup Job's container script (see its header): `install`, `migrate` or `attach`.
-pub const SETUP_SCRIPT: &str = include_str!("scripts/setup.sh");
-/// The workers' start before the image's entrypoint: certificate, setup scripts removed,
-/// code read-only.
-pub const WORKER_SCRIPT: &str = include_str!("scripts/worker.sh");
-/// What [`WORKER_SCRIPT`] deletes from the code tree, as upstream's followers do.
-pub const SETUP_SCRIPTS: &[&str] = &[
-    "admin.php",
-    "acl_upgrade.php",
-    "setup.php",
-    "sql_patch.php",
-    "sql_upgrade.php",
-    "ippf_upgrade.php",
-    "auto_configure.php",
-];
-/// [`SETUP_SCRIPT`]'s exit code when it refused to run (nothing was changed).
-pub const EXIT_REFUSED: i32 = 3;
-/// [`SETUP_SCRIPT`]'s exit code when the site is not usable after its step.
-pub const EXIT_UNUSABLE: i32 = 4;
-/// Annotation on a setup Job: its [`SetupMode`].
-pub const SETUP_MODE_ANNOTATION: &str = "openemr.io/setup-mode";
-
-/// What a setup Job may do to the database and the site.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SetupMode {
-    /// The first setup of a database this clinic created empty: the database and
-    /// OpenEMR's user are made with the master password, then OpenEMR's installer runs.
-    Install(SetupCredentials),
-    /// An upgrade: the image's entrypoint migrates the configured site.
-    Migrate,
-    /// A database this clinic did not create empty (adopted, another incarnation's): no
-    /// installer and no migration; the site on the volume must already be configured.
-    Attach,
-}
-
-impl SetupMode {
-    pub fn word(&self) -> &'static str {
-        match self {
-            SetupMode::Install(_) => "install",
-            SetupMode::Migrate => "migrate",
-            SetupMode::Attach => "attach",
-        }
-    }
-}
-
-/// Why a value cannot go to OpenEMR's installer, if it cannot. The image hands settings to
-/// it as unquoted `key=value` words: split on blanks, globbed, cut at the first `=`, the
-/// word `BLANK` read as empty; passwords are then written between single quotes into
-/// `sqlconf.php`. [`SETUP_SCRIPT`] applies the same rule.
-pub fn installer_refuses(value: &str) -> Option<&'static str> {
-    if value.is_empty() || value == "BLANK" {
-        return Some("is empty or the word BLANK");
-    }
-    let bad = |c: char| c.is_whitespace() || matches!(c, '=' | '\'' | '"' | '\\' | '*' | '?' | '[');
-    value
-        .chars()
-        .any(bad)
-        .then_some("holds a blank or one of = ' \" \\ * ? [")
-}
-
-/// The first setup's credentials: the master user, for creating the database and OpenEMR's
-/// user, and the first administrator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SetupCredentials {
-    pub master_username: String,
-    pub master_password: SecretKey,
-    pub admin_username: SecretKey,
-    pub admin_password: SecretKey,
-}
 
 /// Everything the renderer needs: the spec, where the infrastructure is, the CA bundles.
 #[derive(Debug, Clone, PartialEq)]
@@ -845,48 +661,11 @@ fn label_safe(text: &str) -> String {
         .to_string()
 }
 
-/// `child` with the digest of what it sets in [`APPLIED_ANNOTATION`]. [`carries`] alone
-/// cannot see a field the spec no longer sets (an Ingress's TLS removed, a limit dropped):
-/// the object still has it. With the digest, any change in what is rendered is a
-/// difference, and the apply drops what the operator's field manager no longer sets.
-pub fn stamped(mut child: Child) -> Child {
-    let digest = short_hash(&[&child.body.to_string()]);
-    if let Some(meta) = child.body["metadata"].as_object_mut() {
-        let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
-        annotations[APPLIED_ANNOTATION] = json!(digest);
-    }
-    child
-}
-
-/// Whether `observed` carries everything `desired` sets: objects key by key, lists element
-/// by element (each desired element found in some observed one). What others add (server
-/// defaults, a mesh's sidecar) is left alone; what they change is put back.
-pub fn carries(observed: &Value, desired: &Value) -> bool {
-    match (observed, desired) {
-        // The API server leaves out what is empty (`env: []`), so empty is as good as absent.
-        (Value::Object(o), Value::Object(d)) => d
-            .iter()
-            .all(|(k, dv)| is_empty(dv) || o.get(k).is_some_and(|ov| carries(ov, dv))),
-        (Value::Array(o), Value::Array(d)) => {
-            d.iter().all(|dv| o.iter().any(|ov| carries(ov, dv)))
-                && (o.len() == d.len() || d.iter().any(Value::is_object))
-        }
-        (o, d) => o == d,
-    }
-}
-
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Array(a) => a.is_empty(),
-        Value::Object(o) => o.is_empty(),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::deployment::secrets::PASSWORD_KEY;
+    use crate::controller::deployment::web::scripts::{SETUP_SCRIPTS, SetupCredentials};
 
     fn spec() -> WebSpec {
         serde_json::from_value(json!({
@@ -1086,44 +865,6 @@ mod tests {
     }
 
     #[test]
-    fn the_setup_script_guards_the_installer_and_proves_the_site() {
-        // The installer runs only after the database was found without tables, and as a
-        // user that holds no privileges; every mode ends with the verification.
-        let install = SETUP_SCRIPT
-            .split("\ninstall)\n")
-            .nth(1)
-            .and_then(|rest| rest.split("\n    ;;\n").next())
-            .unwrap();
-        let guard = install.find("information_schema.tables").unwrap();
-        let refuse = install.find("stop 3 \"refused: database").unwrap();
-        let prepare = install
-            .find("CREATE USER IF NOT EXISTS '$setup_user'")
-            .unwrap();
-        let entrypoint = install.find("./openemr.sh").unwrap();
-        assert!(guard < refuse && refuse < prepare && prepare < entrypoint);
-        assert!(install.contains("unset OPENEMR_MASTER_PASS"));
-        assert!(!install.contains("GRANT ALL PRIVILEGES ON *.*"));
-        assert!(
-            !install.contains("TO '$setup_user'"),
-            "the setup user gets no grant"
-        );
-        assert!(install.trim_end().ends_with("verify"));
-        for mode in ["migrate)", "attach)"] {
-            let body = SETUP_SCRIPT.split(mode).nth(1).unwrap();
-            let body = body.split(";;").next().unwrap();
-            assert!(body.trim_end().ends_with("verify"), "{mode}");
-            assert!(
-                body.contains("unset MYSQL_ROOT_PASS OPENEMR_MASTER_PASS"),
-                "{mode}"
-            );
-        }
-        let attach = SETUP_SCRIPT.split("attach)").nth(1).unwrap();
-        assert!(!attach.split(";;").next().unwrap().contains("openemr.sh"));
-        assert!(SETUP_SCRIPT.contains(&format!("stop {EXIT_REFUSED} ")));
-        assert!(SETUP_SCRIPT.contains(&format!("stop {EXIT_UNUSABLE} ")));
-    }
-
-    #[test]
     fn workers_make_the_certificate_remove_setup_scripts_and_may_signal_their_children() {
         let names = WebNames::new("clinics", "clinic-a");
         let web = spec();
@@ -1146,18 +887,6 @@ mod tests {
             main["securityContext"]["capabilities"]["drop"],
             json!(["ALL"])
         );
-    }
-
-    #[test]
-    fn the_installer_refuses_what_it_cannot_carry() {
-        for ok in ["abcDEF123", "p@ss#w0rd!%^&()-_+{}|;:,.<>/~`$x", "é-ü"] {
-            assert_eq!(installer_refuses(ok), None, "{ok}");
-        }
-        for bad in [
-            "", "BLANK", "a=b", "a'b", "a\"b", "a\\b", "a b", "a\tb", "a\nb", "a*", "a?", "a[",
-        ] {
-            assert!(installer_refuses(bad).is_some(), "{bad:?}");
-        }
     }
 
     #[test]
@@ -1197,25 +926,6 @@ mod tests {
         let i = inputs(&names, &web);
         assert!(i.ingress().is_none());
         assert_eq!(i.url(), "http://clinic-a-openemr.clinics.svc:80/");
-    }
-
-    #[test]
-    fn carrying_ignores_additions_and_sees_changes() {
-        let desired = json!({"spec": {"replicas": 2, "list": [{"name": "a", "v": 1}]}});
-        let more = json!({"spec": {"replicas": 2, "x": 1, "list": [{"name": "b"}, {"name": "a", "v": 1, "w": 2}]}});
-        assert!(carries(&more, &desired));
-        let changed = json!({"spec": {"replicas": 3, "list": [{"name": "a", "v": 1}]}});
-        assert!(!carries(&changed, &desired));
-        assert!(!carries(
-            &json!({"spec": {"replicas": 2, "list": []}}),
-            &desired
-        ));
-        assert!(!carries(&json!(["tls", "x"]), &json!(["tls"])));
-        // What the server leaves out because it is empty.
-        assert!(carries(
-            &json!({"name": "a"}),
-            &json!({"name": "a", "env": [], "x": {}})
-        ));
     }
 
     #[test]

@@ -1,0 +1,166 @@
+//! Carrying out the infrastructure's changes, each idempotent (deterministic names, request
+//! tokens, create-only Secrets), so a repeat after a crash does nothing twice; each step
+//! taken is announced as an Event on the clinic.
+
+use kube::ResourceExt;
+
+use super::{InfraChange, MasterSource};
+use crate::api::OpenEMRDeployment;
+use crate::aws::cloudformation::{Stacks, UpdateOutcome};
+use crate::aws::rds::{Databases, MasterPassword};
+use crate::aws::s3::Buckets;
+use crate::controller::deployment::clinic::{announce, aws_error, clients};
+use crate::controller::deployment::secrets::{create_credentials_secret, read_root_password};
+use crate::controller::{ClinicAws, Context, Error};
+
+/// Carries out one change of the infrastructure.
+pub async fn act(
+    d: &OpenEMRDeployment,
+    change: &InfraChange,
+    aws: &ClinicAws,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let ns = d.namespace().unwrap_or_default();
+    match change {
+        InfraChange::CreateCredentialsSecret {
+            name,
+            username,
+            database,
+        } => create_credentials_secret(d, ctx, &ns, name, username, database).await,
+        InfraChange::CreateStack(request) => {
+            match clients(d, aws).await.create_stack(request).await {
+                // A repeat after a crash: the stack exists; the next look reads it. Any
+                // other conflict (a token used for something else) is an error.
+                Err(e) if e.already_exists() => Ok(()),
+                other => other.map_err(aws_error("creating the stack")),
+            }?;
+            announce(
+                ctx,
+                d,
+                false,
+                "StackCreateStarted",
+                &format!("creating stack {}", request.name),
+            )
+            .await;
+            Ok(())
+        }
+        InfraChange::UpdateStack(request) => {
+            let outcome = clients(d, aws)
+                .await
+                .update_stack(request)
+                .await
+                .map_err(aws_error("updating the stack"))?;
+            if outcome == UpdateOutcome::Started {
+                announce(
+                    ctx,
+                    d,
+                    false,
+                    "StackUpdateStarted",
+                    &format!("updating stack {} to the current template", request.name),
+                )
+                .await;
+            }
+            Ok(())
+        }
+        InfraChange::DeleteFailedStack {
+            name,
+            token,
+            retained,
+        } => {
+            clients(d, aws)
+                .await
+                .delete_stack(name, token)
+                .await
+                .map_err(aws_error("deleting the rolled-back stack"))?;
+            let kept = if retained.is_empty() {
+                "it retained no resources".to_string()
+            } else {
+                format!("it retained, and AWS keeps: {}", retained.join(", "))
+            };
+            announce(
+                ctx,
+                d,
+                true,
+                "StackReplaced",
+                &format!("deleting rolled-back stack {name} to create it anew; {kept}"),
+            )
+            .await;
+            Ok(())
+        }
+        InfraChange::CreateDatabase { request, master } => {
+            let mut request = (**request).clone();
+            if let MasterSource::UserSecret(secret) = master {
+                request.master_password =
+                    MasterPassword::Given(read_root_password(ctx, &ns, secret).await?);
+            }
+            match clients(d, aws).await.create_instance(&request).await {
+                Err(e) if e.already_exists() => Ok(()),
+                other => other.map_err(aws_error("creating the DB instance")),
+            }?;
+            announce(
+                ctx,
+                d,
+                false,
+                "DatabaseCreateStarted",
+                &format!("creating DB instance {}", request.identifier),
+            )
+            .await;
+            Ok(())
+        }
+        InfraChange::SecureAdoptedBucket {
+            bucket,
+            kms_key_arn,
+            differences,
+        } => {
+            let clients = clients(d, aws).await;
+            for difference in differences {
+                match difference.field {
+                    "bucketVersioning" => clients.enable_versioning(bucket).await,
+                    "bucketEncryption" => clients.encrypt_with(bucket, kms_key_arn).await,
+                    "bucketPublicAccessBlock" => clients.block_public_access(bucket).await,
+                    _ => Ok(()),
+                }
+                .map_err(aws_error("securing the adopted bucket"))?;
+            }
+            let list: Vec<_> = differences.iter().map(ToString::to_string).collect();
+            announce(
+                ctx,
+                d,
+                false,
+                "BucketSecured",
+                &format!("adopted bucket {bucket}: {}", list.join("; ")),
+            )
+            .await;
+            Ok(())
+        }
+        InfraChange::ModifyDatabase {
+            request,
+            differences,
+        } => {
+            clients(d, aws)
+                .await
+                .modify_instance(request)
+                .await
+                .map_err(aws_error("modifying the DB instance"))?;
+            let list: Vec<_> = differences.iter().map(ToString::to_string).collect();
+            let when = if request.apply_immediately {
+                "applied now"
+            } else {
+                "applied in the maintenance window"
+            };
+            announce(
+                ctx,
+                d,
+                false,
+                "DatabaseModified",
+                &format!(
+                    "DB instance {}: {} ({when})",
+                    request.identifier,
+                    list.join("; ")
+                ),
+            )
+            .await;
+            Ok(())
+        }
+    }
+}

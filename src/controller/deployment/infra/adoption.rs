@@ -1,0 +1,209 @@
+//! What adopting a DB instance or a bucket the operator did not make means: the database's
+//! origin (which decides whether OpenEMR's installer may ever run on it), how an adopted
+//! bucket differs from the clinic's own, and the `Adopted` condition that reports every
+//! difference in a pass that changes nothing, before later passes correct them.
+
+use super::database::Difference;
+use crate::api::{OpenEMRDeployment, OpenEMRDeploymentStatus};
+use crate::aws::rds::DbInstance;
+use crate::aws::s3::BucketSettings;
+use crate::conditions::Verdict;
+use crate::controller::deployment::clinic::TAG_UID;
+use crate::controller::deployment::site::DatabaseOrigin;
+
+/// Condition type reporting how an adopted DB instance differed from the spec.
+pub const ADOPTED: &str = "Adopted";
+
+/// Whether the differences of what was adopted were reported already (`Adopted=True`).
+pub fn adoption_reported(previous: &OpenEMRDeploymentStatus) -> bool {
+    crate::conditions::find(&previous.conditions, ADOPTED).is_some_and(|c| c.status == "True")
+}
+
+/// How an adopted bucket differs from what the clinic's own bucket would be.
+pub fn bucket_differences(settings: &BucketSettings, kms_key_arn: Option<&str>) -> Vec<Difference> {
+    let mut out = Vec::new();
+    if settings.versioning.as_deref() != Some("Enabled") {
+        out.push(Difference {
+            field: "bucketVersioning",
+            from: settings.versioning.clone().unwrap_or_else(|| "off".into()),
+            to: "Enabled".into(),
+            disruptive: false,
+        });
+    }
+    let key_id = |arn: &str| arn.rsplit('/').next().unwrap_or(arn).to_string();
+    let with_clinic_key = match (&settings.encryption, kms_key_arn) {
+        (Some((algorithm, Some(key))), Some(wanted)) => {
+            algorithm == "aws:kms" && key_id(key) == key_id(wanted)
+        }
+        _ => false,
+    };
+    if !with_clinic_key {
+        out.push(Difference {
+            field: "bucketEncryption",
+            from: match &settings.encryption {
+                Some((algorithm, Some(key))) => format!("{algorithm} with {key}"),
+                Some((algorithm, None)) => algorithm.clone(),
+                None => "none".into(),
+            },
+            to: format!("aws:kms with {}", kms_key_arn.unwrap_or("the clinic's key")),
+            disruptive: false,
+        });
+    }
+    if settings.public_access_block != [true; 4] {
+        out.push(Difference {
+            field: "bucketPublicAccessBlock",
+            from: format!("{:?}", settings.public_access_block),
+            to: "[true, true, true, true]".into(),
+            disruptive: false,
+        });
+    }
+    out
+}
+
+/// `Adopted=True`, listing each difference later passes correct and each one RDS cannot
+/// change on an existing instance.
+pub fn adoption_verdict(
+    database: Option<&str>,
+    fixable: &[Difference],
+    unchangeable: &[Difference],
+    bucket: Option<(&str, &[Difference])>,
+) -> Verdict {
+    let list = |d: &[Difference]| {
+        d.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let mut parts = Vec::new();
+    if let Some(identifier) = database {
+        if fixable.is_empty() && unchangeable.is_empty() {
+            parts.push(format!("DB instance {identifier} matches the spec"));
+        }
+        if !fixable.is_empty() {
+            parts.push(format!(
+                "DB instance {identifier} is changed to the spec: {}",
+                list(fixable)
+            ));
+        }
+        if !unchangeable.is_empty() {
+            parts.push(format!(
+                "DB instance {identifier} differs where RDS cannot change an existing instance (restore it into a new clinic to fix): {}",
+                list(unchangeable)
+            ));
+        }
+    }
+    let mut any_difference = !fixable.is_empty() || !unchangeable.is_empty();
+    if let Some((name, diffs)) = bucket {
+        any_difference |= !diffs.is_empty();
+        parts.push(if diffs.is_empty() {
+            format!("bucket {name} matches the spec")
+        } else {
+            format!("bucket {name} is changed to the spec: {}", list(diffs))
+        });
+    }
+    let reason = if any_difference {
+        "DifferencesReported"
+    } else {
+        "MatchesSpec"
+    };
+    Verdict::truthy(ADOPTED, reason, format!("adopted: {}", parts.join("; ")))
+}
+
+/// Where the clinic's database came from, from the spec and the instance's tags.
+pub fn database_origin(d: &OpenEMRDeployment, db: &DbInstance) -> DatabaseOrigin {
+    let adopted = d
+        .spec
+        .adopt
+        .as_ref()
+        .is_some_and(|a| a.db_instance_identifier.is_some());
+    let uid = d.metadata.uid.as_deref().unwrap_or_default();
+    match db.tags.get(TAG_UID) {
+        _ if adopted => DatabaseOrigin::Adopted,
+        Some(tagged) if tagged == uid => DatabaseOrigin::CreatedEmpty,
+        other => DatabaseOrigin::Foreign {
+            uid: other.cloned(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::controller::deployment::infra::plan::tests::clinic;
+
+    #[test]
+    fn the_database_origin_comes_from_adoption_then_the_uid_on_the_instance() {
+        let d = clinic();
+        let uid = d.metadata.uid.clone().unwrap();
+        let tagged = |uid: Option<&str>| DbInstance {
+            tags: uid
+                .map(|u| BTreeMap::from([(TAG_UID.to_string(), u.to_string())]))
+                .unwrap_or_default(),
+            ..DbInstance::default()
+        };
+        assert_eq!(
+            database_origin(&d, &tagged(Some(&uid))),
+            DatabaseOrigin::CreatedEmpty
+        );
+        assert_eq!(
+            database_origin(&d, &tagged(Some("older"))),
+            DatabaseOrigin::Foreign {
+                uid: Some("older".into())
+            }
+        );
+        assert_eq!(
+            database_origin(&d, &tagged(None)),
+            DatabaseOrigin::Foreign { uid: None }
+        );
+        let mut adopted = d.clone();
+        adopted.spec.adopt = serde_json::from_value(serde_json::json!({
+            "dbInstanceIdentifier": "legacy-db"
+        }))
+        .unwrap();
+        // Even once tagged with this clinic's uid (as adoption will tag it).
+        assert_eq!(
+            database_origin(&adopted, &tagged(Some(&uid))),
+            DatabaseOrigin::Adopted
+        );
+    }
+
+    #[test]
+    fn an_adopted_bucket_is_compared_with_the_clinics_own() {
+        let key = "arn:aws:kms:us-east-1:123456789012:key/k-1";
+        let good = BucketSettings {
+            versioning: Some("Enabled".into()),
+            encryption: Some(("aws:kms".into(), Some("k-1".into()))),
+            public_access_block: [true; 4],
+        };
+        assert_eq!(bucket_differences(&good, Some(key)), []);
+        let bare = BucketSettings {
+            versioning: Some("Suspended".into()),
+            encryption: Some(("AES256".into(), None)),
+            public_access_block: [true, false, true, true],
+        };
+        let fields: Vec<_> = bucket_differences(&bare, Some(key))
+            .into_iter()
+            .map(|d| format!("{d}"))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "bucketVersioning: Suspended → Enabled".to_string(),
+                format!("bucketEncryption: AES256 → aws:kms with {key}"),
+                "bucketPublicAccessBlock: [true, false, true, true] → [true, true, true, true]"
+                    .to_string(),
+            ]
+        );
+        // Another key is a difference too.
+        let other = BucketSettings {
+            encryption: Some(("aws:kms".into(), Some("k-2".into()))),
+            ..good
+        };
+        assert_eq!(
+            bucket_differences(&other, Some(key))[0].field,
+            "bucketEncryption"
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! Reading a clinic's infrastructure: its stack and DB instance (from the shared inventory
+//! while the clinic is at rest, else from AWS), why a failed stack failed, its own
+//! credentials Secret and an adopted bucket's settings.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+
+use super::{AdoptedBucket, Infra};
+use crate::api::OpenEMRDeployment;
+use crate::aws::cloudformation::{StackState, Stacks};
+use crate::aws::rds::Databases;
+use crate::aws::s3::Buckets;
+use crate::controller::deployment::clinic::{
+    ClinicNames, aws_error, clients, clinic_tags, db_identifier,
+};
+use crate::controller::{ClinicAws, Context, Error};
+
+/// Whether the clinic's stack and database were ready for its current generation, with
+/// nothing being changed and nothing in flight: then the inventory's view (at most one
+/// interval old, and pushed when it changes) is enough. A clinic whose web tier alone is
+/// unhealthy (`Degraded`, which is never a phase with changes under way) is at rest too.
+fn at_rest(d: &OpenEMRDeployment) -> bool {
+    use crate::api::deployment::DeploymentPhase;
+    d.status.as_ref().is_some_and(|s| {
+        let settled = matches!(
+            s.phase,
+            Some(DeploymentPhase::Ready | DeploymentPhase::Degraded)
+        );
+        let ready = |t: &str| {
+            crate::conditions::find(&s.conditions, t).is_some_and(|c| {
+                c.status == "True" && c.observed_generation == d.metadata.generation
+            })
+        };
+        settled
+            && ready("StackReady")
+            && ready("DatabaseReady")
+            && s.observed_generation == d.metadata.generation
+            && s.in_flight.is_none()
+    })
+}
+
+/// Reads the clinic's stack, its DB instance and its own credentials Secret;
+/// `user_master_password` says whether the user's Secret (already read) has
+/// `root-password`.
+pub async fn observe_infra(
+    d: &OpenEMRDeployment,
+    aws: &ClinicAws,
+    ctx: &Context,
+    user_master_password: bool,
+) -> Result<Infra, Error> {
+    let ns = d.namespace().unwrap_or_default();
+    let name = d.name_any();
+    let names = ClinicNames::new(&aws.cluster, &ns, &name);
+    let tags = clinic_tags(d, aws);
+    let clients = clients(d, aws).await;
+    let identifier = db_identifier(d, &names);
+    // A clinic at rest is served from the shared inventory; one with work in progress, or
+    // whose resource the snapshot lacks (it may be newer than the snapshot), reads its own.
+    let (mut stack, mut database) = (None, None);
+    aws.inventory.watch(&clients);
+    if d.spec
+        .adopt
+        .as_ref()
+        .is_some_and(|a| a.db_instance_identifier.is_some())
+    {
+        aws.inventory.claim(
+            &clients,
+            &identifier,
+            crate::aws::inventory::Owner {
+                namespace: ns.clone(),
+                name: name.clone(),
+            },
+        );
+    }
+    if at_rest(d) {
+        (stack, database) = aws
+            .inventory
+            .view(&clients, &names.stack, &identifier)
+            .await
+            .map_err(aws_error("reading the inventory"))?;
+    }
+    if stack.is_none() {
+        stack = clients
+            .describe_stack(&names.stack)
+            .await
+            .map_err(aws_error("reading the stack"))?;
+        aws.inventory.saw(&clients, stack.as_ref(), None);
+    }
+    if database.is_none() {
+        database = clients
+            .describe_instance(&identifier)
+            .await
+            .map_err(aws_error("reading the DB instance"))?;
+        aws.inventory.saw(&clients, None, database.as_ref());
+    }
+    let stack_failure = match &stack {
+        Some(s)
+            if matches!(s.state(), StackState::RolledBack | StackState::Failed)
+                || s.status == "UPDATE_ROLLBACK_COMPLETE" =>
+        {
+            clients
+                .first_failure(&names.stack)
+                .await
+                .map_err(aws_error("reading the stack's events"))?
+        }
+        _ => None,
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    // The user's Secret was read (and its keys checked) before AWS was; only the
+    // operator's own is looked for here.
+    let credentials_secret = match &d.spec.database.credentials_secret_ref {
+        Some(_) => true,
+        None => secrets
+            .get_metadata_opt(&names.credentials_secret)
+            .await
+            .map_err(Error::observe(format!(
+                "Secret {ns}/{}",
+                names.credentials_secret
+            )))?
+            .is_some(),
+    };
+    // An adopted bucket is read while the clinic is not at rest: to report how it differs
+    // before the first change, and to see that a correction took.
+    let adopted_bucket = match d.spec.adopt.as_ref().and_then(|a| a.bucket_name.as_deref()) {
+        Some(bucket) if !at_rest(d) => match clients
+            .bucket_settings(bucket)
+            .await
+            .map_err(aws_error("reading the adopted bucket"))?
+        {
+            Some(settings) => AdoptedBucket::Seen(settings),
+            None => AdoptedBucket::Missing,
+        },
+        _ => AdoptedBucket::NotRead,
+    };
+    Ok(Infra {
+        adopted_bucket,
+        names,
+        tags,
+        stack,
+        stack_failure,
+        database,
+        credentials_secret,
+        user_master_password,
+        progress_interval: aws.progress_interval,
+    })
+}

@@ -1,0 +1,234 @@
+//! The web tier's changes: server-side applies under the field manager
+//! [`WEB_MANAGER`], forced so hand edits are put back, deletions, the generated Secrets of
+//! the first setup, the upgrade's snapshot, and Events.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret, Service,
+};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{CLINIC_LABEL, Child, ChildKind, WebChange};
+use crate::api::OpenEMRDeployment;
+use crate::aws::rds::Databases;
+use crate::controller::deployment::clinic::{
+    ClinicNames, TAG_NAME, announce, aws_error, clients, clinic_tags, db_identifier,
+};
+use crate::controller::deployment::secrets;
+use crate::controller::{ClinicAws, Context, Error};
+
+/// Field manager of the web tier's applies.
+pub const WEB_MANAGER: &str = "openemr-operator/web";
+
+/// Carries out one change of the web tier.
+pub async fn act(
+    d: &OpenEMRDeployment,
+    change: &WebChange,
+    aws: &ClinicAws,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let ns = d.namespace().unwrap_or_default();
+    match change {
+        WebChange::ApplyChildren(children) => apply_children(ctx, &ns, children).await,
+        WebChange::DeleteChild { kind, name } => delete_child(ctx, &ns, *kind, name).await,
+        WebChange::RebindVolume { name } => rebind_volume(ctx, name).await,
+        WebChange::CreateAdminSecret { name } => {
+            secrets::create_admin_secret(ctx, &ns, name, generated_labels(&d.name_any())).await
+        }
+        WebChange::CopyMasterPassword { name, secret_arn } => {
+            let labels = generated_labels(&d.name_any());
+            secrets::copy_master_password(d, aws, ctx, &ns, name, secret_arn, labels).await
+        }
+        WebChange::CreateUpgradeSnapshot { snapshot } => {
+            let name = d.name_any();
+            let names = ClinicNames::new(&aws.cluster, &ns, &name);
+            let identifier = db_identifier(d, &names);
+            let tags = clinic_tags(d, aws);
+            match clients(d, aws)
+                .await
+                .create_snapshot(&identifier, snapshot, &tags)
+                .await
+            {
+                // A repeat after a crash: the one snapshot exists already. Any other
+                // conflict (the instance busy) is an error, retried with backoff.
+                Err(e) if e.already_exists() => Ok(()),
+                other => other.map_err(aws_error("taking the pre-upgrade snapshot")),
+            }?;
+            announce(
+                ctx,
+                d,
+                false,
+                "UpgradeSnapshotStarted",
+                &format!(
+                    "DB snapshot {snapshot} of {identifier} is being taken before the upgrade"
+                ),
+            )
+            .await;
+            Ok(())
+        }
+        WebChange::Announce {
+            reason,
+            note,
+            warning,
+        } => {
+            announce(ctx, d, *warning, reason, note).await;
+            Ok(())
+        }
+    }
+}
+
+async fn apply<K>(ctx: &Context, ns: &str, child: &Child) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    send(api, child).await
+}
+
+async fn send<K>(api: Api<K>, child: &Child) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let result = if child.kind.create_only() {
+        let obj: K = serde_json::from_value(child.body.clone()).map_err(|e| Error::Act {
+            action: format!("rendering {} {}", child.kind, child.name),
+            reason: "RenderFailed",
+            message: e.to_string(),
+        })?;
+        match api.create(&PostParams::default(), &obj).await {
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            other => other.map(|_| ()),
+        }
+    } else {
+        api.patch(
+            &child.name,
+            &PatchParams::apply(WEB_MANAGER).force(),
+            &Patch::Apply(&child.body),
+        )
+        .await
+        .map(|_| ())
+    };
+    result.map_err(|e| Error::Act {
+        action: format!("applying {} {}", child.kind, child.name),
+        reason: "ChildApplyFailed",
+        message: e.to_string(),
+    })
+}
+
+fn count(ctx: &Context, kind: ChildKind) {
+    ctx.metrics
+        .child_writes
+        .get_or_create(&crate::metrics::ChildKindLabel {
+            kind: kind.to_string(),
+        })
+        .inc();
+}
+
+/// Applies children in order.
+pub async fn apply_children(ctx: &Context, ns: &str, children: &[Child]) -> Result<(), Error> {
+    for child in children {
+        count(ctx, child.kind);
+        match child.kind {
+            ChildKind::Secret => apply::<Secret>(ctx, ns, child).await,
+            ChildKind::ConfigMap => apply::<ConfigMap>(ctx, ns, child).await,
+            ChildKind::PersistentVolume => {
+                send(Api::<PersistentVolume>::all(ctx.client.clone()), child).await
+            }
+            ChildKind::PersistentVolumeClaim => {
+                apply::<PersistentVolumeClaim>(ctx, ns, child).await
+            }
+            ChildKind::Service => apply::<Service>(ctx, ns, child).await,
+            ChildKind::Job => apply::<Job>(ctx, ns, child).await,
+            ChildKind::Deployment => apply::<Deployment>(ctx, ns, child).await,
+            ChildKind::PodDisruptionBudget => apply::<PodDisruptionBudget>(ctx, ns, child).await,
+            ChildKind::Ingress => apply::<Ingress>(ctx, ns, child).await,
+            ChildKind::NetworkPolicy => apply::<NetworkPolicy>(ctx, ns, child).await,
+        }?;
+    }
+    Ok(())
+}
+
+/// Drops the uid of the deleted claim from the volume's `claimRef`: the volume turns
+/// `Available`, still pre-bound by name, and binds to the claim of that name made anew.
+pub async fn rebind_volume(ctx: &Context, name: &str) -> Result<(), Error> {
+    count(ctx, ChildKind::PersistentVolume);
+    let patch = serde_json::json!({"spec": {"claimRef": {"uid": null, "resourceVersion": null}}});
+    match Api::<PersistentVolume>::all(ctx.client.clone())
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::Act {
+            action: format!("binding PersistentVolume {name} to its claim again"),
+            reason: "ChildWriteFailed",
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Deletes a child (gone already is fine).
+pub async fn delete_child(
+    ctx: &Context,
+    ns: &str,
+    kind: ChildKind,
+    name: &str,
+) -> Result<(), Error> {
+    count(ctx, kind);
+    let params = DeleteParams::background();
+    let client = ctx.client.clone();
+    let result = match kind {
+        ChildKind::Secret => Api::<Secret>::namespaced(client, ns)
+            .delete(name, &params)
+            .await
+            .map(|_| ()),
+        ChildKind::Ingress => Api::<Ingress>::namespaced(client, ns)
+            .delete(name, &params)
+            .await
+            .map(|_| ()),
+        ChildKind::PodDisruptionBudget => Api::<PodDisruptionBudget>::namespaced(client, ns)
+            .delete(name, &params)
+            .await
+            .map(|_| ()),
+        ChildKind::PersistentVolume => Api::<PersistentVolume>::all(client)
+            .delete(name, &params)
+            .await
+            .map(|_| ()),
+        other => {
+            return Err(Error::Act {
+                action: format!("deleting {other} {name}"),
+                reason: "NotDeletable",
+                message: "the operator never deletes this kind of child".into(),
+            });
+        }
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::Act {
+            action: format!("deleting {kind} {name}"),
+            reason: "ChildDeleteFailed",
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Labels of a Secret the operator generates for a clinic (so the child cache holds it).
+pub fn generated_labels(clinic: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "openemr-operator".to_string(),
+        ),
+        (CLINIC_LABEL.to_string(), clinic.to_string()),
+        (TAG_NAME.to_string(), clinic.to_string()),
+    ])
+}
