@@ -322,6 +322,10 @@ fn the_example_clinics_web_tier_passes_checkov() {
         database_user: &spec.database.username,
         database_password: SecretKey::new("clinic-a-db-credentials", "password"),
         redis_host: "master.clinic-a.abc.use1.cache.amazonaws.com",
+        redis_password: Some((
+            SecretKey::new("clinic-a-redis-auth", "password"),
+            "0d1f".into(),
+        )),
         file_system_id: "fs-0123456789abcdef0",
         mysql_ca: &ca,
         redis_ca: &ca,

@@ -293,6 +293,58 @@ async fn a_clinic_is_set_up_once_then_served_by_workers_and_ready() {
         main["envFrom"][0]["secretRef"]["name"],
         format!("{name}-openemr")
     );
+    // Redis AUTH: the token the stack had Secrets Manager generate (the stack's output
+    // names it) is copied for the workers, who read it by reference.
+    let stack = status.stack.as_ref().unwrap().name.clone();
+    let config = env().aws(Some("us-west-2")).await;
+    let outputs = aws_sdk_cloudformation::Client::new(&config)
+        .describe_stacks()
+        .stack_name(&stack)
+        .send()
+        .await
+        .unwrap()
+        .stacks()[0]
+        .outputs()
+        .to_vec();
+    let token_arn = outputs
+        .iter()
+        .find(|o| o.output_key() == Some("RedisAuthSecretArn"))
+        .and_then(|o| o.output_value())
+        .unwrap()
+        .to_string();
+    let token = aws_sdk_secretsmanager::Client::new(&config)
+        .get_secret_value()
+        .secret_id(&token_arn)
+        .send()
+        .await
+        .unwrap()
+        .secret_string()
+        .unwrap()
+        .to_string();
+    assert_eq!(token.len(), 64);
+    assert!(token.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let copy = secrets.get(&format!("{name}-redis-auth")).await.unwrap();
+    assert_eq!(
+        copy.annotations().get("openemr.io/source-secret"),
+        Some(&token_arn)
+    );
+    assert_eq!(
+        secret_value(&client, &ns.name, &format!("{name}-redis-auth"), "password").await,
+        token
+    );
+    let redis_password = eventually(WAIT, "the workers read the Redis AUTH token", || async {
+        let d = deployments.get(&format!("{name}-openemr")).await.ok()?;
+        let spec = serde_json::to_value(d.spec?.template.spec?).ok()?;
+        env_of(&spec)
+            .into_iter()
+            .find(|(k, _)| k == "REDIS_PASSWORD")
+            .map(|(_, v)| v)
+    })
+    .await;
+    assert_eq!(
+        redis_password["valueFrom"]["secretKeyRef"],
+        json!({"name": format!("{name}-redis-auth"), "key": "password"})
+    );
     let mounts = main["volumeMounts"].to_string();
     assert!(
         mounts.contains("/var/www/localhost/htdocs/openemr/sites"),
@@ -425,7 +477,7 @@ async fn a_clinic_is_set_up_once_then_served_by_workers_and_ready() {
     );
 
     // No password anywhere people or logs read: operator log (at debug level), Events,
-    // status, Pod specs; the master password's copy among them.
+    // status, Pod specs; the master password's copy and the Redis AUTH token among them.
     let passwords = [
         secret_value(
             &client,
@@ -436,6 +488,7 @@ async fn a_clinic_is_set_up_once_then_served_by_workers_and_ready() {
         .await,
         secret_value(&client, &ns.name, &format!("{name}-admin"), "password").await,
         master,
+        token,
     ];
     let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
     let event_text =

@@ -1,5 +1,6 @@
-//! Secrets Manager: the master password RDS manages for a clinic's database, read once for
-//! the first setup of OpenEMR (which creates its schema and user as the master user).
+//! Secrets Manager: the master password RDS manages for a clinic's database, read for the
+//! first setup of OpenEMR (which creates its schema and user as the master user), and the
+//! Redis AUTH token the clinic's stack generates, copied once for the workers.
 
 use std::future::Future;
 
@@ -23,10 +24,17 @@ pub trait ManagedSecrets {
         &self,
         secret_arn: &str,
     ) -> impl Future<Output = Result<SecretValue, AwsError>> + Send;
+
+    /// The Redis AUTH token the clinic's stack generated: letters and digits, which the
+    /// image can put in a URL and an ini value unquoted.
+    fn redis_auth_token(
+        &self,
+        secret_arn: &str,
+    ) -> impl Future<Output = Result<SecretValue, AwsError>> + Send;
 }
 
-impl ManagedSecrets for AwsClients {
-    async fn master_password(&self, secret_arn: &str) -> Result<SecretValue, AwsError> {
+impl AwsClients {
+    async fn secret_string(&self, secret_arn: &str) -> Result<String, AwsError> {
         let out = self
             .call(
                 Service::SecretsManager,
@@ -37,9 +45,19 @@ impl ManagedSecrets for AwsClients {
                     .send(),
             )
             .await?;
-        let text = out.secret_string().unwrap_or_default();
+        Ok(out.secret_string().unwrap_or_default().to_string())
+    }
+}
+
+fn unusable(what: &str) -> AwsError {
+    AwsError::invalid_request("secretsmanager", "GetSecretValue", what.into())
+}
+
+impl ManagedSecrets for AwsClients {
+    async fn master_password(&self, secret_arn: &str) -> Result<SecretValue, AwsError> {
+        let text = self.secret_string(secret_arn).await?;
         // RDS stores {"username": …, "password": …}.
-        let password = serde_json::from_str::<serde_json::Value>(text)
+        let password = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| {
                 v.get("password")
@@ -47,12 +65,39 @@ impl ManagedSecrets for AwsClients {
                     .map(str::to_string)
             })
             .filter(|p| !p.is_empty());
-        password.map(SecretValue).ok_or_else(|| {
-            AwsError::invalid_request(
-                "secretsmanager",
-                "GetSecretValue",
-                "the master user secret has no \"password\" field".into(),
-            )
-        })
+        password
+            .map(SecretValue)
+            .ok_or_else(|| unusable("the master user secret has no \"password\" field"))
+    }
+
+    async fn redis_auth_token(&self, secret_arn: &str) -> Result<SecretValue, AwsError> {
+        let token = self.secret_string(secret_arn).await?;
+        if redis_token_usable(&token) {
+            Ok(SecretValue(token))
+        } else {
+            // Changed by hand: said by its rule, never by its value.
+            Err(unusable(
+                "the Redis AUTH token must be 16 to 128 letters and digits",
+            ))
+        }
+    }
+}
+
+/// What ElastiCache takes and the image can carry: 16 to 128 ASCII letters and digits.
+pub fn redis_token_usable(token: &str) -> bool {
+    (16..=128).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tokens_the_image_and_elasticache_can_carry_are_usable() {
+        assert!(redis_token_usable(&"aB3".repeat(20)));
+        assert!(!redis_token_usable("short1234"));
+        assert!(!redis_token_usable(&"a".repeat(129)));
+        assert!(!redis_token_usable(&format!("{}&x=y", "a".repeat(20))));
+        assert!(!redis_token_usable(&format!("{}\"", "a".repeat(20))));
     }
 }

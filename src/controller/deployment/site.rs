@@ -18,6 +18,9 @@ pub struct Site {
     /// password in Secrets Manager ([`Site::master_secret_arn`]).
     pub user_master_password: Option<SecretKey>,
     pub master_secret_arn: Option<String>,
+    /// The Secrets Manager secret with the Redis AUTH token (stacks made before the token
+    /// have none until their update).
+    pub redis_auth_secret_arn: Option<String>,
     /// The master user's name, as the instance reports it.
     pub master_username: String,
     /// What the first setup may do to the database.

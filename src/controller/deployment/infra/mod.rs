@@ -255,6 +255,7 @@ pub fn site(d: &OpenEMRDeployment, infra: &Infra) -> Option<Site> {
             .filter(|_| infra.user_master_password)
             .map(|r| SecretKey::new(&r.name, ROOT_PASSWORD_KEY)),
         master_secret_arn: db.master_user_secret_arn.clone(),
+        redis_auth_secret_arn: output(template::OUT_REDIS_AUTH_SECRET),
         master_username: db
             .master_username
             .clone()
@@ -287,6 +288,8 @@ pub fn site_from_status(d: &OpenEMRDeployment, status: &OpenEMRDeploymentStatus)
         database_password: SecretKey::new(&credentials, PASSWORD_KEY),
         user_master_password: None,
         master_secret_arn: None,
+        // The copy the workers read stays as it is while AWS cannot be read.
+        redis_auth_secret_arn: None,
         master_username: database::MASTER_USERNAME.to_string(),
         database_origin: DatabaseOrigin::Foreign { uid: None },
     })

@@ -16,9 +16,10 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{CLINIC_LABEL, Child, ChildKind, WebChange};
+use super::{CLINIC_LABEL, Child, ChildKind, REDIS_AUTH_SOURCE_ANNOTATION, WebChange};
 use crate::api::OpenEMRDeployment;
 use crate::aws::rds::Databases;
+use crate::aws::secrets::ManagedSecrets;
 use crate::controller::deployment::clinic::{
     ClinicNames, TAG_NAME, announce, aws_error, clients, clinic_tags, db_identifier,
 };
@@ -46,6 +47,9 @@ pub async fn act(
         WebChange::CopyMasterPassword { name, secret_arn } => {
             let labels = generated_labels(&d.name_any());
             secrets::copy_master_password(d, aws, ctx, &ns, name, secret_arn, labels).await
+        }
+        WebChange::CopyRedisAuthToken { name, secret_arn } => {
+            copy_redis_auth_token(d, aws, ctx, &ns, name, secret_arn).await
         }
         WebChange::CreateUpgradeSnapshot { snapshot } => {
             let name = d.name_any();
@@ -92,6 +96,49 @@ where
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     send(api, child).await
+}
+
+/// Copies the Redis AUTH token into the clinic's Secret `name`, annotated with the secret
+/// it came from; a copy from another secret is replaced. The clinic owns the copy: the
+/// token itself stays in Secrets Manager with the stack.
+async fn copy_redis_auth_token(
+    d: &OpenEMRDeployment,
+    aws: &ClinicAws,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    secret_arn: &str,
+) -> Result<(), Error> {
+    let token = clients(d, aws)
+        .await
+        .redis_auth_token(secret_arn)
+        .await
+        .map_err(aws_error("reading the Redis AUTH token"))?;
+    let copy = secrets::secret(
+        ns,
+        name,
+        generated_labels(&d.name_any()),
+        Some(BTreeMap::from([(
+            REDIS_AUTH_SOURCE_ANNOTATION.to_string(),
+            secret_arn.to_string(),
+        )])),
+        d.controller_owner_ref(&()),
+        BTreeMap::from([(secrets::PASSWORD_KEY.to_string(), token.0)]),
+    );
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    api.patch(
+        name,
+        &PatchParams::apply(WEB_MANAGER).force(),
+        &Patch::Apply(&copy),
+    )
+    .await
+    .map_err(|e| Error::Act {
+        action: format!("writing Secret {ns}/{name}"),
+        reason: "SecretWriteFailed",
+        message: e.to_string(),
+    })?;
+    count(ctx, ChildKind::Secret);
+    Ok(())
 }
 
 async fn send<K>(api: Api<K>, child: &Child) -> Result<(), Error>

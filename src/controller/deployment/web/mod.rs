@@ -40,6 +40,11 @@ pub const SETUP_MODE_ANNOTATION: &str = "openemr.io/setup-mode";
 pub const APPLIED_ANNOTATION: &str = "openemr.io/applied";
 /// Annotation on the worker template: digest of the CA bundles, so a new bundle rolls them.
 pub const CA_DIGEST_ANNOTATION: &str = "openemr.io/ca-digest";
+/// Annotation on the Redis AUTH token's copy: the ARN of the secret it was copied from.
+pub const REDIS_AUTH_SOURCE_ANNOTATION: &str = "openemr.io/source-secret";
+/// Annotation on the worker template: digest of that ARN, so a new token rolls them (a
+/// Secret's new value reaches no running container's environment).
+pub const REDIS_AUTH_DIGEST_ANNOTATION: &str = "openemr.io/redis-auth";
 /// Condition type of the web tier.
 pub const WORKLOAD_READY: &str = "WorkloadReady";
 
@@ -95,6 +100,8 @@ pub struct WebNames {
     pub admin_secret: String,
     /// The copy of an RDS-managed master password, present only while setup runs.
     pub master_copy: String,
+    /// The copy of the Redis AUTH token the workers read.
+    pub redis_auth: String,
 }
 
 impl WebNames {
@@ -109,6 +116,7 @@ impl WebNames {
             workers: format!("{clinic}-openemr"),
             admin_secret: format!("{clinic}-admin"),
             master_copy: format!("{clinic}-db-master"),
+            redis_auth: format!("{clinic}-redis-auth"),
         }
     }
 
@@ -252,6 +260,9 @@ pub struct WorkloadSeen {
     pub worker_pods: Option<usize>,
     pub admin_secret: bool,
     pub master_copy: bool,
+    /// The Redis AUTH token's copy exists, made from this secret (its
+    /// [`REDIS_AUTH_SOURCE_ANNOTATION`]).
+    pub redis_auth_copy: Option<String>,
     /// The volume is `Released`: its claim was deleted.
     pub volume_released: bool,
     /// The CA bundles (MySQL, Redis), or why they could not be read.
@@ -278,6 +289,9 @@ pub enum WebChange {
     /// Copies the RDS-managed master password from Secrets Manager into a Secret owned by
     /// the clinic, for the first setup only (deleted once setup completed).
     CopyMasterPassword { name: String, secret_arn: String },
+    /// Copies the Redis AUTH token the stack generated into a Secret owned by the clinic,
+    /// for the workers (replacing a copy made from another secret).
+    CopyRedisAuthToken { name: String, secret_arn: String },
     /// The DB snapshot an image upgrade waits for.
     CreateUpgradeSnapshot { snapshot: String },
     /// An Event about a step of the web tier that no call marks.
@@ -302,6 +316,7 @@ impl std::fmt::Debug for WebChange {
             WebChange::RebindVolume { name } => write!(f, "RebindVolume({name})"),
             WebChange::CreateAdminSecret { name } => write!(f, "CreateAdminSecret({name})"),
             WebChange::CopyMasterPassword { name, .. } => write!(f, "CopyMasterPassword({name})"),
+            WebChange::CopyRedisAuthToken { name, .. } => write!(f, "CopyRedisAuthToken({name})"),
             WebChange::CreateUpgradeSnapshot { snapshot } => {
                 write!(f, "CreateUpgradeSnapshot({snapshot})")
             }
@@ -326,6 +341,9 @@ impl WebChange {
             }
             WebChange::RebindVolume { name } => ("RebindVolume".into(), name.clone()),
             WebChange::CreateAdminSecret { name } => ("CreateAdminSecret".into(), name.clone()),
+            WebChange::CopyRedisAuthToken { name, .. } => {
+                ("CopyRedisAuthToken".into(), name.clone())
+            }
             WebChange::CopyMasterPassword { name, .. } => {
                 ("CopyMasterPassword".into(), name.clone())
             }

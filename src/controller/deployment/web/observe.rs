@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::holds;
 use super::{
     ATTEMPT_ANNOTATION, CLINIC_LABEL, COMPONENT_LABEL, ChildKind, IMAGE_ANNOTATION, JobState,
-    SetupJob, WebNames, WorkersSeen, WorkloadSeen,
+    REDIS_AUTH_SOURCE_ANNOTATION, SetupJob, WebNames, WorkersSeen, WorkloadSeen,
 };
 use crate::api::OpenEMRDeployment;
 use crate::api::deployment::UpgradePhase;
@@ -168,6 +168,12 @@ pub async fn observe_workload(
         None => secret_exists(&names.admin_secret),
     };
     let master_copy = secret_exists(&names.master_copy);
+    let redis_auth_copy = cached(&caches.secrets, &ns, &names.redis_auth).map(|s| {
+        s.annotations()
+            .get(REDIS_AUTH_SOURCE_ANNOTATION)
+            .cloned()
+            .unwrap_or_default()
+    });
     // `Released`: the claim it was bound to is gone (deleted by hand, say).
     let volume_released = caches
         .volumes
@@ -204,6 +210,7 @@ pub async fn observe_workload(
         worker_pods,
         admin_secret,
         master_copy,
+        redis_auth_copy,
         volume_released,
         ca,
         upgrade_snapshot,

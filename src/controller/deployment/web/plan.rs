@@ -25,7 +25,8 @@ use crate::api::OpenEMRDeployment;
 use crate::api::deployment::{UpgradePhase, UpgradeStatus, WebHold, WebStatus};
 use crate::clock;
 use crate::conditions::Verdict;
-use crate::controller::deployment::clinic::upgrade_snapshot;
+use crate::controller::deployment::clinic::{short_hash, upgrade_snapshot};
+use crate::controller::deployment::secrets::{PASSWORD_KEY, SecretKey};
 use crate::controller::deployment::site::Site;
 
 /// The web tier's part of a clinic's plan.
@@ -161,6 +162,12 @@ fn plan_held(
         database_user: &d.spec.database.username,
         database_password: site.database_password.clone(),
         redis_host: &site.redis_host,
+        redis_password: seen.redis_auth_copy.as_ref().map(|source| {
+            (
+                SecretKey::new(&names.redis_auth, PASSWORD_KEY),
+                short_hash(&[source]),
+            )
+        }),
         file_system_id: &site.file_system_id,
         mysql_ca: &mysql_ca,
         redis_ca: &redis_ca,
@@ -171,6 +178,17 @@ fn plan_held(
 
     let mut wanted = inputs.standing_children();
     let mut changes = Vec::new();
+    // The Redis AUTH token, copied for the workers from the secret the stack generated,
+    // and again when the stack's secret is another one (a stack made anew). Read from
+    // AWS only then: a clinic at rest costs no call for it.
+    if let Some(arn) = &site.redis_auth_secret_arn
+        && seen.redis_auth_copy.as_deref() != Some(arn.as_str())
+    {
+        changes.push(WebChange::CopyRedisAuthToken {
+            name: names.redis_auth.clone(),
+            secret_arn: arn.clone(),
+        });
+    }
     if seen.volume_released {
         // The claim was deleted (and is made anew above): without this the volume, kept
         // by `Retain`, would stay `Released` and the new claim would never bind.
@@ -484,6 +502,7 @@ pub(crate) mod tests {
             database_password: SecretKey::new("clinic-a-db-credentials", "password"),
             user_master_password: None,
             master_secret_arn: Some("arn:aws:secretsmanager:x".into()),
+            redis_auth_secret_arn: Some("arn:aws:secretsmanager:redis".into()),
             master_username: "openemr_admin".into(),
             database_origin: DatabaseOrigin::CreatedEmpty,
         }
@@ -602,6 +621,53 @@ pub(crate) mod tests {
         }));
         assert_eq!(plan.verdict.reason, "ReplicasNotReady");
         assert!(!plan.in_progress, "the Deployment's watch wakes the clinic");
+    }
+
+    #[test]
+    fn the_redis_token_is_copied_once_per_secret_and_read_by_the_workers() {
+        let d = clinic(serde_json::json!({"replicas": 2}));
+        let done = |s: &mut WorkloadSeen| {
+            s.setup_jobs = vec![setup_job(
+                "clinic-a-setup-abc-1",
+                &d.spec.web.image,
+                1,
+                JobState::Complete,
+            )];
+        };
+        let copy = WebChange::CopyRedisAuthToken {
+            name: "clinic-a-redis-auth".into(),
+            secret_arn: "arn:aws:secretsmanager:redis".into(),
+        };
+        let env_of = |plan: &WorkloadPlan| {
+            let workers = child(plan, ChildKind::Deployment).unwrap();
+            workers.body["spec"]["template"]["spec"]["containers"][0]["env"].to_string()
+        };
+        // No copy yet: made, and the workers go without until it exists.
+        let mut s = seen();
+        done(&mut s);
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
+        assert!(plan.changes.contains(&copy));
+        assert!(!env_of(&plan).contains("REDIS_PASSWORD"));
+        // Copied from this secret: not again, and the workers read it.
+        s.redis_auth_copy = Some("arn:aws:secretsmanager:redis".into());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
+        assert!(!plan.changes.contains(&copy));
+        assert!(env_of(&plan).contains("clinic-a-redis-auth"));
+        // Copied from another secret (a stack made anew): copied again.
+        s.redis_auth_copy = Some("arn:aws:secretsmanager:old".into());
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
+        assert!(plan.changes.contains(&copy));
+        // A cache without AUTH (a stack not yet updated): nothing to copy.
+        let mut old_stack = site();
+        old_stack.redis_auth_secret_arn = None;
+        s.redis_auth_copy = None;
+        let plan = plan_workload(&d, Some(&old_stack), true, &s, now());
+        assert!(
+            !plan
+                .changes
+                .iter()
+                .any(|c| matches!(c, WebChange::CopyRedisAuthToken { .. }))
+        );
     }
 
     #[test]

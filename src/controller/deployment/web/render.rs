@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use super::scripts::{EXIT_REFUSED, EXIT_UNUSABLE, SETUP_SCRIPT, SetupMode, WORKER_SCRIPT};
 use super::{
     ATTEMPT_ANNOTATION, CA_DIGEST_ANNOTATION, CLINIC_LABEL, COMPONENT_LABEL, Child, ChildKind,
-    IMAGE_ANNOTATION, SETUP_MODE_ANNOTATION, WebNames,
+    IMAGE_ANNOTATION, REDIS_AUTH_DIGEST_ANNOTATION, SETUP_MODE_ANNOTATION, WebNames,
 };
 use crate::api::deployment::{ResourceAmounts, ServiceType, WebSpec};
 use crate::controller::deployment::clinic::short_hash;
@@ -56,6 +56,9 @@ pub struct WebInputs<'a> {
     /// OpenEMR's own database password.
     pub database_password: SecretKey,
     pub redis_host: &'a str,
+    /// The Redis AUTH token's copy, and a digest of where it came from (a new one rolls
+    /// the workers). `None` for a cache without AUTH (a stack made before it).
+    pub redis_password: Option<(SecretKey, String)>,
     pub file_system_id: &'a str,
     pub mysql_ca: &'a str,
     pub redis_ca: &'a str,
@@ -512,8 +515,18 @@ impl WebInputs<'_> {
 
     /// The workers: `K8S=worker`, `replicas` of them (0 while held or stopped).
     pub fn workers(&self, replicas: i32) -> Child {
-        let env = json!([{"name": "K8S", "value": "worker"}, self.database_password_env()]);
-        let mut main = self.container("openemr", env);
+        let mut env = vec![
+            json!({"name": "K8S", "value": "worker"}),
+            self.database_password_env(),
+        ];
+        let mut template_annotations = json!({CA_DIGEST_ANNOTATION: self.ca_digest()});
+        if let Some((token, source)) = &self.redis_password {
+            // The image puts it in PHP's session path (`auth[pass]=`); it is letters and
+            // digits only, so nothing in it needs quoting there.
+            env.push(secret_env("REDIS_PASSWORD", token));
+            template_annotations[REDIS_AUTH_DIGEST_ANNOTATION] = json!(source);
+        }
+        let mut main = self.container("openemr", json!(env));
         main["command"] = json!(["sh", "-c", WORKER_SCRIPT]);
         // The root httpd parent signals its children (uid 1000) to stop gracefully.
         if let Some(caps) = main["securityContext"]["capabilities"]["add"].as_array_mut() {
@@ -572,7 +585,7 @@ impl WebInputs<'_> {
                     "template": {
                         "metadata": {
                             "labels": template_labels,
-                            "annotations": {CA_DIGEST_ANNOTATION: self.ca_digest()},
+                            "annotations": template_annotations,
                         },
                         "spec": pod,
                     },
@@ -687,6 +700,10 @@ mod tests {
             database_user: "openemr",
             database_password: SecretKey::new("clinic-a-db-credentials", PASSWORD_KEY),
             redis_host: "redis.example",
+            redis_password: Some((
+                SecretKey::new("clinic-a-redis-auth", PASSWORD_KEY),
+                "digest1".into(),
+            )),
             file_system_id: "fs-123",
             mysql_ca: "MYSQL CA",
             redis_ca: "REDIS CA",
@@ -739,6 +756,20 @@ mod tests {
     }
 
     #[test]
+    fn workers_of_a_cache_without_auth_get_no_redis_password() {
+        let names = WebNames::new("clinics", "clinic-a");
+        let web = spec();
+        let mut i = inputs(&names, &web);
+        i.redis_password = None;
+        let d = i.workers(2).body;
+        let main = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(env_names(main), ["K8S", "MYSQL_PASS"]);
+        let annotations = &d["spec"]["template"]["metadata"]["annotations"];
+        assert!(annotations.get(REDIS_AUTH_DIGEST_ANNOTATION).is_none());
+        assert!(annotations.get(CA_DIGEST_ANNOTATION).is_some());
+    }
+
+    #[test]
     fn workers_run_as_workers_with_the_login_probe_and_no_token() {
         let names = WebNames::new("clinics", "clinic-a");
         let web = spec();
@@ -763,7 +794,15 @@ mod tests {
         // No password value anywhere: only references.
         let text = d.to_string();
         assert!(text.contains("secretKeyRef"));
-        assert_eq!(env_names(main), ["K8S", "MYSQL_PASS"]);
+        assert_eq!(env_names(main), ["K8S", "MYSQL_PASS", "REDIS_PASSWORD"]);
+        assert_eq!(
+            main["env"][2]["valueFrom"]["secretKeyRef"],
+            json!({"name": "clinic-a-redis-auth", "key": "password"})
+        );
+        assert_eq!(
+            d["spec"]["template"]["metadata"]["annotations"][REDIS_AUTH_DIGEST_ANNOTATION],
+            "digest1"
+        );
         // Removed replicas drain; replicas prefer distinct zones and nodes.
         let sleep = main["lifecycle"]["preStop"]["sleep"]["seconds"]
             .as_i64()
