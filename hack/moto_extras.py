@@ -45,6 +45,14 @@ Secrets Manager backend (`GenerateSecretString` through its own generator, `Ref`
 and a `{{resolve:secretsmanager:<id>[:SecretString[:<json key>[:<stage>[:<version>]]]]}}`
 string anywhere in a resource's properties is replaced by the value, as CloudFormation does.
 
+moto 5.2.5 builds a stack's resources lazily, in whichever request first asks for them:
+a DescribeStacks of every stack (the operator's inventory) that arrives while another
+request is still creating a stack evaluates that stack's outputs and so creates its
+resources a second time, in parallel; the creating request then fails half-way (a bucket
+or key alias that "already exists") and the stack stays CREATE_IN_PROGRESS for ever, which
+AWS never does. Here CloudFormation's requests are handled one at a time (other services'
+are not).
+
 Nothing is needed for EFS: moto names a file system's creation token after the stack, the
 logical id and a random suffix, so many clinic stacks share an account and region. Nor for
 stack tags, which moto puts on EC2 resources only: no test reads them elsewhere.
@@ -59,10 +67,12 @@ silently disable or shadow it.
 import inspect
 import json
 import re
+import threading
 
 import moto
 from moto.cloudformation import parsing
 from moto.cloudformation.exceptions import UnformattedGetAttTemplateException, ValidationError
+from moto.cloudformation.responses import CloudFormationResponse
 from moto.cloudformation.utils import random_suffix
 from moto.core import serialize
 from moto.core.serialize import S3Serializer
@@ -108,6 +118,10 @@ def _check_moto():
     _require(
         "resolve:secretsmanager" not in inspect.getsource(parsing),
         "moto's CloudFormation resolves dynamic references itself now",
+    )
+    _require(
+        callable(getattr(CloudFormationResponse, "call_action", None)),
+        "moto's responses no longer go through BaseResponse.call_action",
     )
     for method in ("create_secret", "get_random_password", "get_secret_value", "delete_secret", "update_secret"):
         _require(hasattr(SecretsManagerBackend, method), f"SecretsManagerBackend.{method} is gone")
@@ -594,6 +608,17 @@ _require(
     "moto's KMS no longer reads key policies as JSON strings",
 )
 KmsKey.create_from_cloudformation_json = classmethod(_key_create)
+
+_CLOUDFORMATION = threading.RLock()
+_moto_cloudformation_call_action = CloudFormationResponse.call_action
+
+
+def _cloudformation_call_action(self):
+    with _CLOUDFORMATION:
+        return _moto_cloudformation_call_action(self)
+
+
+CloudFormationResponse.call_action = _cloudformation_call_action
 
 # In case anything asked for the models already: the next request sees these two.
 for _cached in (parsing.get_model_list, parsing.get_model_map, parsing.get_name_type_map):

@@ -12,7 +12,8 @@ use kube::{Api, Client};
 use openemr_operator::api::OpenEMRDeployment;
 use support::operator::Operator;
 use support::{
-    TestNamespace, apply, aws_calls, documents, env, eventually, is_mutating, wait_for_reason,
+    TestNamespace, apply, aws_calls, condition, documents, env, eventually, is_mutating,
+    wait_for_reason, warning_event,
 };
 
 /// Clients of one region against the test environment's moto.
@@ -326,6 +327,23 @@ fn clinic_with(name: &str, region: &str, policy: &str, extra: &str) -> serde_jso
         region,
         &format!("  deletionPolicy: {policy}\n{extra}"),
     )
+}
+
+async fn instance_tags(
+    rds: &aws_sdk_rds::Client,
+    id: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let out = rds
+        .describe_db_instances()
+        .db_instance_identifier(id)
+        .send()
+        .await
+        .unwrap();
+    out.db_instances()[0]
+        .tag_list()
+        .iter()
+        .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+        .collect()
 }
 
 async fn db_exists(rds: &aws_sdk_rds::Client, id: &str) -> bool {
@@ -675,8 +693,70 @@ async fn adopted_resources_are_never_recreated_and_differences_are_reported_befo
     assert!(reported <= time_of("DatabaseModified"));
     assert!(reported <= time_of("BucketSecured"));
 
-    // The adopted instance carries none of the operator's tags, yet its drift wakes the
-    // clinic that claimed it, once the clinic is at rest (no pass of its own is due).
+    // Claimed by the clinic's tags, once reported: the claim outlives the operator's memory.
+    let uid = clinics.get("adopter").await.unwrap().metadata.uid.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the adopted instance tagged as the clinic's",
+        || async {
+            let tags = instance_tags(&rds, &db_id).await;
+            (tags.get("openemr.io/name").map(String::as_str) == Some("adopter")
+                && tags.get("openemr.io/uid") == Some(&uid))
+            .then_some(())
+        },
+    )
+    .await;
+
+    // Another clinic naming the same instance is refused at once and changes nothing. The
+    // adopter settles first: no mutating call for two inventory intervals.
+    let mutating = |calls: std::collections::BTreeMap<String, u64>| -> u64 {
+        calls
+            .iter()
+            .filter(|(op, _)| support::is_mutating(op))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let mut settled = mutating(aws_calls(&operator).await);
+    loop {
+        tokio::time::sleep(2 * INVENTORY).await;
+        let now = mutating(aws_calls(&operator).await);
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
+    let before = support::aws_calls(&operator).await;
+    let intruder = clinic_with(
+        "intruder",
+        region,
+        "Retain",
+        &format!("  adopt: {{dbInstanceIdentifier: {db_id}}}"),
+    );
+    apply(&client, &ns.name, &intruder).await.unwrap();
+    let refused = wait_for_reason(&clinics, "intruder", "Accepted", "AdoptionConflict").await;
+    assert_eq!(refused.status, "False");
+    assert!(
+        refused
+            .message
+            .contains(&format!("clinic {}/adopter", ns.name)),
+        "{}",
+        refused.message
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = support::aws_calls(&operator).await;
+    assert_eq!(
+        mutating(after.clone()),
+        mutating(before.clone()),
+        "{before:?} → {after:?}"
+    );
+    warning_event(&client, &ns.name, "intruder", "AdoptionConflict").await;
+    clinics
+        .delete("intruder", &Default::default())
+        .await
+        .unwrap();
+
+    // The adopted instance's drift wakes the clinic that claimed it, once the clinic is at
+    // rest (no pass of its own is due).
     eventually(Duration::from_secs(30), "the adopter at rest", || async {
         let status = clinics.get("adopter").await.ok()?.status?;
         (status.phase == Some(openemr_operator::api::deployment::DeploymentPhase::Ready)
@@ -892,4 +972,267 @@ async fn a_stack_update_is_made_once_and_a_stale_inventory_never_repeats_it() {
         status.phase,
         Some(openemr_operator::api::deployment::DeploymentPhase::Ready)
     );
+}
+
+/// A clinic deleted under `Retain` and created again under its name finds what its earlier
+/// incarnation left (the stack and the DB instance, tagged with the earlier uid): it is
+/// reported, and nothing in AWS is changed; only a clinic created with `spec.adopt` naming
+/// that instance takes it over, its stack with it, and says so.
+#[tokio::test]
+async fn an_earlier_incarnations_leftovers_are_reported_and_taken_over_only_through_adopt() {
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "phoenix").await;
+    let region = "eu-west-2";
+    let aws = moto(region).await;
+    let rds = aws_sdk_rds::Client::new(&aws);
+    let operator = Operator::start_with(env(), Some(&ns.name), &["--inventory-interval", "3s"]);
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let gone = || async {
+        eventually(Duration::from_secs(60), "the clinic gone", || async {
+            clinics
+                .get_opt("phoenix")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        })
+        .await
+    };
+
+    apply(
+        &client,
+        &ns.name,
+        &clinic_with("phoenix", region, "Retain", ""),
+    )
+    .await
+    .unwrap();
+    wait_for_reason(&clinics, "phoenix", "Ready", "Ready").await;
+    let first = clinics.get("phoenix").await.unwrap();
+    let old_uid = first.metadata.uid.clone().unwrap();
+    let db_id = first.status.unwrap().database.unwrap().identifier;
+    clinics
+        .delete("phoenix", &Default::default())
+        .await
+        .unwrap();
+    gone().await;
+
+    // Created again: reported, and nothing in AWS is changed.
+    let before = aws_calls(&operator).await;
+    apply(
+        &client,
+        &ns.name,
+        &clinic_with("phoenix", region, "Retain", ""),
+    )
+    .await
+    .unwrap();
+    let found = wait_for_reason(&clinics, "phoenix", "Accepted", "FormerIncarnationFound").await;
+    for expected in [
+        format!("uid {old_uid}"),
+        format!("DB instance {db_id}"),
+        "stack ".to_string(),
+        "spec.adopt".to_string(),
+    ] {
+        assert!(
+            found.message.contains(&expected),
+            "{expected} in {}",
+            found.message
+        );
+    }
+    warning_event(&client, &ns.name, "phoenix", "FormerIncarnationFound").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = aws_calls(&operator).await;
+    let changes = |calls: &std::collections::BTreeMap<String, u64>| -> Vec<(String, u64)> {
+        calls
+            .iter()
+            .filter(|(op, _)| is_mutating(op))
+            .map(|(op, n)| (op.clone(), *n))
+            .collect()
+    };
+    assert_eq!(changes(&after), changes(&before));
+    assert_eq!(
+        instance_tags(&rds, &db_id).await.get("openemr.io/uid"),
+        Some(&old_uid)
+    );
+    clinics
+        .delete("phoenix", &Default::default())
+        .await
+        .unwrap();
+    gone().await;
+
+    // Created with spec.adopt naming the earlier instance: taken over with its stack.
+    apply(
+        &client,
+        &ns.name,
+        &clinic_with(
+            "phoenix",
+            region,
+            "Retain",
+            &format!("  adopt: {{dbInstanceIdentifier: {db_id}}}"),
+        ),
+    )
+    .await
+    .unwrap();
+    let adopted = eventually(Duration::from_secs(60), "the adoption reported", || async {
+        let c = condition(&clinics, "phoenix", "Adopted").await?;
+        (c.status == "True").then_some(c)
+    })
+    .await;
+    assert!(
+        adopted.message.contains(&format!(
+            "made by an earlier clinic of this name (uid {old_uid}"
+        )),
+        "{}",
+        adopted.message
+    );
+    assert!(
+        adopted.message.contains("is taken over"),
+        "{}",
+        adopted.message
+    );
+    wait_for_reason(&clinics, "phoenix", "Ready", "Ready").await;
+    let uid = clinics.get("phoenix").await.unwrap().metadata.uid.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the instance tagged as the new clinic's",
+        || async {
+            (instance_tags(&rds, &db_id).await.get("openemr.io/uid") == Some(&uid)).then_some(())
+        },
+    )
+    .await;
+    let calls = aws_calls(&operator).await;
+    assert_eq!(calls.get("CreateDBInstance"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("CreateStack"), Some(&1), "{calls:?}");
+    drop(operator);
+}
+
+/// Adopting a production database never resizes or restarts it on the spec's defaults: a
+/// larger class, Multi-AZ and backups off are reported and kept, nothing that takes an
+/// outage is sent, and once the manifest approves one change exactly that one is sent.
+#[tokio::test]
+async fn an_adopted_instances_outages_are_sent_only_as_approved() {
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "approve").await;
+    let region = "ca-central-1";
+    let aws = moto(region).await;
+    let rds = aws_sdk_rds::Client::new(&aws);
+    let db_id = format!("production-{}", std::process::id());
+    rds.create_db_instance()
+        .db_instance_identifier(&db_id)
+        .engine("mysql")
+        .engine_version("8.0.40")
+        .db_instance_class("db.r6g.xlarge")
+        .multi_az(true)
+        .allocated_storage(20)
+        .master_username("admin")
+        .manage_master_user_password(true)
+        .storage_encrypted(true)
+        .backup_retention_period(0)
+        .deletion_protection(true)
+        .send()
+        .await
+        .unwrap();
+    let instance = || async {
+        rds.describe_db_instances()
+            .db_instance_identifier(&db_id)
+            .send()
+            .await
+            .unwrap()
+            .db_instances()[0]
+            .clone()
+    };
+    let manifest = |approved: &str| {
+        clinic_with(
+            "adopter",
+            region,
+            "Retain",
+            &format!(
+                "  database: {{applyChanges: Immediately}}\n  adopt: {{dbInstanceIdentifier: {db_id}, approvedChanges: [{approved}]}}"
+            ),
+        )
+    };
+    apply(&client, &ns.name, &manifest("")).await.unwrap();
+    let operator = Operator::start_with(env(), Some(&ns.name), &["--inventory-interval", "3s"]);
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+
+    // The report (its condition is soon followed by the one saying what waits; its Event
+    // stays), then what waits.
+    let waiting = wait_for_reason(&clinics, "adopter", "Adopted", "ChangesAwaitingApproval").await;
+    let report = events_of(&client, &ns.name, "adopter")
+        .await
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("DifferencesReported"))
+        .and_then(|e| e.note)
+        .expect("the report's Event");
+    for text in [&report, &waiting.message] {
+        let (_, kept) = text
+            .split_once("keeps, until spec.adopt.approvedChanges names them")
+            .unwrap_or_else(|| panic!("{text}"));
+        for field in [
+            "instanceClass: db.r6g.xlarge",
+            "multiAZ: true → false",
+            "backupRetentionDays: 0 → 7",
+        ] {
+            assert!(kept.contains(field), "{field} in {text}");
+        }
+    }
+    wait_for_reason(&clinics, "adopter", "Ready", "Ready").await;
+    tokio::time::sleep(2 * INVENTORY).await;
+    // What takes no outage (windows, snapshot tags, protection) is corrected; nothing else.
+    let outages = [
+        "instanceClass",
+        "multiAZ",
+        "backupRetentionDays",
+        "engineVersion",
+        "allocatedStorageGiB",
+    ];
+    let modified = || async {
+        events_of(&client, &ns.name, "adopter")
+            .await
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("DatabaseModified"))
+            .filter_map(|e| e.note)
+            .collect::<Vec<String>>()
+    };
+    let before = modified().await;
+    for note in &before {
+        for field in outages {
+            assert!(!note.contains(field), "{field} sent unapproved: {note}");
+        }
+    }
+    let modifies = aws_calls(&operator).await.get("ModifyDBInstance").copied();
+    assert_eq!(modifies.unwrap_or(0) as usize, before.len());
+    let db = instance().await;
+    assert_eq!(db.db_instance_class(), Some("db.r6g.xlarge"));
+    assert_eq!(db.multi_az(), Some(true));
+    assert_eq!(db.backup_retention_period(), Some(0));
+
+    // Multi-AZ approved: exactly that is sent, in one more call.
+    apply(&client, &ns.name, &manifest("multiAZ"))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "Multi-AZ off", || async {
+        (instance().await.multi_az() == Some(false)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(2 * INVENTORY).await;
+    let calls = aws_calls(&operator).await;
+    assert_eq!(
+        calls.get("ModifyDBInstance").copied(),
+        Some(modifies.unwrap_or(0) + 1),
+        "{calls:?}"
+    );
+    let db = instance().await;
+    assert_eq!(db.db_instance_class(), Some("db.r6g.xlarge"));
+    assert_eq!(db.backup_retention_period(), Some(0));
+    let after: Vec<String> = modified()
+        .await
+        .into_iter()
+        .filter(|n| !before.contains(n))
+        .collect();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(after[0].contains("multiAZ: true → false"), "{after:?}");
+    for kept in ["instanceClass", "backupRetentionDays"] {
+        assert!(!after[0].contains(kept), "{after:?}");
+    }
+    drop(operator);
 }

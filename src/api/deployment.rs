@@ -50,8 +50,8 @@ use super::{Condition, DeletionPolicy, patterns};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("has(self.adopt) == has(oldSelf.adopt) && (!has(self.adopt) || self.adopt == oldSelf.adopt)")
-        .message("spec.adopt is immutable: adoption is decided when the clinic is created")
+    validation = Rule::new("has(self.adopt) == has(oldSelf.adopt) && (!has(self.adopt) || (has(self.adopt.dbInstanceIdentifier) == has(oldSelf.adopt.dbInstanceIdentifier) && (!has(self.adopt.dbInstanceIdentifier) || self.adopt.dbInstanceIdentifier == oldSelf.adopt.dbInstanceIdentifier) && has(self.adopt.bucketName) == has(oldSelf.adopt.bucketName) && (!has(self.adopt.bucketName) || self.adopt.bucketName == oldSelf.adopt.bucketName)))")
+        .message("spec.adopt is immutable but for approvedChanges: what is adopted is decided when the clinic is created")
         .field_path(".adopt"),
     validation = Rule::new("self.deletionPolicy == 'Delete' || !self.skipFinalSnapshot")
         .message("spec.skipFinalSnapshot may only be true with spec.deletionPolicy: Delete")
@@ -724,6 +724,60 @@ pub struct AdoptSpec {
     #[schemars(length(max = 63))]
     #[x_kube(validation = patterns::s3_bucket())]
     pub bucket_name: Option<String>,
+
+    /// Changes to the adopted DB instance that RDS applies with an outage, approved: each
+    /// is sent (per `database.applyChanges`) only once named here. Until then each is
+    /// reported in the `Adopted` condition and the instance keeps its setting, so adopting
+    /// a production database never resizes or restarts it on the spec's defaults. The only
+    /// field of `adopt` that may change after creation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 7))]
+    #[x_kube(validation = Rule::new("self.all(x, self.exists_one(y, y == x))").message("spec.adopt.approvedChanges must not repeat a change"))]
+    pub approved_changes: Vec<AdoptedChange>,
+}
+
+/// A change to an adopted DB instance that RDS applies with an outage.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
+pub enum AdoptedChange {
+    /// `database.instanceClass` (a restart; a smaller class can starve the database).
+    #[serde(rename = "instanceClass")]
+    InstanceClass,
+    /// `database.engineVersion` (an upgrade with downtime).
+    #[serde(rename = "engineVersion")]
+    EngineVersion,
+    /// `database.allocatedStorageGiB` (storage optimization; growth only).
+    #[serde(rename = "allocatedStorageGiB")]
+    AllocatedStorage,
+    /// `database.multiAZ` (a standby created or removed).
+    #[serde(rename = "multiAZ")]
+    MultiAz,
+    /// The clinic's parameter group (`require_secure_transport`; a reboot).
+    #[serde(rename = "parameterGroup")]
+    ParameterGroup,
+    /// The clinic's security group (connections from elsewhere end).
+    #[serde(rename = "securityGroups")]
+    SecurityGroups,
+    /// `database.backupRetentionDays` on an instance with backups off (turning them on
+    /// takes an outage and a first snapshot).
+    #[serde(rename = "backupRetentionDays")]
+    BackupRetention,
+}
+
+impl AdoptedChange {
+    /// The name of the difference it approves, as the `Adopted` condition and Events say.
+    pub fn field(self) -> &'static str {
+        match self {
+            AdoptedChange::InstanceClass => "instanceClass",
+            AdoptedChange::EngineVersion => "engineVersion",
+            AdoptedChange::AllocatedStorage => "allocatedStorageGiB",
+            AdoptedChange::MultiAz => "multiAZ",
+            AdoptedChange::ParameterGroup => "parameterGroup",
+            AdoptedChange::SecurityGroups => "securityGroups",
+            AdoptedChange::BackupRetention => "backupRetentionDays",
+        }
+    }
 }
 
 /// Lifecycle phase of a clinic (for people; automation should read conditions).
@@ -945,4 +999,8 @@ pub struct DatabaseStatus {
     /// Earliest time the database can be restored to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub earliest_restorable_time: Option<Time>,
+    /// Keys of `spec.tags` the operator put on the instance: the ones it removes when the
+    /// spec stops naming them (tags others put there are left alone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tag_keys: Vec<String>,
 }

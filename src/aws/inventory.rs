@@ -205,6 +205,16 @@ impl Inventory {
 
     /// Names the clinic of an instance that does not carry the operator's tags (an adopted
     /// one), so that its drift wakes the clinic too.
+    /// Who claimed `identifier` in the account and region of `clients`, if anyone.
+    pub fn claimant(&self, clients: &Arc<AwsClients>, identifier: &str) -> Option<Owner> {
+        self.region(clients)
+            .claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(identifier)
+            .cloned()
+    }
+
     pub fn claim(&self, clients: &Arc<AwsClients>, identifier: &str, owner: Owner) {
         self.region(clients)
             .claims

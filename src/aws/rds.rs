@@ -176,6 +176,14 @@ pub trait Databases {
         &self,
         identifier: &str,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Adds or overwrites `add` and removes `remove` on the resource `arn` (each call only
+    /// when it has something to do).
+    fn retag(
+        &self,
+        arn: &str,
+        add: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 
 fn rds_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
@@ -324,6 +332,35 @@ impl Databases for AwsClients {
         self.call(Service::Rds, "CreateDBInstance", request.send())
             .await
             .map(|_| ())
+    }
+
+    async fn retag(
+        &self,
+        arn: &str,
+        add: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<(), AwsError> {
+        if !add.is_empty() {
+            let request = self
+                .rds
+                .add_tags_to_resource()
+                .resource_name(arn)
+                .set_tags(Some(rds_tags(add)))
+                .send();
+            self.call(Service::Rds, "AddTagsToResource", request)
+                .await?;
+        }
+        if !remove.is_empty() {
+            let request = self
+                .rds
+                .remove_tags_from_resource()
+                .resource_name(arn)
+                .set_tag_keys(Some(remove.to_vec()))
+                .send();
+            self.call(Service::Rds, "RemoveTagsFromResource", request)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn modify_instance(&self, m: &ModifyDb) -> Result<(), AwsError> {

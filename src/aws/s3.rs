@@ -22,6 +22,8 @@ pub struct BucketSettings {
     pub encryption: Option<(String, Option<String>)>,
     /// The four public access block switches (all false when there is no block).
     pub public_access_block: [bool; 4],
+    /// The bucket's tags (whose bucket it is: a clinic's stack tags its own).
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// What the clinic controller asks of S3.
@@ -102,10 +104,28 @@ impl Buckets for AwsClients {
             Err(e) if e.is_not_found() => [false; 4],
             Err(e) => return Err(e),
         };
+        let tags = match self
+            .call(
+                Service::S3,
+                "GetBucketTagging",
+                self.s3.get_bucket_tagging().bucket(bucket).send(),
+            )
+            .await
+        {
+            Ok(out) => out
+                .tag_set()
+                .iter()
+                .map(|t| (t.key().to_string(), t.value().to_string()))
+                .collect(),
+            // NoSuchTagSet: no tags at all.
+            Err(e) if e.is_not_found() => Default::default(),
+            Err(e) => return Err(e),
+        };
         Ok(Some(BucketSettings {
             versioning,
             encryption,
             public_access_block,
+            tags,
         }))
     }
 

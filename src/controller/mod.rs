@@ -231,11 +231,24 @@ impl Context {
         event: &kube::runtime::events::Event,
         reference: &k8s_openapi::api::core::v1::ObjectReference,
     ) {
+        let note = event.note.as_deref().map(|n| truncated(n, MAX_EVENT_NOTE));
+        // kube's recorder counts an Event with the same type, action and reason on the same
+        // object as a repeat of the last one and keeps that one's note: a second
+        // `DatabaseModified` would show the first's settings. The note's digest in the
+        // action makes only a true repeat (the same note) a repeat.
+        let action = match &note {
+            Some(n) => format!(
+                "{}-{}",
+                event.action,
+                &deployment::clinic::short_hash(&[n])[..6]
+            ),
+            None => event.action.clone(),
+        };
         let event = &kube::runtime::events::Event {
             type_: event.type_,
             reason: event.reason.clone(),
-            note: event.note.as_deref().map(|n| truncated(n, MAX_EVENT_NOTE)),
-            action: event.action.clone(),
+            note,
+            action,
             secondary: event.secondary.clone(),
         };
         self.metrics

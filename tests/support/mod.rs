@@ -427,9 +427,17 @@ pub async fn aws_calls(operator: &operator::Operator) -> std::collections::BTree
 
 /// Whether an AWS operation changes something.
 pub fn is_mutating(operation: &str) -> bool {
-    ["Create", "Modify", "Delete", "Update", "Put"]
-        .iter()
-        .any(|verb| operation.starts_with(verb))
+    [
+        "Create",
+        "Modify",
+        "Delete",
+        "Update",
+        "Put",
+        "AddTags",
+        "RemoveTags",
+    ]
+    .iter()
+    .any(|verb| operation.starts_with(verb))
 }
 
 /// A clinic with a new VPC in `region`; `extra` is more of its spec, as YAML lines

@@ -182,7 +182,7 @@ impl Reconcile for OpenEMRDeployment {
             &observed.aws_failure,
             &observed.workload,
         ) {
-            return self.plan_without_aws(accepted, seen, failure, now);
+            return self.plan_web_only(accepted, seen, Some(failure), now);
         }
         let Some(infra) = infra else {
             let ready = if is_accepted {
@@ -207,8 +207,16 @@ impl Reconcile for OpenEMRDeployment {
             );
             return Plan::after_validation(status, is_accepted);
         };
+        // Another clinic's resource, or an earlier incarnation's found under this clinic's
+        // names: nothing in AWS is touched; the web tier goes on as last known.
+        let ownership = infra::ownership::judge(self, infra);
+        if let Some(refusal) = ownership.refusal {
+            let seen = observed.workload.clone().unwrap_or_default();
+            return self.plan_web_only(refusal, &seen, observed.aws_failure.as_ref(), now);
+        }
         let previous = self.status.clone().unwrap_or_default();
-        let infra_plan = infra::plan::plan_infrastructure(self, infra, &previous, now);
+        let infra_plan =
+            infra::plan::plan_infrastructure(self, infra, &previous, &ownership.notes, now);
         // The web tier runs on the last site known while the stack or the database is busy.
         let infra_ready = infra_plan.waiting.is_empty();
         let site = infra::site(self, infra).or_else(|| infra::site_from_status(self, &previous));
@@ -261,20 +269,28 @@ impl Reconcile for OpenEMRDeployment {
 }
 
 impl OpenEMRDeployment {
-    /// The plan while AWS cannot be read: the web tier follows its spec and holds on the
-    /// site last known; what the infrastructure's conditions said stays as it was.
-    fn plan_without_aws(
+    /// The plan while AWS cannot be read, or may not be changed (`accepted` false): the web
+    /// tier follows its spec and holds on the site last known; what the infrastructure's
+    /// conditions said stays as it was.
+    fn plan_web_only(
         &self,
         accepted: Verdict,
         seen: &web::WorkloadSeen,
-        failure: &AwsFailure,
+        failure: Option<&AwsFailure>,
         now: Timestamp,
     ) -> Plan<OpenEMRDeploymentStatus, Change> {
         let previous = self.status.clone().unwrap_or_default();
         let site = infra::site_from_status(self, &previous);
         let web = web::plan::plan_workload(self, site.as_ref(), false, seen, now);
+        let refused = !accepted.status;
         let mut verdicts = vec![accepted, web.verdict.clone()];
-        if !web.verdict.status {
+        if refused {
+            verdicts.push(Verdict::falsy(
+                "Ready",
+                "NotAccepted",
+                "the spec was not accepted; see the Accepted condition",
+            ));
+        } else if !web.verdict.status {
             verdicts.push(Verdict::falsy("Ready", "NotReady", "waiting for: web tier"));
         }
         let mut status = status_with(self, &verdicts, now);
@@ -285,7 +301,7 @@ impl OpenEMRDeployment {
             status,
             requeue,
             changes: web.changes.into_iter().map(Change::Web).collect(),
-            failure: Some(failure.clone()),
+            failure: failure.cloned(),
         }
     }
 }

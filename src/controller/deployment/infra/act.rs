@@ -133,6 +133,29 @@ pub async fn act(
             .await;
             Ok(())
         }
+        InfraChange::TagDatabase {
+            identifier,
+            arn,
+            add,
+            remove,
+        } => {
+            clients(d, aws)
+                .await
+                .retag(arn, add, remove)
+                .await
+                .map_err(aws_error("tagging the DB instance"))?;
+            let mut what: Vec<String> = add.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            what.extend(remove.iter().map(|k| format!("{k} removed")));
+            announce(
+                ctx,
+                d,
+                false,
+                "DatabaseTagged",
+                &format!("DB instance {identifier}: {}", what.join(", ")),
+            )
+            .await;
+            Ok(())
+        }
         InfraChange::ModifyDatabase {
             request,
             differences,

@@ -4,6 +4,7 @@
 //! difference in a pass that changes nothing, before later passes correct them.
 
 use super::database::Difference;
+use crate::api::deployment::AdoptedChange;
 use crate::api::{OpenEMRDeployment, OpenEMRDeploymentStatus};
 use crate::aws::rds::DbInstance;
 use crate::aws::s3::BucketSettings;
@@ -60,11 +61,61 @@ pub fn bucket_differences(settings: &BucketSettings, kms_key_arn: Option<&str>) 
     out
 }
 
-/// `Adopted=True`, listing each difference later passes correct and each one RDS cannot
-/// change on an existing instance.
+/// The differences of an adopted instance split into those later passes correct and those
+/// RDS applies with an outage that `approved` does not name yet (turning backups on from 0
+/// days among them), which the instance keeps until approved.
+pub fn awaiting_approval(
+    differences: Vec<Difference>,
+    db: &DbInstance,
+    approved: &[AdoptedChange],
+) -> (Vec<Difference>, Vec<Difference>) {
+    differences.into_iter().partition(|d| {
+        let outage = d.disruptive || (d.field == "backupRetentionDays" && db.backup_retention == 0);
+        !outage || approved.iter().any(|a| a.field() == d.field)
+    })
+}
+
+/// `Adopted=True ChangesAwaitingApproval` while an adopted instance keeps settings that wait
+/// for `spec.adopt.approvedChanges`; `ChangesApproved` once none does after some did.
+pub fn approval_verdict(
+    identifier: &str,
+    awaiting: &[Difference],
+    previous: &OpenEMRDeploymentStatus,
+) -> Option<Verdict> {
+    if !awaiting.is_empty() {
+        let list: Vec<_> = awaiting.iter().map(ToString::to_string).collect();
+        return Some(Verdict::truthy(
+            ADOPTED,
+            AWAITING_APPROVAL,
+            format!(
+                "adopted: DB instance {identifier} keeps, until spec.adopt.approvedChanges names them (RDS applies them with an outage): {}",
+                list.join("; ")
+            ),
+        ));
+    }
+    let awaited = crate::conditions::find(&previous.conditions, ADOPTED)
+        .is_some_and(|c| c.reason == AWAITING_APPROVAL);
+    awaited.then(|| {
+        Verdict::truthy(
+            ADOPTED,
+            "ChangesApproved",
+            format!(
+                "adopted: DB instance {identifier}: every change that awaited approval is approved"
+            ),
+        )
+    })
+}
+
+/// Reason of `Adopted` while changes await approval.
+pub const AWAITING_APPROVAL: &str = "ChangesAwaitingApproval";
+
+/// `Adopted=True`, listing each difference later passes correct, each one that waits for
+/// an approval, and each one RDS cannot change on an existing instance.
 pub fn adoption_verdict(
+    notes: &[String],
     database: Option<&str>,
     fixable: &[Difference],
+    awaiting: &[Difference],
     unchangeable: &[Difference],
     bucket: Option<(&str, &[Difference])>,
 ) -> Verdict {
@@ -74,15 +125,21 @@ pub fn adoption_verdict(
             .collect::<Vec<_>>()
             .join("; ")
     };
-    let mut parts = Vec::new();
+    let mut parts: Vec<String> = notes.to_vec();
     if let Some(identifier) = database {
-        if fixable.is_empty() && unchangeable.is_empty() {
+        if fixable.is_empty() && awaiting.is_empty() && unchangeable.is_empty() {
             parts.push(format!("DB instance {identifier} matches the spec"));
         }
         if !fixable.is_empty() {
             parts.push(format!(
                 "DB instance {identifier} is changed to the spec: {}",
                 list(fixable)
+            ));
+        }
+        if !awaiting.is_empty() {
+            parts.push(format!(
+                "DB instance {identifier} keeps, until spec.adopt.approvedChanges names them (RDS applies them with an outage): {}",
+                list(awaiting)
             ));
         }
         if !unchangeable.is_empty() {
@@ -92,7 +149,8 @@ pub fn adoption_verdict(
             ));
         }
     }
-    let mut any_difference = !fixable.is_empty() || !unchangeable.is_empty();
+    let mut any_difference =
+        !fixable.is_empty() || !awaiting.is_empty() || !unchangeable.is_empty();
     if let Some((name, diffs)) = bucket {
         any_difference |= !diffs.is_empty();
         parts.push(if diffs.is_empty() {
@@ -176,12 +234,14 @@ mod tests {
             versioning: Some("Enabled".into()),
             encryption: Some(("aws:kms".into(), Some("k-1".into()))),
             public_access_block: [true; 4],
+            ..BucketSettings::default()
         };
         assert_eq!(bucket_differences(&good, Some(key)), []);
         let bare = BucketSettings {
             versioning: Some("Suspended".into()),
             encryption: Some(("AES256".into(), None)),
             public_access_block: [true, false, true, true],
+            ..BucketSettings::default()
         };
         let fields: Vec<_> = bucket_differences(&bare, Some(key))
             .into_iter()
@@ -199,7 +259,7 @@ mod tests {
         // Another key is a difference too.
         let other = BucketSettings {
             encryption: Some(("aws:kms".into(), Some("k-2".into()))),
-            ..good
+            ..good.clone()
         };
         assert_eq!(
             bucket_differences(&other, Some(key))[0].field,

@@ -8,6 +8,7 @@ pub mod act;
 pub mod adoption;
 pub mod database;
 pub mod observe;
+pub mod ownership;
 pub mod plan;
 pub mod template;
 
@@ -45,6 +46,9 @@ pub struct Infra {
     /// The bucket named in `spec.adopt.bucketName`, as read (only while the clinic is not
     /// at rest).
     pub adopted_bucket: AdoptedBucket,
+    /// Another clinic of this cluster, still there, that adopted the same DB instance
+    /// first (namespace, name).
+    pub claimed_by: Option<(String, String)>,
 }
 
 /// What was read of an adopted bucket.
@@ -99,6 +103,14 @@ pub enum InfraChange {
         request: ModifyDb,
         differences: Vec<Difference>,
     },
+    /// Puts the clinic's tags on its DB instance (an adopted one is claimed so: the claim
+    /// outlives the operator's memory) and removes the `spec.tags` keys the spec dropped.
+    TagDatabase {
+        identifier: String,
+        arn: String,
+        add: BTreeMap<String, String>,
+        remove: Vec<String>,
+    },
 }
 
 impl std::fmt::Debug for InfraChange {
@@ -131,6 +143,20 @@ impl std::fmt::Debug for InfraChange {
                     "ModifyDatabase({}, {})",
                     request.identifier,
                     list.join("; ")
+                )
+            }
+            InfraChange::TagDatabase {
+                identifier,
+                add,
+                remove,
+                ..
+            } => {
+                let keys: Vec<_> = add.keys().map(String::as_str).collect();
+                write!(
+                    f,
+                    "TagDatabase({identifier}, +{}, -{})",
+                    keys.join(","),
+                    remove.join(",")
                 )
             }
         }
@@ -171,13 +197,17 @@ impl InfraChange {
                     format!("{}:{}", request.identifier, fields.join(",")),
                 )
             }
+            InfraChange::TagDatabase { identifier, .. } => {
+                ("AddTagsToResource".into(), identifier.clone())
+            }
         }
     }
 
-    /// Whether the intent is stored in status before the call: always, for AWS calls,
-    /// whose repetition after a crash must be recognised.
+    /// Whether the intent is stored in status before the call: for AWS calls whose
+    /// repetition after a crash must be recognised (all but tagging).
     pub fn recorded(&self) -> bool {
-        true
+        // Tagging is idempotent: a repeat after a crash changes nothing.
+        !matches!(self, InfraChange::TagDatabase { .. })
     }
 }
 

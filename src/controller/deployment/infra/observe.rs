@@ -13,7 +13,7 @@ use crate::aws::s3::Buckets;
 use crate::controller::deployment::clinic::{
     ClinicNames, aws_error, clients, clinic_tags, db_identifier,
 };
-use crate::controller::{ClinicAws, Context, Error};
+use crate::controller::{ClinicAws, Context, Error, lookup};
 
 /// Whether the clinic's stack and database were ready for its current generation, with
 /// nothing being changed and nothing in flight: then the inventory's view (at most one
@@ -58,19 +58,27 @@ pub async fn observe_infra(
     // whose resource the snapshot lacks (it may be newer than the snapshot), reads its own.
     let (mut stack, mut database) = (None, None);
     aws.inventory.watch(&clients);
+    let mut claimed_by = None;
     if d.spec
         .adopt
         .as_ref()
         .is_some_and(|a| a.db_instance_identifier.is_some())
     {
-        aws.inventory.claim(
-            &clients,
-            &identifier,
-            crate::aws::inventory::Owner {
-                namespace: ns.clone(),
-                name: name.clone(),
-            },
-        );
+        let me = crate::aws::inventory::Owner {
+            namespace: ns.clone(),
+            name: name.clone(),
+        };
+        // The first clinic to adopt an instance keeps it while it exists; a claim left by
+        // a clinic since deleted is taken over.
+        match aws.inventory.claimant(&clients, &identifier) {
+            Some(other)
+                if other != me
+                    && lookup(&ctx.caches.deployments, &other.namespace, &other.name).is_some() =>
+            {
+                claimed_by = Some((other.namespace, other.name));
+            }
+            _ => aws.inventory.claim(&clients, &identifier, me),
+        }
     }
     if at_rest(d) {
         (stack, database) = aws
@@ -142,5 +150,6 @@ pub async fn observe_infra(
         credentials_secret,
         user_master_password,
         progress_interval: aws.progress_interval,
+        claimed_by,
     })
 }

@@ -7,12 +7,16 @@
 //! the database. Nothing here ever deletes: replacing a rolled-back stack and deletion
 //! belong to explicit paths.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::adoption::{ADOPTED, adoption_reported, adoption_verdict, bucket_differences};
+use super::adoption::{
+    ADOPTED, adoption_reported, adoption_verdict, approval_verdict, awaiting_approval,
+    bucket_differences,
+};
 use super::database::{self, Placement};
 use super::template::{self, RenderedStack, StackInputs};
 use super::{AdoptedBucket, Infra, InfraChange, InfraPlan, MasterSource};
@@ -21,6 +25,30 @@ use crate::api::{OpenEMRDeployment, OpenEMRDeploymentStatus};
 use crate::aws::cloudformation::{StackFailure, StackInfo, StackRequest, StackState};
 use crate::conditions::Verdict;
 use crate::controller::deployment::clinic::db_identifier;
+
+/// The tags to put on the DB instance (the clinic's, `spec.tags` among them, where the
+/// instance lacks them or has other values) and the keys to remove: those of `spec.tags`
+/// the operator put there (`applied`) that the spec no longer names. Tags others put on the
+/// instance are never removed.
+fn retag(
+    wanted: &BTreeMap<String, String>,
+    spec_tags: &BTreeMap<String, String>,
+    actual: &BTreeMap<String, String>,
+    applied: &[String],
+) -> (BTreeMap<String, String>, Vec<String>) {
+    let add = wanted
+        .iter()
+        .filter(|(k, v)| actual.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let remove = applied
+        .iter()
+        .filter(|k| !spec_tags.contains_key(*k) && !wanted.contains_key(*k))
+        .filter(|k| actual.contains_key(*k))
+        .cloned()
+        .collect();
+    (add, remove)
+}
 
 /// RDS states in which the database serves.
 fn serving(status: &str) -> bool {
@@ -58,6 +86,7 @@ pub fn plan_infrastructure(
     d: &OpenEMRDeployment,
     infra: &Infra,
     previous: &OpenEMRDeploymentStatus,
+    ownership_notes: &[String],
     now: Timestamp,
 ) -> InfraPlan {
     let spec = &d.spec;
@@ -242,11 +271,23 @@ pub fn plan_infrastructure(
     // that changes neither of them; later passes correct them.
     let reporting = spec.adopt.is_some() && !adoption_reported(previous);
     let mut db_report = None;
+    let mut approval = None;
+    let approved = spec
+        .adopt
+        .as_ref()
+        .map(|a| a.approved_changes.clone())
+        .unwrap_or_default();
     let adopted = spec
         .adopt
         .as_ref()
         .and_then(|a| a.db_instance_identifier.clone());
     let identifier = db_identifier(d, names);
+    let previous_tag_keys = previous
+        .database
+        .as_ref()
+        .map(|db| db.tag_keys.clone())
+        .unwrap_or_default();
+    let mut tag_keys = previous_tag_keys.clone();
     let database_verdict = match (&infra.database, &placement) {
         _ if credentials_lost => Verdict::falsy(
             "DatabaseReady",
@@ -306,20 +347,50 @@ pub fn plan_infrastructure(
         (Some(db), placement) => {
             if let Some(placement) = placement.as_ref().filter(|_| serving(&db.status)) {
                 let diffs = database::differences(&spec.database, placement, db);
+                // An adopted instance keeps what RDS changes with an outage until the
+                // manifest approves it.
+                let (diffs, awaiting) = if adopted.is_some() {
+                    awaiting_approval(diffs, db, &approved)
+                } else {
+                    (diffs, Vec::new())
+                };
                 // An adopted instance's differences are reported (condition and Event)
                 // in a pass that changes nothing; the next pass corrects them.
                 if reporting {
                     if adopted.is_some() {
                         let unchangeable = database::unchangeable_differences(placement, db);
-                        db_report = Some((diffs, unchangeable));
+                        db_report = Some((diffs, awaiting, unchangeable));
                     }
-                } else if let Some((request, differences)) =
-                    database::modification(&identifier, &spec.database, placement, db, &diffs)
-                {
-                    changes.push(InfraChange::ModifyDatabase {
-                        request,
-                        differences,
+                } else {
+                    if adopted.is_some() {
+                        approval = approval_verdict(&identifier, &awaiting, previous);
+                    }
+                    if let Some((request, differences)) =
+                        database::modification(&identifier, &spec.database, placement, db, &diffs)
+                    {
+                        changes.push(InfraChange::ModifyDatabase {
+                            request,
+                            differences,
+                        });
+                        in_progress = true;
+                    }
+                }
+            }
+            if serving(&db.status) && !reporting {
+                let (add, remove) = retag(&infra.tags, &spec.tags, &db.tags, &previous_tag_keys);
+                tag_keys = spec.tags.keys().cloned().collect();
+                if let (Some(arn), false) = (&db.arn, add.is_empty() && remove.is_empty()) {
+                    // Until the instance shows them, the dropped keys are still to remove.
+                    tag_keys.extend(remove.iter().cloned());
+                    tag_keys.sort();
+                    tag_keys.dedup();
+                    changes.push(InfraChange::TagDatabase {
+                        identifier: identifier.clone(),
+                        arn: arn.clone(),
+                        add,
+                        remove,
                     });
+                    // Read again, not from the inventory, to see the tags took.
                     in_progress = true;
                 }
             }
@@ -360,6 +431,7 @@ pub fn plan_infrastructure(
                 .database
                 .as_ref()
                 .and_then(|p| p.earliest_restorable_time.clone()),
+            tag_keys,
         },
         None => DatabaseStatus {
             identifier: identifier.clone(),
@@ -393,10 +465,12 @@ pub fn plan_infrastructure(
                 && status.kms_key_arn.is_some());
         in_progress = true;
         if db_ready && bucket_ready {
-            let (fixable, unchangeable) = db_report.unwrap_or_default();
+            let (fixable, awaiting, unchangeable) = db_report.unwrap_or_default();
             adoption = Some(adoption_verdict(
+                ownership_notes,
                 adopted.as_deref(),
                 &fixable,
+                &awaiting,
                 &unchangeable,
                 adopted_bucket.as_deref().map(|b| (b, &bucket_diffs[..])),
             ));
@@ -452,7 +526,7 @@ pub fn plan_infrastructure(
     }
 
     let mut verdicts = vec![stack_verdict, database_verdict];
-    verdicts.extend(adoption);
+    verdicts.extend(adoption.or(approval));
     InfraPlan {
         verdicts,
         status,
@@ -545,6 +619,7 @@ pub(crate) mod tests {
             user_master_password: false,
             progress_interval: Duration::from_secs(30),
             adopted_bucket: AdoptedBucket::NotRead,
+            claimed_by: None,
         }
     }
 
@@ -611,6 +686,20 @@ pub(crate) mod tests {
         }
     }
 
+    /// A clinic adopting `legacy-db`, its finished stack, and that instance available.
+    fn adopting_legacy_db() -> (OpenEMRDeployment, Infra, DbInstance) {
+        let mut d = clinic();
+        d.spec.adopt = Some(
+            serde_json::from_value(serde_json::json!({"dbInstanceIdentifier": "legacy-db"}))
+                .unwrap(),
+        );
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        let mut db = available_db(&d, &seen);
+        db.identifier = "legacy-db".into();
+        (d, seen, db)
+    }
+
     fn reasons(plan: &InfraPlan) -> Vec<(&'static str, bool, &'static str)> {
         plan.verdicts
             .iter()
@@ -627,7 +716,7 @@ pub(crate) mod tests {
         let d = clinic();
         let mut seen = infra(&d);
         seen.credentials_secret = false;
-        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
         assert_eq!(actions(&plan), ["CreateCredentialsSecret", "CreateStack"]);
         assert_eq!(
             reasons(&plan),
@@ -666,7 +755,7 @@ pub(crate) mod tests {
         let d = clinic();
         let mut seen = infra(&d);
         seen.stack = Some(stable_stack(&d, &seen));
-        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
         assert_eq!(actions(&plan), ["CreateDBInstance"]);
         let InfraChange::CreateDatabase { request, master } = &plan.changes[0] else {
             unreachable!()
@@ -717,12 +806,12 @@ pub(crate) mod tests {
             last_update: Some(stack_token("update", &uid, 2, "earlier")),
             ..StackStatus::default()
         });
-        let plan = plan_infrastructure(&d, &seen, &previous, now());
+        let plan = plan_infrastructure(&d, &seen, &previous, &[], now());
         assert_eq!(actions(&plan), ["UpdateStack"]);
         let sent = plan.status.stack.as_ref().unwrap().last_update.clone();
         assert_eq!(sent, Some(stack_token("update", &uid, 3, &hash)));
         // This generation's own update rolled back: reported, not sent again.
-        let plan = plan_infrastructure(&d, &seen, &plan.status, now());
+        let plan = plan_infrastructure(&d, &seen, &plan.status, &[], now());
         assert_eq!(actions(&plan), Vec::<String>::new());
         let verdict = plan
             .verdicts
@@ -749,7 +838,7 @@ pub(crate) mod tests {
         seen.stack = Some(stable_stack(&d, &seen));
         seen.database = Some(available_db(&d, &seen));
         seen.credentials_secret = false;
-        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
         assert!(
             !actions(&plan).contains(&"CreateCredentialsSecret".to_string()),
             "{:?}",
@@ -774,7 +863,7 @@ pub(crate) mod tests {
         let mut seen = infra(&d);
         seen.stack = Some(stable_stack(&d, &seen));
         seen.database = Some(available_db(&d, &seen));
-        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
         assert_eq!(actions(&plan), Vec::<String>::new());
         assert!(!plan.in_progress);
         assert!(plan.waiting.is_empty());
@@ -796,11 +885,11 @@ pub(crate) mod tests {
             db.latest_restorable_time =
                 Some(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_500));
         }
-        let again = plan_infrastructure(&d, &moved, &plan.status, later);
+        let again = plan_infrastructure(&d, &moved, &plan.status, &[], later);
         assert_eq!(again.status, plan.status);
         // After an hour the sync time moves.
         let hour = Timestamp::from_second(1_800_003_600).unwrap();
-        let refreshed = plan_infrastructure(&d, &moved, &plan.status, hour);
+        let refreshed = plan_infrastructure(&d, &moved, &plan.status, &[], hour);
         assert_eq!(refreshed.status.last_aws_sync_time, Some(Time(hour)));
         assert!(
             refreshed
@@ -820,7 +909,7 @@ pub(crate) mod tests {
         seen.database = Some(available_db(&d, &seen));
         d.spec.sessions.replicas = 1;
         d.metadata.generation = Some(4);
-        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
         assert_eq!(actions(&plan), ["UpdateStack"]);
         let InfraChange::UpdateStack(request) = &plan.changes[0] else {
             unreachable!()
@@ -838,7 +927,7 @@ pub(crate) mod tests {
         db.backup_retention = 1;
         db.publicly_accessible = true;
         seen.database = Some(db);
-        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
         let InfraChange::ModifyDatabase {
             request,
             differences,
@@ -870,7 +959,7 @@ pub(crate) mod tests {
             reason: "quota reached".into(),
             retained: vec!["Key (key-1)".into()],
         });
-        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
         assert_eq!(actions(&plan), Vec::<String>::new());
         let failed = &plan.verdicts[0];
         assert_eq!(failed.reason, "StackFailed");
@@ -891,13 +980,13 @@ pub(crate) mod tests {
         let mut previous = plan.status.clone();
         previous.conditions = crate::conditions::merge(&[], &plan.verdicts, Some(3), now());
         assert_eq!(
-            actions(&plan_infrastructure(&d, &seen, &previous, now())),
+            actions(&plan_infrastructure(&d, &seen, &previous, &[], now())),
             Vec::<String>::new()
         );
         // A new generation replaces it; the Event will name what the rollback kept.
         let mut edited = d.clone();
         edited.metadata.generation = Some(4);
-        let plan = plan_infrastructure(&edited, &seen, &previous, now());
+        let plan = plan_infrastructure(&edited, &seen, &previous, &[], now());
         let InfraChange::DeleteFailedStack { retained, .. } = &plan.changes[0] else {
             unreachable!()
         };
@@ -912,9 +1001,9 @@ pub(crate) mod tests {
         let mut db = available_db(&d, &seen);
         db.arn = Some("arn:aws:rds:us-east-1:123456789012:db:x".into());
         seen.database = Some(db);
-        let ready = plan_infrastructure(&d, &seen, &Default::default(), now());
+        let ready = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
         seen.database = None;
-        let plan = plan_infrastructure(&d, &seen, &ready.status, now());
+        let plan = plan_infrastructure(&d, &seen, &ready.status, &[], now());
         assert_eq!(actions(&plan), Vec::<String>::new());
         assert_eq!(plan.verdicts[1].reason, "DatabaseMissing");
         assert_eq!(plan.waiting, ["database"]);
@@ -927,19 +1016,11 @@ pub(crate) mod tests {
 
     #[test]
     fn an_adopted_databases_differences_are_reported_before_anything_changes() {
-        let mut d = clinic();
-        d.spec.adopt = Some(
-            serde_json::from_value(serde_json::json!({"dbInstanceIdentifier": "legacy-db"}))
-                .unwrap(),
-        );
-        let mut seen = infra(&d);
-        seen.stack = Some(stable_stack(&d, &seen));
-        let mut db = available_db(&d, &seen);
-        db.identifier = "legacy-db".into();
+        let (d, mut seen, mut db) = adopting_legacy_db();
         db.backup_retention = 1;
         db.storage_encrypted = false;
         seen.database = Some(db);
-        let first = plan_infrastructure(&d, &seen, &Default::default(), now());
+        let first = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
         assert_eq!(actions(&first), Vec::<String>::new());
         let adopted = first.verdicts.iter().find(|v| v.type_ == ADOPTED).unwrap();
         assert_eq!(adopted.reason, "DifferencesReported");
@@ -957,7 +1038,7 @@ pub(crate) mod tests {
         // Once reported, the next pass corrects what RDS can change, and reports no more.
         let mut previous = first.status.clone();
         previous.conditions = crate::conditions::merge(&[], &first.verdicts, Some(3), now());
-        let second = plan_infrastructure(&d, &seen, &previous, now());
+        let second = plan_infrastructure(&d, &seen, &previous, &[], now());
         assert_eq!(actions(&second), ["ModifyDBInstance"]);
         assert!(second.verdicts.iter().all(|v| v.type_ != ADOPTED));
     }
@@ -971,7 +1052,7 @@ pub(crate) mod tests {
         );
         let mut seen = infra(&d);
         seen.stack = Some(stable_stack(&d, &seen));
-        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
         assert_eq!(actions(&plan), Vec::<String>::new());
         assert_eq!(plan.verdicts[1].reason, "AdoptedDatabaseNotFound");
         assert!(plan.verdicts[1].message.contains("legacy-db"));
@@ -986,7 +1067,7 @@ pub(crate) mod tests {
         let mut seen = infra(&d);
         seen.stack = Some(stable_stack(&d, &seen));
         seen.user_master_password = true;
-        let plan = plan_infrastructure(&d, &seen, &Default::default(), now());
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
         let InfraChange::CreateDatabase { master, .. } = &plan.changes[0] else {
             unreachable!()
         };
@@ -995,5 +1076,182 @@ pub(crate) mod tests {
             plan.status.credentials_secret_name.as_deref(),
             Some("db-creds")
         );
+    }
+
+    #[test]
+    fn the_instance_carries_the_clinics_tags_and_loses_only_the_spec_tags_dropped() {
+        let mut d = clinic();
+        d.spec.tags = BTreeMap::from([
+            ("team".to_string(), "a".to_string()),
+            ("cost".to_string(), "1".to_string()),
+        ]);
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        let mut db = available_db(&d, &seen);
+        db.arn = Some("arn:aws:rds:us-east-1:123456789012:db:x".into());
+        db.tags = seen.tags.clone();
+        db.tags.insert("team".into(), "old".into());
+        db.tags.remove("cost");
+        // Put there by someone else: never removed.
+        db.tags.insert("backup-plan".into(), "gold".into());
+        // Put there by the operator for a spec that no longer names it.
+        db.tags.insert("project".into(), "x".into());
+        seen.database = Some(db.clone());
+        let previous = OpenEMRDeploymentStatus {
+            database: Some(DatabaseStatus {
+                identifier: db.identifier.clone(),
+                tag_keys: vec!["project".into(), "team".into()],
+                ..DatabaseStatus::default()
+            }),
+            ..OpenEMRDeploymentStatus::default()
+        };
+        let plan = plan_infrastructure(&d, &seen, &previous, &[], now());
+        let tagging: Vec<_> = plan
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                InfraChange::TagDatabase { add, remove, .. } => Some((add, remove)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tagging.len(), 1, "{:?}", plan.changes);
+        let (add, remove) = tagging[0];
+        assert_eq!(
+            add.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+            ["cost=1", "team=a"]
+        );
+        assert_eq!(remove, &["project".to_string()]);
+        assert!(plan.in_progress, "read again to see the tags took");
+        // Remembered until the instance shows it gone.
+        assert_eq!(
+            plan.status.database.as_ref().unwrap().tag_keys,
+            ["cost", "project", "team"]
+        );
+
+        // Applied: nothing more to do, and only the spec's keys are remembered.
+        db.tags.extend(add.clone());
+        db.tags.remove("project");
+        seen.database = Some(db);
+        let again = plan_infrastructure(&d, &seen, &plan.status, &[], now());
+        assert!(
+            !actions(&again).contains(&"AddTagsToResource".to_string()),
+            "{:?}",
+            again.changes
+        );
+        assert_eq!(
+            again.status.database.as_ref().unwrap().tag_keys,
+            ["cost", "team"]
+        );
+    }
+
+    #[test]
+    fn an_adopted_instance_is_tagged_as_the_clinics_only_after_the_report() {
+        let (d, mut seen, mut db) = adopting_legacy_db();
+        db.arn = Some("arn:aws:rds:us-east-1:123456789012:db:legacy-db".into());
+        seen.database = Some(db);
+        let first = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
+        assert!(
+            !actions(&first).contains(&"AddTagsToResource".to_string()),
+            "the first pass only reports: {:?}",
+            first.changes
+        );
+        let mut previous = first.status.clone();
+        previous.conditions = crate::conditions::merge(&[], &first.verdicts, Some(3), now());
+        let second = plan_infrastructure(&d, &seen, &previous, &[], now());
+        let add = second
+            .changes
+            .iter()
+            .find_map(|c| match c {
+                InfraChange::TagDatabase { add, .. } => Some(add.clone()),
+                _ => None,
+            })
+            .expect("tagged once reported");
+        assert_eq!(add.get(clinic::TAG_UID), seen.tags.get(clinic::TAG_UID));
+        assert_eq!(
+            add.get(clinic::TAG_NAME).map(String::as_str),
+            Some("clinic-a")
+        );
+    }
+
+    #[test]
+    fn an_adopted_instances_outages_wait_for_approval_and_only_the_approved_are_sent() {
+        use crate::api::deployment::AdoptedChange;
+        let (mut d, mut seen, mut db) = adopting_legacy_db();
+        db.instance_class = "db.r6g.xlarge".into();
+        db.multi_az = true;
+        db.backup_retention = 0;
+        seen.database = Some(db.clone());
+        let first = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
+        assert_eq!(actions(&first), Vec::<String>::new());
+        let report = first.verdicts.iter().find(|v| v.type_ == ADOPTED).unwrap();
+        let (_, awaiting) = report.message.split_once("keeps, until").unwrap();
+        for field in ["instanceClass", "multiAZ", "backupRetentionDays: 0"] {
+            assert!(awaiting.contains(field), "{field} in {}", report.message);
+        }
+        let mut previous = first.status.clone();
+        let mut conditions = crate::conditions::merge(&[], &first.verdicts, Some(3), now());
+        previous.conditions = conditions.clone();
+
+        // Not approved: nothing is sent, and the condition says what waits.
+        let held = plan_infrastructure(&d, &seen, &previous, &[], now());
+        assert_eq!(actions(&held), Vec::<String>::new());
+        let waiting = held.verdicts.iter().find(|v| v.type_ == ADOPTED).unwrap();
+        assert_eq!(waiting.reason, "ChangesAwaitingApproval");
+        conditions = crate::conditions::merge(&conditions, &held.verdicts, Some(3), now());
+        previous.conditions = conditions.clone();
+
+        // One approved: exactly that one is sent.
+        let approve = |d: &mut OpenEMRDeployment, changes: &[AdoptedChange]| {
+            d.spec.adopt.as_mut().unwrap().approved_changes = changes.to_vec();
+        };
+        approve(&mut d, &[AdoptedChange::MultiAz]);
+        let one = plan_infrastructure(&d, &seen, &previous, &[], now());
+        let sent: Vec<_> = one
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                InfraChange::ModifyDatabase { differences, .. } => {
+                    Some(differences.iter().map(|d| d.field).collect::<Vec<_>>())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, [["multiAZ"]]);
+        assert_eq!(
+            one.verdicts
+                .iter()
+                .find(|v| v.type_ == ADOPTED)
+                .unwrap()
+                .reason,
+            "ChangesAwaitingApproval"
+        );
+
+        // All approved and applied: the condition says so once.
+        approve(
+            &mut d,
+            &[
+                AdoptedChange::MultiAz,
+                AdoptedChange::InstanceClass,
+                AdoptedChange::BackupRetention,
+            ],
+        );
+        db.instance_class = d.spec.database.instance_class.clone();
+        db.multi_az = false;
+        db.backup_retention = d.spec.database.backup_retention_days;
+        seen.database = Some(db);
+        let done = plan_infrastructure(&d, &seen, &previous, &[], now());
+        assert_eq!(
+            done.verdicts
+                .iter()
+                .find(|v| v.type_ == ADOPTED)
+                .unwrap()
+                .reason,
+            "ChangesApproved"
+        );
+        previous.conditions = crate::conditions::merge(&conditions, &done.verdicts, Some(3), now());
+        let after = plan_infrastructure(&d, &seen, &previous, &[], now());
+        assert!(after.verdicts.iter().all(|v| v.type_ != ADOPTED));
     }
 }

@@ -1136,6 +1136,7 @@ network:
             s.adopt = Some(AdoptSpec {
                 db_instance_identifier: None,
                 bucket_name: Some("hospital-records".into()),
+                approved_changes: Vec::new(),
             });
             let t = template_of(&s);
             assert!(resources_of_type(&t, "AWS::S3::Bucket").is_empty());

@@ -61,6 +61,8 @@ drop_setup_user() {
 }
 
 verify() {
+    # A file of this run's own: runs side by side (the tests) must not read each other's.
+    verify_out=$(mktemp)
     php -r '
         $root = $argv[1];
         include "$root/sites/default/sqlconf.php";
@@ -84,10 +86,10 @@ verify() {
         }
         printf("site configured: OpenEMR %s.%s.%s, database version %s\n",
             $v["v_major"], $v["v_minor"], $v["v_patch"], $v["v_database"]);
-    ' -- "$root" >/tmp/verify.out 2>&1 ||
-        stop 4 "$(tail -n 1 /tmp/verify.out)"
-    cat /tmp/verify.out
-    cp /tmp/verify.out "$termination" 2>/dev/null || true
+    ' -- "$root" >"$verify_out" 2>&1 ||
+        stop 4 "$(tail -n 1 "$verify_out")"
+    cat "$verify_out"
+    cp "$verify_out" "$termination" 2>/dev/null || true
 }
 
 cd "$root"
