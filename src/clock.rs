@@ -1,6 +1,6 @@
 //! The operator's wall clock. Everything that compares times (conditions' transition
-//! times, holds' lapse, setup retries, upgrade deadlines, schedules and, with the backup
-//! sets, keep-for durations) reads [`now`] instead of the system clock.
+//! times, holds' lapse, setup retries, upgrade deadlines, schedules and, once backup sets
+//! exist, their keep-for durations) reads [`now`] instead of the system clock.
 //!
 //! In production it *is* the system clock. Tests start the operator with `--clock-start`
 //! (the instant the clock shows at `--clock-anchor`, a real instant) and `--clock-speed`,
@@ -24,6 +24,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 /// Fastest a clock may run: a day in under 9 s. Faster and a 1 s poll skips whole
 /// schedule slots, which no test wants.
 pub const MAX_SPEED: f64 = 10_000.0;
+/// Slowest: a thousandth of real time (slower is no use, and would overflow waits).
+pub const MIN_SPEED: f64 = 0.001;
 
 /// A clock that showed `shows` at the real instant `anchor` and runs `speed` times as fast
 /// as real time.
@@ -44,9 +46,9 @@ impl Clock {
 
     /// A clock showing `shows` at the real instant `anchor`, running `speed` times as fast.
     pub fn new(anchor: Timestamp, shows: Timestamp, speed: f64) -> Result<Clock, String> {
-        if !(speed.is_finite() && speed > 0.0 && speed <= MAX_SPEED) {
+        if !(speed.is_finite() && (MIN_SPEED..=MAX_SPEED).contains(&speed)) {
             return Err(format!(
-                "clock speed {speed} must be above 0 and at most {MAX_SPEED}"
+                "clock speed {speed} must be from {MIN_SPEED} to {MAX_SPEED}"
             ));
         }
         Ok(Clock {
@@ -87,7 +89,7 @@ impl Clock {
         if self.speed == 1.0 {
             return span;
         }
-        Duration::from_secs_f64(span.as_secs_f64() / self.speed)
+        Duration::try_from_secs_f64(span.as_secs_f64() / self.speed).unwrap_or(Duration::MAX)
     }
 }
 
@@ -199,7 +201,7 @@ mod tests {
     #[test]
     fn speeds_that_would_stop_or_reverse_time_are_refused() {
         let t = at("2026-11-30T16:00:00Z");
-        for speed in [0.0, -1.0, f64::NAN, f64::INFINITY, MAX_SPEED * 2.0] {
+        for speed in [0.0, -1.0, 1e-300, f64::NAN, f64::INFINITY, MAX_SPEED * 2.0] {
             assert!(Clock::new(t, t, speed).is_err(), "{speed}");
         }
         assert!(Clock::new(t, t, MAX_SPEED).is_ok());

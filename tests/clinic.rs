@@ -624,6 +624,23 @@ async fn adopted_resources_are_never_recreated_and_differences_are_reported_befo
         .await
         .unwrap();
 
+    s3.put_bucket_tagging()
+        .bucket(&bucket)
+        .tagging(
+            aws_sdk_s3::types::Tagging::builder()
+                .tag_set(
+                    aws_sdk_s3::types::Tag::builder()
+                        .key("cost-centre")
+                        .value("records")
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
     let manifest = clinic_with(
         "adopter",
         region,
@@ -706,6 +723,30 @@ async fn adopted_resources_are_never_recreated_and_differences_are_reported_befo
         },
     )
     .await;
+
+    // The adopted bucket too, its own tags kept.
+    let bucket_tags = eventually(
+        Duration::from_secs(30),
+        "the adopted bucket tagged as the clinic's",
+        || async {
+            let out = s3.get_bucket_tagging().bucket(&bucket).send().await.ok()?;
+            let tags: std::collections::BTreeMap<String, String> = out
+                .tag_set()
+                .iter()
+                .map(|t| (t.key().to_string(), t.value().to_string()))
+                .collect();
+            (tags.get("openemr.io/uid") == Some(&uid)).then_some(tags)
+        },
+    )
+    .await;
+    assert_eq!(
+        bucket_tags.get("openemr.io/name").map(String::as_str),
+        Some("adopter")
+    );
+    assert_eq!(
+        bucket_tags.get("cost-centre").map(String::as_str),
+        Some("records")
+    );
 
     // Another clinic naming the same instance is refused at once and changes nothing. The
     // adopter settles first: no mutating call for two inventory intervals.
@@ -1016,12 +1057,13 @@ async fn an_earlier_incarnations_leftovers_are_reported_and_taken_over_only_thro
         .unwrap();
     gone().await;
 
-    // Created again: reported, and nothing in AWS is changed.
+    // Created again, under `Delete` without a final snapshot: reported, and nothing in AWS
+    // is changed, not even when it is deleted.
     let before = aws_calls(&operator).await;
     apply(
         &client,
         &ns.name,
-        &clinic_with("phoenix", region, "Retain", ""),
+        &clinic_with("phoenix", region, "Delete", "  skipFinalSnapshot: true"),
     )
     .await
     .unwrap();
@@ -1058,6 +1100,17 @@ async fn an_earlier_incarnations_leftovers_are_reported_and_taken_over_only_thro
         .await
         .unwrap();
     gone().await;
+    let kept = warning_event(&client, &ns.name, "phoenix", "LeftoversKept").await;
+    let note = kept.note.unwrap_or_default();
+    assert!(note.contains(&format!("DB instance {db_id}")), "{note}");
+    assert!(note.contains(&format!("uid {old_uid}")), "{note}");
+    let deleted = aws_calls(&operator).await;
+    assert_eq!(
+        changes(&deleted),
+        changes(&before),
+        "the deletion changed nothing"
+    );
+    assert!(db_exists(&rds, &db_id).await);
 
     // Created with spec.adopt naming the earlier instance: taken over with its stack.
     apply(

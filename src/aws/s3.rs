@@ -6,7 +6,7 @@ use std::future::Future;
 use aws_sdk_s3::types::{
     BucketVersioningStatus, PublicAccessBlockConfiguration, ServerSideEncryption,
     ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
-    VersioningConfiguration,
+    Tag, Tagging, VersioningConfiguration,
 };
 
 use super::AwsClients;
@@ -26,6 +26,32 @@ pub struct BucketSettings {
     pub tags: std::collections::BTreeMap<String, String>,
 }
 
+impl AwsClients {
+    /// A bucket's tags (none when it has no tag set).
+    async fn bucket_tags(
+        &self,
+        bucket: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, AwsError> {
+        match self
+            .call(
+                Service::S3,
+                "GetBucketTagging",
+                self.s3.get_bucket_tagging().bucket(bucket).send(),
+            )
+            .await
+        {
+            Ok(out) => Ok(out
+                .tag_set()
+                .iter()
+                .map(|t| (t.key().to_string(), t.value().to_string()))
+                .collect()),
+            // NoSuchTagSet: no tags at all.
+            Err(e) if e.is_not_found() => Ok(Default::default()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// What the clinic controller asks of S3.
 pub trait Buckets {
     /// The settings of `bucket`, or `None` when it does not exist.
@@ -43,6 +69,12 @@ pub trait Buckets {
     fn block_public_access(
         &self,
         bucket: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Puts `tags` on `bucket`, keeping its other tags (S3 replaces the whole set).
+    fn tag_with(
+        &self,
+        bucket: &str,
+        tags: &std::collections::BTreeMap<String, String>,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 
@@ -104,23 +136,7 @@ impl Buckets for AwsClients {
             Err(e) if e.is_not_found() => [false; 4],
             Err(e) => return Err(e),
         };
-        let tags = match self
-            .call(
-                Service::S3,
-                "GetBucketTagging",
-                self.s3.get_bucket_tagging().bucket(bucket).send(),
-            )
-            .await
-        {
-            Ok(out) => out
-                .tag_set()
-                .iter()
-                .map(|t| (t.key().to_string(), t.value().to_string()))
-                .collect(),
-            // NoSuchTagSet: no tags at all.
-            Err(e) if e.is_not_found() => Default::default(),
-            Err(e) => return Err(e),
-        };
+        let tags = self.bucket_tags(bucket).await?;
         Ok(Some(BucketSettings {
             versioning,
             encryption,
@@ -186,6 +202,33 @@ impl Buckets for AwsClients {
             )
             .send();
         self.call(Service::S3, "PutPublicAccessBlock", request)
+            .await
+            .map(|_| ())
+    }
+
+    async fn tag_with(
+        &self,
+        bucket: &str,
+        tags: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), AwsError> {
+        let mut merged = self.bucket_tags(bucket).await?;
+        merged.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let tag_set = merged
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| AwsError::invalid_request("s3", "PutBucketTagging", e.to_string()))?;
+        let tagging = Tagging::builder()
+            .set_tag_set(Some(tag_set))
+            .build()
+            .map_err(|e| AwsError::invalid_request("s3", "PutBucketTagging", e.to_string()))?;
+        let request = self
+            .s3
+            .put_bucket_tagging()
+            .bucket(bucket)
+            .tagging(tagging)
+            .send();
+        self.call(Service::S3, "PutBucketTagging", request)
             .await
             .map(|_| ())
     }

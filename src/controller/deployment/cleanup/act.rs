@@ -11,16 +11,62 @@ use super::{
 };
 use crate::api::{DeletionPolicy, OpenEMRDeployment};
 use crate::aws::AwsClients;
-use crate::aws::cloudformation::Stacks;
+use crate::aws::cloudformation::{StackState, Stacks};
 use crate::aws::error::AwsError;
 use crate::aws::rds::Databases;
 use crate::aws::teardown::{KEY_DELETION_WINDOW_DAYS, Teardown};
 use crate::controller::deployment::clinic::{
     BACKUP_PREFIXES, ClinicNames, announce, aws_error, clients, clinic_tags, db_identifier,
 };
+use crate::controller::deployment::infra::ownership::{Owner, owner_of};
 use crate::controller::deployment::web::act::delete_child;
 use crate::controller::deployment::web::{ChildKind, WebNames};
 use crate::controller::{Context, Error};
+
+/// The stack and DB instance under the clinic's names that its tags say another clinic made
+/// (an earlier incarnation, or another clinic), described for an Event. An adopted
+/// instance is the adoption's business, not this.
+async fn foreign_leftovers(
+    d: &OpenEMRDeployment,
+    clients: &AwsClients,
+    names: &ClinicNames,
+    identifier: &str,
+    tags: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<String>, Error> {
+    let mut found = Vec::new();
+    let stack = clients
+        .describe_stack(&names.stack)
+        .await
+        .map_err(aws_error("reading the stack"))?;
+    if let Some(stack) = stack.filter(|s| !matches!(s.state(), StackState::Deleted))
+        && let owner @ (Owner::Former { .. } | Owner::Other { .. }) = owner_of(&stack.tags, tags)
+    {
+        found.push(format!(
+            "stack {} (made by {})",
+            stack.name,
+            owner.describe()
+        ));
+    }
+    let adopted = d
+        .spec
+        .adopt
+        .as_ref()
+        .is_some_and(|a| a.db_instance_identifier.is_some());
+    if !adopted
+        && let Some(db) = clients
+            .describe_instance(identifier)
+            .await
+            .map_err(aws_error("reading the DB instance"))?
+        && let owner @ (Owner::Former { .. } | Owner::Other { .. }) = owner_of(&db.tags, tags)
+    {
+        found.push(format!(
+            "DB instance {} (made by {})",
+            db.identifier,
+            owner.describe()
+        ));
+    }
+    Ok(found)
+}
 
 /// Most deletion steps one pass takes before looking again (each step is one AWS call).
 const STEPS_PER_PASS: usize = 8;
@@ -41,13 +87,32 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
         .await
         .map_err(Error::observe(format!("Namespace {ns}")))?
         .is_none_or(|n| n.metadata.deletion_timestamp.is_some());
-    let policy = effective_policy(d.spec.deletion_policy, terminating);
+    let mut policy = effective_policy(d.spec.deletion_policy, terminating);
     let clients = clients(d, aws).await;
     let identifier = db_identifier(d, &names);
+    let tags = clinic_tags(d, aws);
+    // What another clinic made, found under this one's names (a clinic refused as
+    // `FormerIncarnationFound` being deleted): never this clinic's to delete.
+    let foreign = foreign_leftovers(d, &clients, &names, &identifier, &tags).await?;
+    if !foreign.is_empty() {
+        if policy != DeletionPolicy::Retain {
+            announce(
+                ctx,
+                d,
+                true,
+                "LeftoversKept",
+                &format!(
+                    "{} made by another clinic, kept whatever spec.deletionPolicy says; nothing of this clinic's is in AWS",
+                    foreign.join("; ")
+                ),
+            )
+            .await;
+        }
+        policy = DeletionPolicy::Retain;
+    }
     let final_snapshot = names.final_snapshot(&uid);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let own_secret = d.spec.database.credentials_secret_ref.is_none();
-    let tags = clinic_tags(d, aws);
     // What the stack retained, as status last saw it (nothing is known of a stack that
     // never finished).
     let status = d.status.clone().unwrap_or_default();

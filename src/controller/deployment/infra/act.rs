@@ -9,7 +9,9 @@ use crate::api::OpenEMRDeployment;
 use crate::aws::cloudformation::{Stacks, UpdateOutcome};
 use crate::aws::rds::{Databases, MasterPassword};
 use crate::aws::s3::Buckets;
-use crate::controller::deployment::clinic::{announce, aws_error, clients};
+use std::collections::BTreeMap;
+
+use crate::controller::deployment::clinic::{announce, aws_error, clients, clinic_tags};
 use crate::controller::deployment::secrets::{create_credentials_secret, read_root_password};
 use crate::controller::{ClinicAws, Context, Error};
 
@@ -118,6 +120,14 @@ pub async fn act(
                     "bucketVersioning" => clients.enable_versioning(bucket).await,
                     "bucketEncryption" => clients.encrypt_with(bucket, kms_key_arn).await,
                     "bucketPublicAccessBlock" => clients.block_public_access(bucket).await,
+                    // Only the claim: spec.tags stay the stack's business.
+                    "bucketTags" => {
+                        let claim: BTreeMap<String, String> = clinic_tags(d, aws)
+                            .into_iter()
+                            .filter(|(k, _)| k.starts_with("openemr.io/"))
+                            .collect();
+                        clients.tag_with(bucket, &claim).await
+                    }
                     _ => Ok(()),
                 }
                 .map_err(aws_error("securing the adopted bucket"))?;

@@ -9,7 +9,7 @@ use crate::api::{OpenEMRDeployment, OpenEMRDeploymentStatus};
 use crate::aws::rds::DbInstance;
 use crate::aws::s3::BucketSettings;
 use crate::conditions::Verdict;
-use crate::controller::deployment::clinic::TAG_UID;
+use crate::controller::deployment::clinic::{TAG_NAME, TAG_NAMESPACE, TAG_UID};
 use crate::controller::deployment::site::DatabaseOrigin;
 
 /// Condition type reporting how an adopted DB instance differed from the spec.
@@ -69,10 +69,17 @@ pub fn awaiting_approval(
     db: &DbInstance,
     approved: &[AdoptedChange],
 ) -> (Vec<Difference>, Vec<Difference>) {
-    differences.into_iter().partition(|d| {
-        let outage = d.disruptive || (d.field == "backupRetentionDays" && db.backup_retention == 0);
-        !outage || approved.iter().any(|a| a.field() == d.field)
-    })
+    differences
+        .into_iter()
+        .map(|mut d| {
+            // Turning backups on takes an outage: once approved it waits for
+            // `applyChanges` like the other changes that do.
+            if d.field == "backupRetentionDays" && db.backup_retention == 0 {
+                d.disruptive = true;
+            }
+            d
+        })
+        .partition(|d| !d.disruptive || approved.iter().any(|a| a.field() == d.field))
 }
 
 /// `Adopted=True ChangesAwaitingApproval` while an adopted instance keeps settings that wait
@@ -108,6 +115,30 @@ pub fn approval_verdict(
 
 /// Reason of `Adopted` while changes await approval.
 pub const AWAITING_APPROVAL: &str = "ChangesAwaitingApproval";
+
+/// The clinic's claim on an adopted bucket, as a difference to correct: its
+/// `openemr.io/*` tags, written (merged with the bucket's own) so that no other clinic adopts
+/// it after this one, across restarts. `None` once they are this clinic's.
+pub fn bucket_claim(
+    settings: &BucketSettings,
+    mine: &std::collections::BTreeMap<String, String>,
+) -> Option<Difference> {
+    use super::ownership::{Owner, owner_of};
+    let owner = owner_of(&settings.tags, mine);
+    (owner != Owner::This).then(|| Difference {
+        field: "bucketTags",
+        from: match owner {
+            Owner::Untagged => "none".to_string(),
+            other => other.describe(),
+        },
+        to: format!(
+            "clinic {}/{}",
+            mine.get(TAG_NAMESPACE).map_or("", String::as_str),
+            mine.get(TAG_NAME).map_or("", String::as_str)
+        ),
+        disruptive: false,
+    })
+}
 
 /// `Adopted=True`, listing each difference later passes correct, each one that waits for
 /// an approval, and each one RDS cannot change on an existing instance.
@@ -225,6 +256,46 @@ mod tests {
             database_origin(&adopted, &tagged(Some(&uid))),
             DatabaseOrigin::Adopted
         );
+    }
+
+    #[test]
+    fn an_adopted_bucket_is_claimed_by_its_tags_until_they_are_the_clinics() {
+        let mine = BTreeMap::from([
+            (TAG_NAMESPACE.to_string(), "clinics".to_string()),
+            (TAG_NAME.to_string(), "clinic-a".to_string()),
+            (TAG_UID.to_string(), "uid-1".to_string()),
+        ]);
+        let bare = BucketSettings::default();
+        let claim = bucket_claim(&bare, &mine).unwrap();
+        assert_eq!(
+            claim.to_string(),
+            "bucketTags: none → clinic clinics/clinic-a"
+        );
+        let claimed = BucketSettings {
+            tags: mine.clone(),
+            ..BucketSettings::default()
+        };
+        assert_eq!(bucket_claim(&claimed, &mine), None);
+    }
+
+    #[test]
+    fn turning_backups_on_waits_for_approval_and_then_for_apply_changes() {
+        let db = DbInstance {
+            backup_retention: 0,
+            ..DbInstance::default()
+        };
+        let on = Difference {
+            field: "backupRetentionDays",
+            from: "0".into(),
+            to: "7".into(),
+            disruptive: false,
+        };
+        let (now, waiting) = awaiting_approval(vec![on.clone()], &db, &[]);
+        assert!(now.is_empty());
+        assert_eq!(waiting.len(), 1);
+        let (now, _) = awaiting_approval(vec![on], &db, &[AdoptedChange::BackupRetention]);
+        assert_eq!(now.len(), 1);
+        assert!(now[0].disruptive, "sent per applyChanges, not at once");
     }
 
     #[test]

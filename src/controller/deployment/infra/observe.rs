@@ -5,6 +5,7 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
+use super::ownership::{Owner, owner_of};
 use super::{AdoptedBucket, Infra};
 use crate::api::OpenEMRDeployment;
 use crate::aws::cloudformation::{StackState, Stacks};
@@ -100,6 +101,23 @@ pub async fn observe_infra(
             .await
             .map_err(aws_error("reading the DB instance"))?;
         aws.inventory.saw(&clients, None, database.as_ref());
+    }
+    // The instance's tags outweigh a claim made in memory (after a restart, whichever
+    // clinic looked first claimed it).
+    if claimed_by.is_some()
+        && database
+            .as_ref()
+            .is_some_and(|db| owner_of(&db.tags, &tags) == Owner::This)
+    {
+        claimed_by = None;
+        aws.inventory.claim(
+            &clients,
+            &identifier,
+            crate::aws::inventory::Owner {
+                namespace: ns.clone(),
+                name: name.clone(),
+            },
+        );
     }
     let stack_failure = match &stack {
         Some(s)

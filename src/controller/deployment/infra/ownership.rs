@@ -56,7 +56,8 @@ pub fn owner_of(tags: &BTreeMap<String, String>, mine: &BTreeMap<String, String>
 }
 
 impl Owner {
-    fn describe(&self) -> String {
+    /// Who, in words: "an earlier clinic of this name (uid …, cluster …)".
+    pub fn describe(&self) -> String {
         match self {
             Owner::Untagged | Owner::This => String::new(),
             Owner::Former { uid, cluster } => format!(
@@ -101,6 +102,8 @@ pub fn judge(d: &OpenEMRDeployment, infra: &Infra) -> Ownership {
 
     if let (Some(identifier), Some(db)) = (adopted_db, &infra.database) {
         match (owner_of(&db.tags, mine), claimed_by) {
+            // Its tags say it is this clinic's: whoever claimed it in memory first is wrong.
+            (Owner::This, _) => {}
             (owner @ Owner::Other { .. }, _) => conflicts.push(format!(
                 "spec.adopt.dbInstanceIdentifier: DB instance {identifier} belongs to {} (its openemr.io tags)",
                 owner.describe()
@@ -330,6 +333,15 @@ mod tests {
         let o = judge(&d, &found);
         assert_eq!(reason(&o), Some("AdoptionConflict"));
         assert!(o.refusal.unwrap().message.contains("clinics/clinic-z"));
+    }
+
+    #[test]
+    fn an_instance_tagged_as_this_clinics_is_its_own_whoever_claimed_it_first() {
+        // After a restart an intruder may have claimed it in memory first.
+        let d = clinic(serde_json::json!({"dbInstanceIdentifier": "legacy-db"}));
+        let mut found = infra(None, Some(mine()), None);
+        found.claimed_by = Some(("clinics".into(), "intruder".into()));
+        assert_eq!(judge(&d, &found), Ownership::default());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::adoption::{
     ADOPTED, adoption_reported, adoption_verdict, approval_verdict, awaiting_approval,
-    bucket_differences,
+    bucket_claim, bucket_differences,
 };
 use super::database::{self, Placement};
 use super::template::{self, RenderedStack, StackInputs};
@@ -378,12 +378,18 @@ pub fn plan_infrastructure(
             }
             if serving(&db.status) && !reporting {
                 let (add, remove) = retag(&infra.tags, &spec.tags, &db.tags, &previous_tag_keys);
-                tag_keys = spec.tags.keys().cloned().collect();
+                // The keys of spec.tags the operator put there: those it added before and
+                // still wants, and those it adds now. A key the instance already had with
+                // the spec's value was someone else's and stays theirs.
+                tag_keys = previous_tag_keys
+                    .iter()
+                    .filter(|k| spec.tags.contains_key(*k))
+                    .chain(add.keys().filter(|k| spec.tags.contains_key(*k)))
+                    .cloned()
+                    .collect();
                 if let (Some(arn), false) = (&db.arn, add.is_empty() && remove.is_empty()) {
-                    // Until the instance shows them, the dropped keys are still to remove.
+                    // Until the instance shows them gone, the dropped keys are still to remove.
                     tag_keys.extend(remove.iter().cloned());
-                    tag_keys.sort();
-                    tag_keys.dedup();
                     changes.push(InfraChange::TagDatabase {
                         identifier: identifier.clone(),
                         arn: arn.clone(),
@@ -393,6 +399,8 @@ pub fn plan_infrastructure(
                     // Read again, not from the inventory, to see the tags took.
                     in_progress = true;
                 }
+                tag_keys.sort();
+                tag_keys.dedup();
             }
             if serving(&db.status) {
                 Verdict::truthy(
@@ -435,6 +443,7 @@ pub fn plan_infrastructure(
         },
         None => DatabaseStatus {
             identifier: identifier.clone(),
+            tag_keys,
             ..DatabaseStatus::default()
         },
     });
@@ -442,7 +451,9 @@ pub fn plan_infrastructure(
     let mut adoption = None;
     let bucket_diffs = match &infra.adopted_bucket {
         AdoptedBucket::Seen(settings) => {
-            bucket_differences(settings, status.kms_key_arn.as_deref())
+            let mut diffs = bucket_differences(settings, status.kms_key_arn.as_deref());
+            diffs.extend(bucket_claim(settings, &infra.tags));
+            diffs
         }
         _ => Vec::new(),
     };

@@ -162,12 +162,19 @@ fn plan_held(
         database_user: &d.spec.database.username,
         database_password: site.database_password.clone(),
         redis_host: &site.redis_host,
-        redis_password: seen.redis_auth_copy.as_ref().map(|source| {
-            (
-                SecretKey::new(&names.redis_auth, PASSWORD_KEY),
-                short_hash(&[source]),
-            )
-        }),
+        // Read whenever the stack has a token (its copy is made below if missing; new pods
+        // wait for it), or a copy exists while AWS cannot be read: a copy deleted by hand
+        // never rolls the workers onto a cache they cannot log in to.
+        redis_password: site
+            .redis_auth_secret_arn
+            .as_ref()
+            .or(seen.redis_auth_copy.as_ref())
+            .map(|source| {
+                (
+                    SecretKey::new(&names.redis_auth, PASSWORD_KEY),
+                    short_hash(&[source]),
+                )
+            }),
         file_system_id: &site.file_system_id,
         mysql_ca: &mysql_ca,
         redis_ca: &redis_ca,
@@ -450,6 +457,8 @@ fn finish(wanted: Vec<Child>, seen: &WorkloadSeen, mut plan: WorkloadPlan) -> Wo
         }
     }
     if !differing.is_empty() {
+        // First: a hold must not wait behind an AWS call (the Redis token's copy among
+        // them; until it exists, new worker pods wait for it and the old ones serve).
         changes.insert(0, WebChange::ApplyChildren(differing));
     }
     plan
@@ -642,12 +651,13 @@ pub(crate) mod tests {
             let workers = child(plan, ChildKind::Deployment).unwrap();
             workers.body["spec"]["template"]["spec"]["containers"][0]["env"].to_string()
         };
-        // No copy yet: made, and the workers go without until it exists.
+        // No copy yet: made, and the workers read it (their new pods wait for it; a copy
+        // deleted by hand never rolls them onto a cache they cannot log in to).
         let mut s = seen();
         done(&mut s);
         let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert!(plan.changes.contains(&copy));
-        assert!(!env_of(&plan).contains("REDIS_PASSWORD"));
+        assert!(env_of(&plan).contains("clinic-a-redis-auth"));
         // Copied from this secret: not again, and the workers read it.
         s.redis_auth_copy = Some("arn:aws:secretsmanager:redis".into());
         let plan = plan_workload(&d, Some(&site()), true, &s, now());
@@ -657,17 +667,22 @@ pub(crate) mod tests {
         s.redis_auth_copy = Some("arn:aws:secretsmanager:old".into());
         let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert!(plan.changes.contains(&copy));
-        // A cache without AUTH (a stack not yet updated): nothing to copy.
-        let mut old_stack = site();
-        old_stack.redis_auth_secret_arn = None;
+        // AWS unreadable (no secret known): the copy there is still read, nothing rolls.
+        let mut unread = site();
+        unread.redis_auth_secret_arn = None;
+        s.redis_auth_copy = Some("arn:aws:secretsmanager:redis".into());
+        let plan = plan_workload(&d, Some(&unread), true, &s, now());
+        assert!(env_of(&plan).contains("clinic-a-redis-auth"));
+        // A cache without AUTH (a stack not yet updated): nothing to copy or read.
         s.redis_auth_copy = None;
-        let plan = plan_workload(&d, Some(&old_stack), true, &s, now());
+        let plan = plan_workload(&d, Some(&unread), true, &s, now());
         assert!(
             !plan
                 .changes
                 .iter()
                 .any(|c| matches!(c, WebChange::CopyRedisAuthToken { .. }))
         );
+        assert!(!env_of(&plan).contains("REDIS_PASSWORD"));
     }
 
     #[test]

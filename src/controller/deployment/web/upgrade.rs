@@ -178,7 +178,9 @@ pub fn upgrade_step(
     let job = seen.setup_jobs.iter().find(|j| j.name == job_name);
     let started = u.start_time.as_ref().map_or(now, |t| t.0);
     let timeout = Duration::from_secs(inputs.web.upgrade.timeout_seconds.max(0) as u64);
-    let timed_out = now.duration_since(started).unsigned_abs() >= timeout;
+    // A start later than now (a clock set back) counts as just started, never as overdue.
+    let elapsed = Duration::try_from(now.duration_since(started)).unwrap_or_default();
+    let timed_out = elapsed >= timeout;
     // A Job of a cancelled upgrade may still run: two at once would migrate the same
     // database concurrently. Its end wakes the clinic through the Jobs' watch.
     let other_running = seen
@@ -243,8 +245,7 @@ pub fn upgrade_step(
         })
     });
     let Some(why) = failure else {
-        let left = clock::current()
-            .real(timeout.saturating_sub(now.duration_since(started).unsigned_abs()));
+        let left = clock::current().real(timeout.saturating_sub(elapsed));
         step.wake_after = Some(left.max(Duration::from_secs(1)));
         return step;
     };
