@@ -114,6 +114,10 @@ struct WebFlags {
     /// most an hour.
     #[arg(long, env = "SETUP_RETRY_AFTER", default_value = "5m", value_parser = parse_duration)]
     setup_retry_after: Duration,
+    /// DB snapshots of image upgrades kept per clinic: once an upgrade succeeds, its
+    /// incarnation's older ones beyond this many go (its own always stays).
+    #[arg(long, env = "UPGRADE_SNAPSHOTS_KEPT", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+    upgrade_snapshots_kept: u16,
 }
 
 /// The operator's clock, for tests and rehearsals: it decides when holds lapse, setups
@@ -269,6 +273,7 @@ fn main() -> ExitCode {
                                 setup_backoff_limit: web.setup_backoff_limit,
                                 setup_deadline: web.setup_deadline,
                                 setup_retry_after: web.setup_retry_after,
+                                upgrade_snapshots_kept: usize::from(web.upgrade_snapshots_kept),
                             },
                         },
                     }))

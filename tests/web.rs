@@ -985,7 +985,8 @@ async fn an_image_upgrade_is_guarded_by_one_snapshot_resumes_after_a_kill_and_ro
     })
     .await;
     operator.kill();
-    let operator = Operator::start(env(), Some(&ns.name));
+    // Keeping one upgrade snapshot: the second upgrade's success prunes the first's.
+    let operator = Operator::start_with(env(), Some(&ns.name), &["--upgrade-snapshots-kept", "1"]);
 
     // The migration Job appears with the new image only once the snapshot is there.
     let (job, pod) = migration_job(&client, &ns.name, name, "openemr/openemr:8.0.1").await;
@@ -1112,11 +1113,28 @@ async fn an_image_upgrade_is_guarded_by_one_snapshot_resumes_after_a_kill_and_ro
     })
     .await;
     assert_eq!(done.from_image, "openemr/openemr:8.0.0");
-    assert_eq!(
-        snapshots("us-west-2", &instance).await.len(),
-        2,
-        "one per upgrade"
-    );
+    // Its own snapshot, not the first upgrade's; and that one is gone (one kept).
+    let second = done.snapshot.clone().unwrap();
+    assert_ne!(&second, snapshot);
+    let left = eventually(WAIT, "the first upgrade's snapshot pruned", || async {
+        let left = snapshots("us-west-2", &instance).await;
+        (left.len() == 1).then_some(left)
+    })
+    .await;
+    assert_eq!(left[0].0, second);
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let pruned = eventually(WAIT, "the UpgradeSnapshotsPruned Event", || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("UpgradeSnapshotsPruned"))?
+            .message
+    })
+    .await;
+    assert!(pruned.contains(snapshot.as_str()), "{pruned}");
     let web = web_status(&clinics, name).await;
     assert_eq!(web.image.as_deref(), Some("openemr/openemr:8.0.1"));
     drop(operator);

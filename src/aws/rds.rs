@@ -137,6 +137,7 @@ pub struct DbSnapshot {
     pub identifier: String,
     pub arn: Option<String>,
     pub status: String,
+    pub tags: BTreeMap<String, String>,
 }
 
 /// What the clinic controller asks of RDS.
@@ -176,6 +177,11 @@ pub trait Databases {
         &self,
         identifier: &str,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Deletes a manual snapshot (gone already is done).
+    fn delete_snapshot(
+        &self,
+        identifier: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
     /// Adds or overwrites `add` and removes `remove` on the resource `arn` (each call only
     /// when it has something to do).
     fn retag(
@@ -184,6 +190,20 @@ pub trait Databases {
         add: &BTreeMap<String, String>,
         remove: &[String],
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// An RDS snapshot as the controllers see it.
+pub fn snapshot(s: &aws_sdk_rds::types::DbSnapshot) -> DbSnapshot {
+    DbSnapshot {
+        identifier: s.db_snapshot_identifier().unwrap_or_default().to_string(),
+        arn: s.db_snapshot_arn().map(str::to_string),
+        status: s.status().unwrap_or_default().to_string(),
+        tags: s
+            .tag_list()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+            .collect(),
+    }
 }
 
 fn rds_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
@@ -334,6 +354,18 @@ impl Databases for AwsClients {
             .map(|_| ())
     }
 
+    async fn delete_snapshot(&self, identifier: &str) -> Result<(), AwsError> {
+        let request = self
+            .rds
+            .delete_db_snapshot()
+            .db_snapshot_identifier(identifier)
+            .send();
+        match self.call(Service::Rds, "DeleteDBSnapshot", request).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
     async fn retag(
         &self,
         arn: &str,
@@ -400,11 +432,7 @@ impl Databases for AwsClients {
             .call(Service::Rds, "DescribeDBSnapshots", request)
             .await
         {
-            Ok(out) => Ok(out.db_snapshots().first().map(|s| DbSnapshot {
-                identifier: s.db_snapshot_identifier().unwrap_or_default().to_string(),
-                arn: s.db_snapshot_arn().map(str::to_string),
-                status: s.status().unwrap_or_default().to_string(),
-            })),
+            Ok(out) => Ok(out.db_snapshots().first().map(snapshot)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }

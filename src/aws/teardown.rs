@@ -9,6 +9,7 @@ use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use super::AwsClients;
 use super::budget::Service;
 use super::error::AwsError;
+use super::rds::{DbSnapshot, snapshot};
 
 /// Days a scheduled key deletion waits (the most AWS allows), during which a person can
 /// still cancel it.
@@ -37,11 +38,11 @@ pub trait Teardown {
         bucket: &str,
         prefixes: &[&str],
     ) -> impl Future<Output = Result<bool, AwsError>> + Send;
-    /// The manual snapshots of `instance` (every page), by name.
+    /// The manual snapshots of `instance` (every page).
     fn instance_snapshots(
         &self,
         instance: &str,
-    ) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Vec<DbSnapshot>, AwsError>> + Send;
     /// How many automated backups RDS keeps of `instance` (after its deletion too).
     fn retained_automated_backups(
         &self,
@@ -204,7 +205,7 @@ impl Teardown for AwsClients {
         Ok(false)
     }
 
-    async fn instance_snapshots(&self, instance: &str) -> Result<Vec<String>, AwsError> {
+    async fn instance_snapshots(&self, instance: &str) -> Result<Vec<DbSnapshot>, AwsError> {
         let mut names = Vec::new();
         let mut marker = None;
         loop {
@@ -223,11 +224,7 @@ impl Teardown for AwsClients {
                 Err(e) if e.is_not_found() => return Ok(names),
                 Err(e) => return Err(e),
             };
-            names.extend(
-                page.db_snapshots()
-                    .iter()
-                    .filter_map(|s| s.db_snapshot_identifier().map(str::to_string)),
-            );
+            names.extend(page.db_snapshots().iter().map(snapshot));
             marker = page.marker().map(str::to_string);
             if marker.is_none() {
                 return Ok(names);

@@ -114,10 +114,46 @@ impl ClinicNames {
 /// same name from taking an older incarnation's snapshot for its own.
 pub fn upgrade_snapshot(db_identifier: &str, uid: &str, generation: i64) -> String {
     format!(
-        "{}-upgrade-{}-g{generation}",
+        "{}{generation}",
+        upgrade_snapshot_prefix(db_identifier, uid)
+    )
+}
+
+/// What every upgrade snapshot of this clinic's incarnation starts with; the generation
+/// follows.
+pub fn upgrade_snapshot_prefix(db_identifier: &str, uid: &str) -> String {
+    format!(
+        "{}-upgrade-{}-g",
         db_identifier.trim_end_matches('-'),
         sanitized(&first(uid, 8))
     )
+}
+
+/// The upgrade snapshots to delete so that the newest `keep` of this incarnation's stay
+/// (`current`, the one just taken, always among them): those named with `prefix` and
+/// tagged with `uid`, the oldest generations first. Anything else (another incarnation's,
+/// a backup set's, one renamed by hand) is never a candidate.
+pub fn upgrade_snapshots_to_prune(
+    snapshots: &[(String, BTreeMap<String, String>)],
+    prefix: &str,
+    uid: &str,
+    current: &str,
+    keep: usize,
+) -> Vec<String> {
+    let mut ours: Vec<(i64, &str)> = snapshots
+        .iter()
+        .filter(|(_, tags)| tags.get(TAG_UID).map(String::as_str) == Some(uid))
+        .filter_map(|(name, _)| {
+            let generation = name.strip_prefix(prefix)?.parse::<i64>().ok()?;
+            Some((generation, name.as_str()))
+        })
+        .collect();
+    ours.sort_unstable_by(|a, b| b.cmp(a));
+    ours.into_iter()
+        .filter(|(_, name)| *name != current)
+        .skip(keep.saturating_sub(1))
+        .map(|(_, name)| name.to_string())
+        .collect()
 }
 
 fn first(text: &str, n: usize) -> String {
@@ -266,6 +302,43 @@ pub async fn announce(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_this_incarnations_oldest_upgrade_snapshots_are_pruned() {
+        let prefix = upgrade_snapshot_prefix("db-1", "0f8e2a1c-aaaa");
+        let ours = |g: i64| {
+            (
+                upgrade_snapshot("db-1", "0f8e2a1c-aaaa", g),
+                BTreeMap::from([(TAG_UID.to_string(), "0f8e2a1c-aaaa".to_string())]),
+            )
+        };
+        let mut snapshots: Vec<_> = [3, 10, 7, 2].into_iter().map(ours).collect();
+        // An earlier incarnation's (another uid prefix and tag), a final snapshot, one
+        // with our name but another uid's tag: never candidates.
+        snapshots.push((
+            upgrade_snapshot("db-1", "11111111-bbbb", 1),
+            BTreeMap::from([(TAG_UID.to_string(), "11111111-bbbb".to_string())]),
+        ));
+        snapshots.push(("db-1-final-0f8e2a1c".into(), ours(0).1));
+        snapshots.push((
+            upgrade_snapshot("db-1", "0f8e2a1c-aaaa", 1),
+            BTreeMap::new(),
+        ));
+        let current = upgrade_snapshot("db-1", "0f8e2a1c-aaaa", 10);
+        let prune =
+            |keep| upgrade_snapshots_to_prune(&snapshots, &prefix, "0f8e2a1c-aaaa", &current, keep);
+        assert_eq!(
+            prune(2),
+            [
+                upgrade_snapshot("db-1", "0f8e2a1c-aaaa", 3),
+                upgrade_snapshot("db-1", "0f8e2a1c-aaaa", 2)
+            ]
+        );
+        assert_eq!(prune(4), Vec::<String>::new());
+        // The current one stays even when keep says less.
+        assert_eq!(prune(0).len(), 3);
+        assert!(!prune(0).contains(&current));
+    }
 
     fn cluster(id: &str) -> ClusterId {
         ClusterId::parse(id).unwrap()

@@ -192,6 +192,7 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
                     .await
                     .map_err(aws_error("listing the DB instance's snapshots"))?
                     .into_iter()
+                    .map(|s| s.identifier)
                     .filter(|s| s != final_name)
                     .collect()
             } else {

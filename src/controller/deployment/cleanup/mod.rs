@@ -220,6 +220,7 @@ mod tests {
             identifier: "db-final".into(),
             arn: None,
             status: status.into(),
+            tags: Default::default(),
         })
     }
 

@@ -20,8 +20,10 @@ use super::{CLINIC_LABEL, Child, ChildKind, REDIS_AUTH_SOURCE_ANNOTATION, WebCha
 use crate::api::OpenEMRDeployment;
 use crate::aws::rds::Databases;
 use crate::aws::secrets::ManagedSecrets;
+use crate::aws::teardown::Teardown;
 use crate::controller::deployment::clinic::{
-    ClinicNames, TAG_NAME, announce, aws_error, clients, clinic_tags, db_identifier,
+    ClinicNames, TAG_NAME, TAG_UID, announce, aws_error, clients, clinic_tags, db_identifier,
+    upgrade_snapshot_prefix, upgrade_snapshots_to_prune,
 };
 use crate::controller::deployment::secrets;
 use crate::controller::{ClinicAws, Context, Error};
@@ -56,14 +58,28 @@ pub async fn act(
             let names = ClinicNames::new(&aws.cluster, &ns, &name);
             let identifier = db_identifier(d, &names);
             let tags = clinic_tags(d, aws);
-            match clients(d, aws)
-                .await
-                .create_snapshot(&identifier, snapshot, &tags)
-                .await
-            {
-                // A repeat after a crash: the one snapshot exists already. Any other
-                // conflict (the instance busy) is an error, retried with backoff.
-                Err(e) if e.already_exists() => Ok(()),
+            let clients = clients(d, aws).await;
+            match clients.create_snapshot(&identifier, snapshot, &tags).await {
+                // A repeat after a crash: the one snapshot exists already, if its tags say
+                // it is this clinic's. Any other conflict (the instance busy) is an error,
+                // retried with backoff.
+                Err(e) if e.already_exists() => {
+                    let found = clients
+                        .describe_snapshot(snapshot)
+                        .await
+                        .map_err(aws_error("reading the pre-upgrade snapshot"))?;
+                    let uid = d.metadata.uid.as_deref().unwrap_or_default();
+                    if found.is_some_and(|s| s.tags.get(TAG_UID).map(String::as_str) != Some(uid)) {
+                        return Err(Error::Act {
+                            action: "taking the pre-upgrade snapshot".into(),
+                            reason: "AwsConflict",
+                            message: format!(
+                                "DB snapshot {snapshot} exists and is not this clinic's (its openemr.io/uid tag differs); rename or delete it"
+                            ),
+                        });
+                    }
+                    Ok(())
+                }
                 other => other.map_err(aws_error("taking the pre-upgrade snapshot")),
             }?;
             announce(
@@ -76,6 +92,42 @@ pub async fn act(
                 ),
             )
             .await;
+            Ok(())
+        }
+        WebChange::PruneUpgradeSnapshots { current, keep } => {
+            let name = d.name_any();
+            let names = ClinicNames::new(&aws.cluster, &ns, &name);
+            let identifier = db_identifier(d, &names);
+            let uid = d.metadata.uid.clone().unwrap_or_default();
+            let clients = clients(d, aws).await;
+            let snapshots: Vec<_> = clients
+                .instance_snapshots(&identifier)
+                .await
+                .map_err(aws_error("listing the DB instance's snapshots"))?
+                .into_iter()
+                .map(|s| (s.identifier, s.tags))
+                .collect();
+            let prefix = upgrade_snapshot_prefix(&identifier, &uid);
+            let old = upgrade_snapshots_to_prune(&snapshots, &prefix, &uid, current, *keep);
+            for snapshot in &old {
+                clients
+                    .delete_snapshot(snapshot)
+                    .await
+                    .map_err(aws_error("deleting an older upgrade snapshot"))?;
+            }
+            if !old.is_empty() {
+                announce(
+                    ctx,
+                    d,
+                    false,
+                    "UpgradeSnapshotsPruned",
+                    &format!(
+                        "kept the newest {keep} upgrade snapshots (--upgrade-snapshots-kept), {current} among them; deleted {}",
+                        old.join(", ")
+                    ),
+                )
+                .await;
+            }
             Ok(())
         }
         WebChange::Announce {

@@ -235,6 +235,8 @@ pub struct WorkloadConfig {
     pub setup_deadline: Duration,
     /// First wait before a failed setup Job is followed by a new one; doubles per attempt.
     pub setup_retry_after: Duration,
+    /// Upgrade snapshots kept per clinic after an upgrade succeeds (the newest).
+    pub upgrade_snapshots_kept: usize,
 }
 
 impl Default for WorkloadConfig {
@@ -243,6 +245,7 @@ impl Default for WorkloadConfig {
             setup_backoff_limit: 4,
             setup_deadline: Duration::from_secs(1800),
             setup_retry_after: Duration::from_secs(300),
+            upgrade_snapshots_kept: 3,
         }
     }
 }
@@ -289,6 +292,9 @@ pub enum WebChange {
     /// Copies the RDS-managed master password from Secrets Manager into a Secret owned by
     /// the clinic, for the first setup only (deleted once setup completed).
     CopyMasterPassword { name: String, secret_arn: String },
+    /// Deletes this incarnation's upgrade snapshots but the newest `keep` (`current`, the
+    /// one the upgrade just took, among them).
+    PruneUpgradeSnapshots { current: String, keep: usize },
     /// Copies the Redis AUTH token the stack generated into a Secret owned by the clinic,
     /// for the workers (replacing a copy made from another secret).
     CopyRedisAuthToken { name: String, secret_arn: String },
@@ -317,6 +323,9 @@ impl std::fmt::Debug for WebChange {
             WebChange::CreateAdminSecret { name } => write!(f, "CreateAdminSecret({name})"),
             WebChange::CopyMasterPassword { name, .. } => write!(f, "CopyMasterPassword({name})"),
             WebChange::CopyRedisAuthToken { name, .. } => write!(f, "CopyRedisAuthToken({name})"),
+            WebChange::PruneUpgradeSnapshots { current, keep } => {
+                write!(f, "PruneUpgradeSnapshots(keep {keep} with {current})")
+            }
             WebChange::CreateUpgradeSnapshot { snapshot } => {
                 write!(f, "CreateUpgradeSnapshot({snapshot})")
             }
@@ -343,6 +352,9 @@ impl WebChange {
             WebChange::CreateAdminSecret { name } => ("CreateAdminSecret".into(), name.clone()),
             WebChange::CopyRedisAuthToken { name, .. } => {
                 ("CopyRedisAuthToken".into(), name.clone())
+            }
+            WebChange::PruneUpgradeSnapshots { current, .. } => {
+                ("DeleteDBSnapshot".into(), current.clone())
             }
             WebChange::CopyMasterPassword { name, .. } => {
                 ("CopyMasterPassword".into(), name.clone())

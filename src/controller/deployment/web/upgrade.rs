@@ -231,6 +231,13 @@ pub fn upgrade_step(
                     format!("every replica runs {} and is ready", u.to_image),
                     false,
                 ));
+                // The older upgrades' snapshots beyond what is kept go now.
+                if let Some(current) = &u.snapshot {
+                    step.changes.push(WebChange::PruneUpgradeSnapshots {
+                        current: current.clone(),
+                        keep: seen.config.upgrade_snapshots_kept,
+                    });
+                }
                 return step;
             }
             None
