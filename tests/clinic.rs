@@ -1081,6 +1081,11 @@ async fn an_earlier_incarnations_leftovers_are_reported_and_taken_over_only_thro
         );
     }
     warning_event(&client, &ns.name, "phoenix", "FormerIncarnationFound").await;
+    let refused = clinics.get("phoenix").await.unwrap().status.unwrap();
+    assert_eq!(
+        refused.phase,
+        Some(openemr_operator::api::deployment::DeploymentPhase::Failed)
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = aws_calls(&operator).await;
     let changes = |calls: &std::collections::BTreeMap<String, u64>| -> Vec<(String, u64)> {

@@ -203,8 +203,6 @@ impl Inventory {
         self.region(clients);
     }
 
-    /// Names the clinic of an instance that does not carry the operator's tags (an adopted
-    /// one), so that its drift wakes the clinic too.
     /// Who claimed `identifier` in the account and region of `clients`, if anyone.
     pub fn claimant(&self, clients: &Arc<AwsClients>, identifier: &str) -> Option<Owner> {
         self.region(clients)
@@ -215,6 +213,8 @@ impl Inventory {
             .cloned()
     }
 
+    /// Names the clinic of an instance that may not carry the operator's tags yet (an
+    /// adopted one), so that its drift wakes the clinic too.
     pub fn claim(&self, clients: &Arc<AwsClients>, identifier: &str, owner: Owner) {
         self.region(clients)
             .claims

@@ -296,6 +296,10 @@ impl OpenEMRDeployment {
         let mut status = status_with(self, &verdicts, now);
         status.web = Some(web.web);
         status.upgrade = web.upgrade;
+        if refused {
+            // Not `Ready` (nor whatever it was): it cannot go on until someone acts.
+            status.phase = Some(DeploymentPhase::Failed);
+        }
         let requeue = web.wake_after.map_or(Requeue::Resync, Requeue::After);
         Plan {
             status,
