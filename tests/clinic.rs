@@ -329,6 +329,15 @@ fn clinic_with(name: &str, region: &str, policy: &str, extra: &str) -> serde_jso
     )
 }
 
+/// The mutating operations among `calls`, with their counts.
+fn mutations(calls: &std::collections::BTreeMap<String, u64>) -> Vec<(String, u64)> {
+    calls
+        .iter()
+        .filter(|(op, _)| is_mutating(op))
+        .map(|(op, n)| (op.clone(), *n))
+        .collect()
+}
+
 async fn instance_tags(
     rds: &aws_sdk_rds::Client,
     id: &str,
@@ -751,11 +760,7 @@ async fn adopted_resources_are_never_recreated_and_differences_are_reported_befo
     // Another clinic naming the same instance is refused at once and changes nothing. The
     // adopter settles first: no mutating call for two inventory intervals.
     let mutating = |calls: std::collections::BTreeMap<String, u64>| -> u64 {
-        calls
-            .iter()
-            .filter(|(op, _)| support::is_mutating(op))
-            .map(|(_, n)| n)
-            .sum()
+        mutations(&calls).iter().map(|(_, n)| n).sum()
     };
     let mut settled = mutating(aws_calls(&operator).await);
     loop {
@@ -1088,14 +1093,7 @@ async fn an_earlier_incarnations_leftovers_are_reported_and_taken_over_only_thro
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = aws_calls(&operator).await;
-    let changes = |calls: &std::collections::BTreeMap<String, u64>| -> Vec<(String, u64)> {
-        calls
-            .iter()
-            .filter(|(op, _)| is_mutating(op))
-            .map(|(op, n)| (op.clone(), *n))
-            .collect()
-    };
-    assert_eq!(changes(&after), changes(&before));
+    assert_eq!(mutations(&after), mutations(&before));
     assert_eq!(
         instance_tags(&rds, &db_id).await.get("openemr.io/uid"),
         Some(&old_uid)
@@ -1111,8 +1109,8 @@ async fn an_earlier_incarnations_leftovers_are_reported_and_taken_over_only_thro
     assert!(note.contains(&format!("uid {old_uid}")), "{note}");
     let deleted = aws_calls(&operator).await;
     assert_eq!(
-        changes(&deleted),
-        changes(&before),
+        mutations(&deleted),
+        mutations(&before),
         "the deletion changed nothing"
     );
     assert!(db_exists(&rds, &db_id).await);

@@ -11,9 +11,9 @@ use super::{
 };
 use crate::api::{DeletionPolicy, OpenEMRDeployment};
 use crate::aws::AwsClients;
-use crate::aws::cloudformation::{StackState, Stacks};
+use crate::aws::cloudformation::{StackInfo, StackState, Stacks};
 use crate::aws::error::AwsError;
-use crate::aws::rds::Databases;
+use crate::aws::rds::{Databases, DbInstance};
 use crate::aws::teardown::{KEY_DELETION_WINDOW_DAYS, Teardown};
 use crate::controller::deployment::clinic::{
     BACKUP_PREFIXES, ClinicNames, announce, aws_error, clients, clinic_tags, db_identifier,
@@ -26,18 +26,13 @@ use crate::controller::{Context, Error};
 /// The stack and DB instance under the clinic's names that its tags say another clinic made
 /// (an earlier incarnation, or another clinic), described for an Event. An adopted
 /// instance is the adoption's business, not this.
-async fn foreign_leftovers(
+fn foreign_leftovers(
     d: &OpenEMRDeployment,
-    clients: &AwsClients,
-    names: &ClinicNames,
-    identifier: &str,
+    stack: Option<&StackInfo>,
+    database: Option<&DbInstance>,
     tags: &std::collections::BTreeMap<String, String>,
-) -> Result<Vec<String>, Error> {
+) -> Vec<String> {
     let mut found = Vec::new();
-    let stack = clients
-        .describe_stack(&names.stack)
-        .await
-        .map_err(aws_error("reading the stack"))?;
     if let Some(stack) = stack.filter(|s| !matches!(s.state(), StackState::Deleted))
         && let owner @ (Owner::Former { .. } | Owner::Other { .. }) = owner_of(&stack.tags, tags)
     {
@@ -53,10 +48,7 @@ async fn foreign_leftovers(
         .as_ref()
         .is_some_and(|a| a.db_instance_identifier.is_some());
     if !adopted
-        && let Some(db) = clients
-            .describe_instance(identifier)
-            .await
-            .map_err(aws_error("reading the DB instance"))?
+        && let Some(db) = database
         && let owner @ (Owner::Former { .. } | Owner::Other { .. }) = owner_of(&db.tags, tags)
     {
         found.push(format!(
@@ -65,7 +57,7 @@ async fn foreign_leftovers(
             owner.describe()
         ));
     }
-    Ok(found)
+    found
 }
 
 /// Most deletion steps one pass takes before looking again (each step is one AWS call).
@@ -93,7 +85,25 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
     let tags = clinic_tags(d, aws);
     // What another clinic made, found under this one's names (a clinic refused as
     // `FormerIncarnationFound` being deleted): never this clinic's to delete.
-    let foreign = foreign_leftovers(d, &clients, &names, &identifier, &tags).await?;
+    // Read once here; the first step below works from these reads too.
+    let mut stack_read = Some(
+        clients
+            .describe_stack(&names.stack)
+            .await
+            .map_err(aws_error("reading the stack"))?,
+    );
+    let mut database_read = Some(
+        clients
+            .describe_instance(&identifier)
+            .await
+            .map_err(aws_error("reading the DB instance"))?,
+    );
+    let foreign = foreign_leftovers(
+        d,
+        stack_read.as_ref().and_then(Option::as_ref),
+        database_read.as_ref().and_then(Option::as_ref),
+        &tags,
+    );
     if !foreign.is_empty() {
         if policy != DeletionPolicy::Retain {
             announce(
@@ -129,10 +139,13 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
         .is_some_and(|b| bucket.as_ref() == Some(b));
 
     for _ in 0..STEPS_PER_PASS {
-        let database = clients
-            .describe_instance(&identifier)
-            .await
-            .map_err(aws_error("reading the DB instance"))?;
+        let database = match database_read.take() {
+            Some(read) => read,
+            None => clients
+                .describe_instance(&identifier)
+                .await
+                .map_err(aws_error("reading the DB instance"))?,
+        };
         // The key's deletion is weighed only once the instance is gone (or adopted and
         // kept): only then are its other snapshots and retained backups read.
         let weigh_key = delete_all && key.is_some() && (database.is_none() || adopted_database);
@@ -146,13 +159,13 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
                     .await
                     .map_err(aws_error("reading the final snapshot"))?
             },
-            stack: if policy == DeletionPolicy::Delete {
-                clients
+            stack: match (policy, stack_read.take()) {
+                (DeletionPolicy::Delete, Some(read)) => read,
+                (DeletionPolicy::Delete, None) => clients
                     .describe_stack(&names.stack)
                     .await
-                    .map_err(aws_error("reading the stack"))?
-            } else {
-                None
+                    .map_err(aws_error("reading the stack"))?,
+                _ => None,
             },
             bucket_exists: match (&delete_all, &bucket) {
                 (true, Some(b)) => clients

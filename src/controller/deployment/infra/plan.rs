@@ -1056,13 +1056,7 @@ pub(crate) mod tests {
 
     #[test]
     fn an_adopted_database_is_never_created() {
-        let mut d = clinic();
-        d.spec.adopt = Some(
-            serde_json::from_value(serde_json::json!({"dbInstanceIdentifier": "legacy-db"}))
-                .unwrap(),
-        );
-        let mut seen = infra(&d);
-        seen.stack = Some(stable_stack(&d, &seen));
+        let (d, seen, _) = adopting_legacy_db();
         let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
         assert_eq!(actions(&plan), Vec::<String>::new());
         assert_eq!(plan.verdicts[1].reason, "AdoptedDatabaseNotFound");

@@ -54,9 +54,7 @@ pub async fn act(
             copy_redis_auth_token(d, aws, ctx, &ns, name, secret_arn).await
         }
         WebChange::CreateUpgradeSnapshot { snapshot } => {
-            let name = d.name_any();
-            let names = ClinicNames::new(&aws.cluster, &ns, &name);
-            let identifier = db_identifier(d, &names);
+            let identifier = instance_of(d, aws, &ns);
             let tags = clinic_tags(d, aws);
             let clients = clients(d, aws).await;
             match clients.create_snapshot(&identifier, snapshot, &tags).await {
@@ -95,9 +93,7 @@ pub async fn act(
             Ok(())
         }
         WebChange::PruneUpgradeSnapshots { current, keep } => {
-            let name = d.name_any();
-            let names = ClinicNames::new(&aws.cluster, &ns, &name);
-            let identifier = db_identifier(d, &names);
+            let identifier = instance_of(d, aws, &ns);
             let uid = d.metadata.uid.clone().unwrap_or_default();
             let clients = clients(d, aws).await;
             let snapshots: Vec<_> = clients
@@ -148,6 +144,11 @@ where
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     send(api, child).await
+}
+
+/// The clinic's DB instance (its own or the adopted one), whose snapshots an upgrade takes.
+fn instance_of(d: &OpenEMRDeployment, aws: &ClinicAws, ns: &str) -> String {
+    db_identifier(d, &ClinicNames::new(&aws.cluster, ns, &d.name_any()))
 }
 
 /// Copies the Redis AUTH token into the clinic's Secret `name`, annotated with the secret
