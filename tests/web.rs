@@ -1410,8 +1410,9 @@ async fn the_operators_clock_decides_when_holds_lapse() {
         }))
         .unwrap()
     };
-    // Renewed an hour and a second ago by the clock, a moment ago by the system's.
-    let stale = clock.now() - Duration::from_secs(3601);
+    // Renewed two hours ago by the clock (lapsed an hour ago, 30 real seconds), a moment
+    // ago by the system's.
+    let stale = clock.now() - Duration::from_secs(7200);
     leases
         .create(
             &PostParams::default(),

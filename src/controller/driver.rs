@@ -358,7 +358,6 @@ async fn with_finalizer<K: Reconcile>(obj: &K, driver: &Driver<K>) -> Result<Act
 /// The pipeline for one object that exists and is not being deleted.
 async fn apply<K: Reconcile>(cached: &K, driver: &Driver<K>) -> Result<Action, Error> {
     let ctx = &driver.ctx;
-    let now = crate::clock::now();
     let uid = cached.uid().unwrap_or_default();
     // Plan from the status as it really is, which may be newer than the cache's.
     let current = driver
@@ -369,6 +368,9 @@ async fn apply<K: Reconcile>(cached: &K, driver: &Driver<K>) -> Result<Action, E
     let mut obj = cached.clone();
     *obj.status_mut() = Some(current.status.clone());
     let observed = obj.observe(ctx).await?;
+    // After observing: what was observed (a Lease's renewal) is judged against a now no
+    // earlier than itself.
+    let now = crate::clock::now();
     let plan = obj.plan(&observed, now);
     let synced = Verdict::truthy(SYNCED, "Reconciled", "the last reconcile succeeded");
     // A plan that carries a failure leaves `Synced` as the object had it: the failure is
