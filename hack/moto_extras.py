@@ -36,6 +36,11 @@ every region, so a new VPC's subnets of a stack in eu-west-1 land in `us-east-1a
 moto 5.2.5 stores the `KeyPolicy` of an AWS::KMS::Key made by CloudFormation as the
 template's JSON object where its KMS API keeps a string, so DescribeKey of any such key
 fails with HTTP 500 (`json.loads` of a dict). Here the policy is stored as a JSON string.
+Nor can moto 5.2.5 update such a key: its model has no update, so a stack update that
+changes the key's policy (a clinic's own trail removed once the shared audit trail logs)
+drops the key from the stack, and every later DescribeStacks fails on the outputs that
+`Fn::GetAtt` it. Here the policy, description and rotation are updated in place, as
+CloudFormation does (a key policy change needs no replacement).
 
 moto 5.2.5 has no CloudFormation model for AWS::SecretsManager::Secret and resolves no
 dynamic reference (`{{resolve:secretsmanager:...}}`): the clinic's Redis AUTH token is such
@@ -52,6 +57,14 @@ resources a second time, in parallel; the creating request then fails half-way (
 or key alias that "already exists") and the stack stays CREATE_IN_PROGRESS for ever, which
 AWS never does. Here CloudFormation's requests are handled one at a time (other services'
 are not).
+
+moto 5.2.5 has no CloudFormation model for AWS::CloudTrail::Trail either: it skips the
+shared audit trail (src/controller/audit/template.rs) with a warning, so the operator's
+GetTrailStatus finds no trail. Here the trail is made through moto's CloudTrail backend
+(its bucket must exist, as in AWS), with its advanced event selectors and its logging
+state, so the CloudTrail API of the same moto reads what the template asked for; `Ref` is
+its name and `Fn::GetAtt Arn` its ARN. The selectors' fields are checked against the ones
+CloudTrail accepts, which moto does not do.
 
 Nothing is needed for EFS: moto names a file system's creation token after the stack, the
 logical id and a random suffix, so many clinic stacks share an account and region. Nor for
@@ -74,6 +87,7 @@ from moto.cloudformation import parsing
 from moto.cloudformation.exceptions import UnformattedGetAttTemplateException, ValidationError
 from moto.cloudformation.responses import CloudFormationResponse
 from moto.cloudformation.utils import random_suffix
+from moto.cloudtrail.models import CloudTrailBackend, cloudtrail_backends
 from moto.core import serialize
 from moto.core.serialize import S3Serializer
 from moto.core.common_models import CloudFormationModel
@@ -88,6 +102,7 @@ WRITTEN_FOR = "5.2.5"
 SUBNET_GROUP = "AWS::ElastiCache::SubnetGroup"
 REPLICATION_GROUP = "AWS::ElastiCache::ReplicationGroup"
 SECRET = "AWS::SecretsManager::Secret"
+TRAIL = "AWS::CloudTrail::Trail"
 
 
 def _require(condition, what):
@@ -113,7 +128,7 @@ def _check_moto():
         "CloudFormation no longer finds its models as CloudFormationModel subclasses",
     )
     modelled = {m.cloudformation_type() for m in CloudFormationModel.__subclasses__()}
-    for kind in (SUBNET_GROUP, REPLICATION_GROUP, SECRET):
+    for kind in (SUBNET_GROUP, REPLICATION_GROUP, SECRET, TRAIL):
         _require(kind not in modelled, f"moto now models {kind} itself")
     _require(
         "resolve:secretsmanager" not in inspect.getsource(parsing),
@@ -125,6 +140,8 @@ def _check_moto():
     )
     for method in ("create_secret", "get_random_password", "get_secret_value", "delete_secret", "update_secret"):
         _require(hasattr(SecretsManagerBackend, method), f"SecretsManagerBackend.{method} is gone")
+    for method in ("create_trail", "put_event_selectors", "start_logging", "stop_logging", "update_trail", "delete_trail", "get_trail"):
+        _require(hasattr(CloudTrailBackend, method), f"CloudTrailBackend.{method} is gone")
     for model in (DBSubnetGroup, DBParameterGroup):
         _require(
             not hasattr(model, "physical_resource_id"),
@@ -506,6 +523,137 @@ class SecretsManagerSecret(CloudFormationModel):
         self.delete_from_cloudformation_json(self.arn, None, account_id, region_name)
 
 
+# The fields an advanced event selector may name (CloudTrail's AdvancedFieldSelector).
+_SELECTOR_FIELDS = {
+    "eventCategory", "eventSource", "eventName", "eventType", "readOnly", "resources.type",
+    "resources.ARN", "errorCode", "sessionCredentialFromConsole", "userIdentity.arn",
+    "vpcEndpointId",
+}
+_SELECTOR_OPERATORS = {"Equals", "StartsWith", "EndsWith", "NotEquals", "NotStartsWith", "NotEndsWith"}
+
+
+def _check_selectors(selectors):
+    """CloudTrail's rules for advanced event selectors that moto does not check."""
+    for selector in selectors:
+        fields = selector.get("FieldSelectors") or []
+        if not fields:
+            raise ValidationError(message="an advanced event selector needs FieldSelectors")
+        for field in fields:
+            if field.get("Field") not in _SELECTOR_FIELDS:
+                raise ValidationError(message=f"unknown advanced event selector field {field.get('Field')!r}")
+            operators = set(field) - {"Field"}
+            if not operators or not operators <= _SELECTOR_OPERATORS:
+                raise ValidationError(message=f"field selector {field} has no or unknown operators")
+            if any(not isinstance(field[o], list) or not field[o] for o in operators):
+                raise ValidationError(message=f"field selector {field}: every operator takes a non-empty list")
+        categories = [f for f in fields if f["Field"] == "eventCategory"]
+        if len(categories) != 1 or categories[0].get("Equals", [None])[0] not in ("Management", "Data"):
+            raise ValidationError(message="every advanced event selector needs eventCategory Equals Management or Data")
+        if categories[0]["Equals"] == ["Data"] and not any(f["Field"] == "resources.type" for f in fields):
+            raise ValidationError(message="a data event selector needs resources.type")
+
+
+class CloudTrailTrail(CloudFormationModel):
+    """AWS::CloudTrail::Trail; `Ref` is its name, `Fn::GetAtt Arn` its ARN."""
+
+    __module__ = f"{__name__}.cloudtrail"
+
+    def __init__(self, name, arn):
+        self.name = name
+        self.arn = arn
+
+    @staticmethod
+    def cloudformation_name_type():
+        return "TrailName"
+
+    @staticmethod
+    def cloudformation_type():
+        return TRAIL
+
+    @classmethod
+    def has_cfn_attr(cls, attr):
+        return attr in ("Arn", "SnsTopicArn")
+
+    @property
+    def physical_resource_id(self):
+        return self.name
+
+    def get_cfn_attribute(self, attribute_name):
+        if attribute_name != "Arn":
+            raise UnformattedGetAttTemplateException()
+        return self.arn
+
+    def is_created(self):
+        return True
+
+    @staticmethod
+    def _apply(backend, name, props):
+        selectors = props.get("AdvancedEventSelectors") or []
+        _check_selectors(selectors)
+        if selectors or props.get("EventSelectors"):
+            backend.put_event_selectors(name, props.get("EventSelectors") or [], selectors)
+        if "IsLogging" not in props:
+            raise ValidationError(message="AWS::CloudTrail::Trail needs IsLogging")
+        if props["IsLogging"] in (True, "true"):
+            backend.start_logging(name)
+        else:
+            backend.stop_logging(name)
+
+    @classmethod
+    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        props = cloudformation_json.get("Properties", {})
+        backend = cloudtrail_backends[account_id][region_name]
+        name = props.get("TrailName") or f"{kwargs['LogicalId']}-{random_suffix()}"
+        trail = backend.create_trail(
+            name=name,
+            bucket_name=props["S3BucketName"],
+            s3_key_prefix=props.get("S3KeyPrefix"),
+            sns_topic_name=props.get("SnsTopicName"),
+            is_global=props.get("IncludeGlobalServiceEvents", True) in (True, "true"),
+            is_multi_region=props.get("IsMultiRegionTrail", False) in (True, "true"),
+            log_validation=props.get("EnableLogFileValidation", False) in (True, "true"),
+            is_org_trail=props.get("IsOrganizationTrail", False) in (True, "true"),
+            cw_log_group_arn=props.get("CloudWatchLogsLogGroupArn"),
+            cw_role_arn=props.get("CloudWatchLogsRoleArn"),
+            kms_key_id=props.get("KMSKeyId"),
+            tags_list=props.get("Tags", []),
+        )
+        cls._apply(backend, name, props)
+        return cls(name, trail.arn)
+
+    @classmethod
+    def update_from_cloudformation_json(
+        cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name
+    ):
+        props = cloudformation_json.get("Properties", {})
+        backend = cloudtrail_backends[account_id][region_name]
+        backend.update_trail(
+            name=original_resource.name,
+            s3_bucket_name=props.get("S3BucketName"),
+            s3_key_prefix=props.get("S3KeyPrefix"),
+            sns_topic_name=props.get("SnsTopicName"),
+            include_global_service_events=props.get("IncludeGlobalServiceEvents"),
+            is_multi_region_trail=props.get("IsMultiRegionTrail"),
+            enable_log_file_validation=props.get("EnableLogFileValidation"),
+            is_organization_trail=props.get("IsOrganizationTrail"),
+            cw_log_group_arn=props.get("CloudWatchLogsLogGroupArn"),
+            cw_role_arn=props.get("CloudWatchLogsRoleArn"),
+            kms_key_id=props.get("KMSKeyId"),
+        )
+        cls._apply(backend, original_resource.name, props)
+        return original_resource
+
+    @classmethod
+    def delete_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name):
+        backend = cloudtrail_backends[account_id][region_name]
+        if resource_name in backend.trails:
+            backend.delete_trail(resource_name)
+
+    def delete(self, account_id, region_name):
+        region = self.arn.split(":")[3]
+        self.delete_from_cloudformation_json(self.name, None, account_id, region)
+
+
 _DYNAMIC_SECRET = re.compile(r"\{\{resolve:secretsmanager:([^}]*)\}\}")
 
 
@@ -608,6 +756,26 @@ _require(
     "moto's KMS no longer reads key policies as JSON strings",
 )
 KmsKey.create_from_cloudformation_json = classmethod(_key_create)
+
+_require(
+    hasattr(KmsKey.update_from_cloudformation_json, "__isabstractmethod__"),
+    "moto's KMS key has an update of its own now",
+)
+
+
+def _key_update(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name):
+    properties = cloudformation_json.get("Properties", {})
+    policy = properties.get("KeyPolicy")
+    if policy is not None:
+        original_resource.policy = policy if isinstance(policy, str) else json.dumps(policy)
+    if "Description" in properties:
+        original_resource.description = properties["Description"]
+    if "EnableKeyRotation" in properties:
+        original_resource.key_rotation_status = properties["EnableKeyRotation"]
+    return original_resource
+
+
+KmsKey.update_from_cloudformation_json = classmethod(_key_update)
 
 _CLOUDFORMATION = threading.RLock()
 _moto_cloudformation_call_action = CloudFormationResponse.call_action

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use k8s_openapi::jiff::Timestamp;
 use openemr_operator::aws::budget::BudgetFlags;
 use openemr_operator::clock::Clock;
+use openemr_operator::controller::audit::AuditMode;
+use openemr_operator::controller::audit::template::DEFAULT_RETENTION_DAYS;
 use openemr_operator::controller::deployment::clinic::ClusterId;
 use openemr_operator::controller::deployment::web::WorkloadConfig;
 use openemr_operator::controller::{CaFiles, DriverConfig};
@@ -74,6 +76,8 @@ enum Command {
         web: WebFlags,
         #[command(flatten)]
         clock: ClockFlags,
+        #[command(flatten)]
+        audit: AuditFlags,
     },
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
     Crd {
@@ -118,6 +122,70 @@ struct WebFlags {
     /// incarnation's older ones beyond this many go (its own always stays).
     #[arg(long, env = "UPGRADE_SNAPSHOTS_KEPT", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
     upgrade_snapshots_kept: u16,
+}
+
+/// Who records the clinics' AWS activity (for clinics with `spec.audit.cloudTrail`).
+#[derive(clap::Args, Debug, Clone)]
+struct AuditFlags {
+    /// Region of the shared audit trail's stack (`openemr-audit`), one per AWS account,
+    /// shared by every clinic and cluster there. Every cluster using an account must give
+    /// the same region: the audit bucket's name (`<account>-openemr-audit-logs`) is one
+    /// per account.
+    #[arg(long, env = "AUDIT_REGION", default_value = "us-east-1", value_parser = parse_region)]
+    audit_region: String,
+    /// Days the shared trail's log files are kept (HIPAA asks six years).
+    #[arg(long, env = "AUDIT_LOG_RETENTION_DAYS", default_value_t = DEFAULT_RETENTION_DAYS, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    audit_log_retention_days: u32,
+    /// ARN of an organisation trail that already records every account: the operator then
+    /// makes no trail of its own, and each clinic's status names this one.
+    #[arg(long, env = "ORGANIZATION_TRAIL", value_parser = parse_trail_arn)]
+    organization_trail: Option<String>,
+    /// How often each account's shared trail is read once it is ready: a trail someone
+    /// stopped is started again, or a deleted one reported, within this.
+    #[arg(long, env = "AUDIT_REFRESH_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    audit_refresh_interval: Duration,
+}
+
+impl AuditFlags {
+    fn mode(&self) -> AuditMode {
+        match &self.organization_trail {
+            Some(trail_arn) => AuditMode::Organization {
+                trail_arn: trail_arn.clone(),
+            },
+            None => AuditMode::Shared {
+                region: self.audit_region.clone(),
+                retention_days: self.audit_log_retention_days,
+            },
+        }
+    }
+}
+
+fn parse_region(text: &str) -> Result<String, String> {
+    let ok = text.split('-').count() >= 3
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!("{text:?} is not an AWS region such as us-east-1"))
+    }
+}
+
+fn parse_trail_arn(text: &str) -> Result<String, String> {
+    let parts: Vec<&str> = text.splitn(6, ':').collect();
+    let ok = parts.len() == 6
+        && parts[0] == "arn"
+        && parts[2] == "cloudtrail"
+        && parts[5].starts_with("trail/")
+        && parts[5].len() > "trail/".len();
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a trail ARN such as arn:aws:cloudtrail:us-east-1:111122223333:trail/org-trail"
+        ))
+    }
 }
 
 /// The operator's clock, for tests and rehearsals: it decides when holds lapse, setups
@@ -227,6 +295,7 @@ fn main() -> ExitCode {
             budgets,
             web,
             clock,
+            audit,
         } => {
             init_logging(log_format);
             match clock.clock().and_then(openemr_operator::clock::install) {
@@ -275,6 +344,8 @@ fn main() -> ExitCode {
                                 setup_retry_after: web.setup_retry_after,
                                 upgrade_snapshots_kept: usize::from(web.upgrade_snapshots_kept),
                             },
+                            audit: audit.mode(),
+                            audit_refresh: audit.audit_refresh_interval,
                         },
                     }))
                 })

@@ -18,6 +18,7 @@ use crate::api::{self, BackupPolicy, OpenEMRBackup, OpenEMRDeployment, RestoreRe
 use crate::aws::inventory::Inventory;
 use crate::aws::{self, accounts::AwsPool, budget::BudgetConfig, budget::Budgets};
 use crate::controller::RefKind;
+use crate::controller::audit::{AuditMode, AuditTrails};
 use crate::controller::deployment::clinic::ClusterId;
 use crate::controller::deployment::web::WorkloadConfig;
 use crate::controller::driver::{Driver, watch_secrets};
@@ -48,6 +49,10 @@ pub struct AwsOptions {
     pub budgets: BudgetConfig,
     pub ca_files: CaFiles,
     pub workload: WorkloadConfig,
+    /// Who records the clinics' AWS activity.
+    pub audit: AuditMode,
+    /// How often each account's shared trail is read once ready.
+    pub audit_refresh: Duration,
 }
 
 /// Runs until SIGTERM/SIGINT; returns Ok after a clean shutdown.
@@ -89,7 +94,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         opts.aws.inventory_interval,
         opts.aws.cluster_id.as_str(),
     ));
+    let audit = Arc::new(AuditTrails::new(
+        opts.aws.audit.clone(),
+        opts.aws.progress_interval,
+        opts.aws.audit_refresh,
+    ));
     ctx.aws = Some(ClinicAws {
+        audit,
         pool: Arc::new(AwsPool::new(base, metrics, budgets)),
         cluster: opts.aws.cluster_id.clone(),
         progress_interval: opts.aws.progress_interval,

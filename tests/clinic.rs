@@ -10,6 +10,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use openemr_operator::api::OpenEMRDeployment;
+use support::faults::{AwsFault, FaultProxy, Rule};
 use support::operator::Operator;
 use support::{
     TestNamespace, apply, aws_calls, condition, documents, env, eventually, is_mutating,
@@ -898,6 +899,35 @@ async fn adopted_resources_are_never_recreated_and_differences_are_reported_befo
     drop(operator);
 }
 
+/// moto's view of `account`: the credentials of a role there, assumed as the operator does.
+async fn in_account(account: &str, region: &str) -> aws_config::SdkConfig {
+    let base = moto(region).await;
+    let assumed = aws_sdk_sts::Client::new(&base)
+        .assume_role()
+        .role_arn(format!("arn:aws:iam::{account}:role/test-reader"))
+        .role_session_name("test")
+        .send()
+        .await
+        .unwrap();
+    let c = assumed.credentials().unwrap();
+    base.to_builder()
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_credential_types::Credentials::new(
+                    c.access_key_id(),
+                    c.secret_access_key(),
+                    Some(c.session_token().to_string()),
+                    None,
+                    "test",
+                ),
+            ),
+        )
+        .build()
+}
+
+/// A clinic in another account lands there, and is the first of its account: the account's
+/// shared audit trail is made there first (the clinic's stack waits for it), logs every
+/// clinic bucket's objects, and is started again when someone stops it.
 #[tokio::test]
 async fn a_clinic_with_a_role_lands_in_the_roles_account() {
     let client = env().admin().await;
@@ -907,7 +937,11 @@ async fn a_clinic_with_a_role_lands_in_the_roles_account() {
     manifest["spec"]["aws"]["roleArn"] =
         format!("arn:aws:iam::{account}:role/openemr-clinic").into();
     apply(&client, &ns.name, &manifest).await.unwrap();
-    let operator = Operator::start(env(), Some(&ns.name));
+    let operator = Operator::start_with(
+        env(),
+        Some(&ns.name),
+        &["--audit-refresh-interval", "1s", "--resync-interval", "2s"],
+    );
     let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
     wait_for_reason(&clinics, "elsewhere", "Ready", "Ready").await;
     let status = clinics.get("elsewhere").await.unwrap().status.unwrap();
@@ -919,14 +953,8 @@ async fn a_clinic_with_a_role_lands_in_the_roles_account() {
             .unwrap()
             .contains(&format!(":{account}:"))
     );
-    assert!(
-        status
-            .stack
-            .unwrap()
-            .id
-            .unwrap()
-            .contains(&format!(":{account}:"))
-    );
+    let stack_id = status.stack.unwrap().id.unwrap();
+    assert!(stack_id.contains(&format!(":{account}:")), "{stack_id}");
     // Invisible to the operator's own account.
     let rds = aws_sdk_rds::Client::new(&moto("eu-west-1").await);
     let own = rds.describe_db_instances().send().await.unwrap();
@@ -935,13 +963,256 @@ async fn a_clinic_with_a_role_lands_in_the_roles_account() {
             .iter()
             .all(|db| !db.db_instance_arn().unwrap_or_default().contains(account))
     );
+
+    // The account's shared trail, in the audit region, made before the clinic's stack.
+    let audit = status.audit.expect("status.audit");
+    assert_eq!(
+        audit.scope,
+        openemr_operator::api::deployment::AuditScope::Shared
+    );
+    assert_eq!(
+        audit.trail_arn.as_deref(),
+        Some(format!("arn:aws:cloudtrail:us-east-1:{account}:trail/openemr-audit").as_str())
+    );
+    assert_eq!(
+        audit.logs.as_deref(),
+        Some(format!("s3://{account}-openemr-audit-logs/AWSLogs/{account}/").as_str())
+    );
+    assert_eq!(
+        condition(&clinics, "elsewhere", "AuditReady")
+            .await
+            .unwrap()
+            .reason,
+        "SharedTrail"
+    );
+    let home = in_account(account, support::AUDIT_REGION).await;
+    let created =
+        |stacks: aws_sdk_cloudformation::operation::describe_stacks::DescribeStacksOutput| {
+            stacks.stacks()[0].creation_time().copied().unwrap()
+        };
+    let audit_stack = aws_sdk_cloudformation::Client::new(&home)
+        .describe_stacks()
+        .stack_name("openemr-audit")
+        .send()
+        .await
+        .unwrap();
+    let clinic_stack = aws_sdk_cloudformation::Client::new(&in_account(account, "eu-west-1").await)
+        .describe_stacks()
+        .stack_name(&stack_id)
+        .send()
+        .await
+        .unwrap();
+    assert!(created(audit_stack) <= created(clinic_stack));
+    let trails = aws_sdk_cloudtrail::Client::new(&home);
+    let selectors = trails
+        .get_event_selectors()
+        .trail_name("openemr-audit")
+        .send()
+        .await
+        .unwrap();
+    let data = selectors
+        .advanced_event_selectors()
+        .iter()
+        .flat_map(|s| s.field_selectors())
+        .find(|f| f.field() == "resources.ARN")
+        .expect("a selector of the clinic buckets' objects");
+    assert_eq!(data.starts_with(), ["arn:aws:s3:::oe-"]);
+    let bucket = clinics
+        .get("elsewhere")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .bucket_name
+        .unwrap();
+    assert!(bucket.starts_with("oe-"), "{bucket}");
+
+    // Someone stops the trail: the operator starts it again and says so on the clinic.
+    trails
+        .stop_logging()
+        .name("openemr-audit")
+        .send()
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the trail logging again",
+        || async {
+            let s = trails
+                .get_trail_status()
+                .name("openemr-audit")
+                .send()
+                .await
+                .ok()?;
+            s.is_logging().unwrap_or(false).then_some(())
+        },
+    )
+    .await;
+    let restarted = warning_event(&client, &ns.name, "elsewhere", "AuditTrailRestarted")
+        .await
+        .note
+        .unwrap_or_default();
+    assert!(restarted.contains("logging started again"), "{restarted}");
+
+    // One AssumeRole for the clinic's own session and one for the account's audit
+    // session, each cached and reused.
     let assumed =
         "openemr_aws_api_calls_total{service=\"sts\",operation=\"AssumeRole\",outcome=\"success\"}";
     assert_eq!(
         operator.metric(assumed).await,
-        1,
+        2,
         "credentials cached and reused"
     );
+    drop(operator);
+}
+
+/// A clinic made by an operator before the shared audit trail has a trail of its own in its
+/// stack: it keeps it until the account's shared trail is made and confirmed logging (held
+/// here by a refused GetTrailStatus), so its logs have no gap, and then its stack loses it.
+#[tokio::test]
+async fn an_older_clinics_own_trail_goes_once_the_shared_trail_logs() {
+    use aws_sdk_cloudformation::types::Tag;
+    use openemr_operator::controller::deployment::clinic::{self, ClinicNames, ClusterId};
+    use openemr_operator::controller::deployment::infra::template::{self, StackInputs};
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "legacy").await;
+    let (account, region, name) = ("222233334444", "eu-west-1", "veteran");
+    let mut manifest = clinic_with(name, region, "Retain", "");
+    manifest["spec"]["aws"]["roleArn"] =
+        format!("arn:aws:iam::{account}:role/openemr-clinic").into();
+    apply(&client, &ns.name, &manifest).await.unwrap();
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let stored = clinics.get(name).await.unwrap();
+
+    // Its stack as an older operator made it: with the clinic's own trail.
+    let cluster = ClusterId::parse(&format!("t{}", std::process::id())).unwrap();
+    let names = ClinicNames::new(&cluster, &ns.name, name);
+    let uid = stored.metadata.uid.clone().unwrap();
+    let tags = clinic::tags(&cluster, &ns.name, name, &uid, &stored.spec.tags);
+    let older = template::render(&StackInputs {
+        names: &names,
+        tags: &tags,
+        spec: &stored.spec,
+        clinic_trail: true,
+    });
+    let there = in_account(account, region).await;
+    let cfn = aws_sdk_cloudformation::Client::new(&there);
+    cfn.create_stack()
+        .stack_name(&names.stack)
+        .template_body(&older.body)
+        .set_tags(Some(
+            tags.iter()
+                .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                .collect(),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let trails_there = aws_sdk_cloudtrail::Client::new(&there);
+    let own_trail_logs = || async {
+        trails_there
+            .get_trail_status()
+            .name(&names.trail)
+            .send()
+            .await
+            .ok()
+            .and_then(|s| s.is_logging())
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the clinic's own trail",
+        || async { (own_trail_logs().await == Some(true)).then_some(()) },
+    )
+    .await;
+
+    // The shared trail cannot be confirmed yet (its status may not be read): the clinic
+    // is made ready on its own trail, and its stack is not touched.
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    proxy.set(
+        "GetTrailStatus",
+        Rule::default().error(AwsFault::access_denied("cloudtrail:GetTrailStatus")),
+    );
+    let url = proxy.url();
+    let operator = Operator::start_with_env(
+        env(),
+        Some(&ns.name),
+        &[],
+        &[("AWS_ENDPOINT_URL", url.as_str())],
+    );
+    wait_for_reason(&clinics, name, "Ready", "Ready").await;
+    let audit = wait_for_reason(&clinics, name, "AuditReady", "ClinicTrail").await;
+    assert!(
+        audit.message.contains("GetTrailStatus"),
+        "{}",
+        audit.message
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        clinics
+            .get(name)
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .audit
+            .unwrap()
+            .scope,
+        openemr_operator::api::deployment::AuditScope::Clinic
+    );
+    assert_eq!(own_trail_logs().await, Some(true));
+    assert!(
+        !events_of(&client, &ns.name, name)
+            .await
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("StackUpdateStarted")),
+        "the stack is not updated while the shared trail is unconfirmed"
+    );
+
+    // Confirmed: the clinic's trail goes.
+    proxy.clear("GetTrailStatus");
+    eventually(
+        Duration::from_secs(60),
+        "the clinic on the shared trail",
+        || async {
+            let audit = clinics.get(name).await.ok()?.status?.audit?;
+            (audit.scope == openemr_operator::api::deployment::AuditScope::Shared).then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "the clinic's own trail gone with the stack update",
+        || async { own_trail_logs().await.is_none().then_some(()) },
+    )
+    .await;
+    // The shared trail was made before the update that removed the clinic's own.
+    let home = in_account(account, support::AUDIT_REGION).await;
+    let audit_stack = aws_sdk_cloudformation::Client::new(&home)
+        .describe_stacks()
+        .stack_name("openemr-audit")
+        .send()
+        .await
+        .unwrap();
+    let shared_made = audit_stack.stacks()[0].creation_time().copied().unwrap();
+    let update_started = events_of(&client, &ns.name, name)
+        .await
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("StackUpdateStarted"))
+        .and_then(|e| e.event_time)
+        .expect("the clinic's stack was updated")
+        .0;
+    let updated = aws_smithy_types::DateTime::from_nanos(update_started.as_nanosecond()).unwrap();
+    assert!(shared_made <= updated, "{shared_made:?} > {updated:?}");
+    let logging = aws_sdk_cloudtrail::Client::new(&home)
+        .get_trail_status()
+        .name("openemr-audit")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logging.is_logging(), Some(true));
+    // What the clinic's trail wrote stays where it was: the bucket is kept.
+    let status = clinics.get(name).await.unwrap().status.unwrap();
+    assert_eq!(status.bucket_name.as_deref(), Some(names.bucket.as_str()));
     drop(operator);
 }
 

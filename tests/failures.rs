@@ -24,7 +24,10 @@ static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 fn env() -> &'static TestEnv {
     static CRDS: std::sync::Once = std::sync::Once::new();
     let env = private_env_without_crds();
-    CRDS.call_once(|| env.install_crds());
+    CRDS.call_once(|| {
+        env.install_crds();
+        env.ensure_shared_audit_trail();
+    });
     env
 }
 
@@ -260,11 +263,11 @@ async fn a_blip_across_100_clinics_costs_no_status_write_and_no_event() {
     assert_eq!(failed, CLINICS as u64, "one failure each, then success");
     // What a clinic costs without any failure, in three passes: the stack's intent and the
     // status; the database's intent and the status; the status saying Ready (5 writes).
-    // Events: Accepted, StackReady, DatabaseReady, WorkloadReady and Ready appearing, the
-    // stack started; StackReady true, the database started; DatabaseReady, WorkloadReady
-    // (stopped: these clinics want 0 replicas) and Ready true (11).
+    // Events: Accepted, StackReady, DatabaseReady, AuditReady, WorkloadReady and Ready
+    // appearing, the stack started; StackReady true, the database started; DatabaseReady,
+    // WorkloadReady (stopped: these clinics want 0 replicas) and Ready true (12).
     assert_eq!(writes, 5 * CLINICS as u64);
-    assert_eq!(published, 11 * CLINICS as u64);
+    assert_eq!(published, 12 * CLINICS as u64);
     assert_eq!(warnings, 0);
     assert_eq!(operator.terminate().code(), Some(0));
 
@@ -320,12 +323,19 @@ async fn a_blip_across_100_clinics_costs_no_status_write_and_no_event() {
             break;
         }
     }
+    // And the account's shared audit trail, once for all the clinics: its stack and
+    // whether it logs.
     assert_eq!(
         calls.get("DescribeStacks").copied(),
-        Some(pages),
-        "every page of {stacks} stacks, once: {calls:?}"
+        Some(pages + 1),
+        "every page of {stacks} stacks, once, and the audit trail's stack: {calls:?}"
     );
-    assert_eq!(calls.len(), 2, "nothing but the two inventories: {calls:?}");
+    assert_eq!(calls.get("GetTrailStatus").copied(), Some(1), "{calls:?}");
+    assert_eq!(
+        calls.len(),
+        3,
+        "nothing but the two inventories and the audit trail: {calls:?}"
+    );
     assert_eq!(
         restarted
             .metric("openemr_status_writes_total{controller=\"openemrdeployment\"}")

@@ -13,7 +13,7 @@
 //! group, RDS groups and EFS, and with `hack/moto_extras.py` (which `hack/dev-env.sh` loads)
 //! the ElastiCache subnet group and replication group, the names of the RDS groups, the
 //! bucket's versioning and public access block, and the zones of the stack's region; it
-//! skips CloudTrail and the bucket policy. Every output the operator reads must be there,
+//! skips the bucket policy. The shared audit trail's stack is linted with them. Every output the operator reads must be there,
 //! the Redis endpoint included.
 
 mod support;
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_cloudformation::types::{StackStatus, Tag};
 use openemr_operator::api::OpenEMRDeploymentSpec;
+use openemr_operator::controller::audit::template as audit;
 use openemr_operator::controller::deployment::clinic::{self, ClinicNames, ClusterId};
 use openemr_operator::controller::deployment::infra::template::{self, RenderedStack, StackInputs};
 use serde_json::{Value, json};
@@ -37,6 +38,9 @@ struct Clinic {
     names: ClinicNames,
     tags: BTreeMap<String, String>,
     spec: OpenEMRDeploymentSpec,
+    /// Render the clinic's own trail, which a clinic made before the shared audit trail
+    /// keeps until that is ready.
+    clinic_trail: bool,
 }
 
 impl Clinic {
@@ -47,6 +51,7 @@ impl Clinic {
             names: ClinicNames::new(&cluster, "clinics", label),
             tags: clinic::tags(&cluster, "clinics", label, "uid-1", &spec.tags),
             spec,
+            clinic_trail: false,
         }
     }
 
@@ -55,6 +60,7 @@ impl Clinic {
             names: &self.names,
             tags: &self.tags,
             spec: &self.spec,
+            clinic_trail: self.clinic_trail,
         })
     }
 }
@@ -120,8 +126,24 @@ fn clinics() -> Vec<Clinic> {
     for (label, yaml) in variants {
         out.push(Clinic::new("ci", label, spec(&yaml)));
     }
+    for (label, yaml) in [
+        ("clinic-trail", EXISTING.to_string()),
+        (
+            "adopted-bucket-clinic-trail",
+            format!("{EXISTING}adopt: {{bucketName: hospital-records-archive}}\n"),
+        ),
+    ] {
+        let mut clinic = Clinic::new("ci", label, spec(&yaml));
+        clinic.clinic_trail = true;
+        out.push(clinic);
+    }
     out
 }
+
+/// The shared audit trail's stack is checked with the clinics' templates, in its default
+/// region.
+const AUDIT_LABEL: &str = "shared-audit";
+const AUDIT_REGION: &str = "us-east-1";
 
 /// The directory of `hack/install-linters.sh`'s tools, installed on first use.
 fn linters() -> &'static Path {
@@ -145,7 +167,9 @@ fn linters() -> &'static Path {
 }
 
 /// Writes every clinic's template to a fresh directory.
-fn write_templates(purpose: &str) -> (PathBuf, Vec<(PathBuf, Clinic)>) {
+/// Writes every clinic's template and the audit stack's; returns them as (file, label,
+/// region).
+fn write_templates(purpose: &str) -> (PathBuf, Vec<(PathBuf, String, String)>) {
     let dir = std::env::temp_dir().join(format!(
         "openemr-stack-templates-{purpose}-{}",
         std::process::id()
@@ -156,8 +180,11 @@ fn write_templates(purpose: &str) -> (PathBuf, Vec<(PathBuf, Clinic)>) {
     for clinic in clinics() {
         let path = dir.join(format!("{}.json", clinic.label));
         std::fs::write(&path, clinic.render().body).unwrap();
-        written.push((path, clinic));
+        written.push((path, clinic.label, clinic.spec.aws.region));
     }
+    let path = dir.join(format!("{AUDIT_LABEL}.json"));
+    std::fs::write(&path, audit::render(audit::DEFAULT_RETENTION_DAYS).body).unwrap();
+    written.push((path, AUDIT_LABEL.to_string(), AUDIT_REGION.to_string()));
     (dir, written)
 }
 
@@ -168,11 +195,11 @@ fn every_template_passes_cfn_lint_without_findings() {
     let bin = linters();
     let (dir, templates) = write_templates("cfn-lint");
     let mut findings = Vec::new();
-    for (path, clinic) in &templates {
+    for (path, label, region) in &templates {
         // In the clinic's own region: what exists (node types, engine families) varies.
         let out = Command::new(bin.join("cfn-lint"))
             .args(["--format", "json", "--include-checks", "I"])
-            .args(["--regions", &clinic.spec.aws.region, "--"])
+            .args(["--regions", region, "--"])
             .arg(path)
             .output()
             .expect("running cfn-lint");
@@ -187,7 +214,7 @@ fn every_template_passes_cfn_lint_without_findings() {
         for m in matches {
             findings.push(format!(
                 "{}: {} {} at {}: {}",
-                clinic.label,
+                label,
                 m["Level"].as_str().unwrap_or("?"),
                 m["Rule"]["Id"].as_str().unwrap_or("?"),
                 m["Location"]["Path"],
@@ -288,8 +315,9 @@ fn checkov_finds_nothing(framework: &str, dir: &Path, skips_file: &str) -> u64 {
 fn every_template_passes_checkov() {
     let (dir, templates) = write_templates("checkov");
     let resources = checkov_finds_nothing("cloudformation", &dir, "hack/checkov-skips.yaml");
+    // Each clinic's stack has more than ten resources; the audit stack five.
     assert!(
-        resources >= 10 * templates.len() as u64,
+        resources >= 10 * (templates.len() as u64 - 1) + 5,
         "checkov did not see the templates' resources: {resources}"
     );
     std::fs::remove_dir_all(dir).unwrap();

@@ -203,10 +203,43 @@ fn default_availability_zones() -> i32 {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditSpec {
-    /// Record the clinic's AWS API activity with CloudTrail into its own bucket (under
-    /// `AWSLogs/`), encrypted with its key.
+    /// Record the clinic's AWS activity with CloudTrail: the operator's shared trail of
+    /// the account (management events, and every object read and write in the clinic
+    /// buckets) or the organisation's trail; `status.audit` says where the logs are.
     #[serde(default = "default_true")]
     pub cloud_trail: bool,
+}
+
+/// Where a clinic's AWS activity is recorded.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditStatus {
+    /// Which trail records it.
+    pub scope: AuditScope,
+    /// ARN of that trail, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trail_arn: Option<String>,
+    /// Where its log files are, e.g. `s3://123456789012-openemr-audit-logs/AWSLogs/123456789012/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<String>,
+}
+
+/// Which trail records a clinic's AWS activity.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditScope {
+    /// The operator's one trail of the account (stack `openemr-audit`), shared by every
+    /// clinic and cluster there.
+    Shared,
+    /// The organisation's trail (`--organization-trail`): the operator makes none.
+    Organization,
+    /// The clinic's own trail into its bucket, as operators before the shared trail made
+    /// it: kept until the shared trail is ready, then removed.
+    Clinic,
+    /// Waiting for the shared trail: a new clinic's stack is created once it is ready, so
+    /// its activity is recorded from its first call.
+    Pending,
+    /// `spec.audit.cloudTrail` is false.
+    Off,
 }
 
 impl Default for AuditSpec {
@@ -862,6 +895,10 @@ pub struct OpenEMRDeploymentStatus {
     /// The newest image upgrade, in progress or done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeStatus>,
+
+    /// Where the clinic's AWS activity is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditStatus>,
 }
 
 /// The web tier as observed.

@@ -30,10 +30,11 @@ pub enum Service {
     SecretsManager,
     Kms,
     Efs,
+    CloudTrail,
 }
 
 impl Service {
-    pub const ALL: [Service; 7] = [
+    pub const ALL: [Service; 8] = [
         Service::Rds,
         Service::CloudFormation,
         Service::S3,
@@ -41,6 +42,7 @@ impl Service {
         Service::SecretsManager,
         Service::Kms,
         Service::Efs,
+        Service::CloudTrail,
     ];
 
     /// The service label of `openemr_aws_api_calls_total` (the SDK's service name, lowercase,
@@ -54,6 +56,7 @@ impl Service {
             Service::SecretsManager => "secretsmanager",
             Service::Kms => "kms",
             Service::Efs => "efs",
+            Service::CloudTrail => "cloudtrail",
         }
     }
 }
@@ -83,6 +86,7 @@ pub struct BudgetConfig {
     pub secrets_manager: Rate,
     pub kms: Rate,
     pub efs: Rate,
+    pub cloudtrail: Rate,
 }
 
 impl BudgetConfig {
@@ -95,6 +99,7 @@ impl BudgetConfig {
             Service::SecretsManager => self.secrets_manager,
             Service::Kms => self.kms,
             Service::Efs => self.efs,
+            Service::CloudTrail => self.cloudtrail,
         }
     }
 }
@@ -135,6 +140,11 @@ impl Default for BudgetConfig {
                 burst: 5,
             },
             efs: Rate {
+                per_second: 5,
+                burst: 5,
+            },
+            // The shared audit trail's status is read a few times an hour per account.
+            cloudtrail: Rate {
                 per_second: 5,
                 burst: 5,
             },
@@ -187,6 +197,12 @@ pub struct BudgetFlags {
     /// EFS requests that may go at once after a quiet period.
     #[arg(long, env = "EFS_BURST", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub efs_burst: u32,
+    /// CloudTrail requests per second, per account and region.
+    #[arg(long, env = "CLOUDTRAIL_REQUESTS_PER_SECOND", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cloudtrail_requests_per_second: u32,
+    /// CloudTrail requests that may go at once after a quiet period.
+    #[arg(long, env = "CLOUDTRAIL_BURST", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cloudtrail_burst: u32,
 }
 
 impl BudgetFlags {
@@ -219,6 +235,10 @@ impl BudgetFlags {
             efs: Rate {
                 per_second: self.efs_requests_per_second,
                 burst: self.efs_burst,
+            },
+            cloudtrail: Rate {
+                per_second: self.cloudtrail_requests_per_second,
+                burst: self.cloudtrail_burst,
             },
         }
     }
@@ -525,7 +545,8 @@ mod tests {
                 "sts",
                 "secretsmanager",
                 "kms",
-                "efs"
+                "efs",
+                "cloudtrail"
             ]
         );
     }

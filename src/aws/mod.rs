@@ -13,6 +13,7 @@
 pub mod accounts;
 pub mod budget;
 pub mod cloudformation;
+pub mod cloudtrail;
 pub mod error;
 pub mod inventory;
 pub mod rds;
@@ -70,6 +71,7 @@ pub struct AwsClients {
     pub sts: aws_sdk_sts::Client,
     pub kms: aws_sdk_kms::Client,
     pub efs: aws_sdk_efs::Client,
+    pub cloudtrail: aws_sdk_cloudtrail::Client,
     pub budgets: Arc<Budgets>,
 }
 
@@ -120,6 +122,10 @@ impl AwsClients {
             .interceptor(counter.clone())
             .build();
         let efs = aws_sdk_efs::config::Builder::from(config)
+            .region(aws_region.clone())
+            .interceptor(counter.clone())
+            .build();
+        let cloudtrail = aws_sdk_cloudtrail::config::Builder::from(config)
             .region(aws_region)
             .interceptor(counter)
             .build();
@@ -133,6 +139,7 @@ impl AwsClients {
             sts: aws_sdk_sts::Client::from_conf(sts),
             kms: aws_sdk_kms::Client::from_conf(kms),
             efs: aws_sdk_efs::Client::from_conf(efs),
+            cloudtrail: aws_sdk_cloudtrail::Client::from_conf(cloudtrail),
             budgets,
         }
     }

@@ -8,6 +8,7 @@
 //! [`Error`]. [`driver`] runs a kind's pipeline; [`triggers`] decides what wakes an object;
 //! [`state`] is the per-object memory.
 
+pub mod audit;
 pub mod backup;
 pub mod backup_policy;
 pub mod children;
@@ -152,6 +153,8 @@ pub struct ClinicAws {
     pub progress_interval: Duration,
     /// DB instances and stacks per account and region, read in pages and shared.
     pub inventory: Arc<crate::aws::inventory::Inventory>,
+    /// The shared audit trail of each account.
+    pub audit: Arc<audit::AuditTrails>,
     /// Setup Job limits and retries.
     pub workload: deployment::web::WorkloadConfig,
     /// Files with the CA bundles the web tier trusts: RDS's, ElastiCache's.

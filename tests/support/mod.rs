@@ -41,6 +41,9 @@ pub struct TestEnv {
 }
 
 static ENV: OnceLock<TestEnv> = OnceLock::new();
+
+/// The operator's default `--audit-region`, where the shared audit trail's stack is.
+pub const AUDIT_REGION: &str = "us-east-1";
 static PRIVATE_ENV: OnceLock<TestEnv> = OnceLock::new();
 
 /// The environment, started or found on first use, with the CRDs and the operator's RBAC
@@ -51,6 +54,7 @@ pub fn env() -> &'static TestEnv {
             vars: parse_env_file(&find_or_start()),
         };
         env.install_crds();
+        env.ensure_shared_audit_trail();
         env
     })
 }
@@ -127,6 +131,57 @@ fn parse_env_file(path: &Path) -> BTreeMap<String, String> {
 }
 
 impl TestEnv {
+    /// Makes the shared audit trail of moto's default account (as the operator makes it,
+    /// through its own code), so that every operator of the tests finds it ready: an
+    /// account's steady state, and the same calls for every test whichever runs first.
+    /// Its first creation is tested in an account of its own (a clinic with a role).
+    pub fn ensure_shared_audit_trail(&self) {
+        use openemr_operator::controller::audit::template::{DEFAULT_RETENTION_DAYS, TrailView};
+        use openemr_operator::controller::audit::{AuditMode, AuditTrails};
+        // Off the caller's runtime (this runs inside tests' own): a thread with its own.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(async {
+                        let config = self.aws(None).await;
+                        let clients = openemr_operator::aws::AwsClients::for_region(
+                            &config,
+                            AUDIT_REGION,
+                            std::sync::Arc::new(openemr_operator::metrics::Metrics::new()),
+                        );
+                        let trails = AuditTrails::new(
+                            AuditMode::Shared {
+                                region: AUDIT_REGION.into(),
+                                retention_days: DEFAULT_RETENTION_DAYS,
+                            },
+                            Duration::ZERO,
+                            Duration::ZERO,
+                        );
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        loop {
+                            let seen = trails.view(&clients).await;
+                            match seen.view {
+                                TrailView::Ready { .. } => break,
+                                TrailView::Failed(why) => panic!("the shared audit trail: {why}"),
+                                TrailView::Pending(_) => {}
+                            }
+                            assert!(
+                                Instant::now() < deadline,
+                                "the shared audit trail never got ready"
+                            );
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    });
+                })
+                .join()
+                .expect("making the shared audit trail");
+        });
+    }
+
     /// An AWS SDK configuration against this environment's moto, in `region` (or none:
     /// region-independent, as the operator's base configuration).
     pub async fn aws(&self, region: Option<&str>) -> aws_config::SdkConfig {

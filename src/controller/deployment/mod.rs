@@ -227,6 +227,7 @@ impl Reconcile for OpenEMRDeployment {
             waiting.push("web tier");
         }
         let aws_busy = infra_plan.in_progress || !infra_plan.changes.is_empty();
+        let infra_plan_recheck = infra_plan.recheck_after;
         let (ready, phase) = infra::overall(
             &waiting,
             infra_plan.failed,
@@ -250,10 +251,11 @@ impl Reconcile for OpenEMRDeployment {
         status.upgrade = web.upgrade;
         let requeue = if aws_busy || web.in_progress {
             Requeue::After(infra.progress_interval)
-        } else if let Some(after) = web.wake_after {
-            Requeue::After(after)
         } else {
-            Requeue::Resync
+            match web.wake_after.into_iter().chain(infra_plan_recheck).min() {
+                Some(after) => Requeue::After(after),
+                None => Requeue::Resync,
+            }
         };
         // The web tier's changes first: a hold must not wait behind an AWS call.
         let changes = (web.changes.into_iter().map(Change::Web))

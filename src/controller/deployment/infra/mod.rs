@@ -6,6 +6,7 @@
 
 pub mod act;
 pub mod adoption;
+pub mod audit;
 pub mod database;
 pub mod observe;
 pub mod ownership;
@@ -49,6 +50,19 @@ pub struct Infra {
     /// Another clinic of this cluster, still there, that adopted the same DB instance
     /// first (namespace, name).
     pub claimed_by: Option<(String, String)>,
+    /// Where the clinic's AWS activity is recorded.
+    pub audit: AuditView,
+}
+
+/// Where a clinic's AWS activity is recorded, as seen this time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditView {
+    /// `spec.audit.cloudTrail` is false.
+    Off,
+    /// The organisation's trail (its ARN): the operator makes none.
+    Organization(String),
+    /// The account's shared trail.
+    Shared(crate::controller::audit::template::TrailView),
 }
 
 /// What was read of an adopted bucket.
@@ -223,6 +237,9 @@ pub struct InfraPlan {
     pub waiting: Vec<&'static str>,
     /// The stack failed and needs a change to the spec or to AWS.
     pub failed: bool,
+    /// Nothing is being changed, but a state outside the clinic it waits for (the account's
+    /// shared audit trail) may change: look again after this.
+    pub recheck_after: Option<Duration>,
 }
 
 /// The `Ready` condition and the phase from the parts' readiness: `waiting` names the

@@ -6,13 +6,14 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
 use super::ownership::{Owner, owner_of};
-use super::{AdoptedBucket, Infra};
+use super::{AdoptedBucket, AuditView, Infra};
 use crate::api::OpenEMRDeployment;
 use crate::aws::cloudformation::{StackState, Stacks};
 use crate::aws::rds::Databases;
 use crate::aws::s3::Buckets;
+use crate::controller::audit::AuditMode;
 use crate::controller::deployment::clinic::{
-    ClinicNames, aws_error, clients, clinic_tags, db_identifier,
+    ClinicNames, announce, aws_error, clients, clinic_tags, db_identifier,
 };
 use crate::controller::{ClinicAws, Context, Error, lookup};
 
@@ -38,6 +39,31 @@ fn at_rest(d: &OpenEMRDeployment) -> bool {
             && s.observed_generation == d.metadata.generation
             && s.in_flight.is_none()
     })
+}
+
+/// Where the clinic's activity is recorded. A failure to read the shared trail is reported
+/// in `AuditReady` and never stops the rest of the clinic (only a new stack waits).
+async fn observe_audit(d: &OpenEMRDeployment, aws: &ClinicAws, ctx: &Context) -> AuditView {
+    if !d.spec.audit.cloud_trail {
+        return AuditView::Off;
+    }
+    let region = match aws.audit.mode() {
+        AuditMode::Organization { trail_arn } => return AuditView::Organization(trail_arn.clone()),
+        AuditMode::Shared { region, .. } => region,
+    };
+    let clients = aws
+        .pool
+        .clients(
+            d.spec.aws.role_arn.as_deref(),
+            crate::controller::audit::SESSION_NAME,
+            region,
+        )
+        .await;
+    let seen = aws.audit.view(&clients).await;
+    if let Some(note) = &seen.corrected {
+        announce(ctx, d, true, "AuditTrailRestarted", note).await;
+    }
+    AuditView::Shared(seen.view)
 }
 
 /// Reads the clinic's stack, its DB instance and its own credentials Secret;
@@ -158,7 +184,9 @@ pub async fn observe_infra(
         },
         _ => AdoptedBucket::NotRead,
     };
+    let audit = observe_audit(d, aws, ctx).await;
     Ok(Infra {
+        audit,
         adopted_bucket,
         names,
         tags,

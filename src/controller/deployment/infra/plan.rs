@@ -126,11 +126,30 @@ pub fn plan_infrastructure(
         });
     }
 
+    // Audit: decides whether the stack keeps a trail of its own, and whether a new stack
+    // waits for the account's shared trail.
+    let stack_exists = infra
+        .stack
+        .as_ref()
+        .is_some_and(|s| s.state() != StackState::Deleted);
+    let audit = super::audit::decide(
+        &infra.audit,
+        stack_exists,
+        infra
+            .stack
+            .as_ref()
+            .and_then(|s| s.outputs.get(template::OUT_BUCKET))
+            .map(String::as_str),
+        previous,
+    );
+    status.audit = Some(audit.status.clone());
+
     // The stack.
     let RenderedStack { body, hash } = template::render(&StackInputs {
         names,
         tags: &infra.tags,
         spec,
+        clinic_trail: audit.clinic_trail,
     });
     let request = |kind: &str| StackRequest {
         name: names.stack.clone(),
@@ -144,6 +163,17 @@ pub fn plan_infrastructure(
     let update_token = stack_token("update", &uid, generation, &hash);
     let mut sent_update = None;
     let stack_verdict = match &infra.stack {
+        _ if audit.hold_creation => {
+            in_progress = true;
+            Verdict::falsy(
+                "StackReady",
+                "WaitingForAuditTrail",
+                format!(
+                    "stack {} is created once the account's shared audit trail is ready: {}",
+                    names.stack, audit.verdict.message
+                ),
+            )
+        }
         None => {
             changes.push(InfraChange::CreateStack(request("create")));
             in_progress = true;
@@ -538,6 +568,10 @@ pub fn plan_infrastructure(
 
     let mut verdicts = vec![stack_verdict, database_verdict];
     verdicts.extend(adoption.or(approval));
+    let recheck_after = audit
+        .waits_for_shared_trail
+        .then_some(infra.progress_interval);
+    verdicts.push(audit.verdict);
     InfraPlan {
         verdicts,
         status,
@@ -545,6 +579,7 @@ pub fn plan_infrastructure(
         in_progress,
         waiting,
         failed,
+        recheck_after,
     }
 }
 
@@ -599,7 +634,7 @@ pub(crate) mod tests {
     use crate::api::deployment::DeploymentPhase;
     use crate::aws::rds::DbInstance;
     use crate::controller::deployment::clinic::{self, ClinicNames, ClusterId};
-    use crate::controller::deployment::infra::overall;
+    use crate::controller::deployment::infra::{AuditView, overall};
 
     pub(crate) fn clinic() -> OpenEMRDeployment {
         let spec: OpenEMRDeploymentSpec = serde_json::from_value(serde_json::json!({
@@ -631,15 +666,28 @@ pub(crate) mod tests {
             progress_interval: Duration::from_secs(30),
             adopted_bucket: AdoptedBucket::NotRead,
             claimed_by: None,
+            audit: crate::controller::deployment::infra::AuditView::Shared(
+                crate::controller::audit::template::TrailView::Ready {
+                    trail_arn: "arn:aws:cloudtrail:us-east-1:123456789012:trail/openemr-audit"
+                        .into(),
+                    bucket: "123456789012-openemr-audit-logs".into(),
+                },
+            ),
         }
     }
 
     /// A finished stack with every output, built from the template `d` renders to now.
     fn stable_stack(d: &OpenEMRDeployment, infra: &Infra) -> StackInfo {
+        stable_stack_with(d, infra, false)
+    }
+
+    /// Like [`stable_stack`], with or without the clinic's own trail.
+    fn stable_stack_with(d: &OpenEMRDeployment, infra: &Infra, clinic_trail: bool) -> StackInfo {
         let rendered = template::render(&StackInputs {
             names: &infra.names,
             tags: &infra.tags,
             spec: &d.spec,
+            clinic_trail,
         });
         let outputs = [
             (
@@ -723,6 +771,78 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_new_clinics_stack_waits_for_the_shared_audit_trail() {
+        use crate::controller::audit::template::TrailView;
+        let d = clinic();
+        let mut seen = infra(&d);
+        seen.credentials_secret = false;
+        seen.audit = AuditView::Shared(TrailView::Pending(
+            "stack openemr-audit is CREATE_IN_PROGRESS".into(),
+        ));
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
+        assert_eq!(actions(&plan), ["CreateCredentialsSecret"]);
+        assert_eq!(
+            reasons(&plan),
+            [
+                ("StackReady", false, "WaitingForAuditTrail"),
+                ("DatabaseReady", false, "WaitingForStack"),
+                ("AuditReady", false, "SharedTrailPending"),
+            ]
+        );
+        assert!(plan.in_progress, "looked at again soon");
+        assert_eq!(plan.recheck_after, Some(Duration::from_secs(30)));
+        // Without audit, nothing waits.
+        let mut d = clinic();
+        d.spec.audit.cloud_trail = false;
+        seen.audit = AuditView::Off;
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
+        assert_eq!(actions(&plan), ["CreateCredentialsSecret", "CreateStack"]);
+    }
+
+    #[test]
+    fn an_older_clinics_trail_stays_until_the_shared_trail_is_ready_then_goes() {
+        use crate::controller::audit::template::TrailView;
+        let d = clinic();
+        let mut seen = infra(&d);
+        // Made by an operator before the shared trail: its stack has the clinic's trail
+        // and its status says nothing of audit.
+        seen.stack = Some(stable_stack_with(&d, &seen, true));
+        let previous = OpenEMRDeploymentStatus::default();
+        seen.audit = AuditView::Shared(TrailView::Pending("creating".into()));
+        let plan = plan_infrastructure(&d, &seen, &previous, &[], now());
+        assert!(
+            !actions(&plan).contains(&"UpdateStack".to_string()),
+            "{:?}",
+            actions(&plan)
+        );
+        let audit = plan.status.audit.clone().unwrap();
+        assert_eq!(audit.scope, crate::api::deployment::AuditScope::Clinic);
+        // On its own trail, it is looked at again until the shared one is ready.
+        assert_eq!(plan.recheck_after, Some(Duration::from_secs(30)));
+        // The shared trail is ready: the stack is updated without the clinic's trail.
+        seen.audit = infra(&d).audit;
+        let plan = plan_infrastructure(&d, &seen, &plan.status, &[], now());
+        assert!(
+            actions(&plan).contains(&"UpdateStack".to_string()),
+            "{:?}",
+            actions(&plan)
+        );
+        let InfraChange::UpdateStack(request) = plan
+            .changes
+            .iter()
+            .find(|c| matches!(c, InfraChange::UpdateStack(_)))
+            .unwrap()
+        else {
+            unreachable!()
+        };
+        assert!(!request.body.contains("AWS::CloudTrail::Trail"));
+        assert_eq!(
+            plan.status.audit.unwrap().scope,
+            crate::api::deployment::AuditScope::Shared
+        );
+    }
+
+    #[test]
     fn a_new_clinic_gets_its_secret_and_stack_first() {
         let d = clinic();
         let mut seen = infra(&d);
@@ -734,6 +854,7 @@ pub(crate) mod tests {
             [
                 ("StackReady", false, "StackCreating"),
                 ("DatabaseReady", false, "WaitingForStack"),
+                ("AuditReady", true, "SharedTrail"),
             ]
         );
         assert!(plan.in_progress);

@@ -1,7 +1,8 @@
 //! The clinic's supporting CloudFormation stack, rendered as JSON by a pure function.
 //!
 //! This module owns what the stack holds — the clinic's KMS key and alias, its bucket and
-//! bucket policy, the CloudTrail trail into that bucket, the network pieces (a new VPC or the
+//! bucket policy, the clinic's own CloudTrail trail into that bucket while a clinic made
+//! before the shared audit trail waits for it, the network pieces (a new VPC or the
 //! existing subnets), the security group, the RDS subnet and parameter groups, the EFS file
 //! system and its mount targets, the Redis replication group — and the names of the outputs
 //! the controller reads back. The RDS instance is not here: it is driven through the RDS
@@ -102,6 +103,10 @@ pub struct StackInputs<'a> {
     /// the stack is created and updated with these as its tags.
     pub tags: &'a BTreeMap<String, String>,
     pub spec: &'a OpenEMRDeploymentSpec,
+    /// Keep the clinic's own CloudTrail trail into its bucket, as operators before the
+    /// shared audit trail made it: only until the shared trail is ready, so the logs have
+    /// no gap (see [`crate::controller::audit`]).
+    pub clinic_trail: bool,
 }
 
 /// A rendered template.
@@ -187,7 +192,12 @@ pub fn check(spec: &OpenEMRDeploymentSpec) -> Result<(), TemplateError> {
 
 /// Renders the stack of one clinic. Same input, byte-identical output.
 pub fn render(inputs: &StackInputs) -> RenderedStack {
-    let mut template = template(inputs);
+    hashed(template(inputs))
+}
+
+/// A template with its [`OUT_TEMPLATE_HASH`] output added: the hash of the template
+/// without it.
+pub fn hashed(mut template: Value) -> RenderedStack {
     let unhashed = template.to_string();
     let hash = clinic::hex(&Sha256::digest(unhashed.as_bytes()));
     template["Outputs"][OUT_TEMPLATE_HASH] = json!({
@@ -218,7 +228,7 @@ enum Source {
 fn template(inputs: &StackInputs) -> Value {
     let spec = inputs.spec;
     let names = inputs.names;
-    let audit = spec.audit.cloud_trail;
+    let audit = inputs.clinic_trail;
     let adopted_bucket = spec.adopt.as_ref().and_then(|a| a.bucket_name.clone());
 
     let mut resources = serde_json::Map::new();
@@ -344,15 +354,139 @@ pub fn tags_digest(tags: &BTreeMap<String, String>) -> String {
     clinic::hex(&Sha256::digest(canonical.as_bytes()))
 }
 
+// Pieces the shared audit stack's template (`controller::audit::template`) uses too.
+
 /// Data-holding resources outlive the stack and any replacement of themselves.
-fn retained(mut resource: Value) -> Value {
+pub(crate) fn retained(mut resource: Value) -> Value {
     resource["DeletionPolicy"] = json!("Retain");
     resource["UpdateReplacePolicy"] = json!("Retain");
     resource
 }
 
-fn sub(text: &str) -> Value {
+pub(crate) fn sub(text: &str) -> Value {
     json!({"Fn::Sub": text})
+}
+
+/// The account administers a key (rotation, deletion, policy); using it is granted apart.
+pub(crate) fn key_administration() -> Value {
+    json!({
+        "Sid": "AccountAdministersTheKey",
+        "Effect": "Allow",
+        "Principal": {"AWS": sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root")},
+        "Action": [
+            "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*",
+            "kms:Update*", "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*",
+            "kms:TagResource", "kms:UntagResource", "kms:ScheduleKeyDeletion",
+            "kms:CancelKeyDeletion", "kms:RotateKeyOnDemand",
+        ],
+        "Resource": "*",
+    })
+}
+
+/// CloudTrail may encrypt `trail`'s log files with the key (statement `encrypt_sid`), and
+/// describe it, for that trail only.
+pub(crate) fn cloudtrail_key_statements(trail: &Value, encrypt_sid: &str) -> [Value; 2] {
+    [
+        json!({
+            "Sid": encrypt_sid,
+            "Effect": "Allow",
+            "Principal": {"Service": "cloudtrail.amazonaws.com"},
+            "Action": "kms:GenerateDataKey*",
+            "Resource": "*",
+            "Condition": {"StringEquals": {
+                "aws:SourceArn": trail,
+                "kms:EncryptionContext:aws:cloudtrail:arn": trail,
+            }},
+        }),
+        json!({
+            "Sid": "CloudTrailDescribesTheKey",
+            "Effect": "Allow",
+            "Principal": {"Service": "cloudtrail.amazonaws.com"},
+            "Action": "kms:DescribeKey",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"aws:SourceArn": trail}},
+        }),
+    ]
+}
+
+/// A retained bucket named `name`: versioned, SSE-KMS under the key of logical id `key`
+/// with bucket keys, public access blocked, ACLs off.
+pub(crate) fn private_bucket(name: Value, key: &str) -> Value {
+    retained(json!({
+        "Type": "AWS::S3::Bucket",
+        "Properties": {
+            "BucketName": name,
+            "VersioningConfiguration": {"Status": "Enabled"},
+            "BucketEncryption": {"ServerSideEncryptionConfiguration": [{
+                "ServerSideEncryptionByDefault": {
+                    "SSEAlgorithm": "aws:kms",
+                    "KMSMasterKeyID": {"Fn::GetAtt": [key, "Arn"]},
+                },
+                "BucketKeyEnabled": true,
+            }]},
+            "PublicAccessBlockConfiguration": {
+                "BlockPublicAcls": true,
+                "BlockPublicPolicy": true,
+                "IgnorePublicAcls": true,
+                "RestrictPublicBuckets": true,
+            },
+            "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
+        },
+    }))
+}
+
+/// The bucket of logical id `bucket` and its objects refuse plain HTTP and TLS before 1.2.
+pub(crate) fn tls_only(bucket: &str) -> Vec<Value> {
+    let bucket_arn = json!({"Fn::GetAtt": [bucket, "Arn"]});
+    let objects = sub(&format!("${{{bucket}.Arn}}/*"));
+    vec![
+        json!({
+            "Sid": "DenyPlainHttp",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [bucket_arn, objects],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }),
+        json!({
+            "Sid": "DenyTlsBefore12",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [bucket_arn, objects],
+            "Condition": {"NumericLessThan": {"s3:TlsVersion": "1.2"}},
+        }),
+    ]
+}
+
+/// CloudTrail may check the ACL of the bucket of logical id `bucket` and write `trail`'s
+/// log files under `AWSLogs/<account>/` (statement `write_sid`), for that trail only.
+pub(crate) fn cloudtrail_bucket_statements(
+    bucket: &str,
+    trail: &Value,
+    write_sid: &str,
+) -> [Value; 2] {
+    [
+        json!({
+            "Sid": "CloudTrailChecksTheAcl",
+            "Effect": "Allow",
+            "Principal": {"Service": "cloudtrail.amazonaws.com"},
+            "Action": "s3:GetBucketAcl",
+            "Resource": {"Fn::GetAtt": [bucket, "Arn"]},
+            "Condition": {"StringEquals": {"aws:SourceArn": trail}},
+        }),
+        json!({
+            "Sid": write_sid,
+            "Effect": "Allow",
+            "Principal": {"Service": "cloudtrail.amazonaws.com"},
+            "Action": "s3:PutObject",
+            "Resource": sub(&format!("${{{bucket}.Arn}}/AWSLogs/${{AWS::AccountId}}/*")),
+            "Condition": {"StringEquals": {
+                "aws:SourceArn": trail,
+                "s3:x-amz-acl": "bucket-owner-full-control",
+            }},
+        }),
+    ]
 }
 
 fn trail_arn(names: &ClinicNames) -> Value {
@@ -377,18 +511,7 @@ fn kms_key(inputs: &StackInputs, audit: bool) -> Value {
     .map(|service| sub(&format!("{service}.${{AWS::Region}}.amazonaws.com")))
     .collect();
     let mut statements = vec![
-        json!({
-            "Sid": "AccountAdministersTheKey",
-            "Effect": "Allow",
-            "Principal": {"AWS": root},
-            "Action": [
-                "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*",
-                "kms:Update*", "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*",
-                "kms:TagResource", "kms:UntagResource", "kms:ScheduleKeyDeletion",
-                "kms:CancelKeyDeletion", "kms:RotateKeyOnDemand",
-            ],
-            "Resource": "*",
-        }),
+        key_administration(),
         json!({
             "Sid": "ClinicServicesUseTheKey",
             "Effect": "Allow",
@@ -405,26 +528,10 @@ fn kms_key(inputs: &StackInputs, audit: bool) -> Value {
         }),
     ];
     if audit {
-        let trail = trail_arn(inputs.names);
-        statements.push(json!({
-            "Sid": "CloudTrailEncryptsTheClinicTrail",
-            "Effect": "Allow",
-            "Principal": {"Service": "cloudtrail.amazonaws.com"},
-            "Action": "kms:GenerateDataKey*",
-            "Resource": "*",
-            "Condition": {"StringEquals": {
-                "aws:SourceArn": trail,
-                "kms:EncryptionContext:aws:cloudtrail:arn": trail,
-            }},
-        }));
-        statements.push(json!({
-            "Sid": "CloudTrailDescribesTheKey",
-            "Effect": "Allow",
-            "Principal": {"Service": "cloudtrail.amazonaws.com"},
-            "Action": "kms:DescribeKey",
-            "Resource": "*",
-            "Condition": {"StringEquals": {"aws:SourceArn": trail}},
-        }));
+        statements.extend(cloudtrail_key_statements(
+            &trail_arn(inputs.names),
+            "CloudTrailEncryptsTheClinicTrail",
+        ));
     }
     retained(json!({
         "Type": "AWS::KMS::Key",
@@ -437,71 +544,17 @@ fn kms_key(inputs: &StackInputs, audit: bool) -> Value {
 }
 
 fn bucket(inputs: &StackInputs) -> Value {
-    retained(json!({
-        "Type": "AWS::S3::Bucket",
-        "Properties": {
-            "BucketName": inputs.names.bucket,
-            "VersioningConfiguration": {"Status": "Enabled"},
-            "BucketEncryption": {"ServerSideEncryptionConfiguration": [{
-                "ServerSideEncryptionByDefault": {
-                    "SSEAlgorithm": "aws:kms",
-                    "KMSMasterKeyID": {"Fn::GetAtt": [KEY, "Arn"]},
-                },
-                "BucketKeyEnabled": true,
-            }]},
-            "PublicAccessBlockConfiguration": {
-                "BlockPublicAcls": true,
-                "BlockPublicPolicy": true,
-                "IgnorePublicAcls": true,
-                "RestrictPublicBuckets": true,
-            },
-            "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
-        },
-    }))
+    private_bucket(json!(inputs.names.bucket), KEY)
 }
 
 fn bucket_policy(inputs: &StackInputs, audit: bool) -> Value {
-    let bucket_arn = json!({"Fn::GetAtt": [BUCKET, "Arn"]});
-    let objects = sub(&format!("${{{BUCKET}.Arn}}/*"));
-    let mut statements = vec![
-        json!({
-            "Sid": "DenyPlainHttp",
-            "Effect": "Deny",
-            "Principal": "*",
-            "Action": "s3:*",
-            "Resource": [bucket_arn, objects],
-            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-        }),
-        json!({
-            "Sid": "DenyTlsBefore12",
-            "Effect": "Deny",
-            "Principal": "*",
-            "Action": "s3:*",
-            "Resource": [bucket_arn, objects],
-            "Condition": {"NumericLessThan": {"s3:TlsVersion": "1.2"}},
-        }),
-    ];
+    let mut statements = tls_only(BUCKET);
     if audit {
-        let trail = trail_arn(inputs.names);
-        statements.push(json!({
-            "Sid": "CloudTrailChecksTheAcl",
-            "Effect": "Allow",
-            "Principal": {"Service": "cloudtrail.amazonaws.com"},
-            "Action": "s3:GetBucketAcl",
-            "Resource": bucket_arn,
-            "Condition": {"StringEquals": {"aws:SourceArn": trail}},
-        }));
-        statements.push(json!({
-            "Sid": "CloudTrailWritesTheClinicTrail",
-            "Effect": "Allow",
-            "Principal": {"Service": "cloudtrail.amazonaws.com"},
-            "Action": "s3:PutObject",
-            "Resource": sub(&format!("${{{BUCKET}.Arn}}/AWSLogs/${{AWS::AccountId}}/*")),
-            "Condition": {"StringEquals": {
-                "aws:SourceArn": trail,
-                "s3:x-amz-acl": "bucket-owner-full-control",
-            }},
-        }));
+        statements.extend(cloudtrail_bucket_statements(
+            BUCKET,
+            &trail_arn(inputs.names),
+            "CloudTrailWritesTheClinicTrail",
+        ));
     }
     json!({
         "Type": "AWS::S3::BucketPolicy",
@@ -759,11 +812,14 @@ network:
         )
     }
 
+    /// Rendered with the clinic's own trail when `spec.audit.cloudTrail` is set: the
+    /// shape a clinic made before the shared trail keeps until that is ready.
     fn rendered(spec: &OpenEMRDeploymentSpec) -> RenderedStack {
         render(&StackInputs {
             names: &names(),
             tags: &tags_of(spec),
             spec,
+            clinic_trail: spec.audit.cloud_trail,
         })
     }
 
@@ -921,7 +977,7 @@ network:
                 "throughput",
                 Box::new(|s| s.documents.throughput_mode = ThroughputMode::Bursting),
             ),
-            ("audit", Box::new(|s| s.audit.cloud_trail = false)),
+            ("clinic trail", Box::new(|s| s.audit.cloud_trail = false)),
             (
                 "tags",
                 Box::new(|s| {
@@ -1092,7 +1148,7 @@ network:
     }
 
     #[test]
-    fn audit_writes_a_validated_encrypted_trail_under_awslogs() {
+    fn a_kept_clinic_trail_is_validated_encrypted_and_under_awslogs() {
         let t = template_of(&spec(EXISTING));
         let trail = &t["Resources"][TRAIL];
         let p = &trail["Properties"];
@@ -1118,7 +1174,7 @@ network:
     }
 
     #[test]
-    fn audit_off_has_no_trail_and_grants_cloudtrail_nothing() {
+    fn without_a_clinic_trail_cloudtrail_is_granted_nothing() {
         let mut s = spec(EXISTING);
         s.audit.cloud_trail = false;
         let t = template_of(&s);
