@@ -450,8 +450,9 @@ fn clinic_name(i: usize) -> String {
     format!("clinic-{i:05}")
 }
 
-/// The smallest clinic: a new VPC, defaults for everything else.
+/// The smallest clinic: the cluster's network, defaults for everything else.
 fn clinic(name: &str) -> Value {
+    let network = support::env().cluster_network(REGION);
     documents(&format!(
         "
 apiVersion: openemr.io/v1alpha1
@@ -459,7 +460,7 @@ kind: OpenEMRDeployment
 metadata: {{name: {name}}}
 spec:
   aws: {{region: {REGION}}}
-  network: {{newVpc: {{}}}}
+  network: {network}
   web: {{replicas: 0}}
 "
     ))
@@ -707,7 +708,7 @@ async fn run(env: &'static TestEnv, args: Args) -> anyhow::Result<()> {
             "budgets": "defaults unless operator_args say otherwise",
             // Set by the test harness's Operator (moto finishes everything at once).
             "progress_interval_seconds": 1,
-            "clinic": format!("aws.region {REGION}, network.newVpc {{}}, web.replicas 0 (the web tier stopped: no kubelet here)"),
+            "clinic": format!("aws.region {REGION}, network.existing (one VPC in moto), web.replicas 0 (the web tier stopped: no kubelet here)"),
         },
         "baseline": {"memory": baseline},
         "create_seconds": create_seconds,

@@ -28,6 +28,7 @@ const REGION: &str = "us-west-2";
 const INVENTORY: Duration = Duration::from_secs(3);
 
 fn clinic() -> serde_json::Value {
+    let network = env().cluster_network(REGION);
     documents(&format!(
         "
 apiVersion: openemr.io/v1alpha1
@@ -35,7 +36,7 @@ kind: OpenEMRDeployment
 metadata: {{name: clinic-p}}
 spec:
   aws: {{region: {REGION}}}
-  network: {{newVpc: {{cidr: 10.20.0.0/16}}}}
+  network: {network}
   # The web tier stopped: this file is about the AWS side (tests/web.rs runs it).
   web: {{replicas: 0}}
   database:
@@ -901,28 +902,12 @@ async fn adopted_resources_are_never_recreated_and_differences_are_reported_befo
 
 /// moto's view of `account`: the credentials of a role there, assumed as the operator does.
 async fn in_account(account: &str, region: &str) -> aws_config::SdkConfig {
-    let base = moto(region).await;
-    let assumed = aws_sdk_sts::Client::new(&base)
-        .assume_role()
-        .role_arn(format!("arn:aws:iam::{account}:role/test-reader"))
-        .role_session_name("test")
-        .send()
-        .await
-        .unwrap();
-    let c = assumed.credentials().unwrap();
-    base.to_builder()
-        .credentials_provider(
-            aws_credential_types::provider::SharedCredentialsProvider::new(
-                aws_credential_types::Credentials::new(
-                    c.access_key_id(),
-                    c.secret_access_key(),
-                    Some(c.session_token().to_string()),
-                    None,
-                    "test",
-                ),
-            ),
-        )
-        .build()
+    env().aws_in_account(account, region).await
+}
+
+/// `spec.network` of a clinic in `account`: the cluster's network there.
+fn network_in(account: &str, region: &str) -> serde_json::Value {
+    serde_yaml_ng::from_str(&env().cluster_network_in(Some(account), region)).unwrap()
 }
 
 /// A clinic in another account lands there, and is the first of its account: the account's
@@ -936,6 +921,7 @@ async fn a_clinic_with_a_role_lands_in_the_roles_account() {
     let mut manifest = clinic_with("elsewhere", "eu-west-1", "Retain", "");
     manifest["spec"]["aws"]["roleArn"] =
         format!("arn:aws:iam::{account}:role/openemr-clinic").into();
+    manifest["spec"]["network"] = network_in(account, "eu-west-1");
     apply(&client, &ns.name, &manifest).await.unwrap();
     let operator = Operator::start_with(
         env(),
@@ -1080,6 +1066,7 @@ async fn an_older_clinics_own_trail_goes_once_the_shared_trail_logs() {
     let mut manifest = clinic_with(name, region, "Retain", "");
     manifest["spec"]["aws"]["roleArn"] =
         format!("arn:aws:iam::{account}:role/openemr-clinic").into();
+    manifest["spec"]["network"] = network_in(account, region);
     apply(&client, &ns.name, &manifest).await.unwrap();
     let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
     let stored = clinics.get(name).await.unwrap();

@@ -278,15 +278,21 @@ fn doc(yaml: &str) -> serde_json::Value {
     documents(yaml).remove(0)
 }
 
-const CLINIC: &str = "
+/// The clinic the operator test provisions, on the cluster's network in moto.
+fn clinic_a() -> serde_json::Value {
+    let network = env().cluster_network("us-east-1");
+    doc(&format!(
+        "
 apiVersion: openemr.io/v1alpha1
 kind: OpenEMRDeployment
-metadata: {name: clinic-a}
+metadata: {{name: clinic-a}}
 spec:
-  aws: {region: us-east-1}
-  network: {newVpc: {}}
-  web: {replicas: 0}
-";
+  aws: {{region: us-east-1}}
+  network: {network}
+  web: {{replicas: 0}}
+"
+    ))
+}
 
 #[tokio::test]
 async fn operator_runs_validates_reports_ready_and_exits_zero_on_sigterm() {
@@ -310,7 +316,7 @@ spec:
   deploymentRef: {name: clinic-b}
 ");
     for d in [
-        doc(CLINIC),
+        clinic_a(),
         policy_bad_zone.clone(),
         backup_of_missing_clinic.clone(),
     ] {
@@ -327,7 +333,7 @@ spec:
 
     let accepted = wait_for_reason(&clinics, "clinic-a", "Accepted", "Valid").await;
     assert_eq!(accepted.status, "True");
-    // The clinic (a new VPC) becomes its infrastructure in moto.
+    // The clinic (on the cluster's network) becomes its infrastructure in moto.
     let ready = wait_for_reason(&clinics, "clinic-a", "Ready", "Ready").await;
     assert_eq!(ready.status, "True");
     assert_eq!(
@@ -363,7 +369,7 @@ spec:
     fixed["spec"]["timeZone"] = "Europe/Berlin".into();
     apply(&client, &ns.name, &fixed).await.unwrap();
     wait_for_reason(&policies, "nightly", "Accepted", "Valid").await;
-    let mut clinic_b = doc(CLINIC);
+    let mut clinic_b = clinic_a();
     clinic_b["metadata"]["name"] = "clinic-b".into();
     apply(&client, &ns.name, &clinic_b).await.unwrap();
     eventually(
@@ -626,7 +632,7 @@ async fn a_credentials_secret_without_password_is_refused_and_its_values_never_a
         .create(&Default::default(), &secret)
         .await
         .unwrap();
-    let mut clinic = doc(CLINIC);
+    let mut clinic = clinic_a();
     clinic["spec"]["database"] = serde_json::json!({"credentialsSecretRef": {"name": "clinic-db"}});
     apply(&client, &ns.name, &clinic).await.unwrap();
 

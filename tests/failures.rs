@@ -60,6 +60,7 @@ fn restore_rbac(env: &TestEnv) {
 }
 
 fn clinic(name: &str) -> serde_json::Value {
+    let network = env().cluster_network("us-east-1");
     documents(&format!(
         "
 apiVersion: openemr.io/v1alpha1
@@ -67,7 +68,7 @@ kind: OpenEMRDeployment
 metadata: {{name: {name}}}
 spec:
   aws: {{region: us-east-1}}
-  network: {{newVpc: {{}}}}
+  network: {network}
   database: {{credentialsSecretRef: {{name: clinic-db}}}}
   # The web tier stopped: this file is about the reconcile driver and the AWS side.
   web: {{replicas: 0}}
@@ -181,6 +182,92 @@ async fn a_failing_read_is_retried_with_a_doubling_backoff_and_reported() {
     )
     .await;
     assert_eq!(operator.terminate().code(), Some(0));
+}
+
+/// A clinic stored with `spec.network.newVpc` before new VPCs were refused (made here under
+/// the CRD without that rule) stays readable and updatable; a new one is refused with a
+/// message that says why and what to use instead.
+#[tokio::test]
+async fn a_clinic_stored_with_a_new_vpc_stays_updatable_and_new_ones_are_refused() {
+    const RULE: &str = "oldSelf.hasValue() || !has(self.newVpc)";
+    let _turn = TURNS.lock().await;
+    let env = env();
+    let client = env.admin().await;
+    let ns = TestNamespace::new(env, "old-vpc").await;
+    let crds = openemr_operator::api::all_crds_yaml().unwrap();
+    assert!(crds.contains(RULE), "the CRD refuses new VPCs");
+    let mut before: Vec<serde_json::Value> = documents(&crds);
+    for crd in &mut before {
+        drop_rule(crd, RULE);
+    }
+    let before: Vec<String> = before.iter().map(|c| c.to_string()).collect();
+    env.kubectl_stdin(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        &before.join("\n---\n"),
+    );
+    let clinic = |name: &str| {
+        documents(&format!(
+            "
+apiVersion: openemr.io/v1alpha1
+kind: OpenEMRDeployment
+metadata: {{name: {name}}}
+spec:
+  aws: {{region: us-east-1}}
+  network: {{newVpc: {{}}}}
+  web: {{replicas: 0}}
+"
+        ))
+        .remove(0)
+    };
+    // The API server may take a moment to serve the changed schema.
+    eventually(
+        Duration::from_secs(30),
+        "the older CRD in force",
+        || async { apply(&client, &ns.name, &clinic("old")).await.ok() },
+    )
+    .await;
+    env.install_crds();
+    // The rule is back (the API server may serve the older schema for a moment).
+    let refused = eventually(
+        Duration::from_secs(30),
+        "new VPCs refused again",
+        || async {
+            match apply(&client, &ns.name, &clinic("new")).await {
+                Err(kube::Error::Api(status)) => Some(status.message),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    assert!(
+        refused.contains("spec.network.newVpc is no longer accepted for new clinics")
+            && refused.contains("spec.network.existing"),
+        "{refused}"
+    );
+    // The stored clinic is still updated (its network unchanged) and read.
+    let mut changed = clinic("old");
+    changed["spec"]["web"]["replicas"] = 1.into();
+    apply(&client, &ns.name, &changed).await.unwrap();
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let stored = clinics.get("old").await.unwrap();
+    assert!(stored.spec.network.new_vpc.is_some());
+    assert_eq!(stored.spec.web.replicas, 1);
+}
+
+/// Removes every CEL rule `rule` from a CRD's schemas.
+fn drop_rule(value: &mut serde_json::Value, rule: &str) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::Array(rules)) = map.get_mut("x-kubernetes-validations") {
+                rules.retain(|r| r["rule"] != rule);
+            }
+            for v in map.values_mut() {
+                drop_rule(v, rule);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| drop_rule(v, rule)),
+        _ => {}
+    }
 }
 
 /// A transient API error across 100 clinics: each one's first reconcile fails, the retry

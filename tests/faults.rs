@@ -812,3 +812,125 @@ async fn a_create_stack_conflict_other_than_already_exists_is_an_error() {
     .await;
     drop(operator);
 }
+
+/// RDS states that moto never shows, made by the proxy: a `storage-full` instance gets room
+/// at once (RDS's least step, +10 %), and a parameter change waiting for a reboot gets one
+/// (here `applyChanges: Immediately`), once.
+#[tokio::test]
+async fn a_full_instance_gets_room_and_a_pending_reboot_gets_one() {
+    let client = env().admin().await;
+    let region = "ca-central-1";
+    let ns = TestNamespace::new(env(), "faults-rds-states").await;
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let manifest = support::clinic_manifest(
+        "full",
+        region,
+        "  database: {allocatedStorageGiB: 20, applyChanges: Immediately}\n",
+    );
+    apply(&client, &ns.name, &manifest).await.unwrap();
+    let operator = operator_through(&proxy, &ns.name, &["--inventory-interval", "2s"]);
+    let api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    eventually(Duration::from_secs(90), "the clinic ready", || async {
+        is_ready(&api, "full").await.then_some(())
+    })
+    .await;
+    let identifier = api
+        .get("full")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .database
+        .unwrap()
+        .identifier;
+    let rds = aws_sdk_rds::Client::new(&env().aws(Some(region)).await);
+    let storage = || async {
+        rds.describe_db_instances()
+            .db_instance_identifier(&identifier)
+            .send()
+            .await
+            .unwrap()
+            .db_instances()[0]
+            .allocated_storage()
+            .unwrap()
+    };
+    assert_eq!(storage().await, 20);
+    assert_eq!(proxy.counts("ModifyDBInstance").seen, 0);
+
+    // The disk is full (the inventory's next page says so; the answers after are true).
+    proxy.set(
+        "DescribeDBInstances",
+        Rule::default()
+            .rewrite(
+                "<DBInstanceStatus>available</DBInstanceStatus>",
+                "<DBInstanceStatus>storage-full</DBInstanceStatus>",
+            )
+            .times(1),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the storage grown in RDS",
+        || async { (storage().await == 22).then_some(()) },
+    )
+    .await;
+    let grown = events_named(&client, &ns.name, "full", "DatabaseModified").await;
+    assert!(
+        grown.contains("allocatedStorageGiB: 20 → 22 (the instance is storage-full)"),
+        "{grown}"
+    );
+    eventually(Duration::from_secs(60), "ready again", || async {
+        is_ready(&api, "full").await.then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        proxy.counts("ModifyDBInstance").seen,
+        1,
+        "one growth: {}",
+        proxy.report()
+    );
+
+    // A parameter change waits for a reboot: one reboot, then RDS says in-sync.
+    proxy.set(
+        "DescribeDBInstances",
+        Rule::default()
+            .rewrite(
+                "<ParameterApplyStatus>in-sync</ParameterApplyStatus>",
+                "<ParameterApplyStatus>pending-reboot</ParameterApplyStatus>",
+            )
+            .times(1),
+    );
+    eventually(Duration::from_secs(30), "a reboot", || async {
+        (proxy.counts("RebootDBInstance").seen >= 1).then_some(())
+    })
+    .await;
+    let rebooted = events_named(&client, &ns.name, "full", "DatabaseRebooted").await;
+    assert!(rebooted.contains("Immediately"), "{rebooted}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        proxy.counts("RebootDBInstance").seen,
+        1,
+        "{}",
+        proxy.report()
+    );
+    drop(operator);
+}
+
+/// The note of the first Event `reason` on `name`.
+async fn events_named(client: &kube::Client, ns: &str, name: &str, reason: &str) -> String {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    eventually(Duration::from_secs(30), reason, || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            })
+            .and_then(|e| e.note)
+    })
+    .await
+}

@@ -29,7 +29,7 @@ use openemr_operator::api::OpenEMRDeploymentSpec;
 use openemr_operator::controller::audit::template as audit;
 use openemr_operator::controller::deployment::clinic::{self, ClinicNames, ClusterId};
 use openemr_operator::controller::deployment::infra::template::{self, RenderedStack, StackInputs};
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::{REPO, documents, env, files};
 
 /// A clinic to render: a label (the file name), where its names come from, and its spec.
@@ -610,40 +610,12 @@ async fn new_vpc_clinic_stacks_create_side_by_side_in_moto() {
 #[tokio::test]
 async fn an_existing_network_clinic_stack_creates_in_moto() {
     let region = "us-west-2";
-    let config = sdk_config(region).await;
-    let cfn = aws_sdk_cloudformation::Client::new(&config);
     // The cluster's network, made the way a cluster's own tooling would.
-    let fixture = json!({
-        "Resources": {
-            "Vpc": {"Type": "AWS::EC2::VPC", "Properties": {"CidrBlock": "10.70.0.0/16"}},
-            "SubnetA": {"Type": "AWS::EC2::Subnet", "Properties": {
-                "VpcId": {"Ref": "Vpc"}, "CidrBlock": "10.70.0.0/20", "AvailabilityZone": "us-west-2a"}},
-            "SubnetB": {"Type": "AWS::EC2::Subnet", "Properties": {
-                "VpcId": {"Ref": "Vpc"}, "CidrBlock": "10.70.16.0/20", "AvailabilityZone": "us-west-2b"}},
-            "ClusterSecurityGroup": {"Type": "AWS::EC2::SecurityGroup", "Properties": {
-                "GroupDescription": "cluster nodes", "VpcId": {"Ref": "Vpc"}}},
-        },
-        "Outputs": {
-            "Vpc": {"Value": {"Ref": "Vpc"}},
-            "SubnetA": {"Value": {"Ref": "SubnetA"}},
-            "SubnetB": {"Value": {"Ref": "SubnetB"}},
-            "ClusterSecurityGroup": {"Value": {"Fn::GetAtt": ["ClusterSecurityGroup", "GroupId"]}},
-        },
-    });
-    let net = create_stack(
-        &cfn,
-        &format!("cluster-network-{}", run_cluster()),
-        &fixture.to_string(),
-        &BTreeMap::new(),
-    )
-    .await;
+    let network = env().cluster_network(region);
     let clinic = Clinic::new(
         &run_cluster(),
         "existing",
-        spec(&format!(
-            "aws: {{region: {region}}}\nnetwork:\n  existing:\n    vpcId: {}\n    subnetIds: [{}, {}]\n    clusterSecurityGroupId: {}\n",
-            net["Vpc"], net["SubnetA"], net["SubnetB"], net["ClusterSecurityGroup"]
-        )),
+        spec(&format!("aws: {{region: {region}}}\nnetwork: {network}\n")),
     );
     clinic_stack_in_moto(&clinic, region).await;
 }

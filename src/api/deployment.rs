@@ -137,6 +137,9 @@ pub struct AwsPlacement {
         .message("spec.network must set exactly one of existing or newVpc"),
     validation = Rule::new("self == oldSelf")
         .message("spec.network is immutable: a clinic's data cannot move between VPCs in place; restore it side by side instead"),
+    validation = Rule::new("oldSelf.hasValue() || !has(self.newVpc)")
+        .optional_old_self(true)
+        .message("spec.network.newVpc is no longer accepted for new clinics: nothing in the cluster could reach the new VPC's database, file system or cache (no peering or routes are made); use spec.network.existing with the cluster's VPC, private subnets and security group"),
 )]
 pub struct NetworkSpec {
     /// Use the cluster's VPC: the database and file system go into these subnets and admit
@@ -144,7 +147,9 @@ pub struct NetworkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub existing: Option<ExistingNetwork>,
 
-    /// Create a dedicated VPC for the clinic (peering it with the cluster is up to you).
+    /// A dedicated VPC for the clinic. Refused for new clinics: the operator makes no
+    /// peering or routes, so the cluster could not reach it. Kept for clinics made with it
+    /// before, which the operator still manages (peering them is up to you).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_vpc: Option<NewVpc>,
 }

@@ -35,6 +35,9 @@ pub struct DbInstance {
     pub storage_encrypted: bool,
     pub kms_key_id: Option<String>,
     pub parameter_groups: Vec<String>,
+    /// `ParameterApplyStatus` of the parameter groups that are not `in-sync` (e.g.
+    /// `pending-reboot`: a change that takes effect only when the instance restarts).
+    pub parameter_apply_status: Option<String>,
     pub subnet_group: Option<String>,
     pub security_groups: Vec<String>,
     pub copy_tags_to_snapshot: bool,
@@ -161,6 +164,11 @@ pub trait Databases {
         &self,
         request: &ModifyDb,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Restarts the instance (a parameter change that waits for a reboot takes effect).
+    fn reboot_instance(
+        &self,
+        identifier: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
     fn describe_snapshot(
         &self,
         identifier: &str,
@@ -246,6 +254,12 @@ fn instance(db: &aws_sdk_rds::types::DbInstance) -> DbInstance {
             .iter()
             .filter_map(|g| g.db_parameter_group_name().map(str::to_string))
             .collect(),
+        parameter_apply_status: db
+            .db_parameter_groups()
+            .iter()
+            .filter_map(|g| g.parameter_apply_status())
+            .find(|s| *s != "in-sync")
+            .map(str::to_string),
         subnet_group: db
             .db_subnet_group()
             .and_then(|g| g.db_subnet_group_name())
@@ -418,6 +432,17 @@ impl Databases for AwsClients {
             .set_auto_minor_version_upgrade(m.auto_minor_version_upgrade)
             .send();
         self.call(Service::Rds, "ModifyDBInstance", request)
+            .await
+            .map(|_| ())
+    }
+
+    async fn reboot_instance(&self, identifier: &str) -> Result<(), AwsError> {
+        let request = self
+            .rds
+            .reboot_db_instance()
+            .db_instance_identifier(identifier)
+            .send();
+        self.call(Service::Rds, "RebootDBInstance", request)
             .await
             .map(|_| ())
     }

@@ -182,6 +182,142 @@ impl TestEnv {
         });
     }
 
+    /// `spec.network` (a YAML flow mapping) of a clinic on "the cluster's" network in
+    /// `region`: a VPC with two private subnets and a security group in this environment's
+    /// moto, made once per process and region (by a CloudFormation stack, as a cluster's own
+    /// tooling would). New clinics cannot have a new VPC of their own.
+    pub fn cluster_network(&self, region: &str) -> String {
+        self.cluster_network_in(None, region)
+    }
+
+    /// Like [`TestEnv::cluster_network`], in `account` of moto (through a role there) when
+    /// given: a clinic with a role has its network in the role's account.
+    pub fn cluster_network_in(&self, account: Option<&str>, region: &str) -> String {
+        use std::collections::HashMap;
+        use std::sync::Mutex;
+        type Made = HashMap<(String, Option<String>, String), String>;
+        static MADE: Mutex<Option<Made>> = Mutex::new(None);
+        let key = (
+            self.var("AWS_ENDPOINT_URL").to_string(),
+            account.map(str::to_string),
+            region.to_string(),
+        );
+        // Held while making it: tests of one process asking at once share one network.
+        let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(network) = made.get_or_insert_with(HashMap::new).get(&key) {
+            return network.clone();
+        }
+        let network = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                        .block_on(self.make_cluster_network(account, region))
+                })
+                .join()
+                .expect("making the cluster's network")
+        });
+        made.get_or_insert_with(HashMap::new)
+            .insert(key, network.clone());
+        network
+    }
+
+    async fn make_cluster_network(&self, account: Option<&str>, region: &str) -> String {
+        let template = serde_json::json!({
+            "Resources": {
+                "Vpc": {"Type": "AWS::EC2::VPC", "Properties": {"CidrBlock": "10.200.0.0/16"}},
+                "SubnetA": {"Type": "AWS::EC2::Subnet", "Properties": {
+                    "VpcId": {"Ref": "Vpc"}, "CidrBlock": "10.200.0.0/20",
+                    "AvailabilityZone": format!("{region}a")}},
+                "SubnetB": {"Type": "AWS::EC2::Subnet", "Properties": {
+                    "VpcId": {"Ref": "Vpc"}, "CidrBlock": "10.200.16.0/20",
+                    "AvailabilityZone": format!("{region}b")}},
+                "ClusterSecurityGroup": {"Type": "AWS::EC2::SecurityGroup", "Properties": {
+                    "GroupDescription": "cluster nodes", "VpcId": {"Ref": "Vpc"}}},
+            },
+            "Outputs": {
+                "Vpc": {"Value": {"Ref": "Vpc"}},
+                "SubnetA": {"Value": {"Ref": "SubnetA"}},
+                "SubnetB": {"Value": {"Ref": "SubnetB"}},
+                "ClusterSecurityGroup": {"Value": {"Fn::GetAtt": ["ClusterSecurityGroup", "GroupId"]}},
+            },
+        });
+        let config = match account {
+            Some(account) => self.aws_in_account(account, region).await,
+            None => self.aws(Some(region)).await,
+        };
+        let cfn = aws_sdk_cloudformation::Client::new(&config);
+        let name = format!("test-cluster-network-{}", std::process::id());
+        cfn.create_stack()
+            .stack_name(&name)
+            .template_body(template.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("creating the cluster's network in {region}: {e:?}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let described = cfn
+                .describe_stacks()
+                .stack_name(&name)
+                .send()
+                .await
+                .unwrap();
+            let stack = &described.stacks()[0];
+            if stack.stack_status()
+                == Some(&aws_sdk_cloudformation::types::StackStatus::CreateComplete)
+            {
+                let out: BTreeMap<String, String> = stack
+                    .outputs()
+                    .iter()
+                    .map(|o| {
+                        (
+                            o.output_key().unwrap_or_default().to_string(),
+                            o.output_value().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect();
+                return format!(
+                    "{{existing: {{vpcId: {}, subnetIds: [{}, {}], clusterSecurityGroupId: {}}}}}",
+                    out["Vpc"], out["SubnetA"], out["SubnetB"], out["ClusterSecurityGroup"]
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster's network never completed"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// An AWS SDK configuration in `account` of this environment's moto: the credentials
+    /// of a role there, assumed as the operator does.
+    pub async fn aws_in_account(&self, account: &str, region: &str) -> aws_config::SdkConfig {
+        let base = self.aws(Some(region)).await;
+        let assumed = aws_sdk_sts::Client::new(&base)
+            .assume_role()
+            .role_arn(format!("arn:aws:iam::{account}:role/test-reader"))
+            .role_session_name("test")
+            .send()
+            .await
+            .unwrap();
+        let c = assumed.credentials().unwrap();
+        base.to_builder()
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(
+                    aws_credential_types::Credentials::new(
+                        c.access_key_id(),
+                        c.secret_access_key(),
+                        Some(c.session_token().to_string()),
+                        None,
+                        "test",
+                    ),
+                ),
+            )
+            .build()
+    }
+
     /// An AWS SDK configuration against this environment's moto, in `region` (or none:
     /// region-independent, as the operator's base configuration).
     pub async fn aws(&self, region: Option<&str>) -> aws_config::SdkConfig {
@@ -495,9 +631,10 @@ pub fn is_mutating(operation: &str) -> bool {
     .any(|verb| operation.starts_with(verb))
 }
 
-/// A clinic with a new VPC in `region`; `extra` is more of its spec, as YAML lines
-/// indented by two spaces.
+/// A clinic on the cluster's network in `region` ([`TestEnv::cluster_network`] of
+/// [`env`]); `extra` is more of its spec, as YAML lines indented by two spaces.
 pub fn clinic_manifest(name: &str, region: &str, extra: &str) -> serde_json::Value {
+    let network = env().cluster_network(region);
     documents(&format!(
         "
 apiVersion: openemr.io/v1alpha1
@@ -505,7 +642,7 @@ kind: OpenEMRDeployment
 metadata: {{name: {name}}}
 spec:
   aws: {{region: {region}}}
-  network: {{newVpc: {{}}}}
+  network: {network}
   web: {{replicas: 0}}
 {extra}
 "

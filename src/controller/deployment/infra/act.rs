@@ -89,6 +89,24 @@ pub async fn act(
             .await;
             Ok(())
         }
+        InfraChange::RebootDatabase { identifier, why } => {
+            clients(d, aws)
+                .await
+                .reboot_instance(identifier)
+                .await
+                .map_err(aws_error("rebooting the DB instance"))?;
+            announce(
+                ctx,
+                d,
+                false,
+                "DatabaseRebooted",
+                &format!(
+                    "rebooting DB instance {identifier} so that its parameter group change takes effect ({why})"
+                ),
+            )
+            .await;
+            Ok(())
+        }
         InfraChange::CreateDatabase { request, master } => {
             let mut request = (**request).clone();
             if let MasterSource::UserSecret(secret) = master {

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use super::rds_states::storage_step;
 use crate::api::deployment::{ApplyChanges, DatabaseSpec};
 use crate::aws::rds::{CreateDb, DbInstance, MasterPassword, ModifyDb};
 
@@ -128,15 +129,26 @@ pub fn differences(spec: &DatabaseSpec, placement: &Placement, db: &DbInstance) 
             true,
         );
     }
+    // Deferred while RDS optimises the last storage change (it refuses another until then).
     if db.allocated_storage < spec.allocated_storage_gi_b
         && pending
             .allocated_storage
             .is_none_or(|p| p < spec.allocated_storage_gi_b)
+        && db.status != "storage-optimization"
     {
+        let step = storage_step(db.allocated_storage, spec.allocated_storage_gi_b);
+        let to = if step == spec.allocated_storage_gi_b {
+            step.to_string()
+        } else {
+            format!(
+                "{step} ({} rounded up: RDS grows storage by at least 10 %)",
+                spec.allocated_storage_gi_b
+            )
+        };
         differ(
             "allocatedStorageGiB",
             db.allocated_storage.to_string(),
-            spec.allocated_storage_gi_b.to_string(),
+            to,
             true,
         );
     }
@@ -296,7 +308,12 @@ pub fn modification(
                 m.allow_major_version_upgrade =
                     major(&spec.engine_version) != major(&db.engine_version);
             }
-            "allocatedStorageGiB" => m.allocated_storage = Some(spec.allocated_storage_gi_b),
+            "allocatedStorageGiB" => {
+                m.allocated_storage = Some(storage_step(
+                    db.allocated_storage,
+                    spec.allocated_storage_gi_b,
+                ))
+            }
             "maxAllocatedStorageGiB" => {
                 m.max_allocated_storage = Some(
                     spec.max_allocated_storage_gi_b

@@ -11,6 +11,7 @@ pub mod database;
 pub mod observe;
 pub mod ownership;
 pub mod plan;
+pub mod rds_states;
 pub mod template;
 
 use std::collections::BTreeMap;
@@ -117,6 +118,11 @@ pub enum InfraChange {
         request: ModifyDb,
         differences: Vec<Difference>,
     },
+    /// Restarts the DB instance so a parameter change waiting for it takes effect.
+    RebootDatabase {
+        identifier: String,
+        why: String,
+    },
     /// Puts the clinic's tags on its DB instance (an adopted one is claimed so: the claim
     /// outlives the operator's memory) and removes the `spec.tags` keys the spec dropped.
     TagDatabase {
@@ -158,6 +164,9 @@ impl std::fmt::Debug for InfraChange {
                     request.identifier,
                     list.join("; ")
                 )
+            }
+            InfraChange::RebootDatabase { identifier, .. } => {
+                write!(f, "RebootDatabase({identifier})")
             }
             InfraChange::TagDatabase {
                 identifier,
@@ -214,14 +223,21 @@ impl InfraChange {
             InfraChange::TagDatabase { identifier, .. } => {
                 ("AddTagsToResource".into(), identifier.clone())
             }
+            InfraChange::RebootDatabase { identifier, .. } => {
+                ("RebootDBInstance".into(), identifier.clone())
+            }
         }
     }
 
     /// Whether the intent is stored in status before the call: for AWS calls whose
     /// repetition after a crash must be recognised (all but tagging).
     pub fn recorded(&self) -> bool {
-        // Tagging is idempotent: a repeat after a crash changes nothing.
-        !matches!(self, InfraChange::TagDatabase { .. })
+        // Tagging is idempotent: a repeat after a crash changes nothing. A reboot is planned
+        // only for an instance that serves, so a rebooting one is never rebooted again.
+        !matches!(
+            self,
+            InfraChange::TagDatabase { .. } | InfraChange::RebootDatabase { .. }
+        )
     }
 }
 

@@ -17,12 +17,14 @@ use super::adoption::{
     ADOPTED, adoption_reported, adoption_verdict, approval_verdict, awaiting_approval,
     bucket_claim, bucket_differences,
 };
-use super::database::{self, Placement};
+use super::database::{self, Difference, Placement};
+use super::rds_states::{self, Reboot, StorageFull};
 use super::template::{self, RenderedStack, StackInputs};
 use super::{AdoptedBucket, Infra, InfraChange, InfraPlan, MasterSource};
 use crate::api::deployment::{DatabaseStatus, StackStatus};
 use crate::api::{OpenEMRDeployment, OpenEMRDeploymentStatus};
 use crate::aws::cloudformation::{StackFailure, StackInfo, StackRequest, StackState};
+use crate::aws::rds::{DbInstance, ModifyDb};
 use crate::conditions::Verdict;
 use crate::controller::deployment::clinic::db_identifier;
 
@@ -318,6 +320,8 @@ pub fn plan_infrastructure(
         .map(|db| db.tag_keys.clone())
         .unwrap_or_default();
     let mut tag_keys = previous_tag_keys.clone();
+    let mut reboot_note: Option<String> = None;
+    let mut reboot_recheck: Option<Duration> = None;
     let database_verdict = match (&infra.database, &placement) {
         _ if credentials_lost => Verdict::falsy(
             "DatabaseReady",
@@ -375,6 +379,22 @@ pub fn plan_infrastructure(
             )
         }
         (Some(db), placement) => {
+            // States that need the operator, not time.
+            let state_verdict = if reporting {
+                None
+            } else {
+                act_on_state(
+                    &identifier,
+                    spec,
+                    db,
+                    placement.as_ref(),
+                    adopted.is_some(),
+                    &mut changes,
+                )
+            };
+            if state_verdict.is_some() {
+                in_progress = true;
+            }
             if let Some(placement) = placement.as_ref().filter(|_| serving(&db.status)) {
                 let diffs = database::differences(&spec.database, placement, db);
                 // An adopted instance keeps what RDS changes with an outage until the
@@ -403,6 +423,30 @@ pub fn plan_infrastructure(
                             differences,
                         });
                         in_progress = true;
+                    } else {
+                        // A parameter change waiting for a restart; an adopted instance is
+                        // never restarted by the operator, only told about.
+                        match rds_states::reboot(&spec.database, db, now) {
+                            Reboot::Now { why } if adopted.is_none() => {
+                                changes.push(InfraChange::RebootDatabase {
+                                    identifier: identifier.clone(),
+                                    why,
+                                });
+                                in_progress = true;
+                            }
+                            Reboot::Now { .. } => {
+                                reboot_note = Some(
+                                    "; a parameter change waits for a reboot, which the operator never makes on an adopted instance".to_string(),
+                                );
+                            }
+                            Reboot::InWindow { window, opens_in } => {
+                                reboot_note = Some(format!(
+                                    "; a parameter change waits for a reboot, made in the maintenance window {window}"
+                                ));
+                                reboot_recheck = Some(opens_in.max(Duration::from_secs(1)));
+                            }
+                            Reboot::NotNeeded => {}
+                        }
                     }
                 }
             }
@@ -436,8 +480,14 @@ pub fn plan_infrastructure(
                 Verdict::truthy(
                     "DatabaseReady",
                     "DatabaseAvailable",
-                    format!("DB instance {identifier} is {}", db.status),
+                    format!(
+                        "DB instance {identifier} is {}{}",
+                        db.status,
+                        reboot_note.as_deref().unwrap_or_default()
+                    ),
                 )
+            } else if let Some(verdict) = state_verdict {
+                verdict
             } else {
                 in_progress = true;
                 Verdict::falsy(
@@ -570,7 +620,10 @@ pub fn plan_infrastructure(
     verdicts.extend(adoption.or(approval));
     let recheck_after = audit
         .waits_for_shared_trail
-        .then_some(infra.progress_interval);
+        .then_some(infra.progress_interval)
+        .into_iter()
+        .chain(reboot_recheck)
+        .min();
     verdicts.push(audit.verdict);
     InfraPlan {
         verdicts,
@@ -580,6 +633,94 @@ pub fn plan_infrastructure(
         waiting,
         failed,
         recheck_after,
+    }
+}
+
+/// A `storage-full` or `incompatible-parameters` instance: the change that gets it serving
+/// again (pushed to `changes`) and the condition that says so; `None` for other states.
+fn act_on_state(
+    identifier: &str,
+    spec: &crate::api::OpenEMRDeploymentSpec,
+    db: &DbInstance,
+    placement: Option<&Placement>,
+    adopted: bool,
+    changes: &mut Vec<InfraChange>,
+) -> Option<Verdict> {
+    let modify = |request: ModifyDb, field: &'static str, from: String, to: String| {
+        InfraChange::ModifyDatabase {
+            request,
+            differences: vec![Difference {
+                field,
+                from,
+                to,
+                disruptive: false,
+            }],
+        }
+    };
+    match db.status.as_str() {
+        "storage-full" => {
+            let current = db.allocated_storage;
+            let message = match rds_states::storage_full(&spec.database, db) {
+                StorageFull::Grow(to) => {
+                    changes.push(modify(
+                        ModifyDb {
+                            identifier: identifier.to_string(),
+                            apply_immediately: true,
+                            allocated_storage: Some(to),
+                            ..ModifyDb::default()
+                        },
+                        "allocatedStorageGiB",
+                        current.to_string(),
+                        format!("{to} (the instance is storage-full)"),
+                    ));
+                    format!(
+                        "DB instance {identifier} is storage-full: growing its storage from {current} to {to} GiB now"
+                    )
+                }
+                StorageFull::Pending(to) => format!(
+                    "DB instance {identifier} is storage-full: its storage is growing from {current} to {to} GiB"
+                ),
+                StorageFull::AtCeiling(ceiling) => format!(
+                    "DB instance {identifier} is storage-full at {current} GiB, and the ceiling of {ceiling} GiB (spec.database.maxAllocatedStorageGiB, or RDS's limit) leaves no room for RDS's least step (+10 %): raise spec.database.maxAllocatedStorageGiB, or free space"
+                ),
+            };
+            Some(Verdict::falsy(
+                "DatabaseReady",
+                "DatabaseStorageFull",
+                message,
+            ))
+        }
+        "incompatible-parameters" => {
+            let message = match placement {
+                Some(p) if !adopted && db.parameter_groups != [p.parameter_group.clone()] => {
+                    changes.push(modify(
+                        ModifyDb {
+                            identifier: identifier.to_string(),
+                            apply_immediately: true,
+                            parameter_group: Some(p.parameter_group.clone()),
+                            ..ModifyDb::default()
+                        },
+                        "parameterGroup",
+                        db.parameter_groups.join(","),
+                        p.parameter_group.clone(),
+                    ));
+                    format!(
+                        "DB instance {identifier} is incompatible-parameters: switching it to the clinic's parameter group {}",
+                        p.parameter_group
+                    )
+                }
+                _ => format!(
+                    "DB instance {identifier} is incompatible-parameters with its parameter group {}: its values do not fit the instance (e.g. memory settings for its class); correct them, or choose a class they fit",
+                    db.parameter_groups.join(",")
+                ),
+            };
+            Some(Verdict::falsy(
+                "DatabaseReady",
+                "DatabaseIncompatibleParameters",
+                message,
+            ))
+        }
+        _ => None,
     }
 }
 
@@ -1031,6 +1172,99 @@ pub(crate) mod tests {
                 .latest_restorable_time
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_full_instance_grows_at_once_and_within_its_ceiling() {
+        let d = clinic();
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        let mut db = available_db(&d, &seen);
+        db.status = "storage-full".into();
+        db.allocated_storage = 100;
+        seen.database = Some(db.clone());
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
+        assert_eq!(actions(&plan), ["ModifyDBInstance"]);
+        let InfraChange::ModifyDatabase { request, .. } = &plan.changes[0] else {
+            unreachable!()
+        };
+        assert_eq!(request.allocated_storage, Some(110));
+        assert!(request.apply_immediately);
+        assert_eq!(request.instance_class, None, "nothing else rides along");
+        assert_eq!(plan.verdicts[1].reason, "DatabaseStorageFull");
+        assert!(plan.in_progress);
+        // At the autoscaling ceiling: said, nothing sent.
+        let mut capped = clinic();
+        capped.spec.database.max_allocated_storage_gi_b = Some(105);
+        let plan = plan_infrastructure(&capped, &seen, &Default::default(), &[], now());
+        assert_eq!(actions(&plan), Vec::<String>::new());
+        assert!(
+            plan.verdicts[1].message.contains("maxAllocatedStorageGiB"),
+            "{}",
+            plan.verdicts[1].message
+        );
+    }
+
+    #[test]
+    fn a_pending_reboot_is_made_in_the_window_or_at_once() {
+        let mut d = clinic();
+        d.spec.database.apply_changes = crate::api::deployment::ApplyChanges::InMaintenanceWindow;
+        d.spec.database.maintenance_window = "sun:05:00-sun:06:00".into();
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        let mut db = available_db(&d, &seen);
+        db.parameter_apply_status = Some("pending-reboot".into());
+        seen.database = Some(db);
+        // 2027-01-14T08:00:00Z is a Thursday: the window opens in 2 days 21 hours.
+        let thursday: Timestamp = "2027-01-14T08:00:00Z".parse().unwrap();
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], thursday);
+        assert_eq!(actions(&plan), Vec::<String>::new());
+        assert!(
+            plan.verdicts[1]
+                .message
+                .contains("maintenance window sun:05:00-sun:06:00")
+        );
+        assert_eq!(
+            plan.recheck_after,
+            Some(Duration::from_secs((2 * 24 + 21) * 3600))
+        );
+        let sunday: Timestamp = "2027-01-17T05:20:00Z".parse().unwrap();
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], sunday);
+        assert_eq!(actions(&plan), ["RebootDBInstance"]);
+        d.spec.database.apply_changes = crate::api::deployment::ApplyChanges::Immediately;
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], thursday);
+        assert_eq!(actions(&plan), ["RebootDBInstance"]);
+    }
+
+    #[test]
+    fn storage_growth_is_rounded_up_to_rds_least_step() {
+        let mut d = clinic();
+        d.spec.database.apply_changes = crate::api::deployment::ApplyChanges::Immediately;
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        let mut db = available_db(&d, &seen);
+        db.allocated_storage = d.spec.database.allocated_storage_gi_b;
+        seen.database = Some(db.clone());
+        d.spec.database.allocated_storage_gi_b = db.allocated_storage + 1;
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
+        let InfraChange::ModifyDatabase {
+            request,
+            differences,
+        } = &plan.changes[0]
+        else {
+            panic!("{:?}", plan.changes)
+        };
+        let step = db.allocated_storage + (db.allocated_storage + 9) / 10;
+        assert_eq!(request.allocated_storage, Some(step));
+        assert!(
+            differences[0].to.contains("rounded up"),
+            "{}",
+            differences[0].to
+        );
+        // While RDS optimises the last change, the growth waits.
+        seen.database.as_mut().unwrap().status = "storage-optimization".into();
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
+        assert_eq!(actions(&plan), Vec::<String>::new());
     }
 
     #[test]
