@@ -58,6 +58,10 @@ impl MariaDb {
         let dir = std::env::temp_dir().join(format!("openemr-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).unwrap();
+        // A temporary directory of its own: the bootstrap's temporary tables in the shared
+        // /tmp were seen to vanish while several servers were made at once.
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let tmpdir = format!("--tmpdir={}", dir.join("tmp").display());
         let ca = certificates(&dir);
         let user = run(Command::new("id").arg("-un")).trim().to_string();
         run(Command::new(program("mariadb-install-db"))
@@ -66,6 +70,7 @@ impl MariaDb {
             .arg(format!("--datadir={}", dir.join("data").display()))
             .arg("--auth-root-authentication-method=normal")
             .arg("--skip-test-db")
+            .arg(&tmpdir)
             .stdout(Stdio::null()));
         let port = free_port();
         let server = Command::new(program("mariadbd"))
@@ -73,6 +78,7 @@ impl MariaDb {
             .arg(format!("--user={user}"))
             .arg(format!("--datadir={}", dir.join("data").display()))
             .arg(format!("--socket={}", dir.join("s").display()))
+            .arg(&tmpdir)
             .arg(format!("--port={port}"))
             .arg("--bind-address=127.0.0.1")
             .arg("--skip-log-bin")
