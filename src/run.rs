@@ -101,6 +101,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     ));
     ctx.aws = Some(ClinicAws {
         audit,
+        refusals: Default::default(),
         pool: Arc::new(AwsPool::new(base, metrics, budgets)),
         cluster: opts.aws.cluster_id.clone(),
         progress_interval: opts.aws.progress_interval,

@@ -707,8 +707,15 @@ async fn adopted_resources_are_never_recreated_and_differences_are_reported_befo
     let creates = "openemr_aws_api_calls_total{service=\"rds\",operation=\"CreateDBInstance\",outcome=\"success\"}";
     assert_eq!(operator.metric(creates).await, 0);
 
-    // The report's Event came before the first change's.
-    let events = events_of(&client, &ns.name, "adopter").await;
+    // The report's Event came before the first change's. The changes are seen in AWS a
+    // moment before their Events are written: wait for those.
+    let events = eventually(Duration::from_secs(30), "the changes' Events", || async {
+        let events = events_of(&client, &ns.name, "adopter").await;
+        let has = |reason: &str| events.iter().any(|e| e.reason.as_deref() == Some(reason));
+        (has("DifferencesReported") && has("DatabaseModified") && has("BucketSecured"))
+            .then_some(events)
+    })
+    .await;
     let time_of = |reason: &str| {
         events
             .iter()

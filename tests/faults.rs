@@ -18,7 +18,7 @@ use openemr_operator::aws::{AwsError, ErrorClass};
 use openemr_operator::controller::deployment::clinic::{ClinicNames, ClusterId};
 use support::faults::{AwsFault, FaultProxy, Outcome, Rule};
 use support::operator::Operator;
-use support::{TestNamespace, apply, condition, env, eventually, wait_for_reason};
+use support::{TestNamespace, apply, condition, env, eventually, wait_for_reason, warning_event};
 
 /// Retries after 1, 2, 4, 4 s instead of 15 s doubling to 10 min, so a test sees several.
 const FAST_RETRIES: [&str; 4] = ["--retry-initial", "1s", "--retry-max", "4s"];
@@ -933,4 +933,112 @@ async fn events_named(client: &kube::Client, ns: &str, name: &str, reason: &str)
             .and_then(|e| e.note)
     })
     .await
+}
+
+/// RDS refusing a change (a class, as when the zone does not offer it) is said once and not
+/// sent again for this generation, and holds nothing else back: a drift correction after it
+/// is sent and takes. A new generation tries the change again.
+#[tokio::test]
+async fn a_refused_change_is_not_sent_again_and_holds_nothing_else_back() {
+    let client = env().admin().await;
+    let region = "sa-east-1";
+    let ns = TestNamespace::new(env(), "faults-refused").await;
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let manifest = |class: &str, extra: &str| {
+        support::clinic_manifest(
+            "refused",
+            region,
+            &format!("  database: {{instanceClass: {class}, applyChanges: Immediately}}\n{extra}"),
+        )
+    };
+    apply(&client, &ns.name, &manifest("db.t4g.micro", ""))
+        .await
+        .unwrap();
+    let operator = operator_through(&proxy, &ns.name, &["--inventory-interval", "2s"]);
+    let api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    eventually(Duration::from_secs(90), "the clinic ready", || async {
+        is_ready(&api, "refused").await.then_some(())
+    })
+    .await;
+    let identifier = api
+        .get("refused")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .database
+        .unwrap()
+        .identifier;
+    let rds = aws_sdk_rds::Client::new(&env().aws(Some(region)).await);
+    let instance = || async {
+        rds.describe_db_instances()
+            .db_instance_identifier(&identifier)
+            .send()
+            .await
+            .unwrap()
+            .db_instances()[0]
+            .clone()
+    };
+
+    proxy.set(
+        "ModifyDBInstance",
+        Rule::default().error(AwsFault::new(
+            400,
+            "InvalidParameterCombination",
+            "RDS does not support creating a DB instance with the following combination: DBInstanceClass=db.r6g.large, Engine=mysql",
+        )),
+    );
+    apply(&client, &ns.name, &manifest("db.r6g.large", ""))
+        .await
+        .unwrap();
+    let refused = warning_event(&client, &ns.name, "refused", "DatabaseChangeRefused")
+        .await
+        .note
+        .unwrap_or_default();
+    assert!(
+        refused.contains("instanceClass") && refused.contains("InvalidParameterCombination"),
+        "{refused}"
+    );
+    let said = wait_for_reason(&api, "refused", "DatabaseReady", "DatabaseChangeRefused").await;
+    assert_eq!(said.status, "True");
+    assert_eq!(proxy.counts("ModifyDBInstance").seen, 1);
+    proxy.clear("ModifyDBInstance");
+
+    // Deletion protection turned off behind the operator's back: corrected, while the
+    // refused class is not sent again.
+    rds.modify_db_instance()
+        .db_instance_identifier(&identifier)
+        .deletion_protection(false)
+        .apply_immediately(true)
+        .send()
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "deletion protection back",
+        || async { (instance().await.deletion_protection() == Some(true)).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(instance().await.db_instance_class(), Some("db.t4g.micro"));
+    assert_eq!(
+        proxy.counts("ModifyDBInstance").seen,
+        2,
+        "the refused change once, the correction once: {}",
+        proxy.report()
+    );
+
+    // A new generation tries again, and RDS takes it now.
+    apply(
+        &client,
+        &ns.name,
+        &manifest("db.r6g.large", "  tags: {team: records}\n"),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(30), "the class changed", || async {
+        (instance().await.db_instance_class() == Some("db.r6g.large")).then_some(())
+    })
+    .await;
+    drop(operator);
 }

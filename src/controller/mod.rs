@@ -155,6 +155,8 @@ pub struct ClinicAws {
     pub inventory: Arc<crate::aws::inventory::Inventory>,
     /// The shared audit trail of each account.
     pub audit: Arc<audit::AuditTrails>,
+    /// RDS's refusals of the clinics' database changes, per clinic and generation.
+    pub refusals: Arc<deployment::infra::refusals::Refusals>,
     /// Setup Job limits and retries.
     pub workload: deployment::web::WorkloadConfig,
     /// Files with the CA bundles the web tier trusts: RDS's, ElastiCache's.

@@ -72,6 +72,7 @@ pub async fn cleanup(d: &OpenEMRDeployment, ctx: &Context) -> Result<(), Error> 
     let ns = d.namespace().unwrap_or_default();
     let name = d.name_any();
     let uid = d.metadata.uid.clone().unwrap_or_default();
+    aws.refusals.forget(&uid);
     let names = ClinicNames::new(&aws.cluster, &ns, &name);
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     let terminating = namespaces

@@ -6,6 +6,7 @@ use kube::ResourceExt;
 
 use super::{InfraChange, MasterSource};
 use crate::api::OpenEMRDeployment;
+use crate::aws::ErrorClass;
 use crate::aws::cloudformation::{Stacks, UpdateOutcome};
 use crate::aws::rds::{Databases, MasterPassword};
 use crate::aws::s3::Buckets;
@@ -188,12 +189,34 @@ pub async fn act(
             request,
             differences,
         } => {
-            clients(d, aws)
-                .await
-                .modify_instance(request)
-                .await
-                .map_err(aws_error("modifying the DB instance"))?;
             let list: Vec<_> = differences.iter().map(ToString::to_string).collect();
+            match clients(d, aws).await.modify_instance(request).await {
+                // Refused as asked: remembered for this generation (not sent again, and the
+                // clinic's other changes go on), and said.
+                Err(e) if e.class == ErrorClass::Invalid => {
+                    let fields: Vec<&str> = differences.iter().map(|d| d.field).collect();
+                    aws.refusals.record(
+                        d.metadata.uid.as_deref().unwrap_or_default(),
+                        d.metadata.generation.unwrap_or_default(),
+                        &fields,
+                        &e.to_string(),
+                    );
+                    announce(
+                        ctx,
+                        d,
+                        true,
+                        "DatabaseChangeRefused",
+                        &format!(
+                            "RDS refused the change of DB instance {}: {}: {e}; it is not sent again until the spec changes",
+                            request.identifier,
+                            list.join("; ")
+                        ),
+                    )
+                    .await;
+                    return Ok(());
+                }
+                other => other.map_err(aws_error("modifying the DB instance"))?,
+            }
             let when = if request.apply_immediately {
                 "applied now"
             } else {

@@ -12,6 +12,7 @@ pub mod observe;
 pub mod ownership;
 pub mod plan;
 pub mod rds_states;
+pub mod refusals;
 pub mod template;
 
 use std::collections::BTreeMap;
@@ -53,6 +54,8 @@ pub struct Infra {
     pub claimed_by: Option<(String, String)>,
     /// Where the clinic's AWS activity is recorded.
     pub audit: AuditView,
+    /// What RDS refused of this generation's database changes.
+    pub refused: Option<refusals::Refusal>,
 }
 
 /// Where a clinic's AWS activity is recorded, as seen this time.

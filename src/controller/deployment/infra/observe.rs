@@ -185,8 +185,13 @@ pub async fn observe_infra(
         _ => AdoptedBucket::NotRead,
     };
     let audit = observe_audit(d, aws, ctx).await;
+    let refused = aws.refusals.of(
+        d.metadata.uid.as_deref().unwrap_or_default(),
+        d.metadata.generation.unwrap_or_default(),
+    );
     Ok(Infra {
         audit,
+        refused,
         adopted_bucket,
         names,
         tags,

@@ -280,6 +280,7 @@ mod tests {
                 None => AdoptedBucket::NotRead,
             },
             claimed_by: None,
+            refused: None,
             audit: crate::controller::deployment::infra::AuditView::Off,
             names,
         }

@@ -389,6 +389,7 @@ pub fn plan_infrastructure(
                     db,
                     placement.as_ref(),
                     adopted.is_some(),
+                    infra.refused.as_ref(),
                     &mut changes,
                 )
             };
@@ -396,7 +397,11 @@ pub fn plan_infrastructure(
                 in_progress = true;
             }
             if let Some(placement) = placement.as_ref().filter(|_| serving(&db.status)) {
-                let diffs = database::differences(&spec.database, placement, db);
+                let mut diffs = database::differences(&spec.database, placement, db);
+                // What RDS refused for this generation is not sent again; the rest is.
+                if let Some(refused) = &infra.refused {
+                    diffs.retain(|d| !refused.fields.iter().any(|f| f == d.field));
+                }
                 // An adopted instance keeps what RDS changes with an outage until the
                 // manifest approves it.
                 let (diffs, awaiting) = if adopted.is_some() {
@@ -477,13 +482,25 @@ pub fn plan_infrastructure(
                 tag_keys.dedup();
             }
             if serving(&db.status) {
+                let refused = infra.refused.as_ref().map(|r| {
+                    format!(
+                        "; RDS refused the change of {}: {}; it is not sent again until the spec changes",
+                        r.fields.join(", "),
+                        r.message
+                    )
+                });
                 Verdict::truthy(
                     "DatabaseReady",
-                    "DatabaseAvailable",
+                    if refused.is_some() {
+                        "DatabaseChangeRefused"
+                    } else {
+                        "DatabaseAvailable"
+                    },
                     format!(
-                        "DB instance {identifier} is {}{}",
+                        "DB instance {identifier} is {}{}{}",
                         db.status,
-                        reboot_note.as_deref().unwrap_or_default()
+                        reboot_note.as_deref().unwrap_or_default(),
+                        refused.as_deref().unwrap_or_default()
                     ),
                 )
             } else if let Some(verdict) = state_verdict {
@@ -644,8 +661,15 @@ fn act_on_state(
     db: &DbInstance,
     placement: Option<&Placement>,
     adopted: bool,
+    refused: Option<&super::refusals::Refusal>,
     changes: &mut Vec<InfraChange>,
 ) -> Option<Verdict> {
+    // What RDS refused: not sent again, except a full instance's growth after a while.
+    let held = |field: &str, retry_after: Option<Duration>| {
+        refused.filter(|r| {
+            r.fields.iter().any(|f| f == field) && retry_after.is_none_or(|after| r.age < after)
+        })
+    };
     let modify = |request: ModifyDb, field: &'static str, from: String, to: String| {
         InfraChange::ModifyDatabase {
             request,
@@ -661,22 +685,31 @@ fn act_on_state(
         "storage-full" => {
             let current = db.allocated_storage;
             let message = match rds_states::storage_full(&spec.database, db) {
-                StorageFull::Grow(to) => {
-                    changes.push(modify(
-                        ModifyDb {
-                            identifier: identifier.to_string(),
-                            apply_immediately: true,
-                            allocated_storage: Some(to),
-                            ..ModifyDb::default()
-                        },
-                        "allocatedStorageGiB",
-                        current.to_string(),
-                        format!("{to} (the instance is storage-full)"),
-                    ));
-                    format!(
-                        "DB instance {identifier} is storage-full: growing its storage from {current} to {to} GiB now"
-                    )
-                }
+                StorageFull::Grow(to) => match held(
+                    "allocatedStorageGiB",
+                    Some(super::refusals::STORAGE_FULL_RETRY),
+                ) {
+                    Some(r) => format!(
+                        "DB instance {identifier} is storage-full: RDS refused growing it to {to} GiB ({}); tried again within the hour",
+                        r.message
+                    ),
+                    None => {
+                        changes.push(modify(
+                            ModifyDb {
+                                identifier: identifier.to_string(),
+                                apply_immediately: true,
+                                allocated_storage: Some(to),
+                                ..ModifyDb::default()
+                            },
+                            "allocatedStorageGiB",
+                            current.to_string(),
+                            format!("{to} (the instance is storage-full)"),
+                        ));
+                        format!(
+                            "DB instance {identifier} is storage-full: growing its storage from {current} to {to} GiB now"
+                        )
+                    }
+                },
                 StorageFull::Pending(to) => format!(
                     "DB instance {identifier} is storage-full: its storage is growing from {current} to {to} GiB"
                 ),
@@ -692,7 +725,11 @@ fn act_on_state(
         }
         "incompatible-parameters" => {
             let message = match placement {
-                Some(p) if !adopted && db.parameter_groups != [p.parameter_group.clone()] => {
+                Some(p)
+                    if !adopted
+                        && db.parameter_groups != [p.parameter_group.clone()]
+                        && held("parameterGroup", None).is_none() =>
+                {
                     changes.push(modify(
                         ModifyDb {
                             identifier: identifier.to_string(),
@@ -807,6 +844,7 @@ pub(crate) mod tests {
             progress_interval: Duration::from_secs(30),
             adopted_bucket: AdoptedBucket::NotRead,
             claimed_by: None,
+            refused: None,
             audit: crate::controller::deployment::infra::AuditView::Shared(
                 crate::controller::audit::template::TrailView::Ready {
                     trail_arn: "arn:aws:cloudtrail:us-east-1:123456789012:trail/openemr-audit"
@@ -1193,6 +1231,21 @@ pub(crate) mod tests {
         assert_eq!(request.instance_class, None, "nothing else rides along");
         assert_eq!(plan.verdicts[1].reason, "DatabaseStorageFull");
         assert!(plan.in_progress);
+        // RDS refused the growth (its six-hour rule): held for an hour, then tried again.
+        let mut refused = seen.clone();
+        let refusal = |age| super::super::refusals::Refusal {
+            generation: 3,
+            fields: vec!["allocatedStorageGiB".into()],
+            message: "InvalidParameterCombination: storage optimization in progress".into(),
+            age,
+        };
+        refused.refused = Some(refusal(Duration::from_secs(600)));
+        let plan = plan_infrastructure(&d, &refused, &Default::default(), &[], now());
+        assert_eq!(actions(&plan), Vec::<String>::new());
+        assert!(plan.verdicts[1].message.contains("RDS refused growing it"));
+        refused.refused = Some(refusal(Duration::from_secs(3700)));
+        let plan = plan_infrastructure(&d, &refused, &Default::default(), &[], now());
+        assert_eq!(actions(&plan), ["ModifyDBInstance"]);
         // At the autoscaling ceiling: said, nothing sent.
         let mut capped = clinic();
         capped.spec.database.max_allocated_storage_gi_b = Some(105);
@@ -1234,6 +1287,44 @@ pub(crate) mod tests {
         d.spec.database.apply_changes = crate::api::deployment::ApplyChanges::Immediately;
         let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], thursday);
         assert_eq!(actions(&plan), ["RebootDBInstance"]);
+    }
+
+    #[test]
+    fn a_refused_change_is_not_planned_again_and_holds_nothing_else_back() {
+        let mut d = clinic();
+        d.spec.database.apply_changes = crate::api::deployment::ApplyChanges::Immediately;
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        let mut db = available_db(&d, &seen);
+        db.instance_class = "db.t4g.micro".into();
+        db.deletion_protection = false;
+        seen.database = Some(db);
+        d.spec.database.instance_class = "db.r6g.large".into();
+        seen.refused = Some(super::super::refusals::Refusal {
+            generation: 3,
+            fields: vec!["instanceClass".into()],
+            message: "InvalidParameterCombination: no such class here".into(),
+            age: Duration::from_secs(5),
+        });
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
+        let modified: Vec<Vec<&str>> = plan
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                InfraChange::ModifyDatabase { differences, .. } => {
+                    Some(differences.iter().map(|d| d.field).collect())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(modified, [["deletionProtection"]]);
+        assert_eq!(plan.verdicts[1].reason, "DatabaseChangeRefused");
+        assert!(plan.verdicts[1].message.contains("no such class here"));
+        // Without the refusal, the class goes in the next batch as before.
+        seen.refused = None;
+        seen.database.as_mut().unwrap().deletion_protection = true;
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
+        assert_eq!(actions(&plan), ["ModifyDBInstance"]);
     }
 
     #[test]
