@@ -828,29 +828,10 @@ async fn a_full_instance_gets_room_and_a_pending_reboot_gets_one() {
         "  database: {allocatedStorageGiB: 20, applyChanges: Immediately}\n",
     );
     apply(&client, &ns.name, &manifest).await.unwrap();
-    let operator = operator_through(&proxy, &ns.name, &["--inventory-interval", "2s"]);
-    let api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
-    eventually(Duration::from_secs(90), "the clinic ready", || async {
-        is_ready(&api, "full").await.then_some(())
-    })
-    .await;
-    let identifier = api
-        .get("full")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .database
-        .unwrap()
-        .identifier;
-    let rds = aws_sdk_rds::Client::new(&env().aws(Some(region)).await);
+    let (operator, api, identifier) = ready_through(&proxy, &client, &ns.name, "full").await;
     let storage = || async {
-        rds.describe_db_instances()
-            .db_instance_identifier(&identifier)
-            .send()
+        db_instance(region, &identifier)
             .await
-            .unwrap()
-            .db_instances()[0]
             .allocated_storage()
             .unwrap()
     };
@@ -916,6 +897,44 @@ async fn a_full_instance_gets_room_and_a_pending_reboot_gets_one() {
     drop(operator);
 }
 
+/// The clinic `name` (applied in `ns`) made ready by an operator whose AWS is `proxy`: the
+/// operator, the clinics' Api and the clinic's DB instance identifier.
+async fn ready_through(
+    proxy: &FaultProxy,
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> (Operator, Api<OpenEMRDeployment>, String) {
+    let operator = operator_through(proxy, ns, &["--inventory-interval", "2s"]);
+    let api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), ns);
+    eventually(Duration::from_secs(90), "the clinic ready", || async {
+        is_ready(&api, name).await.then_some(())
+    })
+    .await;
+    let identifier = api
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .database
+        .unwrap()
+        .identifier;
+    (operator, api, identifier)
+}
+
+/// The DB instance `identifier` of `region`, as moto has it (not through any proxy).
+async fn db_instance(region: &str, identifier: &str) -> aws_sdk_rds::types::DbInstance {
+    aws_sdk_rds::Client::new(&env().aws(Some(region)).await)
+        .describe_db_instances()
+        .db_instance_identifier(identifier)
+        .send()
+        .await
+        .unwrap()
+        .db_instances()[0]
+        .clone()
+}
+
 /// The note of the first Event `reason` on `name`.
 async fn events_named(client: &kube::Client, ns: &str, name: &str, reason: &str) -> String {
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
@@ -954,31 +973,9 @@ async fn a_refused_change_is_not_sent_again_and_holds_nothing_else_back() {
     apply(&client, &ns.name, &manifest("db.t4g.micro", ""))
         .await
         .unwrap();
-    let operator = operator_through(&proxy, &ns.name, &["--inventory-interval", "2s"]);
-    let api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
-    eventually(Duration::from_secs(90), "the clinic ready", || async {
-        is_ready(&api, "refused").await.then_some(())
-    })
-    .await;
-    let identifier = api
-        .get("refused")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .database
-        .unwrap()
-        .identifier;
+    let (operator, api, identifier) = ready_through(&proxy, &client, &ns.name, "refused").await;
     let rds = aws_sdk_rds::Client::new(&env().aws(Some(region)).await);
-    let instance = || async {
-        rds.describe_db_instances()
-            .db_instance_identifier(&identifier)
-            .send()
-            .await
-            .unwrap()
-            .db_instances()[0]
-            .clone()
-    };
+    let instance = || db_instance(region, &identifier);
 
     proxy.set(
         "ModifyDBInstance",
