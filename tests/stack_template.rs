@@ -22,9 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
-use aws_sdk_cloudformation::types::{StackStatus, Tag};
 use openemr_operator::api::OpenEMRDeploymentSpec;
 use openemr_operator::controller::audit::template as audit;
 use openemr_operator::controller::deployment::clinic::{self, ClinicNames, ClusterId};
@@ -393,64 +391,14 @@ async fn sdk_config(region: &str) -> aws_config::SdkConfig {
     env().aws(Some(region)).await
 }
 
-/// Creates a stack with these tags and returns its outputs once it is CREATE_COMPLETE.
-async fn create_stack(
-    cfn: &aws_sdk_cloudformation::Client,
-    name: &str,
-    body: &str,
-    tags: &BTreeMap<String, String>,
-) -> BTreeMap<String, String> {
-    let tags = tags
-        .iter()
-        .map(|(k, v)| Tag::builder().key(k).value(v).build())
-        .collect();
-    cfn.create_stack()
-        .stack_name(name)
-        .template_body(body)
-        .set_tags(Some(tags))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("CreateStack {name}: {e:?}"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let described = cfn
-            .describe_stacks()
-            .stack_name(name)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("DescribeStacks {name}: {e:?}"));
-        let stack = &described.stacks()[0];
-        match stack.stack_status() {
-            Some(StackStatus::CreateComplete) => {
-                return stack
-                    .outputs()
-                    .iter()
-                    .map(|o| {
-                        (
-                            o.output_key().unwrap_or_default().to_string(),
-                            o.output_value().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect();
-            }
-            Some(StackStatus::CreateInProgress) => {}
-            other => panic!(
-                "stack {name} is {other:?}: {:?}",
-                stack.stack_status_reason()
-            ),
-        }
-        assert!(Instant::now() < deadline, "stack {name} never completed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Creates the clinic's stack in moto, checks what it reports and what it made, and returns
 /// its outputs.
 async fn clinic_stack_in_moto(clinic: &Clinic, region: &str) -> BTreeMap<String, String> {
     let config = sdk_config(region).await;
     let cfn = aws_sdk_cloudformation::Client::new(&config);
     let rendered = clinic.render();
-    let outputs = create_stack(&cfn, &clinic.names.stack, &rendered.body, &clinic.tags).await;
+    let outputs =
+        support::create_stack(&cfn, &clinic.names.stack, &rendered.body, &clinic.tags).await;
 
     for key in template::OUTPUTS {
         assert!(

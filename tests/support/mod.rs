@@ -250,45 +250,11 @@ impl TestEnv {
         };
         let cfn = aws_sdk_cloudformation::Client::new(&config);
         let name = format!("test-cluster-network-{}", std::process::id());
-        cfn.create_stack()
-            .stack_name(&name)
-            .template_body(template.to_string())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("creating the cluster's network in {region}: {e:?}"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let described = cfn
-                .describe_stacks()
-                .stack_name(&name)
-                .send()
-                .await
-                .unwrap();
-            let stack = &described.stacks()[0];
-            if stack.stack_status()
-                == Some(&aws_sdk_cloudformation::types::StackStatus::CreateComplete)
-            {
-                let out: BTreeMap<String, String> = stack
-                    .outputs()
-                    .iter()
-                    .map(|o| {
-                        (
-                            o.output_key().unwrap_or_default().to_string(),
-                            o.output_value().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect();
-                return format!(
-                    "{{existing: {{vpcId: {}, subnetIds: [{}, {}], clusterSecurityGroupId: {}}}}}",
-                    out["Vpc"], out["SubnetA"], out["SubnetB"], out["ClusterSecurityGroup"]
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the cluster's network never completed"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let out = create_stack(&cfn, &name, &template.to_string(), &BTreeMap::new()).await;
+        format!(
+            "{{existing: {{vpcId: {}, subnetIds: [{}, {}], clusterSecurityGroupId: {}}}}}",
+            out["Vpc"], out["SubnetA"], out["SubnetB"], out["ClusterSecurityGroup"]
+        )
     }
 
     /// An AWS SDK configuration in `account` of this environment's moto: the credentials
@@ -629,6 +595,62 @@ pub fn is_mutating(operation: &str) -> bool {
     ]
     .iter()
     .any(|verb| operation.starts_with(verb))
+}
+
+/// Creates a stack with these tags and returns its outputs once it is CREATE_COMPLETE.
+pub async fn create_stack(
+    cfn: &aws_sdk_cloudformation::Client,
+    name: &str,
+    body: &str,
+    tags: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let tags = tags
+        .iter()
+        .map(|(k, v)| {
+            aws_sdk_cloudformation::types::Tag::builder()
+                .key(k)
+                .value(v)
+                .build()
+        })
+        .collect();
+    cfn.create_stack()
+        .stack_name(name)
+        .template_body(body)
+        .set_tags(Some(tags))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CreateStack {name}: {e:?}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let described = cfn
+            .describe_stacks()
+            .stack_name(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DescribeStacks {name}: {e:?}"));
+        let stack = &described.stacks()[0];
+        match stack.stack_status() {
+            Some(aws_sdk_cloudformation::types::StackStatus::CreateComplete) => {
+                return stack
+                    .outputs()
+                    .iter()
+                    .map(|o| {
+                        (
+                            o.output_key().unwrap_or_default().to_string(),
+                            o.output_value().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect();
+            }
+            Some(aws_sdk_cloudformation::types::StackStatus::CreateInProgress) => {}
+            other => panic!(
+                "stack {name} is {other:?}: {:?}",
+                stack.stack_status_reason()
+            ),
+        }
+        assert!(Instant::now() < deadline, "stack {name} never completed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A clinic on the cluster's network in `region` ([`TestEnv::cluster_network`] of

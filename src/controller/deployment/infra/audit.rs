@@ -75,19 +75,19 @@ pub fn decide(
                 format!("the organisation's trail {arn} records this clinic's AWS activity"),
             ),
         ),
-        AuditView::Shared(ready @ TrailView::Ready { trail_arn, .. }) => decision(
-            false,
-            false,
-            status(AuditScope::Shared, Some(trail_arn.clone()), ready.logs()),
-            Verdict::truthy(
-                AUDIT_READY,
-                "SharedTrail",
-                format!(
-                    "the account's shared trail {trail_arn} records this clinic's AWS activity and every object read and write in its bucket, into {}",
-                    ready.logs().unwrap_or_default()
-                ),
-            ),
-        ),
+        AuditView::Shared(ready @ TrailView::Ready { trail_arn, .. }) => {
+            let logs = ready.logs();
+            let message = format!(
+                "the account's shared trail {trail_arn} records this clinic's AWS activity and every object read and write in its bucket, into {}",
+                logs.as_deref().unwrap_or_default()
+            );
+            decision(
+                false,
+                false,
+                status(AuditScope::Shared, Some(trail_arn.clone()), logs),
+                Verdict::truthy(AUDIT_READY, "SharedTrail", message),
+            )
+        }
         AuditView::Shared(TrailView::Pending(why) | TrailView::Failed(why)) => {
             let failed = matches!(view, AuditView::Shared(TrailView::Failed(_)));
             let reason = if failed {

@@ -1289,13 +1289,20 @@ pub(crate) mod tests {
         assert_eq!(actions(&plan), ["RebootDBInstance"]);
     }
 
-    #[test]
-    fn a_refused_change_is_not_planned_again_and_holds_nothing_else_back() {
+    /// A clinic applying changes at once, its finished stack, and its instance as it wants
+    /// it (for the test to change).
+    fn applying_immediately() -> (OpenEMRDeployment, Infra, DbInstance) {
         let mut d = clinic();
         d.spec.database.apply_changes = crate::api::deployment::ApplyChanges::Immediately;
         let mut seen = infra(&d);
         seen.stack = Some(stable_stack(&d, &seen));
-        let mut db = available_db(&d, &seen);
+        let db = available_db(&d, &seen);
+        (d, seen, db)
+    }
+
+    #[test]
+    fn a_refused_change_is_not_planned_again_and_holds_nothing_else_back() {
+        let (mut d, mut seen, mut db) = applying_immediately();
         db.instance_class = "db.t4g.micro".into();
         db.deletion_protection = false;
         seen.database = Some(db);
@@ -1329,11 +1336,7 @@ pub(crate) mod tests {
 
     #[test]
     fn storage_growth_is_rounded_up_to_rds_least_step() {
-        let mut d = clinic();
-        d.spec.database.apply_changes = crate::api::deployment::ApplyChanges::Immediately;
-        let mut seen = infra(&d);
-        seen.stack = Some(stable_stack(&d, &seen));
-        let mut db = available_db(&d, &seen);
+        let (mut d, mut seen, mut db) = applying_immediately();
         db.allocated_storage = d.spec.database.allocated_storage_gi_b;
         seen.database = Some(db.clone());
         d.spec.database.allocated_storage_gi_b = db.allocated_storage + 1;
