@@ -588,6 +588,13 @@ async fn deletion_does_what_each_policy_promises_and_a_namespace_never_takes_dat
         cleaned.contains("still encrypting") && cleaned.contains("retained automated backup"),
         "{cleaned}"
     );
+    let file_system = ids["gone-now"].file_system_id.clone().unwrap();
+    assert!(
+        cleaned.contains(&format!(
+            "AWS Backup's daily recovery points of file system {file_system}"
+        )),
+        "{cleaned}"
+    );
 
     // The namespace went, with deletionPolicy Delete: the data did not.
     let doomed_db = doomed.status.unwrap().database.unwrap().identifier;

@@ -813,6 +813,280 @@ async fn a_create_stack_conflict_other_than_already_exists_is_an_error() {
     drop(operator);
 }
 
+/// One `DescribeStackEvents` member of `stack` (id `stack_id`), as CloudFormation writes it.
+fn stack_event(
+    stack: &str,
+    stack_id: &str,
+    logical: &str,
+    physical: &str,
+    kind: &str,
+    status: &str,
+    reason: &str,
+) -> String {
+    format!(
+        "<member><StackId>{stack_id}</StackId><EventId>{logical}-{status}</EventId>\
+         <StackName>{stack}</StackName><LogicalResourceId>{logical}</LogicalResourceId>\
+         <PhysicalResourceId>{physical}</PhysicalResourceId><ResourceType>{kind}</ResourceType>\
+         <Timestamp>2026-01-01T00:00:00Z</Timestamp><ResourceStatus>{status}</ResourceStatus>\
+         <ResourceStatusReason>{reason}</ResourceStatusReason></member>"
+    )
+}
+
+/// moto never rolls a creation back. The proxy makes the clinic's first stack read
+/// `ROLLBACK_COMPLETE` and its events name what the rollback retained; moto, like AWS,
+/// keeps `DeletionPolicy: Retain` resources when the stack is deleted, so they are real
+/// leftovers. A retained bucket holding an object blocks the replacement until a person
+/// empties it; then the empty bucket, file system and key go, another clinic's key stays,
+/// and the stack is made anew under the same bucket name.
+#[tokio::test]
+async fn a_rolled_back_creation_is_replaced_after_its_empty_leftovers_are_removed() {
+    let client = env().admin().await;
+    let region = "eu-north-1";
+    let ns = TestNamespace::new(env(), "faults-leftovers").await;
+    let names = names_of(&ns.name, "phoenix");
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    proxy.set(
+        "DescribeStacks",
+        Rule::default().rewrite_pattern(
+            &format!(
+                "(<StackName>{}</StackName>.*?<StackStatus>)CREATE_COMPLETE<",
+                regex::escape(&names.stack)
+            ),
+            "${1}ROLLBACK_COMPLETE<",
+        ),
+    );
+    apply(&client, &ns.name, &clinic("phoenix", region))
+        .await
+        .unwrap();
+    let operator = operator_through(&proxy, &ns.name, &FAST_RETRIES);
+    let api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let failed = wait_for_reason(&api, "phoenix", "StackReady", "StackFailed").await;
+    assert!(
+        failed.message.contains("ROLLBACK_COMPLETE"),
+        "{}",
+        failed.message
+    );
+    assert_eq!(
+        proxy.counts("CreateDBInstance").seen,
+        0,
+        "no database on it"
+    );
+
+    // What the stack made, read from moto itself.
+    let aws = env().aws(Some(region)).await;
+    let cfn = aws_sdk_cloudformation::Client::new(&aws);
+    let resources = cfn
+        .describe_stack_resources()
+        .stack_name(&names.stack)
+        .send()
+        .await
+        .unwrap();
+    let physical = |logical: &str| {
+        resources
+            .stack_resources()
+            .iter()
+            .find(|r| r.logical_resource_id() == Some(logical))
+            .and_then(|r| r.physical_resource_id())
+            .unwrap_or_else(|| panic!("{logical} in {resources:?}"))
+            .to_string()
+    };
+    let (bucket, file_system, key) = (physical("Bucket"), physical("FileSystem"), physical("Key"));
+    assert_eq!(bucket, names.bucket);
+    let stack_id = resources.stack_resources()[0]
+        .stack_id()
+        .unwrap()
+        .to_string();
+    // Another clinic's key, which a (mistaken) event also names: never removed.
+    let kms = aws_sdk_kms::Client::new(&aws);
+    let tag = |k: &str, v: &str| {
+        aws_sdk_kms::types::Tag::builder()
+            .tag_key(k)
+            .tag_value(v)
+            .build()
+            .unwrap()
+    };
+    let foreign = kms
+        .create_key()
+        .tags(tag("openemr.io/namespace", &ns.name))
+        .tags(tag("openemr.io/name", "someone-else"))
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .unwrap()
+        .key_id()
+        .to_string();
+    let event = |logical: &str, physical: &str, kind: &str, status: &str, reason: &str| {
+        stack_event(
+            &names.stack,
+            &stack_id,
+            logical,
+            physical,
+            kind,
+            status,
+            reason,
+        )
+    };
+    let rollback = [
+        event(
+            &names.stack,
+            &stack_id,
+            "AWS::CloudFormation::Stack",
+            "ROLLBACK_COMPLETE",
+            "",
+        ),
+        event("Bucket", &bucket, "AWS::S3::Bucket", "DELETE_SKIPPED", ""),
+        event(
+            "FileSystem",
+            &file_system,
+            "AWS::EFS::FileSystem",
+            "DELETE_SKIPPED",
+            "",
+        ),
+        event("Key", &key, "AWS::KMS::Key", "DELETE_SKIPPED", ""),
+        event("OldKey", &foreign, "AWS::KMS::Key", "DELETE_SKIPPED", ""),
+        event(
+            "Cache",
+            "",
+            "AWS::ElastiCache::ReplicationGroup",
+            "CREATE_FAILED",
+            "The maximum number of cache nodes was reached",
+        ),
+    ]
+    .concat();
+    proxy.set(
+        "DescribeStackEvents",
+        Rule::default().rewrite("<StackEvents>", &format!("<StackEvents>{rollback}")),
+    );
+    // From here on only this stack rolled back: the next one reads as moto has it.
+    proxy.set(
+        "DescribeStacks",
+        Rule::default().rewrite_pattern(
+            &format!(
+                "(<StackId>{}</StackId>.*?<StackStatus>)CREATE_COMPLETE<",
+                regex::escape(&stack_id)
+            ),
+            "${1}ROLLBACK_COMPLETE<",
+        ),
+    );
+    // A rollback deletes what it does not retain: here, the file system's mount targets.
+    let efs = aws_sdk_efs::Client::new(&aws);
+    let targets = efs
+        .describe_mount_targets()
+        .file_system_id(&file_system)
+        .send()
+        .await
+        .unwrap();
+    for target in targets.mount_targets() {
+        efs.delete_mount_target()
+            .mount_target_id(target.mount_target_id())
+            .send()
+            .await
+            .unwrap();
+    }
+    let s3 = support::TestEnv::s3(&aws);
+    let put = s3
+        .put_object()
+        .bucket(&bucket)
+        .key("stray.txt")
+        .body(b"someone's file".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+
+    // A new generation: the bucket holding an object keeps the clinic's bucket name, so
+    // nothing is removed and no stack deleted; the condition says what to do.
+    let mut changed = clinic("phoenix", region);
+    changed["spec"]["tags"] = serde_json::json!({"cost-center": "clinic-7"});
+    apply(&client, &ns.name, &changed).await.unwrap();
+    let blocked = wait_for_reason(&api, "phoenix", "StackReady", "StackReplacementBlocked").await;
+    assert!(
+        blocked.message.contains("holds objects") && blocked.message.contains(&bucket),
+        "{}",
+        blocked.message
+    );
+    assert_eq!(proxy.counts("DeleteStack").seen, 0);
+    for op in ["ScheduleKeyDeletion", "DeleteFileSystem", "s3:DELETE"] {
+        assert_eq!(proxy.counts(op).seen, 0, "{op}: {}", proxy.report());
+    }
+
+    // A person removes the object: the replacement goes on without another edit (a poke
+    // stands in for the five-minute look).
+    s3.delete_object()
+        .bucket(&bucket)
+        .key("stray.txt")
+        .set_version_id(put.version_id().map(str::to_string))
+        .send()
+        .await
+        .unwrap();
+    api.patch(
+        "phoenix",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            serde_json::json!({"metadata": {"annotations": {"test/poke": "1"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let replaced = events_named(&client, &ns.name, "phoenix", "StackReplaced").await;
+    for said in [
+        format!("empty bucket {bucket} (deleted)"),
+        format!("empty file system {file_system} (deleted)"),
+        format!("KMS key {key} (deletion scheduled in 30 days)"),
+        format!(
+            "OldKey ({foreign}): its tags name clinic {}/someone-else",
+            ns.name
+        ),
+    ] {
+        assert!(replaced.contains(&said), "{said} in: {replaced}");
+    }
+    proxy.clear("DescribeStackEvents");
+    eventually(
+        Duration::from_secs(120),
+        "the clinic ready on a new stack",
+        || async { is_ready(&api, "phoenix").await.then_some(()) },
+    )
+    .await;
+    assert_eq!(proxy.counts("DeleteStack").seen, 1, "{}", proxy.report());
+    assert_eq!(proxy.counts("CreateStack").seen, 2, "{}", proxy.report());
+
+    // In AWS: the new stack has the bucket name; the old file system is gone; the old key
+    // waits for its deletion; the other clinic's key is as it was.
+    let key_state = |id: String| {
+        let kms = kms.clone();
+        async move {
+            kms.describe_key()
+                .key_id(id)
+                .send()
+                .await
+                .unwrap()
+                .key_metadata()
+                .unwrap()
+                .key_state()
+                .unwrap()
+                .as_str()
+                .to_string()
+        }
+    };
+    assert_eq!(key_state(key.clone()).await, "PendingDeletion");
+    assert_eq!(key_state(foreign.clone()).await, "Enabled");
+    let gone = efs
+        .describe_file_systems()
+        .file_system_id(&file_system)
+        .send()
+        .await
+        .map(|out| out.file_systems().is_empty())
+        .unwrap_or(true);
+    assert!(gone, "file system {file_system} removed");
+    let status = api.get("phoenix").await.unwrap().status.unwrap();
+    assert_eq!(status.bucket_name.as_deref(), Some(bucket.as_str()));
+    assert_ne!(
+        status.kms_key_arn.as_deref().map(|k| k.ends_with(&key)),
+        Some(true)
+    );
+    drop(operator);
+}
+
 /// RDS states that moto never shows, made by the proxy: a `storage-full` instance gets room
 /// at once (RDS's least step, +10 %), and a parameter change waiting for a reboot gets one
 /// (here `applyChanges: Immediately`), once.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 
-use aws_sdk_cloudformation::types::{OnFailure, Tag};
+use aws_sdk_cloudformation::types::{OnFailure, StackEvent, Tag};
 
 use super::AwsClients;
 use super::budget::Service;
@@ -66,9 +66,25 @@ pub struct StackFailure {
     pub logical_id: String,
     pub resource_type: String,
     pub reason: String,
-    /// Resources the rollback left in place (`DeletionPolicy: Retain`), as
-    /// `logical id (physical id)`: they hold data or keys and are not removed by anyone.
-    pub retained: Vec<String>,
+    /// Resources the rollback left in place (`DeletionPolicy: Retain`): no longer part of
+    /// the stack, so deleting the stack does not remove them.
+    pub retained: Vec<RetainedResource>,
+}
+
+/// A resource a stack's rollback kept (`DELETE_SKIPPED`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedResource {
+    pub logical_id: String,
+    pub resource_type: String,
+    /// `None` when the resource was never made (its creation was cancelled).
+    pub physical_id: Option<String>,
+}
+
+impl std::fmt::Display for RetainedResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let physical = self.physical_id.as_deref().unwrap_or("not created");
+        write!(f, "{} ({physical})", self.logical_id)
+    }
 }
 
 /// A create or update of the stack.
@@ -155,9 +171,7 @@ fn cfn_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
 
 /// Events of the latest operation are those after the stack's own `*_IN_PROGRESS` event
 /// that started it (events come newest first).
-fn first_failed_event(
-    events: &[aws_sdk_cloudformation::types::StackEvent],
-) -> Option<StackFailure> {
+fn first_failed_event(events: &[StackEvent]) -> Option<StackFailure> {
     let mut latest_operation = Vec::new();
     for event in events {
         let status = event
@@ -179,29 +193,37 @@ fn first_failed_event(
         .iter()
         .rev()
         .filter(|e| e.resource_status().map(|s| s.as_str()) == Some("DELETE_SKIPPED"))
-        .map(|e| {
-            format!(
-                "{} ({})",
-                e.logical_resource_id().unwrap_or_default(),
-                e.physical_resource_id().unwrap_or("not created")
-            )
-        })
-        .collect::<Vec<_>>();
-    latest_operation
-        .into_iter()
-        .rev()
-        .filter(|e| e.resource_type() != Some("AWS::CloudFormation::Stack"))
-        .find(|e| {
-            let status = e.resource_status().map(|s| s.as_str()).unwrap_or_default();
-            let reason = e.resource_status_reason().unwrap_or_default();
-            status.ends_with("_FAILED") && !reason.contains("cancelled")
-        })
-        .map(|e| StackFailure {
+        .map(|e| RetainedResource {
             logical_id: e.logical_resource_id().unwrap_or_default().to_string(),
             resource_type: e.resource_type().unwrap_or_default().to_string(),
-            reason: e.resource_status_reason().unwrap_or_default().to_string(),
-            retained,
+            physical_id: e
+                .physical_resource_id()
+                .filter(|id| !id.is_empty())
+                .map(str::to_string),
         })
+        .collect::<Vec<_>>();
+    let is_stack = |e: &&StackEvent| e.resource_type() == Some("AWS::CloudFormation::Stack");
+    let failed_resource = latest_operation.iter().rev().find(|e| {
+        let status = e.resource_status().map(|s| s.as_str()).unwrap_or_default();
+        let reason = e.resource_status_reason().unwrap_or_default();
+        !is_stack(e) && status.ends_with("_FAILED") && !reason.contains("cancelled")
+    });
+    // No resource failed (a timeout, a cancelled creation): the stack's own rollback
+    // event says why, and what it retained must still be known.
+    let rollback = || {
+        latest_operation.iter().rev().find(|e| {
+            let status = e.resource_status().map(|s| s.as_str()).unwrap_or_default();
+            is_stack(e)
+                && status.contains("ROLLBACK_IN_PROGRESS")
+                && e.resource_status_reason().is_some_and(|r| !r.is_empty())
+        })
+    };
+    failed_resource.or_else(rollback).map(|e| StackFailure {
+        logical_id: e.logical_resource_id().unwrap_or_default().to_string(),
+        resource_type: e.resource_type().unwrap_or_default().to_string(),
+        reason: e.resource_status_reason().unwrap_or_default().to_string(),
+        retained,
+    })
 }
 
 impl Stacks for AwsClients {
@@ -294,16 +316,23 @@ impl Stacks for AwsClients {
             .stack_name(name)
             .client_request_token(token)
             .send();
-        self.call(Service::CloudFormation, "DeleteStack", request)
+        match self
+            .call(Service::CloudFormation, "DeleteStack", request)
             .await
-            .map(|_| ())
+        {
+            // Gone already is done. AWS answers success for a stack it does not have; moto
+            // answers 404 when a resource the stack still lists was deleted by other means
+            // (having dropped the stack all the same).
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other.map(|_| ()),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_sdk_cloudformation::types::{ResourceStatus, StackEvent};
+    use aws_sdk_cloudformation::types::ResourceStatus;
 
     fn event(logical: &str, kind: &str, status: &str, reason: &str) -> StackEvent {
         StackEvent::builder()
@@ -356,7 +385,40 @@ mod tests {
         let failure = first_failed_event(&events).unwrap();
         assert_eq!(failure.logical_id, "Files");
         assert_eq!(failure.reason, "KMS key is disabled");
-        assert_eq!(failure.retained, ["Key (not created)"]);
+        assert_eq!(
+            failure.retained,
+            [RetainedResource {
+                logical_id: "Key".into(),
+                resource_type: "AWS::KMS::Key".into(),
+                physical_id: None,
+            }]
+        );
+        assert_eq!(failure.retained[0].to_string(), "Key (not created)");
         assert_eq!(first_failed_event(&events[4..5]), None);
+    }
+
+    #[test]
+    fn a_rollback_without_a_failed_resource_still_names_why_and_what_it_kept() {
+        const STACK: &str = "AWS::CloudFormation::Stack";
+        let events = [
+            event("s", STACK, "ROLLBACK_COMPLETE", ""),
+            StackEvent::builder()
+                .logical_resource_id("Bucket")
+                .physical_resource_id("oe-c1-north")
+                .resource_type("AWS::S3::Bucket")
+                .resource_status(ResourceStatus::DeleteSkipped)
+                .build(),
+            event(
+                "s",
+                STACK,
+                "ROLLBACK_IN_PROGRESS",
+                "Stack creation time exceeded the specified timeout",
+            ),
+            event("s", STACK, "CREATE_IN_PROGRESS", "User Initiated"),
+        ];
+        let failure = first_failed_event(&events).unwrap();
+        assert_eq!(failure.logical_id, "s");
+        assert!(failure.reason.contains("timeout"), "{}", failure.reason);
+        assert_eq!(failure.retained[0].to_string(), "Bucket (oe-c1-north)");
     }
 }

@@ -28,7 +28,7 @@ pub struct BucketSettings {
 
 impl AwsClients {
     /// A bucket's tags (none when it has no tag set).
-    async fn bucket_tags(
+    pub(crate) async fn bucket_tags(
         &self,
         bucket: &str,
     ) -> Result<std::collections::BTreeMap<String, String>, AwsError> {

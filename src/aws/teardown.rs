@@ -2,6 +2,7 @@
 //! (emptied of every object version first), its EFS file system and its KMS key. Used only
 //! by `deletionPolicy: Delete`, after the final snapshot; each call is safe to repeat.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
@@ -15,8 +16,48 @@ use super::rds::{DbSnapshot, snapshot};
 /// still cancel it.
 pub const KEY_DELETION_WINDOW_DAYS: i32 = 30;
 
+/// What an empty EFS file system meters (its metadata), in bytes.
+pub const EMPTY_FILE_SYSTEM_BYTES: i64 = 6144;
+
+/// The kinds of resource a clinic's stack retains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainedKind {
+    Bucket,
+    FileSystem,
+    Key,
+}
+
+impl RetainedKind {
+    /// The kind of a CloudFormation resource type, when it is one the stack retains.
+    pub fn of(resource_type: &str) -> Option<RetainedKind> {
+        match resource_type {
+            "AWS::S3::Bucket" => Some(RetainedKind::Bucket),
+            "AWS::EFS::FileSystem" => Some(RetainedKind::FileSystem),
+            "AWS::KMS::Key" => Some(RetainedKind::Key),
+            _ => None,
+        }
+    }
+}
+
+/// What was read of a retained resource that exists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetainedFacts {
+    pub tags: BTreeMap<String, String>,
+    /// The bucket holds an object version; the file system meters more than an empty one,
+    /// or has a mount target (a rollback deletes its own, so someone mounts it). Always
+    /// false for a key.
+    pub holds_data: bool,
+}
+
 /// What the cleanup of `deletionPolicy: Delete` asks of S3, EFS and KMS.
 pub trait Teardown {
+    /// A retained resource's tags and whether it holds data; `None` when it is gone (a key
+    /// pending deletion counts as gone).
+    fn retained_facts(
+        &self,
+        kind: RetainedKind,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<RetainedFacts>, AwsError>> + Send;
     fn bucket_exists(&self, bucket: &str) -> impl Future<Output = Result<bool, AwsError>> + Send;
     /// Deletes every object version and delete marker, then the bucket.
     fn empty_and_delete_bucket(
@@ -50,7 +91,69 @@ pub trait Teardown {
     ) -> impl Future<Output = Result<usize, AwsError>> + Send;
 }
 
+/// AWS takes a key's ARN or id; the id alone also suits emulators that look keys up by id
+/// only (moto 5.2).
+fn key_id(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
 impl Teardown for AwsClients {
+    async fn retained_facts(
+        &self,
+        kind: RetainedKind,
+        id: &str,
+    ) -> Result<Option<RetainedFacts>, AwsError> {
+        match kind {
+            RetainedKind::Bucket => {
+                if !self.bucket_exists(id).await? {
+                    return Ok(None);
+                }
+                Ok(Some(RetainedFacts {
+                    tags: self.bucket_tags(id).await?,
+                    holds_data: self.holds_objects(id, &[""]).await?,
+                }))
+            }
+            RetainedKind::FileSystem => {
+                let request = self.efs.describe_file_systems().file_system_id(id).send();
+                let out = match self
+                    .call(Service::Efs, "DescribeFileSystems", request)
+                    .await
+                {
+                    Ok(out) => out,
+                    Err(e) if e.is_not_found() => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                Ok(out.file_systems().first().map(|fs| RetainedFacts {
+                    tags: fs
+                        .tags()
+                        .iter()
+                        .map(|t| (t.key().to_string(), t.value().to_string()))
+                        .collect(),
+                    holds_data: fs.number_of_mount_targets() > 0
+                        || fs
+                            .size_in_bytes()
+                            .is_some_and(|size| size.value() > EMPTY_FILE_SYSTEM_BYTES),
+                }))
+            }
+            RetainedKind::Key => {
+                match self.key_state(id).await?.as_deref() {
+                    None | Some("PendingDeletion") => return Ok(None),
+                    Some(_) => {}
+                }
+                let request = self.kms.list_resource_tags().key_id(key_id(id)).send();
+                let out = self.call(Service::Kms, "ListResourceTags", request).await?;
+                Ok(Some(RetainedFacts {
+                    tags: out
+                        .tags()
+                        .iter()
+                        .map(|t| (t.tag_key().to_string(), t.tag_value().to_string()))
+                        .collect(),
+                    holds_data: false,
+                }))
+            }
+        }
+    }
+
     async fn bucket_exists(&self, bucket: &str) -> Result<bool, AwsError> {
         let request = self.s3.head_bucket().bucket(bucket).send();
         match self.call(Service::S3, "HeadBucket", request).await {
@@ -170,13 +273,10 @@ impl Teardown for AwsClients {
     }
 
     async fn schedule_key_deletion(&self, key: &str) -> Result<(), AwsError> {
-        // AWS takes the key's ARN or id; the id alone also suits emulators that look keys
-        // up by id only (moto 5.2).
-        let key_id = key.rsplit('/').next().unwrap_or(key);
         let request = self
             .kms
             .schedule_key_deletion()
-            .key_id(key_id)
+            .key_id(key_id(key))
             .pending_window_in_days(KEY_DELETION_WINDOW_DAYS)
             .send();
         self.call(Service::Kms, "ScheduleKeyDeletion", request)

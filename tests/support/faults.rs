@@ -19,7 +19,8 @@
 //! - a forwarded request may also lose its answer: moto did the operation, the client gets
 //!   a 503 instead (AWS acted, then failed to say so);
 //! - a forwarded request's successful (2xx) answer may be rewritten: each of the rule's
-//!   substitutions replaces every occurrence of a text in the body (XML or JSON alike).
+//!   substitutions replaces every occurrence of a text, or of a regular expression, in the
+//!   body (XML or JSON alike).
 //!   moto has no `creating` snapshot, no rollback or in-progress stack states, no
 //!   `storage-full` or `pending-reboot`: this is how tests make AWS answer as it does;
 //! - a rule may be limited to the next n requests of its operation, then it is gone.
@@ -107,8 +108,8 @@ pub struct Rule {
     pub lose_answer: f64,
     /// The rule applies to this many more requests, then is removed (`None`: for good).
     pub times: Option<u64>,
-    /// `(text, replacement)` pairs applied, in order, to a forwarded request's 2xx answer.
-    pub rewrites: Vec<(String, String)>,
+    /// Substitutions applied, in order, to a forwarded request's 2xx answer.
+    pub rewrites: Vec<Rewrite>,
 }
 
 impl Rule {
@@ -144,14 +145,51 @@ impl Rule {
 
     /// Every `text` in a successful answer becomes `replacement`.
     pub fn rewrite(mut self, text: &str, replacement: &str) -> Rule {
-        self.rewrites
-            .push((text.to_string(), replacement.to_string()));
+        self.rewrites.push(Rewrite {
+            pattern: regex::escape(text),
+            replacement: replacement.to_string(),
+            literal: true,
+        });
+        self
+    }
+
+    /// Substitutes what a regular expression matches (`$1`… name its groups): for a change
+    /// to one item of a list answer, e.g. one stack of many, found by its name.
+    pub fn rewrite_pattern(mut self, pattern: &str, replacement: &str) -> Rule {
+        regex::Regex::new(pattern).expect("a valid pattern");
+        self.rewrites.push(Rewrite {
+            pattern: pattern.to_string(),
+            replacement: replacement.to_string(),
+            literal: false,
+        });
         self
     }
 
     pub fn times(mut self, requests: u64) -> Rule {
         self.times = Some(requests);
         self
+    }
+}
+
+/// One substitution of a [`Rule`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rewrite {
+    pub pattern: String,
+    pub replacement: String,
+    /// The replacement is taken as it is (no `$` groups).
+    pub literal: bool,
+}
+
+impl Rewrite {
+    fn apply(&self, text: &str) -> String {
+        let pattern = regex::Regex::new(&self.pattern).expect("checked when made");
+        if self.literal {
+            pattern
+                .replace_all(text, regex::NoExpand(&self.replacement))
+                .into_owned()
+        } else {
+            pattern.replace_all(text, &self.replacement).into_owned()
+        }
     }
 }
 
@@ -419,7 +457,7 @@ enum Decision {
     Forward {
         latency: Duration,
         lose: bool,
-        rewrites: Vec<(String, String)>,
+        rewrites: Vec<Rewrite>,
     },
 }
 
@@ -635,7 +673,7 @@ async fn forward(
     latency: Duration,
     mut parts: Parts,
     body: Bytes,
-    rewrites: Vec<(String, String)>,
+    rewrites: Vec<Rewrite>,
 ) -> Result<Answer, String> {
     let _in_flight = InFlight {
         shared: shared.clone(),
@@ -683,8 +721,8 @@ async fn forward(
     let body = match std::str::from_utf8(&body) {
         Ok(text) if parts.status.is_success() && !rewrites.is_empty() => {
             let mut text = text.to_string();
-            for (from, to) in &rewrites {
-                text = text.replace(from.as_str(), to);
+            for rewrite in &rewrites {
+                text = rewrite.apply(&text);
             }
             Bytes::from(text)
         }

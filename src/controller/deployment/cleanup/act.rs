@@ -418,6 +418,9 @@ async fn set_deletion_protection(
 }
 
 /// The Event text of a finished cleanup: what was removed, and what is left and where.
+/// Where AWS Backup keeps the automatic backups of EFS file systems.
+const EFS_BACKUP_VAULT: &str = "aws/efs/automatic-backup-vault";
+
 fn left_behind(
     d: &OpenEMRDeployment,
     policy: DeletionPolicy,
@@ -470,6 +473,15 @@ fn left_behind(
                     .map(|k| format!("KMS key {k} (still encrypting: {})", holders.join(", "))),
             );
         }
+        // The stack turns EFS automatic backups on: AWS Backup's recovery points outlive
+        // the file system (they are AWS Backup's, not the stack's).
+        kept.extend(status.file_system_id.as_ref().map(|f| {
+            format!(
+                "AWS Backup's daily recovery points of file system {f} in vault \
+                 {EFS_BACKUP_VAULT}, until AWS Backup expires them (35 days unless its \
+                 plan was changed)"
+            )
+        }));
     } else {
         kept.extend(status.bucket_name.map(|b| format!("bucket {b}")));
         kept.extend(status.kms_key_arn.map(|k| format!("KMS key {k}")));

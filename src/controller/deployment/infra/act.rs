@@ -4,12 +4,14 @@
 
 use kube::ResourceExt;
 
+use super::leftovers::Removal;
 use super::{InfraChange, MasterSource};
 use crate::api::OpenEMRDeployment;
-use crate::aws::ErrorClass;
 use crate::aws::cloudformation::{Stacks, UpdateOutcome};
 use crate::aws::rds::{Databases, MasterPassword};
 use crate::aws::s3::Buckets;
+use crate::aws::teardown::Teardown;
+use crate::aws::{AwsClients, ErrorClass};
 use std::collections::BTreeMap;
 
 use crate::controller::deployment::clinic::{announce, aws_error, clients, clinic_tags};
@@ -68,26 +70,34 @@ pub async fn act(
         InfraChange::DeleteFailedStack {
             name,
             token,
-            retained,
+            remove,
+            kept,
         } => {
-            clients(d, aws)
-                .await
+            let clients = clients(d, aws).await;
+            // What the rollback retained goes before the stack: a crash in between leaves
+            // the stack, and with it the events that name the rest.
+            for removal in remove {
+                remove_leftover(&clients, removal).await?;
+            }
+            clients
                 .delete_stack(name, token)
                 .await
                 .map_err(aws_error("deleting the rolled-back stack"))?;
-            let kept = if retained.is_empty() {
-                "it retained no resources".to_string()
-            } else {
-                format!("it retained, and AWS keeps: {}", retained.join(", "))
-            };
-            announce(
-                ctx,
-                d,
-                true,
-                "StackReplaced",
-                &format!("deleting rolled-back stack {name} to create it anew; {kept}"),
-            )
-            .await;
+            let mut said = format!("deleting rolled-back stack {name} to create it anew");
+            if remove.is_empty() && kept.is_empty() {
+                said.push_str("; its creation retained nothing");
+            }
+            if !remove.is_empty() {
+                let removed: Vec<String> = remove.iter().map(ToString::to_string).collect();
+                said.push_str(&format!(
+                    "; removed what its creation retained: {}",
+                    removed.join(", ")
+                ));
+            }
+            if !kept.is_empty() {
+                said.push_str(&format!("; kept in AWS: {}", kept.join("; ")));
+            }
+            announce(ctx, d, true, "StackReplaced", &said).await;
             Ok(())
         }
         InfraChange::RebootDatabase { identifier, why } => {
@@ -237,4 +247,20 @@ pub async fn act(
             Ok(())
         }
     }
+}
+
+/// Removes one leftover of a rolled-back creation; gone already counts as done.
+async fn remove_leftover(clients: &AwsClients, removal: &Removal) -> Result<(), Error> {
+    let removed = match removal {
+        Removal::Bucket(bucket) => clients.empty_and_delete_bucket(bucket).await,
+        // It has no mount target (else it was kept as in use).
+        Removal::FileSystem(file_system) => clients.delete_file_system(file_system).await,
+        Removal::Key(key) => match clients.key_state(key).await {
+            Ok(Some(state)) if state != "PendingDeletion" => {
+                clients.schedule_key_deletion(key).await
+            }
+            other => other.map(|_| ()),
+        },
+    };
+    removed.map_err(aws_error("removing what the failed creation retained"))
 }

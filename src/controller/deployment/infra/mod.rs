@@ -8,6 +8,7 @@ pub mod act;
 pub mod adoption;
 pub mod audit;
 pub mod database;
+pub mod leftovers;
 pub mod observe;
 pub mod ownership;
 pub mod plan;
@@ -38,6 +39,8 @@ pub struct Infra {
     pub stack: Option<StackInfo>,
     /// The failing resource of a stack that failed or rolled back.
     pub stack_failure: Option<StackFailure>,
+    /// What a rolled-back creation retained, as read now (only for `ROLLBACK_COMPLETE`).
+    pub leftovers: Vec<leftovers::Leftover>,
     pub database: Option<DbInstance>,
     /// Whether the Secret with OpenEMR's database credentials exists (the operator's own,
     /// or the user's named in `spec.database.credentialsSecretRef`).
@@ -100,12 +103,14 @@ pub enum InfraChange {
     },
     CreateStack(StackRequest),
     UpdateStack(StackRequest),
-    /// Removes a stack whose creation rolled back, so the next pass creates it anew. Its
-    /// retained resources (named in an Event) stay.
+    /// Removes a stack whose creation rolled back, so the next pass creates it anew: first
+    /// what the rollback retained and holds nothing, then the stack. What stays is named in
+    /// the Event.
     DeleteFailedStack {
         name: String,
         token: String,
-        retained: Vec<String>,
+        remove: Vec<leftovers::Removal>,
+        kept: Vec<String>,
     },
     CreateDatabase {
         request: Box<CreateDb>,

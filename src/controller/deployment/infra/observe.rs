@@ -5,12 +5,14 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
+use super::leftovers::Leftover;
 use super::ownership::{Owner, owner_of};
 use super::{AdoptedBucket, AuditView, Infra};
 use crate::api::OpenEMRDeployment;
 use crate::aws::cloudformation::{StackState, Stacks};
 use crate::aws::rds::Databases;
 use crate::aws::s3::Buckets;
+use crate::aws::teardown::{RetainedKind, Teardown};
 use crate::controller::audit::AuditMode;
 use crate::controller::deployment::clinic::{
     ClinicNames, announce, aws_error, clients, clinic_tags, db_identifier,
@@ -157,6 +159,12 @@ pub async fn observe_infra(
         }
         _ => None,
     };
+    let leftovers = match (&stack, &stack_failure) {
+        (Some(s), Some(failure)) if s.state() == StackState::RolledBack => {
+            read_leftovers(&clients, &failure.retained).await?
+        }
+        _ => Vec::new(),
+    };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     // The user's Secret was read (and its keys checked) before AWS was; only the
     // operator's own is looked for here.
@@ -197,10 +205,39 @@ pub async fn observe_infra(
         tags,
         stack,
         stack_failure,
+        leftovers,
         database,
         credentials_secret,
         user_master_password,
         progress_interval: aws.progress_interval,
         claimed_by,
     })
+}
+
+/// Each resource a rolled-back creation retained, as it is now (a few reads, only while a
+/// stack is `ROLLBACK_COMPLETE`).
+async fn read_leftovers(
+    clients: &crate::aws::AwsClients,
+    retained: &[crate::aws::cloudformation::RetainedResource],
+) -> Result<Vec<Leftover>, Error> {
+    let mut leftovers = Vec::new();
+    for resource in retained {
+        let facts = match (
+            RetainedKind::of(&resource.resource_type),
+            &resource.physical_id,
+        ) {
+            (Some(kind), Some(id)) => clients
+                .retained_facts(kind, id)
+                .await
+                .map_err(aws_error("reading what the failed creation retained"))?,
+            // Never made, or of a kind the operator leaves alone (said as kept).
+            (None, Some(_)) => Some(Default::default()),
+            (_, None) => None,
+        };
+        leftovers.push(Leftover {
+            resource: resource.clone(),
+            facts,
+        });
+    }
+    Ok(leftovers)
 }

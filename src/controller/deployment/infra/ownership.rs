@@ -263,6 +263,7 @@ mod tests {
                 tags,
             }),
             stack_failure: None,
+            leftovers: Vec::new(),
             database: db.map(|tags| DbInstance {
                 identifier: "legacy-db".into(),
                 status: "available".into(),

@@ -97,6 +97,7 @@ pub fn plan_infrastructure(
     let names = &infra.names;
     let mut changes = Vec::new();
     let mut in_progress = false;
+    let mut leftovers_recheck = None;
     let mut status = previous.clone();
 
     // Credentials: the user's Secret, or one generated once.
@@ -207,27 +208,47 @@ pub fn plan_infrastructure(
                     format!("stack {} is {}", names.stack, stack.status),
                 )
             }
-            StackState::RolledBack if failed_in_an_earlier_generation(previous, generation) => {
-                changes.push(InfraChange::DeleteFailedStack {
-                    name: names.stack.clone(),
-                    token: stack_token("delete", &uid, generation, &hash),
-                    retained: infra
-                        .stack_failure
-                        .as_ref()
-                        .map(|f| f.retained.clone())
-                        .unwrap_or_default(),
-                });
-                in_progress = true;
-                Verdict::falsy(
-                    "StackReady",
-                    "StackReplacing",
-                    format!(
-                        "stack {} rolled back in an earlier generation; replacing it",
-                        names.stack
-                    ),
-                )
+            StackState::RolledBack => {
+                let leftovers = super::leftovers::decide(
+                    &infra.leftovers,
+                    &infra.tags,
+                    infra.database.as_ref().map(|db| db.identifier.as_str()),
+                );
+                let replace = failed_in_an_earlier_generation(previous, generation)
+                    || replacement_blocked(previous);
+                match leftovers.blocking {
+                    Some(blocking) if replace => {
+                        leftovers_recheck = Some(LEFTOVERS_RECHECK);
+                        Verdict::falsy("StackReady", STACK_REPLACEMENT_BLOCKED, blocking)
+                    }
+                    _ if replace => {
+                        changes.push(InfraChange::DeleteFailedStack {
+                            name: names.stack.clone(),
+                            token: stack_token("delete", &uid, generation, &hash),
+                            remove: leftovers.remove,
+                            kept: leftovers.kept,
+                        });
+                        in_progress = true;
+                        Verdict::falsy(
+                            "StackReady",
+                            "StackReplacing",
+                            format!(
+                                "stack {} rolled back in an earlier generation; replacing it",
+                                names.stack
+                            ),
+                        )
+                    }
+                    blocking => {
+                        let mut message =
+                            failure_message(&names.stack, stack, infra.stack_failure.as_ref());
+                        if let Some(blocking) = blocking {
+                            message = format!("{message}; {blocking}");
+                        }
+                        Verdict::falsy("StackReady", STACK_FAILED, message)
+                    }
+                }
             }
-            StackState::RolledBack | StackState::Failed => Verdict::falsy(
+            StackState::Failed => Verdict::falsy(
                 "StackReady",
                 STACK_FAILED,
                 failure_message(&names.stack, stack, infra.stack_failure.as_ref()),
@@ -272,7 +293,17 @@ pub fn plan_infrastructure(
         status: infra.stack.as_ref().map(|s| s.status.clone()),
         last_update: sent_update.or(previous_update),
     });
-    let outputs = infra.stack.as_ref().map(|s| &s.outputs);
+    // Outputs of a stack whose creation never completed name what its rollback deleted or
+    // retained: nothing is built on them (no database on a retained key).
+    let outputs = infra
+        .stack
+        .as_ref()
+        .filter(|s| {
+            !matches!(s.state(), StackState::RolledBack | StackState::Deleted)
+                && !matches!(s.status.as_str(), "CREATE_IN_PROGRESS" | "CREATE_FAILED")
+                && !s.status.starts_with("ROLLBACK_")
+        })
+        .map(|s| &s.outputs);
     let output = |key: &str| {
         outputs
             .and_then(|o| o.get(key))
@@ -604,7 +635,7 @@ pub fn plan_infrastructure(
     .filter(|(ok, _)| !ok)
     .map(|(_, what)| what)
     .collect();
-    let failed = stack_verdict.reason == STACK_FAILED;
+    let failed = [STACK_FAILED, STACK_REPLACEMENT_BLOCKED].contains(&stack_verdict.reason);
 
     // The latest restorable time moves every few minutes on its own; alone, it is written
     // with the sync time, not on every look.
@@ -640,6 +671,7 @@ pub fn plan_infrastructure(
         .then_some(infra.progress_interval)
         .into_iter()
         .chain(reboot_recheck)
+        .chain(leftovers_recheck)
         .min();
     verdicts.push(audit.verdict);
     InfraPlan {
@@ -764,6 +796,11 @@ fn act_on_state(
 const STACK_FAILED: &str = "StackFailed";
 /// `StackReady` reason: this generation's stack update rolled back.
 pub const STACK_UPDATE_FAILED: &str = "StackUpdateFailed";
+/// `StackReady` reason: a rolled-back stack waits to be replaced until what its creation
+/// retained and holds data is cleared by a person.
+pub const STACK_REPLACEMENT_BLOCKED: &str = "StackReplacementBlocked";
+/// How soon a blocked replacement looks at the leftovers again.
+const LEFTOVERS_RECHECK: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The database was seen (status holds its ARN): if it is gone now, someone deleted it.
 fn previously_created(previous: &OpenEMRDeploymentStatus) -> bool {
@@ -779,6 +816,13 @@ fn failed_in_an_earlier_generation(previous: &OpenEMRDeploymentStatus, generatio
     crate::conditions::find(&previous.conditions, "StackReady").is_some_and(|c| {
         c.reason == STACK_FAILED && c.observed_generation.is_some_and(|g| g < generation)
     })
+}
+
+/// A replacement waited for a person to clear what the failed creation retained: looked at
+/// again without a new generation.
+fn replacement_blocked(previous: &OpenEMRDeploymentStatus) -> bool {
+    crate::conditions::find(&previous.conditions, "StackReady")
+        .is_some_and(|c| c.reason == STACK_REPLACEMENT_BLOCKED)
 }
 
 /// What failed in the stack: the first failed resource from its events, else its reason.
@@ -810,8 +854,11 @@ pub(crate) mod tests {
     use super::*;
     use crate::api::OpenEMRDeploymentSpec;
     use crate::api::deployment::DeploymentPhase;
+    use crate::aws::cloudformation::RetainedResource;
     use crate::aws::rds::DbInstance;
+    use crate::aws::teardown::RetainedFacts;
     use crate::controller::deployment::clinic::{self, ClinicNames, ClusterId};
+    use crate::controller::deployment::infra::leftovers::{Leftover, Removal};
     use crate::controller::deployment::infra::{AuditView, overall};
 
     pub(crate) fn clinic() -> OpenEMRDeployment {
@@ -838,6 +885,7 @@ pub(crate) mod tests {
             tags: clinic::tags(&cluster, "ns", "clinic-a", "uid", &d.spec.tags),
             stack: None,
             stack_failure: None,
+            leftovers: Vec::new(),
             database: None,
             credentials_secret: true,
             user_master_password: false,
@@ -1413,12 +1461,38 @@ pub(crate) mod tests {
             status: "ROLLBACK_COMPLETE".into(),
             ..StackInfo::default()
         });
+        let key = RetainedResource {
+            logical_id: "Key".into(),
+            resource_type: "AWS::KMS::Key".into(),
+            physical_id: Some("key-1".into()),
+        };
+        let bucket = RetainedResource {
+            logical_id: "Bucket".into(),
+            resource_type: "AWS::S3::Bucket".into(),
+            physical_id: Some(seen.names.bucket.clone()),
+        };
         seen.stack_failure = Some(StackFailure {
             logical_id: "Files".into(),
             resource_type: "AWS::EFS::FileSystem".into(),
             reason: "quota reached".into(),
-            retained: vec!["Key (key-1)".into()],
+            retained: vec![key.clone(), bucket.clone()],
         });
+        let holding = |data: bool| {
+            vec![
+                Leftover {
+                    resource: key.clone(),
+                    facts: Some(RetainedFacts::default()),
+                },
+                Leftover {
+                    resource: bucket.clone(),
+                    facts: Some(RetainedFacts {
+                        holds_data: data,
+                        ..Default::default()
+                    }),
+                },
+            ]
+        };
+        seen.leftovers = holding(false);
         let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
         assert_eq!(actions(&plan), Vec::<String>::new());
         let failed = &plan.verdicts[0];
@@ -1443,14 +1517,45 @@ pub(crate) mod tests {
             actions(&plan_infrastructure(&d, &seen, &previous, &[], now())),
             Vec::<String>::new()
         );
-        // A new generation replaces it; the Event will name what the rollback kept.
+        // A new generation replaces it, removing first what the creation retained empty,
+        // the key after the bucket it encrypted.
         let mut edited = d.clone();
         edited.metadata.generation = Some(4);
         let plan = plan_infrastructure(&edited, &seen, &previous, &[], now());
-        let InfraChange::DeleteFailedStack { retained, .. } = &plan.changes[0] else {
+        let InfraChange::DeleteFailedStack { remove, kept, .. } = &plan.changes[0] else {
             unreachable!()
         };
-        assert_eq!(retained, &["Key (key-1)"]);
+        assert_eq!(
+            remove,
+            &[
+                Removal::Bucket(seen.names.bucket.clone()),
+                Removal::Key("key-1".into())
+            ]
+        );
+        assert!(kept.is_empty());
+
+        // A retained bucket that holds objects keeps the clinic's bucket name: the
+        // replacement waits for a person, says what to do, and looks again without a new
+        // generation.
+        seen.leftovers = holding(true);
+        let blocked = plan_infrastructure(&edited, &seen, &previous, &[], now());
+        assert_eq!(actions(&blocked), Vec::<String>::new());
+        assert_eq!(blocked.verdicts[0].reason, STACK_REPLACEMENT_BLOCKED);
+        assert!(
+            blocked.verdicts[0].message.contains("holds objects"),
+            "{}",
+            blocked.verdicts[0].message
+        );
+        assert_eq!(blocked.recheck_after, Some(LEFTOVERS_RECHECK));
+        let mut waited = blocked.status.clone();
+        waited.conditions = crate::conditions::merge(&[], &blocked.verdicts, Some(4), now());
+        seen.leftovers = holding(false);
+        let cleared = plan_infrastructure(&edited, &seen, &waited, &[], now());
+        assert!(
+            matches!(&cleared.changes[0], InfraChange::DeleteFailedStack { .. }),
+            "{:?}",
+            cleared.changes
+        );
     }
 
     #[test]
