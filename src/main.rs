@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use k8s_openapi::jiff::Timestamp;
+use openemr_operator::aws::accounts::parse_account_role;
 use openemr_operator::aws::budget::BudgetFlags;
 use openemr_operator::clock::Clock;
 use openemr_operator::controller::audit::AuditMode;
@@ -70,6 +71,14 @@ enum Command {
         /// every clinic at rest; drift made outside the operator is seen within this.
         #[arg(long, env = "INVENTORY_INTERVAL", default_value = "5m", value_parser = parse_duration)]
         inventory_interval: Duration,
+        /// The operator's own role in another AWS account, as `<account id>=<role ARN>`
+        /// (repeat per account; comma-separated in the environment). That account's
+        /// inventory and shared audit trail use it, never a clinic's role. Without one, the
+        /// inventory leaves the account out (its clinics read their own stack and instance,
+        /// and drift made outside the operator is seen at the resync) and its audit trail
+        /// is kept with the role of the clinic that needs it.
+        #[arg(long = "account-role", env = "ACCOUNT_ROLES", value_delimiter = ',', value_parser = parse_account_role)]
+        account_roles: Vec<(String, String)>,
         #[command(flatten)]
         budgets: BudgetFlags,
         #[command(flatten)]
@@ -292,6 +301,7 @@ fn main() -> ExitCode {
             cluster_id,
             progress_interval,
             inventory_interval,
+            account_roles,
             budgets,
             web,
             clock,
@@ -333,6 +343,7 @@ fn main() -> ExitCode {
                             cluster_id,
                             progress_interval,
                             inventory_interval,
+                            account_roles: account_roles.into_iter().collect(),
                             budgets: budgets.config(),
                             ca_files: CaFiles {
                                 mysql: web.mysql_ca_file,
@@ -343,6 +354,7 @@ fn main() -> ExitCode {
                                 setup_deadline: web.setup_deadline,
                                 setup_retry_after: web.setup_retry_after,
                                 upgrade_snapshots_kept: usize::from(web.upgrade_snapshots_kept),
+                                master_copy_recheck: progress_interval,
                             },
                             audit: audit.mode(),
                             audit_refresh: audit.audit_refresh_interval,

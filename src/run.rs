@@ -45,6 +45,8 @@ pub struct AwsOptions {
     pub cluster_id: ClusterId,
     pub progress_interval: Duration,
     pub inventory_interval: Duration,
+    /// The operator's own role in each other account (account id → role ARN).
+    pub account_roles: std::collections::BTreeMap<String, String>,
     /// Request rates per account, region and service.
     pub budgets: BudgetConfig,
     pub ca_files: CaFiles,
@@ -90,9 +92,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let base = aws::load_base_config().await;
     let budgets = Arc::new(Budgets::new(opts.aws.budgets, metrics.clone()));
     let (mut ctx, writers) = Context::new(client, metrics.clone(), opts.namespace, opts.driver);
+    let pool = Arc::new(
+        AwsPool::new(base, metrics, budgets).with_account_roles(opts.aws.account_roles.clone()),
+    );
     let inventory = Arc::new(Inventory::new(
         opts.aws.inventory_interval,
         opts.aws.cluster_id.as_str(),
+        pool.clone(),
     ));
     let audit = Arc::new(AuditTrails::new(
         opts.aws.audit.clone(),
@@ -102,7 +108,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     ctx.aws = Some(ClinicAws {
         audit,
         refusals: Default::default(),
-        pool: Arc::new(AwsPool::new(base, metrics, budgets)),
+        pool,
         cluster: opts.aws.cluster_id.clone(),
         progress_interval: opts.aws.progress_interval,
         inventory: inventory.clone(),

@@ -1499,6 +1499,8 @@ async fn an_adopted_instances_outages_are_sent_only_as_approved() {
             "instanceClass: db.r6g.xlarge",
             "multiAZ: true → false",
             "backupRetentionDays: 0 → 7",
+            // moto's default storage for an instance made without a type, as gp2 was.
+            "storageType: gp2 → gp3",
         ] {
             assert!(kept.contains(field), "{field} in {text}");
         }
@@ -1512,6 +1514,7 @@ async fn an_adopted_instances_outages_are_sent_only_as_approved() {
         "backupRetentionDays",
         "engineVersion",
         "allocatedStorageGiB",
+        "storageType",
     ];
     let modified = || async {
         events_of(&client, &ns.name, "adopter")
@@ -1552,6 +1555,7 @@ async fn an_adopted_instances_outages_are_sent_only_as_approved() {
     let db = instance().await;
     assert_eq!(db.db_instance_class(), Some("db.r6g.xlarge"));
     assert_eq!(db.backup_retention_period(), Some(0));
+    assert_eq!(db.storage_type(), Some("gp2"));
     let after: Vec<String> = modified()
         .await
         .into_iter()
@@ -1559,7 +1563,7 @@ async fn an_adopted_instances_outages_are_sent_only_as_approved() {
         .collect();
     assert_eq!(after.len(), 1, "{after:?}");
     assert!(after[0].contains("multiAZ: true → false"), "{after:?}");
-    for kept in ["instanceClass", "backupRetentionDays"] {
+    for kept in ["instanceClass", "backupRetentionDays", "storageType"] {
         assert!(!after[0].contains(kept), "{after:?}");
     }
     drop(operator);

@@ -1087,6 +1087,163 @@ async fn a_rolled_back_creation_is_replaced_after_its_empty_leftovers_are_remove
     drop(operator);
 }
 
+/// Whose credentials signed each recorded request of `operation`, as (role, session) of the
+/// AssumeRole that handed them out (the proxy recorded both).
+fn signers(proxy: &FaultProxy, operation: &str) -> Vec<(String, String, String)> {
+    let assumed: Vec<(String, String, String)> = proxy
+        .exchanges("AssumeRole")
+        .iter()
+        .filter_map(|e| {
+            let key = e.answer.split("<AccessKeyId>").nth(1)?.split('<').next()?;
+            Some((
+                key.to_string(),
+                e.param("RoleArn")?,
+                e.param("RoleSessionName")?,
+            ))
+        })
+        .collect();
+    proxy
+        .exchanges(operation)
+        .iter()
+        .map(|e| {
+            let (role, session) = assumed
+                .iter()
+                .find(|(key, ..)| *key == e.access_key)
+                .map(|(_, role, session)| (role.clone(), session.clone()))
+                .unwrap_or_else(|| ("(the operator's own credentials)".into(), String::new()));
+            (e.request.clone(), role, session)
+        })
+        .collect()
+}
+
+/// What is the account's, not one clinic's, is done with the operator's own identity in
+/// that account. With `--account-role`, the inventory lists the clinic's account and the
+/// shared audit trail is read with that role, each under a session of its own, never with
+/// the clinic's role. Without it, the account is not listed at all: the clinic reads its
+/// own instance, and the trail falls back to the clinic's role under the audit session.
+#[tokio::test]
+async fn an_accounts_inventory_and_trail_use_the_operators_role_there_never_a_clinics() {
+    let client = env().admin().await;
+    let (account, region) = ("555566667777", "eu-west-1");
+    let clinic_role = format!("arn:aws:iam::{account}:role/openemr-clinic");
+    let operator_role = format!("arn:aws:iam::{account}:role/openemr-operator");
+    let ns = TestNamespace::new(env(), "faults-identity").await;
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    for op in ["AssumeRole", "DescribeDBInstances", "GetTrailStatus"] {
+        proxy.record(op);
+    }
+    let mut manifest = clinic("ledger", region);
+    manifest["spec"]["aws"]["roleArn"] = clinic_role.clone().into();
+    manifest["spec"]["network"] =
+        serde_yaml_ng::from_str(&env().cluster_network_in(Some(account), region)).unwrap();
+    apply(&client, &ns.name, &manifest).await.unwrap();
+    let account_role = format!("{account}={operator_role}");
+    let operator = operator_through(
+        &proxy,
+        &ns.name,
+        &[
+            "--account-role",
+            &account_role,
+            "--inventory-interval",
+            "1s",
+        ],
+    );
+    let api: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    eventually(Duration::from_secs(120), "the clinic ready", || async {
+        is_ready(&api, "ledger").await.then_some(())
+    })
+    .await;
+    let is_listing = |request: &str| !request.contains("DBInstanceIdentifier=");
+    eventually(
+        Duration::from_secs(30),
+        "two inventory listings",
+        || async {
+            let listings = signers(&proxy, "DescribeDBInstances")
+                .into_iter()
+                .filter(|(request, ..)| is_listing(request))
+                .count();
+            (listings >= 2).then_some(())
+        },
+    )
+    .await;
+    let listings: Vec<_> = signers(&proxy, "DescribeDBInstances")
+        .into_iter()
+        .filter(|(request, ..)| is_listing(request))
+        .collect();
+    for (_, role, session) in &listings {
+        assert_eq!(
+            (role.as_str(), session.as_str()),
+            (operator_role.as_str(), "openemr-operator-inventory"),
+            "the inventory lists with the operator's role there"
+        );
+    }
+    let trail_reads = signers(&proxy, "GetTrailStatus");
+    assert!(!trail_reads.is_empty());
+    for (_, role, session) in &trail_reads {
+        assert_eq!(
+            (role.as_str(), session.as_str()),
+            (operator_role.as_str(), "openemr-operator-audit")
+        );
+    }
+    // The clinic's role did the clinic's own work only.
+    for exchange in proxy.exchanges("AssumeRole") {
+        if exchange.param("RoleArn").as_deref() == Some(clinic_role.as_str()) {
+            let session = exchange.param("RoleSessionName").unwrap_or_default();
+            assert!(
+                !session.starts_with("openemr-operator-"),
+                "the clinic's role assumed as {session}"
+            );
+        }
+    }
+    drop(operator);
+
+    // No role of the operator's own there: the account is never listed; the clinic reads
+    // its own instance and stays ready.
+    let before = proxy.exchanges("DescribeDBInstances").len();
+    let operator = operator_through(
+        &proxy,
+        &ns.name,
+        &[
+            "--inventory-interval",
+            "1s",
+            "--audit-refresh-interval",
+            "1s",
+        ],
+    );
+    for n in 0..4 {
+        api.patch(
+            "ledger",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"test/poke": n.to_string()}}}),
+            ),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let after: Vec<_> = signers(&proxy, "DescribeDBInstances")
+        .into_iter()
+        .skip(before)
+        .collect();
+    assert!(
+        after.iter().all(|(request, ..)| !is_listing(request)),
+        "no listing without an identity of the operator's own: {after:?}"
+    );
+    assert!(
+        after.iter().any(|(_, role, _)| *role == clinic_role),
+        "the clinic read its own instance"
+    );
+    assert!(is_ready(&api, "ledger").await);
+    let trail_reads = signers(&proxy, "GetTrailStatus");
+    let (_, role, session) = trail_reads.last().unwrap();
+    assert_eq!(
+        (role.as_str(), session.as_str()),
+        (clinic_role.as_str(), "openemr-operator-audit")
+    );
+    drop(operator);
+}
+
 /// RDS states that moto never shows, made by the proxy: a `storage-full` instance gets room
 /// at once (RDS's least step, +10 %), and a parameter change waiting for a reboot gets one
 /// (here `applyChanges: Immediately`), once.

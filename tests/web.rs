@@ -243,6 +243,48 @@ async fn a_clinic_is_set_up_once_then_served_by_workers_and_ready() {
     let master = secret_value(&client, &ns.name, &format!("{name}-db-master"), "password").await;
     assert!(master.len() >= 8);
 
+    // RDS rotates the managed secret while the Job runs: the copy follows, so the next pod
+    // the Job starts reads the current password.
+    let config = env().aws(Some("us-west-2")).await;
+    let identifier = eventually(WAIT, "the DB instance in status", || async {
+        Some(clinics.get(name).await.ok()?.status?.database?.identifier)
+    })
+    .await;
+    let master_secret = aws_sdk_rds::Client::new(&config)
+        .describe_db_instances()
+        .db_instance_identifier(&identifier)
+        .send()
+        .await
+        .unwrap()
+        .db_instances()[0]
+        .master_user_secret()
+        .unwrap()
+        .secret_arn()
+        .unwrap()
+        .to_string();
+    let rotated = aws_sdk_secretsmanager::Client::new(&config)
+        .put_secret_value()
+        .secret_id(&master_secret)
+        .secret_string(
+            json!({"username": "openemr_admin", "password": "Rotated-0n-Day-7"}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let copy = eventually(WAIT, "the copy of the rotated password", || async {
+        let copy = secrets.get(&format!("{name}-db-master")).await.ok()?;
+        let data = copy.data.as_ref()?.get("password")?;
+        (data.0 == b"Rotated-0n-Day-7").then_some(copy)
+    })
+    .await;
+    assert_eq!(
+        copy.annotations()
+            .get("openemr.io/source-version")
+            .map(String::as_str),
+        rotated.version_id()
+    );
+
     // The kubelet says the setup pod succeeded: the Job controller completes the Job, and
     // the workers appear.
     finish_pod(&client, &ns.name, &pod, "Succeeded", "").await;
@@ -257,7 +299,6 @@ async fn a_clinic_is_set_up_once_then_served_by_workers_and_ready() {
     })
     .await;
     // The master password's copy is gone once setup is done.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     eventually(WAIT, "the master password copy deleted", || async {
         secrets
             .get_opt(&format!("{name}-db-master"))

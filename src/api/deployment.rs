@@ -788,6 +788,10 @@ pub enum AdoptedChange {
     /// `database.allocatedStorageGiB` (storage optimization; growth only).
     #[serde(rename = "allocatedStorageGiB")]
     AllocatedStorage,
+    /// Storage type to gp3, the clinics' own (from io1/io2, provisioned IOPS given up;
+    /// hours of storage optimization).
+    #[serde(rename = "storageType")]
+    StorageType,
     /// `database.multiAZ` (a standby created or removed).
     #[serde(rename = "multiAZ")]
     MultiAz,
@@ -810,6 +814,7 @@ impl AdoptedChange {
             AdoptedChange::InstanceClass => "instanceClass",
             AdoptedChange::EngineVersion => "engineVersion",
             AdoptedChange::AllocatedStorage => "allocatedStorageGiB",
+            AdoptedChange::StorageType => "storageType",
             AdoptedChange::MultiAz => "multiAZ",
             AdoptedChange::ParameterGroup => "parameterGroup",
             AdoptedChange::SecurityGroups => "securityGroups",

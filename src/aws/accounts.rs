@@ -5,8 +5,13 @@
 //! A clinic may name an IAM role of another account; the operator assumes it through STS
 //! with its own (base) credentials, under a session name that names the clinic, so the other
 //! account's CloudTrail says which clinic did what.
+//!
+//! What is the account's rather than one clinic's (the batched inventory, the shared audit
+//! trail) is done with the operator's own identity there: its base credentials in their own
+//! account, the role `--account-role` names for another. Never with a clinic's role, which
+//! may be scoped to that clinic, named after it in CloudTrail, and removed with it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -41,6 +46,8 @@ pub struct AwsPool {
     metrics: Arc<Metrics>,
     budgets: Arc<Budgets>,
     clients: Mutex<HashMap<PoolKey, Arc<AwsClients>>>,
+    /// The operator's role in each other account, by account id (`--account-role`).
+    account_roles: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for AwsPool {
@@ -58,7 +65,35 @@ impl AwsPool {
             metrics,
             budgets,
             clients: Mutex::new(HashMap::new()),
+            account_roles: BTreeMap::new(),
         }
+    }
+
+    /// The operator's role in each other account (account id → role ARN in it).
+    pub fn with_account_roles(mut self, roles: BTreeMap<String, String>) -> AwsPool {
+        self.account_roles = roles;
+        self
+    }
+
+    /// The operator's own clients in `account` (an [`AwsClients::account`] key), for work
+    /// done for the whole account under `session_name`: the base credentials for their
+    /// own account, the role `--account-role` gives for another, else `None`.
+    pub fn account_clients(
+        &self,
+        account: &str,
+        session_name: &str,
+        region: &str,
+    ) -> Option<Arc<AwsClients>> {
+        if account == DEFAULT_ACCOUNT {
+            return Some(self.base_clients(region));
+        }
+        let role_arn = self.account_roles.get(account)?;
+        let key = PoolKey {
+            role_arn: Some(role_arn.clone()),
+            session_name: session_name.to_string(),
+            region: region.to_string(),
+        };
+        Some(self.get_or_make(key, || self.assumed(role_arn, session_name, region)))
     }
 
     pub fn budgets(&self) -> &Arc<Budgets> {
@@ -165,10 +200,9 @@ impl AwsPool {
             .build();
         // Not a well-formed role ARN: AssumeRole refuses it and no call is made in that
         // account, so the budget key only has to be distinct.
-        let account = account_of(role_arn).unwrap_or(role_arn);
         AwsClients::new(
             &config,
-            account,
+            account_key(Some(role_arn)),
             region,
             self.metrics.clone(),
             self.budgets.clone(),
@@ -222,6 +256,32 @@ impl ProvideCredentials for AssumeRole {
         Self: 'a,
     {
         future::ProvideCredentials::new(self.credentials())
+    }
+}
+
+/// The key [`AwsClients::account`] has for the clients of `role_arn` (the base
+/// credentials' when `None`).
+pub fn account_key(role_arn: Option<&str>) -> &str {
+    match role_arn {
+        None => DEFAULT_ACCOUNT,
+        Some(role_arn) => account_of(role_arn).unwrap_or(role_arn),
+    }
+}
+
+/// `<account id>=<role ARN>` of `--account-role`: the role must be in that account.
+pub fn parse_account_role(text: &str) -> Result<(String, String), String> {
+    let Some((account, role_arn)) = text.split_once('=') else {
+        return Err(format!(
+            "{text:?} is not <account id>=<role ARN>, such as \
+             111122223333=arn:aws:iam::111122223333:role/openemr-operator"
+        ));
+    };
+    match account_of(role_arn) {
+        Some(of) if of == account => Ok((account.to_string(), role_arn.to_string())),
+        Some(of) => Err(format!("role {role_arn} is in account {of}, not {account}")),
+        None => Err(format!(
+            "{role_arn:?} is not a role ARN such as arn:aws:iam::111122223333:role/openemr-operator"
+        )),
     }
 }
 
@@ -386,5 +446,79 @@ mod tests {
         ] {
             assert_eq!(account_of(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn account_roles_name_a_role_in_that_account() {
+        let role = "arn:aws:iam::111122223333:role/openemr-operator";
+        assert_eq!(
+            parse_account_role(&format!("111122223333={role}")),
+            Ok(("111122223333".into(), role.into()))
+        );
+        let other = parse_account_role(&format!("444455556666={role}")).unwrap_err();
+        assert!(
+            other.contains("in account 111122223333, not 444455556666"),
+            "{other}"
+        );
+        assert!(parse_account_role(role).is_err());
+        assert!(parse_account_role("111122223333=operator").is_err());
+    }
+
+    #[tokio::test]
+    async fn an_account_is_worked_on_with_the_operators_identity_there_or_not_at_all() {
+        let metrics = Arc::new(Metrics::new());
+        let config = crate::aws::base_config_loader()
+            .endpoint_url("http://127.0.0.1:9")
+            .region(aws_config::Region::new("us-east-1"))
+            .load()
+            .await;
+        let operator_role = "arn:aws:iam::111122223333:role/openemr-operator";
+        let pool = AwsPool::new(
+            config,
+            metrics.clone(),
+            Arc::new(Budgets::new(Default::default(), metrics)),
+        )
+        .with_account_roles(BTreeMap::from([(
+            "111122223333".to_string(),
+            operator_role.to_string(),
+        )]));
+        // A clinic's role in each of two accounts.
+        let clinic = pool
+            .clients(
+                Some("arn:aws:iam::111122223333:role/clinic"),
+                "clinic-a",
+                "eu-west-1",
+            )
+            .await;
+        let stranger = pool
+            .clients(
+                Some("arn:aws:iam::444455556666:role/clinic"),
+                "clinic-b",
+                "eu-west-1",
+            )
+            .await;
+        let inventory = pool
+            .account_clients(&clinic.account, "inventory", "eu-west-1")
+            .unwrap();
+        assert_eq!(inventory.account, "111122223333");
+        assert!(!Arc::ptr_eq(&inventory, &clinic), "not the clinic's role");
+        assert!(Arc::ptr_eq(
+            &inventory,
+            &pool
+                .clients(Some(operator_role), "inventory", "eu-west-1")
+                .await
+        ));
+        assert!(
+            pool.account_clients(&stranger.account, "inventory", "eu-west-1")
+                .is_none(),
+            "no identity of the operator's own in 444455556666"
+        );
+        let base = pool.clients(None, "", "eu-west-1").await;
+        assert!(Arc::ptr_eq(
+            &pool
+                .account_clients(account_key(None), "inventory", "eu-west-1")
+                .unwrap(),
+            &base
+        ));
     }
 }

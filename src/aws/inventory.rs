@@ -9,6 +9,11 @@
 //! loop refreshes each known account and region every interval and wakes the clinics whose
 //! instance or stack changed, so drift made outside the operator is seen within one
 //! interval with no per-clinic call.
+//!
+//! Each account is listed with the operator's own identity there
+//! ([`AwsPool::account_clients`]: its base credentials, or the role `--account-role` names),
+//! never with a clinic's role. An account without one is left out: its clinics read their
+//! own resources on every look, and drift there is seen at the resync.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::AwsClients;
+use super::accounts::AwsPool;
 use super::cloudformation::{StackInfo, Stacks};
 use super::error::AwsError;
 use super::rds::{Databases, DbInstance};
@@ -53,10 +59,15 @@ pub struct Owner {
     pub name: String,
 }
 
+/// The session name of the operator's own identity while it lists an account.
+pub const SESSION_NAME: &str = "openemr-operator-inventory";
+
+/// Instances the operator did not tag (adopted), by identifier, with their clinic.
+type Claims = HashMap<String, Owner>;
+
 struct Region {
+    /// The operator's own, never a clinic's.
     clients: Arc<AwsClients>,
-    /// Instances the operator did not tag (adopted), by identifier, with their clinic.
-    claims: Mutex<HashMap<String, Owner>>,
     /// Held across a refresh: callers that find the snapshot stale wait for the one
     /// refresh in flight instead of starting their own.
     snapshot: tokio::sync::Mutex<Arc<Snapshot>>,
@@ -89,7 +100,11 @@ fn newer<T: Clone>(
 pub struct Inventory {
     interval: Duration,
     cluster: String,
+    pool: Arc<AwsPool>,
+    /// Listed accounts and regions.
     regions: Mutex<HashMap<(String, String), Arc<Region>>>,
+    /// Kept for every account, listed or not: they decide which clinic adopted an instance.
+    claims: Mutex<HashMap<(String, String), Claims>>,
 }
 
 impl std::fmt::Debug for Inventory {
@@ -164,12 +179,15 @@ pub fn changed_owners(
 }
 
 impl Inventory {
-    /// Snapshots older than `interval` are refreshed; the loop refreshes at that pace.
-    pub fn new(interval: Duration, cluster: &str) -> Inventory {
+    /// Snapshots older than `interval` are refreshed; the loop refreshes at that pace. Each
+    /// account is listed with the operator's identity there, from `pool`.
+    pub fn new(interval: Duration, cluster: &str, pool: Arc<AwsPool>) -> Inventory {
         Inventory {
             interval,
             cluster: cluster.to_string(),
+            pool,
             regions: Mutex::new(HashMap::new()),
+            claims: Mutex::new(HashMap::new()),
         }
     }
 
@@ -181,69 +199,89 @@ impl Inventory {
         self.interval * STACK_REFRESH_INTERVALS
     }
 
-    fn region(&self, clients: &Arc<AwsClients>) -> Arc<Region> {
+    /// The inventory of the account and region of a clinic's `clients`; `None` when the
+    /// operator has no identity of its own in that account.
+    fn region(&self, clients: &AwsClients) -> Option<Arc<Region>> {
         let key = (clients.account.clone(), clients.region.clone());
-        let mut regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
-        regions
-            .entry(key)
-            .or_insert_with(|| {
-                Arc::new(Region {
-                    clients: clients.clone(),
-                    claims: Mutex::new(HashMap::new()),
-                    snapshot: tokio::sync::Mutex::new(Arc::new(Snapshot::default())),
-                    seen: Mutex::new(Seen::default()),
+        if let Some(found) = self.lock_regions().get(&key) {
+            return Some(found.clone());
+        }
+        let own = self
+            .pool
+            .account_clients(&clients.account, SESSION_NAME, &clients.region)?;
+        Some(
+            self.lock_regions()
+                .entry(key)
+                .or_insert_with(|| {
+                    Arc::new(Region {
+                        clients: own,
+                        snapshot: tokio::sync::Mutex::new(Arc::new(Snapshot::default())),
+                        seen: Mutex::new(Seen::default()),
+                    })
                 })
-            })
-            .clone()
+                .clone(),
+        )
     }
 
-    /// Makes the account and region of `clients` one the loop keeps refreshing (a clinic
-    /// there exists), without reading anything now.
-    pub fn watch(&self, clients: &Arc<AwsClients>) {
-        self.region(clients);
+    fn lock_regions(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Region>>> {
+        self.regions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_claims(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Claims>> {
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the account and region of `clients` is listed: the loop keeps refreshing
+    /// it (a clinic there exists). Nothing is read now.
+    pub fn watch(&self, clients: &AwsClients) -> bool {
+        self.region(clients).is_some()
     }
 
     /// Who claimed `identifier` in the account and region of `clients`, if anyone.
-    pub fn claimant(&self, clients: &Arc<AwsClients>, identifier: &str) -> Option<Owner> {
-        self.region(clients)
-            .claims
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    pub fn claimant(&self, clients: &AwsClients, identifier: &str) -> Option<Owner> {
+        self.lock_claims()
+            .get(&(clients.account.clone(), clients.region.clone()))?
             .get(identifier)
             .cloned()
     }
 
     /// Names the clinic of an instance that may not carry the operator's tags yet (an
     /// adopted one), so that its drift wakes the clinic too.
-    pub fn claim(&self, clients: &Arc<AwsClients>, identifier: &str, owner: Owner) {
-        self.region(clients)
-            .claims
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    pub fn claim(&self, clients: &AwsClients, identifier: &str, owner: Owner) {
+        self.lock_claims()
+            .entry((clients.account.clone(), clients.region.clone()))
+            .or_default()
             .insert(identifier.to_string(), owner);
     }
 
     /// The snapshot of the account and region of `clients`, refreshed first when it is
-    /// older than the interval (or was never taken).
-    pub async fn current(&self, clients: &Arc<AwsClients>) -> Result<Arc<Snapshot>, AwsError> {
-        let region = self.region(clients);
+    /// older than the interval (or was never taken); `None` when that account is not
+    /// listed.
+    pub async fn current(&self, clients: &AwsClients) -> Result<Option<Arc<Snapshot>>, AwsError> {
+        let Some(region) = self.region(clients) else {
+            return Ok(None);
+        };
         let mut held = region.snapshot.lock().await;
         if held.age().is_none_or(|age| age >= self.interval) {
             *held = Arc::new(take(&region.clients, &held, self.stack_max_age()).await?);
         }
-        Ok(held.clone())
+        Ok(Some(held.clone()))
     }
 
     /// A clinic at rest's stack and DB instance: from the snapshot (refreshed first when
     /// stale), unless the clinic's own last read of one is newer than its listing.
     pub async fn view(
         &self,
-        clients: &Arc<AwsClients>,
+        clients: &AwsClients,
         stack: &str,
         database: &str,
     ) -> Result<(Option<StackInfo>, Option<DbInstance>), AwsError> {
-        let snapshot = self.current(clients).await?;
-        let region = self.region(clients);
+        let Some(snapshot) = self.current(clients).await? else {
+            return Ok((None, None));
+        };
+        let Some(region) = self.region(clients) else {
+            return Ok((None, None));
+        };
         let seen = region.seen.lock().unwrap_or_else(|e| e.into_inner());
         Ok((
             newer(
@@ -262,11 +300,13 @@ impl Inventory {
     /// Remembers what a clinic just read of its own stack and DB instance.
     pub fn saw(
         &self,
-        clients: &Arc<AwsClients>,
+        clients: &AwsClients,
         stack: Option<&StackInfo>,
         database: Option<&DbInstance>,
     ) {
-        let region = self.region(clients);
+        let Some(region) = self.region(clients) else {
+            return;
+        };
         let mut seen = region.seen.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if let Some(s) = stack {
@@ -286,14 +326,12 @@ impl Inventory {
                 () = tokio::time::sleep(self.interval) => {}
                 () = shutdown.cancelled() => return,
             }
-            let regions: Vec<Arc<Region>> = self
-                .regions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .cloned()
+            let regions: Vec<((String, String), Arc<Region>)> = self
+                .lock_regions()
+                .iter()
+                .map(|(key, region)| (key.clone(), region.clone()))
                 .collect();
-            for region in regions {
+            for (key, region) in regions {
                 let mut held = region.snapshot.lock().await;
                 // A clinic may have refreshed it a moment ago.
                 if held.age().is_some_and(|age| age < self.interval / 2) {
@@ -301,11 +339,7 @@ impl Inventory {
                 }
                 match take(&region.clients, &held, self.stack_max_age()).await {
                     Ok(fresh) => {
-                        let claims = region
-                            .claims
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .clone();
+                        let claims = self.lock_claims().get(&key).cloned().unwrap_or_default();
                         let owners = changed_owners(&held, &fresh, &self.cluster, &claims);
                         forget_older(&region, &fresh);
                         debug!(account = %region.clients.account, region = %region.clients.region, changed = owners.len(), "inventory refreshed");

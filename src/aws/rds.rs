@@ -59,6 +59,7 @@ pub struct Pending {
     pub multi_az: Option<bool>,
     pub backup_retention: Option<i32>,
     pub engine_version: Option<String>,
+    pub storage_type: Option<String>,
 }
 
 /// A new DB instance. The master password is either managed by RDS in Secrets Manager
@@ -122,6 +123,7 @@ pub struct ModifyDb {
     pub allow_major_version_upgrade: bool,
     pub allocated_storage: Option<i32>,
     pub max_allocated_storage: Option<i32>,
+    pub storage_type: Option<String>,
     pub multi_az: Option<bool>,
     pub backup_retention: Option<i32>,
     pub backup_window: Option<String>,
@@ -142,6 +144,10 @@ pub struct DbSnapshot {
     pub status: String,
     pub tags: BTreeMap<String, String>,
 }
+
+/// The storage every clinic's instance is made with: General Purpose SSD, whose baseline
+/// (3,000 IOPS) does not grow with size as gp2's does.
+pub const STORAGE_TYPE: &str = "gp3";
 
 /// What the clinic controller asks of RDS.
 pub trait Databases {
@@ -227,6 +233,7 @@ fn instance(db: &aws_sdk_rds::types::DbInstance) -> DbInstance {
         multi_az: p.multi_az(),
         backup_retention: p.backup_retention_period(),
         engine_version: p.engine_version().map(str::to_string),
+        storage_type: p.storage_type().map(str::to_string),
     });
     DbInstance {
         identifier: db.db_instance_identifier().unwrap_or_default().to_string(),
@@ -338,7 +345,7 @@ impl Databases for AwsClients {
             .engine("mysql")
             .engine_version(&r.engine_version)
             .db_instance_class(&r.instance_class)
-            .storage_type("gp3")
+            .storage_type(STORAGE_TYPE)
             .allocated_storage(r.allocated_storage)
             .set_max_allocated_storage(r.max_allocated_storage)
             .storage_encrypted(true)
@@ -420,6 +427,7 @@ impl Databases for AwsClients {
             .set_allow_major_version_upgrade(m.allow_major_version_upgrade.then_some(true))
             .set_allocated_storage(m.allocated_storage)
             .set_max_allocated_storage(m.max_allocated_storage)
+            .set_storage_type(m.storage_type.clone())
             .set_multi_az(m.multi_az)
             .set_backup_retention_period(m.backup_retention)
             .set_preferred_backup_window(m.backup_window.clone())

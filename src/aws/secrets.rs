@@ -20,10 +20,11 @@ impl std::fmt::Debug for SecretValue {
 /// What the clinic controller asks of Secrets Manager.
 pub trait ManagedSecrets {
     /// The `password` of the JSON secret RDS keeps for a master user.
+    /// With the version it was read from (RDS rotates the secret, every 7 days by default).
     fn master_password(
         &self,
         secret_arn: &str,
-    ) -> impl Future<Output = Result<SecretValue, AwsError>> + Send;
+    ) -> impl Future<Output = Result<(SecretValue, String), AwsError>> + Send;
 
     /// The Redis AUTH token the clinic's stack generated: letters and digits, which the
     /// image can put in a URL and an ini value unquoted.
@@ -35,6 +36,14 @@ pub trait ManagedSecrets {
 
 impl AwsClients {
     async fn secret_string(&self, secret_arn: &str) -> Result<String, AwsError> {
+        Ok(self.versioned_secret_string(secret_arn).await?.0)
+    }
+
+    /// The current value and its version id.
+    async fn versioned_secret_string(
+        &self,
+        secret_arn: &str,
+    ) -> Result<(String, String), AwsError> {
         let out = self
             .call(
                 Service::SecretsManager,
@@ -45,7 +54,10 @@ impl AwsClients {
                     .send(),
             )
             .await?;
-        Ok(out.secret_string().unwrap_or_default().to_string())
+        Ok((
+            out.secret_string().unwrap_or_default().to_string(),
+            out.version_id().unwrap_or_default().to_string(),
+        ))
     }
 }
 
@@ -54,8 +66,8 @@ fn unusable(what: &str) -> AwsError {
 }
 
 impl ManagedSecrets for AwsClients {
-    async fn master_password(&self, secret_arn: &str) -> Result<SecretValue, AwsError> {
-        let text = self.secret_string(secret_arn).await?;
+    async fn master_password(&self, secret_arn: &str) -> Result<(SecretValue, String), AwsError> {
+        let (text, version) = self.versioned_secret_string(secret_arn).await?;
         // RDS stores {"username": …, "password": …}.
         let password = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
@@ -66,7 +78,7 @@ impl ManagedSecrets for AwsClients {
             })
             .filter(|p| !p.is_empty());
         password
-            .map(SecretValue)
+            .map(|p| (SecretValue(p), version))
             .ok_or_else(|| unusable("the master user secret has no \"password\" field"))
     }
 

@@ -255,11 +255,72 @@ impl Counts {
     }
 }
 
+/// One forwarded request and moto's answer, kept for the operations named in
+/// [`FaultProxy::record`].
+#[derive(Clone, Debug, Default)]
+pub struct Exchange {
+    /// The query string and the body (form-encoded for query protocols), as text.
+    pub request: String,
+    /// The access key id the request was signed with (SigV4 `Credential=`): whose
+    /// credentials made it.
+    pub access_key: String,
+    pub answer: String,
+}
+
+impl Exchange {
+    /// The value of `key` in the request's query string or form body.
+    pub fn param(&self, key: &str) -> Option<String> {
+        self.request
+            .split(['&', '?', '\n'])
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| percent_decode(v))
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The access key id of a SigV4 `Authorization` header.
+fn access_key_of(headers: &HeaderMap) -> String {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("Credential=").nth(1))
+        .and_then(|v| v.split('/').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[derive(Default)]
 struct State {
     rules: BTreeMap<String, Rule>,
     counts: BTreeMap<String, Counts>,
     history: BTreeMap<String, Vec<(Instant, Outcome)>>,
+    /// Operations whose exchanges are kept, with them.
+    recorded: BTreeMap<String, Vec<Exchange>>,
 }
 
 struct Shared {
@@ -344,6 +405,24 @@ impl FaultProxy {
     /// Removes the rule of `operation`; its requests follow `*` again.
     pub fn clear(&self, operation: &str) {
         self.state().rules.remove(operation);
+    }
+
+    /// Keeps every forwarded request of `operation` from now on, with its answer
+    /// ([`FaultProxy::exchanges`]).
+    pub fn record(&self, operation: &str) {
+        self.state()
+            .recorded
+            .entry(operation.to_string())
+            .or_default();
+    }
+
+    /// The exchanges of `operation` kept since [`FaultProxy::record`].
+    pub fn exchanges(&self, operation: &str) -> Vec<Exchange> {
+        self.state()
+            .recorded
+            .get(operation)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Removes every rule: everything passes.
@@ -701,6 +780,21 @@ async fn forward(
         parts.uri = path.as_str().parse().unwrap();
     }
     let head = parts.method == Method::HEAD;
+    let recording = shared
+        .state
+        .lock()
+        .unwrap()
+        .recorded
+        .contains_key(&operation);
+    let mut exchange = recording.then(|| Exchange {
+        request: format!(
+            "{}\n{}",
+            parts.uri.query().unwrap_or_default(),
+            String::from_utf8_lossy(&body)
+        ),
+        access_key: access_key_of(&parts.headers),
+        answer: String::new(),
+    });
     let response = sender
         .send_request(Request::from_parts(parts, Full::new(body)))
         .await
@@ -728,6 +822,12 @@ async fn forward(
         }
         _ => body,
     };
+    if let Some(mut exchange) = exchange.take() {
+        exchange.answer = String::from_utf8_lossy(&body).into_owned();
+        if let Some(kept) = shared.state.lock().unwrap().recorded.get_mut(&operation) {
+            kept.push(exchange);
+        }
+    }
     for name in [header::TRANSFER_ENCODING, header::CONNECTION] {
         parts.headers.remove(name);
     }

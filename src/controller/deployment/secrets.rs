@@ -363,8 +363,15 @@ pub async fn create_admin_secret(
     create_secret_once(ctx, ns, secret).await
 }
 
+/// The annotation of the master password's copy naming the Secrets Manager version it
+/// holds.
+pub const SOURCE_VERSION_ANNOTATION: &str = "openemr.io/source-version";
+
 /// Copies the RDS-managed master password from Secrets Manager into a Secret owned by the
-/// clinic, for the first setup only (deleted once setup completed).
+/// clinic, for setup only (deleted once no setup Job runs or starts). Asked on every look
+/// while a setup Job runs or starts: a copy of an older version (RDS rotated the secret,
+/// every 7 days by default) is replaced, so a pod the Job starts next reads the current
+/// password.
 pub async fn copy_master_password(
     d: &OpenEMRDeployment,
     aws: &ClinicAws,
@@ -374,20 +381,47 @@ pub async fn copy_master_password(
     secret_arn: &str,
     labels: BTreeMap<String, String>,
 ) -> Result<(), Error> {
-    let password = clinic::clients(d, aws)
+    let (password, version) = clinic::clients(d, aws)
         .await
         .master_password(secret_arn)
         .await
         .map_err(aws_error("reading the master password for setup"))?;
-    let secret = secret(
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let write_failed = |e: kube::Error| Error::Act {
+        action: format!("writing Secret {ns}/{name}"),
+        reason: "SecretWriteFailed",
+        message: e.to_string(),
+    };
+    let existing = api.get_opt(name).await.map_err(write_failed)?;
+    let held = existing
+        .as_ref()
+        .and_then(|s| s.annotations().get(SOURCE_VERSION_ANNOTATION).cloned());
+    if existing.is_some() && held.as_deref() == Some(version.as_str()) {
+        return Ok(());
+    }
+    let mut copy = secret(
         ns,
         name,
         labels,
-        None,
+        Some(BTreeMap::from([(
+            SOURCE_VERSION_ANNOTATION.to_string(),
+            version.clone(),
+        )])),
         d.controller_owner_ref(&()),
         BTreeMap::from([("password".to_string(), password.0)]),
     );
-    create_secret_once(ctx, ns, secret).await
+    match existing {
+        None => create_secret_once(ctx, ns, copy).await,
+        Some(old) => {
+            // Replaced only if unchanged since read: a conflict is retried on the next look.
+            copy.metadata.resource_version = old.metadata.resource_version;
+            api.replace(name, &PostParams::default(), &copy)
+                .await
+                .map_err(write_failed)?;
+            tracing::info!(namespace = ns, secret = name, version = %version, "the master password's copy follows the rotated secret");
+            Ok(())
+        }
+    }
 }
 
 /// Creates a Secret once; an existing one is never overwritten.

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use super::rds_states::storage_step;
 use crate::api::deployment::{ApplyChanges, DatabaseSpec};
-use crate::aws::rds::{CreateDb, DbInstance, MasterPassword, ModifyDb};
+use crate::aws::rds::{CreateDb, DbInstance, MasterPassword, ModifyDb, STORAGE_TYPE};
 
 /// Where the stack put the database's supporting pieces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,6 +246,19 @@ pub fn differences(spec: &DatabaseSpec, placement: &Placement, db: &DbInstance) 
             true,
         );
     }
+    // Only an adopted instance can differ (the clinic's own are made gp3). From io1/io2 it
+    // gives up provisioned IOPS; any change starts hours of storage optimization.
+    if let Some(storage_type) = db.storage_type.as_deref()
+        && storage_type != STORAGE_TYPE
+        && pending.storage_type.as_deref() != Some(STORAGE_TYPE)
+    {
+        differ(
+            "storageType",
+            storage_type.to_string(),
+            STORAGE_TYPE.to_string(),
+            true,
+        );
+    }
     out
 }
 
@@ -320,6 +333,7 @@ pub fn modification(
                         .unwrap_or(db.allocated_storage.max(spec.allocated_storage_gi_b)),
                 )
             }
+            "storageType" => m.storage_type = Some(STORAGE_TYPE.to_string()),
             "multiAZ" => m.multi_az = Some(spec.multi_az),
             "backupRetentionDays" => m.backup_retention = Some(spec.backup_retention_days),
             "backupWindow" => m.backup_window = Some(spec.backup_window.clone()),
@@ -382,6 +396,33 @@ mod tests {
             modification("db", &spec, &placement(), &matching(&spec), &[]),
             None
         );
+    }
+
+    #[test]
+    fn another_storage_type_is_a_disruptive_difference_to_gp3_unless_pending() {
+        let spec = DatabaseSpec::default();
+        let mut db = matching(&spec);
+        db.storage_type = Some("gp3".into());
+        assert_eq!(differences(&spec, &placement(), &db), []);
+        db.storage_type = Some("io1".into());
+        let found = differences(&spec, &placement(), &db);
+        assert_eq!(
+            found,
+            [Difference {
+                field: "storageType",
+                from: "io1".into(),
+                to: "gp3".into(),
+                disruptive: true,
+            }]
+        );
+        let (m, _) = modification("db", &spec, &placement(), &db, &found).unwrap();
+        assert_eq!(m.storage_type.as_deref(), Some("gp3"));
+        assert!(!m.apply_immediately, "in the maintenance window by default");
+        db.pending = Pending {
+            storage_type: Some("gp3".into()),
+            ..Pending::default()
+        };
+        assert_eq!(differences(&spec, &placement(), &db), []);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::leftovers::Leftover;
 use super::ownership::{Owner, owner_of};
 use super::{AdoptedBucket, AuditView, Infra};
 use crate::api::OpenEMRDeployment;
+use crate::aws::accounts::account_key;
 use crate::aws::cloudformation::{StackState, Stacks};
 use crate::aws::rds::Databases;
 use crate::aws::s3::Buckets;
@@ -53,14 +54,14 @@ async fn observe_audit(d: &OpenEMRDeployment, aws: &ClinicAws, ctx: &Context) ->
         AuditMode::Organization { trail_arn } => return AuditView::Organization(trail_arn.clone()),
         AuditMode::Shared { region, .. } => region,
     };
-    let clients = aws
-        .pool
-        .clients(
-            d.spec.aws.role_arn.as_deref(),
-            crate::controller::audit::SESSION_NAME,
-            region,
-        )
-        .await;
+    // The operator's own identity in the clinic's account; only where it has none, the
+    // clinic's role (the trail is made in that account, and nothing else can reach it).
+    let role = d.spec.aws.role_arn.as_deref();
+    let session = crate::controller::audit::SESSION_NAME;
+    let clients = match aws.pool.account_clients(account_key(role), session, region) {
+        Some(own) => own,
+        None => aws.pool.clients(role, session, region).await,
+    };
     let seen = aws.audit.view(&clients).await;
     if let Some(note) = &seen.corrected {
         announce(ctx, d, true, "AuditTrailRestarted", note).await;

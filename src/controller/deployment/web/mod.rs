@@ -237,6 +237,9 @@ pub struct WorkloadConfig {
     pub setup_retry_after: Duration,
     /// Upgrade snapshots kept per clinic after an upgrade succeeds (the newest).
     pub upgrade_snapshots_kept: usize,
+    /// How often a running setup Job's copy of the RDS-managed master password is checked
+    /// against the secret's current version (the progress interval).
+    pub master_copy_recheck: Duration,
 }
 
 impl Default for WorkloadConfig {
@@ -246,6 +249,7 @@ impl Default for WorkloadConfig {
             setup_deadline: Duration::from_secs(1800),
             setup_retry_after: Duration::from_secs(300),
             upgrade_snapshots_kept: 3,
+            master_copy_recheck: Duration::from_secs(30),
         }
     }
 }

@@ -175,6 +175,7 @@ pub fn setup_step(
         matches!(c, WebChange::ApplyChildren(children) if children.iter().any(|ch| ch.kind == ChildKind::Job))
     });
     let running = matches!(latest.map(|j| &j.state), Some(JobState::Running));
+    let mut wake_after = wake_after;
     if !starts_job && !running {
         changes.retain(|c| !matches!(c, WebChange::CopyMasterPassword { .. }));
         if seen.master_copy {
@@ -183,6 +184,13 @@ pub fn setup_step(
                 name: names.master_copy.clone(),
             });
         }
+    } else if changes
+        .iter()
+        .any(|c| matches!(c, WebChange::CopyMasterPassword { .. }))
+    {
+        // Looked at again while the Job runs, so a rotation reaches its next pod.
+        let recheck = seen.config.master_copy_recheck;
+        wake_after = Some(wake_after.map_or(recheck, |w| w.min(recheck)));
     }
     Step {
         changes,
@@ -215,12 +223,12 @@ fn install_credentials(
     let master = match (&site.user_master_password, &site.master_secret_arn) {
         (Some(key), _) => key.clone(),
         (None, Some(arn)) => {
-            if !seen.master_copy {
-                changes.push(WebChange::CopyMasterPassword {
-                    name: names.master_copy.clone(),
-                    secret_arn: arn.clone(),
-                });
-            }
+            // Also when the copy exists: it is checked against the secret's current
+            // version (kept only while a Job runs or starts, below).
+            changes.push(WebChange::CopyMasterPassword {
+                name: names.master_copy.clone(),
+                secret_arn: arn.clone(),
+            });
             SecretKey::new(&names.master_copy, PASSWORD_KEY)
         }
         (None, None) => {
@@ -270,9 +278,9 @@ mod tests {
         assert!(plan.busy);
     }
 
-    #[test]
-    fn a_failed_setup_is_not_retried_while_held() {
-        let d = clinic(serde_json::json!({"replicas": 1}));
+    /// What was seen after a first Job (attempt 1, the clinic's image) reached `state`,
+    /// with the admin Secret and the master password's copy in place.
+    fn after_first_job(d: &crate::api::OpenEMRDeployment, state: JobState) -> WorkloadSeen {
         let mut s = seen();
         s.admin_secret = true;
         s.master_copy = true;
@@ -280,12 +288,22 @@ mod tests {
             name: "j-1".into(),
             image: d.spec.web.image.clone(),
             attempt: 1,
-            state: JobState::Failed {
+            state,
+        }];
+        s
+    }
+
+    #[test]
+    fn a_failed_setup_is_not_retried_while_held() {
+        let d = clinic(serde_json::json!({"replicas": 1}));
+        let mut s = after_first_job(
+            &d,
+            JobState::Failed {
                 reason: "BackoffLimitExceeded".into(),
                 detail: String::new(),
                 at: Some(now() - std::time::Duration::from_secs(7200)),
             },
-        }];
+        );
         s.holds = vec![hold_by("restore/r", None, "clinic-a-hold-r")];
         let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert!(child(&plan, ChildKind::Job).is_none());
@@ -366,22 +384,32 @@ mod tests {
     }
 
     #[test]
+    fn a_running_setups_master_copy_is_checked_against_rotation_until_it_ends() {
+        let d = clinic(serde_json::json!({"replicas": 1}));
+        let s = after_first_job(&d, JobState::Running);
+        let plan = plan_workload(&d, Some(&site()), true, &s, now());
+        assert!(
+            plan.changes
+                .iter()
+                .any(|c| matches!(c, WebChange::CopyMasterPassword { .. })),
+            "{:?}",
+            plan.changes
+        );
+        assert_eq!(plan.wake_after, Some(s.config.master_copy_recheck));
+    }
+
+    #[test]
     fn a_failed_setup_is_retried_after_a_doubling_delay() {
         let d = clinic(serde_json::json!({"replicas": 1}));
-        let mut s = seen();
-        s.admin_secret = true;
-        s.master_copy = true;
         let failed_at = now() - std::time::Duration::from_secs(60);
-        s.setup_jobs = vec![SetupJob {
-            name: "j-1".into(),
-            image: d.spec.web.image.clone(),
-            attempt: 1,
-            state: JobState::Failed {
+        let s = after_first_job(
+            &d,
+            JobState::Failed {
                 reason: "BackoffLimitExceeded: Job has reached the specified backoff limit".into(),
                 detail: "Couldn't set up".into(),
                 at: Some(failed_at),
             },
-        }];
+        );
         let plan = plan_workload(&d, Some(&site()), true, &s, now());
         assert_eq!(plan.verdict.reason, "SetupFailed");
         assert!(plan.verdict.message.contains("Couldn't set up"));
