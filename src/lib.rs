@@ -14,6 +14,7 @@ pub mod aws;
 pub mod clock;
 pub mod conditions;
 pub mod controller;
+pub mod documents;
 pub mod metrics;
 pub mod run;
 pub mod schedule;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use k8s_openapi::jiff::Timestamp;
 use openemr_operator::aws::accounts::parse_account_role;
@@ -15,6 +16,7 @@ use openemr_operator::controller::audit::template::DEFAULT_RETENTION_DAYS;
 use openemr_operator::controller::deployment::clinic::ClusterId;
 use openemr_operator::controller::deployment::web::WorkloadConfig;
 use openemr_operator::controller::{CaFiles, DriverConfig};
+use openemr_operator::documents;
 use openemr_operator::{api, run};
 use tracing_subscriber::EnvFilter;
 
@@ -88,12 +90,165 @@ enum Command {
         #[command(flatten)]
         audit: AuditFlags,
     },
+    /// Copy a clinic's documents (`sites/`) into its bucket and back (run by the backup and
+    /// restore Jobs; usable by hand).
+    Documents {
+        #[command(subcommand)]
+        command: DocumentsCommand,
+    },
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
     Crd {
         /// Write `<group>_<plural>.yaml` files here instead of printing.
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// Where the documents are in S3.
+#[derive(clap::Args, Debug, Clone)]
+struct BucketFlags {
+    /// The clinic's bucket (versioned).
+    #[arg(long, env = "DOCUMENTS_BUCKET")]
+    bucket: String,
+    /// Path-style addressing (S3-compatible stores, emulators).
+    #[arg(long, env = "S3_PATH_STYLE")]
+    path_style: bool,
+    /// Most files read, hashed and sent (or fetched) at once.
+    #[arg(long, default_value_t = documents::backup::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
+    concurrency: usize,
+    /// Where manifests are written and read while a run lasts.
+    #[arg(long, env = "DOCUMENTS_WORK_DIR", default_value_os_t = std::env::temp_dir())]
+    work_dir: PathBuf,
+    /// Also write the JSON summary here (a Job's `/dev/termination-log`).
+    #[arg(long)]
+    summary_file: Option<PathBuf>,
+}
+
+impl BucketFlags {
+    async fn store(&self, kms_key: Option<String>) -> documents::store::Store {
+        documents::store::Store {
+            client: documents::s3_client(self.path_style).await,
+            bucket: self.bucket.clone(),
+            kms_key,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum DocumentsCommand {
+    /// Store the tree under the mirror prefix and write the set's manifest. Exit 0: done;
+    /// 2: done, with unreadable paths named in the summary and the manifest; 1: failed,
+    /// no manifest.
+    Backup {
+        #[command(flatten)]
+        bucket: BucketFlags,
+        /// The tree (the clinic's `sites/`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The mirror's key prefix.
+        #[arg(long, default_value = "documents/")]
+        prefix: String,
+        /// The key of this set's manifest (never written over).
+        #[arg(long)]
+        manifest: String,
+        /// The previous set's manifest: what is unchanged since is not sent again.
+        #[arg(long)]
+        previous: Option<String>,
+        /// The clinic's KMS key (ARN or id) every object is encrypted with.
+        #[arg(long, env = "DOCUMENTS_KMS_KEY")]
+        kms_key: Option<String>,
+        /// Files above this many MiB go in parts.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(5..=5120))]
+        multipart_threshold_mib: u64,
+        /// Size of each part, in MiB (S3's least is 5).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(5..=512))]
+        part_size_mib: u64,
+    },
+    /// Restore a set by its manifest into a directory (empty unless --overwrite).
+    Restore {
+        #[command(flatten)]
+        bucket: BucketFlags,
+        /// The set's manifest key.
+        #[arg(long)]
+        manifest: String,
+        /// Where the tree is made.
+        #[arg(long)]
+        into: PathBuf,
+        /// Give everything its recorded owner (needs the right to).
+        #[arg(long)]
+        owners: bool,
+        /// Restore into a directory that is not empty, replacing what is in the way.
+        #[arg(long)]
+        overwrite: bool,
+    },
+}
+
+/// Runs a documents subcommand; prints its summary as one JSON line.
+fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (flags, result) = match command {
+            DocumentsCommand::Backup {
+                bucket,
+                dir,
+                prefix,
+                manifest,
+                previous,
+                kms_key,
+                multipart_threshold_mib,
+                part_size_mib,
+            } => {
+                let store = bucket.store(kms_key).await;
+                let options = documents::backup::BackupOptions {
+                    root: dir,
+                    prefix,
+                    manifest_key: manifest,
+                    previous,
+                    concurrency: bucket.concurrency,
+                    multipart_threshold: multipart_threshold_mib * 1024 * 1024,
+                    part_size: part_size_mib * 1024 * 1024,
+                    work_dir: bucket.work_dir.clone(),
+                };
+                let result = documents::backup::backup(&store, &options).await.map(|s| {
+                    let code = if s.unreadable_count > 0 { 2 } else { 0 };
+                    (serde_json::to_string(&s), code)
+                });
+                (bucket, result)
+            }
+            DocumentsCommand::Restore {
+                bucket,
+                manifest,
+                into,
+                owners,
+                overwrite,
+            } => {
+                let store = bucket.store(None).await;
+                let options = documents::restore::RestoreOptions {
+                    manifest_key: manifest,
+                    into,
+                    concurrency: bucket.concurrency,
+                    owners,
+                    overwrite,
+                    work_dir: bucket.work_dir.clone(),
+                };
+                let result = documents::restore::restore(&store, &options)
+                    .await
+                    .map(|s| (serde_json::to_string(&s), 0));
+                (bucket, result)
+            }
+        };
+        let (line, code) = match result {
+            Ok((line, code)) => (line?, code),
+            Err(e) => (serde_json::json!({"error": e}).to_string(), 1),
+        };
+        println!("{line}");
+        if let Some(path) = &flags.summary_file {
+            std::fs::write(path, &line)?;
+        }
+        Ok(ExitCode::from(code))
+    })
 }
 
 /// The web tier's CA bundles and setup Job limits.
@@ -290,6 +445,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd { dir } => write_crds(dir),
+        Command::Documents { command } => match run_documents(command) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Run {
             probe_addr,
             namespace,

@@ -1,0 +1,28 @@
+//! The documents engine: a clinic's `sites/` copied into its bucket and back, by the
+//! operator's own binary (`openemr-operator documents …`), run as a Job beside the clinic.
+//!
+//! One mirror of the tree lives under the bucket's documents prefix
+//! ([`DOCUMENTS_PREFIX`](crate::controller::deployment::clinic::DOCUMENTS_PREFIX)): one
+//! object per file, its key the file's path, so a person can restore the newest state with
+//! `aws s3 sync`. Bucket versioning is the deduplication: a file unchanged since the last
+//! set is the same object version, referenced by every set's [`manifest`]. A set is named
+//! by its manifest's key. [`backup`] walks and stores, [`restore`] brings a set back,
+//! [`store`] is all it asks of S3, [`walk`] the ordered walk.
+
+pub mod backup;
+pub mod manifest;
+pub mod restore;
+pub mod store;
+pub mod walk;
+
+/// The S3 client of the subcommands: the standard credential chain (IRSA, Pod Identity,
+/// environment), `AWS_ENDPOINT_URL` honoured, path-style addressing when asked (S3-compatible
+/// stores, emulators).
+pub async fn s3_client(path_style: bool) -> aws_sdk_s3::Client {
+    let config = crate::aws::load_base_config().await;
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(path_style)
+            .build(),
+    )
+}

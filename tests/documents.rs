@@ -1,0 +1,417 @@
+//! The documents engine as a real process (`openemr-operator documents …`) on real files,
+//! against moto through the fault proxy, which counts every S3 request: a first set, a
+//! second after changes (only what changed is sent; no HEAD, no LIST), restores of both
+//! sets identical to the trees they were taken of, every object encrypted with the
+//! clinic's key and carrying its SHA-256.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use openemr_operator::documents::manifest::{self, Kind};
+use sha2::{Digest, Sha256};
+use support::env;
+use support::faults::FaultProxy;
+
+const REGION: &str = "us-east-1";
+
+/// What a tree holds, as the test compares trees: kind, mode, mtime and content (a file's
+/// SHA-256, a symlink's target).
+type Listing = BTreeMap<Vec<u8>, (char, u32, (i64, i64), String)>;
+
+fn listing(root: &Path) -> Listing {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let relative = path
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            let (kind, content) = if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                (
+                    'l',
+                    String::from_utf8_lossy(target.as_os_str().as_bytes()).into_owned(),
+                )
+            } else if meta.is_dir() {
+                stack.push(path.clone());
+                ('d', String::new())
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                (
+                    'f',
+                    openemr_operator::documents::backup::hex(&Sha256::digest(&bytes)),
+                )
+            };
+            // A symlink's own mtime is not restored (no lutimes in std).
+            let mtime = if kind == 'l' {
+                (0, 0)
+            } else {
+                (meta.mtime(), meta.mtime_nsec())
+            };
+            let mode = if kind == 'l' { 0 } else { meta.mode() & 0o7777 };
+            out.insert(relative, (kind, mode, mtime, content));
+        }
+    }
+    out
+}
+
+/// Bytes that differ from file to file (a cheap generator; no two files alike).
+fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A tree with OpenEMR's shape: a site's configuration, patients' documents of 1–64 KiB,
+/// one big image (multipart), an empty directory, a symlink, a name that is not UTF-8, and
+/// a private file.
+fn make_tree(root: &Path) -> usize {
+    let _ = std::fs::remove_dir_all(root);
+    let site = root.join("default");
+    std::fs::create_dir_all(site.join("documents/empty")).unwrap();
+    std::fs::create_dir_all(site.join("images")).unwrap();
+    std::fs::write(site.join("sqlconf.php"), b"<?php $host = 'db';\n").unwrap();
+    std::fs::set_permissions(
+        site.join("sqlconf.php"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let mut files = 1;
+    for patient in 0..20u64 {
+        let dir = site.join(format!("documents/{patient}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for doc in 0..5u64 {
+            let len = 1024 * (1 + ((patient * 7 + doc * 13) % 64) as usize);
+            std::fs::write(
+                dir.join(format!("scan-{doc}.pdf")),
+                content(patient * 100 + doc, len),
+            )
+            .unwrap();
+            files += 1;
+        }
+    }
+    std::fs::write(
+        site.join("images/big.bin"),
+        content(7, 6 * 1024 * 1024 + 123),
+    )
+    .unwrap();
+    files += 1;
+    let odd = site.join(std::ffi::OsStr::from_bytes(b"documents/caf\xe9.txt"));
+    std::fs::write(odd, b"not UTF-8").unwrap();
+    files += 1;
+    std::os::unix::fs::symlink("documents/3", site.join("current")).unwrap();
+    files
+}
+
+struct Bucket {
+    name: String,
+    key_arn: String,
+    s3: aws_sdk_s3::Client,
+}
+
+async fn bucket(name: &str) -> Bucket {
+    let aws = env().aws(Some(REGION)).await;
+    let s3 = support::TestEnv::s3(&aws);
+    s3.create_bucket().bucket(name).send().await.unwrap();
+    s3.put_bucket_versioning()
+        .bucket(name)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let key = aws_sdk_kms::Client::new(&aws)
+        .create_key()
+        .send()
+        .await
+        .unwrap();
+    Bucket {
+        name: name.to_string(),
+        key_arn: key.key_metadata().unwrap().arn().unwrap().to_string(),
+        s3,
+    }
+}
+
+/// Runs `openemr-operator documents <args>` against `proxy`; its exit code and summary.
+fn documents(proxy: &FaultProxy, args: &[&str]) -> (i32, serde_json::Value) {
+    let out = env()
+        .command(env!("CARGO_BIN_EXE_openemr-operator"))
+        .arg("documents")
+        .args(args)
+        .env("AWS_ENDPOINT_URL", proxy.url())
+        .env("AWS_REGION", REGION)
+        .output()
+        .expect("running the documents subcommand");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let summary = serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {stdout:?}, stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), summary)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("oe-documents-{}-{name}", std::process::id()))
+}
+
+#[tokio::test]
+async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
+    let b = bucket(&format!("oe-documents-test-{}", std::process::id())).await;
+    let tree = scratch("sites");
+    let files = make_tree(&tree);
+    let first_tree = listing(&tree);
+    let backup = |manifest: &str, previous: Option<&str>| {
+        let mut args = vec![
+            "backup".to_string(),
+            "--bucket".into(),
+            b.name.clone(),
+            "--path-style".into(),
+            "--dir".into(),
+            tree.display().to_string(),
+            "--manifest".into(),
+            manifest.into(),
+            "--kms-key".into(),
+            b.key_arn.clone(),
+            "--multipart-threshold-mib".into(),
+            "5".into(),
+            "--part-size-mib".into(),
+            "5".into(),
+        ];
+        if let Some(previous) = previous {
+            args.extend(["--previous".to_string(), previous.to_string()]);
+        }
+        args
+    };
+
+    // The first set: every file sent once (the big one in two parts), then the manifest.
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let args = backup("backups/documents/set-1.jsonl.gz", None);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, first) = documents(&proxy, &args);
+    assert_eq!(code, 0, "{first}");
+    assert_eq!(first["filesUploaded"], files as u64, "{first}");
+    assert_eq!(first["filesUnchanged"], 0);
+    assert_eq!(first["dirs"], 24, "{first}");
+    assert_eq!(first["symlinks"], 1);
+    assert_eq!(first["unreadableCount"], 0);
+    // Small files: one PUT each; the big one: two parts (PUT) between two POSTs; the
+    // manifest: one PUT. Nothing read, listed or headed.
+    assert_eq!(
+        proxy.counts("s3:PUT").seen,
+        (files - 1 + 2 + 1) as u64,
+        "{}",
+        proxy.report()
+    );
+    assert_eq!(proxy.counts("s3:POST").seen, 2, "{}", proxy.report());
+    for op in ["s3:GET", "s3:HEAD", "s3:DELETE"] {
+        assert_eq!(proxy.counts(op).seen, 0, "{op}: {}", proxy.report());
+    }
+    drop(proxy);
+
+    // 1 % of the files changed, one deleted, one renamed, one private now, a new empty
+    // directory: only the changed and the renamed are sent.
+    let site = tree.join("default");
+    std::fs::write(site.join("documents/4/scan-1.pdf"), content(9_001, 3000)).unwrap();
+    std::fs::remove_file(site.join("documents/5/scan-2.pdf")).unwrap();
+    std::fs::rename(
+        site.join("documents/6/scan-3.pdf"),
+        site.join("documents/6/scan-3-renamed.pdf"),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        site.join("documents/7/scan-0.pdf"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::create_dir(site.join("documents/new-empty")).unwrap();
+    let second_tree = listing(&tree);
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let args = backup(
+        "backups/documents/set-2.jsonl.gz",
+        Some("backups/documents/set-1.jsonl.gz"),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, second) = documents(&proxy, &args);
+    assert_eq!(code, 0, "{second}");
+    assert_eq!(second["filesUploaded"], 2, "{second}");
+    assert_eq!(second["filesUnchanged"], files as u64 - 3, "{second}");
+    assert_eq!(second["filesDeleted"], 2, "{second}");
+    assert_eq!(second["dirs"], 25);
+    // Two files and the manifest; two delete markers; the previous manifest read once.
+    assert_eq!(proxy.counts("s3:PUT").seen, 3, "{}", proxy.report());
+    assert_eq!(proxy.counts("s3:DELETE").seen, 2, "{}", proxy.report());
+    assert_eq!(proxy.counts("s3:GET").seen, 1, "{}", proxy.report());
+    for op in ["s3:HEAD", "s3:POST"] {
+        assert_eq!(proxy.counts(op).seen, 0, "{op}: {}", proxy.report());
+    }
+
+    // A set's manifest is never written over; a path that cannot be backed up (a FIFO)
+    // is named, and the set made without it (exit 2).
+    let args = backup(
+        "backups/documents/set-2.jsonl.gz",
+        Some("backups/documents/set-1.jsonl.gz"),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, again) = documents(&proxy, &args);
+    assert_eq!(code, 1, "{again}");
+    assert!(
+        again["error"]
+            .as_str()
+            .unwrap()
+            .contains("PreconditionFailed"),
+        "{again}"
+    );
+    let fifo = site.join("documents/pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let args = backup(
+        "backups/documents/set-3.jsonl.gz",
+        Some("backups/documents/set-2.jsonl.gz"),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, third) = documents(&proxy, &args);
+    assert_eq!(code, 2, "{third}");
+    assert_eq!(third["unreadableCount"], 1, "{third}");
+    assert_eq!(third["filesUploaded"], 0, "{third}");
+    let said = third["unreadable"][0].as_str().unwrap();
+    assert!(
+        said.starts_with("default/documents/pipe: not a regular file"),
+        "{said}"
+    );
+    std::fs::remove_file(&fifo).unwrap();
+
+    // The first set back, while the mirror has moved on: its tree, byte for byte, with
+    // modes, mtimes, the empty directory, the symlink and the odd name.
+    for (set, expected) in [("set-1", &first_tree), ("set-2", &second_tree)] {
+        let into = scratch(&format!("restored-{set}"));
+        let _ = std::fs::remove_dir_all(&into);
+        let manifest = format!("backups/documents/{set}.jsonl.gz");
+        let into_text = into.display().to_string();
+        let restore = [
+            "restore",
+            "--bucket",
+            &b.name,
+            "--path-style",
+            "--manifest",
+            &manifest,
+            "--into",
+            &into_text,
+        ];
+        let (code, restored) = documents(&proxy, &restore);
+        assert_eq!(code, 0, "{restored}");
+        let got = listing(&into);
+        let differing: Vec<_> = expected
+            .iter()
+            .filter(|(path, what)| got.get(*path) != Some(what))
+            .map(|(path, what)| {
+                (
+                    String::from_utf8_lossy(path).into_owned(),
+                    what,
+                    got.get(path),
+                )
+            })
+            .collect();
+        assert!(differing.is_empty(), "{set}: {differing:#?}");
+        assert_eq!(got.len(), expected.len(), "{set}");
+        // Never over what is there.
+        let (code, refused) = documents(&proxy, &restore);
+        assert_eq!(code, 1);
+        assert!(
+            refused["error"].as_str().unwrap().contains("not empty"),
+            "{refused}"
+        );
+        std::fs::remove_dir_all(&into).unwrap();
+    }
+
+    // Every object of the first set: its version, encrypted with the clinic's key, with
+    // the SHA-256 it was sent with stored beside it (moto keeps it; S3 checks it).
+    let manifest_bytes =
+        b.s3.get_object()
+            .bucket(&b.name)
+            .key("backups/documents/set-1.jsonl.gz")
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+    let (header, entries, totals) = manifest::read_all(&manifest_bytes[..]).unwrap();
+    assert_eq!(header.prefix, "documents/");
+    assert_eq!(totals.files, files as u64);
+    let key_id = b.key_arn.rsplit('/').next().unwrap();
+    for entry in entries.iter().filter(|e| e.kind == Kind::File) {
+        let key = openemr_operator::documents::backup::mirror_key("documents/", &entry.path);
+        let head =
+            b.s3.head_object()
+                .bucket(&b.name)
+                .key(&key)
+                .version_id(entry.version.clone().unwrap())
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(
+            head.server_side_encryption(),
+            Some(&aws_sdk_s3::types::ServerSideEncryption::AwsKms),
+            "{key}"
+        );
+        assert!(
+            head.ssekms_key_id().is_some_and(|k| k.contains(key_id)),
+            "{key}: {:?}",
+            head.ssekms_key_id()
+        );
+        let stored = head.checksum_sha256().unwrap_or_default();
+        if entry.size > 5 * 1024 * 1024 {
+            // In parts: S3's checksum is the SHA-256 of the parts' SHA-256s, which AWS
+            // writes with `-<parts>` after it and moto without.
+            let whole = std::fs::read(tree.join(std::ffi::OsStr::from_bytes(&entry.path))).unwrap();
+            let mut parts = Sha256::new();
+            for part in whole.chunks(5 * 1024 * 1024) {
+                parts.update(Sha256::digest(part));
+            }
+            let composite = openemr_operator::documents::store::checksum_header(&parts.finalize());
+            assert!(
+                stored == composite || stored == format!("{composite}-2"),
+                "{key}: {stored} is not {composite}"
+            );
+        } else {
+            let sha = entry.sha256.as_deref().unwrap();
+            let bytes: Vec<u8> = (0..sha.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&sha[i..i + 2], 16).unwrap())
+                .collect();
+            assert_eq!(
+                stored,
+                openemr_operator::documents::store::checksum_header(&bytes),
+                "{key}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&tree).unwrap();
+}
