@@ -163,6 +163,22 @@ enum DocumentsCommand {
         /// Size of each part, in MiB (S3's least is 5).
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(5..=512))]
         part_size_mib: u64,
+        /// How long the mirror's lock lasts unless renewed (every third of it); a run
+        /// killed holding it blocks the next for at most this.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        lock_lease: Duration,
+    },
+    /// Check a set against the bucket without downloading it (and against a directory).
+    /// Exit 0: sound; 3: problems, named in the summary; 1: could not check.
+    Verify {
+        #[command(flatten)]
+        bucket: BucketFlags,
+        /// The set's manifest key.
+        #[arg(long)]
+        manifest: String,
+        /// Also compare with this directory: contents, and nothing more or less.
+        #[arg(long)]
+        against: Option<PathBuf>,
     },
     /// Restore a set by its manifest into a directory (empty unless --overwrite).
     Restore {
@@ -199,20 +215,45 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                 kms_key,
                 multipart_threshold_mib,
                 part_size_mib,
+                lock_lease,
             } => {
                 let store = bucket.store(kms_key).await;
                 let options = documents::backup::BackupOptions {
                     root: dir,
-                    prefix,
+                    prefix: prefix.clone(),
                     manifest_key: manifest,
                     previous,
                     concurrency: bucket.concurrency,
                     multipart_threshold: multipart_threshold_mib * 1024 * 1024,
                     part_size: part_size_mib * 1024 * 1024,
                     work_dir: bucket.work_dir.clone(),
+                    lock_key: documents::backup::lock_key(&prefix),
+                    lock_lease,
+                    holder: std::env::var("POD_NAME")
+                        .or_else(|_| std::env::var("HOSTNAME"))
+                        .map(|h| format!("{h}/{}", std::process::id()))
+                        .unwrap_or_else(|_| format!("pid {}", std::process::id())),
                 };
                 let result = documents::backup::backup(&store, &options).await.map(|s| {
                     let code = if s.unreadable_count > 0 { 2 } else { 0 };
+                    (serde_json::to_string(&s), code)
+                });
+                (bucket, result)
+            }
+            DocumentsCommand::Verify {
+                bucket,
+                manifest,
+                against,
+            } => {
+                let store = bucket.store(None).await;
+                let options = documents::verify::VerifyOptions {
+                    manifest_key: manifest,
+                    against,
+                    concurrency: bucket.concurrency,
+                    work_dir: bucket.work_dir.clone(),
+                };
+                let result = documents::verify::verify(&store, &options).await.map(|s| {
+                    let code = if s.problem_count > 0 { 3 } else { 0 };
                     (serde_json::to_string(&s), code)
                 });
                 (bucket, result)

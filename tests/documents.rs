@@ -150,6 +150,18 @@ async fn bucket(name: &str) -> Bucket {
     }
 }
 
+/// `documents <command>` on bucket `b`, path-style, then `rest`.
+fn on(b: &Bucket, command: &str, rest: &[String]) -> Vec<String> {
+    let mut args = vec![
+        command.to_string(),
+        "--bucket".into(),
+        b.name.clone(),
+        "--path-style".into(),
+    ];
+    args.extend_from_slice(rest);
+    args
+}
+
 /// Runs `openemr-operator documents <args>` against `proxy`; its exit code and summary.
 fn documents(proxy: &FaultProxy, args: &[&str]) -> (i32, serde_json::Value) {
     let out = env()
@@ -182,22 +194,22 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
     let files = make_tree(&tree);
     let first_tree = listing(&tree);
     let backup = |manifest: &str, previous: Option<&str>| {
-        let mut args = vec![
-            "backup".to_string(),
-            "--bucket".into(),
-            b.name.clone(),
-            "--path-style".into(),
-            "--dir".into(),
-            tree.display().to_string(),
-            "--manifest".into(),
-            manifest.into(),
-            "--kms-key".into(),
-            b.key_arn.clone(),
-            "--multipart-threshold-mib".into(),
-            "5".into(),
-            "--part-size-mib".into(),
-            "5".into(),
-        ];
+        let mut args = on(
+            &b,
+            "backup",
+            &[
+                "--dir".into(),
+                tree.display().to_string(),
+                "--manifest".into(),
+                manifest.into(),
+                "--kms-key".into(),
+                b.key_arn.clone(),
+                "--multipart-threshold-mib".into(),
+                "5".into(),
+                "--part-size-mib".into(),
+                "5".into(),
+            ],
+        );
         if let Some(previous) = previous {
             args.extend(["--previous".to_string(), previous.to_string()]);
         }
@@ -216,15 +228,17 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
     assert_eq!(first["symlinks"], 1);
     assert_eq!(first["unreadableCount"], 0);
     // Small files: one PUT each; the big one: two parts (PUT) between two POSTs; the
-    // manifest: one PUT. Nothing read, listed or headed.
+    // manifest and the lock: one PUT each; the lock's release: one DELETE. Nothing read,
+    // listed or headed.
     assert_eq!(
         proxy.counts("s3:PUT").seen,
-        (files - 1 + 2 + 1) as u64,
+        (files - 1 + 2 + 2) as u64,
         "{}",
         proxy.report()
     );
     assert_eq!(proxy.counts("s3:POST").seen, 2, "{}", proxy.report());
-    for op in ["s3:GET", "s3:HEAD", "s3:DELETE"] {
+    assert_eq!(proxy.counts("s3:DELETE").seen, 1, "{}", proxy.report());
+    for op in ["s3:GET", "s3:HEAD"] {
         assert_eq!(proxy.counts(op).seen, 0, "{op}: {}", proxy.report());
     }
     drop(proxy);
@@ -258,9 +272,10 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
     assert_eq!(second["filesUnchanged"], files as u64 - 3, "{second}");
     assert_eq!(second["filesDeleted"], 2, "{second}");
     assert_eq!(second["dirs"], 25);
-    // Two files and the manifest; two delete markers; the previous manifest read once.
-    assert_eq!(proxy.counts("s3:PUT").seen, 3, "{}", proxy.report());
-    assert_eq!(proxy.counts("s3:DELETE").seen, 2, "{}", proxy.report());
+    // Two files, the manifest and the lock; two delete markers and the lock's release;
+    // the previous manifest read once.
+    assert_eq!(proxy.counts("s3:PUT").seen, 4, "{}", proxy.report());
+    assert_eq!(proxy.counts("s3:DELETE").seen, 3, "{}", proxy.report());
     assert_eq!(proxy.counts("s3:GET").seen, 1, "{}", proxy.report());
     for op in ["s3:HEAD", "s3:POST"] {
         assert_eq!(proxy.counts(op).seen, 0, "{op}: {}", proxy.report());
@@ -413,5 +428,196 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
             );
         }
     }
+
+    // Verify, without downloading: sound, at one GetObjectAttributes per file.
+    let verify = |manifest: &str, against: Option<&Path>| {
+        let mut args = on(
+            &b,
+            "verify",
+            &[
+                "--manifest".into(),
+                format!("backups/documents/{manifest}.jsonl.gz"),
+            ],
+        );
+        if let Some(dir) = against {
+            args.extend(["--against".to_string(), dir.display().to_string()]);
+        }
+        args
+    };
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let args = verify("set-1", None);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, sound) = documents(&proxy, &args);
+    assert_eq!(code, 0, "{sound}");
+    assert_eq!(sound["problemCount"], 0, "{sound}");
+    assert_eq!(sound["files"], files as u64);
+    assert_eq!(
+        proxy.counts("s3:GET").seen,
+        files as u64 + 1,
+        "{}",
+        proxy.report()
+    );
+    assert_eq!(proxy.counts("s3:HEAD").seen, 0);
+
+    // A version only the first set references (the file changed since) deleted; another
+    // whose stored checksum is not the
+    // file's (sent with a wrong checksum header, which moto does not check, and named by
+    // a forged manifest): each named.
+    let doomed = entries
+        .iter()
+        .find(|e| e.path == b"default/documents/4/scan-1.pdf")
+        .unwrap();
+    b.s3.delete_object()
+        .bucket(&b.name)
+        .key("documents/default/documents/4/scan-1.pdf")
+        .version_id(doomed.version.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let forged_path = b"default/documents/1/scan-1.pdf";
+    let original = std::fs::read(tree.join(std::ffi::OsStr::from_bytes(forged_path))).unwrap();
+    let wrong =
+        b.s3.put_object()
+            .bucket(&b.name)
+            .key("documents/default/documents/1/scan-1.pdf")
+            .body(original.into())
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+            .checksum_sha256(openemr_operator::documents::store::checksum_header(
+                &[0u8; 32],
+            ))
+            .send()
+            .await
+            .unwrap();
+    let mut writer = manifest::Writer::new(Vec::new(), &header).unwrap();
+    for entry in &entries {
+        let mut entry = entry.clone();
+        if entry.path == forged_path {
+            entry.version = wrong.version_id().map(str::to_string);
+        }
+        writer.push(&entry).unwrap();
+    }
+    let (_, forged) = writer.finish(Vec::new()).unwrap();
+    b.s3.put_object()
+        .bucket(&b.name)
+        .key("backups/documents/forged.jsonl.gz")
+        .body(forged.into())
+        .send()
+        .await
+        .unwrap();
+    let args = verify("forged", None);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, broken) = documents(&proxy, &args);
+    assert_eq!(code, 3, "{broken}");
+    assert_eq!(broken["problemCount"], 2, "{broken}");
+    let problems = broken["problems"].to_string();
+    assert!(
+        problems.contains("default/documents/4/scan-1.pdf: version")
+            && problems.contains("is gone"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("default/documents/1/scan-1.pdf: stored checksum"),
+        "{problems}"
+    );
+
+    // Against a directory: the tree as it is now is set 2; a changed file and a file the
+    // set lacks are named.
+    let args = verify("set-2", Some(&tree));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, same) = documents(&proxy, &args);
+    assert_eq!(code, 0, "{same}");
+    std::fs::write(site.join("documents/8/scan-4.pdf"), b"edited").unwrap();
+    std::fs::write(site.join("documents/8/stray.txt"), b"new").unwrap();
+    let (code, differs) = documents(&proxy, &args);
+    assert_eq!(code, 3, "{differs}");
+    let problems = differs["problems"].to_string();
+    assert!(
+        problems.contains("default/documents/8/scan-4.pdf: its content differs"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("default/documents/8/stray.txt: in the directory, not in the set"),
+        "{problems}"
+    );
+    std::fs::remove_dir_all(&tree).unwrap();
+}
+
+/// Two backups never write one mirror at once: a lock held by another run refuses the
+/// second, naming the holder; a lock whose lease ran out (its run was killed) is taken over;
+/// a finished run leaves none.
+#[tokio::test]
+async fn a_second_backup_on_one_mirror_waits_for_the_lock_or_its_lapse() {
+    let b = bucket(&format!("oe-documents-lock-{}", std::process::id())).await;
+    let tree = scratch("lock-sites");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(tree.join("default")).unwrap();
+    std::fs::write(tree.join("default/sqlconf.php"), b"<?php").unwrap();
+    let lock = |holder: &str, expires: &str| {
+        serde_json::json!({"holder": holder, "expires": expires}).to_string()
+    };
+    b.s3.put_object()
+        .bucket(&b.name)
+        .key("documents.lock")
+        .body(
+            lock("old-pod/7", "2999-01-01T00:00:00Z")
+                .into_bytes()
+                .into(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let args = |set: &str| {
+        on(
+            &b,
+            "backup",
+            &[
+                "--dir".into(),
+                tree.display().to_string(),
+                "--manifest".into(),
+                format!("backups/documents/{set}.jsonl.gz"),
+            ],
+        )
+    };
+    let first = args("a");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let (code, refused) = documents(&proxy, &first);
+    assert_eq!(code, 1, "{refused}");
+    let said = refused["error"].as_str().unwrap();
+    assert!(
+        said.contains("another run (old-pod/7) holds the lock documents.lock until 2999"),
+        "{said}"
+    );
+    // Nothing but the attempt and the read of the lock.
+    assert_eq!(proxy.counts("s3:PUT").seen, 1, "{}", proxy.report());
+    assert_eq!(proxy.counts("s3:GET").seen, 1, "{}", proxy.report());
+
+    // Its run was killed an hour ago: the lease lapsed, and the lock is taken over.
+    b.s3.put_object()
+        .bucket(&b.name)
+        .key("documents.lock")
+        .body(
+            lock("old-pod/7", "2020-01-01T00:00:00Z")
+                .into_bytes()
+                .into(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (code, done) = documents(&proxy, &first);
+    assert_eq!(code, 0, "{done}");
+    assert_eq!(done["filesUploaded"], 1);
+    let gone =
+        b.s3.head_object()
+            .bucket(&b.name)
+            .key("documents.lock")
+            .send()
+            .await;
+    assert!(gone.is_err(), "the lock is released: {gone:?}");
+    // And the next run takes it afresh.
+    let second = args("b");
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    let (code, next) = documents(&proxy, &second);
+    assert_eq!(code, 0, "{next}");
     std::fs::remove_dir_all(&tree).unwrap();
 }

@@ -49,6 +49,16 @@ pub struct BackupOptions {
     pub part_size: u64,
     /// Where the manifests are written and read (never the tree).
     pub work_dir: PathBuf,
+    /// The mirror's lock, and how long a lease on it lasts (renewed every third of it).
+    pub lock_key: String,
+    pub lock_lease: std::time::Duration,
+    /// Who runs this backup, as the lock says (the pod's name).
+    pub holder: String,
+}
+
+/// The lock of the mirror under `prefix`: beside it, never inside it (`documents.lock`).
+pub fn lock_key(prefix: &str) -> String {
+    format!("{}.lock", prefix.trim_end_matches('/'))
 }
 
 /// What a run did, printed as one JSON line (it fits Kubernetes' 4 KiB termination
@@ -156,22 +166,50 @@ enum Sent {
     Nothing,
 }
 
-/// Runs a backup; the summary says what was done (unreadable paths included). An error
-/// means no manifest was written.
+/// Runs a backup while holding the mirror's lock; the summary says what was done
+/// (unreadable paths included). An error means no manifest was written.
 pub async fn backup(store: &Store, options: &BackupOptions) -> Result<Summary, String> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering as Atomic};
+    let lock = store
+        .lock(&options.lock_key, &options.holder, options.lock_lease)
+        .await?;
+    let lost = Arc::new(AtomicBool::new(false));
+    let renewer = tokio::spawn({
+        let (store, mut lock, lost) = (store.clone(), lock.clone(), lost.clone());
+        let lease = options.lock_lease;
+        async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                if store.renew(&mut lock, lease).await.is_err() {
+                    lost.store(true, Atomic::SeqCst);
+                    return;
+                }
+            }
+        }
+    });
+    let still_held = || !lost.load(Atomic::SeqCst);
+    let result = backup_holding(store, options, &still_held).await;
+    renewer.abort();
+    if still_held() {
+        store.unlock(&lock).await;
+    }
+    result
+}
+
+/// The backup itself; `still_held` is asked before the manifest is written.
+async fn backup_holding(
+    store: &Store,
+    options: &BackupOptions,
+    still_held: &dyn Fn() -> bool,
+) -> Result<Summary, String> {
     let started = Instant::now();
     std::fs::create_dir_all(&options.work_dir)
         .map_err(|e| format!("{}: {e}", options.work_dir.display()))?;
     let run = format!("{}-{}", std::process::id(), started.elapsed().as_nanos());
     let mut previous = match &options.previous {
         Some(key) => {
-            let local = options.work_dir.join(format!("previous-{run}.gz"));
-            store
-                .get_to(key, None, &local)
-                .await
-                .map_err(|e| format!("reading the previous manifest: {e}"))?;
-            let file = std::fs::File::open(&local).map_err(|e| e.to_string())?;
-            let _ = std::fs::remove_file(&local);
+            let file = store.fetch_manifest(key, &options.work_dir).await?;
             let reader = manifest::Reader::new(file)
                 .map_err(|e| format!("the previous manifest {key}: {e}"))?;
             Some(reader.peekable())
@@ -293,6 +331,12 @@ pub async fn backup(store: &Store, options: &BackupOptions) -> Result<Summary, S
         .map_err(|e| e.to_string())?
         .sync_all()
         .map_err(|e| e.to_string())?;
+    if !still_held() {
+        return Err(format!(
+            "lost the lock {} (its lease lapsed and another run took it): no manifest written",
+            options.lock_key
+        ));
+    }
     let version = store
         .put_new_file(&options.manifest_key, &manifest_path)
         .await
@@ -368,6 +412,7 @@ async fn record(
         sha256: None,
         version: None,
         target: seen.target.clone(),
+        s3_checksum: None,
     };
     if seen.kind != Kind::File {
         return Ok(Outcome::Recorded(entry, Sent::Nothing));
@@ -379,6 +424,7 @@ async fn record(
     {
         entry.sha256 = old.sha256;
         entry.version = old.version;
+        entry.s3_checksum = old.s3_checksum;
         return Ok(Outcome::Recorded(entry, Sent::Unchanged));
     }
     let key = mirror_key(&options.prefix, &seen.path);
@@ -393,11 +439,16 @@ async fn record(
             upload_whole(&store, &key, &seen.full, expected).await
         };
         match stored {
-            Ok(Stored::Done { sha256, version }) => {
+            Ok(Stored::Done {
+                sha256,
+                version,
+                s3_checksum,
+            }) => {
                 entry.size = expected.0;
                 entry.mtime = expected.1;
                 entry.sha256 = Some(hex(&sha256));
                 entry.version = Some(version);
+                entry.s3_checksum = s3_checksum;
                 return Ok(Outcome::Recorded(entry, Sent::Uploaded));
             }
             Ok(Stored::Changed(now)) => expected = now,
@@ -414,6 +465,8 @@ enum Stored {
     Done {
         sha256: Vec<u8>,
         version: String,
+        /// For an object in parts: what S3 keeps instead of `sha256`.
+        s3_checksum: Option<String>,
     },
     /// The file's (size, mtime) after the read differ from before: read again.
     Changed((u64, (i64, u32))),
@@ -451,7 +504,11 @@ async fn upload_whole(
         .put(key, bytes, &sha256)
         .await
         .map_err(|e| Failure::Store(e.to_string()))?;
-    Ok(Stored::Done { sha256, version })
+    Ok(Stored::Done {
+        sha256,
+        version,
+        s3_checksum: None,
+    })
 }
 
 async fn upload_in_parts(
@@ -492,13 +549,14 @@ async fn upload_in_parts(
         if after != expected {
             return Ok(Stored::Changed(after));
         }
-        let version = store
+        let (version, composite) = store
             .complete_multipart(key, &upload, parts)
             .await
             .map_err(|e| Failure::Store(e.to_string()))?;
         Ok(Stored::Done {
             sha256: whole.finalize().to_vec(),
             version,
+            s3_checksum: Some(composite),
         })
     }
     .await;

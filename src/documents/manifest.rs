@@ -6,8 +6,8 @@
 //!   "bucket":…,"prefix":…}`;
 //! - one line per entry, in [`path_order`]: `{"type":"file"|"dir"|"symlink","path":…,
 //!   "mode":…,"uid":…,"gid":…,"mtime":[seconds,nanoseconds]}`, files adding `"size"`,
-//!   `"sha256"` (hex) and `"version"` (the S3 version id of the mirror key), symlinks
-//!   `"target"`. A path or target that is not UTF-8 is written as `"path_b64"` /
+//!   `"sha256"` (hex) and `"version"` (the S3 version id of the mirror key), and a file
+//!   stored in parts `"s3_checksum"` (what S3 keeps for it); symlinks `"target"`. A path or target that is not UTF-8 is written as `"path_b64"` /
 //!   `"target_b64"` (standard base64 of its bytes) instead;
 //! - the last line, the trailer: `{"end":{"files":…,"dirs":…,"symlinks":…,"bytes":…,
 //!   "unreadable":[…]}}`. A manifest without it is truncated and refused.
@@ -52,6 +52,10 @@ pub struct Entry {
     pub version: Option<String>,
     /// Symlinks: the target, as stored.
     pub target: Option<Vec<u8>>,
+    /// Files stored in parts: the checksum S3 keeps for the object (base64 of the SHA-256
+    /// of the parts' SHA-256s, `-<parts>` after it), which `verify` compares without
+    /// downloading. `None`: S3 keeps `sha256` itself.
+    pub s3_checksum: Option<String>,
 }
 
 /// The header line.
@@ -100,6 +104,8 @@ struct Line {
     target: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     target_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s3_checksum: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -174,6 +180,7 @@ impl Entry {
             version: self.version.clone(),
             target,
             target_b64,
+            s3_checksum: self.s3_checksum.clone(),
         }
     }
 
@@ -198,6 +205,7 @@ impl Entry {
             sha256: line.sha256,
             version: line.version,
             target,
+            s3_checksum: line.s3_checksum,
         };
         let complete = match kind {
             Kind::File => entry.sha256.is_some() && entry.version.is_some(),
@@ -364,6 +372,7 @@ mod tests {
             sha256: (kind == Kind::File).then(|| "ab".repeat(32)),
             version: (kind == Kind::File).then(|| "v1".into()),
             target: (kind == Kind::Symlink).then(|| b"../x".to_vec()),
+            s3_checksum: None,
         }
     }
 

@@ -73,16 +73,9 @@ pub async fn restore(store: &Store, options: &RestoreOptions) -> Result<RestoreS
     } else {
         std::fs::create_dir_all(into).map_err(io(into))?;
     }
-    std::fs::create_dir_all(&options.work_dir).map_err(io(&options.work_dir))?;
-    let local_manifest = options
-        .work_dir
-        .join(format!("restore-{}.gz", std::process::id()));
-    store
-        .get_to(&options.manifest_key, None, &local_manifest)
-        .await
-        .map_err(|e| format!("reading the manifest: {e}"))?;
-    let file = File::open(&local_manifest).map_err(io(&local_manifest))?;
-    let _ = std::fs::remove_file(&local_manifest);
+    let file = store
+        .fetch_manifest(&options.manifest_key, &options.work_dir)
+        .await?;
     let mut reader = manifest::Reader::new(file)?;
     let prefix = reader.header.prefix.clone();
 

@@ -160,12 +160,22 @@ impl Store {
             .build())
     }
 
+    /// Completes an upload; returns the version id and the checksum S3 keeps for the object
+    /// (the SHA-256 of the parts' SHA-256s, `-<parts>`).
     pub async fn complete_multipart(
         &self,
         key: &str,
         upload_id: &str,
         parts: Vec<CompletedPart>,
-    ) -> Result<String, StoreError> {
+    ) -> Result<(String, String), StoreError> {
+        let mut of_parts = Sha256::new();
+        for part in &parts {
+            let raw = B64
+                .decode(part.checksum_sha256().unwrap_or_default())
+                .map_err(failed("CompleteMultipartUpload", key))?;
+            of_parts.update(raw);
+        }
+        let composite = format!("{}-{}", checksum_header(&of_parts.finalize()), parts.len());
         let out = self
             .client
             .complete_multipart_upload()
@@ -180,7 +190,7 @@ impl Store {
             .send()
             .await
             .map_err(failed("CompleteMultipartUpload", key))?;
-        versioned(key, out.version_id())
+        Ok((versioned(key, out.version_id())?, composite))
     }
 
     /// Abandons an upload (its parts are not kept, nor billed).
@@ -205,6 +215,67 @@ impl Store {
             .await
             .map_err(failed("DeleteObject", key))?;
         Ok(())
+    }
+
+    /// The size and stored SHA-256 checksum of one version, without its content; `None`
+    /// when that version (or the key) is gone.
+    pub async fn attributes(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<Option<(i64, Option<String>)>, StoreError> {
+        use aws_sdk_s3::types::ObjectAttributes;
+        let result = self
+            .client
+            .get_object_attributes()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version.map(str::to_string))
+            .object_attributes(ObjectAttributes::Checksum)
+            .object_attributes(ObjectAttributes::ObjectSize)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(Some((
+                out.object_size().unwrap_or(-1),
+                out.checksum()
+                    .and_then(|c| c.checksum_sha256())
+                    .map(str::to_string),
+            ))),
+            Err(e) => {
+                let message = aws_message(&e);
+                let gone = e.raw_response().is_some_and(|r| r.status().as_u16() == 404)
+                    || message.starts_with("NoSuchKey")
+                    || message.starts_with("NoSuchVersion");
+                if gone {
+                    Ok(None)
+                } else {
+                    Err(StoreError {
+                        call: "GetObjectAttributes",
+                        key: key.to_string(),
+                        message,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Downloads a manifest into `work_dir` and opens it; the file is unlinked at once (the
+    /// handle keeps it), so nothing is left behind whatever happens next.
+    pub async fn fetch_manifest(
+        &self,
+        key: &str,
+        work_dir: &Path,
+    ) -> Result<std::fs::File, String> {
+        std::fs::create_dir_all(work_dir).map_err(|e| format!("{}: {e}", work_dir.display()))?;
+        let name = key.rsplit('/').next().unwrap_or("manifest");
+        let local = work_dir.join(format!("{}-{name}", std::process::id()));
+        self.get_to(key, None, &local)
+            .await
+            .map_err(|e| format!("reading the manifest {key}: {e}"))?;
+        let file = std::fs::File::open(&local).map_err(|e| format!("{}: {e}", local.display()));
+        let _ = std::fs::remove_file(&local);
+        file
     }
 
     /// Streams one version of `key` into `dest` (created), returning its SHA-256.
@@ -244,4 +315,135 @@ fn versioned(key: &str, version: Option<&str>) -> Result<String, StoreError> {
             key: key.to_string(),
             message: "no version id: the bucket must be versioned".into(),
         })
+}
+
+/// A lease on the mirror, so two backups never write it at once (a Job retried while its
+/// old pod still runs): an object written only if absent (`If-None-Match: *`), renewed
+/// and taken over only if unchanged since read (`If-Match`), deleted when the run ends.
+/// One a killed run left behind lapses at `expires`.
+#[derive(Debug, Clone)]
+pub struct Lock {
+    pub key: String,
+    etag: String,
+    pub holder: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LockBody {
+    holder: String,
+    /// RFC 3339.
+    expires: String,
+}
+
+impl Store {
+    async fn write_lock(
+        &self,
+        key: &str,
+        holder: &str,
+        lease: std::time::Duration,
+        condition: LockCondition<'_>,
+    ) -> Result<String, StoreError> {
+        let expires = crate::clock::now()
+            + k8s_openapi::jiff::SignedDuration::try_from(lease)
+                .unwrap_or(k8s_openapi::jiff::SignedDuration::ZERO);
+        let body = serde_json::to_vec(&LockBody {
+            holder: holder.to_string(),
+            expires: expires.to_string(),
+        })
+        .unwrap_or_default();
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body))
+            .set_server_side_encryption(self.encryption())
+            .set_ssekms_key_id(self.kms_key.clone());
+        let request = match condition {
+            LockCondition::Absent => request.if_none_match("*"),
+            LockCondition::Unchanged(etag) => request.if_match(etag),
+        };
+        let out = request.send().await.map_err(failed("PutObject", key))?;
+        Ok(out.e_tag().unwrap_or_default().to_string())
+    }
+
+    /// Takes the lock at `key` for `lease`, or says who holds it until when. A lock whose
+    /// lease ran out is taken over.
+    pub async fn lock(
+        &self,
+        key: &str,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<Lock, String> {
+        let taken = |etag| Lock {
+            key: key.to_string(),
+            etag,
+            holder: holder.to_string(),
+        };
+        match self
+            .write_lock(key, holder, lease, LockCondition::Absent)
+            .await
+        {
+            Ok(etag) => return Ok(taken(etag)),
+            Err(e) if e.message.starts_with("PreconditionFailed") => {}
+            Err(e) => return Err(format!("taking the lock: {e}")),
+        }
+        let held = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| format!("reading the lock: {}", aws_message(&e)))?;
+        let etag = held.e_tag().unwrap_or_default().to_string();
+        let bytes = held
+            .body
+            .collect()
+            .await
+            .map_err(|e| format!("reading the lock: {e}"))?
+            .into_bytes();
+        let body: LockBody = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("the lock {key} is not one of ours: {e}"))?;
+        let lapsed = body
+            .expires
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .map(|t| t < crate::clock::now())
+            .unwrap_or(true);
+        if !lapsed {
+            return Err(format!(
+                "another run ({}) holds the lock {key} until {}",
+                body.holder, body.expires
+            ));
+        }
+        self.write_lock(key, holder, lease, LockCondition::Unchanged(&etag))
+            .await
+            .map(taken)
+            .map_err(|e| format!("taking over the lapsed lock of {}: {e}", body.holder))
+    }
+
+    /// Extends the lease; fails when someone took the lock meanwhile.
+    pub async fn renew(&self, lock: &mut Lock, lease: std::time::Duration) -> Result<(), String> {
+        let etag = self
+            .write_lock(
+                &lock.key,
+                &lock.holder,
+                lease,
+                LockCondition::Unchanged(&lock.etag),
+            )
+            .await
+            .map_err(|e| format!("renewing the lock {}: {e}", lock.key))?;
+        lock.etag = etag;
+        Ok(())
+    }
+
+    /// Gives the lock back (a delete marker on its key).
+    pub async fn unlock(&self, lock: &Lock) {
+        let _ = self.mark_deleted(&lock.key).await;
+    }
+}
+
+enum LockCondition<'a> {
+    Absent,
+    Unchanged(&'a str),
 }
