@@ -180,6 +180,30 @@ enum DocumentsCommand {
         #[arg(long)]
         against: Option<PathBuf>,
     },
+    /// Drop sets: delete the versions only they reference, then their manifests. Every
+    /// manifest under --manifests-prefix must be named, kept or dropped.
+    Prune {
+        #[command(flatten)]
+        bucket: BucketFlags,
+        /// A set that stays (repeat).
+        #[arg(long)]
+        keep: Vec<String>,
+        /// A set that goes (repeat).
+        #[arg(long, required = true)]
+        drop: Vec<String>,
+        /// Where the manifests are.
+        #[arg(long, default_value = "backups/documents/")]
+        manifests_prefix: String,
+        /// The mirror's key prefix.
+        #[arg(long, default_value = "documents/")]
+        prefix: String,
+        /// How long the mirror's lock lasts unless renewed.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        lock_lease: Duration,
+        /// Versions per DeleteObjects request.
+        #[arg(long, default_value_t = documents::prune::MAX_BATCH, value_parser = clap::value_parser!(u16).range(1..=1000).map(usize::from))]
+        batch: usize,
+    },
     /// Restore a set by its manifest into a directory (empty unless --overwrite).
     Restore {
         #[command(flatten)]
@@ -197,6 +221,14 @@ enum DocumentsCommand {
         #[arg(long)]
         overwrite: bool,
     },
+}
+
+/// Who runs, as the mirror's lock says: the pod (or host) and the process.
+fn holder() -> String {
+    std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .map(|h| format!("{h}/{}", std::process::id()))
+        .unwrap_or_else(|_| format!("pid {}", std::process::id()))
 }
 
 /// Runs a documents subcommand; prints its summary as one JSON line.
@@ -229,10 +261,7 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                     work_dir: bucket.work_dir.clone(),
                     lock_key: documents::backup::lock_key(&prefix),
                     lock_lease,
-                    holder: std::env::var("POD_NAME")
-                        .or_else(|_| std::env::var("HOSTNAME"))
-                        .map(|h| format!("{h}/{}", std::process::id()))
-                        .unwrap_or_else(|_| format!("pid {}", std::process::id())),
+                    holder: holder(),
                 };
                 let result = documents::backup::backup(&store, &options).await.map(|s| {
                     let code = if s.unreadable_count > 0 { 2 } else { 0 };
@@ -256,6 +285,31 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                     let code = if s.problem_count > 0 { 3 } else { 0 };
                     (serde_json::to_string(&s), code)
                 });
+                (bucket, result)
+            }
+            DocumentsCommand::Prune {
+                bucket,
+                keep,
+                drop,
+                manifests_prefix,
+                prefix,
+                lock_lease,
+                batch,
+            } => {
+                let store = bucket.store(None).await;
+                let options = documents::prune::PruneOptions {
+                    keep,
+                    drop,
+                    manifests_prefix,
+                    batch,
+                    work_dir: bucket.work_dir.clone(),
+                    prefix,
+                    lock_lease,
+                    holder: holder(),
+                };
+                let result = documents::prune::prune(&store, &options)
+                    .await
+                    .map(|s| (serde_json::to_string(&s), 0));
                 (bucket, result)
             }
             DocumentsCommand::Restore {

@@ -150,6 +150,26 @@ async fn bucket(name: &str) -> Bucket {
     }
 }
 
+/// A set's manifest, read from the bucket: its header, entries and trailer.
+async fn read_set(
+    b: &Bucket,
+    set: &str,
+) -> (manifest::Header, Vec<manifest::Entry>, manifest::Totals) {
+    let bytes =
+        b.s3.get_object()
+            .bucket(&b.name)
+            .key(format!("backups/documents/{set}.jsonl.gz"))
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+    manifest::read_all(&bytes[..]).unwrap()
+}
+
 /// `documents <command>` on bucket `b`, path-style, then `rest`.
 fn on(b: &Bucket, command: &str, rest: &[String]) -> Vec<String> {
     let mut args = vec![
@@ -364,19 +384,7 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
 
     // Every object of the first set: its version, encrypted with the clinic's key, with
     // the SHA-256 it was sent with stored beside it (moto keeps it; S3 checks it).
-    let manifest_bytes =
-        b.s3.get_object()
-            .bucket(&b.name)
-            .key("backups/documents/set-1.jsonl.gz")
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
-    let (header, entries, totals) = manifest::read_all(&manifest_bytes[..]).unwrap();
+    let (header, entries, totals) = read_set(&b, "set-1").await;
     assert_eq!(header.prefix, "documents/");
     assert_eq!(totals.files, files as u64);
     let key_id = b.key_arn.rsplit('/').next().unwrap();
@@ -619,5 +627,156 @@ async fn a_second_backup_on_one_mirror_waits_for_the_lock_or_its_lapse() {
     let second: Vec<&str> = second.iter().map(String::as_str).collect();
     let (code, next) = documents(&proxy, &second);
     assert_eq!(code, 0, "{next}");
+    std::fs::remove_dir_all(&tree).unwrap();
+}
+
+/// Pruning the middle set of three deletes only the versions no kept set references: the
+/// dropped set's own versions and its manifest go; a version it shares with a kept set
+/// stays. A set nobody named refuses the run. A run stopped before its last step (the
+/// manifest's deletion refused) finishes when run again.
+#[tokio::test]
+async fn pruning_a_set_deletes_only_what_no_kept_set_references() {
+    let b = bucket(&format!("oe-documents-prune-{}", std::process::id())).await;
+    let tree = scratch("prune-sites");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(&tree).unwrap();
+    for name in ["a.txt", "b.txt", "c.txt"] {
+        std::fs::write(tree.join(name), format!("{name} 1")).unwrap();
+    }
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let mut sets = Vec::new();
+    for (set, changes) in [
+        ("set-1", &[][..]),
+        ("set-2", &["b.txt"][..]),
+        ("set-3", &["b.txt", "c.txt"][..]),
+    ] {
+        for name in changes {
+            std::fs::write(tree.join(name), format!("{name} in {set}")).unwrap();
+        }
+        let mut rest = vec![
+            "--dir".to_string(),
+            tree.display().to_string(),
+            "--manifest".into(),
+            format!("backups/documents/{set}.jsonl.gz"),
+        ];
+        if let Some(previous) = sets.last() {
+            rest.extend([
+                "--previous".to_string(),
+                format!("backups/documents/{previous}.jsonl.gz"),
+            ]);
+        }
+        let args = on(&b, "backup", &rest);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, done) = documents(&proxy, &args);
+        assert_eq!(code, 0, "{done}");
+        sets.push(set);
+    }
+    let version_of = async |set: &str, path: &str| {
+        let (_, entries, _) = read_set(&b, set).await;
+        entries
+            .into_iter()
+            .find(|e| e.path == path.as_bytes())
+            .and_then(|e| e.version)
+            .unwrap()
+    };
+    let b_of_2 = version_of("set-2", "b.txt").await;
+    let a_shared = version_of("set-2", "a.txt").await;
+    let c_shared = version_of("set-2", "c.txt").await;
+    assert_eq!(a_shared, version_of("set-1", "a.txt").await);
+    let prune = |keep: &[&str]| {
+        let mut rest = vec![
+            "--drop".to_string(),
+            "backups/documents/set-2.jsonl.gz".into(),
+        ];
+        for k in keep {
+            rest.extend([
+                "--keep".to_string(),
+                format!("backups/documents/{k}.jsonl.gz"),
+            ]);
+        }
+        on(&b, "prune", &rest)
+    };
+
+    // set-3 named by nobody: refused, nothing deleted.
+    let args = prune(&["set-1"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, refused) = documents(&proxy, &args);
+    assert_eq!(code, 1, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("backups/documents/set-3.jsonl.gz"),
+        "{refused}"
+    );
+
+    // Stopped before the last step: the manifest's deletion refused.
+    // (The next DELETE is the manifest's version; the lock's release after it passes.)
+    proxy.set(
+        "s3:DELETE",
+        support::faults::Rule::default()
+            .error(support::faults::AwsFault::access_denied(
+                "s3:DeleteObjectVersion",
+            ))
+            .times(1),
+    );
+    let args = prune(&["set-1", "set-3"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stopped) = documents(&proxy, &args);
+    assert_eq!(code, 1, "{stopped}");
+    assert!(
+        stopped["error"].as_str().unwrap().contains("AccessDenied"),
+        "{stopped}"
+    );
+    let (code, pruned) = documents(&proxy, &args);
+    assert_eq!(code, 0, "{pruned}");
+    assert_eq!(pruned["manifestsDeleted"], 1, "{pruned}");
+
+    let exists = |key: &str, version: &str| {
+        let request =
+            b.s3.head_object()
+                .bucket(&b.name)
+                .key(key)
+                .version_id(version)
+                .send();
+        async move { request.await.is_ok() }
+    };
+    assert!(
+        !exists("documents/b.txt", &b_of_2).await,
+        "set-2's own version is gone"
+    );
+    assert!(
+        exists("documents/a.txt", &a_shared).await,
+        "shared with set-1 and set-3"
+    );
+    assert!(
+        exists("documents/c.txt", &c_shared).await,
+        "shared with set-1"
+    );
+    let left =
+        b.s3.list_object_versions()
+            .bucket(&b.name)
+            .prefix("backups/documents/set-2.jsonl.gz")
+            .send()
+            .await
+            .unwrap();
+    assert!(
+        left.versions().is_empty() && left.delete_markers().is_empty(),
+        "{left:?}"
+    );
+    // What stays is sound.
+    for set in ["set-1", "set-3"] {
+        let args = on(
+            &b,
+            "verify",
+            &[
+                "--manifest".to_string(),
+                format!("backups/documents/{set}.jsonl.gz"),
+            ],
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, sound) = documents(&proxy, &args);
+        assert_eq!(code, 0, "{set}: {sound}");
+    }
     std::fs::remove_dir_all(&tree).unwrap();
 }

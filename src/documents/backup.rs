@@ -169,15 +169,33 @@ enum Sent {
 /// Runs a backup while holding the mirror's lock; the summary says what was done
 /// (unreadable paths included). An error means no manifest was written.
 pub async fn backup(store: &Store, options: &BackupOptions) -> Result<Summary, String> {
+    with_lock(
+        store,
+        &options.lock_key,
+        &options.holder,
+        options.lock_lease,
+        async |still_held: &(dyn Fn() -> bool + Sync)| {
+            backup_holding(store, options, still_held).await
+        },
+    )
+    .await
+}
+
+/// Runs `work` while holding the lock at `key`, renewed every third of `lease`; `work` asks
+/// `still_held` before its last, decisive write. The lock is given back unless it was lost.
+pub async fn with_lock<T>(
+    store: &Store,
+    key: &str,
+    holder: &str,
+    lease: std::time::Duration,
+    work: impl AsyncFnOnce(&(dyn Fn() -> bool + Sync)) -> Result<T, String>,
+) -> Result<T, String> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering as Atomic};
-    let lock = store
-        .lock(&options.lock_key, &options.holder, options.lock_lease)
-        .await?;
+    let lock = store.lock(key, holder, lease).await?;
     let lost = Arc::new(AtomicBool::new(false));
     let renewer = tokio::spawn({
         let (store, mut lock, lost) = (store.clone(), lock.clone(), lost.clone());
-        let lease = options.lock_lease;
         async move {
             loop {
                 tokio::time::sleep(lease / 3).await;
@@ -189,7 +207,7 @@ pub async fn backup(store: &Store, options: &BackupOptions) -> Result<Summary, S
         }
     });
     let still_held = || !lost.load(Atomic::SeqCst);
-    let result = backup_holding(store, options, &still_held).await;
+    let result = work(&still_held).await;
     renewer.abort();
     if still_held() {
         store.unlock(&lock).await;
@@ -201,7 +219,7 @@ pub async fn backup(store: &Store, options: &BackupOptions) -> Result<Summary, S
 async fn backup_holding(
     store: &Store,
     options: &BackupOptions,
-    still_held: &dyn Fn() -> bool,
+    still_held: &(dyn Fn() -> bool + Sync),
 ) -> Result<Summary, String> {
     let started = Instant::now();
     std::fs::create_dir_all(&options.work_dir)

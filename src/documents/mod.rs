@@ -7,11 +7,12 @@
 //! `aws s3 sync`. Bucket versioning is the deduplication: a file unchanged since the last
 //! set is the same object version, referenced by every set's [`manifest`]. A set is named
 //! by its manifest's key. [`backup`] walks and stores, [`restore`] brings a set back,
-//! [`verify`] checks one without downloading it,
+//! [`verify`] checks one without downloading it, [`prune`] drops sets,
 //! [`store`] is all it asks of S3, [`walk`] the ordered walk.
 
 pub mod backup;
 pub mod manifest;
+pub mod prune;
 pub mod restore;
 pub mod store;
 pub mod verify;

@@ -260,6 +260,69 @@ impl Store {
         }
     }
 
+    /// The keys of the current objects under `prefix` (one request per 1,000).
+    pub async fn list_keys(
+        &self,
+        prefix: &str,
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let mut keys = std::collections::BTreeSet::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(failed("ListObjectsV2", prefix))?;
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+            token = out.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// Deletes every version (and delete marker) of exactly `key`.
+    pub async fn delete_every_version(&self, key: &str) -> Result<(), StoreError> {
+        let out = self
+            .client
+            .list_object_versions()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .send()
+            .await
+            .map_err(failed("ListObjectVersions", key))?;
+        let versions = out
+            .versions()
+            .iter()
+            .filter(|v| v.key() == Some(key))
+            .filter_map(|v| v.version_id())
+            .chain(
+                out.delete_markers()
+                    .iter()
+                    .filter(|m| m.key() == Some(key))
+                    .filter_map(|m| m.version_id()),
+            );
+        for version in versions {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .version_id(version)
+                .send()
+                .await
+                .map_err(failed("DeleteObject", key))?;
+        }
+        Ok(())
+    }
+
     /// Downloads a manifest into `work_dir` and opens it; the file is unlinked at once (the
     /// handle keeps it), so nothing is left behind whatever happens next.
     pub async fn fetch_manifest(
