@@ -167,6 +167,10 @@ enum DocumentsCommand {
         /// killed holding it blocks the next for at most this.
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         lock_lease: Duration,
+        /// Stored files per journal chunk: after a killed run, the next run of the same set
+        /// sends again at most these (and those that were in flight).
+        #[arg(long, default_value_t = documents::journal::DEFAULT_EVERY, value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+        journal_every: usize,
     },
     /// Check a set against the bucket without downloading it (and against a directory).
     /// Exit 0: sound; 3: problems, named in the summary; 1: could not check.
@@ -248,6 +252,7 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                 multipart_threshold_mib,
                 part_size_mib,
                 lock_lease,
+                journal_every,
             } => {
                 let store = bucket.store(kms_key).await;
                 let options = documents::backup::BackupOptions {
@@ -262,6 +267,7 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                     lock_key: documents::backup::lock_key(&prefix),
                     lock_lease,
                     holder: holder(),
+                    journal_every,
                 };
                 let result = documents::backup::backup(&store, &options).await.map(|s| {
                     let code = if s.unreadable_count > 0 { 2 } else { 0 };

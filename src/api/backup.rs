@@ -178,12 +178,13 @@ pub struct SnapshotRef {
 pub struct DocumentsLocation {
     /// Bucket name.
     pub bucket: String,
-    /// Key prefix of the copy, ending in `/`.
-    pub prefix: String,
-    /// Objects copied.
+    /// Key of the set's documents manifest, which names every file's version: the set's
+    /// documents are what it names, not a prefix (docs/documents.md).
+    pub manifest: String,
+    /// Files in the set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub object_count: Option<i64>,
-    /// Bytes copied.
+    pub file_count: Option<i64>,
+    /// Bytes of the files in the set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<i64>,
 }

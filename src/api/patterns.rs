@@ -32,6 +32,9 @@ pub const S3_BUCKET: &str = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$";
 /// A key prefix inside a bucket: no leading slash, no `..` path segment, no whitespace.
 pub const S3_PREFIX: &str = r"^([A-Za-z0-9!_.*'()-]+/)*[A-Za-z0-9!_.*'()-]*$";
 
+/// An object key: like a prefix, but naming an object (its last segment not empty).
+pub const S3_KEY: &str = r"^([A-Za-z0-9!_.*'()-]+/)*[A-Za-z0-9!_.*'()-]+$";
+
 /// `vpc-` followed by 8 or 17 hex digits.
 pub const VPC_ID: &str = r"^vpc-([0-9a-f]{8}|[0-9a-f]{17})$";
 /// `subnet-` followed by 8 or 17 hex digits.

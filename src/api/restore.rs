@@ -154,7 +154,8 @@ pub struct SnapshotSource {
     pub documents: Option<DocumentsSource>,
 }
 
-/// Documents in S3 (a bucket name, not an ARN, and a prefix).
+/// A documents set in S3: a bucket name (not an ARN) and the key of the set's documents
+/// manifest, which names every file's version (docs/documents.md).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DocumentsSource {
@@ -163,10 +164,9 @@ pub struct DocumentsSource {
     #[x_kube(validation = patterns::s3_bucket())]
     pub bucket: String,
 
-    /// Key prefix of the copy, e.g. `backups/20260101-0230/documents/`.
-    #[serde(default)]
-    #[schemars(pattern(patterns::S3_PREFIX), length(max = 1024))]
-    pub prefix: String,
+    /// Key of the documents manifest, e.g. `backups/documents/clinic-a-20261122-0230.jsonl.gz`.
+    #[schemars(pattern(patterns::S3_KEY), length(min = 1, max = 1024))]
+    pub manifest: String,
 }
 
 /// Where to restore to. At most one field is set; side by side when neither is.

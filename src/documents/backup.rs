@@ -21,6 +21,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::journal::Journal;
 use super::manifest::{self, Entry, Header, Kind, path_order};
 use super::store::Store;
 use super::walk::{self, Found};
@@ -54,6 +55,8 @@ pub struct BackupOptions {
     pub lock_lease: std::time::Duration,
     /// Who runs this backup, as the lock says (the pod's name).
     pub holder: String,
+    /// Stored files per journal chunk ([`journal`](super::journal)).
+    pub journal_every: usize,
 }
 
 /// The lock of the mirror under `prefix`: beside it, never inside it (`documents.lock`).
@@ -72,6 +75,8 @@ pub struct Summary {
     pub bytes_uploaded: u64,
     pub files_unchanged: u64,
     pub bytes_unchanged: u64,
+    /// Files an earlier, killed run of this set stored, not sent again.
+    pub files_resumed: u64,
     pub files_deleted: u64,
     pub dirs: u64,
     pub symlinks: u64,
@@ -162,6 +167,8 @@ enum Outcome {
 
 enum Sent {
     Uploaded,
+    /// Stored by a killed run of this set, as its journal says.
+    Resumed,
     Unchanged,
     Nothing,
 }
@@ -262,6 +269,14 @@ async fn backup_holding(
         bucket: store.bucket.clone(),
         prefix: options.prefix.clone(),
     };
+    let (mut journal, mut stored_before) = Journal::open(
+        store,
+        &options.manifest_key,
+        header.clone(),
+        options.journal_every,
+        &options.work_dir,
+    )
+    .await?;
     let mut writer =
         manifest::Writer::new(std::io::BufWriter::new(file), &header).map_err(|e| e.to_string())?;
     let mut summary = Summary::default();
@@ -309,17 +324,32 @@ async fn backup_holding(
         {
             pending_deletes.push_back(old.clone());
         }
+        let resumed = stored_before.remove(&seen.path);
         while let Some(gone) = pending_deletes.pop_front() {
             inflight.push_back(futures::future::Either::Right(
                 futures::future::Either::Left(delete(store.clone(), options.prefix.clone(), gone)),
             ));
         }
         inflight.push_back(futures::future::Either::Right(
-            futures::future::Either::Right(record(store.clone(), options.clone(), seen, before)),
+            futures::future::Either::Right(record(
+                store.clone(),
+                options.clone(),
+                seen,
+                before,
+                resumed,
+            )),
         ));
         while inflight.len() >= options.concurrency {
             let outcome = inflight.next().await.expect("not empty")?;
-            drain(outcome, &mut writer, &mut summary, &mut unreadable)?;
+            if drain(
+                outcome,
+                &mut writer,
+                &mut summary,
+                &mut unreadable,
+                &mut journal,
+            )? {
+                journal.flush(store).await?;
+            }
         }
     }
     // What the previous set had after the last path.
@@ -338,7 +368,15 @@ async fn backup_holding(
         }
     }
     while let Some(outcome) = inflight.next().await {
-        drain(outcome?, &mut writer, &mut summary, &mut unreadable)?;
+        if drain(
+            outcome?,
+            &mut writer,
+            &mut summary,
+            &mut unreadable,
+            &mut journal,
+        )? {
+            journal.flush(store).await?;
+        }
     }
     let _ = walker.join();
 
@@ -360,6 +398,7 @@ async fn backup_holding(
         .await
         .map_err(|e| format!("writing the manifest: {e}"))?;
     let _ = std::fs::remove_file(&manifest_path);
+    journal.close(store).await;
     summary.manifest_key = options.manifest_key.clone();
     summary.manifest_version = version;
     summary.duration_ms = started.elapsed().as_millis() as u64;
@@ -372,14 +411,17 @@ fn drain<W: std::io::Write>(
     writer: &mut manifest::Writer<W>,
     summary: &mut Summary,
     unreadable: &mut Vec<String>,
-) -> Result<(), String> {
+    journal: &mut Journal,
+) -> Result<bool, String> {
     match outcome {
         Outcome::Recorded(entry, sent) => {
+            let due = matches!(sent, Sent::Uploaded) && journal.push(&entry);
             match (entry.kind, sent) {
                 (Kind::File, Sent::Uploaded) => {
                     summary.files_uploaded += 1;
                     summary.bytes_uploaded += entry.size;
                 }
+                (Kind::File, Sent::Resumed) => summary.files_resumed += 1,
                 (Kind::File, _) => {
                     summary.files_unchanged += 1;
                     summary.bytes_unchanged += entry.size;
@@ -391,15 +433,16 @@ fn drain<W: std::io::Write>(
                 summary.files_scanned += 1;
                 summary.bytes_scanned += entry.size;
             }
-            writer.push(&entry).map_err(|e| e.to_string())
+            writer.push(&entry).map_err(|e| e.to_string())?;
+            Ok(due)
         }
         Outcome::Deleted => {
             summary.files_deleted += 1;
-            Ok(())
+            Ok(false)
         }
         Outcome::Unreadable(said) => {
             unreadable.push(said);
-            Ok(())
+            Ok(false)
         }
     }
 }
@@ -418,6 +461,7 @@ async fn record(
     options: BackupOptions,
     seen: Seen,
     before: Option<Entry>,
+    resumed: Option<Entry>,
 ) -> Result<Outcome, String> {
     let mut entry = Entry {
         path: seen.path.clone(),
@@ -435,15 +479,17 @@ async fn record(
     if seen.kind != Kind::File {
         return Ok(Outcome::Recorded(entry, Sent::Nothing));
     }
-    if let Some(old) = before
-        && old.kind == Kind::File
-        && old.size == seen.size
-        && old.mtime == seen.mtime
-    {
-        entry.sha256 = old.sha256;
-        entry.version = old.version;
-        entry.s3_checksum = old.s3_checksum;
-        return Ok(Outcome::Recorded(entry, Sent::Unchanged));
+    for (old, sent) in [(before, Sent::Unchanged), (resumed, Sent::Resumed)] {
+        if let Some(old) = old
+            && old.kind == Kind::File
+            && old.size == seen.size
+            && old.mtime == seen.mtime
+        {
+            entry.sha256 = old.sha256;
+            entry.version = old.version;
+            entry.s3_checksum = old.s3_checksum;
+            return Ok(Outcome::Recorded(entry, sent));
+        }
     }
     let key = mirror_key(&options.prefix, &seen.path);
     let said = |why: String| {

@@ -11,6 +11,7 @@
 //! [`store`] is all it asks of S3, [`walk`] the ordered walk.
 
 pub mod backup;
+pub mod journal;
 pub mod manifest;
 pub mod prune;
 pub mod restore;

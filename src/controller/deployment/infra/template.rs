@@ -543,8 +543,20 @@ fn kms_key(inputs: &StackInputs, audit: bool) -> Value {
     }))
 }
 
+/// Days after which an unfinished multipart upload (a documents backup killed mid-file) is
+/// aborted and its parts freed.
+pub const ABORT_INCOMPLETE_UPLOADS_DAYS: u32 = 7;
+
+/// The clinic's bucket. Its lifecycle only aborts unfinished uploads: nothing may expire a
+/// version, since every documents set's manifest references the versions it holds.
 fn bucket(inputs: &StackInputs) -> Value {
-    private_bucket(json!(inputs.names.bucket), KEY)
+    let mut bucket = private_bucket(json!(inputs.names.bucket), KEY);
+    bucket["Properties"]["LifecycleConfiguration"] = json!({"Rules": [{
+        "Id": "AbortIncompleteUploads",
+        "Status": "Enabled",
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_INCOMPLETE_UPLOADS_DAYS},
+    }]});
+    bucket
 }
 
 fn bucket_policy(inputs: &StackInputs, audit: bool) -> Value {
@@ -1108,6 +1120,27 @@ network:
         assert_eq!(
             t["Resources"][KEY_ALIAS]["Properties"]["AliasName"],
             names().kms_alias
+        );
+    }
+
+    #[test]
+    fn the_buckets_lifecycle_aborts_unfinished_uploads_and_never_expires_a_version() {
+        let t = template_of(&spec(EXISTING));
+        let rules = t["Resources"][BUCKET]["Properties"]["LifecycleConfiguration"]["Rules"]
+            .as_array()
+            .unwrap();
+        assert_eq!(rules.len(), 1);
+        let rule = rules[0].as_object().unwrap();
+        assert_eq!(
+            rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"],
+            ABORT_INCOMPLETE_UPLOADS_DAYS
+        );
+        let mut keys: Vec<&str> = rule.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["AbortIncompleteMultipartUpload", "Id", "Status"],
+            "{rule:?}"
         );
     }
 
