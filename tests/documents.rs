@@ -182,6 +182,19 @@ fn on(b: &Bucket, command: &str, rest: &[String]) -> Vec<String> {
     args
 }
 
+/// `documents backup` of `tree` on bucket `b` into the set whose manifest is `manifest`,
+/// then `rest`.
+fn backup_of(b: &Bucket, tree: &Path, manifest: &str, rest: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--dir".to_string(),
+        tree.display().to_string(),
+        "--manifest".into(),
+        manifest.to_string(),
+    ];
+    args.extend(rest.iter().map(|r| r.to_string()));
+    on(b, "backup", &args)
+}
+
 /// Runs `openemr-operator documents <args>` against `proxy`; its exit code and summary.
 fn documents(proxy: &FaultProxy, args: &[&str]) -> (i32, serde_json::Value) {
     let out = env()
@@ -214,20 +227,17 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
     let files = make_tree(&tree);
     let first_tree = listing(&tree);
     let backup = |manifest: &str, previous: Option<&str>| {
-        let mut args = on(
+        let mut args = backup_of(
             &b,
-            "backup",
+            &tree,
+            manifest,
             &[
-                "--dir".into(),
-                tree.display().to_string(),
-                "--manifest".into(),
-                manifest.into(),
-                "--kms-key".into(),
-                b.key_arn.clone(),
-                "--multipart-threshold-mib".into(),
-                "5".into(),
-                "--part-size-mib".into(),
-                "5".into(),
+                "--kms-key",
+                &b.key_arn,
+                "--multipart-threshold-mib",
+                "5",
+                "--part-size-mib",
+                "5",
             ],
         );
         if let Some(previous) = previous {
@@ -574,18 +584,7 @@ async fn a_second_backup_on_one_mirror_waits_for_the_lock_or_its_lapse() {
         .await
         .unwrap();
     let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
-    let args = |set: &str| {
-        on(
-            &b,
-            "backup",
-            &[
-                "--dir".into(),
-                tree.display().to_string(),
-                "--manifest".into(),
-                format!("backups/documents/{set}.jsonl.gz"),
-            ],
-        )
-    };
+    let args = |set: &str| backup_of(&b, &tree, &format!("backups/documents/{set}.jsonl.gz"), &[]);
     let first = args("a");
     let first: Vec<&str> = first.iter().map(String::as_str).collect();
     let (code, refused) = documents(&proxy, &first);
@@ -652,19 +651,19 @@ async fn pruning_a_set_deletes_only_what_no_kept_set_references() {
         for name in changes {
             std::fs::write(tree.join(name), format!("{name} in {set}")).unwrap();
         }
-        let mut rest = vec![
-            "--dir".to_string(),
-            tree.display().to_string(),
-            "--manifest".into(),
-            format!("backups/documents/{set}.jsonl.gz"),
-        ];
-        if let Some(previous) = sets.last() {
-            rest.extend([
-                "--previous".to_string(),
-                format!("backups/documents/{previous}.jsonl.gz"),
-            ]);
-        }
-        let args = on(&b, "backup", &rest);
+        let previous = sets
+            .last()
+            .map(|p| format!("backups/documents/{p}.jsonl.gz"));
+        let rest: Vec<&str> = match &previous {
+            Some(p) => vec!["--previous", p],
+            None => vec![],
+        };
+        let args = backup_of(
+            &b,
+            &tree,
+            &format!("backups/documents/{set}.jsonl.gz"),
+            &rest,
+        );
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, done) = documents(&proxy, &args);
         assert_eq!(code, 0, "{done}");
@@ -794,20 +793,17 @@ async fn a_killed_backup_leaves_no_set_and_its_rerun_resends_nothing_journaled()
         std::fs::write(tree.join(format!("a/{n:02}.pdf")), content(n, 2048)).unwrap();
     }
     let args = |lease: &str| {
-        on(
+        backup_of(
             &b,
-            "backup",
+            &tree,
+            "backups/documents/k.jsonl.gz",
             &[
-                "--dir".into(),
-                tree.display().to_string(),
-                "--manifest".into(),
-                "backups/documents/k.jsonl.gz".into(),
-                "--concurrency".into(),
-                "1".into(),
-                "--journal-every".into(),
-                "10".into(),
-                "--lock-lease".into(),
-                lease.into(),
+                "--concurrency",
+                "1",
+                "--journal-every",
+                "10",
+                "--lock-lease",
+                lease,
             ],
         )
     };

@@ -269,7 +269,7 @@ async fn backup_holding(
         bucket: store.bucket.clone(),
         prefix: options.prefix.clone(),
     };
-    let (mut journal, mut stored_before) = Journal::open(
+    let (journal, mut stored_before) = Journal::open(
         store,
         &options.manifest_key,
         header.clone(),
@@ -277,10 +277,14 @@ async fn backup_holding(
         &options.work_dir,
     )
     .await?;
-    let mut writer =
+    let writer =
         manifest::Writer::new(std::io::BufWriter::new(file), &header).map_err(|e| e.to_string())?;
-    let mut summary = Summary::default();
-    let mut unreadable = Vec::new();
+    let mut progress = Progress {
+        writer,
+        summary: Summary::default(),
+        unreadable: Vec::new(),
+        journal,
+    };
     let mut inflight = FuturesOrdered::new();
     let mut pending_deletes: VecDeque<Entry> = VecDeque::new();
     while let Some(next) = looked.next().await {
@@ -341,15 +345,7 @@ async fn backup_holding(
         ));
         while inflight.len() >= options.concurrency {
             let outcome = inflight.next().await.expect("not empty")?;
-            if drain(
-                outcome,
-                &mut writer,
-                &mut summary,
-                &mut unreadable,
-                &mut journal,
-            )? {
-                journal.flush(store).await?;
-            }
+            progress.take(outcome, store).await?;
         }
     }
     // What the previous set had after the last path.
@@ -368,16 +364,14 @@ async fn backup_holding(
         }
     }
     while let Some(outcome) = inflight.next().await {
-        if drain(
-            outcome?,
-            &mut writer,
-            &mut summary,
-            &mut unreadable,
-            &mut journal,
-        )? {
-            journal.flush(store).await?;
-        }
+        progress.take(outcome?, store).await?;
     }
+    let Progress {
+        writer,
+        mut summary,
+        unreadable,
+        journal,
+    } = progress;
     let _ = walker.join();
 
     summary.unreadable_count = unreadable.len() as u64;
@@ -405,45 +399,48 @@ async fn backup_holding(
     Ok(summary)
 }
 
-/// Counts one outcome and writes its entry.
-fn drain<W: std::io::Write>(
-    outcome: Outcome,
-    writer: &mut manifest::Writer<W>,
-    summary: &mut Summary,
-    unreadable: &mut Vec<String>,
-    journal: &mut Journal,
-) -> Result<bool, String> {
-    match outcome {
-        Outcome::Recorded(entry, sent) => {
-            let due = matches!(sent, Sent::Uploaded) && journal.push(&entry);
-            match (entry.kind, sent) {
-                (Kind::File, Sent::Uploaded) => {
-                    summary.files_uploaded += 1;
-                    summary.bytes_uploaded += entry.size;
+/// What a run has recorded so far: the manifest being written, the counts, the paths
+/// left out, and the journal of what it stored.
+struct Progress<W: std::io::Write> {
+    writer: manifest::Writer<W>,
+    summary: Summary,
+    unreadable: Vec<String>,
+    journal: Journal,
+}
+
+impl<W: std::io::Write> Progress<W> {
+    /// Counts one outcome, writes its entry, and writes a journal chunk when one is due.
+    async fn take(&mut self, outcome: Outcome, store: &Store) -> Result<(), String> {
+        let summary = &mut self.summary;
+        match outcome {
+            Outcome::Recorded(entry, sent) => {
+                let due = matches!(sent, Sent::Uploaded) && self.journal.push(&entry);
+                match (entry.kind, sent) {
+                    (Kind::File, Sent::Uploaded) => {
+                        summary.files_uploaded += 1;
+                        summary.bytes_uploaded += entry.size;
+                    }
+                    (Kind::File, Sent::Resumed) => summary.files_resumed += 1,
+                    (Kind::File, _) => {
+                        summary.files_unchanged += 1;
+                        summary.bytes_unchanged += entry.size;
+                    }
+                    (Kind::Dir, _) => summary.dirs += 1,
+                    (Kind::Symlink, _) => summary.symlinks += 1,
                 }
-                (Kind::File, Sent::Resumed) => summary.files_resumed += 1,
-                (Kind::File, _) => {
-                    summary.files_unchanged += 1;
-                    summary.bytes_unchanged += entry.size;
+                if entry.kind == Kind::File {
+                    summary.files_scanned += 1;
+                    summary.bytes_scanned += entry.size;
                 }
-                (Kind::Dir, _) => summary.dirs += 1,
-                (Kind::Symlink, _) => summary.symlinks += 1,
+                self.writer.push(&entry).map_err(|e| e.to_string())?;
+                if due {
+                    self.journal.flush(store).await?;
+                }
             }
-            if entry.kind == Kind::File {
-                summary.files_scanned += 1;
-                summary.bytes_scanned += entry.size;
-            }
-            writer.push(&entry).map_err(|e| e.to_string())?;
-            Ok(due)
+            Outcome::Deleted => summary.files_deleted += 1,
+            Outcome::Unreadable(said) => self.unreadable.push(said),
         }
-        Outcome::Deleted => {
-            summary.files_deleted += 1;
-            Ok(false)
-        }
-        Outcome::Unreadable(said) => {
-            unreadable.push(said);
-            Ok(false)
-        }
+        Ok(())
     }
 }
 
