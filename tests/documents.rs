@@ -196,7 +196,10 @@ fn backup_of(b: &Bucket, tree: &Path, manifest: &str, rest: &[&str]) -> Vec<Stri
 }
 
 /// Runs `openemr-operator documents <args>` against `proxy`; its exit code and summary.
-fn documents(proxy: &FaultProxy, args: &[&str]) -> (i32, serde_json::Value) {
+fn documents<A: AsRef<std::ffi::OsStr>>(
+    proxy: &FaultProxy,
+    args: &[A],
+) -> (i32, serde_json::Value) {
     let out = env()
         .command(env!("CARGO_BIN_EXE_openemr-operator"))
         .arg("documents")
@@ -249,7 +252,6 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
     // The first set: every file sent once (the big one in two parts), then the manifest.
     let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
     let args = backup("backups/documents/set-1.jsonl.gz", None);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, first) = documents(&proxy, &args);
     assert_eq!(code, 0, "{first}");
     assert_eq!(first["filesUploaded"], files as u64, "{first}");
@@ -294,7 +296,6 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
         "backups/documents/set-2.jsonl.gz",
         Some("backups/documents/set-1.jsonl.gz"),
     );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, second) = documents(&proxy, &args);
     assert_eq!(code, 0, "{second}");
     assert_eq!(second["filesUploaded"], 2, "{second}");
@@ -316,7 +317,6 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
         "backups/documents/set-2.jsonl.gz",
         Some("backups/documents/set-1.jsonl.gz"),
     );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, again) = documents(&proxy, &args);
     assert_eq!(code, 1, "{again}");
     assert!(
@@ -336,7 +336,6 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
         "backups/documents/set-3.jsonl.gz",
         Some("backups/documents/set-2.jsonl.gz"),
     );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, third) = documents(&proxy, &args);
     assert_eq!(code, 2, "{third}");
     assert_eq!(third["unreadableCount"], 1, "{third}");
@@ -463,7 +462,6 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
     };
     let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
     let args = verify("set-1", None);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, sound) = documents(&proxy, &args);
     assert_eq!(code, 0, "{sound}");
     assert_eq!(sound["problemCount"], 0, "{sound}");
@@ -522,7 +520,6 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
         .await
         .unwrap();
     let args = verify("forged", None);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, broken) = documents(&proxy, &args);
     assert_eq!(code, 3, "{broken}");
     assert_eq!(broken["problemCount"], 2, "{broken}");
@@ -540,7 +537,6 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
     // Against a directory: the tree as it is now is set 2; a changed file and a file the
     // set lacks are named.
     let args = verify("set-2", Some(&tree));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, same) = documents(&proxy, &args);
     assert_eq!(code, 0, "{same}");
     std::fs::write(site.join("documents/8/scan-4.pdf"), b"edited").unwrap();
@@ -586,7 +582,6 @@ async fn a_second_backup_on_one_mirror_waits_for_the_lock_or_its_lapse() {
     let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
     let args = |set: &str| backup_of(&b, &tree, &format!("backups/documents/{set}.jsonl.gz"), &[]);
     let first = args("a");
-    let first: Vec<&str> = first.iter().map(String::as_str).collect();
     let (code, refused) = documents(&proxy, &first);
     assert_eq!(code, 1, "{refused}");
     let said = refused["error"].as_str().unwrap();
@@ -622,7 +617,6 @@ async fn a_second_backup_on_one_mirror_waits_for_the_lock_or_its_lapse() {
     assert!(gone.is_err(), "the lock is released: {gone:?}");
     // And the next run takes it afresh.
     let second = args("b");
-    let second: Vec<&str> = second.iter().map(String::as_str).collect();
     let (code, next) = documents(&proxy, &second);
     assert_eq!(code, 0, "{next}");
     std::fs::remove_dir_all(&tree).unwrap();
@@ -664,7 +658,6 @@ async fn pruning_a_set_deletes_only_what_no_kept_set_references() {
             &format!("backups/documents/{set}.jsonl.gz"),
             &rest,
         );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, done) = documents(&proxy, &args);
         assert_eq!(code, 0, "{done}");
         sets.push(set);
@@ -697,7 +690,6 @@ async fn pruning_a_set_deletes_only_what_no_kept_set_references() {
 
     // set-3 named by nobody: refused, nothing deleted.
     let args = prune(&["set-1"]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, refused) = documents(&proxy, &args);
     assert_eq!(code, 1, "{refused}");
     assert!(
@@ -719,7 +711,6 @@ async fn pruning_a_set_deletes_only_what_no_kept_set_references() {
             .times(1),
     );
     let args = prune(&["set-1", "set-3"]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, stopped) = documents(&proxy, &args);
     assert_eq!(code, 1, "{stopped}");
     assert!(
@@ -772,7 +763,6 @@ async fn pruning_a_set_deletes_only_what_no_kept_set_references() {
                 format!("backups/documents/{set}.jsonl.gz"),
             ],
         );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, sound) = documents(&proxy, &args);
         assert_eq!(code, 0, "{set}: {sound}");
     }
@@ -871,7 +861,6 @@ async fn a_killed_backup_leaves_no_set_and_its_rerun_resends_nothing_journaled()
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
     let args = args("10m");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, done) = documents(&proxy, &args);
     assert_eq!(code, 0, "{done}");
     assert_eq!(done["filesResumed"], journaled, "{done}");
@@ -905,7 +894,6 @@ async fn a_killed_backup_leaves_no_set_and_its_rerun_resends_nothing_journaled()
             into.display().to_string(),
         ],
     );
-    let restore: Vec<&str> = restore.iter().map(String::as_str).collect();
     let (code, restored) = documents(&proxy, &restore);
     assert_eq!(code, 0, "{restored}");
     assert_eq!(listing(&into), listing(&tree));

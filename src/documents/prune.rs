@@ -226,7 +226,7 @@ async fn delete_batch(
         .delete(delete)
         .send()
         .await
-        .map_err(|e| format!("DeleteObjects: {e:?}"))?;
+        .map_err(|e| super::store::failed("DeleteObjects", &store.bucket)(e).to_string())?;
     // A version already gone (a rerun) is no error; anything else is.
     let refused = out
         .errors()

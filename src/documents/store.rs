@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption,
@@ -15,38 +16,49 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use sha2::{Digest, Sha256};
 
+use crate::aws::{AwsError, ErrorClass};
+
 /// An S3 failure, said with the call and the key.
 #[derive(Debug, thiserror::Error)]
 #[error("{call} {key}: {message}")]
 pub struct StoreError {
     pub call: &'static str,
     pub key: String,
+    /// AWS's code and message (`PreconditionFailed: …`), or the local error's words.
     pub message: String,
+    /// How AWS's answer is classed; `None` for a local failure.
+    pub class: Option<ErrorClass>,
 }
 
-fn failed<E: std::fmt::Debug>(call: &'static str, key: &str) -> impl FnOnce(E) -> StoreError {
+/// An SDK error of `call`, classed and worded as every AWS error of the operator is.
+pub(super) fn failed<E, R>(
+    call: &'static str,
+    key: &str,
+) -> impl FnOnce(SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + 'static,
+{
     let key = key.to_string();
-    move |e| StoreError {
-        call,
-        key,
-        message: aws_message(&e),
+    move |e| {
+        let e = AwsError::from_sdk("s3", call, e);
+        StoreError {
+            call,
+            key,
+            message: format!("{}: {}", e.code, e.message),
+            class: Some(e.class),
+        }
     }
 }
 
-/// The service's code and message when there is one, else the SDK's words.
-fn aws_message<E: std::fmt::Debug>(e: &E) -> String {
-    let text = format!("{e:?}");
-    // The SDK's Debug of a service error holds `code: Some("…")` and `message: Some("…")`.
-    let field = |name: &str| {
-        text.split(&format!("{name}: Some(\""))
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .map(str::to_string)
-    };
-    match (field("code"), field("message")) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code,
-        _ => text.chars().take(300).collect(),
+/// A local failure (a file, a body stream) while doing `what` to `key`.
+fn local<E: std::fmt::Display>(what: &'static str, key: &str) -> impl FnOnce(E) -> StoreError {
+    let key = key.to_string();
+    move |e| StoreError {
+        call: what,
+        key,
+        message: e.to_string(),
+        class: None,
     }
 }
 
@@ -74,7 +86,7 @@ impl Store {
     /// (`If-None-Match: *`: a set's manifest is never written over), and returns its
     /// version id.
     pub async fn put_new_file(&self, key: &str, path: &Path) -> Result<String, StoreError> {
-        let bytes = std::fs::read(path).map_err(failed("reading", key))?;
+        let bytes = std::fs::read(path).map_err(local("reading", key))?;
         let sha256 = Sha256::digest(&bytes);
         self.put_object(key, bytes, &sha256, true).await
     }
@@ -128,6 +140,7 @@ impl Store {
                 call: "CreateMultipartUpload",
                 key: key.to_string(),
                 message: "no upload id".into(),
+                class: None,
             })
     }
 
@@ -172,7 +185,7 @@ impl Store {
         for part in &parts {
             let raw = B64
                 .decode(part.checksum_sha256().unwrap_or_default())
-                .map_err(failed("CompleteMultipartUpload", key))?;
+                .map_err(local("CompleteMultipartUpload", key))?;
             of_parts.update(raw);
         }
         let composite = format!("{}-{}", checksum_header(&of_parts.finalize()), parts.len());
@@ -242,21 +255,10 @@ impl Store {
                     .and_then(|c| c.checksum_sha256())
                     .map(str::to_string),
             ))),
-            Err(e) => {
-                let message = aws_message(&e);
-                let gone = e.raw_response().is_some_and(|r| r.status().as_u16() == 404)
-                    || message.starts_with("NoSuchKey")
-                    || message.starts_with("NoSuchVersion");
-                if gone {
-                    Ok(None)
-                } else {
-                    Err(StoreError {
-                        call: "GetObjectAttributes",
-                        key: key.to_string(),
-                        message,
-                    })
-                }
-            }
+            Err(e) => match failed("GetObjectAttributes", key)(e) {
+                gone if gone.class == Some(ErrorClass::NotFound) => Ok(None),
+                other => Err(other),
+            },
         }
     }
 
@@ -358,13 +360,13 @@ impl Store {
             .await
             .map_err(failed("GetObject", key))?;
         let mut body = out.body;
-        let mut file = std::fs::File::create(dest).map_err(failed("creating", key))?;
+        let mut file = std::fs::File::create(dest).map_err(local("creating", key))?;
         let mut hasher = Sha256::new();
-        while let Some(chunk) = body.try_next().await.map_err(failed("GetObject", key))? {
+        while let Some(chunk) = body.try_next().await.map_err(local("GetObject", key))? {
             hasher.update(&chunk);
-            std::io::Write::write_all(&mut file, &chunk).map_err(failed("writing", key))?;
+            std::io::Write::write_all(&mut file, &chunk).map_err(local("writing", key))?;
         }
-        file.sync_all().map_err(failed("writing", key))?;
+        file.sync_all().map_err(local("writing", key))?;
         Ok(hasher.finalize().to_vec())
     }
 }
@@ -377,6 +379,7 @@ fn versioned(key: &str, version: Option<&str>) -> Result<String, StoreError> {
             call: "PutObject",
             key: key.to_string(),
             message: "no version id: the bucket must be versioned".into(),
+            class: None,
         })
 }
 
@@ -458,7 +461,7 @@ impl Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| format!("reading the lock: {}", aws_message(&e)))?;
+            .map_err(|e| format!("reading the lock: {}", failed("GetObject", key)(e)))?;
         let etag = held.e_tag().unwrap_or_default().to_string();
         let bytes = held
             .body
