@@ -208,6 +208,28 @@ enum DocumentsCommand {
         #[arg(long, default_value_t = documents::prune::MAX_BATCH, value_parser = clap::value_parser!(u16).range(1..=1000).map(usize::from))]
         batch: usize,
     },
+    /// Delete the mirror's versions no set references (left by killed runs), older than
+    /// the grace period; never a key's latest version, nor what an unfinished set's live
+    /// journal names.
+    Sweep {
+        #[command(flatten)]
+        bucket: BucketFlags,
+        /// Where the manifests are: every one there counts.
+        #[arg(long, default_value = "backups/documents/")]
+        manifests_prefix: String,
+        /// The mirror's key prefix.
+        #[arg(long, default_value = "documents/")]
+        prefix: String,
+        /// Nothing stored more recently is deleted (at least twice --lock-lease).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        grace: Duration,
+        /// How long the mirror's lock lasts unless renewed.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        lock_lease: Duration,
+        /// Versions per DeleteObjects request.
+        #[arg(long, default_value_t = documents::prune::MAX_BATCH, value_parser = clap::value_parser!(u16).range(1..=1000).map(usize::from))]
+        batch: usize,
+    },
     /// Restore a set by its manifest into a directory (empty unless --overwrite).
     Restore {
         #[command(flatten)]
@@ -314,6 +336,29 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                     holder: holder(),
                 };
                 let result = documents::prune::prune(&store, &options)
+                    .await
+                    .map(|s| (serde_json::to_string(&s), 0));
+                (bucket, result)
+            }
+            DocumentsCommand::Sweep {
+                bucket,
+                manifests_prefix,
+                prefix,
+                grace,
+                lock_lease,
+                batch,
+            } => {
+                let store = bucket.store(None).await;
+                let options = documents::sweep::SweepOptions {
+                    manifests_prefix,
+                    prefix,
+                    grace,
+                    lock_lease,
+                    holder: holder(),
+                    batch,
+                    work_dir: bucket.work_dir.clone(),
+                };
+                let result = documents::sweep::sweep(&store, &options)
                     .await
                     .map(|s| (serde_json::to_string(&s), 0));
                 (bucket, result)

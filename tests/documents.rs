@@ -219,6 +219,17 @@ fn documents<A: AsRef<std::ffi::OsStr>>(
     (out.status.code().unwrap_or(-1), summary)
 }
 
+/// Whether `version` of `key` is still in bucket `b`.
+async fn version_exists(b: &Bucket, key: impl Into<String>, version: &str) -> bool {
+    b.s3.head_object()
+        .bucket(&b.name)
+        .key(key)
+        .version_id(version)
+        .send()
+        .await
+        .is_ok()
+}
+
 fn scratch(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("oe-documents-{}-{name}", std::process::id()))
 }
@@ -261,7 +272,8 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
     assert_eq!(first["unreadableCount"], 0);
     // Small files: one PUT each; the big one: two parts (PUT) between two POSTs; the
     // manifest and the lock: one PUT each; the lock's release: one DELETE; one LIST (the
-    // set's journal, empty). Nothing read or headed.
+    // set's journal, empty); the bucket's versioning and lifecycle read (two GETs).
+    // Nothing else read, nothing headed.
     assert_eq!(
         proxy.counts("s3:PUT").seen,
         (files - 1 + 2 + 2) as u64,
@@ -270,7 +282,7 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
     );
     assert_eq!(proxy.counts("s3:POST").seen, 2, "{}", proxy.report());
     assert_eq!(proxy.counts("s3:DELETE").seen, 1, "{}", proxy.report());
-    assert_eq!(proxy.counts("s3:GET").seen, 1, "{}", proxy.report());
+    assert_eq!(proxy.counts("s3:GET").seen, 3, "{}", proxy.report());
     assert_eq!(proxy.counts("s3:HEAD").seen, 0, "{}", proxy.report());
     drop(proxy);
 
@@ -303,10 +315,10 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
     assert_eq!(second["filesDeleted"], 2, "{second}");
     assert_eq!(second["dirs"], 25);
     // Two files, the manifest and the lock; two delete markers and the lock's release;
-    // the previous manifest read once, the journal listed once.
+    // the previous manifest read once, the journal listed once, the bucket's settings.
     assert_eq!(proxy.counts("s3:PUT").seen, 4, "{}", proxy.report());
     assert_eq!(proxy.counts("s3:DELETE").seen, 3, "{}", proxy.report());
-    assert_eq!(proxy.counts("s3:GET").seen, 2, "{}", proxy.report());
+    assert_eq!(proxy.counts("s3:GET").seen, 4, "{}", proxy.report());
     for op in ["s3:HEAD", "s3:POST"] {
         assert_eq!(proxy.counts(op).seen, 0, "{op}: {}", proxy.report());
     }
@@ -589,9 +601,9 @@ async fn a_second_backup_on_one_mirror_waits_for_the_lock_or_its_lapse() {
         said.contains("another run (old-pod/7) holds the lock documents.lock until 2999"),
         "{said}"
     );
-    // Nothing but the attempt and the read of the lock.
+    // Nothing but the bucket's settings, the attempt and the read of the lock.
     assert_eq!(proxy.counts("s3:PUT").seen, 1, "{}", proxy.report());
-    assert_eq!(proxy.counts("s3:GET").seen, 1, "{}", proxy.report());
+    assert_eq!(proxy.counts("s3:GET").seen, 3, "{}", proxy.report());
 
     // Its run was killed an hour ago: the lease lapsed, and the lock is taken over.
     b.s3.put_object()
@@ -688,15 +700,21 @@ async fn pruning_a_set_deletes_only_what_no_kept_set_references() {
         on(&b, "prune", &rest)
     };
 
+    // The journal of an unfinished set is no manifest to name (it is the sweep's).
+    b.s3.put_object()
+        .bucket(&b.name)
+        .key("backups/documents/set-4.jsonl.gz.journal/0")
+        .body(b"chunk".to_vec().into())
+        .send()
+        .await
+        .unwrap();
     // set-3 named by nobody: refused, nothing deleted.
     let args = prune(&["set-1"]);
     let (code, refused) = documents(&proxy, &args);
     assert_eq!(code, 1, "{refused}");
+    let said = refused["error"].as_str().unwrap();
     assert!(
-        refused["error"]
-            .as_str()
-            .unwrap()
-            .contains("backups/documents/set-3.jsonl.gz"),
+        said.contains("backups/documents/set-3.jsonl.gz") && !said.contains("journal"),
         "{refused}"
     );
 
@@ -721,25 +739,16 @@ async fn pruning_a_set_deletes_only_what_no_kept_set_references() {
     assert_eq!(code, 0, "{pruned}");
     assert_eq!(pruned["manifestsDeleted"], 1, "{pruned}");
 
-    let exists = |key: &str, version: &str| {
-        let request =
-            b.s3.head_object()
-                .bucket(&b.name)
-                .key(key)
-                .version_id(version)
-                .send();
-        async move { request.await.is_ok() }
-    };
     assert!(
-        !exists("documents/b.txt", &b_of_2).await,
+        !version_exists(&b, "documents/b.txt", &b_of_2).await,
         "set-2's own version is gone"
     );
     assert!(
-        exists("documents/a.txt", &a_shared).await,
+        version_exists(&b, "documents/a.txt", &a_shared).await,
         "shared with set-1 and set-3"
     );
     assert!(
-        exists("documents/c.txt", &c_shared).await,
+        version_exists(&b, "documents/c.txt", &c_shared).await,
         "shared with set-1"
     );
     let left =
@@ -898,5 +907,421 @@ async fn a_killed_backup_leaves_no_set_and_its_rerun_resends_nothing_journaled()
     assert_eq!(code, 0, "{restored}");
     assert_eq!(listing(&into), listing(&tree));
     std::fs::remove_dir_all(&into).unwrap();
+    std::fs::remove_dir_all(&tree).unwrap();
+}
+
+/// A bucket that would lose versions sets reference is refused before anything is sent,
+/// naming the setting; the clinic bucket's own rule (abort unfinished uploads) is fine.
+#[tokio::test]
+async fn a_bucket_that_would_lose_referenced_versions_is_refused_naming_the_setting() {
+    use aws_sdk_s3::types::{
+        AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketVersioningStatus,
+        ExpirationStatus, LifecycleRule, LifecycleRuleFilter, NoncurrentVersionExpiration,
+        VersioningConfiguration,
+    };
+    let b = bucket(&format!("oe-documents-fit-{}", std::process::id())).await;
+    let tree = scratch("fit-sites");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("a.txt"), b"a").unwrap();
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let args = backup_of(&b, &tree, "backups/documents/f.jsonl.gz", &[]);
+    let versioning = |status| {
+        b.s3.put_bucket_versioning()
+            .bucket(&b.name)
+            .versioning_configuration(VersioningConfiguration::builder().status(status).build())
+            .send()
+    };
+    let lifecycle = |rule: LifecycleRule| {
+        b.s3.put_bucket_lifecycle_configuration()
+            .bucket(&b.name)
+            .lifecycle_configuration(
+                BucketLifecycleConfiguration::builder()
+                    .rules(rule)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+    };
+    let refused = |why: &str| {
+        let (code, said) = documents(&proxy, &args);
+        assert_eq!(code, 1, "{said}");
+        let error = said["error"].as_str().unwrap().to_string();
+        assert!(
+            error.contains("cannot hold sets") && error.contains(why),
+            "{why}: {error}"
+        );
+    };
+
+    versioning(BucketVersioningStatus::Suspended).await.unwrap();
+    refused("versioning is Suspended");
+    versioning(BucketVersioningStatus::Enabled).await.unwrap();
+    lifecycle(
+        LifecycleRule::builder()
+            .id("tidy-documents")
+            .status(ExpirationStatus::Enabled)
+            .filter(LifecycleRuleFilter::builder().prefix("documents/").build())
+            .noncurrent_version_expiration(
+                NoncurrentVersionExpiration::builder()
+                    .noncurrent_days(30)
+                    .build(),
+            )
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    refused("\"tidy-documents\" (on documents/) has NoncurrentVersionExpiration (30 days)");
+    // Nothing was sent: no object, no lock.
+    assert_eq!(proxy.counts("s3:PUT").seen, 0, "{}", proxy.report());
+
+    lifecycle(
+        LifecycleRule::builder()
+            .id("abort-incomplete-uploads")
+            .status(ExpirationStatus::Enabled)
+            .filter(LifecycleRuleFilter::builder().prefix("").build())
+            .abort_incomplete_multipart_upload(
+                AbortIncompleteMultipartUpload::builder()
+                    .days_after_initiation(7)
+                    .build(),
+            )
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let (code, done) = documents(&proxy, &args);
+    assert_eq!(code, 0, "{done}");
+    std::fs::remove_dir_all(&tree).unwrap();
+}
+
+/// A file written to all the while it is read is read three times, then named in the
+/// summary and left out of the set (exit 2); its unfinished multipart uploads are aborted;
+/// the rest of the tree is in the set.
+#[tokio::test]
+async fn a_file_that_keeps_changing_while_read_is_reported_not_stored_half_written() {
+    use std::io::Write;
+    let b = bucket(&format!("oe-documents-busy-{}", std::process::id())).await;
+    let tree = scratch("busy-sites");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(tree.join("images")).unwrap();
+    std::fs::write(tree.join("a.txt"), b"steady").unwrap();
+    let busy = tree.join("images/busy.bin");
+    std::fs::write(&busy, content(3, 6 * 1024 * 1024)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = std::thread::spawn({
+        let (busy, stop) = (busy.clone(), stop.clone());
+        move || {
+            let mut file = std::fs::OpenOptions::new().append(true).open(busy).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                file.write_all(b"x").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    });
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let args = backup_of(
+        &b,
+        &tree,
+        "backups/documents/busy.jsonl.gz",
+        &["--multipart-threshold-mib", "5", "--part-size-mib", "5"],
+    );
+    let (code, done) = documents(&proxy, &args);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    assert_eq!(code, 2, "{done}");
+    assert_eq!(done["unreadableCount"], 1, "{done}");
+    assert_eq!(
+        done["unreadable"][0],
+        "images/busy.bin: changed while being read, 3 times: not in this set",
+        "{done}"
+    );
+    assert_eq!(done["filesUploaded"], 1, "{done}");
+    // Three uploads started (POST), none completed: each aborted (DELETE), and the lock
+    // released (DELETE).
+    assert_eq!(proxy.counts("s3:POST").seen, 3, "{}", proxy.report());
+    assert_eq!(proxy.counts("s3:DELETE").seen, 4, "{}", proxy.report());
+    let (_, entries, totals) = read_set(&b, "busy").await;
+    assert!(entries.iter().all(|e| e.path != b"images/busy.bin"));
+    assert_eq!(totals.unreadable.len(), 1, "{totals:?}");
+    let open =
+        b.s3.list_multipart_uploads()
+            .bucket(&b.name)
+            .send()
+            .await
+            .unwrap();
+    assert!(open.uploads().is_empty(), "{open:?}");
+    std::fs::remove_dir_all(&tree).unwrap();
+}
+
+/// Owners come back with `--owners` (the image's web server user on `sites/`); without it,
+/// the restoring user owns what it made.
+#[tokio::test]
+async fn a_restore_with_owners_gives_back_each_recorded_owner() {
+    use std::os::unix::fs::{chown, lchown};
+    let b = bucket(&format!("oe-documents-owners-{}", std::process::id())).await;
+    let tree = scratch("owners-sites");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(tree.join("default/documents")).unwrap();
+    std::fs::write(tree.join("default/sqlconf.php"), b"<?php").unwrap();
+    std::fs::write(tree.join("default/documents/a.pdf"), b"%PDF").unwrap();
+    std::os::unix::fs::symlink("documents", tree.join("default/docs")).unwrap();
+    let owners = [
+        ("default", 1000, 1000),
+        ("default/documents", 1000, 1001),
+        ("default/sqlconf.php", 1002, 1000),
+        ("default/documents/a.pdf", 1000, 1000),
+    ];
+    for (path, uid, gid) in owners {
+        chown(tree.join(path), Some(uid), Some(gid))
+            .expect("this test changes owners: it runs as root, as CI does");
+    }
+    lchown(tree.join("default/docs"), Some(1003), Some(1003)).unwrap();
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let args = backup_of(&b, &tree, "backups/documents/o.jsonl.gz", &[]);
+    let (code, done) = documents(&proxy, &args);
+    assert_eq!(code, 0, "{done}");
+    let owner_of = |root: &Path, path: &str| {
+        let meta = std::fs::symlink_metadata(root.join(path)).unwrap();
+        (meta.uid(), meta.gid())
+    };
+    let restore = |into: &Path, with_owners: bool| {
+        let _ = std::fs::remove_dir_all(into);
+        let mut rest = vec![
+            "--manifest".to_string(),
+            "backups/documents/o.jsonl.gz".into(),
+            "--into".into(),
+            into.display().to_string(),
+        ];
+        if with_owners {
+            rest.push("--owners".into());
+        }
+        let (code, restored) = documents(&proxy, &on(&b, "restore", &rest));
+        assert_eq!(code, 0, "{restored}");
+    };
+    let with = scratch("owners-with");
+    restore(&with, true);
+    for (path, uid, gid) in owners {
+        assert_eq!(owner_of(&with, path), (uid, gid), "{path}");
+    }
+    assert_eq!(owner_of(&with, "default/docs"), (1003, 1003));
+    assert_eq!(listing(&with), listing(&tree));
+    let without = scratch("owners-without");
+    restore(&without, false);
+    // What the restore made, owned by whoever ran it.
+    let me = owner_of(&without, "");
+    for (path, _, _) in owners {
+        assert_eq!(owner_of(&without, path), me, "{path}");
+    }
+    for dir in [&tree, &with, &without] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// A journal chunk of `set` naming `versions` (path, version id) of files in the mirror, as
+/// a killed run leaves it.
+async fn put_chunk(b: &Bucket, set: &str, versions: &[(&str, &str)]) {
+    let header = manifest::Header {
+        format: manifest::FORMAT.into(),
+        version: manifest::VERSION,
+        created: "2026-12-01T00:00:00Z".into(),
+        bucket: b.name.clone(),
+        prefix: "documents/".into(),
+    };
+    let mut writer = manifest::Writer::new(Vec::new(), &header).unwrap();
+    for (path, version) in versions {
+        writer
+            .push(&manifest::Entry {
+                path: path.as_bytes().to_vec(),
+                kind: Kind::File,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime: (1, 0),
+                size: 1,
+                sha256: Some("00".repeat(32)),
+                version: Some(version.to_string()),
+                target: None,
+                s3_checksum: None,
+            })
+            .unwrap();
+    }
+    let (_, bytes) = writer.finish(Vec::new()).unwrap();
+    b.s3.put_object()
+        .bucket(&b.name)
+        .key(format!("backups/documents/{set}.jsonl.gz.journal/0"))
+        .body(bytes.into())
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The sweep deletes what no set references and nothing else: not a set's versions, not a
+/// key's latest, not what a live journal names, not what is within the grace period; a
+/// journal given up on goes before its versions, a finished set's leftover journal goes.
+#[tokio::test]
+async fn the_sweep_deletes_only_old_versions_no_set_or_live_journal_references() {
+    let b = bucket(&format!("oe-documents-sweep-{}", std::process::id())).await;
+    let tree = scratch("sweep-sites");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("a.txt"), b"a 1").unwrap();
+    std::fs::write(tree.join("b.txt"), b"b 1").unwrap();
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let backup = |set: &str, previous: Option<&str>| {
+        let mut rest = vec![];
+        if let Some(p) = previous {
+            rest = vec!["--previous", p];
+        }
+        backup_of(
+            &b,
+            &tree,
+            &format!("backups/documents/{set}.jsonl.gz"),
+            &rest,
+        )
+    };
+    let (code, done) = documents(&proxy, &backup("set-1", None));
+    assert_eq!(code, 0, "{done}");
+    let put = async |key: &str| {
+        b.s3.put_object()
+            .bucket(&b.name)
+            .key(format!("documents/{key}"))
+            .body(format!("{key} leftover").into_bytes().into())
+            .send()
+            .await
+            .unwrap()
+            .version_id()
+            .unwrap()
+            .to_string()
+    };
+    // Left by killed runs, long ago: a version of b.txt that set-2 then supersedes; two of
+    // gone.txt (the older named by a journal given up on); two of kept.txt (the older
+    // named by a live journal, written later); a delete marker between two of dm.txt.
+    let b_orphan = put("b.txt").await;
+    std::fs::write(tree.join("b.txt"), b"b 2").unwrap();
+    let (code, done) = documents(
+        &proxy,
+        &backup("set-2", Some("backups/documents/set-1.jsonl.gz")),
+    );
+    assert_eq!(code, 0, "{done}");
+    let gone_old = put("gone.txt").await;
+    put("gone.txt").await;
+    put_chunk(&b, "given-up", &[("gone.txt", &gone_old)]).await;
+    let kept_old = put("kept.txt").await;
+    put("kept.txt").await;
+    let dm_old = put("dm.txt").await;
+    let marker =
+        b.s3.delete_object()
+            .bucket(&b.name)
+            .key("documents/dm.txt")
+            .send()
+            .await
+            .unwrap()
+            .version_id()
+            .unwrap()
+            .to_string();
+    put("dm.txt").await;
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    // Within the grace period: a superseded version of young.txt, the live journal, and a
+    // finished set's journal that was never cleaned up.
+    let young_old = put("young.txt").await;
+    put("young.txt").await;
+    put_chunk(&b, "unfinished", &[("kept.txt", &kept_old)]).await;
+    put_chunk(&b, "set-1", &[]).await;
+
+    let sweep = |grace: &str| {
+        on(
+            &b,
+            "sweep",
+            &[
+                "--grace".to_string(),
+                grace.into(),
+                "--lock-lease".into(),
+                "1s".into(),
+            ],
+        )
+    };
+    let (code, refused) = documents(&proxy, &sweep("1s"));
+    assert_eq!(code, 1, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("twice the lock's lease"),
+        "{refused}"
+    );
+    let before = proxy.counts("s3:POST").seen;
+    let (code, swept) = documents(&proxy, &sweep("3s"));
+    assert_eq!(code, 0, "{swept}");
+    assert_eq!(swept["manifests"], 2, "{swept}");
+    assert_eq!(swept["journalsAlive"], 1, "{swept}");
+    assert_eq!(swept["journalsDeleted"], 2, "{swept}");
+    assert_eq!(swept["versionsDeleted"], 4, "{swept}");
+    // a, b, gone, kept, dm and young: one latest each.
+    assert_eq!(swept["versionsLatest"], 6, "{swept}");
+    // set-1's b.txt (set-2's is the latest) and the live journal's kept.txt.
+    assert_eq!(swept["versionsReferenced"], 2, "{swept}");
+    assert_eq!(swept["versionsRecent"], 1, "{swept}");
+    // One DeleteObjects for all four.
+    assert_eq!(
+        proxy.counts("s3:POST").seen - before,
+        1,
+        "{}",
+        proxy.report()
+    );
+
+    assert!(!version_exists(&b, "documents/b.txt", &b_orphan).await);
+    assert!(!version_exists(&b, "documents/gone.txt", &gone_old).await);
+    assert!(!version_exists(&b, "documents/dm.txt", &dm_old).await);
+    assert!(
+        version_exists(&b, "documents/kept.txt", &kept_old).await,
+        "a live journal names it"
+    );
+    assert!(
+        version_exists(&b, "documents/young.txt", &young_old).await,
+        "within the grace period"
+    );
+    let markers =
+        b.s3.list_object_versions()
+            .bucket(&b.name)
+            .prefix("documents/dm.txt")
+            .send()
+            .await
+            .unwrap();
+    assert!(
+        markers
+            .delete_markers()
+            .iter()
+            .all(|m| m.version_id() != Some(&marker)),
+        "{markers:?}"
+    );
+    let journals =
+        b.s3.list_objects_v2()
+            .bucket(&b.name)
+            .prefix("backups/documents/")
+            .send()
+            .await
+            .unwrap();
+    let left: Vec<&str> = journals.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(
+        left,
+        [
+            "backups/documents/set-1.jsonl.gz",
+            "backups/documents/set-2.jsonl.gz",
+            "backups/documents/unfinished.jsonl.gz.journal/0",
+        ]
+    );
+    for set in ["set-1", "set-2"] {
+        let args = on(
+            &b,
+            "verify",
+            &[
+                "--manifest".to_string(),
+                format!("backups/documents/{set}.jsonl.gz"),
+            ],
+        );
+        let (code, sound) = documents(&proxy, &args);
+        assert_eq!(code, 0, "{set}: {sound}");
+    }
     std::fs::remove_dir_all(&tree).unwrap();
 }

@@ -176,6 +176,16 @@ enum Sent {
 /// Runs a backup while holding the mirror's lock; the summary says what was done
 /// (unreadable paths included). An error means no manifest was written.
 pub async fn backup(store: &Store, options: &BackupOptions) -> Result<Summary, String> {
+    let manifests = options
+        .manifest_key
+        .rfind('/')
+        .map_or("", |at| &options.manifest_key[..=at]);
+    if let Some(why) = super::fitness::check(store, &[&options.prefix, manifests])
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Err(format!("this bucket cannot hold sets: {why}"));
+    }
     with_lock(
         store,
         &options.lock_key,
@@ -186,6 +196,17 @@ pub async fn backup(store: &Store, options: &BackupOptions) -> Result<Summary, S
         },
     )
     .await
+}
+
+/// Runs `work` while holding the lock of the mirror under `prefix` ([`with_lock`]).
+pub async fn with_mirror_lock<T>(
+    store: &Store,
+    prefix: &str,
+    holder: &str,
+    lease: std::time::Duration,
+    work: impl AsyncFnOnce(&(dyn Fn() -> bool + Sync)) -> Result<T, String>,
+) -> Result<T, String> {
+    with_lock(store, &lock_key(prefix), holder, lease, work).await
 }
 
 /// Runs `work` while holding the lock at `key`, renewed every third of `lease`; `work` asks
@@ -222,6 +243,10 @@ pub async fn with_lock<T>(
     result
 }
 
+fn lock_lost(key: &str) -> String {
+    format!("lost the lock {key} (its lease lapsed and another run took it): no manifest written")
+}
+
 /// The backup itself; `still_held` is asked before the manifest is written.
 async fn backup_holding(
     store: &Store,
@@ -244,9 +269,9 @@ async fn backup_holding(
 
     // The walk runs on a thread of its own; what it finds is looked at, many at once.
     let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
-    let root = options.root.clone();
+    let (root, threads) = (options.root.clone(), options.concurrency);
     let walker = std::thread::spawn(move || {
-        walk::walk(&root, &mut |found| tx.blocking_send(found).is_ok());
+        walk::walk(&root, threads, &mut |found| tx.blocking_send(found).is_ok());
     });
     let found = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let mut looked = found
@@ -347,6 +372,11 @@ async fn backup_holding(
             let outcome = inflight.next().await.expect("not empty")?;
             progress.take(outcome, store).await?;
         }
+        // Another run took the mirror over: stop sending (a sweep spares what was sent
+        // within its grace period, longer than a lease; see [`sweep`](super::sweep)).
+        if !still_held() {
+            return Err(lock_lost(&options.lock_key));
+        }
     }
     // What the previous set had after the last path.
     if let Some(prev) = previous.as_mut() {
@@ -382,10 +412,7 @@ async fn backup_holding(
         .sync_all()
         .map_err(|e| e.to_string())?;
     if !still_held() {
-        return Err(format!(
-            "lost the lock {} (its lease lapsed and another run took it): no manifest written",
-            options.lock_key
-        ));
+        return Err(lock_lost(&options.lock_key));
     }
     let version = store
         .put_new_file(&options.manifest_key, &manifest_path)
@@ -585,7 +612,11 @@ async fn upload_in_parts(
         .await
         .map_err(|e| Failure::Store(e.to_string()))?;
     let result = async {
-        let mut file = std::fs::File::open(path).map_err(|e| Failure::Unreadable(e.to_string()))?;
+        // No further than the size it had when looked at: a file that keeps growing (a log)
+        // would otherwise be read part after part without end; the size after says.
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| Failure::Unreadable(e.to_string()))?
+            .take(expected.0);
         let mut whole = Sha256::new();
         let mut parts = Vec::new();
         let mut number = 1;

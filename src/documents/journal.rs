@@ -12,6 +12,14 @@ use std::path::Path;
 use super::manifest::{self, Entry, Header};
 use super::store::Store;
 
+/// What follows a set's manifest key in its chunks' keys.
+pub const MARK: &str = ".journal/";
+
+/// The manifest key of the set a journal chunk is of, if `key` is a chunk's.
+pub fn set_of_chunk(key: &str) -> Option<&str> {
+    key.rfind(MARK).map(|at| &key[..at])
+}
+
 /// Stored files per chunk, by default.
 pub const DEFAULT_EVERY: usize = 256;
 
@@ -35,12 +43,12 @@ impl Journal {
         every: usize,
         work_dir: &Path,
     ) -> Result<(Journal, HashMap<Vec<u8>, Entry>), String> {
-        let prefix = format!("{manifest_key}.journal/");
+        let prefix = format!("{manifest_key}{MARK}");
         let chunks: Vec<String> = store
             .list_keys(&prefix)
             .await
             .map_err(|e| e.to_string())?
-            .into_iter()
+            .into_keys()
             .collect();
         let mut stored = HashMap::new();
         for key in &chunks {

@@ -11,11 +11,13 @@
 //! [`store`] is all it asks of S3, [`walk`] the ordered walk.
 
 pub mod backup;
+pub mod fitness;
 pub mod journal;
 pub mod manifest;
 pub mod prune;
 pub mod restore;
 pub mod store;
+pub mod sweep;
 pub mod verify;
 pub mod walk;
 

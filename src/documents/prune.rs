@@ -69,9 +69,9 @@ impl Cursor {
 /// Prunes while holding the mirror's lock; an error leaves the dropped manifests in place,
 /// to be run again.
 pub async fn prune(store: &Store, options: &PruneOptions) -> Result<PruneSummary, String> {
-    super::backup::with_lock(
+    super::backup::with_mirror_lock(
         store,
-        &super::backup::lock_key(&options.prefix),
+        &options.prefix,
         &options.holder,
         options.lock_lease,
         async |still_held: &(dyn Fn() -> bool + Sync)| {
@@ -94,10 +94,14 @@ async fn prune_holding(
         return Err(format!("{both} is both kept and dropped"));
     }
     let named: BTreeSet<&String> = options.keep.iter().chain(&options.drop).collect();
-    let present = store
+    // The journals of unfinished sets are there too; they are the sweep's.
+    let present: BTreeSet<String> = store
         .list_keys(&options.manifests_prefix)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .into_keys()
+        .filter(|k| super::journal::set_of_chunk(k).is_none())
+        .collect();
     let unnamed: Vec<&String> = present.iter().filter(|k| !named.contains(k)).collect();
     if !unnamed.is_empty() {
         return Err(format!(
@@ -201,8 +205,18 @@ async fn delete_batch(
     batch: &mut Vec<(String, String)>,
     summary: &mut PruneSummary,
 ) -> Result<(), String> {
+    summary.versions_deleted += delete_versions(store, batch).await?;
+    Ok(())
+}
+
+/// Deletes the (key, version) pairs of `batch` in one `DeleteObjects` and empties it; how
+/// many. A version already gone (a rerun) is no error.
+pub(super) async fn delete_versions(
+    store: &Store,
+    batch: &mut Vec<(String, String)>,
+) -> Result<u64, String> {
     if batch.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let objects = batch
         .iter()
@@ -241,7 +255,7 @@ async fn delete_batch(
             e.message().unwrap_or_default()
         ));
     }
-    summary.versions_deleted += batch.len() as u64;
+    let deleted = batch.len() as u64;
     batch.clear();
-    Ok(())
+    Ok(deleted)
 }

@@ -62,6 +62,18 @@ fn local<E: std::fmt::Display>(what: &'static str, key: &str) -> impl FnOnce(E) 
     }
 }
 
+/// One version (or delete marker) of a key, as `ListObjectVersions` tells it.
+#[derive(Debug, Clone)]
+pub struct StoredVersion {
+    pub key: String,
+    pub version: String,
+    /// The key's current version: what `aws s3 sync` of the mirror gives.
+    pub latest: bool,
+    /// When it was stored (Unix seconds, S3's clock).
+    pub stored: i64,
+    pub delete_marker: bool,
+}
+
 /// The bucket, and the key every PUT is encrypted with.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -262,12 +274,13 @@ impl Store {
         }
     }
 
-    /// The keys of the current objects under `prefix` (one request per 1,000).
+    /// The current objects under `prefix`, each with when it was stored (Unix seconds, S3's
+    /// clock); one request per 1,000.
     pub async fn list_keys(
         &self,
         prefix: &str,
-    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
-        let mut keys = std::collections::BTreeSet::new();
+    ) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        let mut keys = std::collections::BTreeMap::new();
         let mut token = None;
         loop {
             let out = self
@@ -279,16 +292,83 @@ impl Store {
                 .send()
                 .await
                 .map_err(failed("ListObjectsV2", prefix))?;
-            keys.extend(
-                out.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_string)),
-            );
+            keys.extend(out.contents().iter().filter_map(|o| {
+                Some((
+                    o.key()?.to_string(),
+                    o.last_modified().map_or(0, |t| t.secs()),
+                ))
+            }));
             token = out.next_continuation_token().map(str::to_string);
             if token.is_none() {
                 return Ok(keys);
             }
         }
+    }
+
+    /// One page (up to 1,000) of the versions and delete markers under `prefix`, from
+    /// `after` (the previous page's markers), and the markers of the next page if any.
+    pub async fn versions_page(
+        &self,
+        prefix: &str,
+        after: Option<(String, String)>,
+    ) -> Result<(Vec<StoredVersion>, Option<(String, String)>), StoreError> {
+        let (key_marker, version_marker) = after.unzip();
+        let out = self
+            .client
+            .list_object_versions()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_key_marker(key_marker)
+            .set_version_id_marker(version_marker)
+            .send()
+            .await
+            .map_err(failed("ListObjectVersions", prefix))?;
+        let seen = |key: Option<&str>,
+                    version: Option<&str>,
+                    latest,
+                    when: Option<&aws_sdk_s3::primitives::DateTime>,
+                    marker| {
+            Some(StoredVersion {
+                key: key?.to_string(),
+                version: version?.to_string(),
+                latest,
+                stored: when.map_or(0, |t| t.secs()),
+                delete_marker: marker,
+            })
+        };
+        let mut page: Vec<StoredVersion> = out
+            .versions()
+            .iter()
+            .filter_map(|v| {
+                seen(
+                    v.key(),
+                    v.version_id(),
+                    v.is_latest() == Some(true),
+                    v.last_modified(),
+                    false,
+                )
+            })
+            .collect();
+        page.extend(out.delete_markers().iter().filter_map(|m| {
+            seen(
+                m.key(),
+                m.version_id(),
+                m.is_latest() == Some(true),
+                m.last_modified(),
+                true,
+            )
+        }));
+        let next = match (
+            out.is_truncated(),
+            out.next_key_marker(),
+            out.next_version_id_marker(),
+        ) {
+            (Some(true), Some(key), version) => {
+                Some((key.to_string(), version.unwrap_or_default().to_string()))
+            }
+            _ => None,
+        };
+        Ok((page, next))
     }
 
     /// Deletes every version (and delete marker) of exactly `key`.

@@ -135,7 +135,7 @@ pub async fn verify(store: &Store, options: &VerifyOptions) -> Result<VerifySumm
         rewind.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
         let reader = manifest::Reader::new(rewind)?;
         // Reads and hashes every file: off the runtime's async work.
-        tokio::task::block_in_place(|| against(reader, dir, &mut summary))?;
+        tokio::task::block_in_place(|| against(reader, dir, options.concurrency, &mut summary))?;
     }
     summary.duration_ms = started.elapsed().as_millis() as u64;
     Ok(summary)
@@ -145,12 +145,14 @@ pub async fn verify(store: &Store, options: &VerifyOptions) -> Result<VerifySumm
 fn against(
     reader: manifest::Reader<File>,
     dir: &std::path::Path,
+    concurrency: usize,
     summary: &mut VerifySummary,
 ) -> Result<(), String> {
     // The walk streams beside the manifest: neither list is held whole.
     let (tx, rx) = std::sync::mpsc::sync_channel(4096);
     let root = dir.to_path_buf();
-    let walker = std::thread::spawn(move || walk::walk(&root, &mut |f| tx.send(f).is_ok()));
+    let walker =
+        std::thread::spawn(move || walk::walk(&root, concurrency, &mut |f| tx.send(f).is_ok()));
     let mut local = rx.into_iter().peekable();
     for entry in reader {
         let entry = entry?;
