@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/openemr-operator
 
-.PHONY: build crds lint unit test test-dev bench prepare controlplane moto linters mariadb dev-up dev-down demo demo-down clean
+.PHONY: build crds lint unit test test-dev bench bench-documents prepare controlplane moto linters mariadb dev-up dev-down demo demo-down clean
 
 build:
 	$(CARGO) build
@@ -52,6 +52,13 @@ BENCH_ARGS ?=
 bench: prepare
 	$(CARGO) bench --bench scale -- --clinics $(CLINICS) $(BENCH_ARGS)
 	@bash hack/dev-env.sh wait-stopped
+
+## bench-documents: the documents engine beside restic, rclone and `aws s3 sync` on one
+## generated tree against one moto (installs the peers: hack/install-bench-tools.sh);
+## writes bench/documents.{md,json}. DOCUMENTS_BENCH_ARGS adds options (`--help`).
+DOCUMENTS_BENCH_ARGS ?=
+bench-documents: moto
+	$(CARGO) bench --bench documents -- $(DOCUMENTS_BENCH_ARGS)
 
 ## dev-up / dev-down: the local environment in the background; `source .dev/env` to use it.
 dev-up: prepare

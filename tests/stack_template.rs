@@ -1,4 +1,5 @@
-//! The clinic's stack template, checked by real tools.
+//! The clinic's stack template, checked by real tools (and the operator's image definition,
+//! by hadolint and checkov: the last test).
 //!
 //! Every example clinic and the variants that change the template's shape are rendered and
 //! linted with cfn-lint (AWS's resource specifications: types, properties, values, tag
@@ -157,7 +158,7 @@ fn linters() -> &'static Path {
             String::from_utf8_lossy(&out.stderr)
         );
         let bin = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-        for tool in ["cfn-lint", "checkov"] {
+        for tool in ["cfn-lint", "checkov", "hadolint"] {
             assert!(bin.join(tool).is_file(), "{tool} missing from {}", bin.display());
         }
         bin
@@ -385,6 +386,94 @@ fn the_example_clinics_web_tier_passes_checkov() {
         children.len()
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The operator's image definition: hadolint finds nothing (not even style), checkov's
+/// Dockerfile checks pass, and it is what `deploy/operator.yaml` expects: a glibc
+/// distroless base, the numeric non-root user the Deployment runs as, the binary as the
+/// entry point, and a build stage that copies every path the crate's targets need.
+#[test]
+fn the_operators_image_definition_passes_hadolint_and_checkov_and_fits_its_deployment() {
+    let dockerfile_path = Path::new(REPO).join("Dockerfile");
+    let out = Command::new(linters().join("hadolint"))
+        .args(["--failure-threshold", "style", "--no-color"])
+        .arg(&dockerfile_path)
+        .output()
+        .expect("running hadolint");
+    assert!(
+        out.status.success(),
+        "hadolint:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = std::env::temp_dir().join(format!("openemr-image-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&dockerfile_path, dir.join("Dockerfile")).unwrap();
+    checkov_finds_nothing("dockerfile", &dir, "hack/checkov-dockerfile-skips.yaml");
+    std::fs::remove_dir_all(dir).unwrap();
+
+    let dockerfile = std::fs::read_to_string(&dockerfile_path).unwrap();
+    let instructions: Vec<(&str, &str)> = dockerfile
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .filter(|l| !l.starts_with(' '))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let stages: Vec<&str> = instructions
+        .iter()
+        .filter(|(i, _)| *i == "FROM")
+        .map(|(_, rest)| *rest)
+        .collect();
+    assert_eq!(stages.len(), 2, "a build stage and the image: {stages:?}");
+    assert!(
+        stages[1].starts_with("gcr.io/distroless/cc-"),
+        "glibc distroless: {}",
+        stages[1]
+    );
+    let last = |name: &str| {
+        instructions
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == name)
+            .map(|(_, rest)| *rest)
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    assert_eq!(last("USER"), "65532:65532");
+    assert_eq!(last("ENTRYPOINT"), r#"["/usr/local/bin/openemr-operator"]"#);
+    let deployment = support::documents(
+        &std::fs::read_to_string(Path::new(REPO).join("deploy/operator.yaml")).unwrap(),
+    )
+    .into_iter()
+    .find(|d| d["kind"] == "Deployment")
+    .unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["args"][0], "run");
+    // The build stage copies what the crate's targets are made of, and .dockerignore keeps
+    // none of it out.
+    let copied: BTreeSet<&str> = instructions
+        .iter()
+        .filter(|(i, rest)| *i == "COPY" && !rest.starts_with("--from"))
+        .flat_map(|(_, rest)| {
+            let parts: Vec<&str> = rest.split_whitespace().collect();
+            parts[..parts.len() - 1].to_vec()
+        })
+        .collect();
+    for needed in ["Cargo.toml", "Cargo.lock", "src", "benches", "tests"] {
+        assert!(copied.contains(needed), "the build stage lacks {needed}");
+    }
+    let ignored = std::fs::read_to_string(Path::new(REPO).join(".dockerignore")).unwrap();
+    for line in ignored.lines().filter(|l| !l.starts_with('#')) {
+        let pattern = line.trim().trim_end_matches('/');
+        assert!(
+            !copied.contains(pattern),
+            ".dockerignore keeps out {pattern}, which the build copies"
+        );
+    }
 }
 
 async fn sdk_config(region: &str) -> aws_config::SdkConfig {

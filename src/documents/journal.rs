@@ -29,8 +29,8 @@ pub struct Journal {
     every: usize,
     next: usize,
     pending: Vec<Entry>,
-    /// Every chunk of this set, earlier runs' and this one's.
-    chunks: Vec<String>,
+    /// Every chunk of this set, earlier runs' (their versions unknown) and this one's.
+    chunks: Vec<(String, Option<String>)>,
 }
 
 impl Journal {
@@ -66,7 +66,7 @@ impl Journal {
             every: every.max(1),
             next: chunks.len(),
             pending: Vec::new(),
-            chunks,
+            chunks: chunks.into_iter().map(|key| (key, None)).collect(),
         };
         Ok((journal, stored))
     }
@@ -90,19 +90,33 @@ impl Journal {
         let (_, bytes) = writer.finish(Vec::new()).map_err(|e| e.to_string())?;
         let key = format!("{}{:08}", self.prefix, self.next);
         let sha256 = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
-        store
+        let version = store
             .put(&key, bytes, &sha256)
             .await
             .map_err(|e| format!("writing the journal: {e}"))?;
         self.next += 1;
-        self.chunks.push(key);
+        self.chunks.push((key, Some(version)));
         Ok(())
     }
 
-    /// Removes every chunk (the set's manifest is written).
+    /// Removes every chunk (the set's manifest is written): this run's by their versions,
+    /// up to 1,000 a request; an earlier run's, whose versions it never learnt, one by one.
+    /// A chunk left behind is only clutter: the sweep removes it.
     pub async fn close(self, store: &Store) {
-        for key in &self.chunks {
-            let _ = store.delete_every_version(key).await;
+        let mut batch = Vec::new();
+        for (key, version) in self.chunks {
+            match version {
+                Some(version) => {
+                    batch.push((key, version));
+                    if batch.len() >= super::prune::MAX_BATCH {
+                        let _ = super::prune::delete_versions(store, &mut batch).await;
+                    }
+                }
+                None => {
+                    let _ = store.delete_every_version(&key).await;
+                }
+            }
         }
+        let _ = super::prune::delete_versions(store, &mut batch).await;
     }
 }

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod clock;
+pub mod content;
 pub mod faults;
 pub mod mariadb;
 pub mod operator;
