@@ -16,7 +16,8 @@
 //! figures go to `bench/documents.json` and `bench/documents.md`, and the markdown is
 //! printed.
 //!
-//! `cargo test --all-targets` builds this target without running it (`test = false`).
+//! `cargo test --all-targets` runs this target too, without `--bench`: it then only says
+//! how to run it and exits 0.
 
 #[path = "../tests/support/content.rs"]
 mod content;
@@ -362,8 +363,16 @@ fn create_bucket(moto: &Moto, aws: &Path, name: &str) {
     }
 }
 
+const USAGE: &str = "the documents benchmark runs only under `cargo bench`: \
+    make bench-documents   (or `cargo bench --bench documents -- --help`)";
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if !args.bench {
+        // `cargo test --all-targets` runs every bench target without `--bench`.
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     if let Some(json) = &args.from_json {
         let results: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
         let phases: Vec<Phase> = serde_json::from_value(results["phases"].clone()).unwrap();
