@@ -432,6 +432,24 @@ struct WebFlags {
     /// incarnation's older ones beyond this many go (its own always stays).
     #[arg(long, env = "UPGRADE_SNAPSHOTS_KEPT", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
     upgrade_snapshots_kept: u16,
+    /// The image backup sets' documents Jobs run: this operator's own (its `documents`
+    /// subcommand). A policy's `documents.image` overrides it.
+    #[arg(long, env = "DOCUMENTS_IMAGE")]
+    documents_image: Option<String>,
+    /// The service account documents Jobs run as, in each clinic's namespace; its IAM role
+    /// (IRSA or Pod Identity) reaches the clinic's bucket and key.
+    #[arg(
+        long,
+        env = "DOCUMENTS_SERVICE_ACCOUNT",
+        default_value = "openemr-documents"
+    )]
+    documents_service_account: String,
+    /// Pods a documents Job tries before the set fails.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(0..=10))]
+    documents_backoff_limit: i32,
+    /// Longest a documents Job may take, retries included.
+    #[arg(long, default_value = "6h", value_parser = parse_duration)]
+    documents_deadline: Duration,
 }
 
 /// Who records the clinics' AWS activity (for clinics with `spec.audit.cloudTrail`).
@@ -660,6 +678,10 @@ fn main() -> ExitCode {
                                 setup_retry_after: web.setup_retry_after,
                                 upgrade_snapshots_kept: usize::from(web.upgrade_snapshots_kept),
                                 master_copy_recheck: progress_interval,
+                                documents_image: web.documents_image.clone(),
+                                documents_service_account: web.documents_service_account.clone(),
+                                documents_backoff_limit: web.documents_backoff_limit,
+                                documents_deadline: web.documents_deadline,
                             },
                             audit: audit.mode(),
                             audit_refresh: audit.audit_refresh_interval,

@@ -388,6 +388,47 @@ fn the_example_clinics_web_tier_passes_checkov() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A backup set's documents Job as the operator renders it passes checkov's Kubernetes
+/// checks, but for what `hack/checkov-documents-job-skips.yaml` says (root with one
+/// capability, to read every file of `sites/`).
+#[test]
+fn the_documents_job_passes_checkov() {
+    use openemr_operator::controller::backup::job::DocumentsJob;
+    let job = DocumentsJob {
+        name: "set-1-documents",
+        namespace: "clinics",
+        set: "set-1",
+        set_uid: "00000000-0000-0000-0000-000000000002",
+        clinic: "clinic-a",
+        claim: "clinic-a-sites",
+        image: "registry.example.org/openemr-operator@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        service_account: "openemr-documents",
+        region: "us-east-1",
+        bucket: "oe-bucket",
+        kms_key: Some("arn:aws:kms:us-east-1:123456789012:key/k"),
+        manifest: "backups/documents/set-1.jsonl.gz",
+        previous: Some("backups/documents/set-0.jsonl.gz"),
+        backoff_limit: 2,
+        deadline_seconds: 21600,
+    };
+    let dir = std::env::temp_dir().join(format!("openemr-documents-job-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, body) in [
+        ("job.yaml", job.render()),
+        ("network-policy.yaml", job.network_policy()),
+    ] {
+        std::fs::write(dir.join(file), serde_yaml_ng::to_string(&body).unwrap()).unwrap();
+    }
+    let resources =
+        checkov_finds_nothing("kubernetes", &dir, "hack/checkov-documents-job-skips.yaml");
+    assert!(
+        resources >= 2,
+        "checkov did not see the Job and its NetworkPolicy"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// The operator's image definition: hadolint finds nothing (not even style), checkov's
 /// Dockerfile checks pass, and it is what `deploy/operator.yaml` expects: a glibc
 /// distroless base, the numeric non-root user the Deployment runs as, the binary as the

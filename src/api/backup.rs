@@ -125,6 +125,23 @@ pub struct OpenEMRBackupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
 
+    /// When the snapshot was asked for: the database's instant in the set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_requested_time: Option<Time>,
+
+    /// The Job copying the documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents_job: Option<String>,
+
+    /// When the documents copy started (after the snapshot was asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents_start_time: Option<Time>,
+
+    /// When the documents copy finished: the files are as they were between its start and
+    /// this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents_completion_time: Option<Time>,
+
     /// The database half.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<SnapshotRef>,
@@ -187,6 +204,12 @@ pub struct DocumentsLocation {
     /// Bytes of the files in the set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<i64>,
+    /// Files this set sent; the rest were unchanged since the set before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_uploaded: Option<i64>,
+    /// Bytes this set sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_uploaded: Option<i64>,
 }
 
 /// A set's copy in another region.

@@ -118,7 +118,8 @@ pub struct BackupDocuments {
     #[serde(default = "default_true")]
     pub include: bool,
 
-    /// Image of the Job that copies the documents (needs a shell and an S3 client).
+    /// Image of the Job that copies the documents: the operator's own image (its binary's
+    /// `documents` subcommand), `--documents-image` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(patterns::IMAGE), length(max = 512))]
     pub image: Option<String>,

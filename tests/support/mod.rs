@@ -14,6 +14,7 @@
 pub mod clock;
 pub mod content;
 pub mod faults;
+pub mod kubelet;
 pub mod mariadb;
 pub mod operator;
 

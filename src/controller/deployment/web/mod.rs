@@ -240,6 +240,14 @@ pub struct WorkloadConfig {
     /// How often a running setup Job's copy of the RDS-managed master password is checked
     /// against the secret's current version (the progress interval).
     pub master_copy_recheck: Duration,
+    /// The image of backup sets' documents Jobs (the operator's own); a policy may name
+    /// another. Without either, a set that copies documents waits, saying so.
+    pub documents_image: Option<String>,
+    /// The service account documents Jobs run as (IRSA or Pod Identity gives it S3 and KMS).
+    pub documents_service_account: String,
+    /// Pods a documents Job tries before it fails, and its whole time.
+    pub documents_backoff_limit: i32,
+    pub documents_deadline: Duration,
 }
 
 impl Default for WorkloadConfig {
@@ -250,6 +258,10 @@ impl Default for WorkloadConfig {
             setup_retry_after: Duration::from_secs(300),
             upgrade_snapshots_kept: 3,
             master_copy_recheck: Duration::from_secs(30),
+            documents_image: None,
+            documents_service_account: "openemr-documents".into(),
+            documents_backoff_limit: 2,
+            documents_deadline: Duration::from_secs(6 * 3600),
         }
     }
 }

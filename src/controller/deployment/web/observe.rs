@@ -237,7 +237,7 @@ async fn read_ca(aws: &ClinicAws) -> Result<(String, String), String> {
     Ok((mysql, redis))
 }
 
-fn job_state(job: &Job) -> JobState {
+pub fn job_state(job: &Job) -> JobState {
     let conditions = job
         .status
         .as_ref()
@@ -271,7 +271,7 @@ fn job_state(job: &Job) -> JobState {
 
 /// What the failed Job's last pod said as it terminated (its termination message, which
 /// `FallbackToLogsOnError` fills from the log's tail), cut for a condition.
-async fn last_words(ctx: &Context, ns: &str, job: &str) -> Result<String, Error> {
+pub async fn last_words(ctx: &Context, ns: &str, job: &str) -> Result<String, Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let list = pods
         .list(&ListParams::default().labels(&format!("job-name={job}")))

@@ -1,0 +1,252 @@
+//! The documents Job of a set: the operator's own image running `documents backup` over the
+//! clinic's EFS volume, mounted read-only at `/sites`, into the clinic's bucket.
+//!
+//! It runs as root with one capability, `DAC_READ_SEARCH` (read any file, whatever its
+//! mode): OpenEMR's image keeps `sites/` owned by its web server's user, some of it mode
+//! 0600 (`sqlconf.php`), and a backup that cannot read a file would leave it out. It can
+//! write nothing there (the mount is read-only) nor anywhere but `/tmp`, an `emptyDir`
+//! for the manifests (a million files make a manifest of about 100 MB). Its credentials are
+//! the service account's (IRSA or EKS Pod Identity); its summary is its termination
+//! message. A NetworkPolicy lets its pods reach DNS and HTTPS only, and nothing reach
+//! them. Both belong to the set: deleting the record deletes them, not the data.
+
+use serde_json::{Value, json};
+
+use crate::controller::deployment::web::{CLINIC_LABEL, COMPONENT_LABEL};
+
+/// The label naming the set a Job works for: a change of the Job wakes that set.
+pub const SET_LABEL: &str = "openemr.io/backup";
+/// Where the volume is mounted.
+pub const SITES: &str = "/sites";
+
+/// What the Job is made from.
+#[derive(Debug, Clone)]
+pub struct DocumentsJob<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub set: &'a str,
+    pub set_uid: &'a str,
+    pub clinic: &'a str,
+    pub claim: &'a str,
+    pub image: &'a str,
+    pub service_account: &'a str,
+    pub region: &'a str,
+    pub bucket: &'a str,
+    pub kms_key: Option<&'a str>,
+    pub manifest: &'a str,
+    pub previous: Option<&'a str>,
+    /// Pods tried before the Job fails.
+    pub backoff_limit: i32,
+    /// The Job's whole time, retries included.
+    pub deadline_seconds: i64,
+}
+
+impl DocumentsJob<'_> {
+    /// The command, as the container runs it.
+    pub fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "documents",
+            "backup",
+            "--dir",
+            SITES,
+            "--manifest",
+            self.manifest,
+            "--work-dir",
+            "/tmp",
+            "--summary-file",
+            "/dev/termination-log",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        if let Some(previous) = self.previous {
+            args.extend(["--previous".to_string(), previous.to_string()]);
+        }
+        args
+    }
+
+    /// The pods' network: no way in; out only to DNS and HTTPS (S3, KMS, STS).
+    pub fn network_policy(&self) -> Value {
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "labels": self.labels(),
+                "ownerReferences": self.owner(),
+            },
+            "spec": {
+                "podSelector": {"matchLabels": {
+                    COMPONENT_LABEL: "backup",
+                    SET_LABEL: self.set,
+                }},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [],
+                "egress": [
+                    {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+                    {"ports": [{"protocol": "TCP", "port": 443}]},
+                ],
+            },
+        })
+    }
+
+    fn labels(&self) -> Value {
+        json!({
+            "app.kubernetes.io/name": "openemr",
+            "app.kubernetes.io/instance": self.clinic,
+            COMPONENT_LABEL: "backup",
+            "app.kubernetes.io/managed-by": "openemr-operator",
+            CLINIC_LABEL: self.clinic,
+            SET_LABEL: self.set,
+        })
+    }
+
+    /// The set owns what is made for it: deleting the record deletes these, not the data.
+    fn owner(&self) -> Value {
+        json!([{
+            "apiVersion": "openemr.io/v1alpha1",
+            "kind": "OpenEMRBackup",
+            "name": self.set,
+            "uid": self.set_uid,
+            "controller": true,
+            "blockOwnerDeletion": true,
+        }])
+    }
+
+    pub fn render(&self) -> Value {
+        let labels = self.labels();
+        let mut env = vec![
+            json!({"name": "AWS_REGION", "value": self.region}),
+            json!({"name": "DOCUMENTS_BUCKET", "value": self.bucket}),
+            json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        ];
+        if let Some(key) = self.kms_key {
+            env.push(json!({"name": "DOCUMENTS_KMS_KEY", "value": key}));
+        }
+        json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "labels": labels,
+                "ownerReferences": self.owner(),
+            },
+            "spec": {
+                "backoffLimit": self.backoff_limit,
+                "activeDeadlineSeconds": self.deadline_seconds,
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "serviceAccountName": self.service_account,
+                        "automountServiceAccountToken": false,
+                        "enableServiceLinks": false,
+                        "restartPolicy": "Never",
+                        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                        "containers": [{
+                            "name": "documents",
+                            "image": self.image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "args": self.args(),
+                            "env": env,
+                            "resources": {
+                                "requests": {"cpu": "250m", "memory": "256Mi"},
+                                "limits": {"cpu": "2", "memory": "1Gi"},
+                            },
+                            "securityContext": {
+                                "runAsUser": 0,
+                                "runAsNonRoot": false,
+                                "allowPrivilegeEscalation": false,
+                                "readOnlyRootFilesystem": true,
+                                "capabilities": {"drop": ["ALL"], "add": ["DAC_READ_SEARCH"]},
+                            },
+                            "volumeMounts": [
+                                {"name": "sites", "mountPath": SITES, "readOnly": true},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
+                        }],
+                        "volumes": [
+                            {"name": "sites", "persistentVolumeClaim": {"claimName": self.claim, "readOnly": true}},
+                            {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
+                        ],
+                    },
+                },
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(previous: Option<&str>) -> DocumentsJob<'_> {
+        DocumentsJob {
+            name: "set-1-documents",
+            namespace: "clinics",
+            set: "set-1",
+            set_uid: "uid-1",
+            clinic: "clinic-a",
+            claim: "clinic-a-sites",
+            image: "registry.example.org/openemr-operator:0.1.0",
+            service_account: "openemr-documents",
+            region: "us-east-1",
+            bucket: "oe-bucket",
+            kms_key: Some("arn:aws:kms:us-east-1:123456789012:key/k"),
+            manifest: "backups/documents/set-1.jsonl.gz",
+            previous,
+            backoff_limit: 2,
+            deadline_seconds: 21600,
+        }
+    }
+
+    #[test]
+    fn the_job_reads_the_volume_read_only_and_writes_only_tmp() {
+        let body = job(None).render();
+        let pod = &body["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert_eq!(container["volumeMounts"][0]["readOnly"], true);
+        assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["readOnly"], true);
+        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(
+            container["securityContext"]["capabilities"]["add"],
+            json!(["DAC_READ_SEARCH"])
+        );
+        assert_eq!(
+            body["metadata"]["ownerReferences"][0]["kind"],
+            "OpenEMRBackup"
+        );
+        assert_eq!(body["metadata"]["labels"][SET_LABEL], "set-1");
+        assert_eq!(pod["restartPolicy"], "Never");
+    }
+
+    #[test]
+    fn the_jobs_pods_reach_dns_and_https_only() {
+        let policy = job(None).network_policy();
+        let selector = &policy["spec"]["podSelector"]["matchLabels"];
+        let pod_labels = &job(None).render()["spec"]["template"]["metadata"]["labels"];
+        for (k, v) in selector.as_object().unwrap() {
+            assert_eq!(&pod_labels[k], v, "{k}");
+        }
+        assert_eq!(policy["spec"]["ingress"], json!([]));
+        let ports: Vec<i64> = policy["spec"]["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|rule| rule["ports"].as_array().unwrap().iter())
+            .map(|p| p["port"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ports, [53, 53, 443]);
+    }
+
+    #[test]
+    fn the_previous_set_is_named_only_when_there_is_one() {
+        assert!(!job(None).args().contains(&"--previous".to_string()));
+        let args = job(Some("backups/documents/set-0.jsonl.gz")).args();
+        let at = args.iter().position(|a| a == "--previous").unwrap();
+        assert_eq!(args[at + 1], "backups/documents/set-0.jsonl.gz");
+        assert_eq!(&args[..2], ["documents", "backup"]);
+    }
+}

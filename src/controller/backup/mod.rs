@@ -1,0 +1,642 @@
+//! OpenEMRBackup controller: one backup set per object, taken together (a manual RDS
+//! snapshot, then the documents copied by a Job running the documents engine), described
+//! by a set manifest in the clinic's bucket, written last.
+//!
+//! It checks, in the shared caches, that the clinic exists and that a named policy covers
+//! it (`Accepted`); then [`plan`] takes the set step by step, [`set`] names every part and
+//! holds the set manifest's format, [`job`] renders the documents Job. Without AWS access
+//! (validation-only mode) sets are checked and stay `Pending`.
+//!
+//! Not yet: the batched snapshot inventory (each running set describes its snapshot),
+//! `Quiesced` sets (refused with a reason), schedules, retention, copies, the rebuild.
+
+pub mod job;
+pub mod plan;
+pub mod set;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
+use kube::{Api, ResourceExt};
+
+use super::children::cached;
+use super::deployment::clinic::{self, aws_error};
+use super::deployment::web::WebNames;
+use super::deployment::web::observe::{job_state, last_words};
+use super::{Context, Error, Plan, Reconcile, RefKind, Requeue, lookup, status_with};
+use crate::api::backup::BackupPhase;
+use crate::api::{
+    BackupPolicy, ConsistencyMode, OpenEMRBackup, OpenEMRBackupStatus, OpenEMRDeployment,
+};
+use crate::aws::rds::Databases;
+use crate::conditions::Verdict;
+use crate::controller::deployment::web::JobState;
+use crate::controller::redact::redact;
+use plan::{Change, ClinicSeen, JobSeen, Steps};
+
+/// The policy named by a set, as found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyRef {
+    NotSet,
+    Missing,
+    /// Present but not readable as a BackupPolicy of this API.
+    Unreadable,
+    /// Found; it covers this deployment.
+    Covers(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub deployment_exists: bool,
+    pub policy: PolicyRef,
+    /// The set's steps, when the operator reaches AWS and the set is under way or may
+    /// start.
+    pub steps: Option<Steps>,
+    /// A documents image is known (the policy's or the operator's).
+    pub documents_image_known: bool,
+    /// The set's consistency mode: its own, else its policy's.
+    pub consistency: ConsistencyMode,
+    /// How soon to look again while the set is under way.
+    pub progress: std::time::Duration,
+}
+
+impl Reconcile for OpenEMRBackup {
+    type Observed = Observed;
+    type Change = Change;
+    const CONTROLLER: &'static str = "openemrbackup";
+    const REF_KIND: Option<RefKind> = Some(RefKind::Backup);
+
+    async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
+        let ns = self.namespace().unwrap_or_default();
+        let caches = &ctx.caches;
+        let clinic_name = &self.spec.deployment_ref.name;
+        let found = lookup(&caches.deployments, &ns, clinic_name);
+        let deployment_exists = found.is_some();
+        let mut found_policy: Option<BackupPolicy> = None;
+        let policy = match &self.spec.policy_ref {
+            None => PolicyRef::NotSet,
+            Some(r) => match lookup(&caches.policies, &ns, &r.name) {
+                None => PolicyRef::Missing,
+                Some(found) => match &found.0 {
+                    Ok(p) => {
+                        found_policy = Some(p.clone());
+                        PolicyRef::Covers(p.spec.deployment_ref.name.clone())
+                    }
+                    Err(_) => PolicyRef::Unreadable,
+                },
+            },
+        };
+        let consistency = self
+            .spec
+            .consistency
+            .or(found_policy.as_ref().map(|p| p.spec.consistency))
+            .unwrap_or_default();
+        let mut observed = Observed {
+            deployment_exists,
+            policy,
+            steps: None,
+            documents_image_known: false,
+            consistency,
+            progress: std::time::Duration::from_secs(30),
+        };
+        let (Some(aws), Some(found)) = (&ctx.aws, found) else {
+            return Ok(observed);
+        };
+        let Ok(d) = &found.0 else {
+            return Ok(observed);
+        };
+        observed.progress = aws.progress_interval;
+        let phase = self.phase();
+        if matches!(phase, BackupPhase::Completed | BackupPhase::Failed) {
+            return Ok(observed);
+        }
+        let documents_image = found_policy
+            .as_ref()
+            .and_then(|p| p.spec.documents.image.clone())
+            .or_else(|| aws.workload.documents_image.clone());
+        observed.documents_image_known = documents_image.is_some();
+        let include_documents = self
+            .spec
+            .include_documents
+            .or(found_policy.as_ref().map(|p| p.spec.documents.include))
+            .unwrap_or(true);
+        let clinic = clinic_seen(d, aws, &ns);
+        let (running_before, previous_documents) = self.siblings(ctx, &ns);
+        let mut steps = Steps {
+            set: self.name_any(),
+            set_uid: self.uid().unwrap_or_default(),
+            namespace: ns.clone(),
+            policy: self.spec.policy_ref.as_ref().map(|p| p.name.clone()),
+            consistency,
+            include_documents,
+            clinic,
+            running_before,
+            snapshot: None,
+            job: JobSeen::Absent,
+            manifest_written: false,
+            previous_documents,
+            documents_image: documents_image.unwrap_or_default(),
+            service_account: aws.workload.documents_service_account.clone(),
+            service_account_exists: true,
+            job_backoff_limit: aws.workload.documents_backoff_limit,
+            job_deadline_seconds: aws.workload.documents_deadline.as_secs() as i64,
+            operator_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        if phase == BackupPhase::Running {
+            let clients = clinic::clients(d, aws).await;
+            let identifier = set::snapshot_identifier(&steps.clinic.uid, &steps.set);
+            steps.snapshot = clients
+                .describe_snapshot(&identifier)
+                .await
+                .map_err(aws_error("reading the set's snapshot"))?;
+            let job_name = set::documents_job_name(&steps.set);
+            steps.job = match cached(&ctx.children.jobs, &ns, &job_name) {
+                None => JobSeen::Absent,
+                Some(job) => match job_state(&job) {
+                    JobState::Running => JobSeen::Running,
+                    JobState::Complete => {
+                        JobSeen::Succeeded(last_words(ctx, &ns, &job_name).await?)
+                    }
+                    JobState::Failed { reason, .. } => {
+                        let words = last_words(ctx, &ns, &job_name).await?;
+                        JobSeen::Failed(redact(&format!("{reason}; its last words: {words}"), &[]))
+                    }
+                },
+            };
+            if steps.job == JobSeen::Absent && steps.snapshot.is_some() && include_documents {
+                let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
+                steps.service_account_exists = accounts
+                    .get_opt(&steps.service_account)
+                    .await
+                    .map_err(Error::observe(format!(
+                        "ServiceAccount {ns}/{}",
+                        steps.service_account
+                    )))?
+                    .is_some();
+            }
+            let parts_done = self.status.as_ref().is_some_and(|s| {
+                s.database.as_ref().and_then(|d| d.status.as_deref()) == Some("available")
+                    && (!include_documents || s.documents.is_some())
+            });
+            if parts_done && let Some(bucket) = &steps.clinic.bucket {
+                steps.manifest_written = set_manifest_exists(&clients.s3, bucket, &steps.set)
+                    .await
+                    .map_err(aws_error("reading the set manifest"))?;
+            }
+        }
+        observed.steps = Some(steps);
+        Ok(observed)
+    }
+
+    fn references(&self) -> Vec<(RefKind, String)> {
+        let clinic = self.spec.deployment_ref.name.clone();
+        let mut refs = vec![
+            (RefKind::Deployment, clinic.clone()),
+            // The clinic's children: the set's documents Job among them.
+            (RefKind::Workload, clinic),
+        ];
+        refs.extend(
+            self.spec
+                .policy_ref
+                .iter()
+                .map(|r| (RefKind::Policy, r.name.clone())),
+        );
+        refs
+    }
+
+    fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<OpenEMRBackupStatus, Change> {
+        let accepted = self.validate(observed);
+        let is_accepted = accepted.status;
+        let mut status = status_with(self, std::slice::from_ref(&accepted), now);
+        status.phase.get_or_insert(BackupPhase::Pending);
+        let phase = status.phase.unwrap_or_default();
+        let (true, Some(steps)) = (is_accepted, &observed.steps) else {
+            return Plan::after_validation(status, is_accepted);
+        };
+        if matches!(phase, BackupPhase::Completed | BackupPhase::Failed) {
+            return Plan::after_validation(status, is_accepted);
+        }
+        if steps.include_documents && !observed.documents_image_known {
+            let waiting = Verdict::falsy(
+                plan::STARTED,
+                "NoDocumentsImage",
+                "no image for the documents Job: start the operator with --documents-image (its own image), or set the policy's documents.image",
+            );
+            return Plan {
+                status: status_with(self, &[accepted, waiting], now),
+                changes: Vec::new(),
+                requeue: Requeue::Resync,
+                failure: None,
+            };
+        }
+        let outcome = plan::next(steps, &mut status, now);
+        let mut verdicts = vec![accepted];
+        verdicts.extend(outcome.verdicts);
+        let merged = {
+            let mut with = self.clone();
+            with.status = Some(status);
+            status_with(&with, &verdicts, now)
+        };
+        Plan {
+            status: merged,
+            changes: outcome.changes,
+            requeue: if outcome.busy {
+                Requeue::After(observed.progress)
+            } else {
+                Requeue::Resync
+            },
+            failure: None,
+        }
+    }
+
+    fn intent(change: &Change) -> (String, String) {
+        match change {
+            Change::CreateSnapshot { identifier, .. } => {
+                ("CreateDBSnapshot".into(), identifier.clone())
+            }
+            Change::CreateJob { name, .. } => ("CreateDocumentsJob".into(), name.clone()),
+            Change::WriteManifest { key, .. } => ("WriteSetManifest".into(), key.clone()),
+        }
+    }
+
+    async fn act(&self, change: &Change, ctx: &Context) -> Result<(), Error> {
+        let ns = self.namespace().unwrap_or_default();
+        let (Some(aws), Some(found)) = (
+            &ctx.aws,
+            lookup(&ctx.caches.deployments, &ns, &self.spec.deployment_ref.name),
+        ) else {
+            return Ok(());
+        };
+        let Ok(d) = &found.0 else { return Ok(()) };
+        let clients = clinic::clients(d, aws).await;
+        match change {
+            Change::CreateSnapshot {
+                instance,
+                identifier,
+                tags,
+            } => match clients.create_snapshot(instance, identifier, tags).await {
+                // An earlier run's request went through: the snapshot is this set's.
+                Err(e) if e.code == "DBSnapshotAlreadyExists" => Ok(()),
+                other => other.map_err(aws_error("asking RDS for the set's snapshot")),
+            },
+            Change::CreateJob {
+                name,
+                body,
+                network_policy,
+            } => {
+                create_new::<NetworkPolicy>(ctx, &ns, name, network_policy).await?;
+                create_new::<Job>(ctx, &ns, name, body).await
+            }
+            Change::WriteManifest {
+                bucket,
+                key,
+                kms_key,
+                body,
+            } => write_set_manifest(&clients.s3, bucket, key, kms_key.as_deref(), body).await,
+        }
+    }
+}
+
+/// Creates `body` unless an object of that name is there already (made by an earlier run).
+async fn create_new<K>(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    body: &serde_json::Value,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+{
+    let kind = K::kind(&());
+    let object: K = serde_json::from_value(body.clone()).map_err(|e| Error::Act {
+        action: format!("rendering {kind} {name}"),
+        reason: "InvalidObject",
+        message: e.to_string(),
+    })?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    match api.create(&PostParams::default(), &object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(Error::Act {
+            action: format!("creating {kind} {ns}/{name}"),
+            reason: "CreateFailed",
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// What a set needs of its clinic, read from the clinic's spec and status.
+fn clinic_seen(d: &OpenEMRDeployment, aws: &super::ClinicAws, ns: &str) -> ClinicSeen {
+    let status = d.status.clone().unwrap_or_default();
+    let ready = crate::conditions::find(&status.conditions, super::READY);
+    ClinicSeen {
+        cluster: aws.cluster.as_str().to_string(),
+        name: d.name_any(),
+        uid: d.uid().unwrap_or_default(),
+        ready: ready.is_some_and(|c| c.status == "True"),
+        not_ready: ready.map_or_else(
+            || "not yet reported".to_string(),
+            |c| format!("{}: {}", c.reason, c.message),
+        ),
+        region: d.spec.aws.region.clone(),
+        instance: status.database.as_ref().map(|db| db.identifier.clone()),
+        engine_version: Some(d.spec.database.engine_version.clone()),
+        bucket: status.bucket_name.clone(),
+        kms_key: status.kms_key_arn.clone(),
+        image: status
+            .web
+            .as_ref()
+            .and_then(|w| w.image.clone())
+            .or_else(|| Some(d.spec.web.image.clone())),
+        claim: WebNames::new(ns, &d.name_any()).claim,
+        tags: clinic::clinic_tags(d, aws),
+        spec: serde_json::to_value(&d.spec).unwrap_or_default(),
+    }
+}
+
+/// Whether `backups/<set>/manifest.json` is in the bucket.
+async fn set_manifest_exists(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    set: &str,
+) -> Result<bool, crate::aws::error::AwsError> {
+    let key = set::set_manifest_key(set);
+    match s3.head_object().bucket(bucket).key(&key).send().await {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+        Err(e) => Err(crate::aws::error::AwsError::from_sdk("s3", "HeadObject", e)),
+    }
+}
+
+/// Writes the set manifest, never over another (`If-None-Match: *`), encrypted with the
+/// clinic's key. One already there is this set's when it names this set and clinic: an
+/// earlier run wrote it and stopped before seeing it.
+async fn write_set_manifest(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    kms_key: Option<&str>,
+    body: &[u8],
+) -> Result<(), Error> {
+    use aws_sdk_s3::types::ServerSideEncryption;
+    let mut put = s3
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .if_none_match("*")
+        .content_type("application/json")
+        .body(body.to_vec().into());
+    if let Some(kms_key) = kms_key {
+        put = put
+            .server_side_encryption(ServerSideEncryption::AwsKms)
+            .ssekms_key_id(kms_key)
+            .bucket_key_enabled(true);
+    }
+    let refused = match put.send().await {
+        Ok(_) => return Ok(()),
+        Err(e) => crate::aws::error::AwsError::from_sdk("s3", "PutObject", e),
+    };
+    if refused.code != "PreconditionFailed" {
+        return Err(Error::Aws {
+            action: "writing the set manifest",
+            source: refused,
+        });
+    }
+    let ours = set::SetManifest::from_bytes(body).map_err(|message| Error::Act {
+        action: format!("writing {key}"),
+        reason: "InvalidManifest",
+        message,
+    })?;
+    let there = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| Error::Aws {
+            action: "reading the set manifest already there",
+            source: crate::aws::error::AwsError::from_sdk("s3", "GetObject", e),
+        })?;
+    let bytes = there
+        .body
+        .collect()
+        .await
+        .map(|b| b.into_bytes())
+        .unwrap_or_default();
+    match set::SetManifest::from_bytes(&bytes) {
+        Ok(found) if found.set == ours.set && found.clinic.uid == ours.clinic.uid => Ok(()),
+        Ok(found) => Err(Error::Act {
+            action: format!("writing {key}"),
+            reason: "SetNameTaken",
+            message: format!(
+                "s3://{bucket}/{key} already holds set {:?} of clinic {}/{} (uid {}): name this set otherwise",
+                found.set, found.clinic.namespace, found.clinic.name, found.clinic.uid
+            ),
+        }),
+        Err(why) => Err(Error::Act {
+            action: format!("writing {key}"),
+            reason: "SetNameTaken",
+            message: format!("s3://{bucket}/{key} already holds something else: {why}"),
+        }),
+    }
+}
+
+impl OpenEMRBackup {
+    fn phase(&self) -> BackupPhase {
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or_default()
+    }
+
+    /// The older sets of the same clinic that run or will run first, and the newest
+    /// completed set's documents manifest.
+    fn siblings(&self, ctx: &Context, ns: &str) -> (Vec<String>, Option<String>) {
+        let clinic = &self.spec.deployment_ref.name;
+        let me = (self.creation_timestamp().map(|t| t.0), self.name_any());
+        let mut running = Vec::new();
+        let mut newest: Option<(Timestamp, String)> = None;
+        for other in ctx.caches.backups.state() {
+            let Ok(other) = &other.0 else { continue };
+            if other.namespace().as_deref() != Some(ns)
+                || &other.spec.deployment_ref.name != clinic
+                || other.name_any() == me.1
+            {
+                continue;
+            }
+            let status = other.status.clone().unwrap_or_default();
+            match status.phase.unwrap_or_default() {
+                BackupPhase::Running => running.push(other.name_any()),
+                BackupPhase::Pending => {
+                    // An older accepted set goes first.
+                    let accepted = crate::conditions::find(&status.conditions, "Accepted")
+                        .is_some_and(|c| c.status == "True");
+                    if accepted && (other.creation_timestamp().map(|t| t.0), other.name_any()) < me
+                    {
+                        running.push(other.name_any());
+                    }
+                }
+                BackupPhase::Completed => {
+                    if let (Some(done), Some(documents)) =
+                        (status.completion_time, status.documents)
+                        && newest.as_ref().is_none_or(|(t, _)| done.0 > *t)
+                    {
+                        newest = Some((done.0, documents.manifest));
+                    }
+                }
+                _ => {}
+            }
+        }
+        running.sort();
+        (running, newest.map(|(_, manifest)| manifest))
+    }
+
+    fn validate(&self, observed: &Observed) -> Verdict {
+        let deployment = &self.spec.deployment_ref.name;
+        if !observed.deployment_exists {
+            return Verdict::falsy(
+                "Accepted",
+                "DeploymentNotFound",
+                format!(
+                    "spec.deploymentRef: OpenEMRDeployment {deployment:?} does not exist in this namespace"
+                ),
+            );
+        }
+        let policy = self
+            .spec
+            .policy_ref
+            .as_ref()
+            .map(|r| r.name.as_str())
+            .unwrap_or_default();
+        match &observed.policy {
+            PolicyRef::Missing => Verdict::falsy(
+                "Accepted",
+                "PolicyNotFound",
+                format!("spec.policyRef: BackupPolicy {policy:?} does not exist in this namespace"),
+            ),
+            PolicyRef::Unreadable => Verdict::falsy(
+                "Accepted",
+                "PolicyInvalid",
+                format!(
+                    "spec.policyRef: BackupPolicy {policy:?} cannot be read as this operator's API; see its Events"
+                ),
+            ),
+            PolicyRef::Covers(other) if other != deployment => Verdict::falsy(
+                "Accepted",
+                "PolicyMismatch",
+                format!(
+                    "spec.policyRef: BackupPolicy {policy:?} covers OpenEMRDeployment {other:?}, not spec.deploymentRef {deployment:?}"
+                ),
+            ),
+            _ if set::RESERVED_NAMES.contains(&self.name_any().as_str()) => Verdict::falsy(
+                "Accepted",
+                "ReservedName",
+                format!(
+                    "metadata.name: {:?} is kept for the bucket's layout (backups/documents/ holds every set's documents manifest): name the set otherwise",
+                    self.name_any()
+                ),
+            ),
+            _ if observed.consistency == ConsistencyMode::Quiesced => Verdict::falsy(
+                "Accepted",
+                "QuiescedNotSupported",
+                "consistency Quiesced (the clinic stopped while the set is taken) is not taken by this operator version yet: use CrashConsistent",
+            ),
+            _ => Verdict::truthy("Accepted", "Valid", "spec is valid"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Condition;
+    use crate::conditions;
+
+    fn set(policy: Option<&str>) -> OpenEMRBackup {
+        let mut spec = serde_json::json!({"deploymentRef": {"name": "clinic-a"}});
+        if let Some(p) = policy {
+            spec["policyRef"] = serde_json::json!({ "name": p });
+        }
+        OpenEMRBackup::new("set-1", serde_json::from_value(spec).unwrap())
+    }
+
+    fn observed(deployment_exists: bool, policy: PolicyRef) -> Observed {
+        Observed {
+            deployment_exists,
+            policy,
+            steps: None,
+            documents_image_known: true,
+            consistency: ConsistencyMode::CrashConsistent,
+            progress: std::time::Duration::from_secs(30),
+        }
+    }
+
+    fn accepted(b: &OpenEMRBackup, observed: Observed) -> Condition {
+        let plan = b.plan(&observed, Timestamp::from_second(1_800_000_000).unwrap());
+        assert_eq!(plan.status.phase, Some(BackupPhase::Pending));
+        conditions::find(&plan.status.conditions, "Accepted")
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn on_demand_set_is_accepted() {
+        let c = accepted(&set(None), observed(true, PolicyRef::NotSet));
+        assert_eq!(c.status, "True");
+    }
+
+    #[test]
+    fn policy_of_another_clinic_is_refused() {
+        let c = accepted(
+            &set(Some("nightly")),
+            observed(true, PolicyRef::Covers("clinic-b".into())),
+        );
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "PolicyMismatch")
+        );
+        assert!(c.message.contains("spec.policyRef"));
+    }
+
+    #[test]
+    fn a_set_names_its_clinic_its_clinics_children_and_its_policy() {
+        assert_eq!(
+            set(Some("nightly")).references(),
+            [
+                (RefKind::Deployment, "clinic-a".to_string()),
+                // Its documents Job is one of the clinic's children: its end wakes the set.
+                (RefKind::Workload, "clinic-a".to_string()),
+                (RefKind::Policy, "nightly".to_string())
+            ]
+        );
+        assert_eq!(set(None).references().len(), 2);
+    }
+
+    #[test]
+    fn a_reserved_name_and_a_quiesced_set_are_refused_naming_why() {
+        let mut reserved = set(None);
+        reserved.metadata.name = Some("documents".into());
+        let c = accepted(&reserved, observed(true, PolicyRef::NotSet));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ReservedName")
+        );
+        assert!(c.message.contains("metadata.name"), "{}", c.message);
+        let mut quiesced = observed(true, PolicyRef::NotSet);
+        quiesced.consistency = ConsistencyMode::Quiesced;
+        let c = accepted(&set(None), quiesced);
+        assert_eq!(c.reason, "QuiescedNotSupported");
+    }
+
+    #[test]
+    fn missing_deployment_is_refused_first() {
+        let c = accepted(&set(Some("nightly")), observed(false, PolicyRef::Missing));
+        assert_eq!(c.reason, "DeploymentNotFound");
+    }
+}

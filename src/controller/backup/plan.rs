@@ -1,0 +1,592 @@
+//! The steps of one set, planned from what was observed (pure):
+//!
+//! 1. `Pending` until the clinic is `Ready` and no other set of it runs (the older one
+//!    goes first);
+//! 2. the snapshot is asked for (crash-consistent: its instant is the database's);
+//! 3. once RDS knows the snapshot, the documents Job starts (the documents' instants are
+//!    its start and end);
+//! 4. when the snapshot is `available` and the Job has succeeded, the set manifest is
+//!    written; once it is seen in the bucket, the set is `Completed`.
+//!
+//! A snapshot RDS reports failed, or a Job that failed all its tries, fails the set with
+//! the part and the reason. Every step finds what an earlier run did (the snapshot and the
+//! Job by their names, the manifest by its key) before doing it again.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use super::job::DocumentsJob;
+use super::set::{self, DatabasePart, DocumentsPart, SetManifest};
+use crate::api::backup::{BackupPhase, DocumentsLocation, SnapshotRef};
+use crate::api::{ConsistencyMode, OpenEMRBackupStatus};
+use crate::aws::rds::DbSnapshot;
+use crate::conditions::Verdict;
+
+/// The condition saying whether the set's work has started, and if not why.
+pub const STARTED: &str = "Started";
+
+/// What the set needs of its clinic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClinicSeen {
+    pub cluster: String,
+    pub name: String,
+    pub uid: String,
+    pub ready: bool,
+    /// The clinic's `Ready` reason and message when it is not.
+    pub not_ready: String,
+    pub region: String,
+    pub instance: Option<String>,
+    pub engine_version: Option<String>,
+    pub bucket: Option<String>,
+    pub kms_key: Option<String>,
+    pub image: Option<String>,
+    pub claim: String,
+    pub tags: BTreeMap<String, String>,
+    pub spec: serde_json::Value,
+}
+
+/// The documents Job, as the cache and its pods show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobSeen {
+    Absent,
+    Running,
+    /// With its pod's termination message: the engine's summary.
+    Succeeded(String),
+    /// With the Job's reason and its last pod's words (redacted).
+    Failed(String),
+}
+
+/// What the steps are planned from.
+#[derive(Debug, Clone)]
+pub struct Steps {
+    pub set: String,
+    pub set_uid: String,
+    pub namespace: String,
+    pub policy: Option<String>,
+    pub consistency: ConsistencyMode,
+    pub include_documents: bool,
+    pub clinic: ClinicSeen,
+    /// Older sets of the clinic still running: this one waits for them.
+    pub running_before: Vec<String>,
+    pub snapshot: Option<DbSnapshot>,
+    pub job: JobSeen,
+    /// Whether the set manifest is in the bucket (looked at once both parts are done).
+    pub manifest_written: bool,
+    /// The newest completed set's documents manifest: unchanged files are not sent again.
+    pub previous_documents: Option<String>,
+    pub documents_image: String,
+    pub service_account: String,
+    /// Whether that service account exists in the set's namespace (looked at only before
+    /// the Job is made): without it the Job could make no pod.
+    pub service_account_exists: bool,
+    pub job_backoff_limit: i32,
+    pub job_deadline_seconds: i64,
+    pub operator_version: String,
+}
+
+/// A mutating call the steps ask for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    CreateSnapshot {
+        instance: String,
+        identifier: String,
+        tags: BTreeMap<String, String>,
+    },
+    /// The Job and, first, the NetworkPolicy of its pods.
+    CreateJob {
+        name: String,
+        body: serde_json::Value,
+        network_policy: serde_json::Value,
+    },
+    WriteManifest {
+        bucket: String,
+        key: String,
+        kms_key: Option<String>,
+        body: Vec<u8>,
+    },
+}
+
+/// Where the steps leave the set: what to say, what to do, whether to look again soon.
+pub struct Outcome {
+    pub verdicts: Vec<Verdict>,
+    pub changes: Vec<Change>,
+    /// Work is under way: look again at the progress interval.
+    pub busy: bool,
+}
+
+/// RDS statuses of a snapshot that will never become `available`.
+const SNAPSHOT_FAILED: &[&str] = &["failed", "deleted", "incompatible-restore"];
+
+/// Plans the next step of a set that is `Pending` or `Running`; `status` is the one to
+/// write, updated in place.
+pub fn next(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outcome {
+    let mut out = Outcome {
+        verdicts: Vec::new(),
+        changes: Vec::new(),
+        busy: true,
+    };
+    let clinic = &steps.clinic;
+    let phase = status.phase.unwrap_or_default();
+    if phase == BackupPhase::Pending {
+        let wait = if !clinic.ready {
+            Some((
+                "ClinicNotReady",
+                format!("waits for the clinic to be Ready ({})", clinic.not_ready),
+            ))
+        } else if let Some(other) = steps.running_before.first() {
+            Some((
+                "AnotherSetRunning",
+                format!("waits for set {other:?} of the same clinic to finish"),
+            ))
+        } else if clinic.instance.is_none() || clinic.bucket.is_none() {
+            Some((
+                "ClinicNotReady",
+                "waits for the clinic's database and bucket to be known".to_string(),
+            ))
+        } else {
+            None
+        };
+        if let Some((reason, message)) = wait {
+            out.verdicts.push(Verdict::falsy(STARTED, reason, message));
+            return out;
+        }
+        status.phase = Some(BackupPhase::Running);
+        status.start_time = Some(Time(now));
+        status.set_id = Some(steps.set.clone());
+    }
+    out.verdicts.push(Verdict::truthy(
+        STARTED,
+        "Started",
+        "the set is being taken",
+    ));
+    let instance = clinic.instance.clone().unwrap_or_default();
+    let bucket = clinic.bucket.clone().unwrap_or_default();
+    let identifier = set::snapshot_identifier(&clinic.uid, &steps.set);
+
+    // The database: asked for once; RDS's view of it from then on.
+    let mut database = status.database.clone().unwrap_or(SnapshotRef {
+        identifier: identifier.clone(),
+        ..SnapshotRef::default()
+    });
+    match &steps.snapshot {
+        None => {
+            status.snapshot_requested_time.get_or_insert(Time(now));
+            database.status = Some("requested".into());
+            out.changes.push(Change::CreateSnapshot {
+                instance: instance.clone(),
+                identifier: identifier.clone(),
+                tags: set::snapshot_tags(
+                    &clinic.tags,
+                    &steps.set,
+                    steps.policy.as_deref(),
+                    clinic.engine_version.as_deref(),
+                    clinic.image.as_deref(),
+                ),
+            });
+        }
+        Some(snapshot) => {
+            database.arn = snapshot.arn.clone();
+            database.status = Some(snapshot.status.clone());
+            if SNAPSHOT_FAILED.contains(&snapshot.status.as_str()) {
+                status.database = Some(database);
+                return failed(
+                    status,
+                    out,
+                    "DatabaseSnapshotFailed",
+                    format!("RDS reports snapshot {identifier} {}", snapshot.status),
+                );
+            }
+        }
+    }
+    status.database = Some(database);
+    let snapshot_available = steps
+        .snapshot
+        .as_ref()
+        .is_some_and(|s| s.status == "available");
+
+    // The documents: after the snapshot is known to RDS, so the database's instant comes
+    // first and the documents' copy spans a known window after it.
+    let documents_done = if !steps.include_documents {
+        true
+    } else {
+        let job_name = set::documents_job_name(&steps.set);
+        let manifest = set::documents_manifest_key(&steps.set);
+        match &steps.job {
+            JobSeen::Absent if status.documents_completion_time.is_some() => true,
+            JobSeen::Absent if steps.snapshot.is_some() && !steps.service_account_exists => {
+                out.verdicts.push(Verdict::falsy(
+                    "DocumentsCopied",
+                    "ServiceAccountNotFound",
+                    format!(
+                        "the documents Job runs as service account {:?}, which does not exist in namespace {:?}: create it, with an IAM role (IRSA or Pod Identity) that reaches bucket {bucket:?} and the clinic's key",
+                        steps.service_account, steps.namespace
+                    ),
+                ));
+                false
+            }
+            JobSeen::Absent => {
+                if steps.snapshot.is_some() {
+                    let job = DocumentsJob {
+                        name: &job_name,
+                        namespace: &steps.namespace,
+                        set: &steps.set,
+                        set_uid: &steps.set_uid,
+                        clinic: &clinic.name,
+                        claim: &clinic.claim,
+                        image: &steps.documents_image,
+                        service_account: &steps.service_account,
+                        region: &clinic.region,
+                        bucket: &bucket,
+                        kms_key: clinic.kms_key.as_deref(),
+                        manifest: &manifest,
+                        previous: steps.previous_documents.as_deref(),
+                        backoff_limit: steps.job_backoff_limit,
+                        deadline_seconds: steps.job_deadline_seconds,
+                    };
+                    let (body, network_policy) = (job.render(), job.network_policy());
+                    status.documents_job = Some(job_name.clone());
+                    status.documents_start_time = Some(Time(now));
+                    out.changes.push(Change::CreateJob {
+                        name: job_name,
+                        body,
+                        network_policy,
+                    });
+                }
+                false
+            }
+            JobSeen::Running => false,
+            JobSeen::Failed(words) => {
+                return failed(
+                    status,
+                    out,
+                    "DocumentsCopyFailed",
+                    format!("the documents Job {job_name} failed: {words}"),
+                );
+            }
+            JobSeen::Succeeded(said) => {
+                let summary: serde_json::Value = match serde_json::from_str(said.trim()) {
+                    Ok(summary) => summary,
+                    Err(_) => {
+                        return failed(
+                            status,
+                            out,
+                            "DocumentsCopyFailed",
+                            format!(
+                                "the documents Job {job_name} succeeded without its summary: {said:?}"
+                            ),
+                        );
+                    }
+                };
+                let count = |field: &str| summary[field].as_i64();
+                status.documents = Some(DocumentsLocation {
+                    bucket: bucket.clone(),
+                    manifest: summary["manifestKey"]
+                        .as_str()
+                        .unwrap_or(&manifest)
+                        .to_string(),
+                    file_count: count("filesScanned"),
+                    size_bytes: count("bytesScanned"),
+                    files_uploaded: count("filesUploaded"),
+                    bytes_uploaded: count("bytesUploaded"),
+                });
+                status.documents_completion_time.get_or_insert(Time(now));
+                true
+            }
+        }
+    };
+
+    if !(snapshot_available && documents_done) {
+        return out;
+    }
+    let key = set::set_manifest_key(&steps.set);
+    if steps.manifest_written {
+        status.manifest = Some(format!("s3://{bucket}/{key}"));
+        status.phase = Some(BackupPhase::Completed);
+        status.completion_time.get_or_insert(Time(now));
+        status.message = None;
+        out.busy = false;
+        return out;
+    }
+    let time = |t: &Option<Time>| t.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+    let manifest = SetManifest {
+        format: set::FORMAT.into(),
+        version: set::VERSION,
+        set: steps.set.clone(),
+        clinic: set::ClinicIdentity {
+            cluster: clinic.cluster.clone(),
+            namespace: steps.namespace.clone(),
+            name: clinic.name.clone(),
+            uid: clinic.uid.clone(),
+        },
+        policy: steps.policy.clone(),
+        consistency: match steps.consistency {
+            ConsistencyMode::CrashConsistent => "CrashConsistent",
+            ConsistencyMode::Quiesced => "Quiesced",
+        }
+        .into(),
+        database: DatabasePart {
+            region: clinic.region.clone(),
+            instance_identifier: instance,
+            snapshot_identifier: identifier,
+            snapshot_arn: steps.snapshot.as_ref().and_then(|s| s.arn.clone()),
+            engine_version: clinic.engine_version.clone(),
+            kms_key_arn: clinic.kms_key.clone(),
+            requested_at: time(&status.snapshot_requested_time),
+        },
+        documents: status.documents.as_ref().map(|d| DocumentsPart {
+            bucket: d.bucket.clone(),
+            manifest: d.manifest.clone(),
+            files: d.file_count.unwrap_or_default().max(0) as u64,
+            bytes: d.size_bytes.unwrap_or_default().max(0) as u64,
+            started_at: time(&status.documents_start_time),
+            completed_at: time(&status.documents_completion_time),
+        }),
+        image: clinic.image.clone(),
+        clinic_spec: clinic.spec.clone(),
+        completed_at: now.to_string(),
+        operator_version: steps.operator_version.clone(),
+    };
+    out.changes.push(Change::WriteManifest {
+        bucket,
+        key,
+        kms_key: clinic.kms_key.clone(),
+        body: manifest.to_bytes(),
+    });
+    out
+}
+
+fn failed(
+    status: &mut OpenEMRBackupStatus,
+    mut out: Outcome,
+    reason: &'static str,
+    message: String,
+) -> Outcome {
+    status.phase = Some(BackupPhase::Failed);
+    status.message = Some(message.clone());
+    out.verdicts
+        .push(Verdict::falsy("Completed", reason, message));
+    out.changes.clear();
+    out.busy = false;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn steps() -> Steps {
+        Steps {
+            set: "set-1".into(),
+            set_uid: "set-uid".into(),
+            namespace: "clinics".into(),
+            policy: None,
+            consistency: ConsistencyMode::CrashConsistent,
+            include_documents: true,
+            clinic: ClinicSeen {
+                cluster: "c1".into(),
+                name: "clinic-a".into(),
+                uid: "clinic-uid".into(),
+                ready: true,
+                not_ready: String::new(),
+                region: "us-east-1".into(),
+                instance: Some("db-1".into()),
+                engine_version: Some("8.0.40".into()),
+                bucket: Some("bucket-1".into()),
+                kms_key: Some("arn:aws:kms:us-east-1:1:key/k".into()),
+                image: Some("openemr/openemr:7.0.3".into()),
+                claim: "clinic-a-sites".into(),
+                tags: BTreeMap::new(),
+                spec: serde_json::json!({}),
+            },
+            running_before: Vec::new(),
+            snapshot: None,
+            job: JobSeen::Absent,
+            manifest_written: false,
+            previous_documents: Some("backups/documents/set-0.jsonl.gz".into()),
+            documents_image: "operator:1".into(),
+            service_account: "openemr-documents".into(),
+            service_account_exists: true,
+            job_backoff_limit: 2,
+            job_deadline_seconds: 3600,
+            operator_version: "0.1.0".into(),
+        }
+    }
+
+    fn snapshot(status: &str) -> Option<DbSnapshot> {
+        Some(DbSnapshot {
+            identifier: set::snapshot_identifier("clinic-uid", "set-1"),
+            arn: Some("arn:aws:rds:us-east-1:1:snapshot:s".into()),
+            status: status.into(),
+            tags: BTreeMap::new(),
+        })
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(NOW + seconds).unwrap()
+    }
+
+    fn reasons(out: &Outcome) -> Vec<&'static str> {
+        out.verdicts.iter().map(|v| v.reason).collect()
+    }
+
+    #[test]
+    fn a_set_waits_for_its_clinic_and_for_older_sets() {
+        let mut s = steps();
+        s.clinic.ready = false;
+        s.clinic.not_ready = "NotReady: waiting for: web tier".into();
+        let mut status = OpenEMRBackupStatus::default();
+        let out = next(&s, &mut status, at(0));
+        assert_eq!(reasons(&out), ["ClinicNotReady"]);
+        assert!(out.verdicts[0].message.contains("waiting for: web tier"));
+        assert!(out.changes.is_empty() && status.phase.is_none());
+        let mut s = steps();
+        s.running_before = vec!["set-0".into()];
+        let out = next(&s, &mut status, at(0));
+        assert_eq!(reasons(&out), ["AnotherSetRunning"]);
+        assert!(out.changes.is_empty());
+    }
+
+    #[test]
+    fn the_snapshot_comes_first_then_the_documents_job_then_the_manifest() {
+        let mut s = steps();
+        let mut status = OpenEMRBackupStatus::default();
+        // Started: the snapshot only, tagged with the set.
+        let out = next(&s, &mut status, at(0));
+        assert_eq!(status.phase, Some(BackupPhase::Running));
+        let [
+            Change::CreateSnapshot {
+                instance,
+                identifier,
+                tags,
+            },
+        ] = &out.changes[..]
+        else {
+            panic!("{:?}", out.changes)
+        };
+        assert_eq!(instance, "db-1");
+        assert_eq!(identifier, "openemr-clinic-uid-set-1");
+        assert_eq!(tags["openemr.io/set"], "set-1");
+        assert_eq!(status.snapshot_requested_time, Some(Time(at(0))));
+        // RDS knows it: the Job starts, from the previous set.
+        s.snapshot = snapshot("creating");
+        let out = next(&s, &mut status, at(30));
+        let [Change::CreateJob { name, body, .. }] = &out.changes[..] else {
+            panic!("{:?}", out.changes)
+        };
+        assert_eq!(name, "set-1-documents");
+        let args = body["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+        assert!(args.contains("backups/documents/set-0.jsonl.gz"), "{args}");
+        assert_eq!(status.documents_start_time, Some(Time(at(30))));
+        assert_eq!(status.snapshot_requested_time, Some(Time(at(0))));
+        // The Job runs; the snapshot is still being made: nothing to do.
+        s.job = JobSeen::Running;
+        let out = next(&s, &mut status, at(60));
+        assert!(out.changes.is_empty() && out.busy);
+        // The Job is done, with its summary: the documents are recorded, and once the
+        // snapshot is available the manifest is written.
+        s.job = JobSeen::Succeeded(
+            r#"{"filesScanned":10,"bytesScanned":1000,"filesUploaded":3,"bytesUploaded":300,"manifestKey":"backups/documents/set-1.jsonl.gz"}"#.into(),
+        );
+        let out = next(&s, &mut status, at(90));
+        assert!(out.changes.is_empty(), "{:?}", out.changes);
+        let documents = status.documents.clone().unwrap();
+        assert_eq!(
+            (documents.file_count, documents.files_uploaded),
+            (Some(10), Some(3))
+        );
+        s.snapshot = snapshot("available");
+        let out = next(&s, &mut status, at(120));
+        let [
+            Change::WriteManifest {
+                bucket,
+                key,
+                kms_key,
+                body,
+            },
+        ] = &out.changes[..]
+        else {
+            panic!("{:?}", out.changes)
+        };
+        assert_eq!(
+            (bucket.as_str(), key.as_str()),
+            ("bucket-1", "backups/set-1/manifest.json")
+        );
+        assert!(kms_key.is_some());
+        let manifest = SetManifest::from_bytes(body).unwrap();
+        assert_eq!(
+            manifest.database.snapshot_identifier,
+            "openemr-clinic-uid-set-1"
+        );
+        assert_eq!(manifest.documents.unwrap().files, 10);
+        assert_ne!(status.phase, Some(BackupPhase::Completed));
+        // Seen in the bucket: Completed.
+        s.manifest_written = true;
+        let out = next(&s, &mut status, at(150));
+        assert!(out.changes.is_empty() && !out.busy);
+        assert_eq!(status.phase, Some(BackupPhase::Completed));
+        assert_eq!(
+            status.manifest.as_deref(),
+            Some("s3://bucket-1/backups/set-1/manifest.json")
+        );
+    }
+
+    #[test]
+    fn no_job_is_made_without_its_service_account() {
+        let mut s = steps();
+        s.snapshot = snapshot("available");
+        s.service_account_exists = false;
+        let mut status = OpenEMRBackupStatus {
+            phase: Some(BackupPhase::Running),
+            ..Default::default()
+        };
+        let out = next(&s, &mut status, at(0));
+        assert!(out.changes.is_empty() && out.busy, "{:?}", out.changes);
+        assert!(reasons(&out).contains(&"ServiceAccountNotFound"));
+        assert_eq!(status.phase, Some(BackupPhase::Running));
+    }
+
+    #[test]
+    fn a_database_only_set_needs_no_job() {
+        let mut s = steps();
+        s.include_documents = false;
+        s.snapshot = snapshot("available");
+        let mut status = OpenEMRBackupStatus {
+            phase: Some(BackupPhase::Running),
+            ..Default::default()
+        };
+        let out = next(&s, &mut status, at(0));
+        let [Change::WriteManifest { body, .. }] = &out.changes[..] else {
+            panic!("{:?}", out.changes)
+        };
+        assert!(SetManifest::from_bytes(body).unwrap().documents.is_none());
+    }
+
+    #[test]
+    fn a_failed_part_fails_the_set_naming_it() {
+        let mut s = steps();
+        s.snapshot = snapshot("failed");
+        let mut status = OpenEMRBackupStatus {
+            phase: Some(BackupPhase::Running),
+            ..Default::default()
+        };
+        let out = next(&s, &mut status, at(0));
+        assert_eq!(status.phase, Some(BackupPhase::Failed));
+        assert!(reasons(&out).contains(&"DatabaseSnapshotFailed"));
+        let mut s = steps();
+        s.snapshot = snapshot("available");
+        s.job = JobSeen::Failed("BackoffLimitExceeded: ...; its last words: AccessDenied".into());
+        let mut status = OpenEMRBackupStatus {
+            phase: Some(BackupPhase::Running),
+            ..Default::default()
+        };
+        let out = next(&s, &mut status, at(0));
+        assert_eq!(status.phase, Some(BackupPhase::Failed));
+        assert!(reasons(&out).contains(&"DocumentsCopyFailed"));
+        assert!(status.message.unwrap().contains("AccessDenied"));
+        assert!(out.changes.is_empty());
+    }
+}

@@ -1,0 +1,260 @@
+//! Backup sets on a real control plane + moto. No kubelet runs here: the test plays it for
+//! the documents Job by running the Job's own command (the operator's binary, the Job's
+//! arguments and environment) as a process, against a directory standing in for the
+//! clinic's EFS volume, then reporting the pod's end with the command's summary as its
+//! termination message.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::{Api, ResourceExt};
+use openemr_operator::api::backup::BackupPhase;
+use openemr_operator::api::{OpenEMRBackup, OpenEMRDeployment};
+use openemr_operator::controller::backup::set::{self, SetManifest};
+use serde_json::json;
+use support::kubelet::{finish_pod, pods, ready_clinic};
+use support::{TestNamespace, apply, env, eventually};
+
+const WAIT: Duration = Duration::from_secs(90);
+const REGION: &str = "us-west-2";
+
+/// Runs the documents Job's container as the kubelet would, with `/sites` as `tree`;
+/// returns its summary (the termination message).
+fn run_documents_job(job: &Job, pod: &str, tree: &Path, scratch: &Path) -> String {
+    let spec = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let container = &spec.containers[0];
+    let summary = scratch.join("termination-log");
+    let work = scratch.join("tmp");
+    std::fs::create_dir_all(&work).unwrap();
+    let args: Vec<String> = container
+        .args
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|a| match a.as_str() {
+            "/sites" => tree.display().to_string(),
+            "/dev/termination-log" => summary.display().to_string(),
+            "/tmp" => work.display().to_string(),
+            _ => a,
+        })
+        .collect();
+    let mut command = env().command(env!("CARGO_BIN_EXE_openemr-operator"));
+    command.args(&args);
+    for var in container.env.clone().unwrap_or_default() {
+        if let Some(value) = var.value {
+            command.env(var.name, value);
+        }
+    }
+    let out = command
+        .env("POD_NAME", pod)
+        // moto answers path-style only; a Job on AWS needs neither.
+        .env("S3_PATH_STYLE", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the documents command failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(summary).unwrap()
+}
+
+#[tokio::test]
+async fn an_on_demand_set_takes_the_snapshot_then_the_documents_then_writes_its_manifest() {
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "backup").await;
+    let name = "clinic-s";
+    let mut clinic = support::clinic_manifest(name, REGION, "");
+    clinic["spec"]["web"] = json!({"replicas": 1});
+    apply(&client, &ns.name, &clinic).await.unwrap();
+    let operator = ready_clinic(
+        &client,
+        &ns.name,
+        name,
+        &[
+            "--documents-image",
+            "registry.example.org/openemr-operator:test",
+            // A running set looks again this often (the SA's creation wakes nothing).
+            "--progress-interval",
+            "2s",
+        ],
+    )
+    .await;
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let d = clinics.get(name).await.unwrap();
+    let status = d.status.clone().unwrap();
+    let (bucket, key_arn) = (status.bucket_name.unwrap(), status.kms_key_arn.unwrap());
+    let instance = status.database.unwrap().identifier;
+
+    apply(
+        &client,
+        &ns.name,
+        &json!({
+            "apiVersion": "openemr.io/v1alpha1",
+            "kind": "OpenEMRBackup",
+            "metadata": {"name": "before-upgrade"},
+            "spec": {"deploymentRef": {"name": name}},
+        }),
+    )
+    .await
+    .unwrap();
+    let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    // Without the service account the Job runs as, no Job: the set says what to create.
+    let waiting = support::wait_for_reason(
+        &sets,
+        "before-upgrade",
+        "DocumentsCopied",
+        "ServiceAccountNotFound",
+    )
+    .await;
+    assert!(
+        waiting.message.contains("\"openemr-documents\""),
+        "{}",
+        waiting.message
+    );
+    assert!(
+        jobs.get_opt("before-upgrade-documents")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
+    accounts
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "openemr-documents"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let job = eventually(WAIT, "the documents Job", || async {
+        jobs.get_opt("before-upgrade-documents").await.ok()?
+    })
+    .await;
+
+    // The snapshot was asked for first: RDS knows it, tagged with the set and the clinic.
+    let aws = env().aws(Some(REGION)).await;
+    let rds = aws_sdk_rds::Client::new(&aws);
+    let identifier = set::snapshot_identifier(&d.uid().unwrap(), "before-upgrade");
+    let snapshots = rds
+        .describe_db_snapshots()
+        .db_snapshot_identifier(&identifier)
+        .send()
+        .await
+        .unwrap();
+    let snapshot = &snapshots.db_snapshots()[0];
+    assert_eq!(snapshot.db_instance_identifier(), Some(instance.as_str()));
+    let tags: std::collections::BTreeMap<&str, &str> = snapshot
+        .tag_list()
+        .iter()
+        .filter_map(|t| Some((t.key()?, t.value()?)))
+        .collect();
+    assert_eq!(tags.get("openemr.io/set"), Some(&"before-upgrade"));
+    assert_eq!(tags.get("openemr.io/uid"), Some(&d.uid().unwrap().as_str()));
+    assert!(tags.contains_key("openemr.io/engine-version"), "{tags:?}");
+    assert!(tags.contains_key("openemr.io/image"), "{tags:?}");
+    let running = sets.get("before-upgrade").await.unwrap().status.unwrap();
+    assert_eq!(running.phase, Some(BackupPhase::Running));
+    assert!(running.snapshot_requested_time.unwrap().0 <= running.documents_start_time.unwrap().0);
+
+    // Its pods reach DNS and HTTPS only.
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns.name);
+    let policy = policies.get("before-upgrade-documents").await.unwrap();
+    assert_eq!(
+        policy.metadata.owner_references.unwrap()[0].kind,
+        "OpenEMRBackup"
+    );
+
+    // The kubelet runs the Job's command over a tree standing in for sites/.
+    let scratch = std::env::temp_dir().join(format!("oe-backup-{}", std::process::id()));
+    let tree = scratch.join("sites");
+    std::fs::create_dir_all(tree.join("default/documents/1")).unwrap();
+    std::fs::write(tree.join("default/sqlconf.php"), b"<?php $host = 'db';\n").unwrap();
+    std::fs::write(tree.join("default/documents/1/scan.pdf"), b"%PDF-1.7 scan").unwrap();
+    let pod = eventually(WAIT, "the documents pod", || async {
+        pods(&client, &ns.name, "job-name=before-upgrade-documents")
+            .await
+            .into_iter()
+            .next()
+            .map(|p| p.name_any())
+    })
+    .await;
+    let summary = run_documents_job(&job, &pod, &tree, &scratch);
+    finish_pod(&client, &ns.name, &pod, "Succeeded", &summary).await;
+
+    let done = eventually(WAIT, "the set Completed", || async {
+        let s = sets.get("before-upgrade").await.ok()?;
+        let status = s.status?;
+        (status.phase == Some(BackupPhase::Completed)).then_some(status)
+    })
+    .await;
+    let documents = done.documents.clone().unwrap();
+    assert_eq!(documents.bucket, bucket);
+    assert_eq!(
+        documents.manifest,
+        "backups/documents/before-upgrade.jsonl.gz"
+    );
+    assert_eq!(documents.file_count, Some(2));
+    assert_eq!(documents.files_uploaded, Some(2));
+    assert_eq!(done.database.as_ref().unwrap().identifier, identifier);
+    assert_eq!(
+        done.database.as_ref().unwrap().status.as_deref(),
+        Some("available")
+    );
+    assert_eq!(
+        done.manifest.as_deref(),
+        Some(format!("s3://{bucket}/backups/before-upgrade/manifest.json").as_str())
+    );
+
+    // The set manifest: encrypted with the clinic's key, naming both parts and the clinic.
+    let s3 = support::TestEnv::s3(&aws);
+    let object = s3
+        .get_object()
+        .bucket(&bucket)
+        .key("backups/before-upgrade/manifest.json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(object.ssekms_key_id(), Some(key_arn.as_str()));
+    let bytes = object.body.collect().await.unwrap().into_bytes();
+    let manifest = SetManifest::from_bytes(&bytes).unwrap();
+    assert_eq!(manifest.clinic.uid, d.uid().unwrap());
+    assert_eq!(manifest.database.snapshot_identifier, identifier);
+    assert_eq!(manifest.database.instance_identifier, instance);
+    assert_eq!(manifest.consistency, "CrashConsistent");
+    let part = manifest.documents.unwrap();
+    assert_eq!(part.manifest, documents.manifest);
+    assert!(
+        part.started_at >= manifest.database.requested_at,
+        "{part:?}"
+    );
+    assert_eq!(manifest.clinic_spec["aws"]["region"], REGION);
+
+    // The documents restore from the set, byte for byte.
+    let into = scratch.join("restored");
+    let out = env()
+        .command(env!("CARGO_BIN_EXE_openemr-operator"))
+        .args(["documents", "restore", "--bucket", &bucket, "--path-style"])
+        .args(["--manifest", &documents.manifest, "--into"])
+        .arg(&into)
+        .env("AWS_REGION", REGION)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read(into.join("default/documents/1/scan.pdf")).unwrap(),
+        b"%PDF-1.7 scan"
+    );
+    drop(operator);
+    std::fs::remove_dir_all(&scratch).unwrap();
+}

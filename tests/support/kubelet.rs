@@ -1,0 +1,153 @@
+//! Playing the kubelet: no kubelet runs here, so the tests report what a pod did by
+//! patching its status (a setup or documents Job's pod ran to its end; workers run and are
+//! ready), and bring a clinic to `Ready` that way.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use openemr_operator::api::OpenEMRDeployment;
+use serde_json::json;
+
+use super::operator::Operator;
+use super::{env, eventually, wait_for_reason};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Pods of `selector` in `ns`.
+pub async fn pods(client: &Client, ns: &str, selector: &str) -> Vec<Pod> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items
+}
+
+/// Plays the kubelet: `pod` ran to `phase` (`Succeeded` or `Failed`, with `message`).
+pub async fn finish_pod(client: &Client, ns: &str, pod: &str, phase: &str, message: &str) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let exit = if phase == "Succeeded" { 0 } else { 1 };
+    let now = "2026-11-23T00:00:00Z";
+    let status = json!({"status": {
+        "phase": phase,
+        "containerStatuses": [{
+            "name": "setup", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {
+                "exitCode": exit, "reason": if exit == 0 { "Completed" } else { "Error" },
+                "message": message, "startedAt": now, "finishedAt": now,
+            }},
+        }],
+    }});
+    api.patch_status(pod, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+/// Plays the kubelet for every worker pod of `clinic`: running and ready.
+pub async fn run_workers(client: &Client, ns: &str, clinic: &str) -> usize {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("app.kubernetes.io/instance={clinic},app.kubernetes.io/component=web");
+    let mut n = 0;
+    for pod in pods(client, ns, &selector).await {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let now = "2026-11-23T00:00:00Z";
+        let status = json!({"status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+            ],
+            "containerStatuses": [{
+                "name": "openemr", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
+                "started": true, "state": {"running": {"startedAt": now}},
+            }],
+        }});
+        // The ReplicaSet may remove a pod between the list and the patch
+        // (a rollout or a scale-down still settling): the kubelet has no
+        // pod to report on then.
+        match api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            )
+            .await
+        {
+            Ok(_) => n += 1,
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => panic!("marking {} ready: {e}", pod.name_any()),
+        }
+    }
+    n
+}
+
+/// The setup Jobs of `clinic`, by name.
+pub async fn setup_jobs(client: &Client, ns: &str, clinic: &str) -> Vec<Job> {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    let mut jobs = api
+        .list(&ListParams::default().labels(&format!(
+            "openemr.io/clinic={clinic},app.kubernetes.io/component=setup"
+        )))
+        .await
+        .unwrap()
+        .items;
+    jobs.sort_by_key(|j| j.name_any());
+    jobs
+}
+
+/// Waits for attempt `n`'s Job and its pod, returns the pod's name.
+pub async fn setup_pod(client: &Client, ns: &str, clinic: &str, n: usize) -> (Job, String) {
+    let job = eventually(WAIT, &format!("setup Job #{n} of {clinic}"), || async {
+        setup_jobs(client, ns, clinic).await.into_iter().nth(n - 1)
+    })
+    .await;
+    let name = job.name_any();
+    let pod = eventually(WAIT, &format!("the pod of Job {name}"), || async {
+        pods(client, ns, &format!("job-name={name}"))
+            .await
+            .into_iter()
+            .next()
+            .map(|p| p.name_any())
+    })
+    .await;
+    (job, pod)
+}
+
+/// A clinic through setup to `Ready`, the kubelet played; returns the operator.
+pub async fn ready_clinic(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    operator_args: &[&str],
+) -> Operator {
+    ready_clinic_with_env(client, ns, name, operator_args, &[]).await
+}
+
+/// [`ready_clinic`] with an operator started with `vars` in its environment.
+pub async fn ready_clinic_with_env(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    operator_args: &[&str],
+    vars: &[(&str, &str)],
+) -> Operator {
+    let operator = Operator::start_with_env(env(), Some(ns), operator_args, vars);
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), ns);
+    let (_, pod) = setup_pod(client, ns, name, 1).await;
+    finish_pod(client, ns, &pod, "Succeeded", "").await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let workers = format!("{name}-openemr");
+    eventually(WAIT, "the workers' pods", || async {
+        let d = deployments.get_opt(&workers).await.ok()??;
+        let want = d.spec?.replicas? as usize;
+        (run_workers(client, ns, name).await >= want && want > 0).then_some(())
+    })
+    .await;
+    wait_for_reason(&clinics, name, "Ready", "Ready").await;
+    operator
+}
