@@ -4,7 +4,8 @@
 //!
 //! It checks, in the shared caches, that the clinic exists and that a named policy covers
 //! it (`Accepted`); then [`plan`] takes the set step by step, [`set`] names every part and
-//! holds the set manifest's format, [`job`] renders the documents Job. Without AWS access
+//! holds the set manifest's format, [`job`] renders the documents Job, [`retention`]
+//! decides which completed sets stay (not applied yet). Without AWS access
 //! (validation-only mode) sets are checked and stay `Pending`.
 //!
 //! Not yet: the batched snapshot inventory (each running set describes its snapshot),
@@ -12,6 +13,7 @@
 
 pub mod job;
 pub mod plan;
+pub mod retention;
 pub mod set;
 
 use k8s_openapi::api::batch::v1::Job;
