@@ -194,6 +194,13 @@ async fn an_on_demand_set_takes_the_snapshot_then_the_documents_then_writes_its_
         (status.phase == Some(BackupPhase::Completed)).then_some(status)
     })
     .await;
+    assert!(
+        done.conditions
+            .iter()
+            .any(|c| c.type_ == "Completed" && c.status == "True"),
+        "{:?}",
+        done.conditions
+    );
     let documents = done.documents.clone().unwrap();
     assert_eq!(documents.bucket, bucket);
     assert_eq!(

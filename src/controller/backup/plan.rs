@@ -302,6 +302,16 @@ pub fn next(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> 
     }
     let key = set::set_manifest_key(&steps.set);
     if steps.manifest_written {
+        let files = status
+            .documents
+            .as_ref()
+            .and_then(|d| d.file_count)
+            .map_or("no documents".to_string(), |n| format!("{n} files"));
+        out.verdicts.push(Verdict::truthy(
+            "Completed",
+            "Completed",
+            format!("snapshot {identifier}, {files}, manifest s3://{bucket}/{key}"),
+        ));
         status.manifest = Some(format!("s3://{bucket}/{key}"));
         status.phase = Some(BackupPhase::Completed);
         status.completion_time.get_or_insert(Time(now));
@@ -532,6 +542,12 @@ mod tests {
             status.manifest.as_deref(),
             Some("s3://bucket-1/backups/set-1/manifest.json")
         );
+        let completed = out
+            .verdicts
+            .iter()
+            .find(|v| v.type_ == "Completed")
+            .unwrap();
+        assert!(completed.status && completed.message.contains("10 files"));
     }
 
     #[test]
