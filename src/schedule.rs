@@ -85,6 +85,68 @@ impl Schedule {
     }
 }
 
+/// What a schedule asks for at one look: at most one run (never a burst of catch-up
+/// runs), the slots missed since the last look, and the next slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// The slot to run now: the latest one at or before `now`, when it is no older than
+    /// the starting deadline and the schedule is not suspended.
+    pub run: Option<DateTime<Utc>>,
+    /// Slots that passed without a run: all but the latest, and the latest too when it is
+    /// past its deadline. Slots passed while suspended are not missed: nobody wanted them.
+    pub missed: u64,
+    /// The latest slot at or before `now` (run, missed or suspended): the next look starts
+    /// after it.
+    pub last: Option<DateTime<Utc>>,
+    /// The first slot after `now`.
+    pub next: Option<DateTime<Utc>>,
+}
+
+/// Most slots counted between two looks; beyond it the count says "at least" (a schedule
+/// every minute, down for weeks).
+pub const MAX_SLOTS_COUNTED: u64 = 100_000;
+
+impl Schedule {
+    /// What is due at `now` for a schedule last looked at `since` (its last slot, or when
+    /// it was made): a run for the latest slot if within `deadline`, else nothing and a
+    /// missed slot.
+    pub fn due(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        deadline: chrono::Duration,
+        suspended: bool,
+    ) -> Due {
+        let mut last = None;
+        let mut passed = 0u64;
+        let mut at = since;
+        while let Some(slot) = self.next_after(at) {
+            if slot > now || passed >= MAX_SLOTS_COUNTED {
+                break;
+            }
+            last = Some(slot);
+            passed += 1;
+            at = slot;
+        }
+        let next = self.next_after(last.unwrap_or(since).max(now));
+        if suspended {
+            return Due {
+                run: None,
+                missed: 0,
+                last,
+                next,
+            };
+        }
+        let run = last.filter(|slot| now - *slot <= deadline);
+        Due {
+            run,
+            missed: passed - u64::from(run.is_some()),
+            last,
+            next,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +296,95 @@ mod hostile_input {
     fn a_schedule_that_never_fires_has_no_next_time() {
         let s = Schedule::parse("0 0 30 2 *", "UTC").unwrap();
         assert_eq!(s.next_after(Utc::now()), None);
+    }
+}
+
+#[cfg(test)]
+mod due {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn minutes(n: i64) -> chrono::Duration {
+        chrono::Duration::minutes(n)
+    }
+
+    #[test]
+    fn nothing_is_due_before_the_slot_and_one_run_at_it() {
+        let s = Schedule::parse("0 3 * * *", "Europe/Berlin").unwrap();
+        let since = utc("2026-01-10T12:00:00Z");
+        let early = s.due(since, utc("2026-01-11T01:59:00Z"), minutes(30), false);
+        assert_eq!(
+            early,
+            Due {
+                run: None,
+                missed: 0,
+                last: None,
+                next: Some(utc("2026-01-11T02:00:00Z")),
+            }
+        );
+        let on_time = s.due(since, utc("2026-01-11T02:00:05Z"), minutes(30), false);
+        assert_eq!(on_time.run, Some(utc("2026-01-11T02:00:00Z")));
+        assert_eq!(on_time.missed, 0);
+        assert_eq!(on_time.next, Some(utc("2026-01-12T02:00:00Z")));
+    }
+
+    #[test]
+    fn an_operator_down_for_days_runs_the_latest_slot_once_or_misses_it_past_the_deadline() {
+        let s = Schedule::parse("0 3 * * *", "Europe/Berlin").unwrap();
+        let since = utc("2026-01-10T02:00:00Z");
+        // Back 10 minutes after the fourth slot since: three missed, the fourth run.
+        let back = s.due(since, utc("2026-01-14T02:10:00Z"), minutes(30), false);
+        assert_eq!(back.run, Some(utc("2026-01-14T02:00:00Z")));
+        assert_eq!(back.missed, 3);
+        // Back an hour after it: past the 30-minute deadline, all four missed.
+        let late = s.due(since, utc("2026-01-14T03:00:00Z"), minutes(30), false);
+        assert_eq!(late.run, None);
+        assert_eq!(late.missed, 4);
+        assert_eq!(late.last, Some(utc("2026-01-14T02:00:00Z")));
+    }
+
+    #[test]
+    fn suspended_schedules_run_nothing_and_miss_nothing() {
+        let s = Schedule::parse("0 3 * * *", "UTC").unwrap();
+        let due = s.due(
+            utc("2026-01-10T00:00:00Z"),
+            utc("2026-01-13T03:00:00Z"),
+            minutes(30),
+            true,
+        );
+        assert_eq!((due.run, due.missed), (None, 0));
+        assert_eq!(due.last, Some(utc("2026-01-13T03:00:00Z")));
+        assert_eq!(due.next, Some(utc("2026-01-14T03:00:00Z")));
+    }
+
+    #[test]
+    fn a_slot_in_the_spring_gap_and_the_autumn_repeat_runs_once() {
+        // Berlin skips 02:00–03:00 on 29 March 2026 and repeats it on 25 October.
+        let s = Schedule::parse("30 2 * * *", "Europe/Berlin").unwrap();
+        let spring = s.due(
+            utc("2026-03-28T12:00:00Z"),
+            utc("2026-03-29T12:00:00Z"),
+            chrono::Duration::hours(12),
+            false,
+        );
+        assert_eq!(
+            spring.missed + u64::from(spring.run.is_some()),
+            1,
+            "{spring:?}"
+        );
+        let autumn = s.due(
+            utc("2026-10-24T12:00:00Z"),
+            utc("2026-10-25T12:00:00Z"),
+            chrono::Duration::hours(12),
+            false,
+        );
+        assert_eq!(
+            autumn.missed + u64::from(autumn.run.is_some()),
+            1,
+            "{autumn:?}"
+        );
     }
 }

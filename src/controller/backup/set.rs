@@ -67,6 +67,24 @@ pub fn snapshot_identifier(clinic_uid: &str, set: &str) -> String {
     format!("{}-{hash}", cleaned.trim_end_matches('-'))
 }
 
+/// The name of the set policy `policy` takes for the slot `slot`: `<policy>-<YYYYMMDD>-<HHMM>`
+/// (UTC), so a restart or a second operator finds the slot's set instead of making another.
+/// A policy name too long for that is cut and given a hash of itself.
+pub fn scheduled_set_name(policy: &str, slot: chrono::DateTime<chrono::Utc>) -> String {
+    const MAX_NAME: usize = 253;
+    let stamp = slot.format("%Y%m%d-%H%M").to_string();
+    let plain = format!("{policy}-{stamp}");
+    if plain.len() <= MAX_NAME {
+        return plain;
+    }
+    let hash = short_hash(&[policy]);
+    let keep = MAX_NAME - stamp.len() - hash.len() - 2;
+    format!(
+        "{}-{hash}-{stamp}",
+        policy[..keep].trim_end_matches(['-', '.'])
+    )
+}
+
 /// The documents Job of set `set`: `<set>-documents`, cut and hashed to fit a label.
 pub fn documents_job_name(set: &str) -> String {
     let plain = format!("{set}-documents");
@@ -222,6 +240,24 @@ mod tests {
         let id = snapshot_identifier(UID, &long);
         assert!(id.len() <= 255, "{}", id.len());
         assert_ne!(id, snapshot_identifier(UID, &"a".repeat(252)));
+    }
+
+    #[test]
+    fn a_slot_names_its_set_and_the_name_fits_rds_with_the_clinics_uid() {
+        use chrono::TimeZone;
+        let slot = chrono::Utc.with_ymd_and_hms(2026, 12, 1, 3, 0, 0).unwrap();
+        let name = scheduled_set_name("nightly", slot);
+        assert_eq!(name, "nightly-20261201-0300");
+        assert_eq!(
+            snapshot_identifier(UID, &name),
+            format!("openemr-{UID}-nightly-20261201-0300")
+        );
+        let long = scheduled_set_name(&"p".repeat(250), slot);
+        assert!(
+            long.len() <= 253 && long.ends_with("-20261201-0300"),
+            "{long}"
+        );
+        assert_ne!(long, scheduled_set_name(&"p".repeat(249), slot));
     }
 
     #[test]
