@@ -167,6 +167,11 @@ enum DocumentsCommand {
         /// killed holding it blocks the next for at most this.
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         lock_lease: Duration,
+        /// How long to wait for a lock held by another run whose lease ends that soon (a
+        /// Job's pod that was killed: its next pod waits the lease out, then takes over);
+        /// a lock held longer refuses the run at once.
+        #[arg(long, default_value = "11m", value_parser = parse_duration)]
+        lock_wait: Duration,
         /// Stored files per journal chunk: after a killed run, the next run of the same set
         /// sends again at most these (and those that were in flight).
         #[arg(long, default_value_t = documents::journal::DEFAULT_EVERY, value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
@@ -274,6 +279,7 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                 multipart_threshold_mib,
                 part_size_mib,
                 lock_lease,
+                lock_wait,
                 journal_every,
             } => {
                 let store = bucket.store(kms_key).await;
@@ -288,6 +294,7 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                     work_dir: bucket.work_dir.clone(),
                     lock_key: documents::backup::lock_key(&prefix),
                     lock_lease,
+                    lock_wait,
                     holder: holder(),
                     journal_every,
                 };

@@ -102,8 +102,9 @@ pub struct Due {
     pub next: Option<DateTime<Utc>>,
 }
 
-/// Most slots counted between two looks; beyond it the count says "at least" (a schedule
-/// every minute, down for weeks).
+/// Most slots counted one by one between two looks (a schedule every minute, down for
+/// weeks); beyond it the latest slot is found from a day before now, and the count of
+/// missed slots is a lower bound.
 pub const MAX_SLOTS_COUNTED: u64 = 100_000;
 
 impl Schedule {
@@ -120,9 +121,20 @@ impl Schedule {
         let mut last = None;
         let mut passed = 0u64;
         let mut at = since;
+        let mut jumped = false;
         while let Some(slot) = self.next_after(at) {
-            if slot > now || passed >= MAX_SLOTS_COUNTED {
+            if slot > now {
                 break;
+            }
+            if passed >= MAX_SLOTS_COUNTED && !jumped {
+                // Too many to count (a frequent schedule, long unattended): the latest
+                // slot is found from a day (or the deadline) before now instead.
+                jumped = true;
+                let reach = now - deadline.max(chrono::Duration::days(1));
+                if reach > at {
+                    at = reach;
+                    continue;
+                }
             }
             last = Some(slot);
             passed += 1;
@@ -344,6 +356,21 @@ mod due {
         assert_eq!(late.run, None);
         assert_eq!(late.missed, 4);
         assert_eq!(late.last, Some(utc("2026-01-14T02:00:00Z")));
+    }
+
+    #[test]
+    fn a_frequent_schedule_long_unattended_still_finds_its_latest_slot() {
+        let s = Schedule::parse("* * * * *", "UTC").unwrap();
+        // A year of minutes: more than can be counted.
+        let due = s.due(
+            utc("2025-01-01T00:00:00Z"),
+            utc("2026-01-01T00:00:30Z"),
+            minutes(5),
+            false,
+        );
+        assert_eq!(due.run, Some(utc("2026-01-01T00:00:00Z")));
+        assert_eq!(due.last, due.run);
+        assert!(due.missed >= MAX_SLOTS_COUNTED, "{due:?}");
     }
 
     #[test]

@@ -156,6 +156,8 @@ async fn an_on_demand_set_takes_the_snapshot_then_the_documents_then_writes_its_
         .filter_map(|t| Some((t.key()?, t.value()?)))
         .collect();
     assert_eq!(tags.get("openemr.io/set"), Some(&"before-upgrade"));
+    let set_uid = sets.get("before-upgrade").await.unwrap().uid().unwrap();
+    assert_eq!(tags.get("openemr.io/set-uid"), Some(&set_uid.as_str()));
     assert_eq!(tags.get("openemr.io/uid"), Some(&d.uid().unwrap().as_str()));
     assert!(tags.contains_key("openemr.io/engine-version"), "{tags:?}");
     assert!(tags.contains_key("openemr.io/image"), "{tags:?}");

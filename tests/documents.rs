@@ -619,6 +619,20 @@ async fn a_second_backup_on_one_mirror_waits_for_the_lock_or_its_lapse() {
     let second = args("b");
     let (code, next) = documents(&proxy, &second);
     assert_eq!(code, 0, "{next}");
+
+    // A killed pod's lock whose lease ends in 3 s: the Job's next pod waits it out and
+    // takes over, instead of failing (the lock held until 2999 above was refused at once).
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(3))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    b.s3.put_object()
+        .bucket(&b.name)
+        .key("documents.lock")
+        .body(lock("killed-pod/9", &soon).into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    let (code, waited) = documents(&proxy, &args("c"));
+    assert_eq!(code, 0, "{waited}");
     std::fs::remove_dir_all(&tree).unwrap();
 }
 

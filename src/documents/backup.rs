@@ -53,6 +53,8 @@ pub struct BackupOptions {
     /// The mirror's lock, and how long a lease on it lasts (renewed every third of it).
     pub lock_key: String,
     pub lock_lease: std::time::Duration,
+    /// How long to wait for a lock whose lease ends that soon (a killed run's).
+    pub lock_wait: std::time::Duration,
     /// Who runs this backup, as the lock says (the pod's name).
     pub holder: String,
     /// Stored files per journal chunk ([`journal`](super::journal)).
@@ -190,7 +192,7 @@ pub async fn backup(store: &Store, options: &BackupOptions) -> Result<Summary, S
         store,
         &options.lock_key,
         &options.holder,
-        options.lock_lease,
+        (options.lock_lease, options.lock_wait),
         async |still_held: &(dyn Fn() -> bool + Sync)| {
             backup_holding(store, options, still_held).await
         },
@@ -206,21 +208,24 @@ pub async fn with_mirror_lock<T>(
     lease: std::time::Duration,
     work: impl AsyncFnOnce(&(dyn Fn() -> bool + Sync)) -> Result<T, String>,
 ) -> Result<T, String> {
-    with_lock(store, &lock_key(prefix), holder, lease, work).await
+    // Prunes and sweeps do not wait: they are refused at once while a backup runs.
+    let no_wait = std::time::Duration::ZERO;
+    with_lock(store, &lock_key(prefix), holder, (lease, no_wait), work).await
 }
 
-/// Runs `work` while holding the lock at `key`, renewed every third of `lease`; `work` asks
-/// `still_held` before its last, decisive write. The lock is given back unless it was lost.
+/// Runs `work` while holding the lock at `key` (waited for up to `wait` when its lease
+/// ends that soon), renewed every third of `lease`; `work` asks `still_held` before its
+/// last, decisive write. The lock is given back unless it was lost.
 pub async fn with_lock<T>(
     store: &Store,
     key: &str,
     holder: &str,
-    lease: std::time::Duration,
+    (lease, wait): (std::time::Duration, std::time::Duration),
     work: impl AsyncFnOnce(&(dyn Fn() -> bool + Sync)) -> Result<T, String>,
 ) -> Result<T, String> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering as Atomic};
-    let lock = store.lock(key, holder, lease).await?;
+    let lock = store.lock(key, holder, lease, wait).await?;
     let lost = Arc::new(AtomicBool::new(false));
     let renewer = tokio::spawn({
         let (store, mut lock, lost) = (store.clone(), lock.clone(), lost.clone());

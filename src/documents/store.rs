@@ -520,7 +520,40 @@ impl Store {
         key: &str,
         holder: &str,
         lease: std::time::Duration,
+        wait: std::time::Duration,
     ) -> Result<Lock, String> {
+        // A lock whose lease ends within `wait` is waited for: the run that holds it may
+        // have been killed (a Job's next pod starts seconds after its last one died), and
+        // a live holder's renewals push its end past `wait`, so two runs still never
+        // overlap.
+        let give_up = crate::clock::now()
+            + k8s_openapi::jiff::SignedDuration::try_from(wait).unwrap_or_default();
+        loop {
+            match self.try_lock(key, holder, lease).await {
+                Ok(lock) => return Ok(lock),
+                Err((Some(until), _)) if until <= give_up => {
+                    let left = until.duration_since(crate::clock::now());
+                    let pause = std::time::Duration::try_from(left)
+                        .unwrap_or_default()
+                        .clamp(
+                            std::time::Duration::from_millis(500),
+                            std::time::Duration::from_secs(15),
+                        );
+                    tokio::time::sleep(pause).await;
+                }
+                Err((_, said)) => return Err(said),
+            }
+        }
+    }
+
+    /// One attempt at the lock; refused with when the holder's lease ends, if it is held.
+    async fn try_lock(
+        &self,
+        key: &str,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<Lock, (Option<k8s_openapi::jiff::Timestamp>, String)> {
+        let refused = |said: String| (None, said);
         let taken = |etag| Lock {
             key: key.to_string(),
             etag,
@@ -532,7 +565,7 @@ impl Store {
         {
             Ok(etag) => return Ok(taken(etag)),
             Err(e) if e.message.starts_with("PreconditionFailed") => {}
-            Err(e) => return Err(format!("taking the lock: {e}")),
+            Err(e) => return Err(refused(format!("taking the lock: {e}"))),
         }
         let held = self
             .client
@@ -541,31 +574,36 @@ impl Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| format!("reading the lock: {}", failed("GetObject", key)(e)))?;
+            .map_err(|e| refused(format!("reading the lock: {}", failed("GetObject", key)(e))))?;
         let etag = held.e_tag().unwrap_or_default().to_string();
         let bytes = held
             .body
             .collect()
             .await
-            .map_err(|e| format!("reading the lock: {e}"))?
+            .map_err(|e| refused(format!("reading the lock: {e}")))?
             .into_bytes();
         let body: LockBody = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("the lock {key} is not one of ours: {e}"))?;
-        let lapsed = body
-            .expires
-            .parse::<k8s_openapi::jiff::Timestamp>()
-            .map(|t| t < crate::clock::now())
-            .unwrap_or(true);
+            .map_err(|e| refused(format!("the lock {key} is not one of ours: {e}")))?;
+        let until = body.expires.parse::<k8s_openapi::jiff::Timestamp>().ok();
+        let lapsed = until.is_none_or(|t| t < crate::clock::now());
         if !lapsed {
-            return Err(format!(
-                "another run ({}) holds the lock {key} until {}",
-                body.holder, body.expires
+            return Err((
+                until,
+                format!(
+                    "another run ({}) holds the lock {key} until {}",
+                    body.holder, body.expires
+                ),
             ));
         }
         self.write_lock(key, holder, lease, LockCondition::Unchanged(&etag))
             .await
             .map(taken)
-            .map_err(|e| format!("taking over the lapsed lock of {}: {e}", body.holder))
+            .map_err(|e| {
+                refused(format!(
+                    "taking over the lapsed lock of {}: {e}",
+                    body.holder
+                ))
+            })
     }
 
     /// Extends the lease; fails when someone took the lock meanwhile.

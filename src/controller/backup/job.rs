@@ -136,6 +136,14 @@ impl DocumentsJob<'_> {
             "spec": {
                 "backoffLimit": self.backoff_limit,
                 "activeDeadlineSeconds": self.deadline_seconds,
+                // Exit 2: done, with unreadable files named and the manifest written; a
+                // retry could only fail on that manifest. The set fails naming the files.
+                "podFailurePolicy": {"rules": [{
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": "documents", "operator": "In", "values": [2]},
+                }]},
+                // A pod's replacement starts only once it has stopped: never two at once.
+                "podReplacementPolicy": "Failed",
                 "template": {
                     "metadata": {"labels": labels},
                     "spec": {

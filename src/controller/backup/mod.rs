@@ -154,8 +154,12 @@ impl Reconcile for OpenEMRBackup {
                 .await
                 .map_err(aws_error("reading the set's snapshot"))?;
             let job_name = set::documents_job_name(&steps.set);
+            let uid = self.uid().unwrap_or_default();
             steps.job = match cached(&ctx.children.jobs, &ns, &job_name) {
                 None => JobSeen::Absent,
+                Some(job) if !job.owner_references().iter().any(|o| o.uid == uid) => {
+                    JobSeen::Foreign
+                }
                 Some(job) => match job_state(&job) {
                     JobState::Running => JobSeen::Running,
                     JobState::Complete => {
@@ -476,10 +480,10 @@ impl OpenEMRBackup {
             match status.phase.unwrap_or_default() {
                 BackupPhase::Running => running.push(other.name_any()),
                 BackupPhase::Pending => {
-                    // An older accepted set goes first.
-                    let accepted = crate::conditions::find(&status.conditions, "Accepted")
-                        .is_some_and(|c| c.status == "True");
-                    if accepted && (other.creation_timestamp().map(|t| t.0), other.name_any()) < me
+                    // An older set goes first, unless it was refused.
+                    let refused = crate::conditions::find(&status.conditions, "Accepted")
+                        .is_some_and(|c| c.status == "False");
+                    if !refused && (other.creation_timestamp().map(|t| t.0), other.name_any()) < me
                     {
                         running.push(other.name_any());
                     }

@@ -56,6 +56,8 @@ pub enum JobSeen {
     Succeeded(String),
     /// With the Job's reason and its last pod's words (redacted).
     Failed(String),
+    /// A Job of that name that another object owns (an earlier set of the same name).
+    Foreign,
 }
 
 /// What the steps are planned from.
@@ -179,12 +181,28 @@ pub fn next(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> 
                 identifier: identifier.clone(),
                 tags: set::snapshot_tags(
                     &clinic.tags,
-                    &steps.set,
+                    (&steps.set, &steps.set_uid),
                     steps.policy.as_deref(),
                     clinic.engine_version.as_deref(),
                     clinic.image.as_deref(),
                 ),
             });
+        }
+        Some(snapshot)
+            if snapshot
+                .tags
+                .get(set::SET_UID_TAG)
+                .is_some_and(|uid| *uid != steps.set_uid) =>
+        {
+            return failed(
+                status,
+                out,
+                "SetNameTaken",
+                format!(
+                    "snapshot {identifier} belongs to an earlier set of this name (uid {}): delete that snapshot, or name this set otherwise",
+                    snapshot.tags[set::SET_UID_TAG]
+                ),
+            );
         }
         Some(snapshot) => {
             database.arn = snapshot.arn.clone();
@@ -247,7 +265,7 @@ pub fn next(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> 
                     };
                     let (body, network_policy) = (job.render(), job.network_policy());
                     status.documents_job = Some(job_name.clone());
-                    status.documents_start_time = Some(Time(now));
+                    status.documents_start_time.get_or_insert(Time(now));
                     out.changes.push(Change::CreateJob {
                         name: job_name,
                         body,
@@ -257,6 +275,16 @@ pub fn next(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> 
                 false
             }
             JobSeen::Running => false,
+            JobSeen::Foreign => {
+                return failed(
+                    status,
+                    out,
+                    "SetNameTaken",
+                    format!(
+                        "Job {job_name} belongs to another object (an earlier set of this name): delete it, or name this set otherwise"
+                    ),
+                );
+            }
             JobSeen::Failed(words) => {
                 return failed(
                     status,
@@ -563,6 +591,32 @@ mod tests {
         assert!(out.changes.is_empty() && out.busy, "{:?}", out.changes);
         assert!(reasons(&out).contains(&"ServiceAccountNotFound"));
         assert_eq!(status.phase, Some(BackupPhase::Running));
+    }
+
+    #[test]
+    fn an_earlier_sets_snapshot_or_job_of_the_same_name_is_not_taken_for_this_ones() {
+        let mut s = steps();
+        s.snapshot = snapshot("available");
+        if let Some(snap) = s.snapshot.as_mut() {
+            snap.tags
+                .insert(set::SET_UID_TAG.into(), "an-earlier-uid".into());
+        }
+        let mut status = OpenEMRBackupStatus {
+            phase: Some(BackupPhase::Running),
+            ..Default::default()
+        };
+        let out = next(&s, &mut status, at(0));
+        assert_eq!(status.phase, Some(BackupPhase::Failed));
+        assert!(reasons(&out).contains(&"SetNameTaken"));
+        let mut s = steps();
+        s.snapshot = snapshot("available");
+        s.job = JobSeen::Foreign;
+        let mut status = OpenEMRBackupStatus {
+            phase: Some(BackupPhase::Running),
+            ..Default::default()
+        };
+        next(&s, &mut status, at(0));
+        assert_eq!(status.phase, Some(BackupPhase::Failed));
     }
 
     #[test]

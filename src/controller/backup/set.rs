@@ -23,6 +23,10 @@ pub const VERSION: u32 = 1;
 /// documents manifests of every set.
 pub const RESERVED_NAMES: &[&str] = &["documents"];
 
+/// The tag naming the uid of the set a snapshot was taken for: a later set of the same name
+/// does not take it for its own.
+pub const SET_UID_TAG: &str = "openemr.io/set-uid";
+
 /// RDS's longest snapshot identifier.
 const MAX_SNAPSHOT_ID: usize = 255;
 /// Kubernetes' longest label value (a Job's name becomes its pods' `job-name` label).
@@ -187,13 +191,14 @@ impl SetManifest {
 /// a restore must be compatible with.
 pub fn snapshot_tags(
     clinic_tags: &BTreeMap<String, String>,
-    set: &str,
+    (set, set_uid): (&str, &str),
     policy: Option<&str>,
     engine_version: Option<&str>,
     image: Option<&str>,
 ) -> BTreeMap<String, String> {
     let mut tags = clinic_tags.clone();
     tags.insert("openemr.io/set".into(), set.into());
+    tags.insert(SET_UID_TAG.into(), set_uid.into());
     if let Some(policy) = policy {
         tags.insert("openemr.io/policy".into(), policy.into());
     }
