@@ -35,7 +35,6 @@ use clap::Parser;
 use content::content;
 use faults::FaultProxy;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const ENGINE: &str = env!("CARGO_BIN_EXE_openemr-operator");
@@ -143,24 +142,14 @@ fn change_tree(root: &Path, files: usize, percent: f64) -> usize {
     changed
 }
 
-/// Every file's path and SHA-256 (what a restore must give back).
-fn digest_tree(root: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                stack.push(path);
-            } else if meta.is_file() {
-                let sum = Sha256::digest(std::fs::read(&path).unwrap());
-                let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
-                out.insert(path.strip_prefix(root).unwrap().to_path_buf(), hex);
-            }
-        }
-    }
-    out
+/// Every file's path and SHA-256: what each tool must give back (not every tool keeps
+/// modes, mtimes or empty directories).
+fn digest_tree(root: &Path) -> BTreeMap<Vec<u8>, String> {
+    content::listing(root)
+        .into_iter()
+        .filter(|(_, (kind, ..))| *kind == 'f')
+        .map(|(path, (_, _, _, sha256))| (path, sha256))
+        .collect()
 }
 
 /// moto, started on a free port for this run; stopped when dropped.

@@ -6,64 +6,17 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use openemr_operator::documents::manifest::{self, Kind};
 use sha2::{Digest, Sha256};
-use support::content::content;
+use support::content::{content, listing};
 use support::env;
 use support::faults::FaultProxy;
 
 const REGION: &str = "us-east-1";
-
-/// What a tree holds, as the test compares trees: kind, mode, mtime and content (a file's
-/// SHA-256, a symlink's target).
-type Listing = BTreeMap<Vec<u8>, (char, u32, (i64, i64), String)>;
-
-fn listing(root: &Path) -> Listing {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            let relative = path
-                .strip_prefix(root)
-                .unwrap()
-                .as_os_str()
-                .as_bytes()
-                .to_vec();
-            let (kind, content) = if meta.file_type().is_symlink() {
-                let target = std::fs::read_link(&path).unwrap();
-                (
-                    'l',
-                    String::from_utf8_lossy(target.as_os_str().as_bytes()).into_owned(),
-                )
-            } else if meta.is_dir() {
-                stack.push(path.clone());
-                ('d', String::new())
-            } else {
-                let bytes = std::fs::read(&path).unwrap();
-                (
-                    'f',
-                    openemr_operator::documents::backup::hex(&Sha256::digest(&bytes)),
-                )
-            };
-            // A symlink's own mtime is not restored (no lutimes in std).
-            let mtime = if kind == 'l' {
-                (0, 0)
-            } else {
-                (meta.mtime(), meta.mtime_nsec())
-            };
-            let mode = if kind == 'l' { 0 } else { meta.mode() & 0o7777 };
-            out.insert(relative, (kind, mode, mtime, content));
-        }
-    }
-    out
-}
 
 /// A tree with OpenEMR's shape: a site's configuration, patients' documents of 1–64 KiB,
 /// one big image (multipart), an empty directory, a symlink, a name that is not UTF-8, and
@@ -216,6 +169,14 @@ async fn version_exists(b: &Bucket, key: impl Into<String>, version: &str) -> bo
         .send()
         .await
         .is_ok()
+}
+
+/// [`scratch`] `name`, made anew and empty.
+fn empty_dir(name: &str) -> PathBuf {
+    let dir = scratch(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -561,8 +522,7 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
 #[tokio::test]
 async fn a_second_backup_on_one_mirror_waits_for_the_lock_or_its_lapse() {
     let b = bucket(&format!("oe-documents-lock-{}", std::process::id())).await;
-    let tree = scratch("lock-sites");
-    let _ = std::fs::remove_dir_all(&tree);
+    let tree = empty_dir("lock-sites");
     std::fs::create_dir_all(tree.join("default")).unwrap();
     std::fs::write(tree.join("default/sqlconf.php"), b"<?php").unwrap();
     let lock = |holder: &str, expires: &str| {
@@ -643,9 +603,7 @@ async fn a_second_backup_on_one_mirror_waits_for_the_lock_or_its_lapse() {
 #[tokio::test]
 async fn pruning_a_set_deletes_only_what_no_kept_set_references() {
     let b = bucket(&format!("oe-documents-prune-{}", std::process::id())).await;
-    let tree = scratch("prune-sites");
-    let _ = std::fs::remove_dir_all(&tree);
-    std::fs::create_dir_all(&tree).unwrap();
+    let tree = empty_dir("prune-sites");
     for name in ["a.txt", "b.txt", "c.txt"] {
         std::fs::write(tree.join(name), format!("{name} 1")).unwrap();
     }
@@ -787,8 +745,7 @@ async fn pruning_a_set_deletes_only_what_no_kept_set_references() {
 async fn a_killed_backup_leaves_no_set_and_its_rerun_resends_nothing_journaled() {
     const FILES: u64 = 60;
     let b = bucket(&format!("oe-documents-kill-{}", std::process::id())).await;
-    let tree = scratch("kill-sites");
-    let _ = std::fs::remove_dir_all(&tree);
+    let tree = empty_dir("kill-sites");
     std::fs::create_dir_all(tree.join("a")).unwrap();
     for n in 0..FILES {
         std::fs::write(tree.join(format!("a/{n:02}.pdf")), content(n, 2048)).unwrap();
@@ -925,9 +882,7 @@ async fn a_bucket_that_would_lose_referenced_versions_is_refused_naming_the_sett
         VersioningConfiguration,
     };
     let b = bucket(&format!("oe-documents-fit-{}", std::process::id())).await;
-    let tree = scratch("fit-sites");
-    let _ = std::fs::remove_dir_all(&tree);
-    std::fs::create_dir_all(&tree).unwrap();
+    let tree = empty_dir("fit-sites");
     std::fs::write(tree.join("a.txt"), b"a").unwrap();
     let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
     let args = backup_of(&b, &tree, "backups/documents/f.jsonl.gz", &[]);
@@ -1007,8 +962,7 @@ async fn a_bucket_that_would_lose_referenced_versions_is_refused_naming_the_sett
 async fn a_file_that_keeps_changing_while_read_is_reported_not_stored_half_written() {
     use std::io::Write;
     let b = bucket(&format!("oe-documents-busy-{}", std::process::id())).await;
-    let tree = scratch("busy-sites");
-    let _ = std::fs::remove_dir_all(&tree);
+    let tree = empty_dir("busy-sites");
     std::fs::create_dir_all(tree.join("images")).unwrap();
     std::fs::write(tree.join("a.txt"), b"steady").unwrap();
     let busy = tree.join("images/busy.bin");
@@ -1065,8 +1019,7 @@ async fn a_file_that_keeps_changing_while_read_is_reported_not_stored_half_writt
 async fn a_restore_with_owners_gives_back_each_recorded_owner() {
     use std::os::unix::fs::{chown, lchown};
     let b = bucket(&format!("oe-documents-owners-{}", std::process::id())).await;
-    let tree = scratch("owners-sites");
-    let _ = std::fs::remove_dir_all(&tree);
+    let tree = empty_dir("owners-sites");
     std::fs::create_dir_all(tree.join("default/documents")).unwrap();
     std::fs::write(tree.join("default/sqlconf.php"), b"<?php").unwrap();
     std::fs::write(tree.join("default/documents/a.pdf"), b"%PDF").unwrap();
@@ -1167,9 +1120,7 @@ async fn put_chunk(b: &Bucket, set: &str, versions: &[(&str, &str)]) {
 #[tokio::test]
 async fn the_sweep_deletes_only_old_versions_no_set_or_live_journal_references() {
     let b = bucket(&format!("oe-documents-sweep-{}", std::process::id())).await;
-    let tree = scratch("sweep-sites");
-    let _ = std::fs::remove_dir_all(&tree);
-    std::fs::create_dir_all(&tree).unwrap();
+    let tree = empty_dir("sweep-sites");
     std::fs::write(tree.join("a.txt"), b"a 1").unwrap();
     std::fs::write(tree.join("b.txt"), b"b 1").unwrap();
     let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));

@@ -155,7 +155,15 @@ impl Reconcile for OpenEMRBackup {
                 .map_err(aws_error("reading the set's snapshot"))?;
             let job_name = set::documents_job_name(&steps.set);
             let uid = self.uid().unwrap_or_default();
-            steps.job = match cached(&ctx.children.jobs, &ns, &job_name) {
+            let recorded = self
+                .status
+                .as_ref()
+                .is_some_and(|s| s.documents_completion_time.is_some());
+            // Once the documents are recorded, neither the Job nor its pods are read again.
+            let job = (include_documents && !recorded)
+                .then(|| cached(&ctx.children.jobs, &ns, &job_name))
+                .flatten();
+            steps.job = match job {
                 None => JobSeen::Absent,
                 Some(job) if !job.owner_references().iter().any(|o| o.uid == uid) => {
                     JobSeen::Foreign
@@ -171,7 +179,11 @@ impl Reconcile for OpenEMRBackup {
                     }
                 },
             };
-            if steps.job == JobSeen::Absent && steps.snapshot.is_some() && include_documents {
+            if steps.job == JobSeen::Absent
+                && steps.snapshot.is_some()
+                && include_documents
+                && !recorded
+            {
                 let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns);
                 steps.service_account_exists = accounts
                     .get_opt(&steps.service_account)

@@ -226,13 +226,13 @@ pub fn next(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> 
 
     // The documents: after the snapshot is known to RDS, so the database's instant comes
     // first and the documents' copy spans a known window after it.
-    let documents_done = if !steps.include_documents {
+    // Recorded once: the Job (and its pod's words) need not be read again.
+    let documents_done = if !steps.include_documents || status.documents_completion_time.is_some() {
         true
     } else {
         let job_name = set::documents_job_name(&steps.set);
         let manifest = set::documents_manifest_key(&steps.set);
         match &steps.job {
-            JobSeen::Absent if status.documents_completion_time.is_some() => true,
             JobSeen::Absent if steps.snapshot.is_some() && !steps.service_account_exists => {
                 out.verdicts.push(Verdict::falsy(
                     "DocumentsCopied",
