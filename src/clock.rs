@@ -129,6 +129,11 @@ pub fn to_utc(t: Timestamp) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp(t.as_second(), nanos).unwrap_or_default()
 }
 
+/// chrono's UTC instant `t` (the schedule code's) as a [`Timestamp`].
+pub fn from_utc(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
+    Timestamp::new(t.timestamp(), t.timestamp_subsec_nanos() as i32).unwrap_or(Timestamp::MIN)
+}
+
 /// The real instant `real`, stamped by the API server or another real clock, as the
 /// process's clock saw it.
 pub fn seen_at(real: Timestamp) -> Timestamp {

@@ -14,10 +14,12 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::{Api, ResourceExt};
 use openemr_operator::api::backup::BackupPhase;
-use openemr_operator::api::{OpenEMRBackup, OpenEMRDeployment};
+use openemr_operator::api::{BackupPolicy, BackupPolicyStatus, OpenEMRBackup, OpenEMRDeployment};
 use openemr_operator::controller::backup::set::{self, SetManifest};
 use serde_json::json;
+use support::clock::TestClock;
 use support::kubelet::{finish_pod, pods, ready_clinic};
+use support::operator::Operator;
 use support::{TestNamespace, apply, env, eventually};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -266,4 +268,184 @@ async fn an_on_demand_set_takes_the_snapshot_then_the_documents_then_writes_its_
     );
     drop(operator);
     std::fs::remove_dir_all(&scratch).unwrap();
+}
+
+/// Waits for set `name` to be `Completed`; returns its status.
+async fn completed(
+    sets: &Api<OpenEMRBackup>,
+    name: &str,
+) -> openemr_operator::api::OpenEMRBackupStatus {
+    eventually(WAIT, &format!("set {name} Completed"), || async {
+        let status = sets.get(name).await.ok()?.status?;
+        (status.phase == Some(BackupPhase::Completed)).then_some(status)
+    })
+    .await
+}
+
+/// The names of the sets in `sets`' namespace.
+async fn set_names(sets: &Api<OpenEMRBackup>) -> Vec<String> {
+    let mut names: Vec<String> = sets
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|s| s.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The policy's status once `check` holds for it.
+async fn policy_when(
+    policies: &Api<BackupPolicy>,
+    what: &str,
+    check: impl Fn(&BackupPolicyStatus) -> bool,
+) -> BackupPolicyStatus {
+    eventually(WAIT, what, || async {
+        let status = policies.get("hourly").await.ok()?.status?;
+        check(&status).then_some(status)
+    })
+    .await
+}
+
+async fn suspend(policies: &Api<BackupPolicy>, suspended: bool) {
+    let patch = json!({"spec": {"suspend": suspended}});
+    policies
+        .patch(
+            "hourly",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+        .unwrap();
+}
+
+fn shows(t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> String {
+    t.as_ref().map(|t| t.0.to_string()).unwrap_or_default()
+}
+
+/// The operator is stopped and started again on a clock that moved on in between, as an
+/// operator that was down would find the world.
+#[tokio::test]
+async fn a_schedule_makes_one_set_per_slot_catches_up_once_within_its_deadline_and_counts_the_rest()
+{
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "schedule").await;
+    let name = "clinic-h";
+    let mut clinic = support::clinic_manifest(name, REGION, "");
+    clinic["spec"]["web"] = json!({"replicas": 1});
+    apply(&client, &ns.name, &clinic).await.unwrap();
+    ready_clinic(&client, &ns.name, name, &[]).await.terminate();
+    let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns.name);
+    let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
+    let on =
+        |clock: &TestClock| Operator::start_with_env(env(), Some(&ns.name), &[], &clock.vars());
+
+    // Hourly in Berlin, ten minutes' grace; database-only sets (no Job to play).
+    let first = TestClock::starting("2027-01-05T02:59:50Z", 1.0);
+    apply(
+        &client,
+        &ns.name,
+        &json!({
+            "apiVersion": "openemr.io/v1alpha1",
+            "kind": "BackupPolicy",
+            "metadata": {"name": "hourly"},
+            "spec": {
+                "deploymentRef": {"name": name},
+                "schedule": "0 * * * *",
+                "timeZone": "Europe/Berlin",
+                "startingDeadlineSeconds": 600,
+                "documents": {"include": false},
+            },
+        }),
+    )
+    .await
+    .unwrap();
+    let operator = on(&first);
+    let status = policy_when(&policies, "the next slot shown", |s| {
+        s.next_schedule_time.is_some()
+    })
+    .await;
+    assert_eq!(shows(&status.next_schedule_time), "2027-01-05T03:00:00Z");
+    assert_eq!(status.last_schedule_time, None);
+    // The slot comes: its set, named for it, taken with the policy's settings.
+    let done = completed(&sets, "hourly-20270105-0300").await;
+    assert_eq!(done.include_documents, Some(false));
+    let set = sets.get("hourly-20270105-0300").await.unwrap();
+    assert!(
+        set.owner_references().is_empty(),
+        "a set outlives its policy"
+    );
+    assert_eq!(
+        set.annotations()["openemr.io/scheduled-for"],
+        "2027-01-05T03:00:00Z"
+    );
+    let status = policy_when(&policies, "the policy records the success", |s| {
+        s.last_successful_backup.is_some()
+    })
+    .await;
+    assert_eq!(shows(&status.last_schedule_time), "2027-01-05T03:00:00Z");
+    assert_eq!(shows(&status.next_schedule_time), "2027-01-05T04:00:00Z");
+    assert_eq!(
+        status.last_scheduled_backup.as_deref(),
+        Some("hourly-20270105-0300")
+    );
+    assert_eq!((status.missed_runs, status.retained_sets), (0, Some(1)));
+    let succeeded = support::condition(&policies, "hourly", "LastBackupSucceeded")
+        .await
+        .unwrap();
+    assert_eq!(succeeded.status, "True");
+    operator.terminate();
+
+    // Down over 04:00; back 5 minutes later, within the deadline: that slot runs, once.
+    let operator = on(&TestClock::starting("2027-01-05T04:05:00Z", 1.0));
+    completed(&sets, "hourly-20270105-0400").await;
+    policy_when(&policies, "the policy records the late run", |s| {
+        s.last_successful_backup.as_deref() == Some("hourly-20270105-0400")
+    })
+    .await;
+    assert_eq!(
+        set_names(&sets).await,
+        ["hourly-20270105-0300", "hourly-20270105-0400"]
+    );
+    operator.terminate();
+
+    // Down until 08:30: 05:00 to 08:00 passed, the latest half an hour ago. No run; four
+    // missed, said in an Event.
+    let operator = on(&TestClock::starting("2027-01-05T08:30:00Z", 1.0));
+    let status = policy_when(&policies, "the missed slots counted", |s| s.missed_runs > 0).await;
+    assert_eq!(status.missed_runs, 4);
+    assert_eq!(shows(&status.last_schedule_time), "2027-01-05T08:00:00Z");
+    assert_eq!(shows(&status.next_schedule_time), "2027-01-05T09:00:00Z");
+    let event = support::warning_event(&client, &ns.name, "hourly", "MissedSchedule").await;
+    let note = event.note.unwrap_or_default();
+    assert!(note.starts_with("4 slot(s) passed"), "{note}");
+
+    // Suspended: no next slot; the slots passed meanwhile are nobody's loss.
+    suspend(&policies, true).await;
+    policy_when(&policies, "no next slot while suspended", |s| {
+        s.next_schedule_time.is_none()
+    })
+    .await;
+    operator.terminate();
+    let operator = on(&TestClock::starting("2027-01-05T10:05:00Z", 1.0));
+    let status = policy_when(&policies, "the suspended slots passed", |s| {
+        shows(&s.last_schedule_time) == "2027-01-05T10:00:00Z"
+    })
+    .await;
+    assert_eq!(status.missed_runs, 4);
+    suspend(&policies, false).await;
+    let status = policy_when(&policies, "the next slot after resuming", |s| {
+        s.next_schedule_time.is_some()
+    })
+    .await;
+    assert_eq!(shows(&status.next_schedule_time), "2027-01-05T11:00:00Z");
+    assert_eq!(status.missed_runs, 4);
+    assert_eq!(
+        set_names(&sets).await.len(),
+        2,
+        "no run for a suspended slot"
+    );
+    operator.terminate();
 }

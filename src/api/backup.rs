@@ -16,6 +16,9 @@ use super::{Condition, ConsistencyMode, LocalRef};
 /// Label that keeps a set from being pruned while it is `"true"`.
 pub const HOLD_LABEL: &str = "openemr.io/hold";
 
+/// Annotation on a set a schedule made: the slot (RFC 3339) it was made for.
+pub const SCHEDULED_FOR_ANNOTATION: &str = "openemr.io/scheduled-for";
+
 /// A request for (and the record of) one backup set.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -116,6 +119,15 @@ pub struct OpenEMRBackupStatus {
     /// Stable id of the set, used in every AWS name and the S3 prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_id: Option<String>,
+
+    /// The consistency mode the set is taken with, fixed when it starts (a later change
+    /// to its policy does not alter a set under way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<ConsistencyMode>,
+
+    /// Whether the set holds the documents, fixed when it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_documents: Option<bool>,
 
     /// When work on the set started.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -280,6 +280,10 @@ pub struct DrillSpec {
     pub keep_target_for: String,
 }
 
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
 fn default_keep_target_for() -> String {
     "2h".into()
 }
@@ -303,9 +307,24 @@ pub struct BackupPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_flight: Option<super::ChangeIntent>,
 
-    /// When a run was last started by the schedule.
+    /// The latest slot of the schedule that has passed: its set was made, or the slot was
+    /// missed or skipped. The next look starts after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<Time>,
+
+    /// The newest set the schedule made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scheduled_backup: Option<String>,
+
+    /// Slots that passed without a set since the policy was made: the operator was down
+    /// past `startingDeadlineSeconds`, or the slot's predecessor was still waiting to start.
+    /// Each is also an Event (`MissedSchedule`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub missed_runs: i64,
+
+    /// When the operator last found slots that passed without a set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_missed_time: Option<Time>,
 
     /// When the schedule next fires (absent while suspended).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -427,6 +427,7 @@ async fn apply<K: Reconcile>(cached: &K, driver: &Driver<K>) -> Result<Action, E
         Requeue::After(delay) => {
             Action::requeue(jittered(delay.min(ctx.config.resync), &uid, JITTER))
         }
+        Requeue::Exactly(delay) => Action::requeue(delay.min(ctx.config.resync)),
         Requeue::OnChange => Action::await_change(),
     })
 }

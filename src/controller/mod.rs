@@ -405,6 +405,9 @@ pub enum Requeue {
     Resync,
     /// After this long (jittered per object, never sooner).
     After(Duration),
+    /// After this long and no later (capped at the resync): a time someone asked for, such
+    /// as a schedule's next slot, which jitter would make late.
+    Exactly(Duration),
     /// Only when the object or something it names changes: nothing else can alter the
     /// verdict (e.g. a schedule that does not parse).
     OnChange,

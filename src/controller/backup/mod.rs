@@ -90,9 +90,12 @@ impl Reconcile for OpenEMRBackup {
                 },
             },
         };
-        let consistency = self
-            .spec
+        // What the set started with stands: a later change to its policy alters no set
+        // under way.
+        let taken = self.status.clone().unwrap_or_default();
+        let consistency = taken
             .consistency
+            .or(self.spec.consistency)
             .or(found_policy.as_ref().map(|p| p.spec.consistency))
             .unwrap_or_default();
         let mut observed = Observed {
@@ -119,9 +122,9 @@ impl Reconcile for OpenEMRBackup {
             .and_then(|p| p.spec.documents.image.clone())
             .or_else(|| aws.workload.documents_image.clone());
         observed.documents_image_known = documents_image.is_some();
-        let include_documents = self
-            .spec
+        let include_documents = taken
             .include_documents
+            .or(self.spec.include_documents)
             .or(found_policy.as_ref().map(|p| p.spec.documents.include))
             .unwrap_or(true);
         let clinic = clinic_seen(d, aws, &ns);
@@ -318,7 +321,7 @@ impl Reconcile for OpenEMRBackup {
 }
 
 /// Creates `body` unless an object of that name is there already (made by an earlier run).
-async fn create_new<K>(
+pub(crate) async fn create_new<K>(
     ctx: &Context,
     ns: &str,
     name: &str,

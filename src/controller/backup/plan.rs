@@ -157,6 +157,8 @@ pub fn next(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> 
         status.phase = Some(BackupPhase::Running);
         status.start_time = Some(Time(now));
         status.set_id = Some(steps.set.clone());
+        status.consistency = Some(steps.consistency);
+        status.include_documents = Some(steps.include_documents);
     }
     out.verdicts.push(Verdict::truthy(
         STARTED,
@@ -495,6 +497,11 @@ mod tests {
         // Started: the snapshot only, tagged with the set.
         let out = next(&s, &mut status, at(0));
         assert_eq!(status.phase, Some(BackupPhase::Running));
+        // What it is taken with is fixed from now on.
+        assert_eq!(
+            (status.consistency, status.include_documents),
+            (Some(ConsistencyMode::CrashConsistent), Some(true))
+        );
         let [
             Change::CreateSnapshot {
                 instance,
