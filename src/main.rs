@@ -457,6 +457,12 @@ struct WebFlags {
     /// Longest a documents Job may take, retries included.
     #[arg(long, default_value = "6h", value_parser = parse_duration)]
     documents_deadline: Duration,
+    /// Lifetime of a `Quiesced` set's hold on its clinic: renewed at every look while the
+    /// set runs, so an operator away longer than this cannot keep a clinic down; the set
+    /// then fails (`HoldLapsed`) rather than pass off a copy taken while the clinic ran.
+    /// At least three progress intervals.
+    #[arg(long, env = "QUIESCE_HOLD_LIFETIME", default_value = "15m", value_parser = parse_duration)]
+    quiesce_hold_lifetime: Duration,
 }
 
 /// Who records the clinics' AWS activity (for clinics with `spec.audit.cloudTrail`).
@@ -654,6 +660,16 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
+            // The hold is renewed at every look of its set: a lifetime shorter than a few looks
+            // would lapse under a set that is alive.
+            let lifetime = openemr_operator::clock::current().real(web.quiesce_hold_lifetime);
+            if lifetime < progress_interval * 3 {
+                eprintln!(
+                    "error: --quiesce-hold-lifetime {:?} must be at least three --progress-interval ({:?})",
+                    web.quiesce_hold_lifetime, progress_interval
+                );
+                return ExitCode::from(2);
+            }
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -689,6 +705,7 @@ fn main() -> ExitCode {
                                 documents_service_account: web.documents_service_account.clone(),
                                 documents_backoff_limit: web.documents_backoff_limit,
                                 documents_deadline: web.documents_deadline,
+                                quiesce_hold_lifetime: web.quiesce_hold_lifetime,
                             },
                             audit: audit.mode(),
                             audit_refresh: audit.audit_refresh_interval,

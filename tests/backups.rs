@@ -18,7 +18,7 @@ use openemr_operator::api::{BackupPolicy, BackupPolicyStatus, OpenEMRBackup, Ope
 use openemr_operator::controller::backup::set::{self, SetManifest};
 use serde_json::json;
 use support::clock::TestClock;
-use support::kubelet::{finish_pod, pods, ready_clinic};
+use support::kubelet::{finish_pod, pods, ready_clinic, run_workers};
 use support::operator::Operator;
 use support::{TestNamespace, apply, env, eventually};
 
@@ -67,14 +67,32 @@ fn run_documents_job(job: &Job, pod: &str, tree: &Path, scratch: &Path) -> Strin
     std::fs::read_to_string(summary).unwrap()
 }
 
-#[tokio::test]
-async fn an_on_demand_set_takes_the_snapshot_then_the_documents_then_writes_its_manifest() {
+/// A clinic with one worker in a fresh namespace named from `prefix`.
+async fn clinic_with_one_worker(prefix: &str, name: &str) -> (kube::Client, TestNamespace) {
     let client = env().admin().await;
-    let ns = TestNamespace::new(env(), "backup").await;
-    let name = "clinic-s";
+    let ns = TestNamespace::new(env(), prefix).await;
     let mut clinic = support::clinic_manifest(name, REGION, "");
     clinic["spec"]["web"] = json!({"replicas": 1});
     apply(&client, &ns.name, &clinic).await.unwrap();
+    (client, ns)
+}
+
+/// The service account documents Jobs run as.
+async fn documents_account(client: &kube::Client, ns: &str) {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    accounts
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "openemr-documents"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_on_demand_set_takes_the_snapshot_then_the_documents_then_writes_its_manifest() {
+    let name = "clinic-s";
+    let (client, ns) = clinic_with_one_worker("backup", name).await;
     let operator = ready_clinic(
         &client,
         &ns.name,
@@ -127,14 +145,7 @@ async fn an_on_demand_set_takes_the_snapshot_then_the_documents_then_writes_its_
             .unwrap()
             .is_none()
     );
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
-    accounts
-        .create(
-            &Default::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "openemr-documents"}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    documents_account(&client, &ns.name).await;
     let job = eventually(WAIT, "the documents Job", || async {
         jobs.get_opt("before-upgrade-documents").await.ok()?
     })
@@ -330,12 +341,8 @@ fn shows(t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> St
 #[tokio::test]
 async fn a_schedule_makes_one_set_per_slot_catches_up_once_within_its_deadline_and_counts_the_rest()
 {
-    let client = env().admin().await;
-    let ns = TestNamespace::new(env(), "schedule").await;
     let name = "clinic-h";
-    let mut clinic = support::clinic_manifest(name, REGION, "");
-    clinic["spec"]["web"] = json!({"replicas": 1});
-    apply(&client, &ns.name, &clinic).await.unwrap();
+    let (client, ns) = clinic_with_one_worker("schedule", name).await;
     ready_clinic(&client, &ns.name, name, &[]).await.terminate();
     let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns.name);
     let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
@@ -448,4 +455,171 @@ async fn a_schedule_makes_one_set_per_slot_catches_up_once_within_its_deadline_a
         "no run for a suspended slot"
     );
     operator.terminate();
+}
+
+/// The kubelet's part for set `set`'s documents Job: runs its command over a small tree and
+/// reports the pod's success with the command's summary.
+async fn play_documents_job(client: &kube::Client, ns: &str, set: &str) {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let name = set::documents_job_name(set);
+    let job = jobs.get(&name).await.unwrap();
+    let scratch = std::env::temp_dir().join(format!("oe-{set}-{}", std::process::id()));
+    let tree = scratch.join("sites");
+    std::fs::create_dir_all(tree.join("default/documents/1")).unwrap();
+    std::fs::write(tree.join("default/documents/1/note.txt"), b"seen quietly").unwrap();
+    let pod = eventually(WAIT, "the documents pod", || async {
+        pods(client, ns, &format!("job-name={name}"))
+            .await
+            .into_iter()
+            .find(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.name_any())
+    })
+    .await;
+    let summary = run_documents_job(&job, &pod, &tree, &scratch);
+    finish_pod(client, ns, &pod, "Succeeded", &summary).await;
+    std::fs::remove_dir_all(&scratch).ok();
+}
+
+/// A `Quiesced` set stops the clinic (a hold), takes both parts only once nothing runs, lets
+/// the clinic go as soon as both are taken, and survives an operator killed for less than
+/// the hold's lifetime; killed for longer, the clinic comes back and the set fails rather
+/// than pass off a copy taken while the clinic ran.
+#[tokio::test]
+async fn a_quiesced_set_stops_the_clinic_only_while_both_parts_are_taken() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::coordination::v1::Lease;
+
+    let name = "clinic-q";
+    let (client, ns) = clinic_with_one_worker("quiesce", name).await;
+    let args = [
+        "--documents-image",
+        "registry.example.org/openemr-operator:test",
+        // Renewed every second (the progress interval); lapses 6 s after the last renewal.
+        "--quiesce-hold-lifetime",
+        "6s",
+    ];
+    let operator = ready_clinic(&client, &ns.name, name, &args).await;
+    documents_account(&client, &ns.name).await;
+    let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let workers: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let replicas = || async {
+        workers
+            .get(&format!("{name}-openemr"))
+            .await
+            .ok()?
+            .spec?
+            .replicas
+    };
+    let take = |set: &'static str| {
+        let (client, ns) = (client.clone(), ns.name.clone());
+        async move {
+            let body = json!({
+                "apiVersion": "openemr.io/v1alpha1",
+                "kind": "OpenEMRBackup",
+                "metadata": {"name": set},
+                "spec": {"deploymentRef": {"name": name}, "consistency": "Quiesced"},
+            });
+            apply(&client, &ns, &body).await.unwrap();
+        }
+    };
+
+    take("quiet-1").await;
+    eventually(WAIT, "the documents Job of quiet-1", || async {
+        jobs.get_opt("quiet-1-documents").await.ok()?
+    })
+    .await;
+    // Nothing was taken before nothing ran.
+    assert_eq!(replicas().await, Some(0));
+    let running = sets.get("quiet-1").await.unwrap().status.unwrap();
+    let quiesce = running.quiesce.clone().unwrap();
+    assert_eq!(quiesce.lease, "clinic-q-hold-backup-quiet-1");
+    let effective = quiesce.effective_time.unwrap().0;
+    assert!(quiesce.held_time.unwrap().0 <= effective);
+    assert!(effective <= running.snapshot_requested_time.unwrap().0);
+    let lease = leases.get(&quiesce.lease).await.unwrap();
+    assert_eq!(
+        lease.owner_references()[0].name,
+        "quiet-1",
+        "the hold goes with its set"
+    );
+
+    // Killed mid-set and back within the hold's lifetime: still stopped, the set goes on.
+    drop(operator.kill());
+    let operator = Operator::start_with(env(), Some(&ns.name), &args);
+    play_documents_job(&client, &ns.name, "quiet-1").await;
+    let done = completed(&sets, "quiet-1").await;
+    let quiesce = done.quiesce.clone().unwrap();
+    let released = quiesce.released_time.clone().unwrap().0;
+    assert!(done.documents_completion_time.unwrap().0 <= released);
+    assert!(quiesce.down_seconds.unwrap() >= 1, "{quiesce:?}");
+    eventually(WAIT, "the workers back", || async {
+        (replicas().await == Some(1)).then_some(())
+    })
+    .await;
+    assert!(leases.get_opt(&quiesce.lease).await.unwrap().is_none());
+    let bucket = done.documents.unwrap().bucket;
+    let s3 = support::TestEnv::s3(&env().aws(Some(REGION)).await);
+    let object = s3
+        .get_object()
+        .bucket(&bucket)
+        .key("backups/quiet-1/manifest.json")
+        .send()
+        .await
+        .unwrap();
+    let manifest =
+        SetManifest::from_bytes(&object.body.collect().await.unwrap().into_bytes()).unwrap();
+    assert_eq!(manifest.consistency, "Quiesced");
+    // Status times are whole seconds; the manifest keeps the instant.
+    let in_manifest: k8s_openapi::jiff::Timestamp =
+        manifest.quiesce.unwrap().released_at.parse().unwrap();
+    assert_eq!(in_manifest.as_second(), released.as_second());
+
+    // The kubelet runs the workers again: the clinic is Ready for the next set.
+    eventually(WAIT, "the workers running", || async {
+        (run_workers(&client, &ns.name, name).await >= 1).then_some(())
+    })
+    .await;
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    support::wait_for_reason(&clinics, name, "Ready", "Ready").await;
+
+    // Killed and away past the hold's lifetime: back, the clinic runs again and the set
+    // fails, naming why.
+    take("quiet-2").await;
+    eventually(WAIT, "the documents Job of quiet-2", || async {
+        jobs.get_opt("quiet-2-documents").await.ok()?
+    })
+    .await;
+    assert_eq!(replicas().await, Some(0));
+    drop(operator.kill());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let _operator = Operator::start_with(env(), Some(&ns.name), &args);
+    let failed = support::wait_for_reason(&sets, "quiet-2", "Completed", "HoldLapsed").await;
+    assert!(failed.message.contains("lapsed"), "{}", failed.message);
+    eventually(WAIT, "the workers back after the lapse", || async {
+        (replicas().await == Some(1)).then_some(())
+    })
+    .await;
+    let status = sets.get("quiet-2").await.unwrap().status.unwrap();
+    assert_eq!(status.phase, Some(BackupPhase::Failed));
+    // Its copy could never complete it: the documents Job is stopped.
+    eventually(WAIT, "the documents Job of the failed set gone", || async {
+        jobs.get_opt("quiet-2-documents")
+            .await
+            .ok()?
+            .is_none_or(|j| j.metadata.deletion_timestamp.is_some())
+            .then_some(())
+    })
+    .await;
+    assert!(status.quiesce.unwrap().released_time.is_some());
+    eventually(WAIT, "the lapsed hold deleted", || async {
+        leases
+            .get_opt("clinic-q-hold-backup-quiet-2")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
 }

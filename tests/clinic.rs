@@ -1195,13 +1195,20 @@ async fn an_older_clinics_own_trail_goes_once_the_shared_trail_logs() {
         .await
         .unwrap();
     let shared_made = audit_stack.stacks()[0].creation_time().copied().unwrap();
-    let update_started = events_of(&client, &ns.name, name)
-        .await
-        .into_iter()
-        .find(|e| e.reason.as_deref() == Some("StackUpdateStarted"))
-        .and_then(|e| e.event_time)
-        .expect("the clinic's stack was updated")
-        .0;
+    // moto applies the update before UpdateStack answers; the Event follows the answer.
+    let update_started = eventually(
+        Duration::from_secs(10),
+        "the Event of the clinic's stack update",
+        || async {
+            events_of(&client, &ns.name, name)
+                .await
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("StackUpdateStarted"))
+                .and_then(|e| e.event_time)
+        },
+    )
+    .await
+    .0;
     let updated = aws_smithy_types::DateTime::from_nanos(update_started.as_nanosecond()).unwrap();
     assert!(shared_made <= updated, "{shared_made:?} > {updated:?}");
     let logging = aws_sdk_cloudtrail::Client::new(&home)

@@ -58,3 +58,20 @@ async fn waits_for_the_crds_then_becomes_ready_and_exits_zero_on_sigterm() {
         "clean exit when running"
     );
 }
+
+/// A hold renewed at every look of its set must outlive a few looks, or it would lapse
+/// under a set that is alive: refused before anything starts, naming both flags.
+#[test]
+fn a_quiesce_hold_shorter_than_three_looks_is_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_openemr-operator"))
+        .args(["run", "--cluster-id", "c1", "--progress-interval", "30s"])
+        .args(["--quiesce-hold-lifetime", "1m"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("--quiesce-hold-lifetime") && said.contains("--progress-interval"),
+        "{said}"
+    );
+}

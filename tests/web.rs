@@ -1066,9 +1066,15 @@ async fn the_hold_helpers_place_renew_and_release_a_lease_in_the_api_server() {
     };
 
     let lasts = Some(Duration::from_secs(60));
-    holds::place(&client, &ns.name, clinic, holder, "quiesced backup", lasts)
-        .await
-        .unwrap();
+    let place = |reason: &'static str, lasts: Option<Duration>| {
+        let (client, ns) = (client.clone(), ns.name.clone());
+        async move {
+            holds::place(&client, &ns, clinic, holder, reason, lasts, None)
+                .await
+                .unwrap()
+        }
+    };
+    place("quiesced backup", lasts).await;
     let placed = hold().await;
     assert_eq!(placed.holder, holder);
     assert_eq!(placed.reason.as_deref(), Some("quiesced backup"));
@@ -1078,9 +1084,7 @@ async fn the_hold_helpers_place_renew_and_release_a_lease_in_the_api_server() {
 
     // Placed again: in force again with the new lifetime and reason, since unchanged.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    holds::place(&client, &ns.name, clinic, holder, "another reason", None)
-        .await
-        .unwrap();
+    place("another reason", None).await;
     let again = hold().await;
     assert_eq!(again.reason.as_deref(), Some("another reason"));
     assert_eq!(again.since, placed.since);
@@ -1088,9 +1092,7 @@ async fn the_hold_helpers_place_renew_and_release_a_lease_in_the_api_server() {
         again.expires, None,
         "placed without a lifetime: it does not lapse"
     );
-    holds::place(&client, &ns.name, clinic, holder, "quiesced backup", lasts)
-        .await
-        .unwrap();
+    place("quiesced backup", lasts).await;
     let expires = hold().await.expires.unwrap().0;
     assert!(
         expires.duration_since(since).as_secs() > 60,
@@ -1186,6 +1188,7 @@ async fn a_hold_holds_while_the_stack_updates_and_while_rds_fails_and_placed_aga
         "backup-nightly",
         "quiesced backup",
         None,
+        None,
     )
     .await
     .unwrap();
@@ -1232,6 +1235,7 @@ async fn a_hold_holds_while_the_stack_updates_and_while_rds_fails_and_placed_aga
         "restore-in-place",
         "in-place restore",
         None,
+        None,
     )
     .await
     .unwrap();
@@ -1254,9 +1258,18 @@ async fn a_hold_holds_while_the_stack_updates_and_while_rds_fails_and_placed_aga
     })
     .await;
     let short = Some(Duration::from_secs(3));
-    holds::place(&client, &ns.name, name, "drill", "monthly drill", short)
-        .await
-        .unwrap();
+    let drill = || {
+        holds::place(
+            &client,
+            &ns.name,
+            name,
+            "drill",
+            "monthly drill",
+            short,
+            None,
+        )
+    };
+    drill().await.unwrap();
     eventually(WAIT, "held by the short hold", || async {
         (replicas().await == Some(0)).then_some(())
     })
@@ -1265,9 +1278,7 @@ async fn a_hold_holds_while_the_stack_updates_and_while_rds_fails_and_placed_aga
         (replicas().await == Some(2)).then_some(())
     })
     .await;
-    holds::place(&client, &ns.name, name, "drill", "monthly drill", short)
-        .await
-        .unwrap();
+    drill().await.unwrap();
     eventually(WAIT, "held again once placed again", || async {
         (replicas().await == Some(0)).then_some(())
     })

@@ -154,6 +154,11 @@ pub struct OpenEMRBackupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub documents_completion_time: Option<Time>,
 
+    /// A `Quiesced` set's hold on the clinic: when it was placed, in effect and released,
+    /// and how long the clinic was down for the set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesce: Option<QuiesceRecord>,
+
     /// The database half.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<SnapshotRef>,
@@ -182,6 +187,29 @@ pub struct OpenEMRBackupStatus {
     /// Why the set failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// How a `Quiesced` set stopped its clinic: a hold (a Lease the set renews while it runs)
+/// takes the workers to 0; the snapshot is asked for and the documents copied once the
+/// hold is in effect (no worker or Job left); the hold is released as soon as both parts
+/// are taken.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct QuiesceRecord {
+    /// The hold's Lease.
+    pub lease: String,
+    /// When the hold was placed: the workers started stopping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_time: Option<Time>,
+    /// When nothing of the web tier ran any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_time: Option<Time>,
+    /// When the hold was released: the workers started again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_time: Option<Time>,
+    /// Seconds from placing the hold to releasing it: how long the clinic was down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_seconds: Option<i64>,
 }
 
 /// An RDS snapshot.

@@ -3,13 +3,14 @@
 //! by a set manifest in the clinic's bucket, written last.
 //!
 //! It checks, in the shared caches, that the clinic exists and that a named policy covers
-//! it (`Accepted`); then [`plan`] takes the set step by step, [`set`] names every part and
-//! holds the set manifest's format, [`job`] renders the documents Job, [`retention`]
-//! decides which completed sets stay (not applied yet). Without AWS access
-//! (validation-only mode) sets are checked and stay `Pending`.
+//! it (`Accepted`); then [`plan`] takes the set step by step (a `Quiesced` set behind a
+//! hold on its clinic), [`set`] names every part and holds the set manifest's format,
+//! [`job`] renders the documents Job, [`retention`] decides which completed sets stay (not
+//! applied yet). Without AWS access (validation-only mode) sets are checked and stay
+//! `Pending`. Schedules make sets in the policy controller.
 //!
 //! Not yet: the batched snapshot inventory (each running set describes its snapshot),
-//! `Quiesced` sets (refused with a reason), schedules, retention, copies, the rebuild.
+//! retention, copies, the rebuild.
 
 pub mod job;
 pub mod plan;
@@ -20,13 +21,13 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, PostParams};
 use kube::{Api, ResourceExt};
 
 use super::children::cached;
 use super::deployment::clinic::{self, aws_error};
-use super::deployment::web::WebNames;
 use super::deployment::web::observe::{job_state, last_words};
+use super::deployment::web::{WebNames, holds};
 use super::{Context, Error, Plan, Reconcile, RefKind, Requeue, lookup, status_with};
 use crate::api::backup::BackupPhase;
 use crate::api::{
@@ -36,7 +37,7 @@ use crate::aws::rds::Databases;
 use crate::conditions::Verdict;
 use crate::controller::deployment::web::JobState;
 use crate::controller::redact::redact;
-use plan::{Change, ClinicSeen, JobSeen, Steps};
+use plan::{Change, ClinicSeen, HoldSeen, JobSeen, Steps};
 
 /// The policy named by a set, as found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +63,9 @@ pub struct Observed {
     pub consistency: ConsistencyMode,
     /// How soon to look again while the set is under way.
     pub progress: std::time::Duration,
+    /// A finished `Quiesced` set's hold is still there (the release was cut short): it is
+    /// released.
+    pub leftover_hold: bool,
 }
 
 impl Reconcile for OpenEMRBackup {
@@ -105,6 +109,7 @@ impl Reconcile for OpenEMRBackup {
             documents_image_known: false,
             consistency,
             progress: std::time::Duration::from_secs(30),
+            leftover_hold: false,
         };
         let (Some(aws), Some(found)) = (&ctx.aws, found) else {
             return Ok(observed);
@@ -113,10 +118,31 @@ impl Reconcile for OpenEMRBackup {
             return Ok(observed);
         };
         observed.progress = aws.progress_interval;
+        let holder = set::quiesce_holder(clinic_name, &self.name_any());
+        let lease = cached(
+            &ctx.children.holds,
+            &ns,
+            &holds::lease_name(clinic_name, &holder),
+        );
         let phase = self.phase();
         if matches!(phase, BackupPhase::Completed | BackupPhase::Failed) {
+            observed.leftover_hold = consistency == ConsistencyMode::Quiesced && lease.is_some();
             return Ok(observed);
         }
+        let hold = match lease
+            .as_deref()
+            .and_then(|l| holds::hold_of(l, clinic_name))
+        {
+            None => HoldSeen::Absent,
+            Some(hold) => HoldSeen::Placed {
+                expires: hold.expires.map(|t| t.0),
+                effective: d
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.web.as_ref())
+                    .is_some_and(|w| w.holds.iter().any(|h| h.lease == hold.lease && h.effective)),
+            },
+        };
         let documents_image = found_policy
             .as_ref()
             .and_then(|p| p.spec.documents.image.clone())
@@ -148,6 +174,9 @@ impl Reconcile for OpenEMRBackup {
             job_backoff_limit: aws.workload.documents_backoff_limit,
             job_deadline_seconds: aws.workload.documents_deadline.as_secs() as i64,
             operator_version: env!("CARGO_PKG_VERSION").to_string(),
+            hold,
+            holder,
+            hold_lifetime: aws.workload.quiesce_hold_lifetime,
         };
         if phase == BackupPhase::Running {
             let clients = clinic::clients(d, aws).await;
@@ -233,12 +262,20 @@ impl Reconcile for OpenEMRBackup {
         let mut status = status_with(self, std::slice::from_ref(&accepted), now);
         status.phase.get_or_insert(BackupPhase::Pending);
         let phase = status.phase.unwrap_or_default();
+        if matches!(phase, BackupPhase::Completed | BackupPhase::Failed) {
+            let mut plan = Plan::after_validation(status, is_accepted);
+            if observed.leftover_hold {
+                let clinic = self.spec.deployment_ref.name.clone();
+                plan.changes.push(Change::ReleaseHold {
+                    holder: set::quiesce_holder(&clinic, &self.name_any()),
+                    clinic,
+                });
+            }
+            return plan;
+        }
         let (true, Some(steps)) = (is_accepted, &observed.steps) else {
             return Plan::after_validation(status, is_accepted);
         };
-        if matches!(phase, BackupPhase::Completed | BackupPhase::Failed) {
-            return Plan::after_validation(status, is_accepted);
-        }
         if steps.include_documents && !observed.documents_image_known {
             let waiting = Verdict::falsy(
                 plan::STARTED,
@@ -279,7 +316,23 @@ impl Reconcile for OpenEMRBackup {
             }
             Change::CreateJob { name, .. } => ("CreateDocumentsJob".into(), name.clone()),
             Change::WriteManifest { key, .. } => ("WriteSetManifest".into(), key.clone()),
+            Change::PlaceHold { holder, .. } => ("PlaceHold".into(), holder.clone()),
+            Change::RenewHold { holder, .. } => ("RenewHold".into(), holder.clone()),
+            Change::ReleaseHold { holder, .. } => ("ReleaseHold".into(), holder.clone()),
+            Change::StopJob { name } => ("StopDocumentsJob".into(), name.clone()),
         }
+    }
+
+    /// Holds are placed, renewed and released, and a Job stopped, by name, leaving nothing
+    /// to recognise: repeating one is harmless.
+    fn recorded(change: &Change) -> bool {
+        !matches!(
+            change,
+            Change::PlaceHold { .. }
+                | Change::RenewHold { .. }
+                | Change::ReleaseHold { .. }
+                | Change::StopJob { .. }
+        )
     }
 
     async fn act(&self, change: &Change, ctx: &Context) -> Result<(), Error> {
@@ -316,7 +369,56 @@ impl Reconcile for OpenEMRBackup {
                 kms_key,
                 body,
             } => write_set_manifest(&clients.s3, bucket, key, kms_key.as_deref(), body).await,
+            Change::PlaceHold {
+                clinic,
+                holder,
+                lifetime,
+            } => {
+                let reason = format!("quiesced backup set {}", self.name_any());
+                let owner = kube::Resource::controller_owner_ref(self, &());
+                holds::place(
+                    &ctx.client,
+                    &ns,
+                    clinic,
+                    holder,
+                    &reason,
+                    Some(*lifetime),
+                    owner.as_ref(),
+                )
+                .await
+                .map_err(hold_error("placing", clinic))
+            }
+            Change::RenewHold { clinic, holder } => holds::renew(&ctx.client, &ns, clinic, holder)
+                .await
+                .map_err(hold_error("renewing", clinic)),
+            Change::ReleaseHold { clinic, holder } => {
+                holds::release(&ctx.client, &ns, clinic, holder)
+                    .await
+                    .map_err(hold_error("releasing", clinic))
+            }
+            Change::StopJob { name } => {
+                let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+                match jobs.delete(name, &DeleteParams::background()).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                    Err(e) => Err(Error::Act {
+                        action: format!("stopping the documents Job {ns}/{name}"),
+                        reason: "DeleteFailed",
+                        message: e.to_string(),
+                    }),
+                }
+            }
         }
+    }
+}
+
+/// A failed write of the set's hold on `clinic`.
+fn hold_error(doing: &'static str, clinic: &str) -> impl FnOnce(kube::Error) -> Error {
+    let action = format!("{doing} the set's hold on clinic {clinic}");
+    move |e| Error::Act {
+        action,
+        reason: "HoldFailed",
+        message: e.to_string(),
     }
 }
 
@@ -563,11 +665,6 @@ impl OpenEMRBackup {
                     self.name_any()
                 ),
             ),
-            _ if observed.consistency == ConsistencyMode::Quiesced => Verdict::falsy(
-                "Accepted",
-                "QuiescedNotSupported",
-                "consistency Quiesced (the clinic stopped while the set is taken) is not taken by this operator version yet: use CrashConsistent",
-            ),
             _ => Verdict::truthy("Accepted", "Valid", "spec is valid"),
         }
     }
@@ -595,6 +692,7 @@ mod tests {
             documents_image_known: true,
             consistency: ConsistencyMode::CrashConsistent,
             progress: std::time::Duration::from_secs(30),
+            leftover_hold: false,
         }
     }
 
@@ -640,7 +738,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reserved_name_and_a_quiesced_set_are_refused_naming_why() {
+    fn a_reserved_name_is_refused_naming_why() {
         let mut reserved = set(None);
         reserved.metadata.name = Some("documents".into());
         let c = accepted(&reserved, observed(true, PolicyRef::NotSet));
@@ -651,8 +749,32 @@ mod tests {
         assert!(c.message.contains("metadata.name"), "{}", c.message);
         let mut quiesced = observed(true, PolicyRef::NotSet);
         quiesced.consistency = ConsistencyMode::Quiesced;
-        let c = accepted(&set(None), quiesced);
-        assert_eq!(c.reason, "QuiescedNotSupported");
+        assert_eq!(accepted(&set(None), quiesced).status, "True");
+    }
+
+    #[test]
+    fn a_finished_quiesced_set_releases_a_hold_left_behind() {
+        let mut done = set(None);
+        done.status = Some(OpenEMRBackupStatus {
+            phase: Some(BackupPhase::Completed),
+            ..Default::default()
+        });
+        let mut seen = observed(true, PolicyRef::NotSet);
+        seen.leftover_hold = true;
+        let plan = done.plan(&seen, Timestamp::from_second(1_800_000_000).unwrap());
+        assert_eq!(
+            plan.changes,
+            [Change::ReleaseHold {
+                clinic: "clinic-a".into(),
+                holder: "backup-set-1".into()
+            }]
+        );
+        seen.leftover_hold = false;
+        assert!(
+            done.plan(&seen, Timestamp::from_second(1_800_000_000).unwrap())
+                .changes
+                .is_empty()
+        );
     }
 
     #[test]

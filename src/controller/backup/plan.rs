@@ -8,8 +8,15 @@
 //! 4. when the snapshot is `available` and the Job has succeeded, the set manifest is
 //!    written; once it is seen in the bucket, the set is `Completed`.
 //!
+//! A `Quiesced` set first places a hold on its clinic (a Lease with a lifetime, renewed at
+//! every look) and takes both parts only once the hold is in effect (no worker or Job
+//! left); it releases the hold as soon as the snapshot is known to RDS and the documents
+//! are copied, and records how long the clinic was down. A hold that lapsed after the
+//! parts were started (the operator was away longer than its lifetime, and the clinic came
+//! back) fails the set: its copy would not be quiesced.
+//!
 //! A snapshot RDS reports failed, or a Job that failed all its tries, fails the set with
-//! the part and the reason. Every step finds what an earlier run did (the snapshot and the
+//! the part and the reason; a failed set releases its hold. Every step finds what an earlier run did (the snapshot and the
 //! Job by their names, the manifest by its key) before doing it again.
 
 use std::collections::BTreeMap;
@@ -45,6 +52,21 @@ pub struct ClinicSeen {
     pub claim: String,
     pub tags: BTreeMap<String, String>,
     pub spec: serde_json::Value,
+}
+
+/// The condition saying where a `Quiesced` set's stop of the clinic is.
+pub const QUIESCED: &str = "Quiesced";
+
+/// A `Quiesced` set's hold on the clinic, as the caches show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldSeen {
+    Absent,
+    Placed {
+        /// When it lapses unless renewed.
+        expires: Option<Timestamp>,
+        /// The clinic reports its holds in effect: no worker or Job runs.
+        effective: bool,
+    },
 }
 
 /// The documents Job, as the cache and its pods show it.
@@ -86,6 +108,11 @@ pub struct Steps {
     pub job_backoff_limit: i32,
     pub job_deadline_seconds: i64,
     pub operator_version: String,
+    /// The set's hold, for a `Quiesced` set.
+    pub hold: HoldSeen,
+    /// Who holds the clinic for this set (the Lease is `<clinic>-hold-<holder>`).
+    pub holder: String,
+    pub hold_lifetime: std::time::Duration,
 }
 
 /// A mutating call the steps ask for.
@@ -108,6 +135,24 @@ pub enum Change {
         kms_key: Option<String>,
         body: Vec<u8>,
     },
+    /// Places (or puts in force again) the set's hold on its clinic.
+    PlaceHold {
+        clinic: String,
+        holder: String,
+        lifetime: std::time::Duration,
+    },
+    RenewHold {
+        clinic: String,
+        holder: String,
+    },
+    ReleaseHold {
+        clinic: String,
+        holder: String,
+    },
+    /// Deletes the set's documents Job (and its pods).
+    StopJob {
+        name: String,
+    },
 }
 
 /// Where the steps leave the set: what to say, what to do, whether to look again soon.
@@ -122,8 +167,132 @@ pub struct Outcome {
 const SNAPSHOT_FAILED: &[&str] = &["failed", "deleted", "incompatible-restore"];
 
 /// Plans the next step of a set that is `Pending` or `Running`; `status` is the one to
-/// write, updated in place.
+/// write, updated in place. A set that fails lets its clinic go at once.
 pub fn next(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outcome {
+    let mut out = take(steps, status, now);
+    if status.phase == Some(BackupPhase::Failed) {
+        release(steps, status, &mut out, now);
+        if steps.job == JobSeen::Running {
+            // Its copy could never complete the set: it stops writing to the bucket.
+            out.changes.push(Change::StopJob {
+                name: set::documents_job_name(&steps.set),
+            });
+        }
+    }
+    out
+}
+
+/// Releases the set's hold if it placed one and has not let it go yet; records how long the
+/// clinic was down.
+fn release(steps: &Steps, status: &mut OpenEMRBackupStatus, out: &mut Outcome, now: Timestamp) {
+    let Some(record) = status.quiesce.as_mut() else {
+        return;
+    };
+    if record.held_time.is_none() || record.released_time.is_some() {
+        return;
+    }
+    record.released_time = Some(Time(now));
+    record.down_seconds = record
+        .held_time
+        .as_ref()
+        .map(|held| now.duration_since(held.0).as_secs().max(0));
+    out.changes.push(Change::ReleaseHold {
+        clinic: steps.clinic.name.clone(),
+        holder: steps.holder.clone(),
+    });
+}
+
+/// Where a `Quiesced` set's stop of the clinic leaves the set.
+enum Stop {
+    /// The clinic is stopped: the parts may be taken.
+    InEffect,
+    /// Not yet: look again.
+    Waiting,
+    Lost(&'static str, String),
+}
+
+/// Places, renews or waits for the set's hold; the set takes nothing until it is in effect.
+fn quiesce(
+    steps: &Steps,
+    status: &mut OpenEMRBackupStatus,
+    out: &mut Outcome,
+    now: Timestamp,
+) -> Stop {
+    let clinic = &steps.clinic.name;
+    let lease = crate::controller::deployment::web::holds::lease_name(clinic, &steps.holder);
+    let record = status
+        .quiesce
+        .get_or_insert_with(|| crate::api::backup::QuiesceRecord {
+            lease: lease.clone(),
+            ..Default::default()
+        });
+    let place = Change::PlaceHold {
+        clinic: clinic.clone(),
+        holder: steps.holder.clone(),
+        lifetime: steps.hold_lifetime,
+    };
+    let stopping = |out: &mut Outcome, why: String| {
+        out.verdicts.push(Verdict::falsy(QUIESCED, "Stopping", why));
+        Stop::Waiting
+    };
+    let taken = record.effective_time.is_some();
+    let lapsed_at = match steps.hold {
+        HoldSeen::Placed {
+            expires: Some(expires),
+            ..
+        } if expires <= now => Some(expires),
+        _ => None,
+    };
+    match (&steps.hold, lapsed_at) {
+        (HoldSeen::Absent, _) if taken => Stop::Lost(
+            "HoldLost",
+            format!(
+                "the set's hold {lease} was deleted while the set was taken: the clinic may have run meanwhile, so the set is not quiesced; take another"
+            ),
+        ),
+        (_, Some(expires)) if taken => Stop::Lost(
+            "HoldLapsed",
+            format!(
+                "the set's hold {lease} lapsed at {expires} (not renewed within {}s: the operator was away), so the clinic ran again while the set was taken; take another",
+                steps.hold_lifetime.as_secs()
+            ),
+        ),
+        // Nothing is taken yet: placing (again) is harmless, and a Lease the cache does not
+        // show yet is placed once more rather than taken for lost.
+        (HoldSeen::Absent, _) | (_, Some(_)) => {
+            record.held_time.get_or_insert(Time(now));
+            out.changes.push(place);
+            stopping(
+                out,
+                format!("the clinic's workers are stopping: hold {lease} placed"),
+            )
+        }
+        (HoldSeen::Placed { effective, .. }, None) => {
+            record.held_time.get_or_insert(Time(now));
+            out.changes.push(Change::RenewHold {
+                clinic: clinic.clone(),
+                holder: steps.holder.clone(),
+            });
+            if !effective {
+                return stopping(
+                    out,
+                    format!(
+                        "waits for hold {lease} to take effect: no worker pod and no setup or migration Job left"
+                    ),
+                );
+            }
+            record.effective_time.get_or_insert(Time(now));
+            out.verdicts.push(Verdict::truthy(
+                QUIESCED,
+                "InEffect",
+                format!("the clinic is stopped (hold {lease}) while the set is taken"),
+            ));
+            Stop::InEffect
+        }
+    }
+}
+
+fn take(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outcome {
     let mut out = Outcome {
         verdicts: Vec::new(),
         changes: Vec::new(),
@@ -165,6 +334,18 @@ pub fn next(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> 
         "Started",
         "the set is being taken",
     ));
+    let quiesced = steps.consistency == ConsistencyMode::Quiesced;
+    let released = status
+        .quiesce
+        .as_ref()
+        .is_some_and(|q| q.released_time.is_some());
+    if quiesced && !released {
+        match quiesce(steps, status, &mut out, now) {
+            Stop::InEffect => {}
+            Stop::Waiting => return out,
+            Stop::Lost(reason, message) => return failed(status, out, reason, message),
+        }
+    }
     let instance = clinic.instance.clone().unwrap_or_default();
     let bucket = clinic.bucket.clone().unwrap_or_default();
     let identifier = set::snapshot_identifier(&clinic.uid, &steps.set);
@@ -327,6 +508,21 @@ pub fn next(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> 
         }
     };
 
+    if quiesced && steps.snapshot.is_some() && documents_done && !released {
+        // Both parts are taken (RDS fixed the snapshot's instant when it accepted it): the
+        // clinic need not wait for the snapshot to be available.
+        release(steps, status, &mut out, now);
+        let down = status
+            .quiesce
+            .as_ref()
+            .and_then(|q| q.down_seconds)
+            .unwrap_or_default();
+        out.verdicts.push(Verdict::truthy(
+            QUIESCED,
+            "Released",
+            format!("the clinic was stopped for {down}s while the set was taken, and runs again"),
+        ));
+    }
     if !(snapshot_available && documents_done) {
         return out;
     }
@@ -375,6 +571,11 @@ pub fn next(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> 
             kms_key_arn: clinic.kms_key.clone(),
             requested_at: time(&status.snapshot_requested_time),
         },
+        quiesce: status.quiesce.as_ref().map(|q| set::QuiescePart {
+            held_at: time(&q.held_time),
+            effective_at: time(&q.effective_time),
+            released_at: time(&q.released_time),
+        }),
         documents: status.documents.as_ref().map(|d| DocumentsPart {
             bucket: d.bucket.clone(),
             manifest: d.manifest.clone(),
@@ -453,7 +654,158 @@ mod tests {
             job_backoff_limit: 2,
             job_deadline_seconds: 3600,
             operator_version: "0.1.0".into(),
+            hold: HoldSeen::Absent,
+            holder: "backup-set-1".into(),
+            hold_lifetime: std::time::Duration::from_secs(600),
         }
+    }
+
+    fn held(expires: i64, effective: bool) -> HoldSeen {
+        HoldSeen::Placed {
+            expires: Some(at(expires)),
+            effective,
+        }
+    }
+
+    fn kinds(out: &Outcome) -> Vec<&'static str> {
+        out.changes
+            .iter()
+            .map(|c| match c {
+                Change::CreateSnapshot { .. } => "snapshot",
+                Change::CreateJob { .. } => "job",
+                Change::WriteManifest { .. } => "manifest",
+                Change::PlaceHold { .. } => "place",
+                Change::RenewHold { .. } => "renew",
+                Change::ReleaseHold { .. } => "release",
+                Change::StopJob { .. } => "stop-job",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_quiesced_set_takes_both_parts_only_while_its_hold_is_in_effect_then_lets_go() {
+        let mut s = steps();
+        s.consistency = ConsistencyMode::Quiesced;
+        let mut status = OpenEMRBackupStatus::default();
+        // The hold first; nothing is taken.
+        let out = next(&s, &mut status, at(0));
+        assert_eq!(kinds(&out), ["place"]);
+        let Change::PlaceHold {
+            lifetime, holder, ..
+        } = &out.changes[0]
+        else {
+            unreachable!()
+        };
+        assert_eq!((lifetime.as_secs(), holder.as_str()), (600, "backup-set-1"));
+        assert!(out.busy);
+        assert_eq!(
+            status.quiesce.as_ref().unwrap().lease,
+            "clinic-a-hold-backup-set-1"
+        );
+        // Placed, the workers still stopping (or a migration Job finishing): renewed, waits.
+        s.hold = held(600, false);
+        let out = next(&s, &mut status, at(5));
+        assert_eq!(kinds(&out), ["renew"]);
+        assert!(reasons(&out).contains(&"Stopping"));
+        assert!(status.snapshot_requested_time.is_none());
+        // In effect: the snapshot, under a renewed hold.
+        s.hold = held(605, true);
+        let out = next(&s, &mut status, at(20));
+        assert_eq!(kinds(&out), ["renew", "snapshot"]);
+        let record = status.quiesce.clone().unwrap();
+        assert_eq!(record.held_time, Some(Time(at(0))));
+        assert_eq!(record.effective_time, Some(Time(at(20))));
+        // RDS knows the snapshot: the documents Job, still held.
+        s.snapshot = snapshot("creating");
+        let out = next(&s, &mut status, at(25));
+        assert_eq!(kinds(&out), ["renew", "job"]);
+        s.job = JobSeen::Running;
+        assert_eq!(kinds(&next(&s, &mut status, at(30))), ["renew"]);
+        // The documents are copied: the hold goes at once, before the snapshot is available.
+        s.job = JobSeen::Succeeded(
+            r#"{"manifestKey":"backups/documents/set-1.jsonl.gz","filesScanned":3}"#.into(),
+        );
+        let out = next(&s, &mut status, at(90));
+        assert_eq!(kinds(&out), ["renew", "release"]);
+        let record = status.quiesce.clone().unwrap();
+        assert_eq!(record.released_time, Some(Time(at(90))));
+        assert_eq!(record.down_seconds, Some(90));
+        // Released: no more renewals, whatever the cache still shows; the manifest says how
+        // the clinic was stopped.
+        s.snapshot = snapshot("available");
+        let out = next(&s, &mut status, at(120));
+        assert_eq!(kinds(&out), ["manifest"]);
+        let Change::WriteManifest { body, .. } = &out.changes[0] else {
+            unreachable!()
+        };
+        let manifest = SetManifest::from_bytes(body).unwrap();
+        assert_eq!(manifest.consistency, "Quiesced");
+        let quiesce = manifest.quiesce.unwrap();
+        assert_eq!(
+            (quiesce.held_at, quiesce.released_at),
+            (at(0).to_string(), at(90).to_string())
+        );
+    }
+
+    #[test]
+    fn a_hold_that_lapsed_after_the_parts_were_started_fails_the_set_and_is_released() {
+        let mut s = steps();
+        s.consistency = ConsistencyMode::Quiesced;
+        let mut status = OpenEMRBackupStatus::default();
+        // Lapsed before anything was taken (the operator was away while the workers
+        // stopped): placed again, nothing lost.
+        next(&s, &mut status, at(0));
+        s.hold = held(600, false);
+        let out = next(&s, &mut status, at(700));
+        assert_eq!(kinds(&out), ["place"]);
+        assert_eq!(status.phase, Some(BackupPhase::Running));
+        // In effect, the snapshot asked for; then the operator is away past the lifetime.
+        s.hold = held(1300, true);
+        next(&s, &mut status, at(710));
+        s.snapshot = snapshot("creating");
+        s.job = JobSeen::Running;
+        s.hold = held(1310, true);
+        let out = next(&s, &mut status, at(2000));
+        assert_eq!(status.phase, Some(BackupPhase::Failed));
+        assert_eq!(kinds(&out), ["release", "stop-job"]);
+        assert!(reasons(&out).contains(&"HoldLapsed"));
+        assert!(
+            status.message.as_deref().unwrap().contains("lapsed"),
+            "{:?}",
+            status.message
+        );
+        // A hold deleted by someone while the parts were taken: the same.
+        let mut status = OpenEMRBackupStatus::default();
+        let mut s = steps();
+        s.consistency = ConsistencyMode::Quiesced;
+        next(&s, &mut status, at(0));
+        s.hold = held(600, true);
+        next(&s, &mut status, at(5));
+        s.hold = HoldSeen::Absent;
+        let out = next(&s, &mut status, at(10));
+        assert!(reasons(&out).contains(&"HoldLost"));
+        assert_eq!(kinds(&out), ["release"]);
+    }
+
+    #[test]
+    fn a_quiesced_set_that_fails_lets_its_clinic_go() {
+        let mut s = steps();
+        s.consistency = ConsistencyMode::Quiesced;
+        s.hold = held(600, true);
+        let mut status = OpenEMRBackupStatus::default();
+        next(&s, &mut status, at(0));
+        s.snapshot = snapshot("failed");
+        let out = next(&s, &mut status, at(30));
+        assert_eq!(status.phase, Some(BackupPhase::Failed));
+        assert_eq!(kinds(&out), ["release"]);
+        assert_eq!(status.quiesce.unwrap().down_seconds, Some(30));
+        // A crash-consistent set has no hold to release.
+        let mut s = steps();
+        s.snapshot = snapshot("failed");
+        let mut status = OpenEMRBackupStatus::default();
+        next(&s, &mut status, at(0));
+        let out = next(&s, &mut status, at(30));
+        assert!(out.changes.is_empty());
     }
 
     fn snapshot(status: &str) -> Option<DbSnapshot> {

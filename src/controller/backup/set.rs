@@ -103,6 +103,16 @@ pub fn documents_job_name(set: &str) -> String {
     )
 }
 
+/// Who holds the clinic for a `Quiesced` set: `backup-<set>`, or a hash of the set when the
+/// hold's Lease name would not fit.
+pub fn quiesce_holder(clinic: &str, set: &str) -> String {
+    let plain = format!("backup-{set}");
+    if crate::controller::deployment::web::holds::lease_name(clinic, &plain).len() <= 253 {
+        return plain;
+    }
+    format!("backup-{}", short_hash(&[set]))
+}
+
 /// Who a set belongs to.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -141,6 +151,17 @@ pub struct DocumentsPart {
     pub completed_at: String,
 }
 
+/// How a `Quiesced` set stopped the clinic: the database and the documents are both as
+/// they were while nothing ran.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct QuiescePart {
+    /// When the hold was placed, in effect (nothing ran), released.
+    pub held_at: String,
+    pub effective_at: String,
+    pub released_at: String,
+}
+
 /// `backups/<set>/manifest.json`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -157,6 +178,10 @@ pub struct SetManifest {
     /// None for a database-only set: a restore of it keeps or leaves the documents as
     /// the restore asks, and says so.
     pub documents: Option<DocumentsPart>,
+    /// A `Quiesced` set's stop (an optional field: a version 1 reader without it still
+    /// reads the rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesce: Option<QuiescePart>,
     /// The OpenEMR image the clinic ran.
     pub image: Option<String>,
     /// The clinic's spec when the set was taken, so another cluster can rebuild it.
@@ -304,6 +329,7 @@ mod tests {
                 requested_at: "2026-12-01T03:00:00Z".into(),
             },
             documents: None,
+            quiesce: None,
             image: Some("openemr/openemr:7.0.3".into()),
             clinic_spec: serde_json::json!({"aws": {"region": "us-east-1"}}),
             completed_at: "2026-12-01T03:10:00Z".into(),
@@ -312,6 +338,19 @@ mod tests {
         assert_eq!(
             SetManifest::from_bytes(&manifest.to_bytes()).unwrap(),
             manifest
+        );
+        // Written without the optional quiesce part: it reads as none.
+        let mut bytes: serde_json::Value = serde_json::from_slice(&manifest.to_bytes()).unwrap();
+        assert!(bytes.get("quiesce").is_none());
+        bytes["quiesce"] = serde_json::json!({
+            "heldAt": "2026-12-01T03:00:00Z",
+            "effectiveAt": "2026-12-01T03:00:20Z",
+            "releasedAt": "2026-12-01T03:02:00Z",
+        });
+        let quiesced = SetManifest::from_bytes(&serde_json::to_vec(&bytes).unwrap()).unwrap();
+        assert_eq!(
+            quiesced.quiesce.unwrap().released_at,
+            "2026-12-01T03:02:00Z"
         );
         let mut later = manifest.clone();
         later.version = VERSION + 1;

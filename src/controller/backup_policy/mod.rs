@@ -284,13 +284,6 @@ impl BackupPolicy {
                 format!("spec.drill.schedule / spec.drill.timeZone: {e}"),
             );
         }
-        if spec.consistency == crate::api::ConsistencyMode::Quiesced {
-            return Verdict::falsy(
-                "Accepted",
-                "QuiescedNotSupported",
-                "spec.consistency: Quiesced (the clinic stopped while a set is taken) is not taken by this operator version yet: use CrashConsistent",
-            );
-        }
         if !observed.deployment_exists {
             return Verdict::falsy(
                 "Accepted",
@@ -468,15 +461,6 @@ mod tests {
         assert!(plan.changes.is_empty());
         assert_eq!(plan.status.missed_runs, 0);
         assert!(plan.status.next_schedule_time.is_some());
-    }
-
-    #[test]
-    fn a_quiesced_policy_is_refused_until_quiesced_sets_are_taken() {
-        let mut p = policy("@daily", "UTC");
-        p.spec.consistency = crate::api::ConsistencyMode::Quiesced;
-        let c = accepted(&p, true);
-        assert_eq!(c.reason, "QuiescedNotSupported");
-        assert!(c.message.contains("spec.consistency"), "{}", c.message);
     }
 
     #[test]

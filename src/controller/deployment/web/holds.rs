@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -82,6 +82,7 @@ pub fn lease_name(clinic: &str, holder: &str) -> String {
 
 /// Places `holder`'s hold on `clinic`. With `lasts`, the hold lapses unless [`renew`]ed
 /// within that long of the last renewal, so a holder that dies cannot keep the clinic down.
+/// With `owner`, the Lease goes with its owner (a deleted set leaves no hold behind).
 /// Placing a hold that exists puts it in force again, lapsed or not: its `renewTime` is
 /// now, its lifetime and reason are the ones given (its `acquireTime` stays).
 pub async fn place(
@@ -91,6 +92,7 @@ pub async fn place(
     holder: &str,
     reason: &str,
     lasts: Option<Duration>,
+    owner: Option<&OwnerReference>,
 ) -> Result<(), kube::Error> {
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let now = MicroTime(crate::clock::now());
@@ -106,6 +108,7 @@ pub async fn place(
             "name": lease_name(clinic, holder),
             "labels": {HOLD_ON_LABEL: clinic},
             "annotations": {REASON_ANNOTATION: reason},
+            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
         },
         "spec": spec,
     }))

@@ -248,6 +248,8 @@ pub struct WorkloadConfig {
     /// Pods a documents Job tries before it fails, and its whole time.
     pub documents_backoff_limit: i32,
     pub documents_deadline: Duration,
+    /// Lifetime of a `Quiesced` set's hold, renewed at every look of the set.
+    pub quiesce_hold_lifetime: Duration,
 }
 
 impl Default for WorkloadConfig {
@@ -262,6 +264,7 @@ impl Default for WorkloadConfig {
             documents_service_account: "openemr-documents".into(),
             documents_backoff_limit: 2,
             documents_deadline: Duration::from_secs(6 * 3600),
+            quiesce_hold_lifetime: Duration::from_secs(15 * 60),
         }
     }
 }
