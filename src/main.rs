@@ -197,6 +197,9 @@ enum DocumentsCommand {
         /// A set that stays (repeat).
         #[arg(long)]
         keep: Vec<String>,
+        /// Every set present but the dropped ones stays, instead of naming each.
+        #[arg(long, conflicts_with = "keep")]
+        keep_others: bool,
         /// A set that goes (repeat).
         #[arg(long, required = true)]
         drop: Vec<String>,
@@ -325,6 +328,7 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
             DocumentsCommand::Prune {
                 bucket,
                 keep,
+                keep_others,
                 drop,
                 manifests_prefix,
                 prefix,
@@ -334,6 +338,7 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                 let store = bucket.store(None).await;
                 let options = documents::prune::PruneOptions {
                     keep,
+                    keep_others,
                     drop,
                     manifests_prefix,
                     batch,

@@ -457,17 +457,29 @@ async fn a_schedule_makes_one_set_per_slot_catches_up_once_within_its_deadline_a
     operator.terminate();
 }
 
-/// The kubelet's part for set `set`'s documents Job: runs its command over a small tree and
-/// reports the pod's success with the command's summary.
-async fn play_documents_job(client: &kube::Client, ns: &str, set: &str) {
-    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    let name = set::documents_job_name(set);
-    let job = jobs.get(&name).await.unwrap();
-    let scratch = std::env::temp_dir().join(format!("oe-{set}-{}", std::process::id()));
-    let tree = scratch.join("sites");
+/// A small tree standing in for `sites/`, in a fresh scratch directory of its own.
+fn small_tree(tag: &str) -> std::path::PathBuf {
+    let tree = std::env::temp_dir()
+        .join(format!("oe-tree-{tag}-{}", std::process::id()))
+        .join("sites");
+    let _ = std::fs::remove_dir_all(&tree);
     std::fs::create_dir_all(tree.join("default/documents/1")).unwrap();
     std::fs::write(tree.join("default/documents/1/note.txt"), b"seen quietly").unwrap();
-    let pod = eventually(WAIT, "the documents pod", || async {
+    tree
+}
+
+/// The kubelet's part for the set's Job `name` (its documents or prune Job): runs its
+/// command, with `tree` as `/sites`, and reports the pod's success with the command's
+/// summary.
+async fn play_job(client: &kube::Client, ns: &str, name: &str, tree: &Path) {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let job = eventually(WAIT, &format!("Job {name}"), || async {
+        jobs.get_opt(name).await.ok()?
+    })
+    .await;
+    let scratch = std::env::temp_dir().join(format!("oe-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let pod = eventually(WAIT, "the Job's pod", || async {
         pods(client, ns, &format!("job-name={name}"))
             .await
             .into_iter()
@@ -475,7 +487,7 @@ async fn play_documents_job(client: &kube::Client, ns: &str, set: &str) {
             .map(|p| p.name_any())
     })
     .await;
-    let summary = run_documents_job(&job, &pod, &tree, &scratch);
+    let summary = run_documents_job(&job, &pod, tree, &scratch);
     finish_pod(client, ns, &pod, "Succeeded", &summary).await;
     std::fs::remove_dir_all(&scratch).ok();
 }
@@ -548,7 +560,13 @@ async fn a_quiesced_set_stops_the_clinic_only_while_both_parts_are_taken() {
     // Killed mid-set and back within the hold's lifetime: still stopped, the set goes on.
     drop(operator.kill());
     let operator = Operator::start_with(env(), Some(&ns.name), &args);
-    play_documents_job(&client, &ns.name, "quiet-1").await;
+    play_job(
+        &client,
+        &ns.name,
+        "quiet-1-documents",
+        &small_tree("quiet-1"),
+    )
+    .await;
     let done = completed(&sets, "quiet-1").await;
     let quiesce = done.quiesce.clone().unwrap();
     let released = quiesce.released_time.clone().unwrap().0;
@@ -622,4 +640,146 @@ async fn a_quiesced_set_stops_the_clinic_only_while_both_parts_are_taken() {
             .then_some(())
     })
     .await;
+}
+
+/// The versions the mirror holds of `path` (under `sites/`).
+async fn versions_of(s3: &aws_sdk_s3::Client, bucket: &str, path: &str) -> usize {
+    let key = format!("documents/{path}");
+    let listed = s3
+        .list_object_versions()
+        .bucket(bucket)
+        .prefix(&key)
+        .send()
+        .await
+        .unwrap();
+    listed
+        .versions()
+        .iter()
+        .filter(|v| v.key() == Some(key.as_str()))
+        .count()
+}
+
+/// Whether any version of `key` is in the bucket.
+async fn any_version(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> bool {
+    let listed = s3
+        .list_object_versions()
+        .bucket(bucket)
+        .prefix(key)
+        .send()
+        .await
+        .unwrap();
+    listed.versions().iter().any(|v| v.key() == Some(key))
+        || listed.delete_markers().iter().any(|m| m.key() == Some(key))
+}
+
+/// A record is a view of its set: deleted without the request, its data stays; with
+/// `openemr.io/delete-data: "true"`, its snapshot, the documents versions only it
+/// references, its documents manifest and its set manifest go, and a version another set
+/// needs stays.
+#[tokio::test]
+async fn deleting_a_record_deletes_its_data_only_when_asked_and_never_what_another_set_needs() {
+    let name = "clinic-p";
+    let (client, ns) = clinic_with_one_worker("prune", name).await;
+    let args = [
+        "--documents-image",
+        "registry.example.org/openemr-operator:test",
+    ];
+    let _operator = ready_clinic(&client, &ns.name, name, &args).await;
+    documents_account(&client, &ns.name).await;
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let d = clinics.get(name).await.unwrap();
+    let bucket = d.status.clone().unwrap().bucket_name.unwrap();
+    let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
+    let aws = env().aws(Some(REGION)).await;
+    let (s3, rds) = (support::TestEnv::s3(&aws), aws_sdk_rds::Client::new(&aws));
+    let snapshot_exists = |set: &str| {
+        let id = set::snapshot_identifier(&d.uid().unwrap(), set);
+        let rds = rds.clone();
+        async move {
+            rds.describe_db_snapshots()
+                .db_snapshot_identifier(id)
+                .send()
+                .await
+                .is_ok_and(|o| !o.db_snapshots().is_empty())
+        }
+    };
+
+    // Two sets; the second sees `note.txt` changed and `keep.txt` as it was.
+    let tree = small_tree("prune");
+    std::fs::write(tree.join("default/keep.txt"), b"the same in both").unwrap();
+    for set in ["first", "second"] {
+        let body = json!({
+            "apiVersion": "openemr.io/v1alpha1",
+            "kind": "OpenEMRBackup",
+            "metadata": {"name": set},
+            "spec": {"deploymentRef": {"name": name}},
+        });
+        apply(&client, &ns.name, &body).await.unwrap();
+        play_job(&client, &ns.name, &format!("{set}-documents"), &tree).await;
+        completed(&sets, set).await;
+        std::fs::write(tree.join("default/documents/1/note.txt"), b"changed").unwrap();
+    }
+    assert_eq!(
+        versions_of(&s3, &bucket, "default/documents/1/note.txt").await,
+        2
+    );
+    assert_eq!(versions_of(&s3, &bucket, "default/keep.txt").await, 1);
+    let finalizers = sets.get("first").await.unwrap().finalizers().to_vec();
+    assert_eq!(finalizers, ["openemr.io/backup-data"]);
+
+    // Deleted as a GitOps tool would: the record goes, the data stays.
+    sets.delete("second", &Default::default()).await.unwrap();
+    eventually(WAIT, "the second record gone", || async {
+        sets.get_opt("second").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(snapshot_exists("second").await);
+    assert!(any_version(&s3, &bucket, "backups/second/manifest.json").await);
+    assert!(any_version(&s3, &bucket, "backups/documents/second.jsonl.gz").await);
+
+    // Asked to, before the deletion: its data goes, step by step, the shared version stays.
+    sets.patch(
+        "first",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            json!({"metadata": {"annotations": {"openemr.io/delete-data": "true"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    sets.delete("first", &Default::default()).await.unwrap();
+    play_job(&client, &ns.name, "first-prune", &tree).await;
+    eventually(WAIT, "the first record gone with its data", || async {
+        sets.get_opt("first").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(!snapshot_exists("first").await, "its snapshot is deleted");
+    assert!(!any_version(&s3, &bucket, "backups/first/manifest.json").await);
+    assert!(!any_version(&s3, &bucket, "backups/documents/first.jsonl.gz").await);
+    assert_eq!(
+        versions_of(&s3, &bucket, "default/documents/1/note.txt").await,
+        1,
+        "the version only the first set had is gone"
+    );
+    assert_eq!(
+        versions_of(&s3, &bucket, "default/keep.txt").await,
+        1,
+        "the version the second set needs stays"
+    );
+    assert!(snapshot_exists("second").await);
+    // What stays restores whole.
+    let out = env()
+        .command(env!("CARGO_BIN_EXE_openemr-operator"))
+        .args(["documents", "verify", "--bucket", &bucket, "--path-style"])
+        .args(["--manifest", "backups/documents/second.jsonl.gz"])
+        .env("AWS_REGION", REGION)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(tree.parent().unwrap()).ok();
 }

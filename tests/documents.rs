@@ -599,7 +599,7 @@ async fn a_second_backup_on_one_mirror_waits_for_the_lock_or_its_lapse() {
 /// Pruning the middle set of three deletes only the versions no kept set references: the
 /// dropped set's own versions and its manifest go; a version it shares with a kept set
 /// stays. A set nobody named refuses the run. A run stopped before its last step (the
-/// manifest's deletion refused) finishes when run again.
+/// manifest's deletion refused) finishes when run again, here with `--keep-others`.
 #[tokio::test]
 async fn pruning_a_set_deletes_only_what_no_kept_set_references() {
     let b = bucket(&format!("oe-documents-prune-{}", std::process::id())).await;
@@ -694,6 +694,16 @@ async fn pruning_a_set_deletes_only_what_no_kept_set_references() {
     assert!(
         stopped["error"].as_str().unwrap().contains("AccessDenied"),
         "{stopped}"
+    );
+    // Run again as the operator runs it: every other set present stays.
+    let args = on(
+        &b,
+        "prune",
+        &[
+            "--drop".to_string(),
+            "backups/documents/set-2.jsonl.gz".into(),
+            "--keep-others".into(),
+        ],
     );
     let (code, pruned) = documents(&proxy, &args);
     assert_eq!(code, 0, "{pruned}");

@@ -388,45 +388,57 @@ fn the_example_clinics_web_tier_passes_checkov() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// A backup set's documents Job as the operator renders it passes checkov's Kubernetes
-/// checks, but for what `hack/checkov-documents-job-skips.yaml` says (root with one
-/// capability, to read every file of `sites/`).
+/// A backup set's documents Jobs as the operator renders them pass checkov's Kubernetes
+/// checks: the backup Job but for what `hack/checkov-documents-job-skips.yaml` says (root
+/// with one capability, to read every file of `sites/`), the prune Job with no skip at all.
 #[test]
 fn the_documents_job_passes_checkov() {
-    use openemr_operator::controller::backup::job::DocumentsJob;
-    let job = DocumentsJob {
+    use openemr_operator::controller::backup::job::{DocumentsJob, Task};
+    let backup = DocumentsJob {
         name: "set-1-documents",
         namespace: "clinics",
         set: "set-1",
         set_uid: "00000000-0000-0000-0000-000000000002",
         clinic: "clinic-a",
-        claim: "clinic-a-sites",
+        task: Task::Backup {
+            claim: "clinic-a-sites",
+            manifest: "backups/documents/set-1.jsonl.gz",
+            previous: Some("backups/documents/set-0.jsonl.gz"),
+        },
         image: "registry.example.org/openemr-operator@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
         service_account: "openemr-documents",
         region: "us-east-1",
         bucket: "oe-bucket",
         kms_key: Some("arn:aws:kms:us-east-1:123456789012:key/k"),
-        manifest: "backups/documents/set-1.jsonl.gz",
-        previous: Some("backups/documents/set-0.jsonl.gz"),
         backoff_limit: 2,
         deadline_seconds: 21600,
     };
-    let dir = std::env::temp_dir().join(format!("openemr-documents-job-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for (file, body) in [
-        ("job.yaml", job.render()),
-        ("network-policy.yaml", job.network_policy()),
+    let mut prune = backup.clone();
+    prune.name = "set-1-prune";
+    prune.task = Task::Prune {
+        manifest: "backups/documents/set-1.jsonl.gz",
+    };
+    for (job, skips) in [
+        (backup, "hack/checkov-documents-job-skips.yaml"),
+        (prune, "hack/checkov-prune-job-skips.yaml"),
     ] {
-        std::fs::write(dir.join(file), serde_yaml_ng::to_string(&body).unwrap()).unwrap();
+        let dir = std::env::temp_dir().join(format!("{}-{}", job.name, std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, body) in [
+            ("job.yaml", job.render()),
+            ("network-policy.yaml", job.network_policy()),
+        ] {
+            std::fs::write(dir.join(file), serde_yaml_ng::to_string(&body).unwrap()).unwrap();
+        }
+        let resources = checkov_finds_nothing("kubernetes", &dir, skips);
+        assert!(
+            resources >= 2,
+            "checkov did not see the Job {} and its NetworkPolicy",
+            job.name
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
-    let resources =
-        checkov_finds_nothing("kubernetes", &dir, "hack/checkov-documents-job-skips.yaml");
-    assert!(
-        resources >= 2,
-        "checkov did not see the Job and its NetworkPolicy"
-    );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// The operator's image definition: hadolint finds nothing (not even style), checkov's

@@ -4,7 +4,8 @@
 //!
 //! - Every manifest under the manifests' prefix must be named, kept or dropped (one
 //!   `ListObjectsV2` per 1,000 manifests): a set nobody named could reference a version,
-//!   so the run refuses, naming it.
+//!   so the run refuses, naming it. `--keep-others` keeps every manifest present but the
+//!   dropped ones, as listed under the lock (the operator's way).
 //! - All manifests are read side by side, each in manifest order, so memory does not grow
 //!   with the number of files.
 //! - It holds the mirror's lock, as a backup does: a backup that started from a dropped
@@ -30,6 +31,9 @@ pub const MAX_BATCH: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
     pub keep: Vec<String>,
+    /// Every manifest present but the dropped ones stays (what the operator runs: a set
+    /// that goes never takes what any other set references), instead of naming them.
+    pub keep_others: bool,
     pub drop: Vec<String>,
     /// Where the manifests are (`backups/documents/`): every one there must be named.
     pub manifests_prefix: String,
@@ -93,7 +97,6 @@ async fn prune_holding(
     if let Some(both) = options.keep.iter().find(|k| options.drop.contains(k)) {
         return Err(format!("{both} is both kept and dropped"));
     }
-    let named: BTreeSet<&String> = options.keep.iter().chain(&options.drop).collect();
     // The journals of unfinished sets are there too; they are the sweep's.
     let present: BTreeSet<String> = store
         .list_keys(&options.manifests_prefix)
@@ -102,6 +105,16 @@ async fn prune_holding(
         .into_keys()
         .filter(|k| super::journal::set_of_chunk(k).is_none())
         .collect();
+    let keep: Vec<String> = if options.keep_others {
+        present
+            .iter()
+            .filter(|k| !options.drop.contains(k))
+            .cloned()
+            .collect()
+    } else {
+        options.keep.clone()
+    };
+    let named: BTreeSet<&String> = keep.iter().chain(&options.drop).collect();
     let unnamed: Vec<&String> = present.iter().filter(|k| !named.contains(k)).collect();
     if !unnamed.is_empty() {
         return Err(format!(
@@ -120,8 +133,7 @@ async fn prune_holding(
         .filter(|k| present.contains(*k))
         .collect();
     let mut cursors = Vec::new();
-    for (key, kept) in options
-        .keep
+    for (key, kept) in keep
         .iter()
         .map(|k| (k, true))
         .chain(dropped.iter().map(|k| (*k, false)))

@@ -1,14 +1,19 @@
-//! The documents Job of a set: the operator's own image running `documents backup` over the
-//! clinic's EFS volume, mounted read-only at `/sites`, into the clinic's bucket.
+//! The documents Jobs of a set: the operator's own image running the documents engine.
 //!
-//! It runs as root with one capability, `DAC_READ_SEARCH` (read any file, whatever its
-//! mode): OpenEMR's image keeps `sites/` owned by its web server's user, some of it mode
-//! 0600 (`sqlconf.php`), and a backup that cannot read a file would leave it out. It can
-//! write nothing there (the mount is read-only) nor anywhere but `/tmp`, an `emptyDir`
-//! for the manifests (a million files make a manifest of about 100 MB). Its credentials are
-//! the service account's (IRSA or EKS Pod Identity); its summary is its termination
-//! message. A NetworkPolicy lets its pods reach DNS and HTTPS only, and nothing reach
-//! them. Both belong to the set: deleting the record deletes them, not the data.
+//! - **Backup**: `documents backup` over the clinic's EFS volume, mounted read-only at
+//!   `/sites`, into the clinic's bucket. It runs as root with one capability,
+//!   `DAC_READ_SEARCH` (read any file, whatever its mode): OpenEMR's image keeps `sites/`
+//!   owned by its web server's user, some of it mode 0600 (`sqlconf.php`), and a backup
+//!   that cannot read a file would leave it out. It can write nothing there (the mount is
+//!   read-only).
+//! - **Prune**: `documents prune --keep-others` of a set that goes: the versions only it
+//!   references, then its documents manifest. No volume, no capability, not root.
+//!
+//! Both write nothing but `/tmp`, an `emptyDir` for the manifests (a million files make a
+//! manifest of about 100 MB). Their credentials are the service account's (IRSA or EKS Pod
+//! Identity); their summary is their termination message. A NetworkPolicy lets their pods
+//! reach DNS and HTTPS only, and nothing reach them. All belong to the set: deleting the
+//! record deletes them, not the data.
 
 use serde_json::{Value, json};
 
@@ -19,6 +24,20 @@ pub const SET_LABEL: &str = "openemr.io/backup";
 /// Where the volume is mounted.
 pub const SITES: &str = "/sites";
 
+/// What a documents Job does.
+#[derive(Debug, Clone, Copy)]
+pub enum Task<'a> {
+    /// Copies the clinic's volume (its claim) into the set's documents manifest, sending only
+    /// what changed since `previous`.
+    Backup {
+        claim: &'a str,
+        manifest: &'a str,
+        previous: Option<&'a str>,
+    },
+    /// Drops the set's documents manifest and the versions no other set references.
+    Prune { manifest: &'a str },
+}
+
 /// What the Job is made from.
 #[derive(Debug, Clone)]
 pub struct DocumentsJob<'a> {
@@ -27,14 +46,12 @@ pub struct DocumentsJob<'a> {
     pub set: &'a str,
     pub set_uid: &'a str,
     pub clinic: &'a str,
-    pub claim: &'a str,
+    pub task: Task<'a>,
     pub image: &'a str,
     pub service_account: &'a str,
     pub region: &'a str,
     pub bucket: &'a str,
     pub kms_key: Option<&'a str>,
-    pub manifest: &'a str,
-    pub previous: Option<&'a str>,
     /// Pods tried before the Job fails.
     pub backoff_limit: i32,
     /// The Job's whole time, retries included.
@@ -44,25 +61,72 @@ pub struct DocumentsJob<'a> {
 impl DocumentsJob<'_> {
     /// The command, as the container runs it.
     pub fn args(&self) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "documents",
-            "backup",
-            "--dir",
-            SITES,
-            "--manifest",
-            self.manifest,
+        let mut args: Vec<&str> = match self.task {
+            Task::Backup {
+                manifest, previous, ..
+            } => {
+                let mut args = vec![
+                    "documents",
+                    "backup",
+                    "--dir",
+                    SITES,
+                    "--manifest",
+                    manifest,
+                ];
+                if let Some(previous) = previous {
+                    args.extend(["--previous", previous]);
+                }
+                args
+            }
+            Task::Prune { manifest } => {
+                vec!["documents", "prune", "--drop", manifest, "--keep-others"]
+            }
+        };
+        args.extend([
             "--work-dir",
             "/tmp",
             "--summary-file",
             "/dev/termination-log",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-        if let Some(previous) = self.previous {
-            args.extend(["--previous".to_string(), previous.to_string()]);
+        ]);
+        args.into_iter().map(str::to_string).collect()
+    }
+
+    /// What the container may do, and what it mounts.
+    fn access(&self) -> (Value, Vec<Value>, Vec<Value>) {
+        let tmp_mount = json!({"name": "tmp", "mountPath": "/tmp"});
+        let tmp = json!({"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}});
+        match self.task {
+            Task::Backup { claim, .. } => (
+                json!({
+                    "runAsUser": 0,
+                    "runAsNonRoot": false,
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": {"drop": ["ALL"], "add": ["DAC_READ_SEARCH"]},
+                }),
+                vec![
+                    json!({"name": "sites", "mountPath": SITES, "readOnly": true}),
+                    tmp_mount,
+                ],
+                vec![
+                    json!({"name": "sites", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}),
+                    tmp,
+                ],
+            ),
+            // It reads nothing of the clinic's files: the image's own non-root user.
+            Task::Prune { .. } => (
+                json!({
+                    "runAsUser": 65532,
+                    "runAsGroup": 65532,
+                    "runAsNonRoot": true,
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": {"drop": ["ALL"]},
+                }),
+                vec![tmp_mount],
+                vec![tmp],
+            ),
         }
-        args
     }
 
     /// The pods' network: no way in; out only to DNS and HTTPS (S3, KMS, STS).
@@ -124,6 +188,7 @@ impl DocumentsJob<'_> {
         if let Some(key) = self.kms_key {
             env.push(json!({"name": "DOCUMENTS_KMS_KEY", "value": key}));
         }
+        let (security, mounts, volumes) = self.access();
         json!({
             "apiVersion": "batch/v1",
             "kind": "Job",
@@ -162,23 +227,11 @@ impl DocumentsJob<'_> {
                                 "requests": {"cpu": "250m", "memory": "256Mi"},
                                 "limits": {"cpu": "2", "memory": "1Gi"},
                             },
-                            "securityContext": {
-                                "runAsUser": 0,
-                                "runAsNonRoot": false,
-                                "allowPrivilegeEscalation": false,
-                                "readOnlyRootFilesystem": true,
-                                "capabilities": {"drop": ["ALL"], "add": ["DAC_READ_SEARCH"]},
-                            },
-                            "volumeMounts": [
-                                {"name": "sites", "mountPath": SITES, "readOnly": true},
-                                {"name": "tmp", "mountPath": "/tmp"},
-                            ],
+                            "securityContext": security,
+                            "volumeMounts": mounts,
                             "terminationMessagePolicy": "FallbackToLogsOnError",
                         }],
-                        "volumes": [
-                            {"name": "sites", "persistentVolumeClaim": {"claimName": self.claim, "readOnly": true}},
-                            {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
-                        ],
+                        "volumes": volumes,
                     },
                 },
             },
@@ -197,14 +250,16 @@ mod tests {
             set: "set-1",
             set_uid: "uid-1",
             clinic: "clinic-a",
-            claim: "clinic-a-sites",
+            task: Task::Backup {
+                claim: "clinic-a-sites",
+                manifest: "backups/documents/set-1.jsonl.gz",
+                previous,
+            },
             image: "registry.example.org/openemr-operator:0.1.0",
             service_account: "openemr-documents",
             region: "us-east-1",
             bucket: "oe-bucket",
             kms_key: Some("arn:aws:kms:us-east-1:123456789012:key/k"),
-            manifest: "backups/documents/set-1.jsonl.gz",
-            previous,
             backoff_limit: 2,
             deadline_seconds: 21600,
         }
@@ -247,6 +302,37 @@ mod tests {
             .map(|p| p["port"].as_i64().unwrap())
             .collect();
         assert_eq!(ports, [53, 53, 443]);
+    }
+
+    #[test]
+    fn the_prune_job_mounts_nothing_of_the_clinic_and_runs_as_no_one() {
+        let mut prune = job(None);
+        prune.name = "set-1-prune";
+        prune.task = Task::Prune {
+            manifest: "backups/documents/set-1.jsonl.gz",
+        };
+        assert_eq!(
+            prune.args()[..5],
+            [
+                "documents",
+                "prune",
+                "--drop",
+                "backups/documents/set-1.jsonl.gz",
+                "--keep-others"
+            ]
+        );
+        let body = prune.render();
+        let pod = &body["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert_eq!(
+            pod["volumes"],
+            json!([{"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}])
+        );
+        assert_eq!(container["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            container["securityContext"]["capabilities"],
+            json!({"drop": ["ALL"]})
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 pub mod job;
 pub mod plan;
+pub mod prune;
 pub mod retention;
 pub mod set;
 
@@ -73,6 +74,12 @@ impl Reconcile for OpenEMRBackup {
     type Change = Change;
     const CONTROLLER: &'static str = "openemrbackup";
     const REF_KIND: Option<RefKind> = Some(RefKind::Backup);
+    const FINALIZER: Option<&'static str> = Some(prune::FINALIZER);
+
+    /// Deleting a record deletes the set's data only when asked to ([`prune`]).
+    async fn cleanup(&self, ctx: &Context) -> Result<(), Error> {
+        prune::cleanup(self, ctx).await
+    }
 
     async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
         let ns = self.namespace().unwrap_or_default();
@@ -231,9 +238,10 @@ impl Reconcile for OpenEMRBackup {
                     && (!include_documents || s.documents.is_some())
             });
             if parts_done && let Some(bucket) = &steps.clinic.bucket {
-                steps.manifest_written = set_manifest_exists(&clients.s3, bucket, &steps.set)
-                    .await
-                    .map_err(aws_error("reading the set manifest"))?;
+                steps.manifest_written =
+                    object_exists(&clients.s3, bucket, &set::set_manifest_key(&steps.set))
+                        .await
+                        .map_err(aws_error("reading the set manifest"))?;
             }
         }
         observed.steps = Some(steps);
@@ -396,19 +404,22 @@ impl Reconcile for OpenEMRBackup {
                     .await
                     .map_err(hold_error("releasing", clinic))
             }
-            Change::StopJob { name } => {
-                let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-                match jobs.delete(name, &DeleteParams::background()).await {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-                    Err(e) => Err(Error::Act {
-                        action: format!("stopping the documents Job {ns}/{name}"),
-                        reason: "DeleteFailed",
-                        message: e.to_string(),
-                    }),
-                }
-            }
+            Change::StopJob { name } => stop_job(ctx, &ns, name).await,
         }
+    }
+}
+
+/// Deletes the set's Job `name` and its pods (gone already: done).
+async fn stop_job(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    match jobs.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(Error::Act {
+            action: format!("stopping Job {ns}/{name}"),
+            reason: "DeleteFailed",
+            message: e.to_string(),
+        }),
     }
 }
 
@@ -483,14 +494,13 @@ fn clinic_seen(d: &OpenEMRDeployment, aws: &super::ClinicAws, ns: &str) -> Clini
     }
 }
 
-/// Whether `backups/<set>/manifest.json` is in the bucket.
-async fn set_manifest_exists(
+/// Whether `key` is in the bucket (its latest version, not a delete marker).
+async fn object_exists(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
-    set: &str,
+    key: &str,
 ) -> Result<bool, crate::aws::error::AwsError> {
-    let key = set::set_manifest_key(set);
-    match s3.head_object().bucket(bucket).key(&key).send().await {
+    match s3.head_object().bucket(bucket).key(key).send().await {
         Ok(_) => Ok(true),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
         Err(e) => Err(crate::aws::error::AwsError::from_sdk("s3", "HeadObject", e)),

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::job::DocumentsJob;
+use super::job::{DocumentsJob, Task};
 use super::set::{self, DatabasePart, DocumentsPart, SetManifest};
 use crate::api::backup::{BackupPhase, DocumentsLocation, SnapshotRef};
 use crate::api::{ConsistencyMode, OpenEMRBackupStatus};
@@ -435,14 +435,16 @@ fn take(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outc
                         set: &steps.set,
                         set_uid: &steps.set_uid,
                         clinic: &clinic.name,
-                        claim: &clinic.claim,
+                        task: Task::Backup {
+                            claim: &clinic.claim,
+                            manifest: &manifest,
+                            previous: steps.previous_documents.as_deref(),
+                        },
                         image: &steps.documents_image,
                         service_account: &steps.service_account,
                         region: &clinic.region,
                         bucket: &bucket,
                         kms_key: clinic.kms_key.as_deref(),
-                        manifest: &manifest,
-                        previous: steps.previous_documents.as_deref(),
                         backoff_limit: steps.job_backoff_limit,
                         deadline_seconds: steps.job_deadline_seconds,
                     };

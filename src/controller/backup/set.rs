@@ -91,16 +91,22 @@ pub fn scheduled_set_name(policy: &str, slot: chrono::DateTime<chrono::Utc>) -> 
 
 /// The documents Job of set `set`: `<set>-documents`, cut and hashed to fit a label.
 pub fn documents_job_name(set: &str) -> String {
-    let plain = format!("{set}-documents");
+    job_name(set, "documents")
+}
+
+/// The Job pruning set `set`'s documents: `<set>-prune`, cut and hashed to fit a label.
+pub fn prune_job_name(set: &str) -> String {
+    job_name(set, "prune")
+}
+
+fn job_name(set: &str, what: &str) -> String {
+    let plain = format!("{set}-{what}");
     if plain.len() <= MAX_JOB_NAME {
         return plain;
     }
     let hash = short_hash(&[set]);
-    let keep = MAX_JOB_NAME - hash.len() - "--documents".len();
-    format!(
-        "{}-{hash}-documents",
-        set[..keep].trim_end_matches(['-', '.'])
-    )
+    let keep = MAX_JOB_NAME - hash.len() - what.len() - 2;
+    format!("{}-{hash}-{what}", set[..keep].trim_end_matches(['-', '.']))
 }
 
 /// Who holds the clinic for a `Quiesced` set: `backup-<set>`, or a hash of the set when the
@@ -293,6 +299,9 @@ mod tests {
     #[test]
     fn job_names_fit_a_label_and_stay_distinct() {
         assert_eq!(documents_job_name("set-1"), "set-1-documents");
+        assert_eq!(prune_job_name("set-1"), "set-1-prune");
+        let long = prune_job_name(&"x".repeat(80));
+        assert!(long.len() <= 63 && long.ends_with("-prune"), "{long}");
         let a = documents_job_name(&format!("{}-a", "x".repeat(60)));
         let b = documents_job_name(&format!("{}-b", "x".repeat(60)));
         assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");

@@ -1,0 +1,347 @@
+//! Deleting a set's data. A record is a view of its set, not its owner: deleting it deletes
+//! the data only when it carries `openemr.io/delete-data: "true"`, set before the deletion
+//! (retention sets it on a set it expires). Otherwise the record goes and the snapshot,
+//! the documents and the manifests stay, to be restored or rebuilt from; so a GitOps tool
+//! pruning a set, a namespace deleted, or a policy deleted never destroys a backup.
+//!
+//! With the request, the record's finalizer holds it until, in this order (each step found
+//! done or not from the world, so a crash anywhere resumes where it was):
+//!
+//! 1. the set's documents Job, if it still runs, is stopped (it would write on);
+//! 2. its snapshot is deleted, if it is this set's (its `openemr.io/set-uid` tag), and
+//!    gone (`deleting` is waited out);
+//! 3. its documents go through the engine's `prune --keep-others` in a Job: the versions no
+//!    other set references, then its documents manifest (a version another set needs is
+//!    never deleted: the engine reads every other manifest under the mirror's lock);
+//! 4. every version of its set manifest is deleted.
+//!
+//! A set deleted while it holds its clinic (`Quiesced`) releases the hold first, asked or
+//! not. A set of a clinic that no longer exists keeps its data (the bucket and key stay with a
+//! retained clinic): the record goes, and a Warning Event says so.
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::ResourceExt;
+use kube::runtime::events::{Event, EventType};
+
+use super::job::{DocumentsJob, Task};
+use super::set;
+use crate::api::OpenEMRBackup;
+use crate::aws::rds::{Databases, DbSnapshot};
+use crate::controller::children::cached;
+use crate::controller::deployment::clinic::{self, aws_error};
+use crate::controller::deployment::web::observe::{job_state, last_words};
+use crate::controller::deployment::web::{JobState, holds};
+use crate::controller::redact::redact;
+use crate::controller::{Context, Error, lookup};
+
+/// The annotation asking that deleting the record delete the set's data too.
+pub const DELETE_DATA_ANNOTATION: &str = "openemr.io/delete-data";
+/// The finalizer that holds a record until its data is deleted (when asked).
+pub const FINALIZER: &str = "openemr.io/backup-data";
+
+/// A Job of the set, as the cache shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobLeft {
+    Absent,
+    Running,
+    Succeeded,
+    /// With the Job's reason and its pod's last words.
+    Failed(String),
+}
+
+/// What is left of a set's data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Left {
+    pub documents_job: JobLeft,
+    /// The set's snapshot, when one of its name is this set's.
+    pub snapshot: Option<DbSnapshot>,
+    pub documents_manifest: bool,
+    pub prune_job: JobLeft,
+    pub set_manifest: bool,
+}
+
+/// The next step of deleting a set's data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    StopDocumentsJob,
+    DeleteSnapshot(String),
+    /// RDS is deleting it.
+    WaitForSnapshot(String),
+    StartPrune,
+    WaitForPrune,
+    /// The prune Job failed: it is deleted (the next look starts another), and the failure
+    /// reported.
+    RetryPrune(String),
+    DeleteSetManifest,
+    Done,
+}
+
+/// The next step, from what is left (pure).
+pub fn next_step(left: &Left) -> Step {
+    if left.documents_job == JobLeft::Running {
+        return Step::StopDocumentsJob;
+    }
+    if let Some(snapshot) = &left.snapshot {
+        return if snapshot.status == "deleting" {
+            Step::WaitForSnapshot(snapshot.identifier.clone())
+        } else {
+            Step::DeleteSnapshot(snapshot.identifier.clone())
+        };
+    }
+    if left.documents_manifest {
+        return match &left.prune_job {
+            JobLeft::Absent => Step::StartPrune,
+            // Succeeded with the manifest still there: a stale look; the next shows it gone.
+            JobLeft::Running | JobLeft::Succeeded => Step::WaitForPrune,
+            JobLeft::Failed(words) => Step::RetryPrune(words.clone()),
+        };
+    }
+    if left.set_manifest {
+        return Step::DeleteSetManifest;
+    }
+    Step::Done
+}
+
+/// Whether deleting `set`'s record is to delete its data.
+pub fn deletes_data(set: &OpenEMRBackup) -> bool {
+    set.annotations()
+        .get(DELETE_DATA_ANNOTATION)
+        .is_some_and(|v| v == "true")
+}
+
+/// Runs the finalizer: `Ok` once the record may go; `Waiting` while a step is under way.
+pub async fn cleanup(set: &OpenEMRBackup, ctx: &Context) -> Result<(), Error> {
+    let ns = set.namespace().unwrap_or_default();
+    let name = set.name_any();
+    let clinic_name = &set.spec.deployment_ref.name;
+    // A quiesced set deleted while it held its clinic lets it go at once, whatever else.
+    let holder = set::quiesce_holder(clinic_name, &name);
+    if cached(
+        &ctx.children.holds,
+        &ns,
+        &holds::lease_name(clinic_name, &holder),
+    )
+    .is_some()
+    {
+        holds::release(&ctx.client, &ns, clinic_name, &holder)
+            .await
+            .map_err(|e| Error::Cleanup(format!("releasing the set's hold: {e}")))?;
+    }
+    if !deletes_data(set) {
+        return Ok(());
+    }
+    let Some(aws) = &ctx.aws else {
+        return Err(Error::Cleanup(format!(
+            "{DELETE_DATA_ANNOTATION} asks for the set's data to be deleted, which this operator cannot do without AWS access: run it with AWS access, or remove the annotation to keep the data"
+        )));
+    };
+    let clinic = lookup(&ctx.caches.deployments, &ns, clinic_name).and_then(|f| f.0.clone().ok());
+    let Some(d) = clinic else {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "DataKept".into(),
+            note: Some(format!(
+                "clinic {clinic_name:?} is gone: set {name:?}'s snapshot, documents and manifest stay with its bucket and key; delete them by hand if they must go"
+            )),
+            action: "DeleteData".into(),
+            secondary: None,
+        };
+        ctx.publish::<OpenEMRBackup>(&event, &kube::Resource::object_ref(set, &()))
+            .await;
+        return Ok(());
+    };
+    let status = d.status.clone().unwrap_or_default();
+    let (Some(bucket), Some(clinic_uid)) = (status.bucket_name.clone(), d.uid()) else {
+        return Err(Error::Cleanup(format!(
+            "clinic {clinic_name:?} does not report its bucket yet"
+        )));
+    };
+    let clients = clinic::clients(&d, aws).await;
+    let set_uid = set.uid().unwrap_or_default();
+    let identifier = set::snapshot_identifier(&clinic_uid, &name);
+    let snapshot = clients
+        .describe_snapshot(&identifier)
+        .await
+        .map_err(aws_error("reading the set's snapshot"))?
+        // A snapshot of this name made for an earlier set of the name is not this one's.
+        .filter(|s| {
+            s.tags
+                .get(set::SET_UID_TAG)
+                .is_none_or(|uid| *uid == set_uid)
+        });
+    let documents_manifest = set::documents_manifest_key(&name);
+    let store = crate::documents::store::Store {
+        client: clients.s3.clone(),
+        bucket: bucket.clone(),
+        kms_key: status.kms_key_arn.clone(),
+    };
+    let left = Left {
+        documents_job: job_left(ctx, &ns, &set::documents_job_name(&name), &set_uid).await?,
+        snapshot,
+        documents_manifest: super::object_exists(&clients.s3, &bucket, &documents_manifest)
+            .await
+            .map_err(aws_error("reading the documents manifest"))?,
+        prune_job: job_left(ctx, &ns, &set::prune_job_name(&name), &set_uid).await?,
+        set_manifest: super::object_exists(&clients.s3, &bucket, &set::set_manifest_key(&name))
+            .await
+            .map_err(aws_error("reading the set manifest"))?,
+    };
+    let step = next_step(&left);
+    tracing::info!(namespace = %ns, set = %name, ?step, "deleting the set's data");
+    let waiting = |what: String| Error::Waiting {
+        what,
+        after: aws.progress_interval,
+    };
+    match step {
+        Step::Done => Ok(()),
+        Step::StopDocumentsJob => {
+            super::stop_job(ctx, &ns, &set::documents_job_name(&name)).await?;
+            Err(waiting(format!("the documents Job of set {name} to stop")))
+        }
+        Step::DeleteSnapshot(id) => {
+            clients
+                .delete_snapshot(&id)
+                .await
+                .map_err(aws_error("deleting the set's snapshot"))?;
+            Err(waiting(format!("snapshot {id} to be deleted")))
+        }
+        Step::WaitForSnapshot(id) => Err(waiting(format!("snapshot {id} to be deleted"))),
+        Step::StartPrune => {
+            let job_name = set::prune_job_name(&name);
+            let image = aws.workload.documents_image.clone().ok_or_else(|| {
+                Error::Cleanup(
+                    "no image for the prune Job: start the operator with --documents-image (its own image)"
+                        .into(),
+                )
+            })?;
+            let job = DocumentsJob {
+                name: &job_name,
+                namespace: &ns,
+                set: &name,
+                set_uid: &set_uid,
+                clinic: clinic_name,
+                task: Task::Prune {
+                    manifest: &documents_manifest,
+                },
+                image: &image,
+                service_account: &aws.workload.documents_service_account,
+                region: &d.spec.aws.region,
+                bucket: &bucket,
+                kms_key: status.kms_key_arn.as_deref(),
+                backoff_limit: aws.workload.documents_backoff_limit,
+                deadline_seconds: aws.workload.documents_deadline.as_secs() as i64,
+            };
+            super::create_new::<k8s_openapi::api::networking::v1::NetworkPolicy>(
+                ctx,
+                &ns,
+                &job_name,
+                &job.network_policy(),
+            )
+            .await?;
+            super::create_new::<Job>(ctx, &ns, &job_name, &job.render()).await?;
+            Err(waiting(format!("the prune Job {job_name}")))
+        }
+        Step::WaitForPrune => Err(waiting(format!(
+            "the prune Job {}",
+            set::prune_job_name(&name)
+        ))),
+        Step::RetryPrune(words) => {
+            let job_name = set::prune_job_name(&name);
+            super::stop_job(ctx, &ns, &job_name).await?;
+            Err(Error::Cleanup(format!(
+                "the prune Job {job_name} failed (another is started): {words}"
+            )))
+        }
+        Step::DeleteSetManifest => {
+            store
+                .delete_every_version(&set::set_manifest_key(&name))
+                .await
+                .map_err(|e| Error::Cleanup(format!("deleting the set manifest: {e}")))?;
+            Err(waiting("the set manifest's deletion to show".into()))
+        }
+    }
+}
+
+/// The set's Job `name`, if the set owns it.
+async fn job_left(ctx: &Context, ns: &str, name: &str, set_uid: &str) -> Result<JobLeft, Error> {
+    let Some(job) = cached(&ctx.children.jobs, ns, name) else {
+        return Ok(JobLeft::Absent);
+    };
+    if !job.owner_references().iter().any(|o| o.uid == set_uid)
+        || job.metadata.deletion_timestamp.is_some()
+    {
+        return Ok(JobLeft::Absent);
+    }
+    Ok(match job_state(&job) {
+        JobState::Running => JobLeft::Running,
+        JobState::Complete => JobLeft::Succeeded,
+        JobState::Failed { reason, .. } => {
+            let words = last_words(ctx, ns, name).await?;
+            JobLeft::Failed(redact(&format!("{reason}; its last words: {words}"), &[]))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn everything() -> Left {
+        Left {
+            documents_job: JobLeft::Running,
+            snapshot: Some(DbSnapshot {
+                identifier: "openemr-uid-set-1".into(),
+                arn: None,
+                status: "available".into(),
+                tags: BTreeMap::new(),
+            }),
+            documents_manifest: true,
+            prune_job: JobLeft::Absent,
+            set_manifest: true,
+        }
+    }
+
+    #[test]
+    fn the_job_stops_then_the_snapshot_then_the_documents_then_the_manifest_go() {
+        let mut left = everything();
+        assert_eq!(next_step(&left), Step::StopDocumentsJob);
+        left.documents_job = JobLeft::Absent;
+        assert_eq!(
+            next_step(&left),
+            Step::DeleteSnapshot("openemr-uid-set-1".into())
+        );
+        left.snapshot.as_mut().unwrap().status = "deleting".into();
+        assert_eq!(
+            next_step(&left),
+            Step::WaitForSnapshot("openemr-uid-set-1".into())
+        );
+        left.snapshot = None;
+        assert_eq!(next_step(&left), Step::StartPrune);
+        left.prune_job = JobLeft::Running;
+        assert_eq!(next_step(&left), Step::WaitForPrune);
+        left.prune_job = JobLeft::Failed("BackoffLimitExceeded; its last words: locked".into());
+        assert!(matches!(next_step(&left), Step::RetryPrune(w) if w.contains("locked")));
+        left.prune_job = JobLeft::Succeeded;
+        assert_eq!(next_step(&left), Step::WaitForPrune);
+        left.documents_manifest = false;
+        assert_eq!(next_step(&left), Step::DeleteSetManifest);
+        left.set_manifest = false;
+        assert_eq!(next_step(&left), Step::Done);
+    }
+
+    #[test]
+    fn only_an_explicit_request_deletes_data() {
+        let mut set = OpenEMRBackup::new(
+            "set-1",
+            serde_json::from_value(serde_json::json!({"deploymentRef": {"name": "c"}})).unwrap(),
+        );
+        assert!(!deletes_data(&set));
+        set.annotations_mut()
+            .insert(DELETE_DATA_ANNOTATION.into(), "yes".into());
+        assert!(!deletes_data(&set), "only \"true\" asks");
+        set.annotations_mut()
+            .insert(DELETE_DATA_ANNOTATION.into(), "true".into());
+        assert!(deletes_data(&set));
+    }
+}
