@@ -320,6 +320,17 @@ async fn policy_when(
     .await
 }
 
+/// Applies BackupPolicy `name` with `spec`.
+async fn policy(client: &kube::Client, ns: &str, name: &str, spec: serde_json::Value) {
+    let body = json!({
+        "apiVersion": "openemr.io/v1alpha1",
+        "kind": "BackupPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    });
+    apply(client, ns, &body).await.unwrap();
+}
+
 async fn suspend(policies: &Api<BackupPolicy>, suspended: bool) {
     let patch = json!({"spec": {"suspend": suspended}});
     policies
@@ -351,24 +362,19 @@ async fn a_schedule_makes_one_set_per_slot_catches_up_once_within_its_deadline_a
 
     // Hourly in Berlin, ten minutes' grace; database-only sets (no Job to play).
     let first = TestClock::starting("2027-01-05T02:59:50Z", 1.0);
-    apply(
+    policy(
         &client,
         &ns.name,
-        &json!({
-            "apiVersion": "openemr.io/v1alpha1",
-            "kind": "BackupPolicy",
-            "metadata": {"name": "hourly"},
-            "spec": {
-                "deploymentRef": {"name": name},
-                "schedule": "0 * * * *",
-                "timeZone": "Europe/Berlin",
-                "startingDeadlineSeconds": 600,
-                "documents": {"include": false},
-            },
+        "hourly",
+        json!({
+            "deploymentRef": {"name": name},
+            "schedule": "0 * * * *",
+            "timeZone": "Europe/Berlin",
+            "startingDeadlineSeconds": 600,
+            "documents": {"include": false},
         }),
     )
-    .await
-    .unwrap();
+    .await;
     let operator = on(&first);
     let status = policy_when(&policies, "the next slot shown", |s| {
         s.next_schedule_time.is_some()
@@ -782,4 +788,85 @@ async fn deleting_a_record_deletes_its_data_only_when_asked_and_never_what_anoth
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::remove_dir_all(tree.parent().unwrap()).ok();
+}
+
+/// Retention end to end on the operator's clock (40 minutes a second): two
+/// database-only sets a day, `keepDaily: 2`. Once the second day's noon set is complete,
+/// exactly the newest set of each of the two days is left, as records and in AWS: the
+/// others were expired (their records deleted asking for their data to go) and their
+/// snapshots and manifests are gone.
+#[tokio::test]
+async fn retention_leaves_exactly_the_sets_its_rules_keep_as_records_and_in_aws() {
+    let name = "clinic-r";
+    let (client, ns) = clinic_with_one_worker("retention", name).await;
+    ready_clinic(&client, &ns.name, name, &[]).await.terminate();
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let d = clinics.get(name).await.unwrap();
+    let bucket = d.status.clone().unwrap().bucket_name.unwrap();
+    let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
+    let clock = TestClock::starting("2027-01-04T23:00:00Z", 2400.0);
+    policy(
+        &client,
+        &ns.name,
+        "twice",
+        json!({
+            "deploymentRef": {"name": name},
+            "schedule": "0 0,12 * * *",
+            "timeZone": "UTC",
+            // The operator's start-up takes hours on this clock.
+            "startingDeadlineSeconds": 14400,
+            "documents": {"include": false},
+            "retention": {"keepDaily": 2, "keepWeekly": 0, "keepMonthly": 0},
+        }),
+    )
+    .await;
+    // A superseded set is looked at again on the resync: two seconds, 80 minutes here. A
+    // quiesce hold must outlive three looks (a second each) on this clock.
+    let _operator = Operator::start_with_env(
+        env(),
+        Some(&ns.name),
+        &["--resync-interval", "2s", "--quiesce-hold-lifetime", "4h"],
+        &clock.vars(),
+    );
+    // Some 38 hours of the clock: about a minute.
+    eventually(Duration::from_secs(150), "the 6th's noon set", || async {
+        let status = sets.get_opt("twice-20270106-1200").await.ok()??.status?;
+        (status.phase == Some(BackupPhase::Completed)).then_some(())
+    })
+    .await;
+    let kept = ["twice-20270105-1200", "twice-20270106-1200"];
+    eventually(WAIT, "only the sets retention keeps", || async {
+        (set_names(&sets).await == kept).then_some(())
+    })
+    .await;
+    let expiry = |set: &'static str| {
+        let sets = sets.clone();
+        async move { sets.get(set).await.unwrap().status.unwrap().expires_at }
+    };
+    // Kept as the newest of the 5th until the 7th begins; the newest set has no expiry.
+    assert_eq!(
+        shows(&expiry("twice-20270105-1200").await),
+        "2027-01-07T00:00:00Z"
+    );
+    assert_eq!(expiry("twice-20270106-1200").await, None);
+
+    let aws = env().aws(Some(REGION)).await;
+    let (s3, rds) = (support::TestEnv::s3(&aws), aws_sdk_rds::Client::new(&aws));
+    for set in [
+        "twice-20270105-0000",
+        "twice-20270105-1200",
+        "twice-20270106-0000",
+        "twice-20270106-1200",
+    ] {
+        let id = set::snapshot_identifier(&d.uid().unwrap(), set);
+        let snapshot = rds
+            .describe_db_snapshots()
+            .db_snapshot_identifier(id)
+            .send()
+            .await
+            .is_ok_and(|o| !o.db_snapshots().is_empty());
+        let manifest = any_version(&s3, &bucket, &format!("backups/{set}/manifest.json")).await;
+        let is_kept = kept.contains(&set);
+        assert_eq!((snapshot, manifest), (is_kept, is_kept), "{set}");
+    }
 }

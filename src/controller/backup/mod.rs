@@ -40,6 +40,9 @@ use crate::controller::deployment::web::JobState;
 use crate::controller::redact::redact;
 use plan::{Change, ClinicSeen, HoldSeen, JobSeen, Steps};
 
+/// The condition saying whether retention keeps a completed set of a policy, and until when.
+pub const RETAINED: &str = "Retained";
+
 /// The policy named by a set, as found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicyRef {
@@ -67,6 +70,19 @@ pub struct Observed {
     /// A finished `Quiesced` set's hold is still there (the release was cut short): it is
     /// released.
     pub leftover_hold: bool,
+    /// A completed set of a policy: its policy's completed sets, as retention judges them.
+    pub retention: Option<RetentionSeen>,
+}
+
+/// What retention judges a completed set by.
+#[derive(Debug, Clone)]
+pub struct RetentionSeen {
+    /// The policy's completed sets, this one among them.
+    pub candidates: Vec<retention::Candidate>,
+    pub rules: crate::api::backup_policy::Retention,
+    pub zone: chrono_tz::Tz,
+    /// When this set was made, on the operator's clock.
+    pub created: chrono::DateTime<chrono::Utc>,
 }
 
 impl Reconcile for OpenEMRBackup {
@@ -117,13 +133,20 @@ impl Reconcile for OpenEMRBackup {
             consistency,
             progress: std::time::Duration::from_secs(30),
             leftover_hold: false,
+            retention: None,
         };
+        if matches!(self.phase(), BackupPhase::Completed | BackupPhase::Failed)
+            && let Some(policy) = &found_policy
+        {
+            observed.retention = self.retention_seen(ctx, &ns, policy);
+        }
         let (Some(aws), Some(found)) = (&ctx.aws, found) else {
             return Ok(observed);
         };
         let Ok(d) = &found.0 else {
             return Ok(observed);
         };
+        children_listed(ctx)?;
         observed.progress = aws.progress_interval;
         let holder = set::quiesce_holder(clinic_name, &self.name_any());
         let lease = cached(
@@ -271,7 +294,80 @@ impl Reconcile for OpenEMRBackup {
         status.phase.get_or_insert(BackupPhase::Pending);
         let phase = status.phase.unwrap_or_default();
         if matches!(phase, BackupPhase::Completed | BackupPhase::Failed) {
+            let mut retained = None;
+            let mut expire = None;
+            // Judged again at every look; without a policy to judge by, it is kept.
+            status.expires_at = None;
+            let seen = observed.retention.as_ref().filter(|_| is_accepted);
+            if let Some(seen) = seen.filter(|_| phase == BackupPhase::Failed) {
+                // A failed set is kept for inspection until a later set of its policy has
+                // completed; then it goes, with whatever part of it was taken.
+                if seen.candidates.iter().any(|c| c.completed > seen.created) {
+                    status.expires_at =
+                        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+                    retained = Some(Verdict::falsy(
+                        RETAINED,
+                        "Expired",
+                        "a later set of its policy completed: a failed set is kept only until then",
+                    ));
+                    expire = Some(Change::Expire {
+                        resource_version: self.resource_version().unwrap_or_default(),
+                    });
+                }
+            } else if let Some(seen) = seen {
+                let judged = retention::plan(
+                    &seen.candidates,
+                    &seen.rules,
+                    seen.zone,
+                    crate::clock::to_utc(now),
+                );
+                let name = self.name_any();
+                match judged.kept.get(&name) {
+                    Some(kept) => {
+                        status.expires_at = kept.expires_at.map(|t| {
+                            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                                crate::clock::from_utc(t),
+                            )
+                        });
+                        let until = status
+                            .expires_at
+                            .as_ref()
+                            .map_or("while it is so".to_string(), |t| format!("until {}", t.0));
+                        retained = Some(Verdict::truthy(
+                            RETAINED,
+                            "Kept",
+                            format!("kept ({}) {until}", kept.reasons.join(", ")),
+                        ));
+                    }
+                    None if judged.expired.contains(&name) => {
+                        status.expires_at =
+                            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+                        let reason = "no rule of the policy's retention keeps it any more";
+                        retained = Some(Verdict::falsy(RETAINED, "Expired", reason));
+                        expire = Some(Change::Expire {
+                            resource_version: self.resource_version().unwrap_or_default(),
+                        });
+                    }
+                    None => {}
+                }
+            }
+            let requeue = match status
+                .expires_at
+                .as_ref()
+                .and_then(|t| crate::clock::real_wait_until(t.0, now))
+            {
+                Some(wait) => Requeue::Exactly(wait),
+                None if is_accepted => Requeue::Resync,
+                None => Requeue::OnChange,
+            };
+            if let Some(retained) = retained {
+                let mut with = self.clone();
+                with.status = Some(status);
+                status = status_with(&with, &[accepted, retained], now);
+            }
             let mut plan = Plan::after_validation(status, is_accepted);
+            plan.requeue = requeue;
+            plan.changes.extend(expire);
             if observed.leftover_hold {
                 let clinic = self.spec.deployment_ref.name.clone();
                 plan.changes.push(Change::ReleaseHold {
@@ -328,11 +424,12 @@ impl Reconcile for OpenEMRBackup {
             Change::RenewHold { holder, .. } => ("RenewHold".into(), holder.clone()),
             Change::ReleaseHold { holder, .. } => ("ReleaseHold".into(), holder.clone()),
             Change::StopJob { name } => ("StopDocumentsJob".into(), name.clone()),
+            Change::Expire { resource_version } => ("Expire".into(), resource_version.clone()),
         }
     }
 
-    /// Holds are placed, renewed and released, and a Job stopped, by name, leaving nothing
-    /// to recognise: repeating one is harmless.
+    /// Holds are placed, renewed and released, a Job stopped and a set expired by name,
+    /// leaving nothing to recognise: repeating one is harmless.
     fn recorded(change: &Change) -> bool {
         !matches!(
             change,
@@ -340,6 +437,7 @@ impl Reconcile for OpenEMRBackup {
                 | Change::RenewHold { .. }
                 | Change::ReleaseHold { .. }
                 | Change::StopJob { .. }
+                | Change::Expire { .. }
         )
     }
 
@@ -405,8 +503,25 @@ impl Reconcile for OpenEMRBackup {
                     .map_err(hold_error("releasing", clinic))
             }
             Change::StopJob { name } => stop_job(ctx, &ns, name).await,
+            Change::Expire { resource_version } => self.expire(ctx, resource_version).await,
         }
     }
+}
+
+/// A set's Jobs and hold are read from the caches of the clinics' children: before they
+/// have listed, "absent" would be a guess (and a hold taken for lost).
+fn children_listed(ctx: &Context) -> Result<(), Error> {
+    if ctx
+        .children
+        .synced
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return Ok(());
+    }
+    Err(Error::Waiting {
+        what: "the watches of the clinics' children to list".into(),
+        after: std::time::Duration::from_secs(1),
+    })
 }
 
 /// Deletes the set's Job `name` and its pods (gone already: done).
@@ -581,6 +696,131 @@ async fn write_set_manifest(
 }
 
 impl OpenEMRBackup {
+    /// The policy's completed sets, as retention judges them; `None` when the policy's
+    /// zone cannot be read (the policy is refused for it).
+    fn retention_seen(
+        &self,
+        ctx: &Context,
+        ns: &str,
+        policy: &BackupPolicy,
+    ) -> Option<RetentionSeen> {
+        let zone: chrono_tz::Tz = policy.spec.time_zone.parse().ok()?;
+        let policy_name = policy.name_any();
+        let restores: Vec<crate::api::RestoreRequest> = ctx
+            .caches
+            .restores
+            .state()
+            .iter()
+            .filter_map(|r| r.0.as_ref().ok().cloned())
+            .filter(|r| r.namespace().as_deref() == Some(ns))
+            .collect();
+        let in_use = |set: &str| {
+            restores.iter().any(|r| {
+                r.spec
+                    .source
+                    .backup_ref
+                    .as_ref()
+                    .is_some_and(|b| b.name == set)
+                    || r.status.as_ref().and_then(|s| s.source_backup.as_deref()) == Some(set)
+            })
+        };
+        let candidates = ctx
+            .caches
+            .backups
+            .state()
+            .iter()
+            .filter_map(|b| b.0.as_ref().ok())
+            .filter(|b| {
+                b.namespace().as_deref() == Some(ns)
+                    && b.metadata.deletion_timestamp.is_none()
+                    && b.spec.policy_ref.as_ref().map(|p| p.name.as_str())
+                        == Some(policy_name.as_str())
+                    && b.spec.deployment_ref == self.spec.deployment_ref
+            })
+            .filter_map(|b| {
+                let status = b.status.as_ref()?;
+                if status.phase != Some(BackupPhase::Completed) {
+                    return None;
+                }
+                let name = b.name_any();
+                Some(retention::Candidate {
+                    completed: crate::clock::to_utc(status.completion_time.as_ref()?.0),
+                    held: b
+                        .labels()
+                        .get(crate::api::backup::HOLD_LABEL)
+                        .is_some_and(|v| v == "true"),
+                    in_use: in_use(&name),
+                    name,
+                })
+            })
+            .collect();
+        Some(RetentionSeen {
+            candidates,
+            rules: policy.spec.retention.clone(),
+            zone,
+            created: crate::clock::to_utc(
+                self.creation_timestamp()
+                    .map_or_else(crate::clock::now, |t| crate::clock::seen_at(t.0)),
+            ),
+        })
+    }
+
+    /// Retention let the set go: its record is deleted asking for its data to go too
+    /// ([`prune`]), unless it changed since it was judged (a hold label added meanwhile).
+    async fn expire(&self, ctx: &Context, judged_at: &str) -> Result<(), Error> {
+        let ns = self.namespace().unwrap_or_default();
+        let name = self.name_any();
+        let api: Api<OpenEMRBackup> = Api::namespaced(ctx.client.clone(), &ns);
+        let failed = |doing: &str, e: kube::Error| Error::Act {
+            action: format!("{doing} expired set {ns}/{name}"),
+            reason: "ExpireFailed",
+            message: e.to_string(),
+        };
+        let ask = serde_json::json!({"metadata": {
+            "resourceVersion": judged_at,
+            "annotations": {prune::DELETE_DATA_ANNOTATION: "true"},
+        }});
+        let asked = match api
+            .patch(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&ask),
+            )
+            .await
+        {
+            Ok(asked) => asked,
+            // Changed since judged: the next look judges it again.
+            Err(kube::Error::Api(e)) if e.code == 409 => return Err(Error::StaleCache),
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(e) => return Err(failed("marking", e)),
+        };
+        let delete = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                resource_version: asked.resource_version(),
+                uid: asked.uid(),
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &delete).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => return Err(Error::StaleCache),
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(e) => return Err(failed("deleting", e)),
+        }
+        let event = kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Normal,
+            reason: "Expired".into(),
+            note: Some(format!(
+                "retention no longer keeps set {name}: its record is deleted, and its snapshot, documents and manifest with it"
+            )),
+            action: "Retention".into(),
+            secondary: None,
+        };
+        ctx.publish::<OpenEMRBackup>(&event, &kube::Resource::object_ref(self, &()))
+            .await;
+        Ok(())
+    }
+
     fn phase(&self) -> BackupPhase {
         self.status
             .as_ref()
@@ -703,6 +943,7 @@ mod tests {
             consistency: ConsistencyMode::CrashConsistent,
             progress: std::time::Duration::from_secs(30),
             leftover_hold: false,
+            retention: None,
         }
     }
 
@@ -785,6 +1026,94 @@ mod tests {
                 .changes
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_completed_set_is_kept_until_its_rules_release_it_then_expired() {
+        use chrono::TimeZone;
+        let candidate = |name: &str, day: u32| retention::Candidate {
+            name: name.into(),
+            completed: chrono::Utc
+                .with_ymd_and_hms(2027, 1, day, 12, 30, 0)
+                .unwrap(),
+            held: false,
+            in_use: false,
+        };
+        let mut old = set(Some("daily"));
+        old.metadata.name = Some("daily-20270104-1200".into());
+        old.metadata.resource_version = Some("42".into());
+        old.status = Some(OpenEMRBackupStatus {
+            phase: Some(BackupPhase::Completed),
+            ..Default::default()
+        });
+        let mut seen = observed(true, PolicyRef::Covers("clinic-a".into()));
+        seen.retention = Some(RetentionSeen {
+            candidates: vec![
+                candidate("daily-20270104-1200", 4),
+                candidate("daily-20270105-1200", 5),
+                candidate("daily-20270106-1200", 6),
+            ],
+            rules: serde_json::from_value(serde_json::json!({
+                "keepDaily": 2, "keepWeekly": 0, "keepMonthly": 0
+            }))
+            .unwrap(),
+            zone: chrono_tz::UTC,
+            created: chrono::Utc.with_ymd_and_hms(2027, 1, 4, 12, 0, 0).unwrap(),
+        });
+        // At 13:00 on the 5th, it is the newest of yesterday: kept until the 6th begins.
+        let on_5th = Timestamp::from_second(1_799_193_600 - 11 * 3600).unwrap();
+        let mut day5 = seen.clone();
+        day5.retention.as_mut().unwrap().candidates.pop();
+        let plan = old.plan(&day5, on_5th);
+        assert!(plan.changes.is_empty(), "{:?}", plan.changes);
+        assert_eq!(
+            plan.status.expires_at.as_ref().unwrap().0.to_string(),
+            "2027-01-06T00:00:00Z"
+        );
+        let retained = conditions::find(&plan.status.conditions, RETAINED).unwrap();
+        assert_eq!(
+            (retained.status.as_str(), retained.reason.as_str()),
+            ("True", "Kept")
+        );
+        assert!(retained.message.contains("daily"), "{}", retained.message);
+        assert_eq!(
+            plan.requeue,
+            Requeue::Exactly(std::time::Duration::from_secs(11 * 3600))
+        );
+        // On the 6th, two newer days' sets keep it no more: its record goes with its data,
+        // if it is still as judged.
+        let on_6th = Timestamp::from_second(1_799_193_600 + 13 * 3600).unwrap();
+        let plan = old.plan(&seen, on_6th);
+        assert_eq!(
+            plan.changes,
+            [Change::Expire {
+                resource_version: "42".into()
+            }]
+        );
+        let retained = conditions::find(&plan.status.conditions, RETAINED).unwrap();
+        assert_eq!(retained.reason, "Expired");
+        // Held, it stays whatever the rules say.
+        seen.retention.as_mut().unwrap().candidates[0].held = true;
+        let plan = old.plan(&seen, on_6th);
+        assert!(plan.changes.is_empty());
+        assert_eq!(plan.status.expires_at, None);
+
+        // A failed set stays for inspection until a later set of its policy completes.
+        let mut failed = old.clone();
+        failed.status.as_mut().unwrap().phase = Some(BackupPhase::Failed);
+        let made_at = |hour: u32| {
+            let mut seen = seen.clone();
+            seen.retention.as_mut().unwrap().created = chrono::Utc
+                .with_ymd_and_hms(2027, 1, 6, hour, 0, 0)
+                .unwrap();
+            seen
+        };
+        // Made before the 6th's set completed (12:30): it goes.
+        assert_eq!(failed.plan(&made_at(0), on_6th).changes.len(), 1);
+        // Made after: it stays.
+        let plan = failed.plan(&made_at(13), on_6th);
+        assert!(plan.changes.is_empty(), "{:?}", plan.changes);
+        assert_eq!(plan.status.expires_at, None);
     }
 
     #[test]

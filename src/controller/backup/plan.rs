@@ -153,6 +153,11 @@ pub enum Change {
     StopJob {
         name: String,
     },
+    /// Retention let the set go: its record is deleted with its data, if it is still as
+    /// it was at `resource_version`.
+    Expire {
+        resource_version: String,
+    },
 }
 
 /// Where the steps leave the set: what to say, what to do, whether to look again soon.
@@ -171,7 +176,13 @@ const SNAPSHOT_FAILED: &[&str] = &["failed", "deleted", "incompatible-restore"];
 pub fn next(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outcome {
     let mut out = take(steps, status, now);
     if status.phase == Some(BackupPhase::Failed) {
-        release(steps, status, &mut out, now);
+        if release(steps, status, &mut out, now) {
+            out.verdicts.push(Verdict::falsy(
+                QUIESCED,
+                "NotQuiesced",
+                "the set failed: its hold is released and the clinic runs again",
+            ));
+        }
         if steps.job == JobSeen::Running {
             // Its copy could never complete the set: it stops writing to the bucket.
             out.changes.push(Change::StopJob {
@@ -183,13 +194,18 @@ pub fn next(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> 
 }
 
 /// Releases the set's hold if it placed one and has not let it go yet; records how long the
-/// clinic was down.
-fn release(steps: &Steps, status: &mut OpenEMRBackupStatus, out: &mut Outcome, now: Timestamp) {
+/// clinic was down. Whether it did.
+fn release(
+    steps: &Steps,
+    status: &mut OpenEMRBackupStatus,
+    out: &mut Outcome,
+    now: Timestamp,
+) -> bool {
     let Some(record) = status.quiesce.as_mut() else {
-        return;
+        return false;
     };
     if record.held_time.is_none() || record.released_time.is_some() {
-        return;
+        return false;
     }
     record.released_time = Some(Time(now));
     record.down_seconds = record
@@ -200,6 +216,7 @@ fn release(steps: &Steps, status: &mut OpenEMRBackupStatus, out: &mut Outcome, n
         clinic: steps.clinic.name.clone(),
         holder: steps.holder.clone(),
     });
+    true
 }
 
 /// Where a `Quiesced` set's stop of the clinic leaves the set.
@@ -513,7 +530,7 @@ fn take(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outc
     if quiesced && steps.snapshot.is_some() && documents_done && !released {
         // Both parts are taken (RDS fixed the snapshot's instant when it accepted it): the
         // clinic need not wait for the snapshot to be available.
-        release(steps, status, &mut out, now);
+        let _ = release(steps, status, &mut out, now);
         let down = status
             .quiesce
             .as_ref()
@@ -680,6 +697,7 @@ mod tests {
                 Change::RenewHold { .. } => "renew",
                 Change::ReleaseHold { .. } => "release",
                 Change::StopJob { .. } => "stop-job",
+                Change::Expire { .. } => "expire",
             })
             .collect()
     }
@@ -786,6 +804,7 @@ mod tests {
         s.hold = HoldSeen::Absent;
         let out = next(&s, &mut status, at(10));
         assert!(reasons(&out).contains(&"HoldLost"));
+        assert!(reasons(&out).contains(&"NotQuiesced"));
         assert_eq!(kinds(&out), ["release"]);
     }
 

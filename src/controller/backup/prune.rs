@@ -114,6 +114,7 @@ pub async fn cleanup(set: &OpenEMRBackup, ctx: &Context) -> Result<(), Error> {
     let ns = set.namespace().unwrap_or_default();
     let name = set.name_any();
     let clinic_name = &set.spec.deployment_ref.name;
+    super::children_listed(ctx)?;
     // A quiesced set deleted while it held its clinic lets it go at once, whatever else.
     let holder = set::quiesce_holder(clinic_name, &name);
     if cached(

@@ -248,12 +248,19 @@ const ALL_SETTINGS_APPLIED: &str = "AllSettingsApplied";
 
 impl BackupPolicy {
     fn not_yet_applied(&self) -> Verdict {
-        let mut missing = vec!["spec.retention (sets are kept until deleted)"];
+        let mut missing = Vec::new();
         if self.spec.cross_region_copy.is_some() {
             missing.push("spec.crossRegionCopy (no copies are made)");
         }
         if self.spec.drill.is_some() {
             missing.push("spec.drill (no drills are run)");
+        }
+        if missing.is_empty() {
+            return Verdict::truthy(
+                ALL_SETTINGS_APPLIED,
+                "Applied",
+                "every setting of the policy is carried out",
+            );
         }
         Verdict::falsy(
             ALL_SETTINGS_APPLIED,
@@ -444,16 +451,24 @@ mod tests {
             plan.status.last_scheduled_backup.as_deref(),
             Some("nightly-20270115-0000")
         );
+        let applied = conditions::find(&plan.status.conditions, ALL_SETTINGS_APPLIED).unwrap();
+        assert_eq!(
+            applied.status, "True",
+            "a plain schedule with retention: all applied"
+        );
+        let mut copied = p.clone();
+        copied.spec.drill =
+            Some(serde_json::from_value(serde_json::json!({"schedule": "@monthly"})).unwrap());
+        let plan = copied.plan(
+            &observed(true),
+            Timestamp::from_second(1_800_000_000 - 8 * 3600 + 30).unwrap(),
+        );
         let partly = conditions::find(&plan.status.conditions, ALL_SETTINGS_APPLIED).unwrap();
         assert_eq!(
             (partly.status.as_str(), partly.reason.as_str()),
             ("False", "NotYetSupported")
         );
-        assert!(
-            partly.message.contains("spec.retention"),
-            "{}",
-            partly.message
-        );
+        assert!(partly.message.contains("spec.drill"), "{}", partly.message);
         // Without AWS, the next slot is shown and nothing is made.
         let mut blind = observed(true);
         blind.schedules = false;
