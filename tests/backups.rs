@@ -67,6 +67,23 @@ fn run_documents_job(job: &Job, pod: &str, tree: &Path, scratch: &Path) -> Strin
     std::fs::read_to_string(summary).unwrap()
 }
 
+/// Checks with `documents verify` that the set of documents manifest `manifest` is sound.
+fn verify_documents(bucket: &str, manifest: &str) {
+    let out = env()
+        .command(env!("CARGO_BIN_EXE_openemr-operator"))
+        .args(["documents", "verify", "--bucket", bucket, "--path-style"])
+        .args(["--manifest", manifest])
+        .env("AWS_REGION", REGION)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A clinic with one worker in a fresh namespace named from `prefix`.
 async fn clinic_with_one_worker(prefix: &str, name: &str) -> (kube::Client, TestNamespace) {
     let client = env().admin().await;
@@ -75,6 +92,26 @@ async fn clinic_with_one_worker(prefix: &str, name: &str) -> (kube::Client, Test
     clinic["spec"]["web"] = json!({"replicas": 1});
     apply(&client, &ns.name, &clinic).await.unwrap();
     (client, ns)
+}
+
+/// The operator's image, for the documents Jobs it makes.
+const DOCUMENTS_IMAGE: [&str; 2] = [
+    "--documents-image",
+    "registry.example.org/openemr-operator:test",
+];
+
+/// A clinic with one worker, `Ready`, with the documents Jobs' service account, under an
+/// operator started with [`DOCUMENTS_IMAGE`] (and `extra`).
+async fn documents_clinic(
+    prefix: &str,
+    name: &str,
+    extra: &[&str],
+) -> (kube::Client, TestNamespace, Operator) {
+    let (client, ns) = clinic_with_one_worker(prefix, name).await;
+    let args: Vec<&str> = DOCUMENTS_IMAGE.iter().chain(extra).copied().collect();
+    let operator = ready_clinic(&client, &ns.name, name, &args).await;
+    documents_account(&client, &ns.name).await;
+    (client, ns, operator)
 }
 
 /// The service account documents Jobs run as.
@@ -112,18 +149,13 @@ async fn an_on_demand_set_takes_the_snapshot_then_the_documents_then_writes_its_
     let (bucket, key_arn) = (status.bucket_name.unwrap(), status.kms_key_arn.unwrap());
     let instance = status.database.unwrap().identifier;
 
-    apply(
+    take_set(
         &client,
         &ns.name,
-        &json!({
-            "apiVersion": "openemr.io/v1alpha1",
-            "kind": "OpenEMRBackup",
-            "metadata": {"name": "before-upgrade"},
-            "spec": {"deploymentRef": {"name": name}},
-        }),
+        "before-upgrade",
+        json!({"deploymentRef": {"name": name}}),
     )
-    .await
-    .unwrap();
+    .await;
     let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
     // Without the service account the Job runs as, no Job: the set says what to create.
@@ -307,6 +339,20 @@ async fn set_names(sets: &Api<OpenEMRBackup>) -> Vec<String> {
     names
 }
 
+/// The hourly policy's sets are only those of `slots` (HHMM on 2027-01-05), the last of
+/// them among them.
+async fn only_sets_made_at(sets: &Api<OpenEMRBackup>, slots: &[&str]) {
+    let made: Vec<String> = slots
+        .iter()
+        .map(|s| format!("hourly-20270105-{s}"))
+        .collect();
+    let names = set_names(sets).await;
+    assert!(
+        names.iter().all(|n| made.contains(n)) && names.contains(made.last().unwrap()),
+        "{names:?}"
+    );
+}
+
 /// The policy's status once `check` holds for it.
 async fn policy_when(
     policies: &Api<BackupPolicy>,
@@ -320,15 +366,31 @@ async fn policy_when(
     .await
 }
 
-/// Applies BackupPolicy `name` with `spec`.
-async fn policy(client: &kube::Client, ns: &str, name: &str, spec: serde_json::Value) {
+/// Applies an object of this operator's API: `kind` `name` with `spec`.
+async fn apply_ours(
+    client: &kube::Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    spec: serde_json::Value,
+) {
     let body = json!({
         "apiVersion": "openemr.io/v1alpha1",
-        "kind": "BackupPolicy",
+        "kind": kind,
         "metadata": {"name": name},
         "spec": spec,
     });
     apply(client, ns, &body).await.unwrap();
+}
+
+/// Applies OpenEMRBackup `name` with `spec`: a set asked for.
+async fn take_set(client: &kube::Client, ns: &str, name: &str, spec: serde_json::Value) {
+    apply_ours(client, ns, "OpenEMRBackup", name, spec).await;
+}
+
+/// Applies BackupPolicy `name` with `spec`.
+async fn policy(client: &kube::Client, ns: &str, name: &str, spec: serde_json::Value) {
+    apply_ours(client, ns, "BackupPolicy", name, spec).await;
 }
 
 async fn suspend(policies: &Api<BackupPolicy>, suspended: bool) {
@@ -418,10 +480,8 @@ async fn a_schedule_makes_one_set_per_slot_catches_up_once_within_its_deadline_a
         s.last_successful_backup.as_deref() == Some("hourly-20270105-0400")
     })
     .await;
-    assert_eq!(
-        set_names(&sets).await,
-        ["hourly-20270105-0300", "hourly-20270105-0400"]
-    );
+    // (Retention keeps one set a day: the 03:00 set may be on its way out.)
+    only_sets_made_at(&sets, &["0300", "0400"]).await;
     operator.terminate();
 
     // Down until 08:30: 05:00 to 08:00 passed, the latest half an hour ago. No run; four
@@ -456,10 +516,11 @@ async fn a_schedule_makes_one_set_per_slot_catches_up_once_within_its_deadline_a
     assert_eq!(shows(&status.next_schedule_time), "2027-01-05T11:00:00Z");
     assert_eq!(status.missed_runs, 4);
     assert_eq!(
-        set_names(&sets).await.len(),
-        2,
+        status.last_scheduled_backup.as_deref(),
+        Some("hourly-20270105-0400"),
         "no run for a suspended slot"
     );
+    only_sets_made_at(&sets, &["0300", "0400"]).await;
     operator.terminate();
 }
 
@@ -533,13 +594,8 @@ async fn a_quiesced_set_stops_the_clinic_only_while_both_parts_are_taken() {
     let take = |set: &'static str| {
         let (client, ns) = (client.clone(), ns.name.clone());
         async move {
-            let body = json!({
-                "apiVersion": "openemr.io/v1alpha1",
-                "kind": "OpenEMRBackup",
-                "metadata": {"name": set},
-                "spec": {"deploymentRef": {"name": name}, "consistency": "Quiesced"},
-            });
-            apply(&client, &ns, &body).await.unwrap();
+            let spec = json!({"deploymentRef": {"name": name}, "consistency": "Quiesced"});
+            take_set(&client, &ns, set, spec).await;
         }
     };
 
@@ -685,13 +741,7 @@ async fn any_version(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> bool {
 #[tokio::test]
 async fn deleting_a_record_deletes_its_data_only_when_asked_and_never_what_another_set_needs() {
     let name = "clinic-p";
-    let (client, ns) = clinic_with_one_worker("prune", name).await;
-    let args = [
-        "--documents-image",
-        "registry.example.org/openemr-operator:test",
-    ];
-    let _operator = ready_clinic(&client, &ns.name, name, &args).await;
-    documents_account(&client, &ns.name).await;
+    let (client, ns, _operator) = documents_clinic("prune", name, &[]).await;
     let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
     let d = clinics.get(name).await.unwrap();
     let bucket = d.status.clone().unwrap().bucket_name.unwrap();
@@ -714,13 +764,13 @@ async fn deleting_a_record_deletes_its_data_only_when_asked_and_never_what_anoth
     let tree = small_tree("prune");
     std::fs::write(tree.join("default/keep.txt"), b"the same in both").unwrap();
     for set in ["first", "second"] {
-        let body = json!({
-            "apiVersion": "openemr.io/v1alpha1",
-            "kind": "OpenEMRBackup",
-            "metadata": {"name": set},
-            "spec": {"deploymentRef": {"name": name}},
-        });
-        apply(&client, &ns.name, &body).await.unwrap();
+        take_set(
+            &client,
+            &ns.name,
+            set,
+            json!({"deploymentRef": {"name": name}}),
+        )
+        .await;
         play_job(&client, &ns.name, &format!("{set}-documents"), &tree).await;
         completed(&sets, set).await;
         std::fs::write(tree.join("default/documents/1/note.txt"), b"changed").unwrap();
@@ -774,19 +824,7 @@ async fn deleting_a_record_deletes_its_data_only_when_asked_and_never_what_anoth
     );
     assert!(snapshot_exists("second").await);
     // What stays restores whole.
-    let out = env()
-        .command(env!("CARGO_BIN_EXE_openemr-operator"))
-        .args(["documents", "verify", "--bucket", &bucket, "--path-style"])
-        .args(["--manifest", "backups/documents/second.jsonl.gz"])
-        .env("AWS_REGION", REGION)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    verify_documents(&bucket, "backups/documents/second.jsonl.gz");
     std::fs::remove_dir_all(tree.parent().unwrap()).ok();
 }
 
@@ -869,4 +907,117 @@ async fn retention_leaves_exactly_the_sets_its_rules_keep_as_records_and_in_aws(
         let is_kept = kept.contains(&set);
         assert_eq!((snapshot, manifest), (is_kept, is_kept), "{set}");
     }
+}
+
+/// The records lost, the sets are not: records deleted without asking for their data to go
+/// come back from the bucket at the policy's first look after the operator starts, marked
+/// as rebuilt, described by their manifests (never taken again), and restorable.
+#[tokio::test]
+async fn records_deleted_without_their_data_are_rebuilt_from_the_bucket() {
+    let name = "clinic-b";
+    let (client, ns, operator) = documents_clinic("rebuild", name, &[]).await;
+    // A policy whose schedule is far away: its sets here are made by hand, naming it.
+    policy(
+        &client,
+        &ns.name,
+        "yearly",
+        json!({"deploymentRef": {"name": name}, "schedule": "0 0 1 1 *"}),
+    )
+    .await;
+    let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
+    for (set, spec) in [
+        (
+            "of-policy",
+            json!({"deploymentRef": {"name": name}, "policyRef": {"name": "yearly"}}),
+        ),
+        (
+            "by-hand",
+            json!({"deploymentRef": {"name": name}, "includeDocuments": false}),
+        ),
+    ] {
+        take_set(&client, &ns.name, set, spec).await;
+    }
+    play_job(
+        &client,
+        &ns.name,
+        "of-policy-documents",
+        &small_tree("rebuild"),
+    )
+    .await;
+    let before = [
+        completed(&sets, "of-policy").await,
+        completed(&sets, "by-hand").await,
+    ];
+    for set in ["of-policy", "by-hand"] {
+        sets.delete(set, &Default::default()).await.unwrap();
+    }
+    eventually(WAIT, "the records gone", || async {
+        set_names(&sets).await.is_empty().then_some(())
+    })
+    .await;
+    operator.terminate();
+
+    let _operator = Operator::start_with(env(), Some(&ns.name), &DOCUMENTS_IMAGE);
+    for (set, was) in ["of-policy", "by-hand"].iter().zip(&before) {
+        let back = completed(&sets, set).await;
+        let record = sets.get(set).await.unwrap();
+        assert_eq!(
+            record.annotations()["openemr.io/rebuilt-from"],
+            format!("{}", was.manifest.clone().unwrap()),
+            "{set}"
+        );
+        let rebuilt = support::condition(&sets, set, "Completed").await.unwrap();
+        assert_eq!(rebuilt.reason, "Rebuilt", "{set}");
+        assert_eq!(
+            back.database,
+            was.database.clone().map(|mut d| {
+                d.allocated_storage_gi_b = None;
+                d
+            }),
+            "{set}"
+        );
+        assert_eq!(
+            back.completion_time.map(|t| t.0.as_second()),
+            was.completion_time.clone().map(|t| t.0.as_second()),
+            "{set}"
+        );
+        assert_eq!(
+            back.snapshot_requested_time.map(|t| t.0.as_second()),
+            was.snapshot_requested_time.clone().map(|t| t.0.as_second()),
+            "{set}"
+        );
+        assert_eq!(
+            back.documents
+                .as_ref()
+                .map(|d| (&d.bucket, &d.manifest, d.file_count)),
+            was.documents
+                .as_ref()
+                .map(|d| (&d.bucket, &d.manifest, d.file_count)),
+            "{set}"
+        );
+    }
+    assert_eq!(
+        sets.get("of-policy")
+            .await
+            .unwrap()
+            .spec
+            .policy_ref
+            .unwrap()
+            .name,
+        "yearly"
+    );
+    assert!(sets.get("by-hand").await.unwrap().spec.policy_ref.is_none());
+    support::eventually(WAIT, "the rebuild said", || async {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(client.clone(), &ns.name);
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("SetRebuilt"))
+            .then_some(())
+    })
+    .await;
+    // The rebuilt set restores: its documents verify sound.
+    let documents = before[0].documents.clone().unwrap();
+    verify_documents(&documents.bucket, &documents.manifest);
 }

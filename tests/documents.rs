@@ -1291,3 +1291,38 @@ async fn the_sweep_deletes_only_old_versions_no_set_or_live_journal_references()
     }
     std::fs::remove_dir_all(&tree).unwrap();
 }
+
+/// A previous set pruned between the Job's making and its run (retention, a deletion) is no
+/// reason to fail every retry: the run sends everything, and says the previous was missing.
+#[tokio::test]
+async fn a_missing_previous_set_makes_a_full_backup_not_a_failure() {
+    let b = bucket(&format!("oe-documents-noprev-{}", std::process::id())).await;
+    let tree = empty_dir("noprev-sites");
+    for name in ["a.txt", "b.txt"] {
+        std::fs::write(tree.join(name), name).unwrap();
+    }
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let gone = "backups/documents/pruned.jsonl.gz";
+    let args = backup_of(
+        &b,
+        &tree,
+        "backups/documents/s.jsonl.gz",
+        &["--previous", gone],
+    );
+    let (code, done) = documents(&proxy, &args);
+    assert_eq!(code, 0, "{done}");
+    assert_eq!(done["previousMissing"], gone, "{done}");
+    assert_eq!(done["filesUploaded"], 2, "{done}");
+    // With the previous there, nothing is said of it.
+    let args = backup_of(
+        &b,
+        &tree,
+        "backups/documents/t.jsonl.gz",
+        &["--previous", "backups/documents/s.jsonl.gz"],
+    );
+    let (code, done) = documents(&proxy, &args);
+    assert_eq!(code, 0, "{done}");
+    assert!(done.get("previousMissing").is_none(), "{done}");
+    assert_eq!(done["filesUploaded"], 0, "{done}");
+    std::fs::remove_dir_all(&tree).unwrap();
+}

@@ -16,6 +16,11 @@ use super::{Condition, ConsistencyMode, LocalRef};
 /// Label that keeps a set from being pruned while it is `"true"`.
 pub const HOLD_LABEL: &str = "openemr.io/hold";
 
+/// Annotation on a record rebuilt from the bucket: the set manifest it was rebuilt from
+/// (`s3://<bucket>/backups/<set>/manifest.json`). Such a record never takes a set: its
+/// status is read from that manifest.
+pub const REBUILT_FROM_ANNOTATION: &str = "openemr.io/rebuilt-from";
+
 /// Annotation on a set a schedule made: the slot (RFC 3339) it was made for.
 pub const SCHEDULED_FOR_ANNOTATION: &str = "openemr.io/scheduled-for";
 

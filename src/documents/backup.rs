@@ -87,6 +87,10 @@ pub struct Summary {
     pub unreadable: Vec<String>,
     pub manifest_key: String,
     pub manifest_version: String,
+    /// The previous manifest named, when it was not in the bucket (a set pruned meanwhile):
+    /// every file was sent as new.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_missing: Option<String>,
     pub duration_ms: u64,
 }
 
@@ -262,13 +266,24 @@ async fn backup_holding(
     std::fs::create_dir_all(&options.work_dir)
         .map_err(|e| format!("{}: {e}", options.work_dir.display()))?;
     let run = format!("{}-{}", std::process::id(), started.elapsed().as_nanos());
+    // A previous set pruned meanwhile: this run sends everything, rather than fail (and
+    // fail every retry) for want of something only saving work.
+    let mut previous_missing = None;
     let mut previous = match &options.previous {
-        Some(key) => {
-            let file = store.fetch_manifest(key, &options.work_dir).await?;
-            let reader = manifest::Reader::new(file)
-                .map_err(|e| format!("the previous manifest {key}: {e}"))?;
-            Some(reader.peekable())
-        }
+        Some(key) => match store
+            .fetch_manifest_if_present(key, &options.work_dir)
+            .await?
+        {
+            Some(file) => {
+                let reader = manifest::Reader::new(file)
+                    .map_err(|e| format!("the previous manifest {key}: {e}"))?;
+                Some(reader.peekable())
+            }
+            None => {
+                previous_missing = Some(key.clone());
+                None
+            }
+        },
         None => None,
     };
 
@@ -426,6 +441,7 @@ async fn backup_holding(
     let _ = std::fs::remove_file(&manifest_path);
     journal.close(store).await;
     summary.manifest_key = options.manifest_key.clone();
+    summary.previous_missing = previous_missing;
     summary.manifest_version = version;
     summary.duration_ms = started.elapsed().as_millis() as u64;
     Ok(summary)

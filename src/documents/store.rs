@@ -412,15 +412,28 @@ impl Store {
         key: &str,
         work_dir: &Path,
     ) -> Result<std::fs::File, String> {
+        self.fetch_manifest_if_present(key, work_dir)
+            .await?
+            .ok_or_else(|| format!("reading the manifest {key}: it is not in the bucket"))
+    }
+
+    /// Like [`Self::fetch_manifest`], `None` when no such manifest is in the bucket.
+    pub async fn fetch_manifest_if_present(
+        &self,
+        key: &str,
+        work_dir: &Path,
+    ) -> Result<Option<std::fs::File>, String> {
         std::fs::create_dir_all(work_dir).map_err(|e| format!("{}: {e}", work_dir.display()))?;
         let name = key.rsplit('/').next().unwrap_or("manifest");
         let local = work_dir.join(format!("{}-{name}", std::process::id()));
-        self.get_to(key, None, &local)
-            .await
-            .map_err(|e| format!("reading the manifest {key}: {e}"))?;
+        match self.get_to(key, None, &local).await {
+            Ok(_) => {}
+            Err(e) if e.class == Some(ErrorClass::NotFound) => return Ok(None),
+            Err(e) => return Err(format!("reading the manifest {key}: {e}")),
+        }
         let file = std::fs::File::open(&local).map_err(|e| format!("{}: {e}", local.display()));
         let _ = std::fs::remove_file(&local);
-        file
+        file.map(Some)
     }
 
     /// Streams one version of `key` into `dest` (created), returning its SHA-256.

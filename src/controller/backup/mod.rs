@@ -72,6 +72,9 @@ pub struct Observed {
     pub leftover_hold: bool,
     /// A completed set of a policy: its policy's completed sets, as retention judges them.
     pub retention: Option<RetentionSeen>,
+    /// A record rebuilt from the bucket, not yet described: its set manifest as read (or why
+    /// it could not be).
+    pub rebuilt: Option<Result<set::SetManifest, String>>,
 }
 
 /// What retention judges a completed set by.
@@ -134,6 +137,7 @@ impl Reconcile for OpenEMRBackup {
             progress: std::time::Duration::from_secs(30),
             leftover_hold: false,
             retention: None,
+            rebuilt: None,
         };
         if matches!(self.phase(), BackupPhase::Completed | BackupPhase::Failed)
             && let Some(policy) = &found_policy
@@ -148,6 +152,13 @@ impl Reconcile for OpenEMRBackup {
         };
         children_listed(ctx)?;
         observed.progress = aws.progress_interval;
+        if let Some(from) = self.rebuilt_from()
+            && self.status.as_ref().and_then(|s| s.phase).is_none()
+        {
+            let clients = clinic::clients(d, aws).await;
+            observed.rebuilt = Some(read_rebuilt(&clients.s3, &from, &self.name_any()).await);
+            return Ok(observed);
+        }
         let holder = set::quiesce_holder(clinic_name, &self.name_any());
         let lease = cached(
             &ctx.children.holds,
@@ -291,6 +302,35 @@ impl Reconcile for OpenEMRBackup {
         let accepted = self.validate(observed);
         let is_accepted = accepted.status;
         let mut status = status_with(self, std::slice::from_ref(&accepted), now);
+        if self.rebuilt_from().is_some() && status.phase.is_none() {
+            // A record of a set already taken: described from its manifest, never taken.
+            let verdict = match observed.rebuilt.as_ref().filter(|_| is_accepted) {
+                Some(Ok(manifest)) => {
+                    rebuilt_status(
+                        &mut status,
+                        manifest,
+                        &self.rebuilt_from().unwrap_or_default(),
+                    );
+                    Verdict::truthy(
+                        "Completed",
+                        "Rebuilt",
+                        format!(
+                            "rebuilt from {}: a set completed {}",
+                            self.rebuilt_from().unwrap_or_default(),
+                            manifest.completed_at
+                        ),
+                    )
+                }
+                Some(Err(why)) => Verdict::falsy("Completed", "ManifestUnreadable", why.clone()),
+                None => return Plan::after_validation(status, is_accepted),
+            };
+            let mut with = self.clone();
+            with.status = Some(status);
+            return Plan::after_validation(
+                status_with(&with, &[accepted, verdict], now),
+                is_accepted,
+            );
+        }
         status.phase.get_or_insert(BackupPhase::Pending);
         let phase = status.phase.unwrap_or_default();
         if matches!(phase, BackupPhase::Completed | BackupPhase::Failed) {
@@ -508,6 +548,92 @@ impl Reconcile for OpenEMRBackup {
     }
 }
 
+/// The set manifest at `from` (`s3://bucket/key`), which must be set `set`'s.
+async fn read_rebuilt(
+    s3: &aws_sdk_s3::Client,
+    from: &str,
+    set: &str,
+) -> Result<set::SetManifest, String> {
+    let (bucket, key) = from
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .ok_or_else(|| {
+            format!(
+                "{}: {from:?} is no s3://bucket/key",
+                crate::api::backup::REBUILT_FROM_ANNOTATION
+            )
+        })?;
+    let object = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| crate::aws::error::AwsError::from_sdk("s3", "GetObject", e).to_string())?;
+    let bytes = object
+        .body
+        .collect()
+        .await
+        .map_err(|e| format!("reading {from}: {e}"))?
+        .into_bytes();
+    let manifest = set::SetManifest::from_bytes(&bytes).map_err(|e| format!("{from}: {e}"))?;
+    if manifest.set != set {
+        return Err(format!(
+            "{from} describes set {:?}, not {set:?}",
+            manifest.set
+        ));
+    }
+    Ok(manifest)
+}
+
+/// A completed set's status, as its manifest describes it.
+fn rebuilt_status(status: &mut OpenEMRBackupStatus, m: &set::SetManifest, from: &str) {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let time = |t: &str| t.parse::<Timestamp>().ok().map(Time);
+    status.phase = Some(BackupPhase::Completed);
+    status.set_id = Some(m.set.clone());
+    status.consistency = Some(if m.consistency == "Quiesced" {
+        ConsistencyMode::Quiesced
+    } else {
+        ConsistencyMode::CrashConsistent
+    });
+    status.include_documents = Some(m.documents.is_some());
+    status.start_time = time(&m.database.requested_at);
+    status.snapshot_requested_time = time(&m.database.requested_at);
+    status.completion_time = time(&m.completed_at);
+    status.database = Some(crate::api::backup::SnapshotRef {
+        identifier: m.database.snapshot_identifier.clone(),
+        arn: m.database.snapshot_arn.clone(),
+        status: Some("available".into()),
+        allocated_storage_gi_b: None,
+    });
+    if let Some(d) = &m.documents {
+        status.documents_start_time = time(&d.started_at);
+        status.documents_completion_time = time(&d.completed_at);
+        status.documents = Some(crate::api::backup::DocumentsLocation {
+            bucket: d.bucket.clone(),
+            manifest: d.manifest.clone(),
+            file_count: i64::try_from(d.files).ok(),
+            size_bytes: i64::try_from(d.bytes).ok(),
+            files_uploaded: None,
+            bytes_uploaded: None,
+        });
+    }
+    status.quiesce = m
+        .quiesce
+        .as_ref()
+        .map(|q| crate::api::backup::QuiesceRecord {
+            lease: String::new(),
+            held_time: time(&q.held_at),
+            effective_time: time(&q.effective_at),
+            released_time: time(&q.released_at),
+            down_seconds: time(&q.released_at)
+                .zip(time(&q.held_at))
+                .map(|(r, h)| r.0.duration_since(h.0).as_secs()),
+        });
+    status.manifest = Some(from.to_string());
+}
+
 /// A set's Jobs and hold are read from the caches of the clinics' children: before they
 /// have listed, "absent" would be a guess (and a hold taken for lost).
 fn children_listed(ctx: &Context) -> Result<(), Error> {
@@ -676,7 +802,11 @@ async fn write_set_manifest(
         .collect()
         .await
         .map(|b| b.into_bytes())
-        .unwrap_or_default();
+        .map_err(|e| Error::Act {
+            action: format!("reading s3://{bucket}/{key}, already there"),
+            reason: "ReadFailed",
+            message: e.to_string(),
+        })?;
     match set::SetManifest::from_bytes(&bytes) {
         Ok(found) if found.set == ours.set && found.clinic.uid == ours.clinic.uid => Ok(()),
         Ok(found) => Err(Error::Act {
@@ -696,6 +826,13 @@ async fn write_set_manifest(
 }
 
 impl OpenEMRBackup {
+    /// The set manifest this record was rebuilt from, if it was.
+    pub fn rebuilt_from(&self) -> Option<String> {
+        self.annotations()
+            .get(crate::api::backup::REBUILT_FROM_ANNOTATION)
+            .cloned()
+    }
+
     /// The policy's completed sets, as retention judges them; `None` when the policy's
     /// zone cannot be read (the policy is refused for it).
     fn retention_seen(
@@ -944,6 +1081,7 @@ mod tests {
             progress: std::time::Duration::from_secs(30),
             leftover_hold: false,
             retention: None,
+            rebuilt: None,
         }
     }
 

@@ -373,6 +373,20 @@ fn take(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outc
         ..SnapshotRef::default()
     });
     match &steps.snapshot {
+        // RDS had it and it is gone: deleted by someone. Asking again would take another
+        // instant than the one recorded, silently.
+        None if database.arn.is_some() => {
+            let seen = database.status.clone().unwrap_or_default();
+            status.database = Some(database);
+            return failed(
+                status,
+                out,
+                "DatabaseSnapshotLost",
+                format!(
+                    "snapshot {identifier} was deleted after RDS had it ({seen}): the set's database instant is gone; take another set"
+                ),
+            );
+        }
         None => {
             status.snapshot_requested_time.get_or_insert(Time(now));
             database.status = Some("requested".into());
@@ -564,6 +578,9 @@ fn take(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outc
         out.busy = false;
         return out;
     }
+    // The instant the manifest says, kept in status from its first writing on, so that a
+    // record rebuilt from it later says the same.
+    let completed_at = status.completion_time.get_or_insert(Time(now)).0;
     let time = |t: &Option<Time>| t.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
     let manifest = SetManifest {
         format: set::FORMAT.into(),
@@ -605,7 +622,7 @@ fn take(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outc
         }),
         image: clinic.image.clone(),
         clinic_spec: clinic.spec.clone(),
-        completed_at: now.to_string(),
+        completed_at: completed_at.to_string(),
         operator_version: steps.operator_version.clone(),
     };
     out.changes.push(Change::WriteManifest {
@@ -806,6 +823,22 @@ mod tests {
         assert!(reasons(&out).contains(&"HoldLost"));
         assert!(reasons(&out).contains(&"NotQuiesced"));
         assert_eq!(kinds(&out), ["release"]);
+    }
+
+    #[test]
+    fn a_snapshot_deleted_after_rds_had_it_fails_the_set_rather_than_be_taken_again() {
+        let mut s = steps();
+        let mut status = OpenEMRBackupStatus::default();
+        next(&s, &mut status, at(0));
+        // Asked for, not yet seen (the request may not have gone out): asked again.
+        assert_eq!(kinds(&next(&s, &mut status, at(5))), ["snapshot"]);
+        s.snapshot = snapshot("available");
+        next(&s, &mut status, at(10));
+        s.snapshot = None;
+        let out = next(&s, &mut status, at(20));
+        assert!(reasons(&out).contains(&"DatabaseSnapshotLost"));
+        assert!(!kinds(&out).contains(&"snapshot"));
+        assert_eq!(status.phase, Some(BackupPhase::Failed));
     }
 
     #[test]

@@ -159,16 +159,25 @@ pub async fn cleanup(set: &OpenEMRBackup, ctx: &Context) -> Result<(), Error> {
     };
     let clients = clinic::clients(&d, aws).await;
     let set_uid = set.uid().unwrap_or_default();
-    let identifier = set::snapshot_identifier(&clinic_uid, &name);
+    // What the set recorded (a set of a former incarnation of the clinic, rebuilt from the
+    // bucket, names another clinic uid), else its name now.
+    let recorded = set.status.as_ref().and_then(|s| s.database.clone());
+    let identifier = recorded.as_ref().map_or_else(
+        || set::snapshot_identifier(&clinic_uid, &name),
+        |d| d.identifier.clone(),
+    );
     let snapshot = clients
         .describe_snapshot(&identifier)
         .await
         .map_err(aws_error("reading the set's snapshot"))?
-        // A snapshot of this name made for an earlier set of the name is not this one's.
+        // A snapshot of this name made for an earlier set of the name is not this one's; a
+        // rebuilt record knows its own by the ARN its manifest gave.
         .filter(|s| {
             s.tags
                 .get(set::SET_UID_TAG)
                 .is_none_or(|uid| *uid == set_uid)
+                || (s.arn.is_some()
+                    && recorded.as_ref().and_then(|d| d.arn.as_ref()) == s.arn.as_ref())
         });
     let documents_manifest = set::documents_manifest_key(&name);
     let store = crate::documents::store::Store {

@@ -9,8 +9,10 @@
 //! newest success, failures since, sets kept, `LastBackupSucceeded`). Without AWS access
 //! (validation-only mode) it shows the next slot and makes no set.
 //!
-//! Pruning, copies, drills and the rebuild from the bucket plug in here.
+//! It also makes again the records of sets its clinic's bucket holds without one
+//! ([`rebuild`]). Copies and drills plug in here.
 
+pub mod rebuild;
 pub mod runs;
 
 use std::collections::BTreeSet;
@@ -44,6 +46,8 @@ pub struct Observed {
     pub schedules: bool,
     /// How soon to look again while a set of the policy is under way.
     pub progress: Duration,
+    /// The sets the clinic's bucket holds without a record, when it was read this look.
+    pub unrecorded: Option<Result<Vec<rebuild::Unrecorded>, crate::aws::error::AwsError>>,
 }
 
 /// What a policy changes.
@@ -56,6 +60,11 @@ pub enum Change {
     },
     /// Says in an Event which slots passed without a set, and why.
     ReportMissed { message: String },
+    /// Makes again the record of a set the bucket holds.
+    RebuildSet {
+        name: String,
+        body: serde_json::Value,
+    },
 }
 
 impl Reconcile for BackupPolicy {
@@ -96,7 +105,17 @@ impl Reconcile for BackupPolicy {
                 message: status.message,
             });
         }
+        let mut unrecorded = None;
+        if let (Some(aws), Some(found)) = (&ctx.aws, &found)
+            && let Ok(d) = &found.0
+            && let Some(bucket) = d.status.as_ref().and_then(|s| s.bucket_name.clone())
+            && rebuild::due(&self.uid().unwrap_or_default(), ctx.config.resync)
+        {
+            let clients = crate::controller::deployment::clinic::clients(d, aws).await;
+            unrecorded = Some(rebuild::unrecorded(&clients.s3, &bucket, &names).await);
+        }
         Ok(Observed {
+            unrecorded,
             deployment_exists: found.is_some(),
             sets,
             names,
@@ -128,6 +147,7 @@ impl Reconcile for BackupPolicy {
         let mut verdicts = vec![accepted, self.not_yet_applied()];
         verdicts.extend(runs::summarize(&observed.sets, &mut status));
         let mut changes = Vec::new();
+        let mut failure = None;
         if observed.schedules {
             let in_flight = self
                 .status
@@ -163,6 +183,25 @@ impl Reconcile for BackupPolicy {
             if let Some(message) = runs.missed {
                 changes.push(Change::ReportMissed { message });
             }
+            match &observed.unrecorded {
+                Some(Ok(found)) => {
+                    let ns = self.namespace().unwrap_or_default();
+                    changes.extend(found.iter().filter_map(|u| {
+                        let body = rebuild::record(&ns, &spec.deployment_ref.name, &name, u)?;
+                        Some(Change::RebuildSet {
+                            name: u.manifest.set.clone(),
+                            body,
+                        })
+                    }));
+                }
+                Some(Err(e)) => {
+                    failure = Some(super::AwsFailure {
+                        action: "reading the clinic's bucket for sets without a record",
+                        source: e.clone(),
+                    });
+                }
+                None => {}
+            }
         } else {
             status.next_schedule_time = (!spec.suspend)
                 .then(|| schedule.next_after(crate::clock::to_utc(now)))
@@ -195,7 +234,7 @@ impl Reconcile for BackupPolicy {
             status: merged,
             changes,
             requeue,
-            failure: None,
+            failure,
         }
     }
 
@@ -203,6 +242,7 @@ impl Reconcile for BackupPolicy {
         match change {
             Change::CreateSet { name, .. } => (CREATE_SET.into(), name.clone()),
             Change::ReportMissed { .. } => ("ReportMissedSchedule".into(), String::new()),
+            Change::RebuildSet { name, .. } => ("RebuildSet".into(), name.clone()),
         }
     }
 
@@ -216,6 +256,23 @@ impl Reconcile for BackupPolicy {
             Change::CreateSet { name, body } => {
                 // Already there: made by an earlier look or another operator.
                 super::backup::create_new::<OpenEMRBackup>(ctx, &ns, name, body).await
+            }
+            Change::RebuildSet { name, body } => {
+                // Already there: made again by another look, or by another policy of the
+                // clinic (an on-demand set).
+                super::backup::create_new::<OpenEMRBackup>(ctx, &ns, name, body).await?;
+                let event = Event {
+                    type_: EventType::Normal,
+                    reason: "SetRebuilt".into(),
+                    note: Some(format!(
+                        "set {name} is in the clinic's bucket without a record: its record is made again from its manifest"
+                    )),
+                    action: "Rebuild".into(),
+                    secondary: None,
+                };
+                ctx.publish::<BackupPolicy>(&event, &self.object_ref(&()))
+                    .await;
+                Ok(())
             }
             Change::ReportMissed { message } => {
                 let event = Event {
@@ -330,6 +387,7 @@ mod tests {
             created: Timestamp::from_second(1_799_000_000).unwrap(),
             schedules: true,
             progress: Duration::from_secs(30),
+            unrecorded: None,
         }
     }
 
