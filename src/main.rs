@@ -468,6 +468,12 @@ struct WebFlags {
     /// At least three progress intervals.
     #[arg(long, env = "QUIESCE_HOLD_LIFETIME", default_value = "15m", value_parser = parse_duration)]
     quiesce_hold_lifetime: Duration,
+    /// RDS's quota of manual DB snapshots per account and region (100 unless raised in
+    /// Service Quotas): a set that would go beyond it fails at once
+    /// (`SnapshotQuotaExceeded`) instead of an AWS error mid-set. Every tool's manual
+    /// snapshots count, upgrade snapshots included.
+    #[arg(long, env = "MANUAL_SNAPSHOT_QUOTA", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    manual_snapshot_quota: u32,
 }
 
 /// Who records the clinics' AWS activity (for clinics with `spec.audit.cloudTrail`).
@@ -711,6 +717,7 @@ fn main() -> ExitCode {
                                 documents_backoff_limit: web.documents_backoff_limit,
                                 documents_deadline: web.documents_deadline,
                                 quiesce_hold_lifetime: web.quiesce_hold_lifetime,
+                                manual_snapshot_quota: web.manual_snapshot_quota,
                             },
                             audit: audit.mode(),
                             audit_refresh: audit.audit_refresh_interval,

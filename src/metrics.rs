@@ -47,6 +47,237 @@ pub struct AwsServiceLabel {
     pub service: String,
 }
 
+/// An AWS account and region.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountRegionLabels {
+    pub account: String,
+    pub region: String,
+}
+
+/// Labels of a policy's backup gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub namespace: String,
+    pub clinic: String,
+    pub policy: String,
+}
+
+/// Labels of a clinic's set counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SetPhaseLabels {
+    pub namespace: String,
+    pub clinic: String,
+    /// `Pending`, `Running`, `Completed`, `Failed`.
+    pub phase: String,
+}
+
+/// Labels of a clinic's newest completed set's figures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClinicLabels {
+    pub namespace: String,
+    pub clinic: String,
+}
+
+/// Where the backup gauges are read from at each scrape: the operator's caches of policies
+/// and sets (their status is the truth; nothing is counted twice after a restart).
+pub trait BackupView: Send + Sync + 'static {
+    fn policies(&self) -> Vec<crate::api::BackupPolicy>;
+    fn sets(&self) -> Vec<crate::api::OpenEMRBackup>;
+}
+
+/// The backup gauges, computed from a [`BackupView`] once one is given.
+#[derive(Default)]
+pub struct BackupCollector {
+    view: std::sync::OnceLock<Box<dyn BackupView>>,
+}
+
+impl std::fmt::Debug for BackupCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackupCollector")
+    }
+}
+
+impl BackupCollector {
+    /// Reads the gauges from `view` from now on (the first view given stays).
+    pub fn watch(&self, view: Box<dyn BackupView>) {
+        let _ = self.view.set(view);
+    }
+}
+
+/// One gauge family: its name, help, and a value per label set.
+fn encode_gauges<L: EncodeLabelSet>(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(L, i64)],
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric;
+    use prometheus_client::metrics::gauge::ConstGauge;
+    if values.is_empty() {
+        return Ok(());
+    }
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (labels, value) in values {
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn seconds(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> i64 {
+    t.0.as_second()
+}
+
+impl prometheus_client::collector::Collector for BackupCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use kube::ResourceExt;
+        let Some(view) = self.view.get() else {
+            return Ok(());
+        };
+        let (mut last_success, mut next_run, mut missed, mut failures) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for p in view.policies() {
+            let labels = PolicyLabels {
+                namespace: p.namespace().unwrap_or_default(),
+                clinic: p.spec.deployment_ref.name.clone(),
+                policy: p.name_any(),
+            };
+            let status = p.status.clone().unwrap_or_default();
+            if let Some(t) = &status.last_successful_time {
+                last_success.push((labels.clone(), seconds(t)));
+            }
+            if let Some(t) = &status.next_schedule_time {
+                next_run.push((labels.clone(), seconds(t)));
+            }
+            missed.push((labels.clone(), status.missed_runs));
+            failures.push((labels, i64::from(status.consecutive_failures)));
+        }
+        let mut phases: std::collections::BTreeMap<(String, String, String), i64> =
+            Default::default();
+        let mut newest: std::collections::BTreeMap<
+            (String, String),
+            crate::api::OpenEMRBackupStatus,
+        > = Default::default();
+        for set in view.sets() {
+            let (ns, clinic) = (
+                set.namespace().unwrap_or_default(),
+                set.spec.deployment_ref.name.clone(),
+            );
+            let status = set.status.clone().unwrap_or_default();
+            let phase = format!("{:?}", status.phase.unwrap_or_default());
+            *phases
+                .entry((ns.clone(), clinic.clone(), phase))
+                .or_default() += 1;
+            if status.phase == Some(crate::api::backup::BackupPhase::Completed)
+                && set
+                    .annotations()
+                    .get(crate::api::backup::REBUILT_FROM_ANNOTATION)
+                    .is_none()
+            {
+                let key = (ns, clinic);
+                let newer = newest.get(&key).is_none_or(|n| {
+                    n.completion_time.as_ref().map(|t| t.0)
+                        < status.completion_time.as_ref().map(|t| t.0)
+                });
+                if newer {
+                    newest.insert(key, status);
+                }
+            }
+        }
+        let phases: Vec<(SetPhaseLabels, i64)> = phases
+            .into_iter()
+            .map(|((namespace, clinic, phase), n)| {
+                (
+                    SetPhaseLabels {
+                        namespace,
+                        clinic,
+                        phase,
+                    },
+                    n,
+                )
+            })
+            .collect();
+        let (mut duration, mut bytes, mut files, mut down) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((namespace, clinic), s) in newest {
+            let labels = ClinicLabels { namespace, clinic };
+            if let (Some(start), Some(end)) = (&s.start_time, &s.completion_time) {
+                duration.push((labels.clone(), seconds(end) - seconds(start)));
+            }
+            if let Some(d) = &s.documents {
+                bytes.push((labels.clone(), d.bytes_uploaded.unwrap_or_default()));
+                files.push((labels.clone(), d.files_uploaded.unwrap_or_default()));
+            }
+            if let Some(q) = s.quiesce.as_ref().and_then(|q| q.down_seconds) {
+                down.push((labels, q));
+            }
+        }
+        let e = &mut encoder;
+        encode_gauges(
+            e,
+            "openemr_backup_last_success_timestamp_seconds",
+            "When the policy's newest completed set completed (Unix time): alert when it is too old",
+            &last_success,
+        )?;
+        encode_gauges(
+            e,
+            "openemr_backup_next_run_timestamp_seconds",
+            "When the policy's schedule next makes a set (Unix time; absent while suspended): a backup is late when now is past it by more than a set takes",
+            &next_run,
+        )?;
+        encode_gauges(
+            e,
+            "openemr_backup_missed_runs",
+            "Slots of the policy's schedule that passed without a set since the policy was made",
+            &missed,
+        )?;
+        encode_gauges(
+            e,
+            "openemr_backup_consecutive_failures",
+            "Failed sets of the policy since its newest completed one",
+            &failures,
+        )?;
+        encode_gauges(
+            e,
+            "openemr_backup_sets",
+            "Backup set records of a clinic, by phase",
+            &phases,
+        )?;
+        encode_gauges(
+            e,
+            "openemr_backup_last_duration_seconds",
+            "How long the clinic's newest completed set took, start to completion",
+            &duration,
+        )?;
+        encode_gauges(
+            e,
+            "openemr_backup_last_documents_uploaded_bytes",
+            "Bytes the clinic's newest completed set sent (the rest were unchanged)",
+            &bytes,
+        )?;
+        encode_gauges(
+            e,
+            "openemr_backup_last_documents_uploaded_files",
+            "Files the clinic's newest completed set sent",
+            &files,
+        )?;
+        encode_gauges(
+            e,
+            "openemr_backup_last_quiesce_seconds",
+            "How long the clinic was down for its newest completed Quiesced set",
+            &down,
+        )?;
+        Ok(())
+    }
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -65,6 +296,12 @@ pub struct Metrics {
     /// Writes to the clinics' web-tier children (applies, creates, deletions), by kind.
     pub child_writes: Family<ChildKindLabel, Counter>,
     pub ready: Gauge,
+    /// Manual DB snapshots per account and region, as the snapshot inventory last listed
+    /// them, and the quota the operator holds sets to.
+    pub manual_snapshots: Family<AccountRegionLabels, Gauge>,
+    pub manual_snapshot_quota: Gauge,
+    /// The backup gauges, read from the caches at each scrape.
+    pub backups: std::sync::Arc<BackupCollector>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -161,7 +398,24 @@ impl Metrics {
             "1 once the CRDs are established and the controllers run",
             ready.clone(),
         );
+        let manual_snapshots = Family::<AccountRegionLabels, Gauge>::default();
+        registry.register(
+            "openemr_rds_manual_snapshots",
+            "Manual DB snapshots in an account and region (every tool's: RDS's quota counts them all), as last listed",
+            manual_snapshots.clone(),
+        );
+        let manual_snapshot_quota = Gauge::default();
+        registry.register(
+            "openemr_rds_manual_snapshot_quota",
+            "The manual snapshots per account and region a set may bring the count to (--manual-snapshot-quota)",
+            manual_snapshot_quota.clone(),
+        );
+        let backups = std::sync::Arc::new(BackupCollector::default());
+        registry.register_collector(Box::new(backups.clone()));
         Metrics {
+            manual_snapshots,
+            manual_snapshot_quota,
+            backups,
             registry,
             reconciliations,
             reconcile_duration,

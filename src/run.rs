@@ -92,9 +92,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let base = aws::load_base_config().await;
     let budgets = Arc::new(Budgets::new(opts.aws.budgets, metrics.clone()));
     let (mut ctx, writers) = Context::new(client, metrics.clone(), opts.namespace, opts.driver);
+    metrics.backups.watch(Box::new(ctx.caches.clone()));
+    metrics
+        .manual_snapshot_quota
+        .set(i64::from(opts.aws.workload.manual_snapshot_quota));
     let pool = Arc::new(
-        AwsPool::new(base, metrics, budgets).with_account_roles(opts.aws.account_roles.clone()),
+        AwsPool::new(base, metrics.clone(), budgets)
+            .with_account_roles(opts.aws.account_roles.clone()),
     );
+    let snapshots = Arc::new(crate::aws::snapshots::SnapshotInventory::new(
+        pool.clone(),
+        metrics,
+    ));
     let inventory = Arc::new(Inventory::new(
         opts.aws.inventory_interval,
         opts.aws.cluster_id.as_str(),
@@ -112,6 +121,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         cluster: opts.aws.cluster_id.clone(),
         progress_interval: opts.aws.progress_interval,
         inventory: inventory.clone(),
+        snapshots,
         workload: opts.aws.workload.clone(),
         ca_files: opts.aws.ca_files.clone(),
     });

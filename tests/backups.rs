@@ -353,6 +353,15 @@ async fn only_sets_made_at(sets: &Api<OpenEMRBackup>, slots: &[&str]) {
     );
 }
 
+/// Waits (up to 10 s: the operator's caches follow the API server) for `sample` of the
+/// operator's metrics to be `want`.
+async fn gauge_is(operator: &Operator, sample: &str, want: u64) {
+    eventually(Duration::from_secs(10), sample, || async {
+        (operator.metric(sample).await == want).then_some(())
+    })
+    .await;
+}
+
 /// The policy's status once `check` holds for it.
 async fn policy_when(
     policies: &Api<BackupPolicy>,
@@ -471,6 +480,29 @@ async fn a_schedule_makes_one_set_per_slot_catches_up_once_within_its_deadline_a
         .await
         .unwrap();
     assert_eq!(succeeded.status, "True");
+    // An alert needs no cron: the next run and the last success are gauges.
+    let labels = format!(
+        "{{namespace=\"{}\",clinic=\"{name}\",policy=\"hourly\"}}",
+        ns.name
+    );
+    let gauge = |metric: &str| format!("openemr_backup_{metric}{labels}");
+    gauge_is(
+        &operator,
+        &gauge("next_run_timestamp_seconds"),
+        1_799_121_600,
+    )
+    .await;
+    gauge_is(
+        &operator,
+        &gauge("last_success_timestamp_seconds"),
+        status.last_successful_time.as_ref().unwrap().0.as_second() as u64,
+    )
+    .await;
+    let completed_sets = format!(
+        "openemr_backup_sets{{namespace=\"{}\",clinic=\"{name}\",phase=\"Completed\"}}",
+        ns.name
+    );
+    gauge_is(&operator, &completed_sets, 1).await;
     operator.terminate();
 
     // Down over 04:00; back 5 minutes later, within the deadline: that slot runs, once.
@@ -489,6 +521,11 @@ async fn a_schedule_makes_one_set_per_slot_catches_up_once_within_its_deadline_a
     let operator = on(&TestClock::starting("2027-01-05T08:30:00Z", 1.0));
     let status = policy_when(&policies, "the missed slots counted", |s| s.missed_runs > 0).await;
     assert_eq!(status.missed_runs, 4);
+    let missed = format!(
+        "openemr_backup_missed_runs{{namespace=\"{}\",clinic=\"{name}\",policy=\"hourly\"}}",
+        ns.name
+    );
+    gauge_is(&operator, &missed, 4).await;
     assert_eq!(shows(&status.last_schedule_time), "2027-01-05T08:00:00Z");
     assert_eq!(shows(&status.next_schedule_time), "2027-01-05T09:00:00Z");
     let event = support::warning_event(&client, &ns.name, "hourly", "MissedSchedule").await;
@@ -634,6 +671,19 @@ async fn a_quiesced_set_stops_the_clinic_only_while_both_parts_are_taken() {
     let released = quiesce.released_time.clone().unwrap().0;
     assert!(done.documents_completion_time.unwrap().0 <= released);
     assert!(quiesce.down_seconds.unwrap() >= 1, "{quiesce:?}");
+    let clinic_labels = format!("{{namespace=\"{}\",clinic=\"{name}\"}}", ns.name);
+    gauge_is(
+        &operator,
+        &format!("openemr_backup_last_quiesce_seconds{clinic_labels}"),
+        quiesce.down_seconds.unwrap() as u64,
+    )
+    .await;
+    gauge_is(
+        &operator,
+        &format!("openemr_backup_last_documents_uploaded_files{clinic_labels}"),
+        1,
+    )
+    .await;
     eventually(WAIT, "the workers back", || async {
         (replicas().await == Some(1)).then_some(())
     })
@@ -1020,4 +1070,63 @@ async fn records_deleted_without_their_data_are_rebuilt_from_the_bucket() {
     // The rebuilt set restores: its documents verify sound.
     let documents = before[0].documents.clone().unwrap();
     verify_documents(&documents.bucket, &documents.manifest);
+}
+
+/// RDS's manual-snapshot quota is the operator's to keep: with `--manual-snapshot-quota` at
+/// no more than the region holds, a set fails at once, naming the count and the quota, and
+/// asks nothing of RDS; the count is a metric beside the quota.
+#[tokio::test]
+async fn a_set_beyond_the_manual_snapshot_quota_fails_at_once_naming_the_count() {
+    let name = "clinic-n";
+    let (client, ns) = clinic_with_one_worker("quota", name).await;
+    ready_clinic(&client, &ns.name, name, &[]).await.terminate();
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let d = clinics.get(name).await.unwrap();
+    let instance = d.status.clone().unwrap().database.unwrap().identifier;
+    // The region holds at least this manual snapshot (moto is shared: maybe others').
+    let rds = aws_sdk_rds::Client::new(&env().aws(Some(REGION)).await);
+    rds.create_db_snapshot()
+        .db_instance_identifier(&instance)
+        .db_snapshot_identifier(format!("by-hand-{}", std::process::id()))
+        .send()
+        .await
+        .unwrap();
+    let operator = Operator::start_with(env(), Some(&ns.name), &["--manual-snapshot-quota", "1"]);
+    let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
+    take_set(
+        &client,
+        &ns.name,
+        "over",
+        json!({"deploymentRef": {"name": name}, "includeDocuments": false}),
+    )
+    .await;
+    let refused =
+        support::wait_for_reason(&sets, "over", "Completed", "SnapshotQuotaExceeded").await;
+    assert!(
+        refused.message.contains("manual DB snapshots")
+            && refused.message.contains("the quota is 1")
+            && refused.message.contains(REGION),
+        "{}",
+        refused.message
+    );
+    let status = sets.get("over").await.unwrap().status.unwrap();
+    assert_eq!(status.phase, Some(BackupPhase::Failed));
+    assert!(
+        status.snapshot_requested_time.is_none(),
+        "nothing asked of RDS"
+    );
+    let asked = rds
+        .describe_db_snapshots()
+        .db_snapshot_identifier(set::snapshot_identifier(&d.uid().unwrap(), "over"))
+        .send()
+        .await;
+    assert!(asked.is_err() || asked.unwrap().db_snapshots().is_empty());
+    gauge_is(&operator, "openemr_rds_manual_snapshot_quota", 1).await;
+    let (_, body) = operator.get("/metrics").await.unwrap();
+    let counted: u64 = body
+        .lines()
+        .find(|l| l.starts_with("openemr_rds_manual_snapshots{") && l.contains(REGION))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_default();
+    assert!(counted >= 1, "{body}");
 }

@@ -19,6 +19,7 @@ pub mod inventory;
 pub mod rds;
 pub mod s3;
 pub mod secrets;
+pub mod snapshots;
 pub mod teardown;
 
 use std::fmt;

@@ -185,6 +185,10 @@ pub trait Databases {
         snapshot: &str,
         tags: &BTreeMap<String, String>,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Every manual snapshot of the account and region, in pages of 100.
+    fn list_manual_snapshots(
+        &self,
+    ) -> impl Future<Output = Result<Vec<DbSnapshot>, AwsError>> + Send;
     /// Deletes the instance without a final snapshot of RDS's own: the operator takes its
     /// own (deterministically named) first and sees it `available`.
     fn delete_instance(
@@ -468,6 +472,28 @@ impl Databases for AwsClients {
             Ok(out) => Ok(out.db_snapshots().first().map(snapshot)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    async fn list_manual_snapshots(&self) -> Result<Vec<DbSnapshot>, AwsError> {
+        let mut found = Vec::new();
+        let mut marker = None;
+        loop {
+            let request = self
+                .rds
+                .describe_db_snapshots()
+                .snapshot_type("manual")
+                .max_records(100)
+                .set_marker(marker)
+                .send();
+            let page = self
+                .call(Service::Rds, "DescribeDBSnapshots", request)
+                .await?;
+            found.extend(page.db_snapshots().iter().map(snapshot));
+            match page.marker() {
+                Some(next) if !next.is_empty() => marker = Some(next.to_string()),
+                _ => return Ok(found),
+            }
         }
     }
 

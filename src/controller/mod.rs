@@ -104,6 +104,24 @@ pub struct Caches {
     pub restores: Store<DeserializeGuard<RestoreRequest>>,
 }
 
+impl crate::metrics::BackupView for Caches {
+    fn policies(&self) -> Vec<BackupPolicy> {
+        self.policies
+            .state()
+            .iter()
+            .filter_map(|p| p.0.as_ref().ok().cloned())
+            .collect()
+    }
+
+    fn sets(&self) -> Vec<OpenEMRBackup> {
+        self.backups
+            .state()
+            .iter()
+            .filter_map(|b| b.0.as_ref().ok().cloned())
+            .collect()
+    }
+}
+
 /// The writing halves of [`Caches`], one per kind, handed to that kind's watch.
 pub struct CacheWriters {
     pub deployments: Writer<DeserializeGuard<OpenEMRDeployment>>,
@@ -153,6 +171,8 @@ pub struct ClinicAws {
     pub progress_interval: Duration,
     /// DB instances and stacks per account and region, read in pages and shared.
     pub inventory: Arc<crate::aws::inventory::Inventory>,
+    /// Manual DB snapshots per account and region, read in pages and shared by the sets.
+    pub snapshots: Arc<crate::aws::snapshots::SnapshotInventory>,
     /// The shared audit trail of each account.
     pub audit: Arc<audit::AuditTrails>,
     /// RDS's refusals of the clinics' database changes, per clinic and generation.

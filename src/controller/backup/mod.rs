@@ -9,8 +9,11 @@
 //! applied yet). Without AWS access (validation-only mode) sets are checked and stay
 //! `Pending`. Schedules make sets in the policy controller.
 //!
-//! Not yet: the batched snapshot inventory (each running set describes its snapshot),
-//! retention, copies, the rebuild.
+//! A set's snapshot is read from the shared listing of its region's manual snapshots
+//! ([`crate::aws::snapshots`]), which also holds sets to RDS's manual-snapshot quota.
+//! Completed sets are judged by their policy's [`retention`]; an expired one, or a record
+//! deleted asking for it, has its data deleted ([`prune`]). Records lost are rebuilt from
+//! the bucket by the policy controller. Not yet: copies to another region.
 
 pub mod job;
 pub mod plan;
@@ -218,14 +221,44 @@ impl Reconcile for OpenEMRBackup {
             hold,
             holder,
             hold_lifetime: aws.workload.quiesce_hold_lifetime,
+            manual_snapshots: None,
+            snapshot_quota: aws.workload.manual_snapshot_quota,
+            snapshot_place: String::new(),
+            snapshot_in_flight: false,
         };
+        if phase == BackupPhase::Pending && steps.clinic.ready && steps.running_before.is_empty() {
+            // About to start: how many manual snapshots the region holds (RDS's quota).
+            let clients = clinic::clients(d, aws).await;
+            let listing = aws
+                .snapshots
+                .listing(&clients, aws.progress_interval)
+                .await
+                .map_err(aws_error("listing the region's manual snapshots"))?;
+            steps.manual_snapshots = listing.map(|l| l.manual.len());
+            steps.snapshot_place = format!("account {} in {}", clients.account, clients.region);
+        }
         if phase == BackupPhase::Running {
             let clients = clinic::clients(d, aws).await;
             let identifier = set::snapshot_identifier(&steps.clinic.uid, &steps.set);
-            steps.snapshot = clients
-                .describe_snapshot(&identifier)
+            // From the region's shared listing (one per progress interval for every set in
+            // flight there); described alone where the operator cannot list.
+            let listing = aws
+                .snapshots
+                .listing(&clients, aws.progress_interval)
                 .await
-                .map_err(aws_error("reading the set's snapshot"))?;
+                .map_err(aws_error("listing the region's manual snapshots"))?;
+            steps.snapshot = match listing {
+                Some(listing) => listing.manual.get(&identifier).cloned(),
+                None => clients
+                    .describe_snapshot(&identifier)
+                    .await
+                    .map_err(aws_error("reading the set's snapshot"))?,
+            };
+            steps.snapshot_in_flight = self
+                .status
+                .as_ref()
+                .and_then(|s| s.in_flight.as_ref())
+                .is_some_and(|i| i.action == "CreateDBSnapshot");
             let job_name = set::documents_job_name(&steps.set);
             let uid = self.uid().unwrap_or_default();
             let recorded = self

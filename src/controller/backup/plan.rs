@@ -113,6 +113,15 @@ pub struct Steps {
     /// Who holds the clinic for this set (the Lease is `<clinic>-hold-<holder>`).
     pub holder: String,
     pub hold_lifetime: std::time::Duration,
+    /// Manual snapshots the clinic's account and region hold (counted when the set is
+    /// about to start; `None` where the operator cannot list them).
+    pub manual_snapshots: Option<usize>,
+    /// `--manual-snapshot-quota`.
+    pub snapshot_quota: u32,
+    /// The account and region, for the quota's message.
+    pub snapshot_place: String,
+    /// The snapshot's request is recorded as in flight: it may not have reached RDS.
+    pub snapshot_in_flight: bool,
 }
 
 /// A mutating call the steps ask for.
@@ -340,6 +349,21 @@ fn take(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outc
             out.verdicts.push(Verdict::falsy(STARTED, reason, message));
             return out;
         }
+        if let Some(count) = steps.manual_snapshots
+            && count + 1 > steps.snapshot_quota as usize
+        {
+            // Failed at once, nothing asked of RDS, rather than an AWS error mid-set. Nothing
+            // is pruned early to make room.
+            return failed(
+                status,
+                out,
+                "SnapshotQuotaExceeded",
+                format!(
+                    "{} holds {count} manual DB snapshots and the quota is {} (--manual-snapshot-quota): this set's would exceed it. Delete snapshots no set needs, or raise the quota (Service Quotas, RDS \"Manual DB instance snapshots\") and the flag with it",
+                    steps.snapshot_place, steps.snapshot_quota
+                ),
+            );
+        }
         status.phase = Some(BackupPhase::Running);
         status.start_time = Some(Time(now));
         status.set_id = Some(steps.set.clone());
@@ -387,6 +411,9 @@ fn take(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outc
                 ),
             );
         }
+        // Asked for, and the request went through: the shared listing shows it at its next
+        // taking. Only a request that may not have gone out is sent again.
+        None if database.status.as_deref() == Some("requested") && !steps.snapshot_in_flight => {}
         None => {
             status.snapshot_requested_time.get_or_insert(Time(now));
             database.status = Some("requested".into());
@@ -693,6 +720,10 @@ mod tests {
             hold: HoldSeen::Absent,
             holder: "backup-set-1".into(),
             hold_lifetime: std::time::Duration::from_secs(600),
+            manual_snapshots: Some(3),
+            snapshot_quota: 100,
+            snapshot_place: "account 1 in us-east-1".into(),
+            snapshot_in_flight: false,
         }
     }
 
@@ -830,8 +861,12 @@ mod tests {
         let mut s = steps();
         let mut status = OpenEMRBackupStatus::default();
         next(&s, &mut status, at(0));
-        // Asked for, not yet seen (the request may not have gone out): asked again.
-        assert_eq!(kinds(&next(&s, &mut status, at(5))), ["snapshot"]);
+        // Asked for, not yet in the listing: waited for, unless the request may not have
+        // gone out (its intent still in flight), then asked again.
+        assert!(kinds(&next(&s, &mut status, at(5))).is_empty());
+        s.snapshot_in_flight = true;
+        assert_eq!(kinds(&next(&s, &mut status, at(6))), ["snapshot"]);
+        s.snapshot_in_flight = false;
         s.snapshot = snapshot("available");
         next(&s, &mut status, at(10));
         s.snapshot = None;
@@ -839,6 +874,29 @@ mod tests {
         assert!(reasons(&out).contains(&"DatabaseSnapshotLost"));
         assert!(!kinds(&out).contains(&"snapshot"));
         assert_eq!(status.phase, Some(BackupPhase::Failed));
+    }
+
+    #[test]
+    fn a_set_that_would_exceed_the_snapshot_quota_fails_at_once_naming_it() {
+        let mut s = steps();
+        s.manual_snapshots = Some(100);
+        let mut status = OpenEMRBackupStatus::default();
+        let out = next(&s, &mut status, at(0));
+        assert!(out.changes.is_empty(), "nothing asked of RDS");
+        assert_eq!(status.phase, Some(BackupPhase::Failed));
+        let message = status.message.unwrap();
+        assert!(
+            message.contains("holds 100 manual DB snapshots")
+                && message.contains("quota is 100")
+                && message.contains("account 1 in us-east-1")
+                && message.contains("Service Quotas"),
+            "{message}"
+        );
+        // One below: it starts.
+        s.manual_snapshots = Some(99);
+        let mut status = OpenEMRBackupStatus::default();
+        next(&s, &mut status, at(0));
+        assert_eq!(status.phase, Some(BackupPhase::Running));
     }
 
     #[test]

@@ -250,6 +250,8 @@ pub struct WorkloadConfig {
     pub documents_deadline: Duration,
     /// Lifetime of a `Quiesced` set's hold, renewed at every look of the set.
     pub quiesce_hold_lifetime: Duration,
+    /// Manual DB snapshots per account and region a set may bring the count to.
+    pub manual_snapshot_quota: u32,
 }
 
 impl Default for WorkloadConfig {
@@ -265,6 +267,7 @@ impl Default for WorkloadConfig {
             documents_backoff_limit: 2,
             documents_deadline: Duration::from_secs(6 * 3600),
             quiesce_hold_lifetime: Duration::from_secs(15 * 60),
+            manual_snapshot_quota: 100,
         }
     }
 }
