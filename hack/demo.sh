@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: installs the CRDs and the operator's RBAC into the local environment, runs
 # the operator (as its own service account) in the background, applies the example clinic
-# and backup policy into namespace `demo`, and shows what the operator reports.
+# and backup policy into namespace `demo`, shows what the operator reports, then takes the
+# example on-demand backup set and shows it completed.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -23,6 +24,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 # place (docs/web-tier.md says how a real cluster gets AWS's own: deploy/ca-bundles.sh).
 KUBECONFIG=$OPERATOR_KUBECONFIG setsid "$bin" run --probe-addr "127.0.0.1:$port" --cluster-id demo --progress-interval 2s \
   --mysql-ca-file tests/fixtures/stand-in-mysql-ca.pem --redis-ca-file tests/fixtures/stand-in-redis-ca.pem \
+  --documents-image registry.example.org/openemr-operator:demo \
   >.dev/operator.log 2>&1 &
 echo $! >.dev/operator.pid
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.2; done
@@ -81,5 +83,26 @@ kubectl get jobs,deployments,services,ingresses,pdb,networkpolicies,pvc -n demo 
 echo
 kubectl get openemrdeployment clinic-a -n demo \
   -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
+
+# A backup set of the clinic, taken now (examples/backup-on-demand.yaml): the snapshot in
+# moto, then the documents Job, whose pod this script plays as the kubelet would (the
+# Job's own command, over a local directory standing in for the clinic's EFS volume).
+echo
+echo "taking the example on-demand backup set (examples/backup-on-demand.yaml)..."
+set=clinic-a-before-upgrade
+kubectl create serviceaccount openemr-documents -n demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl apply -n demo --server-side -f examples/backup-on-demand.yaml >/dev/null
+for _ in $(seq 1 120); do
+  kubectl get job -n demo "$set-documents" >/dev/null 2>&1 && break; sleep 0.5
+done
+sites=.dev/sites
+mkdir -p "$sites/default/documents/1"
+echo "a scanned letter" >"$sites/default/documents/1/letter.txt"
+echo '<?php $host = "database";' >"$sites/default/sqlconf.php"
+python3 hack/demo-documents-job.py "$bin" demo "$set-documents" "$sites" .dev/documents-job
+kubectl wait -n demo --for=jsonpath='{.status.phase}'=Completed --timeout=120s "openemrbackup/$set" >/dev/null
+kubectl get openemrbackup -n demo
+kubectl get openemrbackup "$set" -n demo \
+  -o jsonpath='set {.metadata.name}: snapshot {.status.database.identifier} ({.status.database.status}), {.status.documents.fileCount} files in {.status.documents.manifest}, manifest {.status.manifest}{"\n"}'
 echo
 echo "Next: source .dev/env; kubectl get openemr -n demo; make dev-down to stop everything."

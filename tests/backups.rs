@@ -1130,3 +1130,116 @@ async fn a_set_beyond_the_manual_snapshot_quota_fails_at_once_naming_the_count()
         .unwrap_or_default();
     assert!(counted >= 1, "{body}");
 }
+
+/// SIGKILL at each step of a set and of its pruning: the snapshot asked for and still
+/// `creating` (moto's answers rewritten), the documents Job made, the documents copied with
+/// the snapshot still creating, then the prune Job under way. One snapshot request, one
+/// documents pod, one set manifest; the set completes; the prune finishes.
+#[tokio::test]
+async fn a_set_and_its_pruning_survive_an_operator_killed_at_each_step() {
+    use support::faults::{FaultProxy, Rule};
+    let name = "clinic-k";
+    let (client, ns) = clinic_with_one_worker("kill", name).await;
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let url = proxy.url();
+    let vars = [("AWS_ENDPOINT_URL", url.as_str())];
+    let start = || Operator::start_with_env(env(), Some(&ns.name), &DOCUMENTS_IMAGE, &vars);
+    let operator =
+        support::kubelet::ready_clinic_with_env(&client, &ns.name, name, &DOCUMENTS_IMAGE, &vars)
+            .await;
+    documents_account(&client, &ns.name).await;
+    let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    // RDS keeps saying the set's snapshot is being made.
+    proxy.set(
+        "DescribeDBSnapshots",
+        Rule::default().rewrite("<Status>available<", "<Status>creating<"),
+    );
+    take_set(
+        &client,
+        &ns.name,
+        "k",
+        json!({"deploymentRef": {"name": name}}),
+    )
+    .await;
+    eventually(WAIT, "the snapshot asked for", || async {
+        (proxy.counts("CreateDBSnapshot").answered >= 1).then_some(())
+    })
+    .await;
+    drop(operator.kill());
+    let operator = start();
+    eventually(WAIT, "the documents Job", || async {
+        jobs.get_opt("k-documents").await.ok()?
+    })
+    .await;
+    drop(operator.kill());
+    let operator = start();
+    play_job(&client, &ns.name, "k-documents", &small_tree("kill")).await;
+    eventually(WAIT, "the documents recorded", || async {
+        let status = sets.get("k").await.ok()?.status?;
+        status.documents_completion_time.map(|_| ())
+    })
+    .await;
+    let running = sets.get("k").await.unwrap().status.unwrap();
+    assert_eq!(
+        running.phase,
+        Some(BackupPhase::Running),
+        "the snapshot is still creating"
+    );
+    drop(operator.kill());
+    // RDS finishes the snapshot while the operator is away.
+    proxy.clear("DescribeDBSnapshots");
+    let operator = start();
+    let done = completed(&sets, "k").await;
+    assert_eq!(
+        proxy.counts("CreateDBSnapshot").forwarded,
+        1,
+        "{}",
+        proxy.report()
+    );
+    assert_eq!(
+        pods(&client, &ns.name, "job-name=k-documents").await.len(),
+        1
+    );
+    let bucket = done.documents.unwrap().bucket;
+    let s3 = support::TestEnv::s3(&env().aws(Some(REGION)).await);
+    let versions = s3
+        .list_object_versions()
+        .bucket(&bucket)
+        .prefix("backups/k/manifest.json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(versions.versions().len(), 1, "one set manifest");
+
+    // Its data asked to go with it; killed with the prune Job under way.
+    sets.patch(
+        "k",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            json!({"metadata": {"annotations": {"openemr.io/delete-data": "true"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    sets.delete("k", &Default::default()).await.unwrap();
+    eventually(WAIT, "the prune Job", || async {
+        jobs.get_opt("k-prune").await.ok()?
+    })
+    .await;
+    drop(operator.kill());
+    let _operator = start();
+    play_job(&client, &ns.name, "k-prune", &small_tree("kill")).await;
+    eventually(WAIT, "the record gone with its data", || async {
+        sets.get_opt("k").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(!any_version(&s3, &bucket, "backups/k/manifest.json").await);
+    assert!(!any_version(&s3, &bucket, "backups/documents/k.jsonl.gz").await);
+    assert_eq!(
+        proxy.counts("DeleteDBSnapshot").answered,
+        1,
+        "{}",
+        proxy.report()
+    );
+}
