@@ -335,6 +335,20 @@ impl Reconcile for OpenEMRBackup {
         let accepted = self.validate(observed);
         let is_accepted = accepted.status;
         let mut status = status_with(self, std::slice::from_ref(&accepted), now);
+        if !observed.deployment_exists && status.phase == Some(BackupPhase::Running) {
+            // Its clinic went while it was taken: it can never complete. What it took stays
+            // (the snapshot, the documents sent), with the clinic's bucket and key.
+            let message = format!(
+                "clinic {:?} was deleted while the set was taken: it will not complete; what it took stays",
+                self.spec.deployment_ref.name
+            );
+            status.phase = Some(BackupPhase::Failed);
+            status.message = Some(message.clone());
+            let verdict = Verdict::falsy("Completed", "DeploymentDeleted", message);
+            let mut with = self.clone();
+            with.status = Some(status);
+            return Plan::after_validation(status_with(&with, &[accepted, verdict], now), false);
+        }
         if self.rebuilt_from().is_some() && status.phase.is_none() {
             // A record of a set already taken: described from its manifest, never taken.
             let verdict = match observed.rebuilt.as_ref().filter(|_| is_accepted) {
@@ -1285,6 +1299,23 @@ mod tests {
         let plan = failed.plan(&made_at(13), on_6th);
         assert!(plan.changes.is_empty(), "{:?}", plan.changes);
         assert_eq!(plan.status.expires_at, None);
+    }
+
+    #[test]
+    fn a_set_whose_clinic_went_while_it_ran_fails_rather_than_run_for_ever() {
+        let mut running = set(None);
+        running.status = Some(OpenEMRBackupStatus {
+            phase: Some(BackupPhase::Running),
+            ..Default::default()
+        });
+        let plan = running.plan(
+            &observed(false, PolicyRef::NotSet),
+            Timestamp::from_second(1_800_000_000).unwrap(),
+        );
+        assert_eq!(plan.status.phase, Some(BackupPhase::Failed));
+        let completed = conditions::find(&plan.status.conditions, "Completed").unwrap();
+        assert_eq!(completed.reason, "DeploymentDeleted");
+        assert!(plan.changes.is_empty());
     }
 
     #[test]
