@@ -159,7 +159,9 @@ impl Reconcile for OpenEMRBackup {
             && self.status.as_ref().and_then(|s| s.phase).is_none()
         {
             let clients = clinic::clients(d, aws).await;
-            observed.rebuilt = Some(read_rebuilt(&clients.s3, &from, &self.name_any()).await);
+            let own = d.status.as_ref().and_then(|s| s.bucket_name.clone());
+            observed.rebuilt =
+                Some(read_rebuilt(&clients.s3, &from, own.as_deref(), &self.name_any()).await);
             return Ok(observed);
         }
         let holder = set::quiesce_holder(clinic_name, &self.name_any());
@@ -595,10 +597,13 @@ impl Reconcile for OpenEMRBackup {
     }
 }
 
-/// The set manifest at `from` (`s3://bucket/key`), which must be set `set`'s.
+/// The set manifest at `from` (`s3://bucket/key`), which must be set `set`'s, in the
+/// clinic's own bucket (`own`) at the set's own key: a record cannot make itself a view of
+/// another clinic's set, whose snapshot its deletion would then delete.
 async fn read_rebuilt(
     s3: &aws_sdk_s3::Client,
     from: &str,
+    own: Option<&str>,
     set: &str,
 ) -> Result<set::SetManifest, String> {
     let (bucket, key) = from
@@ -610,6 +615,14 @@ async fn read_rebuilt(
                 crate::api::backup::REBUILT_FROM_ANNOTATION
             )
         })?;
+    if Some(bucket) != own || key != set::set_manifest_key(set) {
+        return Err(format!(
+            "{}: {from:?} is not s3://{}/{}, this set's manifest in its clinic's bucket",
+            crate::api::backup::REBUILT_FROM_ANNOTATION,
+            own.unwrap_or("<the clinic's bucket>"),
+            set::set_manifest_key(set)
+        ));
+    }
     let object = s3
         .get_object()
         .bucket(bucket)
@@ -1316,6 +1329,31 @@ mod tests {
         let completed = conditions::find(&plan.status.conditions, "Completed").unwrap();
         assert_eq!(completed.reason, "DeploymentDeleted");
         assert!(plan.changes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_record_is_rebuilt_only_from_its_own_manifest_in_its_clinics_bucket() {
+        // No request is sent: the location is judged first.
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::Config::builder()
+                .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+                .region(aws_sdk_s3::config::Region::new("us-east-1"))
+                .build(),
+        );
+        for from in [
+            "s3://another-clinic/backups/set-1/manifest.json",
+            "s3://own/backups/set-2/manifest.json",
+            "s3://own/elsewhere.json",
+            "own/backups/set-1/manifest.json",
+        ] {
+            let refused = read_rebuilt(&s3, from, Some("own"), "set-1")
+                .await
+                .unwrap_err();
+            assert!(
+                refused.contains("openemr.io/rebuilt-from"),
+                "{from}: {refused}"
+            );
+        }
     }
 
     #[test]
