@@ -300,12 +300,22 @@ impl Context {
 /// The object's current status with `verdicts` merged into its conditions and
 /// `observedGeneration` set: the starting point of every plan.
 pub fn status_with<K: Reconcile>(obj: &K, verdicts: &[Verdict], now: Timestamp) -> K::Status {
-    let mut status = merged(
+    status_from(
         obj,
         obj.status().cloned().unwrap_or_default(),
         verdicts,
         now,
-    );
+    )
+}
+
+/// Like [`status_with`], for a `status` the plan already changed from `obj`'s.
+pub fn status_from<K: Reconcile>(
+    obj: &K,
+    status: K::Status,
+    verdicts: &[Verdict],
+    now: Timestamp,
+) -> K::Status {
+    let mut status = merged(obj, status, verdicts, now);
     status.set_observed_generation(obj.meta().generation);
     status
 }

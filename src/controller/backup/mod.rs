@@ -32,7 +32,7 @@ use super::children::cached;
 use super::deployment::clinic::{self, aws_error};
 use super::deployment::web::observe::{job_state, last_words};
 use super::deployment::web::{WebNames, holds};
-use super::{Context, Error, Plan, Reconcile, RefKind, Requeue, lookup, status_with};
+use super::{Context, Error, Plan, Reconcile, RefKind, Requeue, lookup, status_from, status_with};
 use crate::api::backup::BackupPhase;
 use crate::api::{
     BackupPolicy, ConsistencyMode, OpenEMRBackup, OpenEMRBackupStatus, OpenEMRDeployment,
@@ -347,9 +347,10 @@ impl Reconcile for OpenEMRBackup {
             status.phase = Some(BackupPhase::Failed);
             status.message = Some(message.clone());
             let verdict = Verdict::falsy("Completed", "DeploymentDeleted", message);
-            let mut with = self.clone();
-            with.status = Some(status);
-            return Plan::after_validation(status_with(&with, &[accepted, verdict], now), false);
+            return Plan::after_validation(
+                status_from(self, status, &[accepted, verdict], now),
+                false,
+            );
         }
         if self.rebuilt_from().is_some() && status.phase.is_none() {
             // A record of a set already taken: described from its manifest, never taken.
@@ -373,10 +374,8 @@ impl Reconcile for OpenEMRBackup {
                 Some(Err(why)) => Verdict::falsy("Completed", "ManifestUnreadable", why.clone()),
                 None => return Plan::after_validation(status, is_accepted),
             };
-            let mut with = self.clone();
-            with.status = Some(status);
             return Plan::after_validation(
-                status_with(&with, &[accepted, verdict], now),
+                status_from(self, status, &[accepted, verdict], now),
                 is_accepted,
             );
         }
@@ -450,9 +449,7 @@ impl Reconcile for OpenEMRBackup {
                 None => Requeue::OnChange,
             };
             if let Some(retained) = retained {
-                let mut with = self.clone();
-                with.status = Some(status);
-                status = status_with(&with, &[accepted, retained], now);
+                status = status_from(self, status, &[accepted, retained], now);
             }
             let mut plan = Plan::after_validation(status, is_accepted);
             plan.requeue = requeue;
@@ -485,11 +482,7 @@ impl Reconcile for OpenEMRBackup {
         let outcome = plan::next(steps, &mut status, now);
         let mut verdicts = vec![accepted];
         verdicts.extend(outcome.verdicts);
-        let merged = {
-            let mut with = self.clone();
-            with.status = Some(status);
-            status_with(&with, &verdicts, now)
-        };
+        let merged = status_from(self, status, &verdicts, now);
         Plan {
             status: merged,
             changes: outcome.changes,

@@ -23,7 +23,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
-use super::{Context, Error, Plan, Reconcile, RefKind, Requeue, lookup, status_with};
+use super::{Context, Error, Plan, Reconcile, RefKind, Requeue, lookup, status_from, status_with};
 use crate::api::{BackupPolicy, BackupPolicyStatus, OpenEMRBackup};
 use crate::conditions::Verdict;
 use crate::schedule::{Schedule, ScheduleError};
@@ -225,11 +225,7 @@ impl Reconcile for BackupPolicy {
             _ if busy => Requeue::After(observed.progress),
             _ => Requeue::Resync,
         };
-        let merged = {
-            let mut with = self.clone();
-            with.status = Some(status);
-            status_with(&with, &verdicts, now)
-        };
+        let merged = status_from(self, status, &verdicts, now);
         Plan {
             status: merged,
             changes,
