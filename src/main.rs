@@ -238,6 +238,46 @@ enum DocumentsCommand {
         #[arg(long, default_value_t = documents::prune::MAX_BATCH, value_parser = clap::value_parser!(u16).range(1..=1000).map(usize::from))]
         batch: usize,
     },
+    /// Copy a set into another bucket (the disaster-recovery region's), server-side:
+    /// files the previous copy there holds are not copied again; the copy's manifest, with
+    /// that bucket's version ids, is written last. Exit 0: done; 1: failed, no manifest.
+    Copy {
+        #[command(flatten)]
+        bucket: BucketFlags,
+        /// The set's manifest key in --bucket.
+        #[arg(long)]
+        manifest: String,
+        /// The destination bucket (versioned).
+        #[arg(long)]
+        to_bucket: String,
+        /// The destination bucket's region (--bucket's is the environment's).
+        #[arg(long)]
+        to_region: String,
+        /// The KMS key (ARN, in --to-region) every copied object is encrypted with.
+        #[arg(long)]
+        to_kms_key: Option<String>,
+        /// The copy's manifest key in --to-bucket (--manifest's when unset).
+        #[arg(long)]
+        to_manifest: Option<String>,
+        /// The previous set's copy's manifest in --to-bucket.
+        #[arg(long)]
+        previous: Option<String>,
+        /// The mirror's key prefix in --to-bucket.
+        #[arg(long, default_value = "documents/")]
+        prefix: String,
+        /// Files above this many MiB are copied in parts (one copy stops at 5 GiB).
+        #[arg(long, default_value_t = 5120, value_parser = clap::value_parser!(u64).range(5..=5120))]
+        multipart_threshold_mib: u64,
+        /// Size of each copied part, in MiB.
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(5..=5120))]
+        part_size_mib: u64,
+        /// How long the destination mirror's lock lasts unless renewed.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        lock_lease: Duration,
+        /// How long to wait for a lock whose lease ends that soon.
+        #[arg(long, default_value = "11m", value_parser = parse_duration)]
+        lock_wait: Duration,
+    },
     /// Restore a set by its manifest into a directory (empty unless --overwrite).
     Restore {
         #[command(flatten)]
@@ -371,6 +411,44 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                     work_dir: bucket.work_dir.clone(),
                 };
                 let result = documents::sweep::sweep(&store, &options)
+                    .await
+                    .map(|s| (serde_json::to_string(&s), 0));
+                (bucket, result)
+            }
+            DocumentsCommand::Copy {
+                bucket,
+                manifest,
+                to_bucket,
+                to_region,
+                to_kms_key,
+                to_manifest,
+                previous,
+                prefix,
+                multipart_threshold_mib,
+                part_size_mib,
+                lock_lease,
+                lock_wait,
+            } => {
+                let from = bucket.store(None).await;
+                let to = documents::store::Store {
+                    client: documents::s3_client_in(bucket.path_style, &to_region).await,
+                    bucket: to_bucket,
+                    kms_key: to_kms_key,
+                };
+                let options = documents::copy::CopyOptions {
+                    to_manifest_key: to_manifest.unwrap_or_else(|| manifest.clone()),
+                    manifest_key: manifest,
+                    previous,
+                    prefix,
+                    concurrency: bucket.concurrency,
+                    multipart_threshold: multipart_threshold_mib * 1024 * 1024,
+                    part_size: part_size_mib * 1024 * 1024,
+                    work_dir: bucket.work_dir.clone(),
+                    lock_lease,
+                    lock_wait,
+                    holder: holder(),
+                };
+                let result = documents::copy::copy(&from, &to, &options)
                     .await
                     .map(|s| (serde_json::to_string(&s), 0));
                 (bucket, result)

@@ -666,11 +666,13 @@ async fn adopted_resources_are_never_recreated_and_differences_are_reported_befo
         &format!("  adopt: {{dbInstanceIdentifier: {db_id}, bucketName: {bucket}}}"),
     );
     apply(&client, &ns.name, &manifest).await.unwrap();
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    // The report lasts until the first change is made, a second or so: watched, not polled.
+    let trail = support::ConditionTrail::watch(&clinics, "adopter");
     // The resync stays at 10 minutes: only the inventory can see the later drift.
     let operator = Operator::start_with(env(), Some(&ns.name), &["--inventory-interval", "3s"]);
-    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
 
-    let adopted = wait_for_reason(&clinics, "adopter", "Adopted", "DifferencesReported").await;
+    let adopted = trail.wait_for("Adopted", "DifferencesReported").await;
     for expected in [
         "backupRetentionDays: 3 → 7",
         "deletionProtection: false → true",

@@ -66,29 +66,7 @@ struct Bucket {
 }
 
 async fn bucket(name: &str) -> Bucket {
-    let aws = env().aws(Some(REGION)).await;
-    let s3 = support::TestEnv::s3(&aws);
-    s3.create_bucket().bucket(name).send().await.unwrap();
-    s3.put_bucket_versioning()
-        .bucket(name)
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let key = aws_sdk_kms::Client::new(&aws)
-        .create_key()
-        .send()
-        .await
-        .unwrap();
-    Bucket {
-        name: name.to_string(),
-        key_arn: key.key_metadata().unwrap().arn().unwrap().to_string(),
-        s3,
-    }
+    bucket_in(name, REGION).await
 }
 
 /// A set's manifest, read from the bucket: its header, entries and trailer.
@@ -1325,4 +1303,219 @@ async fn a_missing_previous_set_makes_a_full_backup_not_a_failure() {
     assert!(done.get("previousMissing").is_none(), "{done}");
     assert_eq!(done["filesUploaded"], 0, "{done}");
     std::fs::remove_dir_all(&tree).unwrap();
+}
+
+/// A versioned bucket with its own key in `region`.
+async fn bucket_in(name: &str, region: &str) -> Bucket {
+    let aws = env().aws(Some(region)).await;
+    let s3 = support::TestEnv::s3(&aws);
+    // us-east-1 takes no location constraint.
+    let place = (region != "us-east-1").then(|| {
+        aws_sdk_s3::types::CreateBucketConfiguration::builder()
+            .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
+            .build()
+    });
+    s3.create_bucket()
+        .bucket(name)
+        .set_create_bucket_configuration(place)
+        .send()
+        .await
+        .unwrap();
+    s3.put_bucket_versioning()
+        .bucket(name)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let key = aws_sdk_kms::Client::new(&aws)
+        .create_key()
+        .send()
+        .await
+        .unwrap();
+    Bucket {
+        name: name.to_string(),
+        key_arn: key.key_metadata().unwrap().arn().unwrap().to_string(),
+        s3,
+    }
+}
+
+#[tokio::test]
+async fn a_copy_into_another_region_restores_alone_and_copies_only_what_changed() {
+    const DR: &str = "eu-west-1";
+    let b = bucket(&format!("oe-documents-src-{}", std::process::id())).await;
+    let dr = bucket_in(&format!("oe-documents-dr-{}", std::process::id()), DR).await;
+    let tree = scratch("copy-sites");
+    let files = make_tree(&tree) as u64;
+    let first_tree = listing(&tree);
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let take = |manifest: &str, previous: Option<&str>| {
+        let mut args = backup_of(
+            &b,
+            &tree,
+            manifest,
+            &[
+                "--kms-key",
+                &b.key_arn,
+                "--multipart-threshold-mib",
+                "5",
+                "--part-size-mib",
+                "5",
+            ],
+        );
+        if let Some(previous) = previous {
+            args.extend(["--previous".to_string(), previous.to_string()]);
+        }
+        let (code, done) = documents(&proxy, &args);
+        assert_eq!(code, 0, "{done}");
+    };
+    let copy = |manifest: &str, previous: Option<&str>| {
+        let mut args = on(
+            &b,
+            "copy",
+            &[
+                "--manifest".into(),
+                manifest.into(),
+                "--to-bucket".into(),
+                dr.name.clone(),
+                "--to-region".into(),
+                DR.into(),
+                "--to-kms-key".into(),
+                dr.key_arn.clone(),
+                // The 6 MiB image goes in two ranges, as a file above 5 GiB would.
+                "--multipart-threshold-mib".into(),
+                "5".into(),
+                "--part-size-mib".into(),
+                "5".into(),
+            ],
+        );
+        if let Some(previous) = previous {
+            args.extend(["--previous".to_string(), previous.to_string()]);
+        }
+        documents(&proxy, &args)
+    };
+    let set_1 = "backups/documents/set-1.jsonl.gz";
+    let set_2 = "backups/documents/set-2.jsonl.gz";
+    take(set_1, None);
+
+    // The first copy: every file, each encrypted with the destination's key, none read
+    // through the operator's machine (no object GET beyond the two manifests' reads).
+    let gets_before = proxy.counts("s3:GET").seen;
+    let (code, first) = copy(set_1, None);
+    assert_eq!(code, 0, "{first}");
+    assert_eq!(first["files"], files, "{first}");
+    assert_eq!(first["filesCopied"], files, "{first}");
+    assert_eq!(first["filesUnchanged"], 0, "{first}");
+    // The destination's versioning and lifecycle, whether the copy's manifest is there
+    // already, the set's manifest, and the big file's stored checksum (moto does not say
+    // a copied part's checksum, which S3 does; then it is read back once).
+    assert_eq!(
+        proxy.counts("s3:GET").seen - gets_before,
+        5,
+        "{}",
+        proxy.report()
+    );
+    let (header, entries, totals) = read_set(&dr, "set-1").await;
+    let (_, source_entries, source_totals) = read_set(&b, "set-1").await;
+    assert_eq!(header.bucket, dr.name);
+    assert_eq!(totals, source_totals);
+    assert_eq!(entries.len(), source_entries.len());
+    for (copied, source) in entries.iter().zip(&source_entries) {
+        assert_eq!(copied.path, source.path);
+        assert_eq!(copied.sha256, source.sha256);
+        if copied.kind == Kind::File {
+            let key = openemr_operator::documents::backup::mirror_key("documents/", &copied.path);
+            let head = dr
+                .s3
+                .head_object()
+                .bucket(&dr.name)
+                .key(&key)
+                .version_id(copied.version.clone().unwrap())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(head.ssekms_key_id(), Some(dr.key_arn.as_str()), "{key}");
+        }
+    }
+    // The destination alone restores the set, and verifies it without downloading.
+    let restore_from_dr = |manifest: &str, into: &Path| {
+        let into = into.display().to_string();
+        documents(
+            &proxy,
+            &[
+                "restore",
+                "--bucket",
+                &dr.name,
+                "--path-style",
+                "--manifest",
+                manifest,
+                "--into",
+                &into,
+            ],
+        )
+    };
+    let into = empty_dir("copy-restored-1");
+    std::fs::remove_dir(&into).unwrap();
+    let (code, restored) = restore_from_dr(set_1, &into);
+    assert_eq!(code, 0, "{restored}");
+    assert_eq!(listing(&into), first_tree);
+    let (code, verified) = documents(
+        &proxy,
+        &[
+            "verify",
+            "--bucket",
+            &dr.name,
+            "--path-style",
+            "--manifest",
+            set_1,
+        ],
+    );
+    assert_eq!(code, 0, "{verified}");
+
+    // A second set with one file changed and one removed: only the changed file is copied,
+    // the removed one gets a delete marker there too.
+    let site = tree.join("default");
+    std::fs::write(site.join("documents/4/scan-1.pdf"), content(9_002, 2000)).unwrap();
+    std::fs::remove_file(site.join("documents/5/scan-2.pdf")).unwrap();
+    let second_tree = listing(&tree);
+    take(set_2, Some(set_1));
+    let (code, second) = copy(set_2, Some(set_1));
+    assert_eq!(code, 0, "{second}");
+    assert_eq!(second["filesCopied"], 1, "{second}");
+    assert_eq!(second["filesUnchanged"], files - 2, "{second}");
+    assert_eq!(second["filesDeleted"], 1, "{second}");
+    let into = scratch("copy-restored-2");
+    let _ = std::fs::remove_dir_all(&into);
+    let (code, restored) = restore_from_dr(set_2, &into);
+    assert_eq!(code, 0, "{restored}");
+    assert_eq!(listing(&into), second_tree);
+    let removed = dr
+        .s3
+        .head_object()
+        .bucket(&dr.name)
+        .key("documents/default/documents/5/scan-2.pdf")
+        .send()
+        .await;
+    assert!(
+        removed.is_err(),
+        "the removed file's newest state is a delete marker"
+    );
+
+    // Run again (a Job whose pod died after writing): nothing is copied twice.
+    let puts_before = proxy.counts("s3:PUT").seen;
+    let (code, again) = copy(set_2, Some(set_1));
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(again["alreadyCopied"], true, "{again}");
+    assert_eq!(
+        proxy.counts("s3:PUT").seen,
+        puts_before,
+        "{}",
+        proxy.report()
+    );
+    for dir in [tree, into] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

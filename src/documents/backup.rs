@@ -252,7 +252,7 @@ pub async fn with_lock<T>(
     result
 }
 
-fn lock_lost(key: &str) -> String {
+pub fn lock_lost(key: &str) -> String {
     format!("lost the lock {key} (its lease lapsed and another run took it): no manifest written")
 }
 
@@ -426,25 +426,45 @@ async fn backup_holding(
 
     summary.unreadable_count = unreadable.len() as u64;
     summary.unreadable = unreadable.iter().take(SUMMARY_PATHS).cloned().collect();
-    let (_, out) = writer.finish(unreadable).map_err(|e| e.to_string())?;
-    out.into_inner()
-        .map_err(|e| e.to_string())?
-        .sync_all()
-        .map_err(|e| e.to_string())?;
-    if !still_held() {
-        return Err(lock_lost(&options.lock_key));
-    }
-    let version = store
-        .put_new_file(&options.manifest_key, &manifest_path)
-        .await
-        .map_err(|e| format!("writing the manifest: {e}"))?;
-    let _ = std::fs::remove_file(&manifest_path);
+    let version = store_manifest(
+        writer,
+        unreadable,
+        (&manifest_path, store, &options.manifest_key),
+        still_held,
+        &options.lock_key,
+    )
+    .await?;
     journal.close(store).await;
     summary.manifest_key = options.manifest_key.clone();
     summary.previous_missing = previous_missing;
     summary.manifest_version = version;
     summary.duration_ms = started.elapsed().as_millis() as u64;
     Ok(summary)
+}
+
+/// Finishes a manifest written to `path` and stores it under `key` (never over one),
+/// provided the lock at `lock` is still held; returns its version id.
+pub async fn store_manifest(
+    writer: manifest::Writer<std::io::BufWriter<std::fs::File>>,
+    unreadable: Vec<String>,
+    (path, store, key): (&std::path::Path, &Store, &str),
+    still_held: &(dyn Fn() -> bool + Sync),
+    lock: &str,
+) -> Result<String, String> {
+    let (_, out) = writer.finish(unreadable).map_err(|e| e.to_string())?;
+    out.into_inner()
+        .map_err(|e| e.to_string())?
+        .sync_all()
+        .map_err(|e| e.to_string())?;
+    if !still_held() {
+        return Err(lock_lost(lock));
+    }
+    let version = store
+        .put_new_file(key, path)
+        .await
+        .map_err(|e| format!("writing the manifest {key}: {e}"))?;
+    let _ = std::fs::remove_file(path);
+    Ok(version)
 }
 
 /// What a run has recorded so far: the manifest being written, the counts, the paths

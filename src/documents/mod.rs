@@ -7,10 +7,11 @@
 //! `aws s3 sync`. Bucket versioning is the deduplication: a file unchanged since the last
 //! set is the same object version, referenced by every set's [`manifest`]. A set is named
 //! by its manifest's key. [`backup`] walks and stores, [`restore`] brings a set back,
-//! [`verify`] checks one without downloading it, [`prune`] drops sets,
+//! [`verify`] checks one without downloading it, [`prune`] drops sets, [`copy`] copies one into another region's bucket,
 //! [`store`] is all it asks of S3, [`walk`] the ordered walk.
 
 pub mod backup;
+pub mod copy;
 pub mod fitness;
 pub mod journal;
 pub mod manifest;
@@ -29,6 +30,17 @@ pub async fn s3_client(path_style: bool) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&config)
             .force_path_style(path_style)
+            .build(),
+    )
+}
+
+/// [`s3_client`] in `region` rather than the environment's (a copy's destination).
+pub async fn s3_client_in(path_style: bool, region: &str) -> aws_sdk_s3::Client {
+    let config = crate::aws::load_base_config().await;
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(path_style)
+            .region(aws_sdk_s3::config::Region::new(region.to_string()))
             .build(),
     )
 }

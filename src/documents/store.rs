@@ -83,6 +83,21 @@ pub struct Store {
     pub kms_key: Option<String>,
 }
 
+/// `x-amz-copy-source` of one version: the bucket, the key URL-encoded (`/` kept), the
+/// version id.
+fn copy_source(bucket: &str, key: &str, version: &str) -> String {
+    const KEY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let key = percent_encoding::utf8_percent_encode(key, KEY);
+    let version =
+        percent_encoding::utf8_percent_encode(version, percent_encoding::NON_ALPHANUMERIC);
+    format!("{bucket}/{key}?versionId={version}")
+}
+
 /// The base64 of a SHA-256, as S3's checksum headers carry it.
 pub fn checksum_header(sha256: &[u8]) -> String {
     B64.encode(sha256)
@@ -216,6 +231,60 @@ impl Store {
             .await
             .map_err(failed("CompleteMultipartUpload", key))?;
         Ok((versioned(key, out.version_id())?, composite))
+    }
+
+    /// Copies one version of `source_key` in `source` (another bucket, maybe in another
+    /// region) to `key` here, server-side, encrypted with this store's key; S3 computes the copy's
+    /// SHA-256 itself. Returns the copy's version id. Up to 5 GiB (S3's limit for one copy).
+    pub async fn copy_version(
+        &self,
+        (source, source_key, version): (&Store, &str, &str),
+        key: &str,
+    ) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .copy_source(copy_source(&source.bucket, source_key, version))
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .set_server_side_encryption(self.encryption())
+            .set_ssekms_key_id(self.kms_key.clone())
+            .set_bucket_key_enabled(self.kms_key.as_ref().map(|_| true))
+            .send()
+            .await
+            .map_err(failed("CopyObject", key))?;
+        versioned(key, out.version_id())
+    }
+
+    /// Copies bytes `range` (inclusive) of one version of `source_key` in `source` as part
+    /// `number` of an upload to `key` here; returns what completing needs.
+    pub async fn copy_part(
+        &self,
+        (source, source_key, version): (&Store, &str, &str),
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        range: (u64, u64),
+    ) -> Result<CompletedPart, StoreError> {
+        let out = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .copy_source(copy_source(&source.bucket, source_key, version))
+            .copy_source_range(format!("bytes={}-{}", range.0, range.1))
+            .send()
+            .await
+            .map_err(failed("UploadPartCopy", key))?;
+        let result = out.copy_part_result();
+        Ok(CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(result.and_then(|r| r.e_tag()).map(str::to_string))
+            .set_checksum_sha256(result.and_then(|r| r.checksum_sha256()).map(str::to_string))
+            .build())
     }
 
     /// Abandons an upload (its parts are not kept, nor billed).

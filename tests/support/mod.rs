@@ -708,6 +708,82 @@ where
     conditions.into_iter().find(|c| c.type_ == type_)
 }
 
+/// Every condition object `name` shows from now on, in order: a watch sees each write, so a
+/// condition that lasts a second is not missed as a poll might miss it. Start it before the
+/// operator.
+pub struct ConditionTrail {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Condition>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConditionTrail {
+    pub fn watch<K>(api: &Api<K>, name: &str) -> Self
+    where
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + serde::Serialize
+            + Send
+            + 'static,
+    {
+        use futures::StreamExt;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let config =
+            kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let stream = kube::runtime::watcher(api.clone(), config);
+        let sink = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                let objects = match event {
+                    Ok(kube::runtime::watcher::Event::Apply(o))
+                    | Ok(kube::runtime::watcher::Event::InitApply(o)) => vec![o],
+                    _ => continue,
+                };
+                for object in objects {
+                    let Ok(value) = serde_json::to_value(&object) else {
+                        continue;
+                    };
+                    let conditions: Vec<Condition> =
+                        serde_json::from_value(value["status"]["conditions"].clone())
+                            .unwrap_or_default();
+                    let mut seen = sink.lock().unwrap();
+                    for c in conditions {
+                        if !seen.contains(&c) {
+                            seen.push(c);
+                        }
+                    }
+                }
+            }
+        });
+        ConditionTrail { seen, task }
+    }
+
+    /// Waits (up to 60 s) until condition `type_` has shown `reason`, and returns it as shown.
+    pub async fn wait_for(&self, type_: &str, reason: &str) -> Condition {
+        eventually(
+            Duration::from_secs(60),
+            &format!("{type_} reason {reason}"),
+            || async {
+                self.seen
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c.type_ == type_ && c.reason == reason)
+                    .cloned()
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for ConditionTrail {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Waits (up to 60 s) until condition `type_` of `name` has `reason`.
 pub async fn wait_for_reason<K>(api: &Api<K>, name: &str, type_: &str, reason: &str) -> Condition
 where
