@@ -13,7 +13,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::{Api, ResourceExt};
-use openemr_operator::api::backup::BackupPhase;
+use openemr_operator::api::backup::{BackupPhase, CopyPhase};
 use openemr_operator::api::{BackupPolicy, BackupPolicyStatus, OpenEMRBackup, OpenEMRDeployment};
 use openemr_operator::controller::backup::set::{self, SetManifest};
 use serde_json::json;
@@ -596,6 +596,31 @@ async fn play_job(client: &kube::Client, ns: &str, name: &str, tree: &Path) {
     std::fs::remove_dir_all(&scratch).ok();
 }
 
+/// Deletes set `name`'s record asking for its data to go, plays its prune Jobs `jobs` in
+/// turn, and waits for the record to be gone.
+async fn delete_with_data(client: &kube::Client, ns: &str, name: &str, jobs: &[&str], tree: &Path) {
+    let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), ns);
+    sets.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            json!({"metadata": {"annotations": {"openemr.io/delete-data": "true"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    sets.delete(name, &Default::default()).await.unwrap();
+    for job in jobs {
+        play_job(client, ns, job, tree).await;
+    }
+    eventually(
+        WAIT,
+        &format!("the {name} record gone with its data"),
+        || async { sets.get_opt(name).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+}
+
 /// A `Quiesced` set stops the clinic (a hold), takes both parts only once nothing runs, lets
 /// the clinic go as soon as both are taken, and survives an operator killed for less than
 /// the hold's lifetime; killed for longer, the clinic comes back and the set fails rather
@@ -844,21 +869,7 @@ async fn deleting_a_record_deletes_its_data_only_when_asked_and_never_what_anoth
     assert!(any_version(&s3, &bucket, "backups/documents/second.jsonl.gz").await);
 
     // Asked to, before the deletion: its data goes, step by step, the shared version stays.
-    sets.patch(
-        "first",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(
-            json!({"metadata": {"annotations": {"openemr.io/delete-data": "true"}}}),
-        ),
-    )
-    .await
-    .unwrap();
-    sets.delete("first", &Default::default()).await.unwrap();
-    play_job(&client, &ns.name, "first-prune", &tree).await;
-    eventually(WAIT, "the first record gone with its data", || async {
-        sets.get_opt("first").await.ok()?.is_none().then_some(())
-    })
-    .await;
+    delete_with_data(&client, &ns.name, "first", &["first-prune"], &tree).await;
     assert!(!snapshot_exists("first").await, "its snapshot is deleted");
     assert!(!any_version(&s3, &bucket, "backups/first/manifest.json").await);
     assert!(!any_version(&s3, &bucket, "backups/documents/first.jsonl.gz").await);
@@ -1242,4 +1253,172 @@ async fn a_set_and_its_pruning_survive_an_operator_killed_at_each_step() {
         "{}",
         proxy.report()
     );
+}
+
+/// Cross-region copies: each completed set of a policy with `crossRegionCopy` is copied to
+/// the other region (its snapshot there, re-encrypted with that region's key; its
+/// documents in the bucket there, only what changed since the previous copy; the copy's own
+/// manifest naming only that region's parts), restorable from there alone, and deleted
+/// with the set.
+#[tokio::test]
+async fn a_sets_copy_in_another_region_is_whole_there_and_goes_with_the_set() {
+    const DR: &str = "eu-central-1";
+    let name = "clinic-x";
+    let (client, ns, _operator) = documents_clinic("copy", name, &[]).await;
+    let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
+    let there = env().aws(Some(DR)).await;
+    let (rds_there, s3) = (
+        aws_sdk_rds::Client::new(&there),
+        support::TestEnv::s3(&there),
+    );
+    let dr_key = aws_sdk_kms::Client::new(&there)
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_string();
+    let dr_bucket = format!("{}-dr", ns.name);
+    support::versioned_bucket(&s3, &dr_bucket, DR).await;
+    policy(
+        &client,
+        &ns.name,
+        "nightly",
+        json!({
+            "deploymentRef": {"name": name},
+            "schedule": "@daily",
+            "suspend": true,
+            "crossRegionCopy": {"region": DR, "kmsKeyArn": dr_key, "bucketName": dr_bucket},
+        }),
+    )
+    .await;
+    let copied = |set: &'static str| {
+        let sets = sets.clone();
+        async move {
+            eventually(WAIT, &format!("set {set} copied"), || async {
+                let status = sets.get(set).await.ok()?.status?;
+                let copy = status.copies.first()?.clone();
+                assert_ne!(copy.phase, Some(CopyPhase::Failed), "{:?}", copy.message);
+                (copy.phase == Some(CopyPhase::Completed)).then_some((status, copy))
+            })
+            .await
+        }
+    };
+
+    let tree = small_tree("copy");
+    std::fs::write(tree.join("default/keep.txt"), b"the same in both").unwrap();
+    for set in ["first", "second"] {
+        // Held: retention would otherwise expire the first, the same day's older set.
+        let body = json!({
+            "apiVersion": "openemr.io/v1alpha1",
+            "kind": "OpenEMRBackup",
+            "metadata": {"name": set, "labels": {"openemr.io/hold": "true"}},
+            "spec": {"deploymentRef": {"name": name}, "policyRef": {"name": "nightly"}},
+        });
+        apply(&client, &ns.name, &body).await.unwrap();
+        play_job(&client, &ns.name, &format!("{set}-documents"), &tree).await;
+        completed(&sets, set).await;
+        play_job(&client, &ns.name, &format!("{set}-copy"), &tree).await;
+        std::fs::write(tree.join("default/documents/1/note.txt"), b"changed").unwrap();
+    }
+    let (first, first_copy) = copied("first").await;
+    let (_, second_copy) = copied("second").await;
+    let copied_files = |c: &openemr_operator::api::backup::RegionCopy| {
+        c.documents.as_ref().unwrap().files_uploaded.unwrap()
+    };
+    assert_eq!(copied_files(&first_copy), 2, "{first_copy:?}");
+    assert_eq!(
+        copied_files(&second_copy),
+        1,
+        "only the changed file: {second_copy:?}"
+    );
+    let copied_condition = support::condition(&sets, "second", "Copied").await.unwrap();
+    assert_eq!(copied_condition.reason, "Copied");
+
+    // The snapshot there: that region's, with that region's key, saying what it copies.
+    let dr_id = first_copy.database.as_ref().unwrap().identifier.clone();
+    assert_eq!(dr_id, first.database.as_ref().unwrap().identifier);
+    let snapshot = rds_there
+        .describe_db_snapshots()
+        .db_snapshot_identifier(&dr_id)
+        .send()
+        .await
+        .unwrap()
+        .db_snapshots()[0]
+        .clone();
+    assert!(
+        snapshot
+            .db_snapshot_arn()
+            .unwrap()
+            .contains(&format!(":{DR}:"))
+    );
+    assert_eq!(snapshot.kms_key_id(), Some(dr_key.as_str()));
+    let tags: std::collections::BTreeMap<_, _> = snapshot
+        .tag_list()
+        .iter()
+        .map(|t| (t.key().unwrap(), t.value().unwrap()))
+        .collect();
+    assert_eq!(
+        tags.get("openemr.io/copy-of").copied(),
+        first.database.as_ref().unwrap().arn.as_deref()
+    );
+
+    // The copy's manifest there names only that region's parts, and its documents are whole
+    // there, encrypted with that region's key.
+    let body = s3
+        .get_object()
+        .bucket(&dr_bucket)
+        .key("backups/first/manifest.json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body.ssekms_key_id(), Some(dr_key.as_str()));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&body.body.collect().await.unwrap().into_bytes()).unwrap();
+    assert_eq!(manifest["database"]["region"], DR);
+    assert_eq!(
+        manifest["database"]["snapshotArn"],
+        snapshot.db_snapshot_arn().unwrap()
+    );
+    assert_eq!(manifest["database"]["kmsKeyArn"], dr_key.as_str());
+    assert_eq!(manifest["documents"]["bucket"], dr_bucket.as_str());
+    assert_eq!(manifest["copyOf"]["region"], REGION);
+    assert_eq!(
+        first_copy.manifest.as_deref(),
+        Some(format!("s3://{dr_bucket}/backups/first/manifest.json").as_str())
+    );
+    verify_documents(&dr_bucket, "backups/documents/first.jsonl.gz");
+    verify_documents(&dr_bucket, "backups/documents/second.jsonl.gz");
+    let head = s3
+        .head_object()
+        .bucket(&dr_bucket)
+        .key("documents/default/keep.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.ssekms_key_id(), Some(dr_key.as_str()));
+
+    // Deleted asking for its data: the copy goes first, there, then the set here; the
+    // version the second set's copy needs stays there.
+    let jobs = ["first-prune-copy", "first-prune"];
+    delete_with_data(&client, &ns.name, "first", &jobs, &tree).await;
+    let gone_there = rds_there
+        .describe_db_snapshots()
+        .db_snapshot_identifier(&dr_id)
+        .send()
+        .await
+        .map_or(true, |o| o.db_snapshots().is_empty());
+    assert!(gone_there, "the copied snapshot is deleted");
+    for key in [
+        "backups/first/manifest.json",
+        "backups/documents/first.jsonl.gz",
+    ] {
+        assert!(!any_version(&s3, &dr_bucket, key).await, "{key} there");
+    }
+    assert!(any_version(&s3, &dr_bucket, "backups/second/manifest.json").await);
+    verify_documents(&dr_bucket, "backups/documents/second.jsonl.gz");
+    std::fs::remove_dir_all(tree.parent().unwrap()).ok();
 }

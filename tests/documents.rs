@@ -1309,28 +1309,7 @@ async fn a_missing_previous_set_makes_a_full_backup_not_a_failure() {
 async fn bucket_in(name: &str, region: &str) -> Bucket {
     let aws = env().aws(Some(region)).await;
     let s3 = support::TestEnv::s3(&aws);
-    // us-east-1 takes no location constraint.
-    let place = (region != "us-east-1").then(|| {
-        aws_sdk_s3::types::CreateBucketConfiguration::builder()
-            .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
-            .build()
-    });
-    s3.create_bucket()
-        .bucket(name)
-        .set_create_bucket_configuration(place)
-        .send()
-        .await
-        .unwrap();
-    s3.put_bucket_versioning()
-        .bucket(name)
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    support::versioned_bucket(&s3, name, region).await;
     let key = aws_sdk_kms::Client::new(&aws)
         .create_key()
         .send()

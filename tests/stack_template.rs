@@ -390,7 +390,8 @@ fn the_example_clinics_web_tier_passes_checkov() {
 
 /// A backup set's documents Jobs as the operator renders them pass checkov's Kubernetes
 /// checks: the backup Job but for what `hack/checkov-documents-job-skips.yaml` says (root
-/// with one capability, to read every file of `sites/`), the prune Job with no skip at all.
+/// with one capability, to read every file of `sites/`), the prune and copy Jobs with no
+/// skip at all.
 #[test]
 fn the_documents_job_passes_checkov() {
     use openemr_operator::controller::backup::job::{DocumentsJob, Task};
@@ -418,9 +419,21 @@ fn the_documents_job_passes_checkov() {
     prune.task = Task::Prune {
         manifest: "backups/documents/set-1.jsonl.gz",
     };
+    let mut copy = backup.clone();
+    copy.name = "set-1-copy";
+    copy.kms_key = None;
+    copy.task = Task::Copy {
+        manifest: "backups/documents/set-1.jsonl.gz",
+        to_region: "eu-central-1",
+        to_bucket: "oe-bucket-dr",
+        to_kms_key: "arn:aws:kms:eu-central-1:123456789012:key/dr",
+        previous: Some("backups/documents/set-0.jsonl.gz"),
+    };
+    // The copy Job is shaped as the prune Job is: the same (empty) skips.
     for (job, skips) in [
         (backup, "hack/checkov-documents-job-skips.yaml"),
         (prune, "hack/checkov-prune-job-skips.yaml"),
+        (copy, "hack/checkov-prune-job-skips.yaml"),
     ] {
         let dir = std::env::temp_dir().join(format!("{}-{}", job.name, std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

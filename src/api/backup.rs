@@ -263,10 +263,50 @@ pub struct DocumentsLocation {
 pub struct RegionCopy {
     /// The region.
     pub region: String,
+    /// The KMS key there, the copied snapshot's and documents' (the same every time, so
+    /// RDS copies incrementally).
+    pub kms_key_arn: String,
+    /// The bucket there.
+    pub bucket: String,
+    /// Where the copy is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<CopyPhase>,
+    /// When the copy was asked of RDS (the Job's copy starts with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the copy's manifest was seen in the bucket there: the region alone restores
+    /// the set from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
     /// The copied snapshot there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<SnapshotRef>,
+    /// The Job copying the documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents_job: Option<String>,
     /// The copied documents there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub documents: Option<DocumentsLocation>,
+    /// `s3://bucket/backups/<set>/manifest.json` there: self-contained (that region's
+    /// snapshot ARN, bucket and version ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// Why the copy waits or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where a copy to another region is.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CopyPhase {
+    /// Waiting: the region's copies in flight are at their limit, or its snapshot quota
+    /// is reached.
+    #[default]
+    Queued,
+    /// The snapshot and the documents are being copied.
+    Copying,
+    /// Both copied and the copy's manifest written there.
+    Completed,
+    /// A part failed; see `message`. The set itself stays usable in its own region.
+    Failed,
 }

@@ -185,6 +185,15 @@ pub trait Databases {
         snapshot: &str,
         tags: &BTreeMap<String, String>,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Copies `source_arn` (a snapshot in another region) into this region as `snapshot`,
+    /// encrypted with `kms_key` (a key of this region), tagged with `tags` only.
+    fn copy_snapshot(
+        &self,
+        source_arn: &str,
+        snapshot: &str,
+        kms_key: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
     /// Every manual snapshot of the account and region, in pages of 100.
     fn list_manual_snapshots(
         &self,
@@ -511,6 +520,30 @@ impl Databases for AwsClients {
             .set_tags(Some(rds_tags(tags)))
             .send();
         self.call(Service::Rds, "CreateDBSnapshot", request)
+            .await
+            .map(|_| ())
+    }
+
+    async fn copy_snapshot(
+        &self,
+        source_arn: &str,
+        snapshot: &str,
+        kms_key: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), AwsError> {
+        // Called in the destination region. Outside GovCloud RDS needs no presigned URL of
+        // the source region for an encrypted copy (PreSignedUrl is ignored there); the
+        // source is named by its ARN. Tags are given, not copied: the copy says it is one.
+        let request = self
+            .rds
+            .copy_db_snapshot()
+            .source_db_snapshot_identifier(source_arn)
+            .target_db_snapshot_identifier(snapshot)
+            .kms_key_id(kms_key)
+            .copy_tags(false)
+            .set_tags(Some(rds_tags(tags)))
+            .send();
+        self.call(Service::Rds, "CopyDBSnapshot", request)
             .await
             .map(|_| ())
     }

@@ -686,6 +686,32 @@ pub const WIDE_BUDGETS: [&str; 8] = [
     "1000",
 ];
 
+/// Makes bucket `name` in `region`, versioned.
+pub async fn versioned_bucket(s3: &aws_sdk_s3::Client, name: &str, region: &str) {
+    // us-east-1 takes no location constraint.
+    let place = (region != "us-east-1").then(|| {
+        aws_sdk_s3::types::CreateBucketConfiguration::builder()
+            .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
+            .build()
+    });
+    s3.create_bucket()
+        .bucket(name)
+        .set_create_bucket_configuration(place)
+        .send()
+        .await
+        .unwrap();
+    s3.put_bucket_versioning()
+        .bucket(name)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
 /// Every file under `dir` with extension `ext`, sorted.
 pub fn files(dir: &str, ext: &str) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(Path::new(REPO).join(dir))

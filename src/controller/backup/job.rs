@@ -9,7 +9,10 @@
 //! - **Prune**: `documents prune --keep-others` of a set that goes: the versions only it
 //!   references, then its documents manifest. No volume, no capability, not root.
 //!
-//! Both write nothing but `/tmp`, an `emptyDir` for the manifests (a million files make a
+//! - **Copy**: `documents copy` of a completed set into the disaster-recovery region's
+//!   bucket, with that region's key. No volume, no capability, not root.
+//!
+//! All write nothing but `/tmp`, an `emptyDir` for the manifests (a million files make a
 //! manifest of about 100 MB). Their credentials are the service account's (IRSA or EKS Pod
 //! Identity); their summary is their termination message. A NetworkPolicy lets their pods
 //! reach DNS and HTTPS only, and nothing reach them. All belong to the set: deleting the
@@ -36,6 +39,15 @@ pub enum Task<'a> {
     },
     /// Drops the set's documents manifest and the versions no other set references.
     Prune { manifest: &'a str },
+    /// Copies the set's documents into another region's bucket, server-side; what the
+    /// previous copy there holds is not copied again.
+    Copy {
+        manifest: &'a str,
+        to_region: &'a str,
+        to_bucket: &'a str,
+        to_kms_key: &'a str,
+        previous: Option<&'a str>,
+    },
 }
 
 /// What the Job is made from.
@@ -81,6 +93,30 @@ impl DocumentsJob<'_> {
             Task::Prune { manifest } => {
                 vec!["documents", "prune", "--drop", manifest, "--keep-others"]
             }
+            Task::Copy {
+                manifest,
+                to_region,
+                to_bucket,
+                to_kms_key,
+                previous,
+            } => {
+                let mut args = vec![
+                    "documents",
+                    "copy",
+                    "--manifest",
+                    manifest,
+                    "--to-region",
+                    to_region,
+                    "--to-bucket",
+                    to_bucket,
+                    "--to-kms-key",
+                    to_kms_key,
+                ];
+                if let Some(previous) = previous {
+                    args.extend(["--previous", previous]);
+                }
+                args
+            }
         };
         args.extend([
             "--work-dir",
@@ -113,8 +149,8 @@ impl DocumentsJob<'_> {
                     tmp,
                 ],
             ),
-            // It reads nothing of the clinic's files: the image's own non-root user.
-            Task::Prune { .. } => (
+            // They read nothing of the clinic's files: the image's own non-root user.
+            Task::Prune { .. } | Task::Copy { .. } => (
                 json!({
                     "runAsUser": 65532,
                     "runAsGroup": 65532,

@@ -13,8 +13,10 @@
 //! ([`crate::aws::snapshots`]), which also holds sets to RDS's manual-snapshot quota.
 //! Completed sets are judged by their policy's [`retention`]; an expired one, or a record
 //! deleted asking for it, has its data deleted ([`prune`]). Records lost are rebuilt from
-//! the bucket by the policy controller. Not yet: copies to another region.
+//! the bucket by the policy controller. A completed set of a policy with `crossRegionCopy`
+//! is then copied to that region ([`copy`]).
 
+pub mod copy;
 pub mod job;
 pub mod plan;
 pub mod prune;
@@ -33,7 +35,7 @@ use super::deployment::clinic::{self, aws_error};
 use super::deployment::web::observe::{job_state, last_words};
 use super::deployment::web::{WebNames, holds};
 use super::{Context, Error, Plan, Reconcile, RefKind, Requeue, lookup, status_from, status_with};
-use crate::api::backup::BackupPhase;
+use crate::api::backup::{BackupPhase, CopyPhase};
 use crate::api::{
     BackupPolicy, ConsistencyMode, OpenEMRBackup, OpenEMRBackupStatus, OpenEMRDeployment,
 };
@@ -78,6 +80,8 @@ pub struct Observed {
     /// A record rebuilt from the bucket, not yet described: its set manifest as read (or why
     /// it could not be).
     pub rebuilt: Option<Result<set::SetManifest, String>>,
+    /// A completed set whose copy to another region is not finished: what it is planned from.
+    pub copy: Option<copy::CopySteps>,
 }
 
 /// What retention judges a completed set by.
@@ -141,6 +145,7 @@ impl Reconcile for OpenEMRBackup {
             leftover_hold: false,
             retention: None,
             rebuilt: None,
+            copy: None,
         };
         if matches!(self.phase(), BackupPhase::Completed | BackupPhase::Failed)
             && let Some(policy) = &found_policy
@@ -171,8 +176,22 @@ impl Reconcile for OpenEMRBackup {
             &holds::lease_name(clinic_name, &holder),
         );
         let phase = self.phase();
+        let documents_image = found_policy
+            .as_ref()
+            .and_then(|p| p.spec.documents.image.clone())
+            .or_else(|| aws.workload.documents_image.clone());
         if matches!(phase, BackupPhase::Completed | BackupPhase::Failed) {
             observed.leftover_hold = consistency == ConsistencyMode::Quiesced && lease.is_some();
+            if phase == BackupPhase::Completed
+                && let Some(at) = taken.copies.iter().position(|c| {
+                    !matches!(c.phase, Some(CopyPhase::Completed | CopyPhase::Failed))
+                })
+            {
+                observed.copy = Some(
+                    self.copy_steps(ctx, (aws, d), &ns, at, documents_image)
+                        .await?,
+                );
+            }
             return Ok(observed);
         }
         let hold = match lease
@@ -189,10 +208,6 @@ impl Reconcile for OpenEMRBackup {
                     .is_some_and(|w| w.holds.iter().any(|h| h.lease == hold.lease && h.effective)),
             },
         };
-        let documents_image = found_policy
-            .as_ref()
-            .and_then(|p| p.spec.documents.image.clone())
-            .or_else(|| aws.workload.documents_image.clone());
         observed.documents_image_known = documents_image.is_some();
         let include_documents = taken
             .include_documents
@@ -227,6 +242,9 @@ impl Reconcile for OpenEMRBackup {
             snapshot_quota: aws.workload.manual_snapshot_quota,
             snapshot_place: String::new(),
             snapshot_in_flight: false,
+            copy_to: found_policy
+                .as_ref()
+                .and_then(|p| p.spec.cross_region_copy.clone()),
         };
         if phase == BackupPhase::Pending && steps.clinic.ready && steps.running_before.is_empty() {
             // About to start: how many manual snapshots the region holds (RDS's quota).
@@ -268,25 +286,9 @@ impl Reconcile for OpenEMRBackup {
                 .as_ref()
                 .is_some_and(|s| s.documents_completion_time.is_some());
             // Once the documents are recorded, neither the Job nor its pods are read again.
-            let job = (include_documents && !recorded)
-                .then(|| cached(&ctx.children.jobs, &ns, &job_name))
-                .flatten();
-            steps.job = match job {
-                None => JobSeen::Absent,
-                Some(job) if !job.owner_references().iter().any(|o| o.uid == uid) => {
-                    JobSeen::Foreign
-                }
-                Some(job) => match job_state(&job) {
-                    JobState::Running => JobSeen::Running,
-                    JobState::Complete => {
-                        JobSeen::Succeeded(last_words(ctx, &ns, &job_name).await?)
-                    }
-                    JobState::Failed { reason, .. } => {
-                        let words = last_words(ctx, &ns, &job_name).await?;
-                        JobSeen::Failed(redact(&format!("{reason}; its last words: {words}"), &[]))
-                    }
-                },
-            };
+            if include_documents && !recorded {
+                steps.job = job_seen(ctx, &ns, &job_name, &uid).await?;
+            }
             if steps.job == JobSeen::Absent
                 && steps.snapshot.is_some()
                 && include_documents
@@ -439,7 +441,7 @@ impl Reconcile for OpenEMRBackup {
                     None => {}
                 }
             }
-            let requeue = match status
+            let mut requeue = match status
                 .expires_at
                 .as_ref()
                 .and_then(|t| crate::clock::real_wait_until(t.0, now))
@@ -448,12 +450,29 @@ impl Reconcile for OpenEMRBackup {
                 None if is_accepted => Requeue::Resync,
                 None => Requeue::OnChange,
             };
-            if let Some(retained) = retained {
-                status = status_from(self, status, &[accepted, retained], now);
+            let mut verdicts = vec![accepted];
+            verdicts.extend(retained);
+            let mut copying = Vec::new();
+            // A set that goes is not copied further: its copies go with it.
+            if let (Some(steps), true, None) = (&observed.copy, is_accepted, &expire)
+                && let Some(at) = status.copies.iter().position(|c| {
+                    !matches!(c.phase, Some(CopyPhase::Completed | CopyPhase::Failed))
+                })
+            {
+                let outcome = copy::next(steps, &mut status.copies[at], now);
+                verdicts.extend(outcome.verdicts);
+                copying = outcome.changes;
+                if outcome.busy {
+                    requeue = Requeue::After(observed.progress);
+                }
+            }
+            if verdicts.len() > 1 {
+                status = status_from(self, status, &verdicts, now);
             }
             let mut plan = Plan::after_validation(status, is_accepted);
             plan.requeue = requeue;
             plan.changes.extend(expire);
+            plan.changes.extend(copying);
             if observed.leftover_hold {
                 let clinic = self.spec.deployment_ref.name.clone();
                 plan.changes.push(Change::ReleaseHold {
@@ -480,13 +499,15 @@ impl Reconcile for OpenEMRBackup {
             };
         }
         let outcome = plan::next(steps, &mut status, now);
+        // A set just completed with a copy to make: its copy starts at the next look.
+        let copy_next = status.phase == Some(BackupPhase::Completed) && !status.copies.is_empty();
         let mut verdicts = vec![accepted];
         verdicts.extend(outcome.verdicts);
         let merged = status_from(self, status, &verdicts, now);
         Plan {
             status: merged,
             changes: outcome.changes,
-            requeue: if outcome.busy {
+            requeue: if outcome.busy || copy_next {
                 Requeue::After(observed.progress)
             } else {
                 Requeue::Resync
@@ -501,7 +522,16 @@ impl Reconcile for OpenEMRBackup {
                 ("CreateDBSnapshot".into(), identifier.clone())
             }
             Change::CreateJob { name, .. } => ("CreateDocumentsJob".into(), name.clone()),
-            Change::WriteManifest { key, .. } => ("WriteSetManifest".into(), key.clone()),
+            Change::WriteManifest { key, region, .. } => (
+                "WriteSetManifest".into(),
+                match region {
+                    Some(region) => format!("{region}/{key}"),
+                    None => key.clone(),
+                },
+            ),
+            Change::CopySnapshot { identifier, .. } => {
+                ("CopyDBSnapshot".into(), identifier.clone())
+            }
             Change::PlaceHold { holder, .. } => ("PlaceHold".into(), holder.clone()),
             Change::RenewHold { holder, .. } => ("RenewHold".into(), holder.clone()),
             Change::ReleaseHold { holder, .. } => ("ReleaseHold".into(), holder.clone()),
@@ -552,11 +582,37 @@ impl Reconcile for OpenEMRBackup {
                 create_new::<Job>(ctx, &ns, name, body).await
             }
             Change::WriteManifest {
+                region,
                 bucket,
                 key,
                 kms_key,
                 body,
-            } => write_set_manifest(&clients.s3, bucket, key, kms_key.as_deref(), body).await,
+            } => {
+                let s3 = match region {
+                    Some(region) => clinic::clients_in(d, aws, region).await.s3.clone(),
+                    None => clients.s3.clone(),
+                };
+                write_set_manifest(&s3, bucket, key, kms_key.as_deref(), body).await
+            }
+            Change::CopySnapshot {
+                region,
+                source_arn,
+                identifier,
+                kms_key,
+                tags,
+            } => {
+                let there = clinic::clients_in(d, aws, region).await;
+                match there
+                    .copy_snapshot(source_arn, identifier, kms_key, tags)
+                    .await
+                {
+                    // An earlier run's request went through: the copy is this set's.
+                    Err(e) if e.code == "DBSnapshotAlreadyExists" => Ok(()),
+                    other => {
+                        other.map_err(aws_error("copying the set's snapshot to another region"))
+                    }
+                }
+            }
             Change::PlaceHold {
                 clinic,
                 holder,
@@ -616,6 +672,39 @@ async fn read_rebuilt(
             set::set_manifest_key(set)
         ));
     }
+    let manifest = get_set_manifest(s3, bucket, key).await?;
+    if manifest.set != set {
+        return Err(format!(
+            "{from} describes set {:?}, not {set:?}",
+            manifest.set
+        ));
+    }
+    Ok(manifest)
+}
+
+/// A Job of the set's, as the cache and its pods show it.
+async fn job_seen(ctx: &Context, ns: &str, name: &str, set_uid: &str) -> Result<JobSeen, Error> {
+    Ok(match cached(&ctx.children.jobs, ns, name) {
+        None => JobSeen::Absent,
+        Some(job) if !job.owner_references().iter().any(|o| o.uid == set_uid) => JobSeen::Foreign,
+        Some(job) => match job_state(&job) {
+            JobState::Running => JobSeen::Running,
+            JobState::Complete => JobSeen::Succeeded(last_words(ctx, ns, name).await?),
+            JobState::Failed { reason, .. } => {
+                let words = last_words(ctx, ns, name).await?;
+                JobSeen::Failed(redact(&format!("{reason}; its last words: {words}"), &[]))
+            }
+        },
+    })
+}
+
+/// The set manifest at `key` in `bucket`.
+async fn get_set_manifest(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<set::SetManifest, String> {
+    let from = format!("s3://{bucket}/{key}");
     let object = s3
         .get_object()
         .bucket(bucket)
@@ -629,14 +718,7 @@ async fn read_rebuilt(
         .await
         .map_err(|e| format!("reading {from}: {e}"))?
         .into_bytes();
-    let manifest = set::SetManifest::from_bytes(&bytes).map_err(|e| format!("{from}: {e}"))?;
-    if manifest.set != set {
-        return Err(format!(
-            "{from} describes set {:?}, not {set:?}",
-            manifest.set
-        ));
-    }
-    Ok(manifest)
+    set::SetManifest::from_bytes(&bytes).map_err(|e| format!("{from}: {e}"))
 }
 
 /// A completed set's status, as its manifest describes it.
@@ -1011,6 +1093,165 @@ impl OpenEMRBackup {
         Ok(())
     }
 
+    /// What copy `at` of this completed set is planned from: both regions' shared
+    /// snapshot listings, the copies in flight to its region, its Job, and (once both parts
+    /// are there) the set's manifest and whether the copy's is written.
+    async fn copy_steps(
+        &self,
+        ctx: &Context,
+        (aws, d): (&super::ClinicAws, &OpenEMRDeployment),
+        ns: &str,
+        at: usize,
+        documents_image: Option<String>,
+    ) -> Result<copy::CopySteps, Error> {
+        let status = self.status.clone().unwrap_or_default();
+        let target = &status.copies[at];
+        let here = clinic::clients(d, aws).await;
+        let there = clinic::clients_in(d, aws, &target.region).await;
+        let set_name = self.name_any();
+        let identifier = status
+            .database
+            .as_ref()
+            .map(|d| d.identifier.clone())
+            .unwrap_or_else(|| set::snapshot_identifier(&d.uid().unwrap_or_default(), &set_name));
+        let identifier = &identifier;
+        let listed = |clients: std::sync::Arc<crate::aws::AwsClients>| async move {
+            let listing = aws
+                .snapshots
+                .listing(&clients, aws.progress_interval)
+                .await
+                .map_err(aws_error("listing a region's manual snapshots"))?;
+            Ok::<_, Error>(match listing {
+                Some(listing) => (
+                    listing.manual.get(identifier).cloned(),
+                    Some(listing.manual.len()),
+                ),
+                None => (
+                    clients
+                        .describe_snapshot(identifier)
+                        .await
+                        .map_err(aws_error("reading a set's snapshot"))?,
+                    None,
+                ),
+            })
+        };
+        let (source_snapshot, _) = listed(here.clone()).await?;
+        let (snapshot, manual_snapshots) = listed(there.clone()).await?;
+        let requested = target.database.as_ref().is_some_and(|d| d.status.is_some());
+        let key = format!("{ns}/{set_name}");
+        let (mut admitted, mut in_flight) = (true, 0);
+        if !requested {
+            let mut busy = std::collections::BTreeSet::new();
+            let mut present = std::collections::BTreeSet::new();
+            for other in ctx.caches.backups.state() {
+                let Ok(other) = &other.0 else { continue };
+                let other_key = format!(
+                    "{}/{}",
+                    other.namespace().unwrap_or_default(),
+                    other.name_any()
+                );
+                let copies = other.status.as_ref().map(|s| s.copies.as_slice());
+                if copies
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.region == target.region && copy::in_flight(c))
+                {
+                    busy.insert(other_key.clone());
+                }
+                present.insert(other_key);
+            }
+            (admitted, in_flight) = copy::admit(&target.region, &key, &busy, &present);
+        }
+        let uid = self.uid().unwrap_or_default();
+        let source_documents = status.documents.as_ref().map(|d| d.manifest.clone());
+        let job = if source_documents.is_some() && target.documents.is_none() {
+            job_seen(ctx, ns, &set::copy_job_name(&set_name), &uid).await?
+        } else {
+            JobSeen::Absent
+        };
+        let parts_done = snapshot.as_ref().is_some_and(|s| s.status == "available")
+            && (source_documents.is_none() || target.documents.is_some());
+        let manifest_key = set::set_manifest_key(&set_name);
+        let manifest_written = parts_done
+            && object_exists(&there.s3, &target.bucket, &manifest_key)
+                .await
+                .map_err(aws_error("reading the copy's manifest"))?;
+        let source_manifest = match (&status.documents, d.status.as_ref()) {
+            _ if !parts_done || manifest_written => None,
+            (_, Some(clinic)) if clinic.bucket_name.is_some() => Some(
+                get_set_manifest(
+                    &here.s3,
+                    clinic.bucket_name.as_deref().unwrap_or_default(),
+                    &manifest_key,
+                )
+                .await,
+            ),
+            _ => Some(Err("the clinic's bucket is not known".to_string())),
+        };
+        Ok(copy::CopySteps {
+            set: set_name.clone(),
+            set_uid: uid,
+            namespace: ns.to_string(),
+            clinic: d.name_any(),
+            source_region: d.spec.aws.region.clone(),
+            source_bucket: status
+                .documents
+                .as_ref()
+                .map(|d| d.bucket.clone())
+                .unwrap_or_default(),
+            source_snapshot,
+            source_documents,
+            snapshot,
+            snapshot_in_flight: status
+                .in_flight
+                .as_ref()
+                .is_some_and(|i| i.action == "CopyDBSnapshot"),
+            manual_snapshots,
+            snapshot_quota: aws.workload.manual_snapshot_quota,
+            admitted,
+            in_flight,
+            job,
+            previous_documents: self.previous_copy(ctx, ns, target),
+            source_manifest,
+            manifest_written,
+            documents_image: documents_image.unwrap_or_default(),
+            service_account: aws.workload.documents_service_account.clone(),
+            job_backoff_limit: aws.workload.documents_backoff_limit,
+            job_deadline_seconds: aws.workload.documents_deadline.as_secs() as i64,
+        })
+    }
+
+    /// The documents manifest of the newest completed copy of another set of this clinic
+    /// into the same bucket: what it holds is not copied again.
+    fn previous_copy(
+        &self,
+        ctx: &Context,
+        ns: &str,
+        target: &crate::api::backup::RegionCopy,
+    ) -> Option<String> {
+        let mut newest: Option<(Timestamp, String)> = None;
+        for other in ctx.caches.backups.state() {
+            let Ok(other) = &other.0 else { continue };
+            if other.namespace().as_deref() != Some(ns)
+                || other.spec.deployment_ref.name != self.spec.deployment_ref.name
+                || other.name_any() == self.name_any()
+            {
+                continue;
+            }
+            for c in other.status.iter().flat_map(|s| &s.copies) {
+                if let (Some(CopyPhase::Completed), Some(done), Some(documents)) =
+                    (c.phase, &c.completion_time, &c.documents)
+                    && c.region == target.region
+                    && c.bucket == target.bucket
+                    && newest.as_ref().is_none_or(|(t, _)| done.0 > *t)
+                {
+                    newest = Some((done.0, documents.manifest.clone()));
+                }
+            }
+        }
+        newest.map(|(_, manifest)| manifest)
+    }
+
     fn phase(&self) -> BackupPhase {
         self.status
             .as_ref()
@@ -1135,6 +1376,7 @@ mod tests {
             leftover_hold: false,
             retention: None,
             rebuilt: None,
+            copy: None,
         }
     }
 

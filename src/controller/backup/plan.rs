@@ -122,6 +122,8 @@ pub struct Steps {
     pub snapshot_place: String,
     /// The snapshot's request is recorded as in flight: it may not have reached RDS.
     pub snapshot_in_flight: bool,
+    /// The policy's copy to another region, fixed on the set when it starts.
+    pub copy_to: Option<crate::api::backup_policy::CrossRegionCopy>,
 }
 
 /// A mutating call the steps ask for.
@@ -138,11 +140,22 @@ pub enum Change {
         body: serde_json::Value,
         network_policy: serde_json::Value,
     },
+    /// Writes a set manifest: the set's in its clinic's bucket (`region` unset), or a
+    /// copy's in another region's.
     WriteManifest {
+        region: Option<String>,
         bucket: String,
         key: String,
         kms_key: Option<String>,
         body: Vec<u8>,
+    },
+    /// Copies the set's snapshot into another region (called there).
+    CopySnapshot {
+        region: String,
+        source_arn: String,
+        identifier: String,
+        kms_key: String,
+        tags: BTreeMap<String, String>,
     },
     /// Places (or puts in force again) the set's hold on its clinic.
     PlaceHold {
@@ -167,6 +180,17 @@ pub enum Change {
     Expire {
         resource_version: String,
     },
+}
+
+impl Change {
+    /// Creating `job` (and its pods' NetworkPolicy).
+    pub fn create_job(job: &DocumentsJob) -> Change {
+        Change::CreateJob {
+            name: job.name.to_string(),
+            body: job.render(),
+            network_policy: job.network_policy(),
+        }
+    }
 }
 
 /// Where the steps leave the set: what to say, what to do, whether to look again soon.
@@ -369,6 +393,16 @@ fn take(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outc
         status.set_id = Some(steps.set.clone());
         status.consistency = Some(steps.consistency);
         status.include_documents = Some(steps.include_documents);
+        status.copies = steps
+            .copy_to
+            .iter()
+            .map(|to| crate::api::backup::RegionCopy {
+                region: to.region.clone(),
+                kms_key_arn: to.kms_key_arn.clone(),
+                bucket: to.bucket_name.clone(),
+                ..Default::default()
+            })
+            .collect();
     }
     out.verdicts.push(Verdict::truthy(
         STARTED,
@@ -506,14 +540,9 @@ fn take(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outc
                         backoff_limit: steps.job_backoff_limit,
                         deadline_seconds: steps.job_deadline_seconds,
                     };
-                    let (body, network_policy) = (job.render(), job.network_policy());
+                    out.changes.push(Change::create_job(&job));
                     status.documents_job = Some(job_name.clone());
                     status.documents_start_time.get_or_insert(Time(now));
-                    out.changes.push(Change::CreateJob {
-                        name: job_name,
-                        body,
-                        network_policy,
-                    });
                 }
                 false
             }
@@ -651,8 +680,10 @@ fn take(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outc
         clinic_spec: clinic.spec.clone(),
         completed_at: completed_at.to_string(),
         operator_version: steps.operator_version.clone(),
+        copy_of: None,
     };
     out.changes.push(Change::WriteManifest {
+        region: None,
         bucket,
         key,
         kms_key: clinic.kms_key.clone(),
@@ -722,6 +753,7 @@ mod tests {
             hold_lifetime: std::time::Duration::from_secs(600),
             manual_snapshots: Some(3),
             snapshot_quota: 100,
+            copy_to: None,
             snapshot_place: "account 1 in us-east-1".into(),
             snapshot_in_flight: false,
         }
@@ -746,6 +778,7 @@ mod tests {
                 Change::ReleaseHold { .. } => "release",
                 Change::StopJob { .. } => "stop-job",
                 Change::Expire { .. } => "expire",
+                Change::CopySnapshot { .. } => "copy",
             })
             .collect()
     }
@@ -1011,6 +1044,7 @@ mod tests {
         let out = next(&s, &mut status, at(120));
         let [
             Change::WriteManifest {
+                region: None,
                 bucket,
                 key,
                 kms_key,

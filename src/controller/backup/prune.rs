@@ -15,6 +15,10 @@
 //!    never deleted: the engine reads every other manifest under the mirror's lock);
 //! 4. every version of its set manifest is deleted.
 //!
+//! The same four steps run first in each region the set was copied to (the copy Job, the
+//! copied snapshot, the copy's documents through a prune Job there, the copy's manifest),
+//! then in the clinic's own region.
+//!
 //! A set deleted while it holds its clinic (`Quiesced`) releases the hold first, asked or
 //! not. A set of a clinic that no longer exists keeps its data (the bucket and key stay with a
 //! retained clinic): the record goes, and a Warning Event says so.
@@ -158,7 +162,6 @@ pub async fn cleanup(set: &OpenEMRBackup, ctx: &Context) -> Result<(), Error> {
         )));
     };
     let clients = clinic::clients(&d, aws).await;
-    let set_uid = set.uid().unwrap_or_default();
     // What the set recorded (a set of a former incarnation of the clinic, rebuilt from the
     // bucket, names another clinic uid), else its name now.
     let recorded = set.status.as_ref().and_then(|s| s.database.clone());
@@ -166,8 +169,67 @@ pub async fn cleanup(set: &OpenEMRBackup, ctx: &Context) -> Result<(), Error> {
         || set::snapshot_identifier(&clinic_uid, &name),
         |d| d.identifier.clone(),
     );
+    // Its copies in other regions first: the set's own data goes last, so a set is never
+    // left as copies without their original.
+    for copy in set.status.iter().flat_map(|s| &s.copies) {
+        let place = Place {
+            clients: clinic::clients_in(&d, aws, &copy.region).await,
+            region: copy.region.clone(),
+            bucket: copy.bucket.clone(),
+            identifier: copy
+                .database
+                .as_ref()
+                .map_or_else(|| identifier.clone(), |d| d.identifier.clone()),
+            recorded_arn: copy.database.as_ref().and_then(|d| d.arn.clone()),
+            writer_job: set::copy_job_name(&name),
+            prune_job: set::copy_prune_job_name(&name),
+            kms_key: None,
+        };
+        clean(ctx, set, (&d, aws), &place).await?;
+    }
+    let home = Place {
+        clients,
+        region: d.spec.aws.region.clone(),
+        bucket,
+        identifier,
+        recorded_arn: recorded.and_then(|d| d.arn),
+        writer_job: set::documents_job_name(&name),
+        prune_job: set::prune_job_name(&name),
+        kms_key: status.kms_key_arn.clone(),
+    };
+    clean(ctx, set, (&d, aws), &home).await
+}
+
+/// Where a set's data is: its clinic's region, or a copy's.
+struct Place {
+    clients: std::sync::Arc<crate::aws::AwsClients>,
+    region: String,
+    bucket: String,
+    /// The snapshot there, and its ARN as recorded.
+    identifier: String,
+    recorded_arn: Option<String>,
+    /// The Job that writes the documents there, and the one that prunes them.
+    writer_job: String,
+    prune_job: String,
+    kms_key: Option<String>,
+}
+
+/// Deletes the set's data in `place`, a step per look: `Ok` once nothing is left there.
+async fn clean(
+    ctx: &Context,
+    set: &OpenEMRBackup,
+    (d, aws): (
+        &crate::api::OpenEMRDeployment,
+        &crate::controller::ClinicAws,
+    ),
+    place: &Place,
+) -> Result<(), Error> {
+    let ns = set.namespace().unwrap_or_default();
+    let name = set.name_any();
+    let set_uid = set.uid().unwrap_or_default();
+    let (clients, bucket) = (&place.clients, &place.bucket);
     let snapshot = clients
-        .describe_snapshot(&identifier)
+        .describe_snapshot(&place.identifier)
         .await
         .map_err(aws_error("reading the set's snapshot"))?
         // A snapshot of this name made for an earlier set of the name is not this one's; a
@@ -176,37 +238,32 @@ pub async fn cleanup(set: &OpenEMRBackup, ctx: &Context) -> Result<(), Error> {
             s.tags
                 .get(set::SET_UID_TAG)
                 .is_none_or(|uid| *uid == set_uid)
-                || (s.arn.is_some()
-                    && recorded.as_ref().and_then(|d| d.arn.as_ref()) == s.arn.as_ref())
+                || (s.arn.is_some() && place.recorded_arn.as_ref() == s.arn.as_ref())
         });
     let documents_manifest = set::documents_manifest_key(&name);
-    let store = crate::documents::store::Store {
-        client: clients.s3.clone(),
-        bucket: bucket.clone(),
-        kms_key: status.kms_key_arn.clone(),
-    };
     let left = Left {
-        documents_job: job_left(ctx, &ns, &set::documents_job_name(&name), &set_uid).await?,
+        documents_job: job_left(ctx, &ns, &place.writer_job, &set_uid).await?,
         snapshot,
-        documents_manifest: super::object_exists(&clients.s3, &bucket, &documents_manifest)
+        documents_manifest: super::object_exists(&clients.s3, bucket, &documents_manifest)
             .await
             .map_err(aws_error("reading the documents manifest"))?,
-        prune_job: job_left(ctx, &ns, &set::prune_job_name(&name), &set_uid).await?,
-        set_manifest: super::object_exists(&clients.s3, &bucket, &set::set_manifest_key(&name))
+        prune_job: job_left(ctx, &ns, &place.prune_job, &set_uid).await?,
+        set_manifest: super::object_exists(&clients.s3, bucket, &set::set_manifest_key(&name))
             .await
             .map_err(aws_error("reading the set manifest"))?,
     };
     let step = next_step(&left);
-    tracing::info!(namespace = %ns, set = %name, ?step, "deleting the set's data");
+    let region = &place.region;
+    tracing::info!(namespace = %ns, set = %name, %region, ?step, "deleting the set's data");
     let waiting = |what: String| Error::Waiting {
-        what,
+        what: format!("{what} ({region})"),
         after: aws.progress_interval,
     };
     match step {
         Step::Done => Ok(()),
         Step::StopDocumentsJob => {
-            super::stop_job(ctx, &ns, &set::documents_job_name(&name)).await?;
-            Err(waiting(format!("the documents Job of set {name} to stop")))
+            super::stop_job(ctx, &ns, &place.writer_job).await?;
+            Err(waiting(format!("Job {} to stop", place.writer_job)))
         }
         Step::DeleteSnapshot(id) => {
             clients
@@ -217,7 +274,7 @@ pub async fn cleanup(set: &OpenEMRBackup, ctx: &Context) -> Result<(), Error> {
         }
         Step::WaitForSnapshot(id) => Err(waiting(format!("snapshot {id} to be deleted"))),
         Step::StartPrune => {
-            let job_name = set::prune_job_name(&name);
+            let job_name = &place.prune_job;
             let image = aws.workload.documents_image.clone().ok_or_else(|| {
                 Error::Cleanup(
                     "no image for the prune Job: start the operator with --documents-image (its own image)"
@@ -225,44 +282,46 @@ pub async fn cleanup(set: &OpenEMRBackup, ctx: &Context) -> Result<(), Error> {
                 )
             })?;
             let job = DocumentsJob {
-                name: &job_name,
+                name: job_name,
                 namespace: &ns,
                 set: &name,
                 set_uid: &set_uid,
-                clinic: clinic_name,
+                clinic: &d.name_any(),
                 task: Task::Prune {
                     manifest: &documents_manifest,
                 },
                 image: &image,
                 service_account: &aws.workload.documents_service_account,
-                region: &d.spec.aws.region,
-                bucket: &bucket,
-                kms_key: status.kms_key_arn.as_deref(),
+                region,
+                bucket,
+                kms_key: place.kms_key.as_deref(),
                 backoff_limit: aws.workload.documents_backoff_limit,
                 deadline_seconds: aws.workload.documents_deadline.as_secs() as i64,
             };
             super::create_new::<k8s_openapi::api::networking::v1::NetworkPolicy>(
                 ctx,
                 &ns,
-                &job_name,
+                job_name,
                 &job.network_policy(),
             )
             .await?;
-            super::create_new::<Job>(ctx, &ns, &job_name, &job.render()).await?;
+            super::create_new::<Job>(ctx, &ns, job_name, &job.render()).await?;
             Err(waiting(format!("the prune Job {job_name}")))
         }
-        Step::WaitForPrune => Err(waiting(format!(
-            "the prune Job {}",
-            set::prune_job_name(&name)
-        ))),
+        Step::WaitForPrune => Err(waiting(format!("the prune Job {}", place.prune_job))),
         Step::RetryPrune(words) => {
-            let job_name = set::prune_job_name(&name);
-            super::stop_job(ctx, &ns, &job_name).await?;
+            super::stop_job(ctx, &ns, &place.prune_job).await?;
             Err(Error::Cleanup(format!(
-                "the prune Job {job_name} failed (another is started): {words}"
+                "the prune Job {} failed in {region} (another is started): {words}",
+                place.prune_job
             )))
         }
         Step::DeleteSetManifest => {
+            let store = crate::documents::store::Store {
+                client: clients.s3.clone(),
+                bucket: bucket.clone(),
+                kms_key: None,
+            };
             store
                 .delete_every_version(&set::set_manifest_key(&name))
                 .await

@@ -99,6 +99,16 @@ pub fn prune_job_name(set: &str) -> String {
     job_name(set, "prune")
 }
 
+/// The Job copying set `set`'s documents to another region: `<set>-copy`.
+pub fn copy_job_name(set: &str) -> String {
+    job_name(set, "copy")
+}
+
+/// The Job pruning set `set`'s documents in the other region: `<set>-prune-copy`.
+pub fn copy_prune_job_name(set: &str) -> String {
+    job_name(set, "prune-copy")
+}
+
 fn job_name(set: &str, what: &str) -> String {
     let plain = format!("{set}-{what}");
     if plain.len() <= MAX_JOB_NAME {
@@ -194,6 +204,21 @@ pub struct SetManifest {
     pub clinic_spec: serde_json::Value,
     pub completed_at: String,
     pub operator_version: String,
+    /// In a copy's manifest (in another region's bucket): the set it copies. The rest of
+    /// such a manifest names that region's snapshot, bucket and versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_of: Option<CopyOf>,
+}
+
+/// The set a copy was made from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyOf {
+    pub region: String,
+    pub bucket: String,
+    pub snapshot_arn: Option<String>,
+    /// The copy's completion on the operator's clock.
+    pub copied_at: String,
 }
 
 impl SetManifest {
@@ -343,6 +368,7 @@ mod tests {
             clinic_spec: serde_json::json!({"aws": {"region": "us-east-1"}}),
             completed_at: "2026-12-01T03:10:00Z".into(),
             operator_version: "0.1.0".into(),
+            copy_of: None,
         };
         assert_eq!(
             SetManifest::from_bytes(&manifest.to_bytes()).unwrap(),

@@ -302,9 +302,6 @@ const ALL_SETTINGS_APPLIED: &str = "AllSettingsApplied";
 impl BackupPolicy {
     fn not_yet_applied(&self) -> Verdict {
         let mut missing = Vec::new();
-        if self.spec.cross_region_copy.is_some() {
-            missing.push("spec.crossRegionCopy (no copies are made)");
-        }
         if self.spec.drill.is_some() {
             missing.push("spec.drill (no drills are run)");
         }

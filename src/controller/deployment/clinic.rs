@@ -265,9 +265,14 @@ pub fn clinic_tags(d: &OpenEMRDeployment, aws: &ClinicAws) -> BTreeMap<String, S
 /// The clients of the clinic's account (its role, if any) and region, under a session named
 /// after it.
 pub async fn clients(d: &OpenEMRDeployment, aws: &ClinicAws) -> Arc<AwsClients> {
+    clients_in(d, aws, &d.spec.aws.region).await
+}
+
+/// The clinic's clients in another region (its sets' copies), with the same identity.
+pub async fn clients_in(d: &OpenEMRDeployment, aws: &ClinicAws, region: &str) -> Arc<AwsClients> {
     let session = session_name(d.namespace().as_deref().unwrap_or_default(), &d.name_any());
     aws.pool
-        .clients(d.spec.aws.role_arn.as_deref(), &session, &d.spec.aws.region)
+        .clients(d.spec.aws.role_arn.as_deref(), &session, region)
         .await
 }
 
