@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/openemr-operator
 
-.PHONY: build crds lint unit test test-dev bench bench-documents prepare controlplane moto linters mariadb dev-up dev-down demo demo-down clean
+.PHONY: build crds lint unit test test-dev bench bench-documents bench-backups prepare controlplane moto linters mariadb dev-up dev-down demo demo-down clean
 
 build:
 	$(CARGO) build
@@ -59,6 +59,14 @@ bench: prepare
 DOCUMENTS_BENCH_ARGS ?=
 bench-documents: moto
 	$(CARGO) bench --bench documents -- $(DOCUMENTS_BENCH_ARGS)
+
+## bench-backups: backup sets on their own control plane + moto: one set end to end, 1,000
+## clinics' sets due at the same minute, a year of daily sets pruned; writes
+## bench/backups.{md,json}. BACKUPS_BENCH_ARGS adds options (`--help`).
+BACKUPS_BENCH_ARGS ?=
+bench-backups: prepare
+	$(CARGO) bench --bench backups -- $(BACKUPS_BENCH_ARGS)
+	@bash hack/dev-env.sh wait-stopped
 
 ## dev-up / dev-down: the local environment in the background; `source .dev/env` to use it.
 dev-up: prepare

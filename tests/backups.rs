@@ -18,54 +18,12 @@ use openemr_operator::api::{BackupPolicy, BackupPolicyStatus, OpenEMRBackup, Ope
 use openemr_operator::controller::backup::set::{self, SetManifest};
 use serde_json::json;
 use support::clock::TestClock;
-use support::kubelet::{finish_pod, pods, ready_clinic, run_workers};
+use support::kubelet::{finish_pod, play_job, pods, ready_clinic, run_documents_job, run_workers};
 use support::operator::Operator;
 use support::{TestNamespace, apply, env, eventually};
 
 const WAIT: Duration = Duration::from_secs(90);
 const REGION: &str = "us-west-2";
-
-/// Runs the documents Job's container as the kubelet would, with `/sites` as `tree`;
-/// returns its summary (the termination message).
-fn run_documents_job(job: &Job, pod: &str, tree: &Path, scratch: &Path) -> String {
-    let spec = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    let container = &spec.containers[0];
-    let summary = scratch.join("termination-log");
-    let work = scratch.join("tmp");
-    std::fs::create_dir_all(&work).unwrap();
-    let args: Vec<String> = container
-        .args
-        .clone()
-        .unwrap()
-        .into_iter()
-        .map(|a| match a.as_str() {
-            "/sites" => tree.display().to_string(),
-            "/dev/termination-log" => summary.display().to_string(),
-            "/tmp" => work.display().to_string(),
-            _ => a,
-        })
-        .collect();
-    let mut command = env().command(env!("CARGO_BIN_EXE_openemr-operator"));
-    command.args(&args);
-    for var in container.env.clone().unwrap_or_default() {
-        if let Some(value) = var.value {
-            command.env(var.name, value);
-        }
-    }
-    let out = command
-        .env("POD_NAME", pod)
-        // moto answers path-style only; a Job on AWS needs neither.
-        .env("S3_PATH_STYLE", "true")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the documents command failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_to_string(summary).unwrap()
-}
 
 /// Checks with `documents verify` that the set of documents manifest `manifest` is sound.
 fn verify_documents(bucket: &str, manifest: &str) {
@@ -570,30 +528,6 @@ fn small_tree(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(tree.join("default/documents/1")).unwrap();
     std::fs::write(tree.join("default/documents/1/note.txt"), b"seen quietly").unwrap();
     tree
-}
-
-/// The kubelet's part for the set's Job `name` (its documents or prune Job): runs its
-/// command, with `tree` as `/sites`, and reports the pod's success with the command's
-/// summary.
-async fn play_job(client: &kube::Client, ns: &str, name: &str, tree: &Path) {
-    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    let job = eventually(WAIT, &format!("Job {name}"), || async {
-        jobs.get_opt(name).await.ok()?
-    })
-    .await;
-    let scratch = std::env::temp_dir().join(format!("oe-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).unwrap();
-    let pod = eventually(WAIT, "the Job's pod", || async {
-        pods(client, ns, &format!("job-name={name}"))
-            .await
-            .into_iter()
-            .find(|p| p.metadata.deletion_timestamp.is_none())
-            .map(|p| p.name_any())
-    })
-    .await;
-    let summary = run_documents_job(&job, &pod, tree, &scratch);
-    finish_pod(client, ns, &pod, "Succeeded", &summary).await;
-    std::fs::remove_dir_all(&scratch).ok();
 }
 
 /// Deletes set `name`'s record asking for its data to go, plays its prune Jobs `jobs` in
@@ -1421,4 +1355,223 @@ async fn a_sets_copy_in_another_region_is_whole_there_and_goes_with_the_set() {
     assert!(any_version(&s3, &dr_bucket, "backups/second/manifest.json").await);
     verify_documents(&dr_bucket, "backups/documents/second.jsonl.gz");
     std::fs::remove_dir_all(tree.parent().unwrap()).ok();
+}
+
+/// The records lost with their namespace (the clinic with them, its `Retain` keeping its
+/// AWS resources): the namespace and the clinic made again, adopting its database and
+/// bucket, and its policy find every set again from the bucket, restorable (each snapshot
+/// there, the documents sound).
+#[tokio::test]
+async fn sets_lost_with_their_namespace_come_back_to_the_clinic_made_again() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let name = "clinic-l";
+    let (client, ns, operator) = documents_clinic("lost", name, &[]).await;
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let status = clinics.get(name).await.unwrap().status.unwrap();
+    let bucket = status.bucket_name.clone().unwrap();
+    let db_id = status.database.clone().unwrap().identifier;
+    let yearly = json!({"deploymentRef": {"name": name}, "schedule": "0 0 1 1 *"});
+    policy(&client, &ns.name, "yearly", yearly.clone()).await;
+    let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
+    for (set, spec) in [
+        (
+            "of-policy",
+            json!({"deploymentRef": {"name": name}, "policyRef": {"name": "yearly"}}),
+        ),
+        (
+            "by-hand",
+            json!({"deploymentRef": {"name": name}, "includeDocuments": false}),
+        ),
+    ] {
+        take_set(&client, &ns.name, set, spec).await;
+    }
+    let tree = small_tree("lost");
+    play_job(&client, &ns.name, "of-policy-documents", &tree).await;
+    let before = [
+        completed(&sets, "of-policy").await,
+        completed(&sets, "by-hand").await,
+    ];
+
+    // The namespace goes, and everything in it.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .delete(&ns.name, &Default::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(180), "the namespace gone", || async {
+        namespaces
+            .get_opt(&ns.name)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    operator.terminate();
+
+    // The namespace and the clinic made again (a clinic is known by its namespace and
+    // name: one of the same names is a later incarnation of it), adopting what its
+    // `Retain` kept.
+    let again: Namespace = serde_json::from_value(json!({"metadata": {"name": ns.name}})).unwrap();
+    namespaces
+        .create(&Default::default(), &again)
+        .await
+        .unwrap();
+    let again = &ns;
+    let adopt = format!("  adopt: {{dbInstanceIdentifier: {db_id}, bucketName: {bucket}}}");
+    apply(
+        &client,
+        &again.name,
+        &support::clinic_manifest(name, REGION, &adopt),
+    )
+    .await
+    .unwrap();
+    policy(&client, &again.name, "yearly", yearly).await;
+    let _operator = Operator::start_with(env(), Some(&again.name), &DOCUMENTS_IMAGE);
+    let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &again.name);
+    let rds = aws_sdk_rds::Client::new(&env().aws(Some(REGION)).await);
+    for (set, was) in ["of-policy", "by-hand"].iter().zip(&before) {
+        let back = completed(&sets, set).await;
+        let rebuilt = support::condition(&sets, set, "Completed").await.unwrap();
+        assert_eq!(rebuilt.reason, "Rebuilt", "{set}");
+        let snapshot = back.database.clone().unwrap();
+        assert_eq!(
+            snapshot.identifier,
+            was.database.as_ref().unwrap().identifier,
+            "{set}"
+        );
+        let there = rds
+            .describe_db_snapshots()
+            .db_snapshot_identifier(&snapshot.identifier)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(there.db_snapshots()[0].status(), Some("available"), "{set}");
+        assert_eq!(
+            back.documents.as_ref().map(|d| &d.manifest),
+            was.documents.as_ref().map(|d| &d.manifest),
+            "{set}"
+        );
+    }
+    let documents = before[0].documents.clone().unwrap();
+    verify_documents(&documents.bucket, &documents.manifest);
+    std::fs::remove_dir_all(tree.parent().unwrap()).ok();
+}
+
+/// Retention over weeks of the operator's clock (10,000 times as fast: a day in under 9 s):
+/// a twice-daily database-only policy (3 daily, 2 weekly) makes 20 sets over ten days,
+/// across two ISO weeks; once it is suspended,
+/// the records and the snapshots in RDS are exactly the sets the planner keeps at that
+/// moment, every other one expired with its data.
+#[tokio::test]
+async fn weeks_of_daily_sets_leave_exactly_what_retention_keeps() {
+    use openemr_operator::controller::backup::retention;
+    let name = "clinic-w";
+    let (client, ns) = clinic_with_one_worker("weeks", name).await;
+    ready_clinic(&client, &ns.name, name, &[]).await.terminate();
+    let d: OpenEMRDeployment = Api::namespaced(client.clone(), &ns.name)
+        .get(name)
+        .await
+        .unwrap();
+    let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
+    let clock = TestClock::starting("2027-01-04T23:00:00Z", 10000.0);
+    let rules = json!({"keepDaily": 3, "keepWeekly": 2, "keepMonthly": 0});
+    policy(
+        &client,
+        &ns.name,
+        "daily",
+        json!({
+            "deploymentRef": {"name": name},
+            "schedule": "0 0,12 * * *",
+            "timeZone": "UTC",
+            // The operator's start-up takes hours on this clock.
+            "startingDeadlineSeconds": 21600,
+            "documents": {"include": false},
+            "retention": rules,
+        }),
+    )
+    .await;
+    let _operator = Operator::start_with_env(
+        env(),
+        Some(&ns.name),
+        &["--resync-interval", "1s", "--quiesce-hold-lifetime", "24h"],
+        &clock.vars(),
+    );
+    let last = "daily-20270114-1200";
+    eventually(Duration::from_secs(240), "the 20th set", || async {
+        let status = sets.get_opt(last).await.ok()??.status?;
+        (status.phase == Some(BackupPhase::Completed)).then_some(())
+    })
+    .await;
+    let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &ns.name);
+    policies
+        .patch(
+            "daily",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"suspend": true}})),
+        )
+        .await
+        .unwrap();
+
+    // Every set made, as the planner judges them now (each completed on its slot's day).
+    let made: Vec<String> = (5..=14)
+        .flat_map(|day| ["0000", "1200"].map(|at| format!("daily-202701{day:02}-{at}")))
+        .collect();
+    let rules: openemr_operator::api::backup_policy::Retention =
+        serde_json::from_value(rules).unwrap();
+    let rds = aws_sdk_rds::Client::new(&env().aws(Some(REGION)).await);
+    let snapshots = |set: &str| set::snapshot_identifier(&d.uid().unwrap(), set);
+    let last_seen = std::sync::Mutex::new(String::new());
+    eventually(
+        Duration::from_secs(60),
+        "exactly what retention keeps",
+        || async {
+            let now = openemr_operator::clock::to_utc(clock.now());
+            let candidates: Vec<retention::Candidate> = made
+                .iter()
+                .map(|set| retention::Candidate {
+                    name: set.clone(),
+                    completed: chrono::DateTime::parse_from_str(
+                        &format!("{}+0000", &set[6..19]),
+                        "%Y%m%d-%H%M%z",
+                    )
+                    .unwrap()
+                    .to_utc()
+                        + chrono::Duration::hours(1),
+                    held: false,
+                    in_use: false,
+                })
+                .collect();
+            let plan = retention::plan(&candidates, &rules, chrono_tz::UTC, now);
+            let kept: Vec<String> = plan.kept.keys().cloned().collect();
+            let names = set_names(&sets).await;
+            let seen = format!("records {names:?}, the planner keeps {kept:?}");
+            if *last_seen.lock().unwrap() != seen {
+                // Shown if the wait times out.
+                println!("at {now}: {seen}");
+                *last_seen.lock().unwrap() = seen;
+            }
+            if names != kept {
+                return None;
+            }
+            let mut in_rds = Vec::new();
+            for set in &made {
+                let there = rds
+                    .describe_db_snapshots()
+                    .db_snapshot_identifier(snapshots(set))
+                    .send()
+                    .await
+                    .is_ok_and(|o| !o.db_snapshots().is_empty());
+                if there {
+                    in_rds.push(set.clone());
+                }
+            }
+            if in_rds != kept {
+                println!("at {now}: in RDS {in_rds:?}");
+            }
+            (in_rds == kept && kept.len() >= 3).then_some(kept)
+        },
+    )
+    .await;
+    assert!(sets.get_opt("daily-20270105-0000").await.unwrap().is_none());
 }

@@ -65,3 +65,40 @@ pub fn listing(root: &Path) -> Listing {
     }
     out
 }
+
+/// OpenEMR's `sites/` shape: a site's configuration, patients' directories with
+/// categories, small documents mostly, a few large images. Returns (files, bytes).
+pub fn make_tree(root: &Path, files: usize, large: usize) -> (usize, u64) {
+    let _ = std::fs::remove_dir_all(root);
+    let site = root.join("default");
+    std::fs::create_dir_all(site.join("documents/smarty/main")).unwrap();
+    std::fs::write(site.join("sqlconf.php"), b"<?php $host = 'db';\n").unwrap();
+    let mut bytes = 20;
+    for n in 0..files {
+        let patient = n / 20;
+        let category = ["lab", "imaging", "consent", "referral"][n % 4];
+        let dir = site.join(format!("documents/{patient}/{category}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // 1–64 KiB, skewed small: most scanned forms are a few KiB.
+        let spread = (n as u64).wrapping_mul(2_654_435_761) % 1000;
+        let len = 1024 + (spread * spread * 63 * 1024 / 1_000_000) as usize;
+        std::fs::write(dir.join(format!("doc-{n}.pdf")), content(n as u64, len)).unwrap();
+        bytes += len as u64;
+    }
+    std::fs::create_dir_all(site.join("images")).unwrap();
+    for n in 0..large {
+        let len = large_size(n);
+        std::fs::write(
+            site.join(format!("images/scan-{n}.tiff")),
+            content(1_000_000 + n as u64, len),
+        )
+        .unwrap();
+        bytes += len as u64;
+    }
+    (files + large + 1, bytes)
+}
+
+/// The size of the `n`th large file: 5, 8, 11, 14, 17, 20, 7, … MiB.
+pub fn large_size(n: usize) -> usize {
+    (5 + (n * 3) % 16) * 1024 * 1024
+}

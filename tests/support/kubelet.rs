@@ -2,6 +2,7 @@
 //! patching its status (a setup or documents Job's pod ran to its end; workers run and are
 //! ready), and bring a clinic to `Ready` that way.
 
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -150,4 +151,70 @@ pub async fn ready_clinic_with_env(
     .await;
     wait_for_reason(&clinics, name, "Ready", "Ready").await;
     operator
+}
+
+/// Runs the documents Job's container as the kubelet would, with `/sites` as `tree`;
+/// returns its summary (the termination message).
+pub fn run_documents_job(job: &Job, pod: &str, tree: &Path, scratch: &Path) -> String {
+    let spec = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let container = &spec.containers[0];
+    let summary = scratch.join("termination-log");
+    let work = scratch.join("tmp");
+    std::fs::create_dir_all(&work).unwrap();
+    let args: Vec<String> = container
+        .args
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|a| match a.as_str() {
+            "/sites" => tree.display().to_string(),
+            "/dev/termination-log" => summary.display().to_string(),
+            "/tmp" => work.display().to_string(),
+            _ => a,
+        })
+        .collect();
+    let mut command = env().command(env!("CARGO_BIN_EXE_openemr-operator"));
+    command.args(&args);
+    for var in container.env.clone().unwrap_or_default() {
+        if let Some(value) = var.value {
+            command.env(var.name, value);
+        }
+    }
+    let out = command
+        .env("POD_NAME", pod)
+        // moto answers path-style only; a Job on AWS needs neither.
+        .env("S3_PATH_STYLE", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the documents command failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(summary).unwrap()
+}
+
+/// The kubelet's part for the set's Job `name` (its documents or prune Job): runs its
+/// command, with `tree` as `/sites`, and reports the pod's success with the command's
+/// summary.
+pub async fn play_job(client: &kube::Client, ns: &str, name: &str, tree: &Path) {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let job = eventually(WAIT, &format!("Job {name}"), || async {
+        jobs.get_opt(name).await.ok()?
+    })
+    .await;
+    let scratch = std::env::temp_dir().join(format!("oe-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let pod = eventually(WAIT, "the Job's pod", || async {
+        pods(client, ns, &format!("job-name={name}"))
+            .await
+            .into_iter()
+            .find(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.name_any())
+    })
+    .await;
+    let summary = run_documents_job(&job, &pod, tree, &scratch);
+    finish_pod(client, ns, &pod, "Succeeded", &summary).await;
+    std::fs::remove_dir_all(&scratch).ok();
 }

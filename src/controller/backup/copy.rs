@@ -98,6 +98,15 @@ pub fn next(steps: &CopySteps, copy: &mut RegionCopy, now: Timestamp) -> Outcome
         ..SnapshotRef::default()
     });
     let requested = database.status.is_some();
+    if region == steps.source_region {
+        return failed(
+            copy,
+            out,
+            format!(
+                "spec.crossRegionCopy.region of policy is {region}, the clinic's own region: a copy must be in another region"
+            ),
+        );
+    }
     if !requested {
         if let Some(count) = steps.manual_snapshots
             && count + 1 > steps.snapshot_quota as usize
@@ -656,6 +665,17 @@ mod tests {
         let out = next(&s, &mut copy, now());
         assert_eq!(reason(&out), "CopyFailed");
         assert!(copy.message.unwrap().contains("AccessDenied"));
+
+        let mut copy = target();
+        copy.region = "us-east-1".into();
+        let out = next(&steps(), &mut copy, now());
+        assert_eq!(reason(&out), "CopyFailed");
+        assert!(out.changes.is_empty());
+        assert!(
+            copy.message
+                .unwrap()
+                .contains("spec.crossRegionCopy.region")
+        );
     }
 
     #[test]

@@ -376,10 +376,16 @@ impl Reconcile for OpenEMRBackup {
                 Some(Err(why)) => Verdict::falsy("Completed", "ManifestUnreadable", why.clone()),
                 None => return Plan::after_validation(status, is_accepted),
             };
-            return Plan::after_validation(
+            let described = status.phase.is_some();
+            let mut plan = Plan::after_validation(
                 status_from(self, status, &[accepted, verdict], now),
                 is_accepted,
             );
+            if described {
+                // Judged by its policy's retention at the next look, not the next resync.
+                plan.requeue = Requeue::After(observed.progress);
+            }
+            return plan;
         }
         status.phase.get_or_insert(BackupPhase::Pending);
         let phase = status.phase.unwrap_or_default();
@@ -499,15 +505,16 @@ impl Reconcile for OpenEMRBackup {
             };
         }
         let outcome = plan::next(steps, &mut status, now);
-        // A set just completed with a copy to make: its copy starts at the next look.
-        let copy_next = status.phase == Some(BackupPhase::Completed) && !status.copies.is_empty();
+        // A set just completed is judged by retention (and its copy started) at the next
+        // look, not the next resync.
+        let just_completed = status.phase == Some(BackupPhase::Completed);
         let mut verdicts = vec![accepted];
         verdicts.extend(outcome.verdicts);
         let merged = status_from(self, status, &verdicts, now);
         Plan {
             status: merged,
             changes: outcome.changes,
-            requeue: if outcome.busy || copy_next {
+            requeue: if outcome.busy || just_completed {
                 Requeue::After(observed.progress)
             } else {
                 Requeue::Resync
@@ -1140,7 +1147,10 @@ impl OpenEMRBackup {
         let requested = target.database.as_ref().is_some_and(|d| d.status.is_some());
         let key = format!("{ns}/{set_name}");
         let (mut admitted, mut in_flight) = (true, 0);
-        if !requested {
+        // A copy waiting for room under the quota there takes no turn meanwhile.
+        let room = manual_snapshots
+            .is_none_or(|count| count < aws.workload.manual_snapshot_quota as usize);
+        if !requested && room {
             let mut busy = std::collections::BTreeSet::new();
             let mut present = std::collections::BTreeSet::new();
             for other in ctx.caches.backups.state() {

@@ -241,12 +241,17 @@ async fn clean(
                 || (s.arn.is_some() && place.recorded_arn.as_ref() == s.arn.as_ref())
         });
     let documents_manifest = set::documents_manifest_key(&name);
+    // A set that started database-only and recorded no documents never wrote any.
+    let no_documents = set.status.as_ref().is_some_and(|s| {
+        s.include_documents == Some(false) && s.documents.is_none() && s.documents_job.is_none()
+    });
     let left = Left {
         documents_job: job_left(ctx, &ns, &place.writer_job, &set_uid).await?,
         snapshot,
-        documents_manifest: super::object_exists(&clients.s3, bucket, &documents_manifest)
-            .await
-            .map_err(aws_error("reading the documents manifest"))?,
+        documents_manifest: !no_documents
+            && super::object_exists(&clients.s3, bucket, &documents_manifest)
+                .await
+                .map_err(aws_error("reading the documents manifest"))?,
         prune_job: job_left(ctx, &ns, &place.prune_job, &set_uid).await?,
         set_manifest: super::object_exists(&clients.s3, bucket, &set::set_manifest_key(&name))
             .await

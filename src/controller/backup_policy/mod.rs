@@ -48,6 +48,9 @@ pub struct Observed {
     pub progress: Duration,
     /// The sets the clinic's bucket holds without a record, when it was read this look.
     pub unrecorded: Option<Result<Vec<rebuild::Unrecorded>, crate::aws::error::AwsError>>,
+    /// The bucket is to be read for sets without a record, and the clinic does not report
+    /// it yet (a clinic made again, still adopting it): looked at again soon.
+    pub bucket_awaited: bool,
 }
 
 /// What a policy changes.
@@ -106,16 +109,24 @@ impl Reconcile for BackupPolicy {
             });
         }
         let mut unrecorded = None;
+        let mut bucket_awaited = false;
         if let (Some(aws), Some(found)) = (&ctx.aws, &found)
             && let Ok(d) = &found.0
-            && let Some(bucket) = d.status.as_ref().and_then(|s| s.bucket_name.clone())
-            && rebuild::due(&self.uid().unwrap_or_default(), ctx.config.resync)
         {
-            let clients = crate::controller::deployment::clinic::clients(d, aws).await;
-            unrecorded = Some(rebuild::unrecorded(&clients.s3, &bucket, &names).await);
+            match d.status.as_ref().and_then(|s| s.bucket_name.clone()) {
+                None => bucket_awaited = rebuild::pending(&self.uid().unwrap_or_default()),
+                Some(bucket)
+                    if rebuild::due(&self.uid().unwrap_or_default(), ctx.config.resync) =>
+                {
+                    let clients = crate::controller::deployment::clinic::clients(d, aws).await;
+                    unrecorded = Some(rebuild::unrecorded(&clients.s3, &bucket, &names).await);
+                }
+                Some(_) => {}
+            }
         }
         Ok(Observed {
             unrecorded,
+            bucket_awaited,
             deployment_exists: found.is_some(),
             sets,
             names,
@@ -217,6 +228,7 @@ impl Reconcile for BackupPolicy {
         // A set under way (or just made) is followed at the progress interval; the next
         // slot is never missed for it.
         let busy = runs::busy(&observed.sets)
+            || observed.bucket_awaited
             || changes
                 .iter()
                 .any(|c| matches!(c, Change::CreateSet { .. }));
@@ -381,6 +393,7 @@ mod tests {
             schedules: true,
             progress: Duration::from_secs(30),
             unrecorded: None,
+            bucket_awaited: false,
         }
     }
 

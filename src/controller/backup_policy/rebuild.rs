@@ -38,6 +38,14 @@ pub fn due(uid: &str, every: Duration) -> bool {
     }
 }
 
+/// Whether policy `uid` has not read its bucket yet in this process.
+pub fn pending(uid: &str) -> bool {
+    !LAST_READ
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(uid)
+}
+
 /// A set the bucket holds and no record stands for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unrecorded {
