@@ -114,6 +114,28 @@ fn backup_of(b: &Bucket, tree: &Path, manifest: &str, rest: &[&str]) -> Vec<Stri
     on(b, "backup", &args)
 }
 
+/// [`backup_of`] with the clinic's key, files above 5 MiB in 5 MiB parts (the tree's big
+/// file in two), after `previous` when given.
+fn backup_in_parts(b: &Bucket, tree: &Path, manifest: &str, previous: Option<&str>) -> Vec<String> {
+    let mut args = backup_of(
+        b,
+        tree,
+        manifest,
+        &[
+            "--kms-key",
+            &b.key_arn,
+            "--multipart-threshold-mib",
+            "5",
+            "--part-size-mib",
+            "5",
+        ],
+    );
+    if let Some(previous) = previous {
+        args.extend(["--previous".to_string(), previous.to_string()]);
+    }
+    args
+}
+
 /// Runs `openemr-operator documents <args>` against `proxy`; its exit code and summary.
 fn documents<A: AsRef<std::ffi::OsStr>>(
     proxy: &FaultProxy,
@@ -167,25 +189,8 @@ async fn sets_hold_their_trees_send_only_changes_and_restore_byte_for_byte() {
     let tree = scratch("sites");
     let files = make_tree(&tree);
     let first_tree = listing(&tree);
-    let backup = |manifest: &str, previous: Option<&str>| {
-        let mut args = backup_of(
-            &b,
-            &tree,
-            manifest,
-            &[
-                "--kms-key",
-                &b.key_arn,
-                "--multipart-threshold-mib",
-                "5",
-                "--part-size-mib",
-                "5",
-            ],
-        );
-        if let Some(previous) = previous {
-            args.extend(["--previous".to_string(), previous.to_string()]);
-        }
-        args
-    };
+    let backup =
+        |manifest: &str, previous: Option<&str>| backup_in_parts(&b, &tree, manifest, previous);
 
     // The first set: every file sent once (the big one in two parts), then the manifest.
     let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
@@ -1332,22 +1337,7 @@ async fn a_copy_into_another_region_restores_alone_and_copies_only_what_changed(
     let first_tree = listing(&tree);
     let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
     let take = |manifest: &str, previous: Option<&str>| {
-        let mut args = backup_of(
-            &b,
-            &tree,
-            manifest,
-            &[
-                "--kms-key",
-                &b.key_arn,
-                "--multipart-threshold-mib",
-                "5",
-                "--part-size-mib",
-                "5",
-            ],
-        );
-        if let Some(previous) = previous {
-            args.extend(["--previous".to_string(), previous.to_string()]);
-        }
+        let args = backup_in_parts(&b, &tree, manifest, previous);
         let (code, done) = documents(&proxy, &args);
         assert_eq!(code, 0, "{done}");
     };

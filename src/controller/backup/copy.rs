@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use super::job::{DocumentsJob, Task};
-use super::plan::{Change, JobSeen, Outcome};
+use super::plan::{Change, JobSeen, Outcome, SNAPSHOT_FAILED};
 use super::set::{self, SetManifest};
 use crate::api::backup::{CopyPhase, DocumentsLocation, RegionCopy, SnapshotRef};
 use crate::aws::rds::DbSnapshot;
@@ -75,9 +75,6 @@ pub struct CopySteps {
     pub job_backoff_limit: i32,
     pub job_deadline_seconds: i64,
 }
-
-/// RDS statuses of a snapshot that will never become `available`.
-const SNAPSHOT_FAILED: &[&str] = &["failed", "deleted", "incompatible-restore"];
 
 /// Plans the next step of `copy`, updated in place.
 pub fn next(steps: &CopySteps, copy: &mut RegionCopy, now: Timestamp) -> Outcome {
@@ -174,18 +171,12 @@ pub fn next(steps: &CopySteps, copy: &mut RegionCopy, now: Timestamp) -> Outcome
                 tags,
             });
         }
-        Some(snapshot)
-            if snapshot
-                .tags
-                .get(set::SET_UID_TAG)
-                .is_some_and(|uid| *uid != steps.set_uid) =>
-        {
+        Some(snapshot) if let Some(other) = set::other_sets_uid(snapshot, &steps.set_uid) => {
             return failed(
                 copy,
                 out,
                 format!(
-                    "snapshot {identifier} in {region} belongs to an earlier set of this name (uid {}): delete it there, or name this set otherwise",
-                    snapshot.tags[set::SET_UID_TAG]
+                    "snapshot {identifier} in {region} belongs to an earlier set of this name (uid {other}): delete it there, or name this set otherwise"
                 ),
             );
         }

@@ -202,7 +202,7 @@ pub struct Outcome {
 }
 
 /// RDS statuses of a snapshot that will never become `available`.
-const SNAPSHOT_FAILED: &[&str] = &["failed", "deleted", "incompatible-restore"];
+pub(super) const SNAPSHOT_FAILED: &[&str] = &["failed", "deleted", "incompatible-restore"];
 
 /// Plans the next step of a set that is `Pending` or `Running`; `status` is the one to
 /// write, updated in place. A set that fails lets its clinic go at once.
@@ -463,19 +463,13 @@ fn take(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outc
                 ),
             });
         }
-        Some(snapshot)
-            if snapshot
-                .tags
-                .get(set::SET_UID_TAG)
-                .is_some_and(|uid| *uid != steps.set_uid) =>
-        {
+        Some(snapshot) if let Some(other) = set::other_sets_uid(snapshot, &steps.set_uid) => {
             return failed(
                 status,
                 out,
                 "SetNameTaken",
                 format!(
-                    "snapshot {identifier} belongs to an earlier set of this name (uid {}): delete that snapshot, or name this set otherwise",
-                    snapshot.tags[set::SET_UID_TAG]
+                    "snapshot {identifier} belongs to an earlier set of this name (uid {other}): delete that snapshot, or name this set otherwise"
                 ),
             );
         }

@@ -243,6 +243,19 @@ impl SetManifest {
     }
 }
 
+/// The uid of the earlier set of this name `snapshot` was taken for, when its set-uid tag
+/// names another set than `set_uid`.
+pub fn other_sets_uid<'a>(
+    snapshot: &'a crate::aws::rds::DbSnapshot,
+    set_uid: &str,
+) -> Option<&'a str> {
+    snapshot
+        .tags
+        .get(SET_UID_TAG)
+        .map(String::as_str)
+        .filter(|uid| *uid != set_uid)
+}
+
 /// Tags of a set's snapshot, beside the clinic's own: which set, which policy, and what
 /// a restore must be compatible with.
 pub fn snapshot_tags(
