@@ -72,6 +72,39 @@ async fn documents_clinic(
     (client, ns, operator)
 }
 
+/// A clinic with one worker, `Ready`, with the documents Jobs' service account, under an
+/// operator whose AWS calls go through a fault proxy (returned, to be ruled and counted).
+async fn clinic_behind_proxy(
+    prefix: &str,
+    name: &str,
+) -> (
+    kube::Client,
+    TestNamespace,
+    support::faults::FaultProxy,
+    Operator,
+) {
+    let (client, ns) = clinic_with_one_worker(prefix, name).await;
+    let proxy = support::faults::FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    let url = proxy.url();
+    let vars = [("AWS_ENDPOINT_URL", url.as_str())];
+    let operator =
+        support::kubelet::ready_clinic_with_env(&client, &ns.name, name, &DOCUMENTS_IMAGE, &vars)
+            .await;
+    documents_account(&client, &ns.name).await;
+    (client, ns, proxy, operator)
+}
+
+/// Another operator for namespace `ns`, its AWS calls through `proxy` (after one killed).
+fn operator_behind(proxy: &support::faults::FaultProxy, ns: &str) -> Operator {
+    let url = proxy.url();
+    Operator::start_with_env(
+        env(),
+        Some(ns),
+        &DOCUMENTS_IMAGE,
+        &[("AWS_ENDPOINT_URL", url.as_str())],
+    )
+}
+
 /// The service account documents Jobs run as.
 async fn documents_account(client: &kube::Client, ns: &str) {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
@@ -853,12 +886,13 @@ async fn retention_leaves_exactly_the_sets_its_rules_keep_as_records_and_in_aws(
         }),
     )
     .await;
-    // A superseded set is looked at again on the resync: two seconds, 80 minutes here. A
-    // quiesce hold must outlive three looks (a second each) on this clock.
+    // A superseded set is judged again when the set superseding it completes, not at the
+    // resync (ten minutes, longer than this test waits). A quiesce hold must outlive three
+    // looks (a second each) on this clock.
     let _operator = Operator::start_with_env(
         env(),
         Some(&ns.name),
-        &["--resync-interval", "2s", "--quiesce-hold-lifetime", "4h"],
+        &["--resync-interval", "10m", "--quiesce-hold-lifetime", "4h"],
         &clock.vars(),
     );
     // Some 38 hours of the clock: about a minute.
@@ -1082,17 +1116,10 @@ async fn a_set_beyond_the_manual_snapshot_quota_fails_at_once_naming_the_count()
 /// documents pod, one set manifest; the set completes; the prune finishes.
 #[tokio::test]
 async fn a_set_and_its_pruning_survive_an_operator_killed_at_each_step() {
-    use support::faults::{FaultProxy, Rule};
+    use support::faults::Rule;
     let name = "clinic-k";
-    let (client, ns) = clinic_with_one_worker("kill", name).await;
-    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
-    let url = proxy.url();
-    let vars = [("AWS_ENDPOINT_URL", url.as_str())];
-    let start = || Operator::start_with_env(env(), Some(&ns.name), &DOCUMENTS_IMAGE, &vars);
-    let operator =
-        support::kubelet::ready_clinic_with_env(&client, &ns.name, name, &DOCUMENTS_IMAGE, &vars)
-            .await;
-    documents_account(&client, &ns.name).await;
+    let (client, ns, proxy, operator) = clinic_behind_proxy("kill", name).await;
+    let start = || operator_behind(&proxy, &ns.name);
     let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
     // RDS keeps saying the set's snapshot is being made.
@@ -1189,6 +1216,43 @@ async fn a_set_and_its_pruning_survive_an_operator_killed_at_each_step() {
     );
 }
 
+/// A key and a versioned bucket in `region`, and a suspended policy `nightly` of clinic
+/// `name` copying its sets there with them; returns that region's AWS configuration, the
+/// key's ARN and the bucket's name.
+async fn copying_policy(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    region: &str,
+) -> (aws_config::SdkConfig, String, String) {
+    let there = env().aws(Some(region)).await;
+    let key = aws_sdk_kms::Client::new(&there)
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_string();
+    let bucket = format!("{ns}-dr");
+    support::versioned_bucket(&support::TestEnv::s3(&there), &bucket, region).await;
+    policy(
+        client,
+        ns,
+        "nightly",
+        json!({
+            "deploymentRef": {"name": name},
+            "schedule": "@daily",
+            "suspend": true,
+            "crossRegionCopy": {"region": region, "kmsKeyArn": key, "bucketName": bucket},
+        }),
+    )
+    .await;
+    (there, key, bucket)
+}
+
 /// Cross-region copies: each completed set of a policy with `crossRegionCopy` is copied to
 /// the other region (its snapshot there, re-encrypted with that region's key; its
 /// documents in the bucket there, only what changed since the previous copy; the copy's own
@@ -1200,35 +1264,11 @@ async fn a_sets_copy_in_another_region_is_whole_there_and_goes_with_the_set() {
     let name = "clinic-x";
     let (client, ns, _operator) = documents_clinic("copy", name, &[]).await;
     let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
-    let there = env().aws(Some(DR)).await;
+    let (there, dr_key, dr_bucket) = copying_policy(&client, &ns.name, name, DR).await;
     let (rds_there, s3) = (
         aws_sdk_rds::Client::new(&there),
         support::TestEnv::s3(&there),
     );
-    let dr_key = aws_sdk_kms::Client::new(&there)
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .arn()
-        .unwrap()
-        .to_string();
-    let dr_bucket = format!("{}-dr", ns.name);
-    support::versioned_bucket(&s3, &dr_bucket, DR).await;
-    policy(
-        &client,
-        &ns.name,
-        "nightly",
-        json!({
-            "deploymentRef": {"name": name},
-            "schedule": "@daily",
-            "suspend": true,
-            "crossRegionCopy": {"region": DR, "kmsKeyArn": dr_key, "bucketName": dr_bucket},
-        }),
-    )
-    .await;
     let copied = |set: &'static str| {
         let sets = sets.clone();
         async move {
@@ -1354,6 +1394,100 @@ async fn a_sets_copy_in_another_region_is_whole_there_and_goes_with_the_set() {
     }
     assert!(any_version(&s3, &dr_bucket, "backups/second/manifest.json").await);
     verify_documents(&dr_bucket, "backups/documents/second.jsonl.gz");
+    std::fs::remove_dir_all(tree.parent().unwrap()).ok();
+}
+
+/// A copy survives the operator killed at each of its steps (the copied snapshot asked for
+/// and still `creating` there, through the proxy's rewrite; the copy Job created; the
+/// copy's documents done while its snapshot is not): one `CopyDBSnapshot`, one copy Job
+/// run, one copy manifest, and the copy completes.
+#[tokio::test]
+async fn a_copy_survives_an_operator_killed_at_each_step() {
+    use support::faults::Rule;
+    const DR: &str = "eu-central-1";
+    let name = "clinic-kc";
+    let (client, ns, proxy, operator) = clinic_behind_proxy("kill-copy", name).await;
+    let start = || operator_behind(&proxy, &ns.name);
+    let (there, dr_key, dr_bucket) = copying_policy(&client, &ns.name, name, DR).await;
+    let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    // RDS keeps saying the copy there is being made: only that region's snapshots are
+    // encrypted with its key.
+    proxy.set(
+        "DescribeDBSnapshots",
+        Rule::default().rewrite_pattern(
+            &format!(
+                "(?s)<Status>available</Status>(.*?<KmsKeyId>{}</KmsKeyId>)",
+                regex::escape(&dr_key)
+            ),
+            "<Status>creating</Status>$1",
+        ),
+    );
+    let tree = small_tree("kill-copy");
+    take_set(
+        &client,
+        &ns.name,
+        "k",
+        json!({"deploymentRef": {"name": name}, "policyRef": {"name": "nightly"}}),
+    )
+    .await;
+    play_job(&client, &ns.name, "k-documents", &tree).await;
+    completed(&sets, "k").await;
+    eventually(WAIT, "the copy asked for", || async {
+        (proxy.counts("CopyDBSnapshot").answered >= 1).then_some(())
+    })
+    .await;
+    drop(operator.kill());
+    let operator = start();
+    eventually(WAIT, "the copy Job", || async {
+        jobs.get_opt("k-copy").await.ok()?
+    })
+    .await;
+    drop(operator.kill());
+    let operator = start();
+    play_job(&client, &ns.name, "k-copy", &tree).await;
+    eventually(WAIT, "the copy's documents recorded", || async {
+        let status = sets.get("k").await.ok()?.status?;
+        status.copies.first()?.documents.as_ref().map(|_| ())
+    })
+    .await;
+    let copy = sets.get("k").await.unwrap().status.unwrap().copies[0].clone();
+    assert_eq!(
+        copy.phase,
+        Some(CopyPhase::Copying),
+        "the snapshot there is still creating: {copy:?}"
+    );
+    drop(operator.kill());
+    // RDS finishes the copy while the operator is away.
+    proxy.clear("DescribeDBSnapshots");
+    let _operator = start();
+    let copy = eventually(WAIT, "the copy completed", || async {
+        let copy = sets.get("k").await.ok()?.status?.copies.first()?.clone();
+        assert_ne!(copy.phase, Some(CopyPhase::Failed), "{:?}", copy.message);
+        (copy.phase == Some(CopyPhase::Completed)).then_some(copy)
+    })
+    .await;
+    assert_eq!(
+        proxy.counts("CopyDBSnapshot").forwarded,
+        1,
+        "{}",
+        proxy.report()
+    );
+    assert_eq!(pods(&client, &ns.name, "job-name=k-copy").await.len(), 1);
+    let s3 = support::TestEnv::s3(&there);
+    let manifests = s3
+        .list_object_versions()
+        .bucket(&dr_bucket)
+        .prefix("backups/k/manifest.json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(manifests.versions().len(), 1, "one copy manifest");
+    assert_eq!(
+        copy.manifest.as_deref(),
+        Some(format!("s3://{dr_bucket}/backups/k/manifest.json").as_str())
+    );
+    verify_documents(&dr_bucket, "backups/documents/k.jsonl.gz");
     std::fs::remove_dir_all(tree.parent().unwrap()).ok();
 }
 

@@ -576,6 +576,34 @@ async fn a_second_backup_on_one_mirror_waits_for_the_lock_or_its_lapse() {
         .unwrap();
     let (code, waited) = documents(&proxy, &args("c"));
     assert_eq!(code, 0, "{waited}");
+
+    // S3 answers every write (the lock's, its renewals') after longer than the 2 s lease:
+    // the renewals succeed, late, but the lease may have been someone else's meanwhile.
+    // The run writes no manifest.
+    proxy.set(
+        "s3:PUT",
+        support::faults::Rule::default().latency(std::time::Duration::from_secs(3)),
+    );
+    let (code, slow) = documents(
+        &proxy,
+        &backup_of(
+            &b,
+            &tree,
+            "backups/documents/d.jsonl.gz",
+            &["--lock-lease", "2s"],
+        ),
+    );
+    proxy.clear("s3:PUT");
+    assert_eq!(code, 1, "{slow}");
+    let said = slow["error"].as_str().unwrap();
+    assert!(said.contains("lost the lock documents.lock"), "{said}");
+    let manifest =
+        b.s3.head_object()
+            .bucket(&b.name)
+            .key("backups/documents/d.jsonl.gz")
+            .send()
+            .await;
+    assert!(manifest.is_err(), "no manifest: {manifest:?}");
     std::fs::remove_dir_all(&tree).unwrap();
 }
 

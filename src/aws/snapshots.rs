@@ -7,6 +7,12 @@
 //! thousand sets due together cost one listing per interval, not a thousand describes.
 //! Each account is listed with the operator's own identity there; an account without one
 //! is not listed, and its sets describe their own snapshot.
+//!
+//! Pruning reads each snapshot about once, so it never takes a listing for it: it reads
+//! one that is there and fresh ([`SnapshotInventory::peek`]), else describes. A snapshot
+//! this process deleted is known gone ([`SnapshotInventory::was_deleted`]) without a read:
+//! RDS finishes a deletion it accepted, and a listing taken before it still shows the
+//! snapshot.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +42,25 @@ pub struct SnapshotInventory {
     pool: Arc<AwsPool>,
     metrics: Arc<crate::metrics::Metrics>,
     regions: Mutex<HashMap<(String, String), Arc<Region>>>,
+    /// When this process had RDS accept a snapshot's deletion, by account, region and
+    /// identifier, and the uid of the set it was deleted for (another set of the same name
+    /// makes a snapshot of the same identifier); kept for [`REMEMBERED`].
+    deletions: Mutex<HashMap<DeletionKey, Instant>>,
+}
+
+/// How long a deletion is remembered: long enough for the looks that follow it, short
+/// enough that the map stays small however many sets are pruned.
+const REMEMBERED: Duration = Duration::from_secs(3600);
+
+type DeletionKey = (String, String, String, String);
+
+fn deletion_key(clients: &AwsClients, identifier: &str, set_uid: &str) -> DeletionKey {
+    (
+        clients.account.clone(),
+        clients.region.clone(),
+        identifier.to_string(),
+        set_uid.to_string(),
+    )
 }
 
 impl std::fmt::Debug for SnapshotInventory {
@@ -50,7 +75,43 @@ impl SnapshotInventory {
             pool,
             metrics,
             regions: Mutex::new(HashMap::new()),
+            deletions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records that RDS accepted the deletion of snapshot `identifier` in the account and
+    /// region of `clients`, for the set whose uid is `set_uid`.
+    pub fn deleted(&self, clients: &AwsClients, identifier: &str, set_uid: &str) {
+        let now = Instant::now();
+        let mut deletions = self.deletions.lock().unwrap_or_else(|e| e.into_inner());
+        deletions.retain(|_, at| now.duration_since(*at) < REMEMBERED);
+        deletions.insert(deletion_key(clients, identifier, set_uid), now);
+    }
+
+    /// Whether this process had RDS accept the deletion of `identifier` there for the set
+    /// whose uid is `set_uid`, lately.
+    pub fn was_deleted(&self, clients: &AwsClients, identifier: &str, set_uid: &str) -> bool {
+        self.deletions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&deletion_key(clients, identifier, set_uid))
+            .is_some_and(|at| at.elapsed() < REMEMBERED)
+    }
+
+    /// The manual snapshot `identifier` as the listing there shows it, if one was taken
+    /// within `max_age` (and is not being taken now); `None` otherwise: no listing is taken
+    /// for this. Only for a snapshot that existed before any listing this process takes
+    /// (a completed set's: it was seen in one, or made by an earlier process).
+    pub async fn peek(
+        &self,
+        clients: &AwsClients,
+        identifier: &str,
+        max_age: Duration,
+    ) -> Option<Option<DbSnapshot>> {
+        let region = self.region(clients)?;
+        let held = region.listing.try_lock().ok()?;
+        let fresh = held.taken.is_some_and(|t| t.elapsed() < max_age);
+        fresh.then(|| held.manual.get(identifier).cloned())
     }
 
     fn region(&self, clients: &AwsClients) -> Option<Arc<Region>> {

@@ -220,7 +220,12 @@ fn seen<K: Reconcile>(
         .states
         .cache_saw(&uid, meta.resource_version.as_deref());
     let namespace = meta.namespace.clone().unwrap_or_default();
-    let changed = driver.prints.observe(meta);
+    let announced = match &obj.0 {
+        Ok(valid) => valid.announced(),
+        Err(_) => None,
+    };
+    let digest = announced.as_ref().map_or(0, |(digest, _)| *digest);
+    let changed = driver.prints.observe(meta, digest);
     if changed.own {
         // What an object names comes from its spec, which the own fingerprint covers: a
         // status-only event leaves the index as it is.
@@ -241,6 +246,13 @@ fn seen<K: Reconcile>(
     {
         let name = meta.name.clone().unwrap_or_default();
         driver.ctx.hub.publish(Target::new(kind, &namespace, &name));
+    }
+    // Read from the cache, which the watch updated before this event: whoever is told
+    // judges the object as it is now.
+    if changed.announced && publish {
+        for (kind, name) in announced.map(|(_, told)| told).unwrap_or_default() {
+            driver.ctx.hub.publish(Target::new(kind, &namespace, &name));
+        }
     }
 }
 

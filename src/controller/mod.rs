@@ -582,6 +582,14 @@ pub trait Reconcile:
         Vec::new()
     }
 
+    /// What this object's status tells other objects, as a digest, and which objects (by
+    /// kind and name, in its namespace) to wake when the digest changes: a set that
+    /// completes wakes its policy's other sets, which retention judges against it. `None`:
+    /// nothing. A status write alone triggers nothing else.
+    fn announced(&self) -> Option<(u64, Vec<(RefKind, String)>)> {
+        None
+    }
+
     /// Reads what the plan needs. No writes.
     fn observe(&self, ctx: &Context) -> impl Future<Output = Result<Self::Observed, Error>> + Send;
 

@@ -220,6 +220,7 @@ pub struct Fingerprints(Mutex<HashMap<String, Seen>>);
 struct Seen {
     own: u64,
     referred: u64,
+    announced: u64,
     namespace: String,
     name: String,
 }
@@ -229,6 +230,9 @@ struct Seen {
 pub struct Changed {
     pub own: bool,
     pub referred: bool,
+    /// What the object announces in its status changed (never for a new object: others
+    /// judge it when they first look).
+    pub announced: bool,
 }
 
 impl Fingerprints {
@@ -236,23 +240,27 @@ impl Fingerprints {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records the object's fingerprints; says which changed (a new object: both).
-    pub fn observe(&self, meta: &ObjectMeta) -> Changed {
+    /// Records the object's fingerprints (and `announced`, the digest of what its status
+    /// tells others); says which changed (a new object: its own and referred ones).
+    pub fn observe(&self, meta: &ObjectMeta, announced: u64) -> Changed {
         let seen = Seen {
             own: own_fingerprint(meta),
             referred: referred_fingerprint(meta),
+            announced,
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
         };
         let changed = |before: &Seen| Changed {
             own: before.own != seen.own,
             referred: before.referred != seen.referred,
+            announced: before.announced != seen.announced,
         };
         let uid = meta.uid.clone().unwrap_or_default();
         match self.map().insert(uid, seen.clone()) {
             None => Changed {
                 own: true,
                 referred: true,
+                announced: false,
             },
             Some(before) => changed(&before),
         }
@@ -300,16 +308,25 @@ mod tests {
         let prints = Fingerprints::default();
         let before = meta();
         assert_eq!(
-            prints.observe(&before),
+            prints.observe(&before, 0),
             Changed {
                 own: true,
-                referred: true
+                referred: true,
+                announced: false
             }
         );
         // A status write bumps only resourceVersion.
         let mut after = before.clone();
         after.resource_version = Some("11".into());
-        assert_eq!(prints.observe(&after), Changed::default());
+        assert_eq!(prints.observe(&after, 0), Changed::default());
+        // One that changes what it announces says so, and only that.
+        assert_eq!(
+            prints.observe(&after, 7),
+            Changed {
+                announced: true,
+                ..Changed::default()
+            }
+        );
     }
 
     #[test]
@@ -347,10 +364,10 @@ mod tests {
     #[test]
     fn fingerprints_are_forgotten_with_their_objects() {
         let prints = Fingerprints::default();
-        prints.observe(&meta());
+        prints.observe(&meta(), 0);
         let mut other = meta();
         other.uid = Some("uid-2".into());
-        prints.observe(&other);
+        prints.observe(&other, 0);
         prints.forget("uid-1");
         assert_eq!(prints.len(), 1);
         assert_eq!(

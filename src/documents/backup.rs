@@ -220,6 +220,12 @@ pub async fn with_mirror_lock<T>(
 /// Runs `work` while holding the lock at `key` (waited for up to `wait` when its lease
 /// ends that soon), renewed every third of `lease`; `work` asks `still_held` before its
 /// last, decisive write. The lock is given back unless it was lost.
+///
+/// Holding is judged by time, not by the renewals' answers: the lock is held while its
+/// last successful write was sent less than two thirds of a lease ago. A renewal that
+/// hangs (S3 timing out and retrying) would otherwise let the lease lapse, and another
+/// run take the lock, while this one still believed it held it. A renewal that fails for
+/// another reason than the lock being taken is tried again until the lease runs out.
 pub async fn with_lock<T>(
     store: &Store,
     key: &str,
@@ -227,23 +233,35 @@ pub async fn with_lock<T>(
     (lease, wait): (std::time::Duration, std::time::Duration),
     work: impl AsyncFnOnce(&(dyn Fn() -> bool + Sync)) -> Result<T, String>,
 ) -> Result<T, String> {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering as Atomic};
+    use std::sync::{Arc, Mutex};
     let lock = store.lock(key, holder, lease, wait).await?;
     let lost = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(Mutex::new(lock.written));
     let renewer = tokio::spawn({
-        let (store, mut lock, lost) = (store.clone(), lock.clone(), lost.clone());
+        let (store, mut lock) = (store.clone(), lock.clone());
+        let (lost, written) = (lost.clone(), written.clone());
         async move {
+            let mut pause = lease / 3;
             loop {
-                tokio::time::sleep(lease / 3).await;
-                if store.renew(&mut lock, lease).await.is_err() {
-                    lost.store(true, Atomic::SeqCst);
-                    return;
+                tokio::time::sleep(pause).await;
+                match store.renew(&mut lock, lease).await {
+                    Ok(()) => {
+                        *written.lock().unwrap_or_else(|e| e.into_inner()) = lock.written;
+                        pause = lease / 3;
+                    }
+                    Err(e) if e.message.starts_with("PreconditionFailed") => break,
+                    Err(_) if lock.written.elapsed() >= lease => break,
+                    Err(_) => pause = (lease / 12).max(std::time::Duration::from_millis(100)),
                 }
             }
+            lost.store(true, Atomic::SeqCst);
         }
     });
-    let still_held = || !lost.load(Atomic::SeqCst);
+    let still_held = || {
+        let since = written.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+        !lost.load(Atomic::SeqCst) && holds(since, lease)
+    };
     let result = work(&still_held).await;
     renewer.abort();
     if still_held() {
@@ -252,8 +270,16 @@ pub async fn with_lock<T>(
     result
 }
 
+/// Whether a lock whose last successful write was sent `since` ago still holds for a
+/// decisive write: a third of the lease is kept in hand for that write to land.
+fn holds(since: std::time::Duration, lease: std::time::Duration) -> bool {
+    since < lease - lease / 3
+}
+
 pub fn lock_lost(key: &str) -> String {
-    format!("lost the lock {key} (its lease lapsed and another run took it): no manifest written")
+    format!(
+        "lost the lock {key} (its renewals did not land within its lease, or another run took it): no manifest written"
+    )
 }
 
 /// The backup itself; `still_held` is asked before the manifest is written.
@@ -706,6 +732,16 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_holds_for_two_thirds_of_a_lease_after_its_last_write_was_sent() {
+        let lease = std::time::Duration::from_secs(30);
+        assert!(holds(std::time::Duration::ZERO, lease));
+        assert!(holds(std::time::Duration::from_secs(19), lease));
+        assert!(!holds(std::time::Duration::from_secs(20), lease));
+        // Renewals that hang for longer than the lease: the lease may be someone else's.
+        assert!(!holds(std::time::Duration::from_secs(31), lease));
+    }
 
     #[test]
     fn mirror_keys_are_the_paths_under_the_prefix_or_hex_when_not_utf8() {

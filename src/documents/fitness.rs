@@ -5,10 +5,17 @@
 //! read directly) breaks older sets silently. The operator's own clinic bucket is made
 //! fit; an adopted one may not be, so every backup asks first (two requests) and refuses
 //! naming the setting.
+//!
+//! Intelligent-Tiering's archive tiers are judged too, where a lifecycle rule moves the
+//! sets' objects into that storage class (the engine writes them as `STANDARD`, which no
+//! Intelligent-Tiering configuration touches): an object archived there cannot be read
+//! without a restore request to S3 first. That costs a third request, only then.
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{
-    BucketVersioningStatus, ExpirationStatus, LifecycleRule, TransitionStorageClass,
+    BucketVersioningStatus, ExpirationStatus, IntelligentTieringAccessTier,
+    IntelligentTieringConfiguration, IntelligentTieringStatus, LifecycleRule,
+    TransitionStorageClass,
 };
 
 use super::store::{Store, StoreError, failed};
@@ -53,21 +60,12 @@ pub fn unfit(
                 "{name} has Expiration of current objects: it would delete manifests and turn the mirror into delete markers"
             ));
         }
-        let archived = rule
-            .transitions()
-            .iter()
-            .filter_map(|t| t.storage_class())
-            .chain(
-                rule.noncurrent_version_transitions()
-                    .iter()
-                    .filter_map(|t| t.storage_class()),
+        let archived = moved_to(rule).find(|class| {
+            matches!(
+                class,
+                TransitionStorageClass::Glacier | TransitionStorageClass::DeepArchive
             )
-            .find(|class| {
-                matches!(
-                    class,
-                    TransitionStorageClass::Glacier | TransitionStorageClass::DeepArchive
-                )
-            });
+        });
         if let Some(class) = archived {
             why.push(format!(
                 "{name} moves versions to {}: a restore cannot read them without a restore request to S3 first",
@@ -93,17 +91,81 @@ fn applies_to<'a>(rule: &LifecycleRule, prefixes: &[&'a str]) -> Option<&'a str>
         || filter
             .and_then(|f| f.and())
             .is_some_and(|and| !and.tags().is_empty());
+    let own = filter
+        .and_then(|f| f.prefix().or_else(|| f.and().and_then(|a| a.prefix())))
+        .or(legacy);
+    reaches(own, tagged, prefixes)
+}
+
+/// The prefix of `prefixes` that a filter on `own` (none: everything) reaches, unless it
+/// needs a tag.
+fn reaches<'a>(own: Option<&str>, tagged: bool, prefixes: &[&'a str]) -> Option<&'a str> {
     if tagged {
         return None;
     }
-    let own = filter
-        .and_then(|f| f.prefix().or_else(|| f.and().and_then(|a| a.prefix())))
-        .or(legacy)
-        .unwrap_or("");
+    let own = own.unwrap_or("");
     prefixes
         .iter()
         .find(|p| p.starts_with(own) || own.starts_with(**p))
         .copied()
+}
+
+/// Whether an enabled lifecycle rule moves objects under `prefixes` (current or noncurrent
+/// versions) into Intelligent-Tiering.
+pub fn into_intelligent_tiering(rules: &[LifecycleRule], prefixes: &[&str]) -> bool {
+    rules.iter().any(|rule| {
+        *rule.status() == ExpirationStatus::Enabled
+            && applies_to(rule, prefixes).is_some()
+            && moved_to(rule).any(|class| *class == TransitionStorageClass::IntelligentTiering)
+    })
+}
+
+/// The storage classes a rule moves objects to, current versions or noncurrent ones.
+fn moved_to(rule: &LifecycleRule) -> impl Iterator<Item = &TransitionStorageClass> {
+    rule.transitions()
+        .iter()
+        .filter_map(|t| t.storage_class())
+        .chain(
+            rule.noncurrent_version_transitions()
+                .iter()
+                .filter_map(|t| t.storage_class()),
+        )
+}
+
+/// Why Intelligent-Tiering configurations would archive the sets' objects under `prefixes`
+/// (those a lifecycle rule moved into that class), or `None`.
+pub fn archived_by_tiering(
+    bucket: &str,
+    configurations: &[IntelligentTieringConfiguration],
+    prefixes: &[&str],
+) -> Option<String> {
+    let why: Vec<String> = configurations
+        .iter()
+        .filter(|c| *c.status() == IntelligentTieringStatus::Enabled)
+        .filter_map(|c| {
+            let filter = c.filter();
+            let tagged = filter.is_some_and(|f| f.tag().is_some())
+                || filter
+                    .and_then(|f| f.and())
+                    .is_some_and(|and| !and.tags().is_empty());
+            let own = filter.and_then(|f| f.prefix().or_else(|| f.and().and_then(|a| a.prefix())));
+            let scope = reaches(own, tagged, prefixes)?;
+            let archive = c.tierings().iter().find(|t| {
+                matches!(
+                    t.access_tier(),
+                    IntelligentTieringAccessTier::ArchiveAccess
+                        | IntelligentTieringAccessTier::DeepArchiveAccess
+                )
+            })?;
+            Some(format!(
+                "Intelligent-Tiering configuration {:?} (on {scope}) moves objects a lifecycle rule put in INTELLIGENT_TIERING to {} after {} days: a restore cannot read them without a restore request to S3 first",
+                c.id(),
+                archive.access_tier().as_str(),
+                archive.days()
+            ))
+        })
+        .collect();
+    (!why.is_empty()).then(|| format!("bucket {bucket}: {}", why.join("; ")))
 }
 
 /// Reads the bucket's versioning and lifecycle, and says why it cannot hold sets.
@@ -127,7 +189,41 @@ pub async fn check(store: &Store, prefixes: &[&str]) -> Result<Option<String>, S
         Err(e) if e.code() == Some("NoSuchLifecycleConfiguration") => Vec::new(),
         Err(e) => return Err(failed("GetBucketLifecycleConfiguration", &store.bucket)(e)),
     };
-    Ok(unfit(&store.bucket, versioning.status(), &rules, prefixes))
+    if let Some(why) = unfit(&store.bucket, versioning.status(), &rules, prefixes) {
+        return Ok(Some(why));
+    }
+    if !into_intelligent_tiering(&rules, prefixes) {
+        return Ok(None);
+    }
+    let mut configurations = Vec::new();
+    let mut token = None;
+    loop {
+        let page = store
+            .client
+            .list_bucket_intelligent_tiering_configurations()
+            .bucket(&store.bucket)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(failed(
+                "ListBucketIntelligentTieringConfigurations",
+                &store.bucket,
+            ))?;
+        configurations.extend(
+            page.intelligent_tiering_configuration_list()
+                .iter()
+                .cloned(),
+        );
+        token = page.next_continuation_token().map(str::to_string);
+        if token.is_none() || page.is_truncated() != Some(true) {
+            break;
+        }
+    }
+    Ok(archived_by_tiering(
+        &store.bucket,
+        &configurations,
+        prefixes,
+    ))
 }
 
 #[cfg(test)]
@@ -163,6 +259,99 @@ mod tests {
 
     fn on(rules: &[LifecycleRule]) -> Option<String> {
         unfit("b", Some(&BucketVersioningStatus::Enabled), rules, PREFIXES)
+    }
+
+    fn tiering(
+        id: &str,
+        prefix: Option<&str>,
+        tier: IntelligentTieringAccessTier,
+    ) -> IntelligentTieringConfiguration {
+        let mut builder = IntelligentTieringConfiguration::builder()
+            .id(id)
+            .status(IntelligentTieringStatus::Enabled)
+            .tierings(
+                aws_sdk_s3::types::Tiering::builder()
+                    .days(90)
+                    .access_tier(tier)
+                    .build()
+                    .unwrap(),
+            );
+        if let Some(p) = prefix {
+            builder = builder.filter(
+                aws_sdk_s3::types::IntelligentTieringFilter::builder()
+                    .prefix(p)
+                    .build(),
+            );
+        }
+        builder.build().unwrap()
+    }
+
+    #[test]
+    fn intelligent_tiering_is_judged_only_where_a_rule_moves_objects_into_it() {
+        let into = |class: TransitionStorageClass, prefix: Option<&str>| {
+            rule(prefix)
+                .noncurrent_version_transitions(
+                    NoncurrentVersionTransition::builder()
+                        .noncurrent_days(30)
+                        .storage_class(class)
+                        .build(),
+                )
+                .build()
+                .unwrap()
+        };
+        assert!(into_intelligent_tiering(
+            &[into(TransitionStorageClass::IntelligentTiering, None)],
+            PREFIXES
+        ));
+        assert!(!into_intelligent_tiering(
+            &[into(
+                TransitionStorageClass::IntelligentTiering,
+                Some("logs/")
+            )],
+            PREFIXES
+        ));
+        assert!(!into_intelligent_tiering(
+            &[into(TransitionStorageClass::GlacierIr, None)],
+            PREFIXES
+        ));
+        assert!(!into_intelligent_tiering(&[], PREFIXES));
+    }
+
+    #[test]
+    fn archive_tiers_where_sets_are_are_refused_naming_the_configuration() {
+        let archive = tiering(
+            "cold",
+            Some("backups/"),
+            IntelligentTieringAccessTier::DeepArchiveAccess,
+        );
+        let said = archived_by_tiering("b", &[archive], PREFIXES).unwrap();
+        assert!(said.contains("\"cold\" (on backups/documents/)"), "{said}");
+        assert!(said.contains("DEEP_ARCHIVE_ACCESS after 90 days"), "{said}");
+        let everywhere = tiering("all", None, IntelligentTieringAccessTier::ArchiveAccess);
+        assert!(archived_by_tiering("b", std::slice::from_ref(&everywhere), PREFIXES).is_some());
+        // Elsewhere, disabled, or tag-filtered: no object of a set is reached.
+        let elsewhere = tiering(
+            "logs",
+            Some("logs/"),
+            IntelligentTieringAccessTier::ArchiveAccess,
+        );
+        let mut disabled = everywhere.clone();
+        disabled.status = IntelligentTieringStatus::Disabled;
+        let tagged = IntelligentTieringConfiguration::builder()
+            .id("tagged")
+            .status(IntelligentTieringStatus::Enabled)
+            .filter(
+                aws_sdk_s3::types::IntelligentTieringFilter::builder()
+                    .tag(Tag::builder().key("k").value("v").build().unwrap())
+                    .build(),
+            )
+            .tierings(everywhere.tierings()[0].clone())
+            .build()
+            .unwrap();
+        assert_eq!(
+            archived_by_tiering("b", &[elsewhere, disabled, tagged], PREFIXES),
+            None
+        );
     }
 
     #[test]

@@ -554,6 +554,9 @@ pub struct Lock {
     pub key: String,
     etag: String,
     pub holder: String,
+    /// When the write that set its current lease was sent: the lease is ours until
+    /// `lease` after this, whatever became of the writes since.
+    pub written: std::time::Instant,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -570,7 +573,8 @@ impl Store {
         holder: &str,
         lease: std::time::Duration,
         condition: LockCondition<'_>,
-    ) -> Result<String, StoreError> {
+    ) -> Result<(String, std::time::Instant), StoreError> {
+        let sent = std::time::Instant::now();
         let expires = crate::clock::now()
             + k8s_openapi::jiff::SignedDuration::try_from(lease)
                 .unwrap_or(k8s_openapi::jiff::SignedDuration::ZERO);
@@ -592,7 +596,7 @@ impl Store {
             LockCondition::Unchanged(etag) => request.if_match(etag),
         };
         let out = request.send().await.map_err(failed("PutObject", key))?;
-        Ok(out.e_tag().unwrap_or_default().to_string())
+        Ok((out.e_tag().unwrap_or_default().to_string(), sent))
     }
 
     /// Takes the lock at `key` for `lease`, or says who holds it until when. A lock whose
@@ -636,10 +640,11 @@ impl Store {
         lease: std::time::Duration,
     ) -> Result<Lock, (Option<k8s_openapi::jiff::Timestamp>, String)> {
         let refused = |said: String| (None, said);
-        let taken = |etag| Lock {
+        let taken = |(etag, written)| Lock {
             key: key.to_string(),
             etag,
             holder: holder.to_string(),
+            written,
         };
         match self
             .write_lock(key, holder, lease, LockCondition::Absent)
@@ -688,18 +693,23 @@ impl Store {
             })
     }
 
-    /// Extends the lease; fails when someone took the lock meanwhile.
-    pub async fn renew(&self, lock: &mut Lock, lease: std::time::Duration) -> Result<(), String> {
-        let etag = self
+    /// Extends the lease. A `PreconditionFailed` error means someone took the lock meanwhile;
+    /// any other leaves the lease as it was.
+    pub async fn renew(
+        &self,
+        lock: &mut Lock,
+        lease: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let (etag, written) = self
             .write_lock(
                 &lock.key,
                 &lock.holder,
                 lease,
                 LockCondition::Unchanged(&lock.etag),
             )
-            .await
-            .map_err(|e| format!("renewing the lock {}: {e}", lock.key))?;
+            .await?;
         lock.etag = etag;
+        lock.written = written;
         Ok(())
     }
 

@@ -319,6 +319,17 @@ impl Reconcile for OpenEMRBackup {
         Ok(observed)
     }
 
+    /// A completed set wakes its policy's other sets: retention judges them against it (it
+    /// may supersede one, or end a failed set's wait), at once rather than at their resync.
+    fn announced(&self) -> Option<(u64, Vec<(RefKind, String)>)> {
+        let policy = self.spec.policy_ref.as_ref()?;
+        let completed = self.phase() == BackupPhase::Completed;
+        Some((
+            u64::from(completed),
+            vec![(RefKind::Policy, policy.name.clone())],
+        ))
+    }
+
     fn references(&self) -> Vec<(RefKind, String)> {
         let clinic = self.spec.deployment_ref.name.clone();
         let mut refs = vec![

@@ -30,6 +30,7 @@ use kube::runtime::events::{Event, EventType};
 use super::job::{DocumentsJob, Task};
 use super::set;
 use crate::api::OpenEMRBackup;
+use crate::api::backup::{BackupPhase, CopyPhase};
 use crate::aws::rds::{Databases, DbSnapshot};
 use crate::controller::children::cached;
 use crate::controller::deployment::clinic::{self, aws_error};
@@ -184,6 +185,7 @@ pub async fn cleanup(set: &OpenEMRBackup, ctx: &Context) -> Result<(), Error> {
             writer_job: set::copy_job_name(&name),
             prune_job: set::copy_prune_job_name(&name),
             kms_key: None,
+            completed: copy.phase == Some(CopyPhase::Completed),
         };
         clean(ctx, set, (&d, aws), &place).await?;
     }
@@ -196,6 +198,7 @@ pub async fn cleanup(set: &OpenEMRBackup, ctx: &Context) -> Result<(), Error> {
         writer_job: set::documents_job_name(&name),
         prune_job: set::prune_job_name(&name),
         kms_key: status.kms_key_arn.clone(),
+        completed: set.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::Completed),
     };
     clean(ctx, set, (&d, aws), &home).await
 }
@@ -212,6 +215,10 @@ struct Place {
     writer_job: String,
     prune_job: String,
     kms_key: Option<String>,
+    /// Whether the part there completed: its snapshot was then seen in a listing, so every
+    /// later listing shows it until it is deleted, and the shared listing can be read
+    /// instead of a describe of its own.
+    completed: bool,
 }
 
 /// Deletes the set's data in `place`, a step per look: `Ok` once nothing is left there.
@@ -228,34 +235,66 @@ async fn clean(
     let name = set.name_any();
     let set_uid = set.uid().unwrap_or_default();
     let (clients, bucket) = (&place.clients, &place.bucket);
-    let snapshot = clients
-        .describe_snapshot(&place.identifier)
-        .await
-        .map_err(aws_error("reading the set's snapshot"))?
-        // A snapshot of this name made for an earlier set of the name is not this one's; a
-        // rebuilt record knows its own by the ARN its manifest gave.
-        .filter(|s| {
-            s.tags
-                .get(set::SET_UID_TAG)
-                .is_none_or(|uid| *uid == set_uid)
-                || (s.arn.is_some() && place.recorded_arn.as_ref() == s.arn.as_ref())
-        });
+    // Deleted by this process: RDS finishes what it accepted. A completed set's snapshot
+    // is read from a fresh listing when there is one (sets in flight keep one), else
+    // described.
+    let snapshot = if aws
+        .snapshots
+        .was_deleted(clients, &place.identifier, &set_uid)
+    {
+        None
+    } else {
+        let listed = if place.completed {
+            aws.snapshots
+                .peek(clients, &place.identifier, aws.progress_interval)
+                .await
+        } else {
+            None
+        };
+        match listed {
+            Some(listed) => listed,
+            None => clients
+                .describe_snapshot(&place.identifier)
+                .await
+                .map_err(aws_error("reading the set's snapshot"))?,
+        }
+    }
+    // A snapshot of this name made for an earlier set of the name is not this one's; a
+    // rebuilt record knows its own by the ARN its manifest gave.
+    .filter(|s| {
+        s.tags
+            .get(set::SET_UID_TAG)
+            .is_none_or(|uid| *uid == set_uid)
+            || (s.arn.is_some() && place.recorded_arn.as_ref() == s.arn.as_ref())
+    });
     let documents_manifest = set::documents_manifest_key(&name);
     // A set that started database-only and recorded no documents never wrote any.
     let no_documents = set.status.as_ref().is_some_and(|s| {
         s.include_documents == Some(false) && s.documents.is_none() && s.documents_job.is_none()
     });
-    let left = Left {
-        documents_job: job_left(ctx, &ns, &place.writer_job, &set_uid).await?,
-        snapshot,
-        documents_manifest: !no_documents
-            && super::object_exists(&clients.s3, bucket, &documents_manifest)
+    let documents_job = job_left(ctx, &ns, &place.writer_job, &set_uid).await?;
+    // The bucket is read only once the steps before it are done: the next step does not
+    // depend on it until then (what is unread counts as there).
+    let earlier_steps_left = documents_job == JobLeft::Running || snapshot.is_some();
+    let documents_manifest_left = !no_documents
+        && (earlier_steps_left
+            || super::object_exists(&clients.s3, bucket, &documents_manifest)
                 .await
-                .map_err(aws_error("reading the documents manifest"))?,
-        prune_job: job_left(ctx, &ns, &place.prune_job, &set_uid).await?,
-        set_manifest: super::object_exists(&clients.s3, bucket, &set::set_manifest_key(&name))
-            .await
-            .map_err(aws_error("reading the set manifest"))?,
+                .map_err(aws_error("reading the documents manifest"))?);
+    let left = Left {
+        documents_job,
+        snapshot,
+        documents_manifest: documents_manifest_left,
+        prune_job: if documents_manifest_left {
+            job_left(ctx, &ns, &place.prune_job, &set_uid).await?
+        } else {
+            JobLeft::Absent
+        },
+        set_manifest: earlier_steps_left
+            || documents_manifest_left
+            || super::object_exists(&clients.s3, bucket, &set::set_manifest_key(&name))
+                .await
+                .map_err(aws_error("reading the set manifest"))?,
     };
     let step = next_step(&left);
     let region = &place.region;
@@ -275,6 +314,7 @@ async fn clean(
                 .delete_snapshot(&id)
                 .await
                 .map_err(aws_error("deleting the set's snapshot"))?;
+            aws.snapshots.deleted(clients, &id, &set_uid);
             Err(waiting(format!("snapshot {id} to be deleted")))
         }
         Step::WaitForSnapshot(id) => Err(waiting(format!("snapshot {id} to be deleted"))),
@@ -331,7 +371,8 @@ async fn clean(
                 .delete_every_version(&set::set_manifest_key(&name))
                 .await
                 .map_err(|e| Error::Cleanup(format!("deleting the set manifest: {e}")))?;
-            Err(waiting("the set manifest's deletion to show".into()))
+            // S3 lists and reads what it deleted as gone at once: nothing is left here.
+            Ok(())
         }
     }
 }
