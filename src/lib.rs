@@ -5,7 +5,8 @@
 //! a pipeline of observe → plan (pure) → act → status; `aws` builds the AWS clients and
 //! counts their calls; `run` is the `run` command; `server` serves health and metrics;
 //! `metrics` owns the Prometheus registry; `clock` is the wall clock every time comparison
-//! reads; `conditions` and `schedule` are pure helpers.
+//! reads; `mysql` is the operator's own TLS sessions with a clinic's database;
+//! `conditions` and `schedule` are pure helpers.
 
 // kube's `printcolumn(...)` repeats `type_ = ...` by design; clippy reads it as duplicates.
 #[allow(clippy::duplicated_attributes)]
@@ -16,6 +17,7 @@ pub mod conditions;
 pub mod controller;
 pub mod documents;
 pub mod metrics;
+pub mod mysql;
 pub mod run;
 pub mod schedule;
 pub mod server;

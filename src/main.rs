@@ -96,6 +96,57 @@ enum Command {
         #[command(subcommand)]
         command: DocumentsCommand,
     },
+    /// Run a restore's database checks (DatabaseReachable, SchemaPresent, TablesNonEmpty)
+    /// against a clinic's database, as the operator does after a restore: TLS verified
+    /// against the CA bundle and the endpoint's name. For a restore or drill made by hand.
+    /// The password is read from MYSQL_PASSWORD only, so it never shows in a process list.
+    /// Prints one JSON line per check; exit 0: all passed, 1: one failed, 2: bad usage.
+    CheckDatabase {
+        /// The endpoint as RDS reports it, `HOST:PORT` (3306 if no port).
+        #[arg(long)]
+        endpoint: String,
+        /// The user to log in as (the master user, or OpenEMR's).
+        #[arg(long, env = "MYSQL_USER")]
+        user: String,
+        /// OpenEMR's schema.
+        #[arg(long, default_value = "openemr")]
+        database: String,
+        /// The PEM bundle the server's certificate must chain to (AWS's RDS bundle).
+        #[arg(long, env = "MYSQL_CA_FILE", default_value = DEFAULT_MYSQL_CA_FILE)]
+        mysql_ca_file: PathBuf,
+        /// Dial an endpoint elsewhere, `NAME=HOST:PORT` with NAME a host name or `*.domain`
+        /// (repeatable); the certificate is still checked against the endpoint's name.
+        #[arg(
+            long = "database-address",
+            env = "DATABASE_ADDRESSES",
+            value_delimiter = ','
+        )]
+        database_addresses: Vec<String>,
+        /// Give up connecting after this long.
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Point a restored site's `sqlconf.php` at the database it now uses (a restore step,
+    /// run in the restore's Job): its host, port, login, password and schema are replaced,
+    /// every other line kept. The password is read from OPENEMR_DATABASE_PASSWORD only.
+    /// Prints one JSON line (no password); exit 0: rewritten, 1: refused or failed, the
+    /// file untouched, 2: bad usage.
+    SiteConfig {
+        /// The site's directory (the volume's `default/`).
+        #[arg(long)]
+        site_dir: PathBuf,
+        /// The database endpoint's host name.
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value_t = 3306)]
+        port: u16,
+        /// OpenEMR's MySQL user.
+        #[arg(long)]
+        login: String,
+        /// OpenEMR's schema.
+        #[arg(long, default_value = "openemr")]
+        database: String,
+    },
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
     Crd {
         /// Write `<group>_<plural>.yaml` files here instead of printing.
@@ -306,6 +357,71 @@ fn holder() -> String {
 }
 
 /// Runs a documents subcommand; prints its summary as one JSON line.
+/// The `check-database` command: one JSON line per database check.
+fn check_database(
+    endpoint: &str,
+    login: &openemr_operator::mysql::Login,
+    ca_file: &std::path::Path,
+    addresses: &[String],
+    timeout: Duration,
+) -> ExitCode {
+    use openemr_operator::mysql::{self, checks};
+    let usage = |e: String| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    };
+    let (host, port) = match endpoint.rsplit_once(':') {
+        Some((h, p)) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => (h, p),
+            _ => {
+                return usage(format!(
+                    "--endpoint {endpoint:?}: the port must be 1 to 65535"
+                ));
+            }
+        },
+        None => (endpoint, 3306),
+    };
+    let endpoint = mysql::Endpoint {
+        host: host.to_string(),
+        port,
+    };
+    let addresses = match mysql::AddressMap::parse(addresses) {
+        Ok(a) => a,
+        Err(e) => return usage(e),
+    };
+    let ca = match std::fs::read(ca_file) {
+        Ok(ca) => ca,
+        Err(e) => return usage(format!("--mysql-ca-file {}: {e}", ca_file.display())),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return usage(e.to_string()),
+    };
+    let verdict = runtime.block_on(async {
+        let mut session = mysql::connect(&endpoint, login, &ca, &addresses, timeout).await;
+        let verdict =
+            checks::run(&checks::DATABASE_CHECKS, session.as_mut().map_err(|e| &*e)).await;
+        if let Ok(s) = session {
+            s.close().await;
+        }
+        verdict
+    });
+    for f in &verdict.findings {
+        println!(
+            "{}",
+            serde_json::json!({"check": f.check, "passed": f.passed, "message": f.message})
+        );
+    }
+    if verdict.findings.iter().all(|f| f.passed) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -487,17 +603,16 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Where the operator's image mounts AWS's RDS CA bundle.
+const DEFAULT_MYSQL_CA_FILE: &str = "/etc/openemr-operator/ca/rds-ca.pem";
+
 /// The web tier's CA bundles and setup Job limits.
 #[derive(clap::Args, Debug, Clone)]
 struct WebFlags {
     /// PEM bundle the web tier trusts for MySQL: AWS's RDS bundle (global, or the
     /// region's). Read on every look at a clinic, so replacing the file (a mounted
     /// ConfigMap) reaches every clinic; the workers roll when it changes.
-    #[arg(
-        long,
-        env = "MYSQL_CA_FILE",
-        default_value = "/etc/openemr-operator/ca/rds-ca.pem"
-    )]
+    #[arg(long, env = "MYSQL_CA_FILE", default_value = DEFAULT_MYSQL_CA_FILE)]
     mysql_ca_file: PathBuf,
     /// PEM bundle the web tier trusts for Redis: Amazon Root CA 1, where ElastiCache's
     /// chain ends.
@@ -711,6 +826,63 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd { dir } => write_crds(dir),
+        Command::SiteConfig {
+            site_dir,
+            host,
+            port,
+            login,
+            database,
+        } => {
+            use openemr_operator::documents::sqlconf;
+            let Ok(password) = std::env::var("OPENEMR_DATABASE_PASSWORD") else {
+                eprintln!("error: set OPENEMR_DATABASE_PASSWORD to OpenEMR's database password");
+                return ExitCode::from(2);
+            };
+            let to = sqlconf::DatabaseSettings {
+                host,
+                port,
+                login,
+                password: openemr_operator::aws::secrets::SecretValue(password),
+                database,
+            };
+            let (line, code) = match sqlconf::rewrite_file(&site_dir, &to) {
+                Ok(file) => (
+                    serde_json::json!({"file": file, "host": to.host, "port": to.port, "login": to.login, "database": to.database}),
+                    ExitCode::SUCCESS,
+                ),
+                Err(e) => (
+                    serde_json::json!({"error": e.to_string(), "reason": e.reason()}),
+                    ExitCode::from(1),
+                ),
+            };
+            println!("{line}");
+            return code;
+        }
+        Command::CheckDatabase {
+            endpoint,
+            user,
+            database,
+            mysql_ca_file,
+            database_addresses,
+            timeout,
+        } => {
+            let Ok(password) = std::env::var("MYSQL_PASSWORD") else {
+                eprintln!("error: set MYSQL_PASSWORD to the user's password");
+                return ExitCode::from(2);
+            };
+            let login = openemr_operator::mysql::Login {
+                user,
+                password: openemr_operator::aws::secrets::SecretValue(password),
+                database: Some(database),
+            };
+            return check_database(
+                &endpoint,
+                &login,
+                &mysql_ca_file,
+                &database_addresses,
+                timeout,
+            );
+        }
         Command::Documents { command } => match run_documents(command) {
             Ok(code) => return code,
             Err(e) => Err(e),

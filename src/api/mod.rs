@@ -81,11 +81,13 @@ pub enum ConsistencyMode {
 /// A check run against a restored clinic before a restore (or drill) counts as verified.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum VerificationCheck {
-    /// The database accepts a TLS connection with the clinic's credentials.
+    /// The database accepts a TLS connection with the clinic's credentials, its certificate
+    /// verified against the CA bundle and the endpoint's name.
     DatabaseReachable,
-    /// OpenEMR's schema is present (its key tables exist).
+    /// OpenEMR's schema is present: its key tables exist and `version` has one row.
     SchemaPresent,
-    /// OpenEMR's key tables (patients, users, encounters) are not empty.
+    /// OpenEMR's accounts, patients and settings (`users`, `patient_data`, `globals`) are
+    /// not empty.
     TablesNonEmpty,
     /// The restored documents are present in the shared volume.
     DocumentsPresent,

@@ -8,6 +8,7 @@
 //! set is the same object version, referenced by every set's [`manifest`]. A set is named
 //! by its manifest's key. [`backup`] walks and stores, [`restore`] brings a set back,
 //! [`verify`] checks one without downloading it, [`prune`] drops sets, [`copy`] copies one into another region's bucket,
+//! [`sqlconf`] points a restored site at its database,
 //! [`store`] is all it asks of S3, [`walk`] the ordered walk.
 
 pub mod backup;
@@ -17,6 +18,7 @@ pub mod journal;
 pub mod manifest;
 pub mod prune;
 pub mod restore;
+pub mod sqlconf;
 pub mod store;
 pub mod sweep;
 pub mod verify;

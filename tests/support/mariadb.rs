@@ -1,6 +1,8 @@
 //! A MariaDB server (Debian's, installed by `hack/install-mariadb.sh`) as a plain process on
-//! 127.0.0.1 and a free port, with TLS required: what the setup script and, later, restore
-//! checks talk to. Its root user is reached over the socket; it stops when dropped.
+//! 127.0.0.1 and a free port, with TLS required: what the setup script and the restore
+//! checks talk to. Its certificate, from a CA made here, names 127.0.0.1 and any host names
+//! asked for (an RDS endpoint's, so hostname verification is tested through the operator's
+//! address map). Its root user is reached over the socket; it stops when dropped.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 pub struct MariaDb {
     pub dir: PathBuf,
     pub port: u16,
-    /// The CA that signed the server's certificate (a SAN of IP 127.0.0.1).
+    /// The CA that signed the server's certificate (SANs: IP 127.0.0.1 and the names given).
     pub ca: PathBuf,
     server: Child,
 }
@@ -55,6 +57,11 @@ fn free_port() -> u16 {
 impl MariaDb {
     /// A new server in a new directory under the system's temporary directory.
     pub fn start(name: &str) -> MariaDb {
+        MariaDb::start_for(name, &[])
+    }
+
+    /// A new server whose certificate also names `hosts` (e.g. `*.aaaaaaaaaa.us-east-1.rds.amazonaws.com`).
+    pub fn start_for(name: &str, hosts: &[&str]) -> MariaDb {
         let dir = std::env::temp_dir().join(format!("openemr-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -62,7 +69,7 @@ impl MariaDb {
         // /tmp were seen to vanish while several servers were made at once.
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let tmpdir = format!("--tmpdir={}", dir.join("tmp").display());
-        let ca = certificates(&dir);
+        let ca = certificates(&dir, hosts);
         let user = run(Command::new("id").arg("-un")).trim().to_string();
         run(Command::new(program("mariadb-install-db"))
             .arg("--no-defaults")
@@ -136,8 +143,15 @@ impl Drop for MariaDb {
     }
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`; the CA's path.
-fn certificates(dir: &Path) -> PathBuf {
+/// A CA of its own in `dir` (`ca.pem`, `ca.key`), which signed nothing: what a client
+/// trusting the wrong bundle holds. Its path.
+pub fn unrelated_ca(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    new_ca(dir, "/CN=unrelated-ca");
+    dir.join("ca.pem")
+}
+
+fn new_ca(dir: &Path, subject: &str) {
     let at = |f: &str| dir.join(f).display().to_string();
     run(Command::new("openssl")
         .args([
@@ -149,13 +163,20 @@ fn certificates(dir: &Path) -> PathBuf {
             "-days",
             "2",
             "-subj",
-            "/CN=test-ca",
+            subject,
             "-keyout",
             &at("ca.key"),
             "-out",
             &at("ca.pem"),
         ])
         .stderr(Stdio::null()));
+}
+
+/// A CA and a server certificate for 127.0.0.1 and `hosts` signed by it, in `dir`; the
+/// CA's path.
+fn certificates(dir: &Path, hosts: &[&str]) -> PathBuf {
+    let at = |f: &str| dir.join(f).display().to_string();
+    new_ca(dir, "/CN=test-ca");
     run(Command::new("openssl")
         .args([
             "req",
@@ -170,7 +191,12 @@ fn certificates(dir: &Path) -> PathBuf {
             &at("server.csr"),
         ])
         .stderr(Stdio::null()));
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    let names: String = hosts.iter().map(|h| format!(",DNS:{h}")).collect();
+    std::fs::write(
+        dir.join("san.ext"),
+        format!("subjectAltName=IP:127.0.0.1{names}\n"),
+    )
+    .unwrap();
     run(Command::new("openssl")
         .args([
             "x509",
