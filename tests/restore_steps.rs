@@ -333,6 +333,70 @@ async fn a_server_the_bundle_or_the_name_does_not_vouch_for_is_refused_and_said_
         .await;
 }
 
+#[tokio::test]
+async fn openemrs_user_gets_a_new_password_and_keeps_its_tls_requirement() {
+    let db = server("password-reset");
+    db.root("CREATE USER 'openemr'@'%' IDENTIFIED BY 'SourcePassw0rd' REQUIRE SSL; GRANT ALL ON openemr.* TO 'openemr'@'%'");
+    let ca = std::fs::read(&db.ca).unwrap();
+    let map = addresses(&db);
+    let as_openemr = |password: &str| Login {
+        user: "openemr".into(),
+        password: SecretValue(password.into()),
+        database: Some("openemr".into()),
+    };
+    let at = endpoint("restored");
+    let timeout = Duration::from_secs(20);
+
+    let mut master = connect(&at, &login("openemr", MASTER_PASSWORD), &ca, &map, timeout)
+        .await
+        .unwrap();
+    master
+        .set_password("openemr", &SecretValue("TargetPassw0rd9".into()))
+        .await
+        .unwrap();
+    // The new password logs in, over TLS, and the old one no longer does.
+    let mut user = connect(&at, &as_openemr("TargetPassw0rd9"), &ca, &map, timeout)
+        .await
+        .unwrap();
+    let v = checks::run(&[VerificationCheck::DatabaseReachable], Ok(&mut user)).await;
+    assert!(v.findings[0].passed, "{:?}", v.findings);
+    user.close().await;
+    let e = connect(&at, &as_openemr("SourcePassw0rd"), &ca, &map, timeout)
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason(), "DatabaseLoginRefused", "{e}");
+    assert_eq!(
+        db.root("SELECT ssl_type FROM mysql.user WHERE user = 'openemr'"),
+        "ANY"
+    );
+
+    // Values whose quoting would depend on the server's sql_mode are refused, unsent.
+    for bad in ["it's", r"back\slash", ""] {
+        let e = master
+            .set_password("openemr", &SecretValue(bad.into()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "DatabaseStatementFailed");
+        assert!(
+            e.to_string()
+                .contains("the password is empty or holds a quote"),
+            "{e}"
+        );
+    }
+    // A user that does not exist: the server's words, no password in them.
+    let e = master
+        .set_password("nobody", &SecretValue("Whatever123".into()))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("setting the password of nobody: "),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("Whatever123"), "{e}");
+    master.close().await;
+}
+
 /// As OpenEMR's installer writes it: a tab before each `=`, values unescaped.
 const INSTALLED_SQLCONF: &str = "<?php\n//  OpenEMR\n//  MySQL Config\n\n$host\t= 'source-db.aaaaaaaaaa.us-east-1.rds.amazonaws.com';\n$port\t= '3306';\n$login\t= 'openemr';\n$pass\t= 'source-secret';\n$dbase\t= 'openemr';\n\n$sqlconf = array();\nglobal $sqlconf;\n$sqlconf[\"host\"]= $host;\n$sqlconf[\"port\"] = $port;\n$sqlconf[\"login\"] = $login;\n$sqlconf[\"pass\"] = $pass;\n$sqlconf[\"dbase\"] = $dbase;\n\n//////////////////////////\n//////DO NOT TOUCH THIS///\n$config = 1; /////////////\n//////////////////////////\n?>\n";
 

@@ -311,6 +311,43 @@ impl Session {
             .map_err(|e| statement_error(what, e))
     }
 
+    /// Gives the account `user`@`%` (how OpenEMR's user is made) a new password, keeping
+    /// the rest of it (`REQUIRE SSL`, grants). `ALTER USER` takes no placeholders, so both
+    /// values are written as SQL string literals; a value whose quoting would depend on the
+    /// server's `sql_mode` (a quote, a backslash) or that holds a NUL is refused instead,
+    /// and the server's words are repeated only with the password taken out.
+    pub async fn set_password(
+        &mut self,
+        user: &str,
+        password: &SecretValue,
+    ) -> Result<(), SqlError> {
+        let what = format!("setting the password of {user}");
+        let unquotable = |v: &str| v.is_empty() || v.contains(['\'', '\\', '\0']);
+        if unquotable(user) {
+            return Err(SqlError::Statement {
+                what,
+                detail: "the user name is empty or holds a quote, a backslash or a NUL".into(),
+            });
+        }
+        if unquotable(&password.0) {
+            return Err(SqlError::Statement {
+                what,
+                detail: "the password is empty or holds a quote, a backslash or a NUL".into(),
+            });
+        }
+        let sql = format!("ALTER USER '{user}'@'%' IDENTIFIED BY '{}'", password.0);
+        self.conn
+            .query_drop(sql)
+            .await
+            .map_err(|e| SqlError::Statement {
+                what,
+                detail: crate::controller::redact::redact(
+                    &e.to_string(),
+                    std::slice::from_ref(&password.0),
+                ),
+            })
+    }
+
     /// Closes the session politely (a dropped one is closed too, less tidily).
     pub async fn close(self) {
         let _ = self.conn.disconnect().await;
