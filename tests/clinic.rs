@@ -1577,3 +1577,103 @@ async fn an_adopted_instances_outages_are_sent_only_as_approved() {
     }
     drop(operator);
 }
+
+/// The seam a restore fills a clinic through (`openemr.io/restored-by`): the clinic builds
+/// its stack but creates no database and says whose it waits for; the instance the restore
+/// makes under the clinic's identifier, tagged as restored, becomes its database, and the
+/// setup Job attaches to it: OpenEMR's installer never runs over restored data.
+#[tokio::test]
+async fn a_clinic_a_restore_fills_creates_no_database_and_never_installs() {
+    use k8s_openapi::api::batch::v1::Job;
+    use openemr_operator::controller::deployment::clinic::{ClinicNames, ClusterId, RESTORED_BY};
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "filled").await;
+    let region = "ap-southeast-2";
+    let aws = moto(region).await;
+    let rds = aws_sdk_rds::Client::new(&aws);
+    let cfn = aws_sdk_cloudformation::Client::new(&aws);
+    let operator = Operator::start_with(env(), Some(&ns.name), &["--inventory-interval", "3s"]);
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let mut manifest = support::clinic_manifest("copy-a", region, "  deletionPolicy: Retain\n");
+    manifest["metadata"]["annotations"] = serde_json::json!({RESTORED_BY: "restore-a"});
+    manifest["spec"]["web"]["replicas"] = serde_json::json!(1);
+    apply(&client, &ns.name, &manifest).await.unwrap();
+
+    let waiting = wait_for_reason(&clinics, "copy-a", "DatabaseReady", "WaitingForRestore").await;
+    let names = ClinicNames::new(
+        &ClusterId::parse(&format!("t{}", std::process::id())).unwrap(),
+        &ns.name,
+        "copy-a",
+    );
+    assert!(
+        waiting.message.contains("RestoreRequest restore-a")
+            && waiting.message.contains(&names.db_instance),
+        "{}",
+        waiting.message
+    );
+    let clinic = clinics.get("copy-a").await.unwrap();
+    let stack = clinic.status.as_ref().unwrap().stack.clone().unwrap().name;
+    tokio::time::sleep(INVENTORY * 2).await;
+    let calls = aws_calls(&operator).await;
+    assert_eq!(calls.get("CreateDBInstance"), None, "{calls:?}");
+    assert!(!db_exists(&rds, &names.db_instance).await);
+
+    // The restore's part, played here: an instance under the clinic's identifier with the
+    // clinic's tags (the stack's) and the restore's mark.
+    let tags = cfn
+        .describe_stacks()
+        .stack_name(&stack)
+        .send()
+        .await
+        .unwrap()
+        .stacks()[0]
+        .tags()
+        .iter()
+        .map(|t| {
+            aws_sdk_rds::types::Tag::builder()
+                .key(t.key().unwrap_or_default())
+                .value(t.value().unwrap_or_default())
+                .build()
+        })
+        .chain([aws_sdk_rds::types::Tag::builder()
+            .key(RESTORED_BY)
+            .value("uid-of-restore-a")
+            .build()])
+        .collect::<Vec<_>>();
+    rds.create_db_instance()
+        .db_instance_identifier(&names.db_instance)
+        .engine("mysql")
+        .db_instance_class("db.t4g.small")
+        .allocated_storage(20)
+        .master_username("openemr_admin")
+        .manage_master_user_password(true)
+        .db_name("openemr")
+        .set_tags(Some(tags))
+        .send()
+        .await
+        .unwrap();
+
+    wait_for_reason(&clinics, "copy-a", "DatabaseReady", "DatabaseAvailable").await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    let setup = eventually(Duration::from_secs(60), "the setup Job", || async {
+        jobs.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|j| {
+                j.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.contains("setup"))
+            })
+    })
+    .await;
+    let env_of =
+        serde_json::to_value(&setup.spec.unwrap().template.spec.unwrap().containers[0].env)
+            .unwrap();
+    assert_eq!(env_of[1]["value"], "attach", "{env_of}");
+    let calls = aws_calls(&operator).await;
+    assert_eq!(calls.get("CreateDBInstance"), None, "{calls:?}");
+    drop(operator);
+}

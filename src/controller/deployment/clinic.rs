@@ -225,6 +225,25 @@ pub const TAG_NAMESPACE: &str = "openemr.io/namespace";
 pub const TAG_NAME: &str = "openemr.io/name";
 pub const TAG_UID: &str = "openemr.io/uid";
 
+/// The seam between a restore and the clinic it fills: on a clinic, the annotation names
+/// the RestoreRequest that brings its database (and its `sites/`); the clinic then never
+/// creates a database of its own nor runs OpenEMR's installer, and waits for the instance
+/// the restore makes under the clinic's identifier. On that instance, the tag (value: the
+/// request's uid) says the same to whoever reads it later, so the installer never runs on
+/// it even if the annotation is taken off. Removing the annotation before any instance
+/// exists is how a person gives up on the restore: the clinic then creates an empty one.
+pub const RESTORED_BY: &str = "openemr.io/restored-by";
+
+/// The RestoreRequest a clinic waits for, if any ([`RESTORED_BY`]).
+pub fn restored_by(d: &crate::api::OpenEMRDeployment) -> Option<&str> {
+    d.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RESTORED_BY))
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
 /// The tags of every AWS resource of a clinic: the user's `spec.tags` plus the operator's
 /// own, which win (admission refuses user keys under `openemr.io/`).
 pub fn tags(

@@ -39,6 +39,9 @@ pub enum DatabaseOrigin {
     /// Found under the clinic's name but made by another incarnation of it (the uid on
     /// its tags) or by someone else (no uid).
     Foreign { uid: Option<String> },
+    /// Made by a restore ([`RESTORED_BY`](super::clinic::RESTORED_BY) on the instance or
+    /// the clinic): the restored site comes with it.
+    Restored { by: String },
 }
 
 impl DatabaseOrigin {
@@ -50,6 +53,7 @@ impl DatabaseOrigin {
                 format!("made by an earlier clinic of this name (uid {uid})")
             }
             DatabaseOrigin::Foreign { uid: None } => "not made by this operator".into(),
+            DatabaseOrigin::Restored { by } => format!("restored ({by})"),
         }
     }
 }

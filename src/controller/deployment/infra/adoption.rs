@@ -9,7 +9,9 @@ use crate::api::{OpenEMRDeployment, OpenEMRDeploymentStatus};
 use crate::aws::rds::DbInstance;
 use crate::aws::s3::BucketSettings;
 use crate::conditions::Verdict;
-use crate::controller::deployment::clinic::{TAG_NAME, TAG_NAMESPACE, TAG_UID};
+use crate::controller::deployment::clinic::{
+    RESTORED_BY, TAG_NAME, TAG_NAMESPACE, TAG_UID, restored_by,
+};
 use crate::controller::deployment::site::DatabaseOrigin;
 
 /// Condition type reporting how an adopted DB instance differed from the spec.
@@ -206,8 +208,20 @@ pub fn database_origin(d: &OpenEMRDeployment, db: &DbInstance) -> DatabaseOrigin
         .as_ref()
         .is_some_and(|a| a.db_instance_identifier.is_some());
     let uid = d.metadata.uid.as_deref().unwrap_or_default();
+    // A restored instance carries the clinic's uid like one it created empty: the restore's
+    // mark, on the instance or on the clinic, must win over it.
+    let restored = db
+        .tags
+        .get(RESTORED_BY)
+        .map(|request_uid| format!("by the RestoreRequest of uid {request_uid}"))
+        .or_else(|| restored_by(d).map(|name| format!("by RestoreRequest {name}")));
+    if adopted {
+        return DatabaseOrigin::Adopted;
+    }
+    if let Some(by) = restored {
+        return DatabaseOrigin::Restored { by };
+    }
     match db.tags.get(TAG_UID) {
-        _ if adopted => DatabaseOrigin::Adopted,
         Some(tagged) if tagged == uid => DatabaseOrigin::CreatedEmpty,
         other => DatabaseOrigin::Foreign {
             uid: other.cloned(),
@@ -255,6 +269,31 @@ mod tests {
         assert_eq!(
             database_origin(&adopted, &tagged(Some(&uid))),
             DatabaseOrigin::Adopted
+        );
+
+        // A restored instance carries this clinic's uid too: the restore's mark wins, on
+        // the instance (whatever the clinic says) or on the clinic.
+        let mut restored = tagged(Some(&uid));
+        restored
+            .tags
+            .insert(RESTORED_BY.into(), "9a9a-request-uid".into());
+        assert_eq!(
+            database_origin(&d, &restored),
+            DatabaseOrigin::Restored {
+                by: "by the RestoreRequest of uid 9a9a-request-uid".into()
+            }
+        );
+        let mut waiting = d.clone();
+        waiting
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(RESTORED_BY.into(), "copy-a".into());
+        assert_eq!(
+            database_origin(&waiting, &tagged(Some(&uid))),
+            DatabaseOrigin::Restored {
+                by: "by RestoreRequest copy-a".into()
+            }
         );
     }
 

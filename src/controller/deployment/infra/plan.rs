@@ -26,7 +26,7 @@ use crate::api::{OpenEMRDeployment, OpenEMRDeploymentStatus};
 use crate::aws::cloudformation::{StackFailure, StackInfo, StackRequest, StackState};
 use crate::aws::rds::{DbInstance, ModifyDb};
 use crate::conditions::Verdict;
-use crate::controller::deployment::clinic::db_identifier;
+use crate::controller::deployment::clinic::{RESTORED_BY, db_identifier, restored_by};
 
 /// The tags to put on the DB instance (the clinic's, `spec.tags` among them, where the
 /// instance lacks them or has other values) and the keys to remove: those of `spec.tags`
@@ -353,6 +353,7 @@ pub fn plan_infrastructure(
     let mut tag_keys = previous_tag_keys.clone();
     let mut reboot_note: Option<String> = None;
     let mut reboot_recheck: Option<Duration> = None;
+    let awaiting_restore = restored_by(d);
     let database_verdict = match (&infra.database, &placement) {
         _ if credentials_lost => Verdict::falsy(
             "DatabaseReady",
@@ -381,6 +382,17 @@ pub fn plan_infrastructure(
                 "DB instance {identifier} existed and is gone; the operator does not create an empty database in its place: restore it with a RestoreRequest, or delete and recreate this clinic for a new one"
             ),
         ),
+        (None, Some(_)) if awaiting_restore.is_some() => {
+            in_progress = true;
+            Verdict::falsy(
+                "DatabaseReady",
+                "WaitingForRestore",
+                format!(
+                    "the database comes from RestoreRequest {}, which restores it as DB instance {identifier}; this clinic creates none (remove the annotation {RESTORED_BY} to give up on the restore and create an empty one)",
+                    awaiting_restore.unwrap_or_default()
+                ),
+            )
+        }
         (None, None) => Verdict::falsy(
             "DatabaseReady",
             "WaitingForStack",
@@ -1107,6 +1119,49 @@ pub(crate) mod tests {
         );
         assert!(request.token.len() <= 128);
         assert_eq!(request.tags, seen.tags);
+    }
+
+    #[test]
+    fn a_clinic_a_restore_fills_waits_for_its_database_and_creates_none() {
+        let mut d = clinic();
+        d.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(RESTORED_BY.into(), "copy-a".into());
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
+        assert!(actions(&plan).is_empty(), "{:?}", actions(&plan));
+        let ready = plan
+            .verdicts
+            .iter()
+            .find(|v| v.type_ == "DatabaseReady")
+            .unwrap();
+        assert_eq!((ready.status, ready.reason), (false, "WaitingForRestore"));
+        assert!(
+            ready.message.contains("RestoreRequest copy-a")
+                && ready.message.contains(&seen.names.db_instance),
+            "{}",
+            ready.message
+        );
+        assert!(plan.in_progress, "looked at again at the progress interval");
+
+        // Once the restored instance is there, it is the clinic's database like any other.
+        seen.database = Some(available_db(&d, &seen));
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
+        assert!(!actions(&plan).iter().any(|a| a == "CreateDBInstance"));
+        let ready = plan
+            .verdicts
+            .iter()
+            .find(|v| v.type_ == "DatabaseReady")
+            .unwrap();
+        assert_ne!(ready.reason, "WaitingForRestore");
+
+        // Taking the annotation off gives up on the restore: an empty one is created.
+        d.metadata.annotations = None;
+        seen.database = None;
+        let plan = plan_infrastructure(&d, &seen, &Default::default(), &[], now());
+        assert_eq!(actions(&plan), ["CreateDBInstance"]);
     }
 
     #[test]

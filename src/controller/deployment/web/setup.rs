@@ -81,7 +81,9 @@ pub fn setup_step(
                 }
             }
         }
-        DatabaseOrigin::Adopted | DatabaseOrigin::Foreign { .. } => SetupMode::Attach,
+        DatabaseOrigin::Adopted
+        | DatabaseOrigin::Foreign { .. }
+        | DatabaseOrigin::Restored { .. } => SetupMode::Attach,
     };
     // Said wherever the setup of an existing database is reported.
     let attaching = match mode {
@@ -323,6 +325,9 @@ mod tests {
                 uid: Some("uid-0".into()),
             },
             DatabaseOrigin::Foreign { uid: None },
+            DatabaseOrigin::Restored {
+                by: "RestoreRequest copy-a".into(),
+            },
         ] {
             let site = Site {
                 database_origin: origin.clone(),
