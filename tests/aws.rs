@@ -375,3 +375,198 @@ async fn the_budget_paces_calls_and_none_fails() {
         30.0
     );
 }
+
+/// A restore's two RDS calls against moto, seen through the fault proxy: the restored
+/// instance is given the target's subnet group, security group, parameter group, safety
+/// settings and tags (never AWS's defaults) and no `ManageMasterUserPassword`, which RDS
+/// ignores on MySQL restores (moto honours it, so a test relying on it would pass here and
+/// fail on AWS); the managed master password then comes from `ModifyDBInstance`, with the
+/// target's key.
+#[tokio::test]
+async fn a_restored_instance_gets_the_targets_settings_then_a_managed_secret_of_its_own() {
+    use openemr_operator::aws::rds::{Databases, RestoreDb};
+    use std::collections::BTreeMap;
+    use support::faults::FaultProxy;
+    let region = "eu-south-1";
+    let direct = env().aws(Some(region)).await;
+    let rds = aws_sdk_rds::Client::new(&direct);
+    let template = serde_json::json!({
+        "Resources": {
+            "Vpc": {"Type": "AWS::EC2::VPC", "Properties": {"CidrBlock": "10.60.0.0/16"}},
+            "SubnetA": {"Type": "AWS::EC2::Subnet", "Properties": {
+                "VpcId": {"Ref": "Vpc"}, "CidrBlock": "10.60.0.0/20",
+                "AvailabilityZone": format!("{region}a")}},
+            "SubnetB": {"Type": "AWS::EC2::Subnet", "Properties": {
+                "VpcId": {"Ref": "Vpc"}, "CidrBlock": "10.60.16.0/20",
+                "AvailabilityZone": format!("{region}b")}},
+            "Group": {"Type": "AWS::EC2::SecurityGroup", "Properties": {
+                "GroupDescription": "target database", "VpcId": {"Ref": "Vpc"}}},
+            "Subnets": {"Type": "AWS::RDS::DBSubnetGroup", "Properties": {
+                "DBSubnetGroupDescription": "target", "SubnetIds": [{"Ref": "SubnetA"}, {"Ref": "SubnetB"}]}},
+            "Params": {"Type": "AWS::RDS::DBParameterGroup", "Properties": {
+                "Family": "mysql8.0", "Description": "target"}},
+            "Key": {"Type": "AWS::KMS::Key", "Properties": {"KeyPolicy": {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:*", "Resource": "*"}]}}},
+        },
+        "Outputs": {
+            "Group": {"Value": {"Fn::GetAtt": ["Group", "GroupId"]}},
+            "Subnets": {"Value": {"Ref": "Subnets"}},
+            "Params": {"Value": {"Ref": "Params"}},
+            "Key": {"Value": {"Fn::GetAtt": ["Key", "Arn"]}},
+        },
+    });
+    let cfn = aws_sdk_cloudformation::Client::new(&direct);
+    let target = support::create_stack(
+        &cfn,
+        &unique("restore-target"),
+        &template.to_string(),
+        &BTreeMap::new(),
+    )
+    .await;
+    let source = unique("restore-source");
+    rds.create_db_instance()
+        .db_instance_identifier(&source)
+        .engine("mysql")
+        .db_instance_class("db.t4g.small")
+        .allocated_storage(20)
+        .master_username("openemr_admin")
+        .master_user_password("SourceMaster1")
+        .send()
+        .await
+        .unwrap();
+    let snapshot = rds
+        .create_db_snapshot()
+        .db_instance_identifier(&source)
+        .db_snapshot_identifier(format!("{source}-set"))
+        .send()
+        .await
+        .unwrap()
+        .db_snapshot()
+        .and_then(|s| s.db_snapshot_arn())
+        .unwrap()
+        .to_string();
+
+    let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    proxy.record("RestoreDBInstanceFromDBSnapshot");
+    proxy.record("ModifyDBInstance");
+    let through = openemr_operator::aws::base_config_loader()
+        .endpoint_url(proxy.url())
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            env().var("AWS_ACCESS_KEY_ID"),
+            env().var("AWS_SECRET_ACCESS_KEY"),
+            None,
+            None,
+            "test",
+        ))
+        .load()
+        .await;
+    let metrics = Arc::new(Metrics::new());
+    let budgets = Arc::new(Budgets::new(BudgetConfig::default(), metrics.clone()));
+    let aws = AwsPool::new(through, metrics, budgets)
+        .clients(None, "", region)
+        .await;
+    let restored = unique("restored");
+    let text = |k: &str| target[k].clone();
+    let request = RestoreDb {
+        identifier: restored.clone(),
+        snapshot: snapshot.clone(),
+        instance_class: "db.t4g.medium".into(),
+        multi_az: false,
+        backup_retention: 14,
+        backup_window: "03:00-03:30".into(),
+        deletion_protection: true,
+        subnet_group: text("Subnets"),
+        security_group: text("Group"),
+        parameter_group: text("Params"),
+        tags: BTreeMap::from([
+            ("openemr.io/name".to_string(), "copy-a".to_string()),
+            ("openemr.io/restored-by".to_string(), "uid-r".to_string()),
+        ]),
+    };
+    aws.restore_instance(&request).await.unwrap();
+    aws.manage_master_password(&restored, &text("Key"))
+        .await
+        .unwrap();
+
+    let [sent] = &proxy.exchanges("RestoreDBInstanceFromDBSnapshot")[..] else {
+        panic!("one restore request")
+    };
+    for (param, value) in [
+        ("DBInstanceIdentifier", restored.as_str()),
+        ("DBSnapshotIdentifier", snapshot.as_str()),
+        ("DBInstanceClass", "db.t4g.medium"),
+        ("DBSubnetGroupName", &text("Subnets")),
+        ("VpcSecurityGroupIds.VpcSecurityGroupId.1", &text("Group")),
+        ("DBParameterGroupName", &text("Params")),
+        ("DeletionProtection", "true"),
+        ("PubliclyAccessible", "false"),
+        ("MultiAZ", "false"),
+        ("BackupRetentionPeriod", "14"),
+        ("CopyTagsToSnapshot", "true"),
+    ] {
+        assert_eq!(
+            sent.param(param).as_deref(),
+            Some(value),
+            "{param}: {}",
+            sent.request
+        );
+    }
+    let tags: BTreeMap<String, String> = (1..=2)
+        .filter_map(|i| {
+            Some((
+                sent.param(&format!("Tags.Tag.{i}.Key"))?,
+                sent.param(&format!("Tags.Tag.{i}.Value"))?,
+            ))
+        })
+        .collect();
+    assert_eq!(tags, request.tags);
+    // No key and no managed-password flag: RDS takes neither on a MySQL restore.
+    assert_eq!(
+        sent.param("ManageMasterUserPassword"),
+        None,
+        "{}",
+        sent.request
+    );
+    assert_eq!(sent.param("KmsKeyId"), None, "{}", sent.request);
+    let [modified] = &proxy.exchanges("ModifyDBInstance")[..] else {
+        panic!("one modify request")
+    };
+    assert_eq!(
+        modified.param("ManageMasterUserPassword").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        modified.param("MasterUserSecretKmsKeyId"),
+        Some(text("Key"))
+    );
+    assert_eq!(modified.param("ApplyImmediately").as_deref(), Some("true"));
+
+    // In moto: the instance has the target's pieces and a secret of its own.
+    let db = rds
+        .describe_db_instances()
+        .db_instance_identifier(&restored)
+        .send()
+        .await
+        .unwrap()
+        .db_instances()[0]
+        .clone();
+    assert_eq!(
+        db.db_subnet_group().and_then(|g| g.db_subnet_group_name()),
+        Some(text("Subnets").as_str())
+    );
+    assert_eq!(db.deletion_protection(), Some(true));
+    let secret = db.master_user_secret().and_then(|s| s.secret_arn());
+    assert!(secret.is_some(), "{db:?}");
+    // The source's own secret is no part of it (the source had none: a given password).
+    assert!(
+        rds.describe_db_instances()
+            .db_instance_identifier(&source)
+            .send()
+            .await
+            .unwrap()
+            .db_instances()[0]
+            .master_user_secret()
+            .is_none()
+    );
+}

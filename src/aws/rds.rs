@@ -113,6 +113,30 @@ impl std::fmt::Debug for CreateDb {
     }
 }
 
+/// A DB instance restored from a snapshot into a target clinic: every setting a new
+/// clinic database gets is given, since RDS otherwise applies its defaults (the default
+/// VPC's subnet group and security group, the default parameter group, no deletion
+/// protection). There is no key: a restored instance keeps its snapshot's, so a restore
+/// that must change keys copies the snapshot with the target's key first. There is no
+/// master password either: RDS restores the snapshot's, and ignores
+/// `ManageMasterUserPassword` on a MySQL restore (its API reference: "Applies to RDS for
+/// Oracle only"), so [`Databases::manage_master_password`] follows the restore.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreDb {
+    pub identifier: String,
+    /// The snapshot's identifier (this account and region) or ARN.
+    pub snapshot: String,
+    pub instance_class: String,
+    pub multi_az: bool,
+    pub backup_retention: i32,
+    pub backup_window: String,
+    pub deletion_protection: bool,
+    pub subnet_group: String,
+    pub security_group: String,
+    pub parameter_group: String,
+    pub tags: BTreeMap<String, String>,
+}
+
 /// The fields of a `ModifyDBInstance`; `None` leaves a field as it is.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ModifyDb {
@@ -165,6 +189,19 @@ pub trait Databases {
     fn create_instance(
         &self,
         request: &CreateDb,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// `RestoreDBInstanceFromDBSnapshot` ([`RestoreDb`]).
+    fn restore_instance(
+        &self,
+        request: &RestoreDb,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Turns on the master password RDS manages in Secrets Manager, encrypted with
+    /// `kms_key_id`, applied at once: how a restored instance gets a secret of its own
+    /// without anyone knowing the password its snapshot carried.
+    fn manage_master_password(
+        &self,
+        identifier: &str,
+        kms_key_id: &str,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
     fn modify_instance(
         &self,
@@ -384,6 +421,50 @@ impl Databases for AwsClients {
             MasterPassword::Given(password) => request.master_user_password(password),
         };
         self.call(Service::Rds, "CreateDBInstance", request.send())
+            .await
+            .map(|_| ())
+    }
+
+    async fn restore_instance(&self, r: &RestoreDb) -> Result<(), AwsError> {
+        let request = self
+            .rds
+            .restore_db_instance_from_db_snapshot()
+            .db_instance_identifier(&r.identifier)
+            .db_snapshot_identifier(&r.snapshot)
+            .engine("mysql")
+            .db_instance_class(&r.instance_class)
+            .storage_type(STORAGE_TYPE)
+            .publicly_accessible(false)
+            .db_subnet_group_name(&r.subnet_group)
+            .vpc_security_group_ids(&r.security_group)
+            .db_parameter_group_name(&r.parameter_group)
+            .multi_az(r.multi_az)
+            .backup_retention_period(r.backup_retention)
+            .preferred_backup_window(&r.backup_window)
+            .deletion_protection(r.deletion_protection)
+            .copy_tags_to_snapshot(true)
+            .auto_minor_version_upgrade(true)
+            .set_tags(Some(rds_tags(&r.tags)))
+            .send();
+        self.call(Service::Rds, "RestoreDBInstanceFromDBSnapshot", request)
+            .await
+            .map(|_| ())
+    }
+
+    async fn manage_master_password(
+        &self,
+        identifier: &str,
+        kms_key_id: &str,
+    ) -> Result<(), AwsError> {
+        let request = self
+            .rds
+            .modify_db_instance()
+            .db_instance_identifier(identifier)
+            .manage_master_user_password(true)
+            .master_user_secret_kms_key_id(kms_key_id)
+            .apply_immediately(true)
+            .send();
+        self.call(Service::Rds, "ModifyDBInstance", request)
             .await
             .map(|_| ())
     }
