@@ -1677,3 +1677,72 @@ async fn a_clinic_a_restore_fills_creates_no_database_and_never_installs() {
     assert_eq!(calls.get("CreateDBInstance"), None, "{calls:?}");
     drop(operator);
 }
+
+/// A point-in-time restore is judged against the clinic's restorable window by the
+/// operator itself (moto would restore any instant): a time before the window is refused
+/// naming the window, one inside it is accepted.
+#[tokio::test]
+async fn a_point_in_time_outside_the_clinics_window_is_refused_naming_the_window() {
+    use k8s_openapi::jiff::Timestamp;
+    use openemr_operator::api::RestoreRequest;
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "window").await;
+    let region = "ap-northeast-2";
+    let operator = Operator::start_with(env(), Some(&ns.name), &["--inventory-interval", "3s"]);
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let requests: Api<RestoreRequest> = Api::namespaced(client.clone(), &ns.name);
+    apply(
+        &client,
+        &ns.name,
+        &support::clinic_manifest("clinic-w", region, "  database: {backupRetentionDays: 7}\n"),
+    )
+    .await
+    .unwrap();
+    let latest = eventually(
+        Duration::from_secs(90),
+        "the clinic's restorable window",
+        || async {
+            clinics
+                .get("clinic-w")
+                .await
+                .ok()?
+                .status?
+                .database?
+                .latest_restorable_time
+                .map(|t| t.0)
+        },
+    )
+    .await;
+    let request = |name: &str, time: Timestamp| {
+        documents(&format!(
+            "
+apiVersion: openemr.io/v1alpha1
+kind: RestoreRequest
+metadata: {{name: {name}}}
+spec:
+  source: {{pointInTime: {{deploymentRef: {{name: clinic-w}}, time: '{time}'}}}}
+"
+        ))
+        .remove(0)
+    };
+    let too_old = Timestamp::from_second(latest.as_second() - 8 * 86_400).unwrap();
+    apply(&client, &ns.name, &request("too-old", too_old))
+        .await
+        .unwrap();
+    let refused =
+        wait_for_reason(&requests, "too-old", "Accepted", "PointInTimeOutsideWindow").await;
+    assert!(
+        refused
+            .message
+            .contains("outside clinic clinic-w's restorable window")
+            && refused.message.contains("backupRetentionDays"),
+        "{}",
+        refused.message
+    );
+    let recent = Timestamp::from_second(latest.as_second() - 3600).unwrap();
+    apply(&client, &ns.name, &request("recent", recent))
+        .await
+        .unwrap();
+    wait_for_reason(&requests, "recent", "Accepted", "Valid").await;
+    drop(operator);
+}

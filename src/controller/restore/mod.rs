@@ -4,12 +4,15 @@
 //! source (set, policy, clinic) exists, that a point in time is not in the future (looking
 //! again when it has passed), that an in-place target exists, and that a side-by-side
 //! target name is not taken by a clinic this request does not own. It reports `Accepted`
-//! and leaves the request `Pending`. The restore steps plug in here.
+//! and leaves the request `Pending`. The restore steps plug in here; [`source`] resolves
+//! what a request restores (pure).
+
+pub mod source;
 
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 
 use super::{Context, Error, NoChange, Plan, Reconcile, RefKind, Requeue, lookup, status_with};
 use crate::api::restore::RestorePhase;
@@ -25,6 +28,8 @@ pub struct Observed {
     pub in_place_target_exists: Option<bool>,
     /// For a side-by-side target: a clinic of that name exists and this request does not own it.
     pub side_by_side_name_taken: bool,
+    /// What the source resolves to now, or why it cannot be restored.
+    pub resolved: Option<Result<source::Resolved, source::Refusal>>,
 }
 
 impl Reconcile for RestoreRequest {
@@ -46,8 +51,22 @@ impl Reconcile for RestoreRequest {
                 .as_ref()
                 .map(|p| lookup(&caches.deployments, &ns, &p.deployment_ref.name).is_some())
         };
+        let sets: Vec<_> = caches
+            .backups
+            .state()
+            .into_iter()
+            .filter(|s| s.meta().namespace.as_deref() == Some(ns.as_str()))
+            .collect();
+        let sets: Vec<&crate::api::OpenEMRBackup> =
+            sets.iter().filter_map(|s| s.0.as_ref().ok()).collect();
+        let clinic = source
+            .point_in_time
+            .as_ref()
+            .and_then(|p| lookup(&caches.deployments, &ns, &p.deployment_ref.name));
+        let clinic = clinic.as_ref().and_then(|c| c.0.as_ref().ok());
         let mut observed = Observed {
             source_exists,
+            resolved: Some(source::resolve(source, &sets, clinic)),
             ..Observed::default()
         };
         if let Some(t) = &self.spec.target.in_place {
@@ -157,6 +176,13 @@ impl RestoreRequest {
                 "PointInTimeInFuture",
                 format!("spec.source.pointInTime.time {} is in the future", t.0),
             );
+        }
+        // What only the sets and the clinic can say (not completed, outside the window);
+        // a missing source was said above, naming the field.
+        if let Some(Err(refusal)) = &observed.resolved
+            && refusal.reason != "SourceNotFound"
+        {
+            return Verdict::falsy("Accepted", refusal.reason, refusal.message.clone());
         }
         if observed.in_place_target_exists == Some(false) {
             let name = self
@@ -300,6 +326,27 @@ mod tests {
             },
         );
         assert_eq!(c.reason, "TargetExists");
+    }
+
+    #[test]
+    fn a_source_the_sets_or_the_clinic_refuse_is_not_accepted() {
+        let r = request(serde_json::json!({"source": {"pointInTime": {
+            "deploymentRef": {"name": "clinic-a"}, "time": "2026-11-23T11:00:00Z"}}}));
+        let c = accepted(
+            &r,
+            Observed {
+                source_exists: Some(true),
+                resolved: Some(Err(source::Refusal {
+                    reason: "PointInTimeOutsideWindow",
+                    message: "outside the window".into(),
+                })),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+            ("False", "PointInTimeOutsideWindow", "outside the window")
+        );
     }
 
     #[test]

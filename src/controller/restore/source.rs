@@ -1,0 +1,507 @@
+//! Which data a restore brings back: the request's source resolved, purely, against the
+//! sets and the clinic the caches hold, or refused with a reason a person can act on.
+//!
+//! - `backupRef`: that set, which must be `Completed` (its manifest written, both halves
+//!   there).
+//! - `latestFromPolicy`: the policy's newest completed set (by completion time).
+//! - `pointInTime`: the clinic's database at that instant, which must lie in the clinic's
+//!   restorable window as its status reports it (the operator's own check: moto accepts any
+//!   time), or at the latest restorable time; the documents come from the clinic's newest
+//!   set completed at or before that instant, so database and documents are of one clinic
+//!   (the encryption keys in the `keys` table and the drive key files under
+//!   `sites/default/documents/logs_and_misc/methods/` are made once, at install, and stay
+//!   a pair), and the resolution says how far apart the two are.
+//! - `snapshot`: the ARN, key and documents given.
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::backup::BackupPhase;
+use crate::api::restore::RestoreSource;
+use crate::api::{OpenEMRBackup, OpenEMRDeployment};
+
+/// Where a set's documents are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Documents {
+    pub bucket: String,
+    /// The documents manifest's key.
+    pub manifest: String,
+}
+
+/// What a restore brings back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// The set restored (`backupRef`, `latestFromPolicy`), or whose documents go with a
+    /// point in time.
+    pub set: Option<String>,
+    /// The snapshot restored, when the source is one (not a point in time).
+    pub snapshot_arn: Option<String>,
+    /// For a point in time: the clinic and the instant (`None`: the latest restorable).
+    pub point_in_time: Option<(String, Option<Timestamp>)>,
+    /// The instant the restored database reflects.
+    pub data_time: Option<Timestamp>,
+    /// The documents restored with it; `None` restores the database alone (a
+    /// database-only set, or a point in time before the clinic's first set with documents).
+    pub documents: Option<Documents>,
+    /// How much older the documents are than the database, in seconds (a point in time).
+    pub documents_behind_seconds: Option<i64>,
+}
+
+/// Why the source cannot be restored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn refuse(reason: &'static str, message: String) -> Refusal {
+    Refusal { reason, message }
+}
+
+fn completed(set: &OpenEMRBackup) -> Option<Timestamp> {
+    let status = set.status.as_ref()?;
+    (status.phase == Some(BackupPhase::Completed))
+        .then(|| status.completion_time.as_ref().map(|t| t.0))
+        .flatten()
+}
+
+fn documents_of(set: &OpenEMRBackup) -> Option<Documents> {
+    let d = set.status.as_ref()?.documents.as_ref()?;
+    Some(Documents {
+        bucket: d.bucket.clone(),
+        manifest: d.manifest.clone(),
+    })
+}
+
+fn name(set: &OpenEMRBackup) -> String {
+    set.metadata.name.clone().unwrap_or_default()
+}
+
+/// A completed set, as a restore source.
+fn from_set(set: &OpenEMRBackup) -> Result<Resolved, Refusal> {
+    let status = set.status.as_ref();
+    let arn = status
+        .and_then(|s| s.database.as_ref())
+        .and_then(|d| d.arn.clone());
+    let Some(arn) = arn else {
+        return Err(refuse(
+            "SourceIncomplete",
+            format!("set {} is completed but records no snapshot ARN", name(set)),
+        ));
+    };
+    Ok(Resolved {
+        set: Some(name(set)),
+        snapshot_arn: Some(arn),
+        point_in_time: None,
+        data_time: status.and_then(|s| s.snapshot_requested_time.as_ref().map(|t| t.0)),
+        documents: documents_of(set),
+        documents_behind_seconds: None,
+    })
+}
+
+/// Resolves `source` (a request in `namespace`) against the namespace's `sets` and, for a
+/// point in time, the `clinic` it names.
+pub fn resolve(
+    source: &RestoreSource,
+    sets: &[&OpenEMRBackup],
+    clinic: Option<&OpenEMRDeployment>,
+) -> Result<Resolved, Refusal> {
+    if let Some(r) = &source.backup_ref {
+        let Some(set) = sets
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(&r.name))
+        else {
+            return Err(refuse(
+                "SourceNotFound",
+                format!(
+                    "spec.source.backupRef names set {}, which does not exist",
+                    r.name
+                ),
+            ));
+        };
+        if completed(set).is_none() {
+            let phase = set
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .unwrap_or_default();
+            return Err(refuse(
+                "SourceNotCompleted",
+                format!(
+                    "set {} is {phase:?}, not Completed: only a set whose manifest is written is restored",
+                    r.name
+                ),
+            ));
+        }
+        return from_set(set);
+    }
+    if let Some(p) = &source.latest_from_policy {
+        let newest = sets
+            .iter()
+            .filter(|s| s.spec.policy_ref.as_ref().is_some_and(|r| r.name == p.name))
+            .filter_map(|s| completed(s).map(|t| (t, *s)))
+            .max_by_key(|(t, s)| (*t, name(s)));
+        return match newest {
+            Some((_, set)) => from_set(set),
+            None => Err(refuse(
+                "NoCompletedSet",
+                format!("BackupPolicy {} has no completed set to restore", p.name),
+            )),
+        };
+    }
+    if let Some(p) = &source.point_in_time {
+        let clinic_name = &p.deployment_ref.name;
+        let Some(clinic) = clinic else {
+            return Err(refuse(
+                "SourceNotFound",
+                format!(
+                    "spec.source.pointInTime.deploymentRef names clinic {clinic_name}, which does not exist"
+                ),
+            ));
+        };
+        let db = clinic.status.as_ref().and_then(|s| s.database.as_ref());
+        let earliest = db.and_then(|d| d.earliest_restorable_time.as_ref().map(|t| t.0));
+        let latest = db.and_then(|d| d.latest_restorable_time.as_ref().map(|t| t.0));
+        // RDS reports the window's start only through the automated backups; until that is
+        // read, it is the latest restorable time less the retention period, and said so.
+        let retention = i64::from(clinic.spec.database.backup_retention_days);
+        let estimated = earliest.is_none();
+        let earliest = earliest.or_else(|| {
+            latest.and_then(|l| Timestamp::from_second(l.as_second() - retention * 86_400).ok())
+        });
+        let (Some(earliest), Some(latest)) = (earliest, latest) else {
+            return Err(refuse(
+                "NoRestorableWindow",
+                format!(
+                    "clinic {clinic_name} reports no restorable window (its database keeps no automated backups, or is not read yet): no point in time can be restored"
+                ),
+            ));
+        };
+        let at = match p.time.as_ref().map(|t| t.0) {
+            None => latest,
+            Some(t) if t < earliest || t > latest => {
+                return Err(refuse(
+                    "PointInTimeOutsideWindow",
+                    format!(
+                        "spec.source.pointInTime.time {t} is outside clinic {clinic_name}'s restorable window, {earliest} to {latest}{}",
+                        if estimated {
+                            " (its start estimated as the latest restorable time less spec.database.backupRetentionDays)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            Some(t) => t,
+        };
+        // The newest of the clinic's sets completed by then whose documents are there.
+        let documents_set = sets
+            .iter()
+            .filter(|s| &s.spec.deployment_ref.name == clinic_name)
+            .filter_map(|s| completed(s).map(|t| (t, *s)))
+            .filter(|(t, s)| *t <= at && documents_of(s).is_some())
+            .max_by_key(|(t, s)| (*t, name(s)));
+        let documents_time = documents_set.and_then(|(_, s)| {
+            let status = s.status.as_ref()?;
+            status
+                .documents_start_time
+                .as_ref()
+                .or(status.completion_time.as_ref())
+                .map(|t| t.0)
+        });
+        return Ok(Resolved {
+            set: documents_set.map(|(_, s)| name(s)),
+            snapshot_arn: None,
+            point_in_time: Some((clinic_name.clone(), p.time.as_ref().map(|t| t.0))),
+            data_time: Some(at),
+            documents: documents_set.and_then(|(_, s)| documents_of(s)),
+            documents_behind_seconds: documents_time.map(|d| at.as_second() - d.as_second()),
+        });
+    }
+    if let Some(s) = &source.snapshot {
+        return Ok(Resolved {
+            set: None,
+            snapshot_arn: Some(s.snapshot_arn.clone()),
+            point_in_time: None,
+            data_time: None,
+            documents: s.documents.as_ref().map(|d| Documents {
+                bucket: d.bucket.clone(),
+                manifest: d.manifest.clone(),
+            }),
+            documents_behind_seconds: None,
+        });
+    }
+    Err(refuse(
+        "SourceMissing",
+        "spec.source sets none of backupRef, latestFromPolicy, pointInTime or snapshot".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn set(
+        name: &str,
+        clinic: &str,
+        policy: Option<&str>,
+        phase: BackupPhase,
+        done: &str,
+        docs: bool,
+    ) -> OpenEMRBackup {
+        let mut spec = serde_json::json!({"deploymentRef": {"name": clinic}});
+        if let Some(p) = policy {
+            spec["policyRef"] = serde_json::json!({"name": p});
+        }
+        let mut b = OpenEMRBackup::new(name, serde_json::from_value(spec).unwrap());
+        let mut status = serde_json::json!({
+            "phase": phase,
+            "completionTime": done,
+            "snapshotRequestedTime": done,
+            "database": {"identifier": format!("openemr-uid-{name}"), "arn": format!("arn:aws:rds:us-east-1:123456789012:snapshot:openemr-uid-{name}")},
+        });
+        if docs {
+            status["documents"] = serde_json::json!({"bucket": "b", "manifest": format!("backups/documents/{name}.jsonl.gz")});
+            status["documentsStartTime"] = serde_json::json!(done);
+        }
+        b.status = Some(serde_json::from_value(status).unwrap());
+        b
+    }
+
+    fn source(v: serde_json::Value) -> RestoreSource {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn clinic_with_window(earliest: Option<&str>, latest: Option<&str>) -> OpenEMRDeployment {
+        let spec = serde_json::from_value(serde_json::json!({
+            "aws": {"region": "us-east-1"},
+            "network": {"newVpc": {}},
+        }))
+        .unwrap();
+        let mut d = OpenEMRDeployment::new("clinic-a", spec);
+        let mut db = serde_json::json!({"identifier": "db"});
+        if let (Some(e), Some(l)) = (earliest, latest) {
+            db["earliestRestorableTime"] = serde_json::json!(e);
+            db["latestRestorableTime"] = serde_json::json!(l);
+        }
+        d.status = Some(serde_json::from_value(serde_json::json!({"database": db})).unwrap());
+        d
+    }
+
+    fn sets() -> Vec<OpenEMRBackup> {
+        use BackupPhase::*;
+        vec![
+            set(
+                "a-1",
+                "clinic-a",
+                Some("daily"),
+                Completed,
+                "2026-11-01T03:05:00Z",
+                true,
+            ),
+            set(
+                "a-2",
+                "clinic-a",
+                Some("daily"),
+                Completed,
+                "2026-11-02T03:05:00Z",
+                true,
+            ),
+            set(
+                "a-3",
+                "clinic-a",
+                Some("daily"),
+                Failed,
+                "2026-11-03T03:05:00Z",
+                true,
+            ),
+            set(
+                "a-db",
+                "clinic-a",
+                None,
+                Completed,
+                "2026-11-02T12:00:00Z",
+                false,
+            ),
+            set(
+                "b-1",
+                "clinic-b",
+                Some("other"),
+                Completed,
+                "2026-11-04T03:05:00Z",
+                true,
+            ),
+            set(
+                "a-4",
+                "clinic-a",
+                Some("daily"),
+                Running,
+                "2026-11-04T03:05:00Z",
+                false,
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_named_set_restores_only_when_completed() {
+        let all = sets();
+        let refs: Vec<&OpenEMRBackup> = all.iter().collect();
+        let ok = resolve(
+            &source(serde_json::json!({"backupRef": {"name": "a-2"}})),
+            &refs,
+            None,
+        )
+        .unwrap();
+        assert_eq!(ok.set.as_deref(), Some("a-2"));
+        assert_eq!(
+            ok.snapshot_arn.as_deref(),
+            Some("arn:aws:rds:us-east-1:123456789012:snapshot:openemr-uid-a-2")
+        );
+        assert_eq!(ok.data_time, Some(at("2026-11-02T03:05:00Z")));
+        assert_eq!(
+            ok.documents.unwrap().manifest,
+            "backups/documents/a-2.jsonl.gz"
+        );
+        let failed = resolve(
+            &source(serde_json::json!({"backupRef": {"name": "a-3"}})),
+            &refs,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(failed.reason, "SourceNotCompleted");
+        assert!(
+            failed.message.contains("set a-3 is Failed"),
+            "{}",
+            failed.message
+        );
+        let gone = resolve(
+            &source(serde_json::json!({"backupRef": {"name": "zz"}})),
+            &refs,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(gone.reason, "SourceNotFound");
+        // A database-only set restores the database alone.
+        let db_only = resolve(
+            &source(serde_json::json!({"backupRef": {"name": "a-db"}})),
+            &refs,
+            None,
+        )
+        .unwrap();
+        assert_eq!(db_only.documents, None);
+    }
+
+    #[test]
+    fn a_policys_latest_is_its_newest_completed_set() {
+        let all = sets();
+        let refs: Vec<&OpenEMRBackup> = all.iter().collect();
+        let latest = resolve(
+            &source(serde_json::json!({"latestFromPolicy": {"name": "daily"}})),
+            &refs,
+            None,
+        )
+        .unwrap();
+        // a-3 failed and a-4 still runs; a-db is no set of the policy.
+        assert_eq!(latest.set.as_deref(), Some("a-2"));
+        let none = resolve(
+            &source(serde_json::json!({"latestFromPolicy": {"name": "weekly"}})),
+            &refs,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(none.reason, "NoCompletedSet");
+    }
+
+    #[test]
+    fn a_point_in_time_must_lie_in_the_window_and_takes_the_clinics_documents_from_before_it() {
+        let all = sets();
+        let refs: Vec<&OpenEMRBackup> = all.iter().collect();
+        let clinic = clinic_with_window(Some("2026-10-28T00:00:00Z"), Some("2026-11-04T10:00:00Z"));
+        let pit = |time: &str| {
+            source(
+                serde_json::json!({"pointInTime": {"deploymentRef": {"name": "clinic-a"}, "time": time}}),
+            )
+        };
+
+        let r = resolve(&pit("2026-11-02T15:00:00Z"), &refs, Some(&clinic)).unwrap();
+        assert_eq!(r.data_time, Some(at("2026-11-02T15:00:00Z")));
+        // a-db is newer but holds no documents; b-1 is another clinic's.
+        assert_eq!(r.set.as_deref(), Some("a-2"));
+        assert_eq!(r.documents_behind_seconds, Some(11 * 3600 + 55 * 60));
+        assert_eq!(r.snapshot_arn, None);
+
+        let outside = resolve(&pit("2026-11-05T00:00:00Z"), &refs, Some(&clinic)).unwrap_err();
+        assert_eq!(outside.reason, "PointInTimeOutsideWindow");
+        assert_eq!(
+            outside.message,
+            "spec.source.pointInTime.time 2026-11-05T00:00:00Z is outside clinic clinic-a's restorable window, 2026-10-28T00:00:00Z to 2026-11-04T10:00:00Z"
+        );
+        assert_eq!(
+            resolve(&pit("2026-10-27T23:59:59Z"), &refs, Some(&clinic))
+                .unwrap_err()
+                .reason,
+            "PointInTimeOutsideWindow"
+        );
+        // Before the clinic's first set: the database alone, said so by no documents.
+        let early = resolve(&pit("2026-10-30T00:00:00Z"), &refs, Some(&clinic)).unwrap();
+        assert_eq!((early.set, early.documents), (None, None));
+
+        let latest = source(
+            serde_json::json!({"pointInTime": {"deploymentRef": {"name": "clinic-a"}, "latestRestorable": true}}),
+        );
+        let r = resolve(&latest, &refs, Some(&clinic)).unwrap();
+        assert_eq!(r.data_time, Some(at("2026-11-04T10:00:00Z")));
+        assert_eq!(r.point_in_time, Some(("clinic-a".into(), None)));
+        assert_eq!(r.set.as_deref(), Some("a-2"));
+
+        // Without the window's start, it is the latest time less the retention period.
+        let mut estimated = clinic_with_window(None, None);
+        estimated.spec.database.backup_retention_days = 3;
+        estimated
+            .status
+            .as_mut()
+            .unwrap()
+            .database
+            .as_mut()
+            .unwrap()
+            .latest_restorable_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            at("2026-11-04T10:00:00Z"),
+        ));
+        assert!(resolve(&pit("2026-11-01T10:00:00Z"), &refs, Some(&estimated)).is_ok());
+        let before = resolve(&pit("2026-11-01T09:59:59Z"), &refs, Some(&estimated)).unwrap_err();
+        assert_eq!(before.reason, "PointInTimeOutsideWindow");
+        assert!(before.message.ends_with("2026-11-01T10:00:00Z to 2026-11-04T10:00:00Z (its start estimated as the latest restorable time less spec.database.backupRetentionDays)"), "{}", before.message);
+
+        let no_window = clinic_with_window(None, None);
+        assert_eq!(
+            resolve(&latest, &refs, Some(&no_window))
+                .unwrap_err()
+                .reason,
+            "NoRestorableWindow"
+        );
+        assert_eq!(
+            resolve(&latest, &refs, None).unwrap_err().reason,
+            "SourceNotFound"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_source_is_taken_as_given() {
+        let r = resolve(
+            &source(serde_json::json!({"snapshot": {
+                "snapshotArn": "arn:aws:rds:us-east-1:123456789012:snapshot:elsewhere",
+                "documents": {"bucket": "other-bucket", "manifest": "backups/documents/x.jsonl.gz"}}})),
+            &[],
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            r.snapshot_arn.as_deref(),
+            Some("arn:aws:rds:us-east-1:123456789012:snapshot:elsewhere")
+        );
+        assert_eq!(r.documents.unwrap().bucket, "other-bucket");
+    }
+}
