@@ -867,11 +867,18 @@ fn report(r: &Value) -> String {
         }
         let _ = writeln!(out);
     }
-    let prune = &r["prune_year"];
+    // The phase as run with the rest, and a rerun of it alone with more clinics (merged in).
+    for prune in [&r["prune_year"], &r["prune_many_clinics"]] {
+        prune_section(&mut out, prune);
+    }
+    out
+}
+
+fn prune_section(out: &mut String, prune: &Value) {
     if prune.is_object() {
         let _ = writeln!(
             out,
-            "## A year of daily sets pruned: {} clinics × {} days\n",
+            "## Daily sets pruned: {} clinics × {} days\n",
             prune["clinics"], prune["days"]
         );
         let _ = writeln!(
@@ -890,8 +897,9 @@ fn report(r: &Value) -> String {
         if own.is_object() {
             let _ = writeln!(
                 out,
-                "This phase was run on its own (`--clinics 0 --files 0 --prune-clinics {}`): {}, commit {}{}, operator built {}.\n",
+                "This phase was run on its own (`--clinics 0 --files 0 --prune-clinics {} --prune-days {}`): {}, commit {}{}, operator built {}.\n",
                 prune["clinics"],
+                prune["days"],
                 own["date"].as_str().unwrap_or_default(),
                 own["git_commit"].as_str().unwrap_or_default(),
                 if own["src_modified_since_commit"] == true {
@@ -928,10 +936,9 @@ fn report(r: &Value) -> String {
         }
         let _ = writeln!(
             out,
-            "\nOperator RSS at the end: {} (peak {}).",
+            "\nOperator RSS at the end: {} (peak {}).\n",
             mb(&prune["operator_memory"], "rss_kib"),
             mb(&prune["operator_memory"], "peak_rss_kib")
         );
     }
-    out
 }
