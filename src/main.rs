@@ -357,6 +357,20 @@ fn holder() -> String {
 }
 
 /// Runs a documents subcommand; prints its summary as one JSON line.
+/// A password from the environment only (a flag would show in a process list); exit 2
+/// naming the variable when it is not set.
+fn password_from_env(
+    variable: &str,
+    what: &str,
+) -> Result<openemr_operator::aws::secrets::SecretValue, ExitCode> {
+    std::env::var(variable)
+        .map(openemr_operator::aws::secrets::SecretValue)
+        .map_err(|_| {
+            eprintln!("error: set {variable} to {what}");
+            ExitCode::from(2)
+        })
+}
+
 /// The `check-database` command: one JSON line per database check.
 fn check_database(
     endpoint: &str,
@@ -834,15 +848,17 @@ fn main() -> ExitCode {
             database,
         } => {
             use openemr_operator::documents::sqlconf;
-            let Ok(password) = std::env::var("OPENEMR_DATABASE_PASSWORD") else {
-                eprintln!("error: set OPENEMR_DATABASE_PASSWORD to OpenEMR's database password");
-                return ExitCode::from(2);
-            };
+            let password =
+                match password_from_env("OPENEMR_DATABASE_PASSWORD", "OpenEMR's database password")
+                {
+                    Ok(p) => p,
+                    Err(code) => return code,
+                };
             let to = sqlconf::DatabaseSettings {
                 host,
                 port,
                 login,
-                password: openemr_operator::aws::secrets::SecretValue(password),
+                password,
                 database,
             };
             let (line, code) = match sqlconf::rewrite_file(&site_dir, &to) {
@@ -866,13 +882,13 @@ fn main() -> ExitCode {
             database_addresses,
             timeout,
         } => {
-            let Ok(password) = std::env::var("MYSQL_PASSWORD") else {
-                eprintln!("error: set MYSQL_PASSWORD to the user's password");
-                return ExitCode::from(2);
+            let password = match password_from_env("MYSQL_PASSWORD", "the user's password") {
+                Ok(p) => p,
+                Err(code) => return code,
             };
             let login = openemr_operator::mysql::Login {
                 user,
-                password: openemr_operator::aws::secrets::SecretValue(password),
+                password,
                 database: Some(database),
             };
             return check_database(

@@ -450,17 +450,7 @@ async fn a_restored_instance_gets_the_targets_settings_then_a_managed_secret_of_
     let proxy = FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
     proxy.record("RestoreDBInstanceFromDBSnapshot");
     proxy.record("ModifyDBInstance");
-    let through = openemr_operator::aws::base_config_loader()
-        .endpoint_url(proxy.url())
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            env().var("AWS_ACCESS_KEY_ID"),
-            env().var("AWS_SECRET_ACCESS_KEY"),
-            None,
-            None,
-            "test",
-        ))
-        .load()
-        .await;
+    let through = env().aws_loader(&proxy.url()).load().await;
     let metrics = Arc::new(Metrics::new());
     let budgets = Arc::new(Budgets::new(BudgetConfig::default(), metrics.clone()));
     let aws = AwsPool::new(through, metrics, budgets)

@@ -1074,7 +1074,7 @@ async fn a_clinic_with_a_role_lands_in_the_roles_account() {
 #[tokio::test]
 async fn an_older_clinics_own_trail_goes_once_the_shared_trail_logs() {
     use aws_sdk_cloudformation::types::Tag;
-    use openemr_operator::controller::deployment::clinic::{self, ClinicNames, ClusterId};
+    use openemr_operator::controller::deployment::clinic::{self, ClusterId};
     use openemr_operator::controller::deployment::infra::template::{self, StackInputs};
     let client = env().admin().await;
     let ns = TestNamespace::new(env(), "legacy").await;
@@ -1088,8 +1088,8 @@ async fn an_older_clinics_own_trail_goes_once_the_shared_trail_logs() {
     let stored = clinics.get(name).await.unwrap();
 
     // Its stack as an older operator made it: with the clinic's own trail.
-    let cluster = ClusterId::parse(&format!("t{}", std::process::id())).unwrap();
-    let names = ClinicNames::new(&cluster, &ns.name, name);
+    let cluster = ClusterId::parse(&support::cluster_id()).unwrap();
+    let names = support::clinic_names(&ns.name, name);
     let uid = stored.metadata.uid.clone().unwrap();
     let tags = clinic::tags(&cluster, &ns.name, name, &uid, &stored.spec.tags);
     let older = template::render(&StackInputs {
@@ -1585,7 +1585,7 @@ async fn an_adopted_instances_outages_are_sent_only_as_approved() {
 #[tokio::test]
 async fn a_clinic_a_restore_fills_creates_no_database_and_never_installs() {
     use k8s_openapi::api::batch::v1::Job;
-    use openemr_operator::controller::deployment::clinic::{ClinicNames, ClusterId, RESTORED_BY};
+    use openemr_operator::controller::deployment::clinic::RESTORED_BY;
     let client = env().admin().await;
     let ns = TestNamespace::new(env(), "filled").await;
     let region = "ap-southeast-2";
@@ -1600,11 +1600,7 @@ async fn a_clinic_a_restore_fills_creates_no_database_and_never_installs() {
     apply(&client, &ns.name, &manifest).await.unwrap();
 
     let waiting = wait_for_reason(&clinics, "copy-a", "DatabaseReady", "WaitingForRestore").await;
-    let names = ClinicNames::new(
-        &ClusterId::parse(&format!("t{}", std::process::id())).unwrap(),
-        &ns.name,
-        "copy-a",
-    );
+    let names = support::clinic_names(&ns.name, "copy-a");
     assert!(
         waiting.message.contains("RestoreRequest restore-a")
             && waiting.message.contains(&names.db_instance),

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use openemr_operator::api::OpenEMRDeployment;
 use openemr_operator::aws::{AwsError, ErrorClass};
-use openemr_operator::controller::deployment::clinic::{ClinicNames, ClusterId};
+use openemr_operator::controller::deployment::clinic::ClinicNames;
 use support::faults::{AwsFault, FaultProxy, Outcome, Rule};
 use support::operator::Operator;
 use support::{TestNamespace, apply, condition, env, eventually, wait_for_reason, warning_event};
@@ -36,16 +36,9 @@ fn operator_through(proxy: &FaultProxy, ns: &str, args: &[&str]) -> Operator {
 /// An SDK configuration in `region` whose endpoint is `endpoint`, with the environment's
 /// credentials, retrying as the SDK does by default unless `retries` is false.
 async fn sdk_config(endpoint: &str, region: &str, retries: bool) -> SdkConfig {
-    let mut loader = openemr_operator::aws::base_config_loader()
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new(region.to_string()))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            env().var("AWS_ACCESS_KEY_ID"),
-            env().var("AWS_SECRET_ACCESS_KEY"),
-            None,
-            None,
-            "test",
-        ));
+    let mut loader = env()
+        .aws_loader(endpoint)
+        .region(aws_config::Region::new(region.to_string()));
     if !retries {
         loader = loader.retry_config(aws_config::retry::RetryConfig::disabled());
     }
@@ -54,8 +47,7 @@ async fn sdk_config(endpoint: &str, region: &str, retries: bool) -> SdkConfig {
 
 /// The names the operators of this test process give a clinic's AWS resources.
 fn names_of(ns: &str, name: &str) -> ClinicNames {
-    let cluster = ClusterId::parse(&format!("t{}", std::process::id())).unwrap();
-    ClinicNames::new(&cluster, ns, name)
+    support::clinic_names(ns, name)
 }
 
 async fn is_ready(api: &Api<OpenEMRDeployment>, name: &str) -> bool {

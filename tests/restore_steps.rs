@@ -52,9 +52,9 @@ fn login(database: &str, password: &str) -> Login {
 /// `hollow` (the slice's tables, no rows) and `blank` (no tables).
 fn server(name: &str) -> MariaDb {
     let db = MariaDb::start_for(name, &[RDS_NAMES]);
-    let quoted = MASTER_PASSWORD.replace('\\', "\\\\").replace('\'', "\\'");
+    let quoted = support::mariadb::sql_string(MASTER_PASSWORD);
     db.root(&format!(
-        "CREATE USER '{MASTER}'@'%' IDENTIFIED BY '{quoted}' REQUIRE SSL; \
+        "CREATE USER '{MASTER}'@'%' IDENTIFIED BY {quoted} REQUIRE SSL; \
          GRANT ALL PRIVILEGES ON *.* TO '{MASTER}'@'%' WITH GRANT OPTION; \
          CREATE DATABASE openemr; CREATE DATABASE hollow; CREATE DATABASE blank"
     ));

@@ -145,9 +145,9 @@ fn tables(db: &MariaDb) -> String {
 }
 
 fn master(db: &MariaDb) {
-    let quoted = MASTER_PASSWORD.replace('\\', "\\\\").replace('\'', "\\'");
+    let quoted = support::mariadb::sql_string(MASTER_PASSWORD);
     db.root(&format!(
-        "CREATE USER '{MASTER}'@'%' IDENTIFIED BY '{quoted}'; \
+        "CREATE USER '{MASTER}'@'%' IDENTIFIED BY {quoted}; \
          GRANT ALL PRIVILEGES ON *.* TO '{MASTER}'@'%' WITH GRANT OPTION"
     ));
 }

@@ -1,5 +1,5 @@
 //! The operator's own MySQL sessions with a clinic's database: what a restore uses to
-//! verify the restored data (and, later, to reset OpenEMR's user in it).
+//! give OpenEMR's user in the restored data a password of the target's and to verify it.
 //!
 //! Always TLS, never a plain fallback: the server's certificate is checked against the CA
 //! bundle the web tier trusts (`--mysql-ca-file`) with the built-in roots off, and against

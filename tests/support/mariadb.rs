@@ -135,6 +135,12 @@ impl MariaDb {
     }
 }
 
+/// `value` as a MariaDB string literal (the server's default `sql_mode`, where a backslash
+/// escapes).
+pub fn sql_string(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 impl Drop for MariaDb {
     fn drop(&mut self) {
         let _ = self.server.kill();

@@ -289,19 +289,25 @@ impl TestEnv {
     /// An AWS SDK configuration against this environment's moto, in `region` (or none:
     /// region-independent, as the operator's base configuration).
     pub async fn aws(&self, region: Option<&str>) -> aws_config::SdkConfig {
-        let mut loader = openemr_operator::aws::base_config_loader()
-            .endpoint_url(self.var("AWS_ENDPOINT_URL"))
+        let mut loader = self.aws_loader(self.var("AWS_ENDPOINT_URL"));
+        if let Some(region) = region {
+            loader = loader.region(aws_config::Region::new(region.to_string()));
+        }
+        loader.load().await
+    }
+
+    /// The operator's configuration loader with this environment's credentials, against
+    /// `endpoint` (moto, or a fault proxy in front of it).
+    pub fn aws_loader(&self, endpoint: &str) -> aws_config::ConfigLoader {
+        openemr_operator::aws::base_config_loader()
+            .endpoint_url(endpoint)
             .credentials_provider(aws_sdk_s3::config::Credentials::new(
                 self.var("AWS_ACCESS_KEY_ID"),
                 self.var("AWS_SECRET_ACCESS_KEY"),
                 None,
                 None,
                 "test",
-            ));
-        if let Some(region) = region {
-            loader = loader.region(aws_config::Region::new(region.to_string()));
-        }
-        loader.load().await
+            ))
     }
 
     /// A path-style S3 client (moto serves no virtual-hosted bucket addresses).
@@ -685,6 +691,21 @@ pub const WIDE_BUDGETS: [&str; 8] = [
     "--rds-burst",
     "1000",
 ];
+
+/// The cluster id the operators of this test process run with: each test process names its
+/// AWS resources apart (moto may be shared).
+pub fn cluster_id() -> String {
+    format!("t{}", std::process::id())
+}
+
+/// The names the operators of this test process give a clinic's AWS resources.
+pub fn clinic_names(
+    ns: &str,
+    name: &str,
+) -> openemr_operator::controller::deployment::clinic::ClinicNames {
+    use openemr_operator::controller::deployment::clinic::{ClinicNames, ClusterId};
+    ClinicNames::new(&ClusterId::parse(&cluster_id()).unwrap(), ns, name)
+}
 
 /// Makes bucket `name` in `region`, versioned.
 pub async fn versioned_bucket(s3: &aws_sdk_s3::Client, name: &str, region: &str) {

@@ -52,8 +52,7 @@ impl Operator {
             // The operator's own identity: only what deploy/rbac.yaml grants.
             .env("KUBECONFIG", env.var("OPERATOR_KUBECONFIG"))
             .env("RUST_LOG", "info")
-            // Each test process names its AWS resources apart (moto may be shared).
-            .env("CLUSTER_ID", format!("t{}", std::process::id()))
+            .env("CLUSTER_ID", super::cluster_id())
             // moto finishes everything at once; no need to wait long between looks.
             .env("PROGRESS_INTERVAL", "1s")
             // Stand-ins for AWS's RDS bundle and Amazon Root CA 1 (not downloadable here).
