@@ -681,6 +681,15 @@ struct WebFlags {
     /// snapshots count, upgrade snapshots included.
     #[arg(long, env = "MANUAL_SNAPSHOT_QUOTA", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     manual_snapshot_quota: u32,
+    /// Dial a database endpoint elsewhere in the operator's own sessions (a restore's),
+    /// `NAME=HOST:PORT` with NAME a host name or `*.domain` (repeatable): a tunnel or a
+    /// proxy. The certificate is still checked against the endpoint's name.
+    #[arg(
+        long = "database-address",
+        env = "DATABASE_ADDRESSES",
+        value_delimiter = ','
+    )]
+    database_addresses: Vec<String>,
 }
 
 /// Who records the clinics' AWS activity (for clinics with `spec.audit.cloudTrail`).
@@ -937,6 +946,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
+            let database_addresses =
+                match openemr_operator::mysql::AddressMap::parse(&web.database_addresses) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("error: --database-address: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
             // The hold is renewed at every look of its set: a lifetime shorter than a few looks
             // would lapse under a set that is alive.
             let lifetime = openemr_operator::clock::current().real(web.quiesce_hold_lifetime);
@@ -972,6 +989,7 @@ fn main() -> ExitCode {
                                 mysql: web.mysql_ca_file,
                                 redis: web.redis_ca_file,
                             },
+                            database_addresses,
                             workload: WorkloadConfig {
                                 setup_backoff_limit: web.setup_backoff_limit,
                                 setup_deadline: web.setup_deadline,

@@ -50,6 +50,8 @@ pub struct AwsOptions {
     /// Request rates per account, region and service.
     pub budgets: BudgetConfig,
     pub ca_files: CaFiles,
+    /// `--database-address` rules of the operator's own database sessions.
+    pub database_addresses: crate::mysql::AddressMap,
     pub workload: WorkloadConfig,
     /// Who records the clinics' AWS activity.
     pub audit: AuditMode,
@@ -124,6 +126,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         snapshots,
         workload: opts.aws.workload.clone(),
         ca_files: opts.aws.ca_files.clone(),
+        database_addresses: opts.aws.database_addresses.clone(),
     });
     let ctx = Arc::new(ctx);
     info!(config = ?ctx.config, "controllers starting");

@@ -46,6 +46,9 @@ pub struct DbInstance {
     pub pending: Pending,
     pub latest_restorable_time: Option<std::time::SystemTime>,
     pub master_user_secret_arn: Option<String>,
+    /// The key that secret is encrypted with: a restored instance may carry its snapshot's
+    /// (the source's) secret, which is not the target's own.
+    pub master_user_secret_kms_key: Option<String>,
     /// `MasterUsername`: read, never assumed (an adopted instance has its own).
     pub master_username: Option<String>,
     pub tags: BTreeMap<String, String>,
@@ -335,6 +338,10 @@ fn instance(db: &aws_sdk_rds::types::DbInstance) -> DbInstance {
         master_user_secret_arn: db
             .master_user_secret()
             .and_then(|s| s.secret_arn())
+            .map(str::to_string),
+        master_user_secret_kms_key: db
+            .master_user_secret()
+            .and_then(|s| s.kms_key_id())
             .map(str::to_string),
         master_username: db.master_username().map(str::to_string),
         tags: db

@@ -181,6 +181,9 @@ pub struct ClinicAws {
     pub workload: deployment::web::WorkloadConfig,
     /// Files with the CA bundles the web tier trusts: RDS's, ElastiCache's.
     pub ca_files: CaFiles,
+    /// Where the operator's own database sessions (a restore's) dial an endpoint
+    /// (`--database-address`).
+    pub database_addresses: crate::mysql::AddressMap,
 }
 
 /// Where the CA bundles are read from (on every look, so a replaced file reaches every

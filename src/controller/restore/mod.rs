@@ -1,23 +1,45 @@
 //! RestoreRequest controller.
 //!
-//! Today it checks, in the shared caches, what the API server cannot: that the named
-//! source (set, policy, clinic) exists, that a point in time is not in the future (looking
-//! again when it has passed), that an in-place target exists, and that a side-by-side
-//! target name is not taken by a clinic this request does not own. It reports `Accepted`
-//! and leaves the request `Pending`. The restore steps plug in here; [`source`] resolves
-//! what a request restores (pure).
+//! It checks, in the shared caches, what the API server cannot: that the named source
+//! (set, policy, clinic) exists and [`source`] resolves it (completed, inside the
+//! restorable window), that a point in time is not in the future (looking again when it has
+//! passed), that an in-place target exists, and that a side-by-side target name is not
+//! taken by a clinic this request did not make (`Accepted`). An accepted side-by-side
+//! restore of a set or a snapshot then runs its [`steps`] into the clinic [`target`] makes;
+//! point-in-time and in-place restores are accepted and wait (`Started=False`) until their
+//! steps are built.
 
 pub mod source;
+pub mod steps;
+pub mod target;
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::{Resource, ResourceExt};
+use kube::api::PostParams;
+use kube::{Api, Resource, ResourceExt};
 
-use super::{Context, Error, NoChange, Plan, Reconcile, RefKind, Requeue, lookup, status_with};
+use super::children::cached;
+use super::deployment::clinic::{self, ClinicNames, aws_error};
+use super::deployment::infra::database::Placement;
+use super::deployment::secrets::PASSWORD_KEY;
+use super::deployment::web::holds;
+use super::{
+    ClinicAws, Context, Error, Plan, Reconcile, RefKind, Requeue, lookup, status_from, status_with,
+};
 use crate::api::restore::RestorePhase;
-use crate::api::{RestoreRequest, RestoreRequestStatus};
+use crate::api::{LocalRef, OpenEMRDeployment, RestoreRequest, RestoreRequestStatus};
+use crate::aws::rds::Databases;
+use crate::aws::secrets::{ManagedSecrets, SecretValue};
 use crate::conditions::Verdict;
+use steps::Change;
+
+/// The condition saying whether the restore's steps have started, and if not why.
+pub const STARTED: &str = "Started";
+/// The condition saying whether the restore succeeded (verified), failed, or is under way.
+pub const SUCCEEDED: &str = "Succeeded";
 
 /// Whether each object the request names was found.
 #[derive(Debug, Clone, Default)]
@@ -26,15 +48,20 @@ pub struct Observed {
     pub source_exists: Option<bool>,
     /// The in-place target clinic, when the target is in place.
     pub in_place_target_exists: Option<bool>,
-    /// For a side-by-side target: a clinic of that name exists and this request does not own it.
+    /// For a side-by-side target: a clinic of that name exists and this request did not
+    /// make it.
     pub side_by_side_name_taken: bool,
     /// What the source resolves to now, or why it cannot be restored.
     pub resolved: Option<Result<source::Resolved, source::Refusal>>,
+    /// The side-by-side steps' view, when the operator reaches AWS and the restore runs.
+    pub steps: Option<steps::Seen>,
+    /// How soon to look again while a step is under way.
+    pub progress: Duration,
 }
 
 impl Reconcile for RestoreRequest {
     type Observed = Observed;
-    type Change = NoChange;
+    type Change = Change;
     const CONTROLLER: &'static str = "restorerequest";
 
     async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
@@ -64,18 +91,53 @@ impl Reconcile for RestoreRequest {
             .as_ref()
             .and_then(|p| lookup(&caches.deployments, &ns, &p.deployment_ref.name));
         let clinic = clinic.as_ref().and_then(|c| c.0.as_ref().ok());
+        // Once started, the source is the one recorded then: a policy's newer set made
+        // meanwhile changes nothing.
+        let pinned;
+        let source = match self.status.as_ref().and_then(|s| s.source_backup.clone()) {
+            Some(set) if self.started() => {
+                pinned = crate::api::restore::RestoreSource {
+                    backup_ref: Some(LocalRef { name: set }),
+                    ..Default::default()
+                };
+                &pinned
+            }
+            _ => source,
+        };
         let mut observed = Observed {
             source_exists,
             resolved: Some(source::resolve(source, &sets, clinic)),
+            progress: Duration::from_secs(30),
             ..Observed::default()
         };
+        let uid = self.uid().unwrap_or_default();
         if let Some(t) = &self.spec.target.in_place {
             observed.in_place_target_exists =
                 Some(lookup(&caches.deployments, &ns, &t.deployment_name).is_some());
         } else if let Some(found) = lookup(&caches.deployments, &ns, &self.side_by_side_name()) {
-            let uid = self.uid().unwrap_or_default();
-            observed.side_by_side_name_taken =
-                !found.owner_references().iter().any(|o| o.uid == uid);
+            observed.side_by_side_name_taken = match &found.0 {
+                Ok(c) => !target::made_by(c, &uid),
+                Err(_) => true,
+            };
+        }
+        let runnable = self.unsupported().is_none()
+            && !matches!(
+                self.status.as_ref().and_then(|s| s.phase),
+                Some(RestorePhase::Succeeded | RestorePhase::Failed)
+            );
+        if let (Some(aws), Some(Ok(resolved)), true) = (&ctx.aws, &observed.resolved, runnable)
+            && !observed.side_by_side_name_taken
+        {
+            observed.progress = aws.progress_interval;
+            let resolved = resolved.clone();
+            let source_clinic = sets
+                .iter()
+                .find(|s| Some(s.name_any()) == resolved.set)
+                .map(|s| s.spec.deployment_ref.name.clone());
+            observed.steps = Some(
+                self.side_by_side_seen(ctx, aws, &ns, resolved, source_clinic)
+                    .await?,
+            );
         }
         Ok(observed)
     }
@@ -97,33 +159,464 @@ impl Reconcile for RestoreRequest {
             Some(t) => t.deployment_name.clone(),
             None => self.side_by_side_name(),
         };
-        refs.push((RefKind::Deployment, target));
+        refs.push((RefKind::Deployment, target.clone()));
+        // The target's children: the hold's Lease among them.
+        refs.push((RefKind::Workload, target.clone()));
+        // Its AWS resources, as the inventory sees them change (the restored instance).
+        refs.push((RefKind::Infrastructure, target));
         refs
     }
 
-    fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<RestoreRequestStatus, NoChange> {
+    fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<RestoreRequestStatus, Change> {
         let accepted = self.validate(observed, now);
         let is_accepted = accepted.status;
-        let mut status = status_with(self, &[accepted], now);
+        let mut status = status_with(self, std::slice::from_ref(&accepted), now);
         status.phase.get_or_insert(RestorePhase::Pending);
-        let mut plan = Plan::after_validation(status, is_accepted);
-        if let Some(wait) = self.until_point_in_time(now) {
-            // Time alone fixes this refusal.
-            plan.requeue = Requeue::After(wait);
+        if let Some(why) = self.unsupported().filter(|_| is_accepted) {
+            let started = Verdict::falsy(STARTED, "NotBuiltYet", why);
+            return Plan::after_validation(status_from(self, status, &[started], now), true);
         }
-        plan
+        let (Some(seen), true) = (&observed.steps, is_accepted) else {
+            let mut plan = Plan::after_validation(status, is_accepted);
+            if let Some(wait) = self.until_point_in_time(now) {
+                // Time alone fixes this refusal.
+                plan.requeue = Requeue::After(wait);
+            }
+            return plan;
+        };
+        if !self.started() {
+            status.start_time = Some(Time(now));
+            status.source_backup = seen.source.set.clone();
+            status.source_snapshot_arn = seen.source.snapshot_arn.clone();
+            status.data_time = seen.source.data_time.map(Time);
+        }
+        let outcome = steps::plan(seen, &mut status, now);
+        let started = Verdict::truthy(STARTED, "Started", "the restore's steps run");
+        let result = match (&outcome.failed, status.phase) {
+            (Some((reason, message)), _) => {
+                status.completion_time = Some(Time(now));
+                Verdict::falsy(SUCCEEDED, reason, message.clone())
+            }
+            (None, Some(RestorePhase::Succeeded)) => {
+                Verdict::truthy(SUCCEEDED, "Verified", "restored and verified")
+            }
+            _ => {
+                let step = status
+                    .steps
+                    .iter()
+                    .find(|s| s.phase == crate::api::restore::StepPhase::Running);
+                let message = step.map_or_else(String::new, |s| {
+                    format!("{}: {}", s.name, s.message.clone().unwrap_or_default())
+                });
+                Verdict::falsy(SUCCEEDED, "InProgress", message)
+            }
+        };
+        let status = status_from(self, status, &[started, result], now);
+        Plan {
+            status,
+            changes: outcome.changes,
+            requeue: if outcome.in_progress {
+                Requeue::After(observed.progress)
+            } else {
+                Requeue::Resync
+            },
+            failure: None,
+        }
     }
 
-    fn intent(change: &NoChange) -> (String, String) {
-        match *change {}
+    fn intent(change: &Change) -> (String, String) {
+        change.intent()
     }
 
-    async fn act(&self, change: &NoChange, _ctx: &Context) -> Result<(), Error> {
-        match *change {}
+    async fn act(&self, change: &Change, ctx: &Context) -> Result<(), Error> {
+        let ns = self.namespace().unwrap_or_default();
+        let Some(aws) = &ctx.aws else {
+            return Ok(());
+        };
+        match change {
+            Change::CreateTarget(clinic) => {
+                let api: Api<OpenEMRDeployment> = Api::namespaced(ctx.client.clone(), &ns);
+                match api.create(&PostParams::default(), clinic).await {
+                    // Made by an earlier attempt (or someone else: the next look tells).
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                    other => other.map(|_| ()).map_err(|e| Error::Act {
+                        action: format!("creating clinic {}", self.side_by_side_name()),
+                        reason: "TargetCreateFailed",
+                        message: e.to_string(),
+                    }),
+                }
+            }
+            Change::PlaceHold { clinic, clinic_uid } => {
+                let owner = OwnerReference {
+                    api_version: "openemr.io/v1alpha1".into(),
+                    kind: "OpenEMRDeployment".into(),
+                    name: clinic.clone(),
+                    uid: clinic_uid.clone(),
+                    ..OwnerReference::default()
+                };
+                holds::place(
+                    &ctx.client,
+                    &ns,
+                    clinic,
+                    &steps::holder(&self.name_any()),
+                    &format!(
+                        "restoring: RestoreRequest {} fills this clinic",
+                        self.name_any()
+                    ),
+                    None,
+                    Some(&owner),
+                )
+                .await
+                .map_err(|e| Error::Act {
+                    action: format!("holding clinic {clinic}"),
+                    reason: "HoldFailed",
+                    message: e.to_string(),
+                })
+            }
+            Change::CopySnapshot {
+                source_arn,
+                identifier,
+                kms_key,
+                tags,
+            } => {
+                let clients = self.target_clients(ctx, aws, &ns).await?;
+                match clients
+                    .copy_snapshot(source_arn, identifier, kms_key, tags)
+                    .await
+                {
+                    Err(e) if e.already_exists() => Ok(()),
+                    other => other.map_err(aws_error("copying the source snapshot")),
+                }
+            }
+            Change::RestoreDatabase(request) => {
+                let clients = self.target_clients(ctx, aws, &ns).await?;
+                match clients.restore_instance(request).await {
+                    Err(e) if e.already_exists() => Ok(()),
+                    other => other.map_err(aws_error("restoring the DB instance")),
+                }
+            }
+            Change::ManageMasterPassword {
+                identifier,
+                kms_key,
+            } => {
+                let clients = self.target_clients(ctx, aws, &ns).await?;
+                clients
+                    .manage_master_password(identifier, kms_key)
+                    .await
+                    .map_err(aws_error("turning on the managed master password"))
+            }
+            Change::ResetDatabaseUser {
+                endpoint,
+                master_secret_arn,
+                master_user,
+                user,
+                database,
+                secret,
+            } => {
+                let clients = self.target_clients(ctx, aws, &ns).await?;
+                let (master_password, _) = clients
+                    .master_password(master_secret_arn)
+                    .await
+                    .map_err(aws_error("reading the restored instance's master secret"))?;
+                let password = read_password(ctx, &ns, secret).await?;
+                let login = crate::mysql::Login {
+                    user: master_user.clone(),
+                    password: master_password,
+                    database: Some(database.clone()),
+                };
+                let sql = |e: crate::mysql::SqlError| Error::Act {
+                    action: format!("setting {user}'s password in the restored database"),
+                    reason: e.reason(),
+                    message: e.to_string(),
+                };
+                let mut session = connect(aws, endpoint, &login).await.map_err(sql)?;
+                let result = session.set_password(user, &password).await.map_err(sql);
+                session.close().await;
+                result
+            }
+            Change::ReleaseHold { clinic } => {
+                holds::release(&ctx.client, &ns, clinic, &steps::holder(&self.name_any()))
+                    .await
+                    .map_err(|e| Error::Act {
+                        action: format!("releasing the hold on clinic {clinic}"),
+                        reason: "HoldReleaseFailed",
+                        message: e.to_string(),
+                    })
+            }
+        }
     }
 }
 
+/// The `password` of Secret `name`, read when it is used and never kept.
+async fn read_password(ctx: &Context, ns: &str, name: &str) -> Result<SecretValue, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    api.get_opt(name)
+        .await
+        .map_err(Error::observe(format!("Secret {ns}/{name}")))?
+        .and_then(|s| s.data)
+        .and_then(|mut d| d.remove(PASSWORD_KEY))
+        .and_then(|v| String::from_utf8(v.0).ok())
+        .filter(|p| !p.is_empty())
+        .map(SecretValue)
+        .ok_or_else(|| Error::Act {
+            action: format!("reading Secret {name}"),
+            reason: "CredentialsSecretInvalid",
+            message: format!("Secret {name:?} has no usable {PASSWORD_KEY:?}"),
+        })
+}
+
+/// A session with the restored instance `db` as the target's OpenEMR user, with the
+/// password in Secret `secret`; the outer error is the Secret's.
+async fn open_as_openemr(
+    ctx: &Context,
+    aws: &ClinicAws,
+    ns: &str,
+    db: &crate::aws::rds::DbInstance,
+    target: &steps::TargetSeen,
+    secret: &str,
+) -> Result<Result<crate::mysql::Session, crate::mysql::SqlError>, Error> {
+    let (host, port) = db.endpoint.clone().unwrap_or_default();
+    let login = crate::mysql::Login {
+        user: target.database.username.clone(),
+        password: read_password(ctx, ns, secret).await?,
+        database: Some(target.database.database_name.clone()),
+    };
+    let endpoint = crate::mysql::Endpoint {
+        host,
+        port: u16::try_from(port).unwrap_or(3306),
+    };
+    Ok(connect(aws, &endpoint, &login).await)
+}
+
+/// A session with the restored database, through the operator's address map and CA bundle.
+async fn connect(
+    aws: &ClinicAws,
+    endpoint: &crate::mysql::Endpoint,
+    login: &crate::mysql::Login,
+) -> Result<crate::mysql::Session, crate::mysql::SqlError> {
+    let ca = std::fs::read(&aws.ca_files.mysql).unwrap_or_default();
+    crate::mysql::connect(
+        endpoint,
+        login,
+        &ca,
+        &aws.database_addresses,
+        Duration::from_secs(20),
+    )
+    .await
+}
+
 impl RestoreRequest {
+    /// Whether the steps have started (the source is fixed then).
+    fn started(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.start_time.is_some())
+    }
+
+    /// Why this request's steps cannot run yet, for the kinds not built.
+    fn unsupported(&self) -> Option<String> {
+        if self.spec.target.in_place.is_some() {
+            return Some("in-place restores are accepted but their steps are not built yet; nothing was changed".into());
+        }
+        if self.spec.source.point_in_time.is_some() {
+            return Some("point-in-time restores are accepted but their steps are not built yet; nothing was changed".into());
+        }
+        None
+    }
+
+    /// The clients of the target clinic's account and region.
+    async fn target_clients(
+        &self,
+        ctx: &Context,
+        aws: &ClinicAws,
+        ns: &str,
+    ) -> Result<std::sync::Arc<crate::aws::AwsClients>, Error> {
+        let found = lookup(&ctx.caches.deployments, ns, &self.side_by_side_name());
+        match found.as_ref().map(|f| &f.0) {
+            Some(Ok(d)) => Ok(clinic::clients(d, aws).await),
+            _ => Err(Error::Waiting {
+                what: format!("clinic {} in the cache", self.side_by_side_name()),
+                after: Duration::from_secs(1),
+            }),
+        }
+    }
+
+    /// The clinic the target is made as: the request's spec, or a copy of the source
+    /// clinic's ([`target::copied_spec`]), in the requested region.
+    fn target_clinic(
+        &self,
+        ns: &str,
+        source_clinic: Option<&OpenEMRDeployment>,
+    ) -> Option<OpenEMRDeployment> {
+        let side = self.spec.target.side_by_side.clone().unwrap_or_default();
+        let mut spec = match (side.deployment_spec, source_clinic) {
+            (Some(spec), _) => *spec,
+            (None, Some(c)) => target::copied_spec(&c.spec),
+            (None, None) => return None,
+        };
+        if let Some(region) = side.region {
+            spec.aws.region = region;
+        }
+        Some(target::clinic(
+            ns,
+            &self.side_by_side_name(),
+            &self.name_any(),
+            &self.uid().unwrap_or_default(),
+            source_clinic.map(|c| c.name_any()).as_deref(),
+            spec,
+        ))
+    }
+
+    /// What a side-by-side restore's steps are planned from.
+    async fn side_by_side_seen(
+        &self,
+        ctx: &Context,
+        aws: &ClinicAws,
+        ns: &str,
+        resolved: source::Resolved,
+        source_clinic: Option<String>,
+    ) -> Result<steps::Seen, Error> {
+        let uid = self.uid().unwrap_or_default();
+        let target_name = self.side_by_side_name();
+        let source_clinic = source_clinic
+            .and_then(|name| lookup(&ctx.caches.deployments, ns, &name))
+            .and_then(|c| c.0.as_ref().ok().cloned());
+        let mut seen = steps::Seen {
+            request: self.name_any(),
+            uid: uid.clone(),
+            target_name: target_name.clone(),
+            source: resolved,
+            target_spec: self.target_clinic(ns, source_clinic.as_ref()),
+            target: None,
+            copy: None,
+            instance: None,
+            user_opens: None,
+            done: self
+                .status
+                .as_ref()
+                .map(|s| {
+                    s.steps
+                        .iter()
+                        .filter(|st| {
+                            matches!(
+                                st.phase,
+                                crate::api::restore::StepPhase::Succeeded
+                                    | crate::api::restore::StepPhase::Skipped
+                            )
+                        })
+                        .map(|st| st.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            checks: self.spec.checks.clone(),
+            requested: self.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            database_checks: None,
+        };
+        let found = lookup(&ctx.caches.deployments, ns, &target_name);
+        let Some(Ok(d)) = found.as_ref().map(|f| &f.0) else {
+            return Ok(seen);
+        };
+        let names = ClinicNames::new(&aws.cluster, ns, &target_name);
+        let db_identifier = clinic::db_identifier(d, &names);
+        let status = d.status.clone().unwrap_or_default();
+        let holder = steps::holder(&self.name_any());
+        let held = cached(
+            &ctx.children.holds,
+            ns,
+            &holds::lease_name(&target_name, &holder),
+        )
+        .is_some();
+        let mut target = steps::TargetSeen {
+            uid: d.uid().unwrap_or_default(),
+            ours: target::made_by(d, &uid),
+            held,
+            ready: crate::conditions::find(&status.conditions, super::READY)
+                .is_some_and(|c| c.status == "True"),
+            region: d.spec.aws.region.clone(),
+            db_identifier: db_identifier.clone(),
+            kms_key: status.kms_key_arn.clone(),
+            placement: None,
+            tags: clinic::clinic_tags(d, aws),
+            credentials_secret: None,
+            database: d.spec.database.clone(),
+        };
+        if !target.ours || (!held && !seen.done.iter().any(|d| d == steps::CREATE_TARGET)) {
+            seen.target = Some(target);
+            return Ok(seen);
+        }
+        let clients = clinic::clients(d, aws).await;
+        if let Some(stack) = status.stack.as_ref().map(|s| s.name.clone()) {
+            aws.inventory.watch(&clients);
+            let (stack, _) = aws
+                .inventory
+                .view(&clients, &stack, &db_identifier)
+                .await
+                .map_err(aws_error("reading the target's stack"))?;
+            target.placement = stack
+                .as_ref()
+                .and_then(|s| Placement::from_outputs(&s.outputs));
+        }
+        seen.instance = clients
+            .describe_instance(&db_identifier)
+            .await
+            .map_err(aws_error("reading the restored instance"))?;
+        if seen.instance.is_none() && target.kms_key.is_some() {
+            seen.copy = clients
+                .describe_snapshot(&steps::copy_identifier(&db_identifier, &uid))
+                .await
+                .map_err(aws_error("reading the snapshot copy"))?;
+        }
+        let secret_name = status
+            .credentials_secret_name
+            .clone()
+            .unwrap_or_else(|| names.credentials_secret.clone());
+        if seen.instance.is_some() {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+            let exists = secrets
+                .get_metadata_opt(&secret_name)
+                .await
+                .map_err(Error::observe(format!("Secret {ns}/{secret_name}")))?
+                .is_some();
+            target.credentials_secret = exists.then_some(secret_name.clone());
+        }
+        let reset_done = self.status.as_ref().is_some_and(|s| {
+            s.steps.iter().any(|st| {
+                st.name == steps::RESET_DATABASE_USER
+                    && st.phase == crate::api::restore::StepPhase::Succeeded
+            })
+        });
+        let hold_released = seen.done.iter().any(|d| d == steps::RELEASE_HOLD);
+        let instance = seen.instance.clone().filter(|db| {
+            db.status == "available" && db.master_user_secret_arn.is_some() && db.endpoint.is_some()
+        });
+        if let (Some(db), Some(secret)) = (&instance, &target.credentials_secret) {
+            if hold_released && target.ready {
+                // The checks, as OpenEMR's user with the target's own password.
+                let mut session = open_as_openemr(ctx, aws, ns, db, &target, secret).await?;
+                let verdict =
+                    crate::mysql::checks::run(&self.spec.checks, session.as_mut().map_err(|e| &*e))
+                        .await;
+                if let Ok(s) = session {
+                    s.close().await;
+                }
+                seen.database_checks = Some(verdict.findings);
+            }
+            if !reset_done {
+                let session = open_as_openemr(ctx, aws, ns, db, &target, secret).await?;
+                seen.user_opens = Some(match session {
+                    Ok(session) => {
+                        session.close().await;
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("{}: {e}", e.reason())),
+                });
+            }
+        }
+        if reset_done {
+            seen.user_opens = Some(Ok(()));
+        }
+        seen.target = Some(target);
+        Ok(seen)
+    }
+
     /// Name of the side-by-side clinic this request creates.
     pub fn side_by_side_name(&self) -> String {
         self.spec
@@ -281,7 +774,9 @@ mod tests {
             r.references(),
             [
                 (RefKind::Backup, "set-9".to_string()),
-                (RefKind::Deployment, "restore-1".to_string())
+                (RefKind::Deployment, "restore-1".to_string()),
+                (RefKind::Workload, "restore-1".to_string()),
+                (RefKind::Infrastructure, "restore-1".to_string())
             ]
         );
         let r = request(serde_json::json!({"source": {"pointInTime": {
@@ -291,7 +786,9 @@ mod tests {
             r.references(),
             [
                 (RefKind::Deployment, "clinic-a".to_string()),
-                (RefKind::Deployment, "clinic-a".to_string())
+                (RefKind::Deployment, "clinic-a".to_string()),
+                (RefKind::Workload, "clinic-a".to_string()),
+                (RefKind::Infrastructure, "clinic-a".to_string())
             ]
         );
     }

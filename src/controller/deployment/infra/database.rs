@@ -23,6 +23,19 @@ pub struct Placement {
     pub parameter_group: String,
 }
 
+impl Placement {
+    /// From the outputs of the clinic's stack; `None` until it has made every piece.
+    pub fn from_outputs(outputs: &BTreeMap<String, String>) -> Option<Placement> {
+        let output = |key: &str| outputs.get(key).filter(|v| !v.is_empty()).cloned();
+        Some(Placement {
+            kms_key_id: output(super::template::OUT_KMS_KEY_ARN)?,
+            subnet_group: output(super::template::OUT_DB_SUBNET_GROUP)?,
+            security_group: output(super::template::OUT_SECURITY_GROUP)?,
+            parameter_group: output(super::template::OUT_DB_PARAMETER_GROUP)?,
+        })
+    }
+}
+
 /// The master user of every clinic database (OpenEMR connects as `spec.database.username`).
 pub const MASTER_USERNAME: &str = "openemr_admin";
 

@@ -320,14 +320,7 @@ pub fn plan_infrastructure(
         (Some(host), Some(port)) => Some(format!("{host}:{port}")),
         _ => None,
     };
-    let placement = (|| {
-        Some(Placement {
-            kms_key_id: output(template::OUT_KMS_KEY_ARN)?,
-            subnet_group: output(template::OUT_DB_SUBNET_GROUP)?,
-            security_group: output(template::OUT_SECURITY_GROUP)?,
-            parameter_group: output(template::OUT_DB_PARAMETER_GROUP)?,
-        })
-    })();
+    let placement = outputs.and_then(Placement::from_outputs);
 
     // The database.
     // Adopted resources: their differences are reported (condition and Event) in a pass

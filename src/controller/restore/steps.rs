@@ -1,0 +1,953 @@
+//! The steps of a side-by-side restore, planned from what was observed (pure). Each step
+//! finds what an earlier run did (the clinic by its name and mark, the snapshot copy and
+//! the instance by their identifiers, the password by logging in with it) before doing it
+//! again, so a crash at any point resumes without repeating a call AWS already took.
+//!
+//! 1. `CreateTarget`: the target clinic, marked [`RESTORED_BY`](crate::controller::deployment::clinic::RESTORED_BY),
+//!    and a hold on it (a Lease without a lifetime, owned by the clinic) so no setup Job or
+//!    worker starts on a half-restored site. Its stack (key, bucket, file system, network)
+//!    is made by the clinic controller as for any clinic.
+//! 2. `CopySnapshot`: the source snapshot copied with the target's key (RDS restores a
+//!    snapshot with the key it has, and the target has a key of its own), in the target's
+//!    region.
+//! 3. `RestoreDatabase`: `RestoreDBInstanceFromDBSnapshot` under the target's identifier,
+//!    with the target's subnet group, security group, parameter group, settings and tags,
+//!    plus the restore's mark; the clinic controller takes it as its database.
+//! 4. `ManageMasterPassword`: RDS keeps the snapshot's master password on a MySQL restore;
+//!    `ModifyDBInstance` gives the instance a managed secret of its own, under the target's
+//!    key, with a password nobody knew before.
+//! 5. `ResetDatabaseUser`: as the master user, over TLS, the OpenEMR user's password is set
+//!    to the one in the target's own credentials Secret. Done once that password opens the
+//!    database.
+//! 6. `RestoreDocuments`: skipped for a database-only source.
+//! 7. `ReleaseHold`, 8. `Verify`: after the documents.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use super::source::Resolved;
+use crate::api::VerificationCheck;
+use crate::api::deployment::DatabaseSpec;
+use crate::api::restore::CheckResult;
+use crate::api::restore::{RestorePhase, RestoreStep, StepPhase};
+use crate::api::{OpenEMRDeployment, RestoreRequestStatus};
+use crate::aws::rds::{DbInstance, DbSnapshot, RestoreDb};
+use crate::controller::deployment::clinic::{RESTORED_BY, short_hash};
+use crate::controller::deployment::infra::database::Placement;
+use crate::mysql::Endpoint;
+use crate::mysql::checks::Finding;
+
+pub const CREATE_TARGET: &str = "CreateTarget";
+pub const COPY_SNAPSHOT: &str = "CopySnapshot";
+pub const RESTORE_DATABASE: &str = "RestoreDatabase";
+pub const MANAGE_MASTER_PASSWORD: &str = "ManageMasterPassword";
+pub const RESET_DATABASE_USER: &str = "ResetDatabaseUser";
+pub const RESTORE_DOCUMENTS: &str = "RestoreDocuments";
+pub const RELEASE_HOLD: &str = "ReleaseHold";
+pub const VERIFY: &str = "Verify";
+
+/// A side-by-side restore's steps, in order.
+pub const SIDE_BY_SIDE: [&str; 8] = [
+    CREATE_TARGET,
+    COPY_SNAPSHOT,
+    RESTORE_DATABASE,
+    MANAGE_MASTER_PASSWORD,
+    RESET_DATABASE_USER,
+    RESTORE_DOCUMENTS,
+    RELEASE_HOLD,
+    VERIFY,
+];
+
+/// Who holds a restore's target (the Lease is `<clinic>-hold-<holder>`).
+pub fn holder(request: &str) -> String {
+    format!("restore-{request}")
+}
+
+/// The copy of the source snapshot under the target's key: derived from the target's
+/// database identifier (≤ 63) and the request's uid, so a restart finds it.
+pub fn copy_identifier(db_identifier: &str, request_uid: &str) -> String {
+    format!("{db_identifier}-restore-{}", short_hash(&[request_uid]))
+}
+
+/// The target clinic, as the caches and AWS show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetSeen {
+    pub uid: String,
+    /// Made by this request ([`super::target::made_by`]).
+    pub ours: bool,
+    /// The request's hold on it is placed.
+    pub held: bool,
+    /// Its `Ready` condition is true.
+    pub ready: bool,
+    pub region: String,
+    pub db_identifier: String,
+    /// Its key, once its stack made it.
+    pub kms_key: Option<String>,
+    /// Where its database goes, once its stack made the pieces.
+    pub placement: Option<Placement>,
+    /// The tags on everything it makes.
+    pub tags: BTreeMap<String, String>,
+    /// Its credentials Secret's name, once the Secret exists.
+    pub credentials_secret: Option<String>,
+    pub database: DatabaseSpec,
+}
+
+/// What the steps are planned from.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub request: String,
+    pub uid: String,
+    pub target_name: String,
+    /// The source as fixed when the restore started.
+    pub source: Resolved,
+    /// The clinic the target is made as; `None` when there is nothing to copy (the source
+    /// clinic is gone and the request gives no `deploymentSpec`).
+    pub target_spec: Option<OpenEMRDeployment>,
+    /// `None`: no clinic of the target's name.
+    pub target: Option<TargetSeen>,
+    pub copy: Option<DbSnapshot>,
+    pub instance: Option<DbInstance>,
+    /// Whether the target Secret's password opens the restored database as the OpenEMR
+    /// user (looked at once the instance has its own master secret), or why not.
+    pub user_opens: Option<Result<(), String>>,
+    /// Steps recorded done (succeeded or skipped) by an earlier look: what they did stands
+    /// (the hold placed by `CreateTarget` is not placed again once released).
+    pub done: Vec<String>,
+    /// The checks the request asks for.
+    pub checks: Vec<VerificationCheck>,
+    /// When the request was made: the restore's RTO runs from then, and its RPO is how
+    /// old the restored data was then.
+    pub requested: Option<Timestamp>,
+    /// The database checks' findings, as the OpenEMR user, once the target is Ready.
+    pub database_checks: Option<Vec<Finding>>,
+}
+
+/// A mutating call the steps ask for.
+#[derive(Debug, Clone)]
+pub enum Change {
+    CreateTarget(Box<OpenEMRDeployment>),
+    PlaceHold {
+        clinic: String,
+        clinic_uid: String,
+    },
+    CopySnapshot {
+        source_arn: String,
+        identifier: String,
+        kms_key: String,
+        tags: BTreeMap<String, String>,
+    },
+    RestoreDatabase(Box<RestoreDb>),
+    ManageMasterPassword {
+        identifier: String,
+        kms_key: String,
+    },
+    ResetDatabaseUser {
+        endpoint: Endpoint,
+        master_secret_arn: String,
+        master_user: String,
+        user: String,
+        database: String,
+        secret: String,
+    },
+    ReleaseHold {
+        clinic: String,
+    },
+}
+
+impl Change {
+    /// The action recorded in flight, and its token (what it names).
+    pub fn intent(&self) -> (String, String) {
+        let (action, token) = match self {
+            Change::CreateTarget(c) => {
+                ("CreateTarget", c.metadata.name.clone().unwrap_or_default())
+            }
+            Change::PlaceHold { clinic, .. } => ("PlaceHold", clinic.clone()),
+            Change::CopySnapshot { identifier, .. } => ("CopyDBSnapshot", identifier.clone()),
+            Change::RestoreDatabase(r) => ("RestoreDBInstanceFromDBSnapshot", r.identifier.clone()),
+            Change::ManageMasterPassword { identifier, .. } => {
+                ("ModifyDBInstance", identifier.clone())
+            }
+            Change::ResetDatabaseUser { user, endpoint, .. } => {
+                ("ResetDatabaseUser", format!("{user}@{}", endpoint.host))
+            }
+            Change::ReleaseHold { clinic } => ("ReleaseHold", clinic.clone()),
+        };
+        (action.to_string(), token)
+    }
+}
+
+/// Where the steps stand: the status's steps and phase, and the changes to make.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub changes: Vec<Change>,
+    /// The restore failed, with the reason and message.
+    pub failed: Option<(&'static str, String)>,
+    /// Waiting on AWS or on the target: look again at the progress interval.
+    pub in_progress: bool,
+}
+
+/// The state of one step and what it needs.
+enum Step {
+    /// Recorded done by an earlier look: its record stands as it is.
+    Recorded,
+    Done(String),
+    Skipped(String),
+    /// Under way; the message says on what it waits.
+    Waiting(String),
+    /// Make this change; the message says what it is.
+    Act(Change, String),
+    Failed(&'static str, String),
+}
+
+/// Plans the steps into `status` (steps, progress, what was made) at `now`.
+pub fn plan(seen: &Seen, status: &mut RestoreRequestStatus, now: Timestamp) -> Outcome {
+    let mut outcome = Outcome {
+        changes: Vec::new(),
+        failed: None,
+        in_progress: false,
+    };
+    status.target_deployment = Some(seen.target_name.clone());
+    let mut blocked = false;
+    for name in SIDE_BY_SIDE {
+        if blocked {
+            mark(status, name, StepPhase::Pending, None, now);
+            continue;
+        }
+        match step(seen, name) {
+            Step::Recorded => {}
+            Step::Done(message) => mark(status, name, StepPhase::Succeeded, Some(message), now),
+            Step::Skipped(message) => mark(status, name, StepPhase::Skipped, Some(message), now),
+            Step::Waiting(message) => {
+                mark(status, name, StepPhase::Running, Some(message), now);
+                outcome.in_progress = true;
+                blocked = true;
+            }
+            Step::Act(change, message) => {
+                mark(status, name, StepPhase::Running, Some(message), now);
+                outcome.changes.push(change);
+                outcome.in_progress = true;
+                blocked = true;
+            }
+            Step::Failed(reason, message) => {
+                mark(status, name, StepPhase::Failed, Some(message.clone()), now);
+                outcome.failed = Some((reason, format!("{name}: {message}")));
+                blocked = true;
+            }
+        }
+    }
+    if let Some(db) = &seen.instance {
+        status.restored_db_instance = Some(db.identifier.clone());
+        status.restored_endpoint = db.endpoint.as_ref().map(|(h, p)| format!("{h}:{p}"));
+    }
+    let done = status
+        .steps
+        .iter()
+        .filter(|s| matches!(s.phase, StepPhase::Succeeded | StepPhase::Skipped))
+        .count();
+    status.progress = Some(format!("{done}/{}", SIDE_BY_SIDE.len()));
+    if let Some(findings) = &seen.database_checks {
+        status.verification = results(seen, findings)
+            .into_iter()
+            .map(|mut r| {
+                r.time = Some(Time(now));
+                r
+            })
+            .collect();
+    }
+    if !blocked && let Some(requested) = seen.requested {
+        status.completion_time.get_or_insert(Time(now));
+        status.rto_seconds = Some(now.as_second() - requested.as_second());
+        status.rpo_seconds = seen
+            .source
+            .data_time
+            .map(|d| (requested.as_second() - d.as_second()).max(0));
+    }
+    status.phase = Some(if outcome.failed.is_some() {
+        RestorePhase::Failed
+    } else if !blocked {
+        RestorePhase::Succeeded
+    } else if status
+        .steps
+        .iter()
+        .any(|s| s.name == VERIFY && s.phase == StepPhase::Running)
+    {
+        RestorePhase::Verifying
+    } else {
+        RestorePhase::Running
+    });
+    outcome
+}
+
+/// Records `name` as `phase`, keeping when it started and ended.
+fn mark(
+    status: &mut RestoreRequestStatus,
+    name: &str,
+    phase: StepPhase,
+    message: Option<String>,
+    now: Timestamp,
+) {
+    let at = match status.steps.iter().position(|s| s.name == name) {
+        Some(at) => at,
+        None => {
+            status.steps.push(RestoreStep {
+                name: name.to_string(),
+                ..RestoreStep::default()
+            });
+            status.steps.len() - 1
+        }
+    };
+    let step = &mut status.steps[at];
+    let finished = matches!(
+        step.phase,
+        StepPhase::Succeeded | StepPhase::Skipped | StepPhase::Failed
+    );
+    if finished && phase == step.phase {
+        // Its times and words stand as they were when it ended.
+        return;
+    }
+    if phase != StepPhase::Pending && step.start_time.is_none() {
+        step.start_time = Some(Time(now));
+    }
+    if matches!(
+        phase,
+        StepPhase::Succeeded | StepPhase::Skipped | StepPhase::Failed
+    ) {
+        step.completion_time = Some(Time(now));
+    }
+    step.phase = phase;
+    step.message = message;
+}
+
+fn step(seen: &Seen, name: &str) -> Step {
+    let Some(target) = &seen.target else {
+        if name != CREATE_TARGET {
+            return Step::Waiting("the target clinic".into());
+        }
+        return match &seen.target_spec {
+            Some(clinic) => Step::Act(
+                Change::CreateTarget(Box::new(clinic.clone())),
+                format!("creating clinic {}", seen.target_name),
+            ),
+            None => Step::Failed(
+                "NoTargetSpec",
+                "the source clinic is gone and spec.target.sideBySide.deploymentSpec is unset: there is no spec to make the target clinic from".into(),
+            ),
+        };
+    };
+    if !target.ours {
+        return Step::Failed(
+            "TargetExists",
+            format!(
+                "clinic {} exists and was not made by this request; a side-by-side restore never overwrites a clinic",
+                seen.target_name
+            ),
+        );
+    }
+    if seen.done.iter().any(|d| d == name) {
+        return Step::Recorded;
+    }
+    match name {
+        CREATE_TARGET if !target.held => Step::Act(
+            Change::PlaceHold {
+                clinic: seen.target_name.clone(),
+                clinic_uid: target.uid.clone(),
+            },
+            "holding the target clinic's web tier until its site is restored".into(),
+        ),
+        CREATE_TARGET => Step::Done(format!(
+            "clinic {} made and held (Lease {})",
+            seen.target_name,
+            crate::controller::deployment::web::holds::lease_name(
+                &seen.target_name,
+                &holder(&seen.request)
+            )
+        )),
+        COPY_SNAPSHOT => copy_step(seen, target),
+        RESTORE_DATABASE => restore_step(seen, target),
+        MANAGE_MASTER_PASSWORD => match &seen.instance {
+            Some(db) if own_secret(db, target) && db.status == "available" => {
+                Step::Done("the instance has its own managed master secret, under the target's key".into())
+            }
+            Some(db) if own_secret(db, target) => Step::Waiting(format!(
+                "RDS is applying the managed master password (instance {})",
+                db.status
+            )),
+            Some(db) if db.status == "available" => match &target.kms_key {
+                Some(key) => Step::Act(
+                    Change::ManageMasterPassword {
+                        identifier: db.identifier.clone(),
+                        kms_key: key.clone(),
+                    },
+                    "turning on the master password RDS manages, under the target's key".into(),
+                ),
+                None => Step::Waiting("the target's key".into()),
+            },
+            Some(db) => Step::Waiting(format!("instance {}", db.status)),
+            None => Step::Waiting("the restored instance".into()),
+        },
+        RESET_DATABASE_USER => reset_step(seen, target),
+        RESTORE_DOCUMENTS => match &seen.source.documents {
+            None => Step::Skipped(
+                "the source has no documents (a database-only set): the target's sites/ is its own, empty until set up".into(),
+            ),
+            Some(d) => Step::Waiting(format!(
+                "restoring the documents of s3://{}/{} is not built yet; the target stays held",
+                d.bucket, d.manifest
+            )),
+        },
+        RELEASE_HOLD if target.held => Step::Act(
+            Change::ReleaseHold {
+                clinic: seen.target_name.clone(),
+            },
+            "releasing the hold: the target's setup Job attaches to the restored database".into(),
+        ),
+        RELEASE_HOLD => Step::Done("the target's web tier may start".into()),
+        VERIFY => verify_step(seen, target),
+        _ => Step::Waiting("the steps before".into()),
+    }
+}
+
+/// The checks, once the target is Ready (its setup Job attached to the restored database
+/// and its workers serve) and the database was checked as the OpenEMR user.
+fn verify_step(seen: &Seen, target: &TargetSeen) -> Step {
+    if !target.ready {
+        return Step::Waiting(format!(
+            "clinic {} to be Ready (its setup Job attaches to the restored database, then its workers start)",
+            seen.target_name
+        ));
+    }
+    let Some(findings) = &seen.database_checks else {
+        return Step::Waiting("the database checks".into());
+    };
+    let failed: Vec<String> = findings
+        .iter()
+        .filter(|f| !f.passed)
+        .map(|f| format!("{:?}: {}", f.check, f.message))
+        .collect();
+    if failed.is_empty() {
+        let not_run = if seen.source.documents.is_none()
+            && seen.checks.contains(&VerificationCheck::DocumentsPresent)
+        {
+            "; DocumentsPresent not run: the source has no documents"
+        } else {
+            ""
+        };
+        Step::Done(format!(
+            "{} checks passed{not_run}",
+            results(seen, findings).len()
+        ))
+    } else {
+        Step::Failed("VerificationFailed", failed.join("; "))
+    }
+}
+
+/// The results of the checks the request asked for, as far as they ran.
+pub fn results(seen: &Seen, findings: &[Finding]) -> Vec<CheckResult> {
+    let mut results: Vec<CheckResult> = findings
+        .iter()
+        .filter(|f| seen.checks.contains(&f.check))
+        .map(|f| CheckResult {
+            check: f.check,
+            passed: f.passed,
+            time: None,
+            message: Some(f.message.clone()),
+        })
+        .collect();
+    if seen.checks.contains(&VerificationCheck::WebReady) {
+        let ready = seen.target.as_ref().is_some_and(|t| t.ready);
+        results.push(CheckResult {
+            check: VerificationCheck::WebReady,
+            passed: ready,
+            time: None,
+            message: Some(format!(
+                "clinic {} is {}",
+                seen.target_name,
+                if ready { "Ready" } else { "not Ready" }
+            )),
+        });
+    }
+    results
+}
+
+/// Whether the instance's managed master secret is the target's own: one under the
+/// target's key. A restored instance may come with its snapshot's secret (the source's,
+/// which the source may delete), never to be used.
+fn own_secret(db: &DbInstance, target: &TargetSeen) -> bool {
+    db.master_user_secret_arn.is_some()
+        && target.kms_key.is_some()
+        && db.master_user_secret_kms_key == target.kms_key
+}
+
+fn copy_step(seen: &Seen, target: &TargetSeen) -> Step {
+    let Some(source_arn) = &seen.source.snapshot_arn else {
+        return Step::Failed(
+            "SourceIncomplete",
+            "the source names no snapshot ARN".into(),
+        );
+    };
+    if seen.instance.is_some() {
+        // Restored already: the copy may be gone (deleted once restored, by hand).
+        return Step::Done("restored from the copy".into());
+    }
+    let Some(kms_key) = &target.kms_key else {
+        return Step::Waiting("the target clinic's stack (its key)".into());
+    };
+    let identifier = copy_identifier(&target.db_identifier, &seen.uid);
+    match &seen.copy {
+        None => {
+            let mut tags = target.tags.clone();
+            tags.insert(RESTORED_BY.to_string(), seen.uid.clone());
+            Step::Act(
+                Change::CopySnapshot {
+                    source_arn: source_arn.clone(),
+                    identifier: identifier.clone(),
+                    kms_key: kms_key.clone(),
+                    tags,
+                },
+                format!("copying {source_arn} as {identifier} under the target's key"),
+            )
+        }
+        Some(copy) if copy.status == "available" => {
+            Step::Done(format!("{identifier} (under the target's key)"))
+        }
+        Some(copy) if copy.status == "failed" => Step::Failed(
+            "SnapshotCopyFailed",
+            format!("RDS reports the copy {identifier} failed"),
+        ),
+        Some(copy) => Step::Waiting(format!("copy {identifier} is {}", copy.status)),
+    }
+}
+
+fn restore_step(seen: &Seen, target: &TargetSeen) -> Step {
+    match &seen.instance {
+        Some(db) if db.tags.get(RESTORED_BY) != Some(&seen.uid) => Step::Failed(
+            "TargetDatabaseExists",
+            format!(
+                "DB instance {} exists and was not restored by this request",
+                db.identifier
+            ),
+        ),
+        Some(db) if db.status == "available" || own_secret(db, target) => {
+            Step::Done(format!("DB instance {}", db.identifier))
+        }
+        Some(db)
+            if matches!(
+                db.status.as_str(),
+                "failed"
+                    | "incompatible-restore"
+                    | "incompatible-parameters"
+                    | "incompatible-network"
+            ) =>
+        {
+            Step::Failed(
+                "RestoreFailed",
+                format!("RDS reports DB instance {} {}", db.identifier, db.status),
+            )
+        }
+        Some(db) => Step::Waiting(format!("DB instance {} is {}", db.identifier, db.status)),
+        None => {
+            let Some(placement) = &target.placement else {
+                return Step::Waiting(
+                    "the target clinic's stack (subnet group, security group, parameter group)"
+                        .into(),
+                );
+            };
+            let mut tags = target.tags.clone();
+            tags.insert(RESTORED_BY.to_string(), seen.uid.clone());
+            let spec = &target.database;
+            let request = RestoreDb {
+                identifier: target.db_identifier.clone(),
+                snapshot: copy_identifier(&target.db_identifier, &seen.uid),
+                instance_class: spec.instance_class.clone(),
+                multi_az: spec.multi_az,
+                backup_retention: spec.backup_retention_days,
+                backup_window: spec.backup_window.clone(),
+                deletion_protection: spec.deletion_protection,
+                subnet_group: placement.subnet_group.clone(),
+                security_group: placement.security_group.clone(),
+                parameter_group: placement.parameter_group.clone(),
+                tags,
+            };
+            Step::Act(
+                Change::RestoreDatabase(Box::new(request)),
+                format!("restoring DB instance {}", target.db_identifier),
+            )
+        }
+    }
+}
+
+fn reset_step(seen: &Seen, target: &TargetSeen) -> Step {
+    let Some(db) = &seen.instance else {
+        return Step::Waiting("the restored instance".into());
+    };
+    let Some(secret) = &target.credentials_secret else {
+        return Step::Waiting(format!(
+            "the target clinic's credentials Secret {}-db-credentials",
+            seen.target_name
+        ));
+    };
+    match &seen.user_opens {
+        Some(Ok(())) => Step::Done(format!(
+            "{}'s password is the one in Secret {secret}",
+            target.database.username
+        )),
+        _ => {
+            let (Some((host, port)), Some(arn)) = (&db.endpoint, &db.master_user_secret_arn) else {
+                return Step::Waiting("the instance's endpoint and master secret".into());
+            };
+            Step::Act(
+                Change::ResetDatabaseUser {
+                    endpoint: Endpoint {
+                        host: host.clone(),
+                        port: u16::try_from(*port).unwrap_or(3306),
+                    },
+                    master_secret_arn: arn.clone(),
+                    master_user: db.master_username.clone().unwrap_or_else(|| {
+                        crate::controller::deployment::infra::database::MASTER_USERNAME.to_string()
+                    }),
+                    user: target.database.username.clone(),
+                    database: target.database.database_name.clone(),
+                    secret: secret.clone(),
+                },
+                format!(
+                    "setting {}'s password to the one in Secret {secret}",
+                    target.database.username
+                ),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::restore::source::Documents;
+
+    const KEY: &str = "arn:aws:kms:us-east-1:1:key/target";
+
+    fn now() -> Timestamp {
+        "2026-12-01T10:00:00Z".parse().unwrap()
+    }
+
+    fn target() -> TargetSeen {
+        TargetSeen {
+            uid: "clinic-uid".into(),
+            ours: true,
+            held: false,
+            ready: false,
+            region: "us-east-1".into(),
+            db_identifier: "copy-db".into(),
+            kms_key: None,
+            placement: None,
+            tags: BTreeMap::from([("openemr.io/cluster".to_string(), "c1".to_string())]),
+            credentials_secret: None,
+            database: DatabaseSpec::default(),
+        }
+    }
+
+    fn seen() -> Seen {
+        Seen {
+            request: "restore-a".into(),
+            uid: "req-uid".into(),
+            target_name: "copy-a".into(),
+            source: Resolved {
+                set: Some("set-1".into()),
+                snapshot_arn: Some("arn:aws:rds:us-east-1:1:snapshot:set-1".into()),
+                point_in_time: None,
+                data_time: Some("2026-12-01T02:00:00Z".parse().unwrap()),
+                documents: None,
+                documents_behind_seconds: None,
+            },
+            target_spec: Some(OpenEMRDeployment::new(
+                "copy-a",
+                serde_json::from_value(serde_json::json!({
+                    "aws": {"region": "us-east-1"},
+                    "network": {"vpcId": "vpc-1", "subnetIds": ["subnet-1", "subnet-2"]},
+                }))
+                .unwrap(),
+            )),
+            target: None,
+            copy: None,
+            instance: None,
+            user_opens: None,
+            done: Vec::new(),
+            checks: VerificationCheck::all(),
+            requested: Some("2026-12-01T09:00:00Z".parse().unwrap()),
+            database_checks: None,
+        }
+    }
+
+    fn instance(status: &str) -> DbInstance {
+        DbInstance {
+            identifier: "copy-db".into(),
+            status: status.into(),
+            endpoint: Some(("copy-db.example".into(), 3306)),
+            master_username: Some("openemr_admin".into()),
+            tags: BTreeMap::from([(RESTORED_BY.to_string(), "req-uid".to_string())]),
+            ..DbInstance::default()
+        }
+    }
+
+    /// Plans `seen` over `status`, keeping the steps' memory as the controller does.
+    fn step_once(seen: &mut Seen, status: &mut RestoreRequestStatus) -> Outcome {
+        let outcome = plan(seen, status, now());
+        seen.done = status
+            .steps
+            .iter()
+            .filter(|s| matches!(s.phase, StepPhase::Succeeded | StepPhase::Skipped))
+            .map(|s| s.name.clone())
+            .collect();
+        outcome
+    }
+
+    fn action(outcome: &Outcome) -> String {
+        outcome
+            .changes
+            .iter()
+            .map(|c| c.intent().0)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    #[test]
+    fn a_side_by_side_restore_walks_its_steps_in_order_and_resumes_from_what_it_finds() {
+        let mut seen = seen();
+        let mut status = RestoreRequestStatus::default();
+        assert_eq!(action(&step_once(&mut seen, &mut status)), "CreateTarget");
+        seen.target = Some(target());
+        assert_eq!(action(&step_once(&mut seen, &mut status)), "PlaceHold");
+        seen.target.as_mut().unwrap().held = true;
+        // The stack has not made the key yet: nothing is copied.
+        let o = step_once(&mut seen, &mut status);
+        assert_eq!(action(&o), "");
+        assert!(o.in_progress);
+        let t = seen.target.as_mut().unwrap();
+        t.kms_key = Some(KEY.into());
+        let o = step_once(&mut seen, &mut status);
+        let Change::CopySnapshot {
+            identifier,
+            kms_key,
+            tags,
+            ..
+        } = &o.changes[0]
+        else {
+            panic!("{o:?}")
+        };
+        assert_eq!(identifier, &copy_identifier("copy-db", "req-uid"));
+        assert_eq!(kms_key, KEY);
+        assert_eq!(tags[RESTORED_BY], "req-uid");
+        assert_eq!(tags["openemr.io/cluster"], "c1");
+        seen.copy = Some(DbSnapshot {
+            identifier: identifier.clone(),
+            arn: None,
+            status: "available".into(),
+            tags: BTreeMap::new(),
+        });
+        // Copied, but the stack's subnet group and the rest are not there: no restore.
+        assert_eq!(action(&step_once(&mut seen, &mut status)), "");
+        seen.target.as_mut().unwrap().placement = Some(Placement {
+            kms_key_id: KEY.into(),
+            subnet_group: "sg-group".into(),
+            security_group: "sg-1".into(),
+            parameter_group: "pg".into(),
+        });
+        let o = step_once(&mut seen, &mut status);
+        let Change::RestoreDatabase(r) = &o.changes[0] else {
+            panic!("{o:?}")
+        };
+        assert_eq!(
+            (
+                r.subnet_group.as_str(),
+                r.security_group.as_str(),
+                r.parameter_group.as_str()
+            ),
+            ("sg-group", "sg-1", "pg")
+        );
+        assert_eq!(r.snapshot, copy_identifier("copy-db", "req-uid"));
+        assert_eq!(r.tags[RESTORED_BY], "req-uid");
+        // Restored with the snapshot's (the source's) secret: not the target's own.
+        let mut db = instance("available");
+        db.master_user_secret_arn = Some("arn:secret:source".into());
+        db.master_user_secret_kms_key = Some("arn:aws:kms:us-east-1:1:key/source".into());
+        seen.instance = Some(db.clone());
+        assert_eq!(
+            action(&step_once(&mut seen, &mut status)),
+            "ModifyDBInstance"
+        );
+        db.master_user_secret_arn = Some("arn:secret:own".into());
+        db.master_user_secret_kms_key = Some(KEY.into());
+        db.status = "resetting-master-credentials".into();
+        seen.instance = Some(db.clone());
+        assert_eq!(action(&step_once(&mut seen, &mut status)), "");
+        db.status = "available".into();
+        seen.instance = Some(db);
+        // The target's credentials Secret is not there yet.
+        assert_eq!(action(&step_once(&mut seen, &mut status)), "");
+        seen.target.as_mut().unwrap().credentials_secret = Some("copy-a-db-credentials".into());
+        let o = step_once(&mut seen, &mut status);
+        let Change::ResetDatabaseUser {
+            master_secret_arn,
+            master_user,
+            secret,
+            ..
+        } = &o.changes[0]
+        else {
+            panic!("{o:?}")
+        };
+        assert_eq!(
+            (
+                master_secret_arn.as_str(),
+                master_user.as_str(),
+                secret.as_str()
+            ),
+            ("arn:secret:own", "openemr_admin", "copy-a-db-credentials")
+        );
+        // Refused (e.g. the master password not applied yet): asked again.
+        seen.user_opens = Some(Err("DatabaseLoginRefused".into()));
+        assert_eq!(
+            action(&step_once(&mut seen, &mut status)),
+            "ResetDatabaseUser"
+        );
+        seen.user_opens = Some(Ok(()));
+        // No documents in the source: skipped, saying so; the hold goes.
+        assert_eq!(action(&step_once(&mut seen, &mut status)), "ReleaseHold");
+        let documents = status
+            .steps
+            .iter()
+            .find(|s| s.name == RESTORE_DOCUMENTS)
+            .unwrap();
+        assert_eq!(documents.phase, StepPhase::Skipped);
+        seen.target.as_mut().unwrap().held = false;
+        // Released: never held again by the first step.
+        let o = step_once(&mut seen, &mut status);
+        assert_eq!(action(&o), "");
+        assert_eq!(status.phase, Some(RestorePhase::Verifying));
+        seen.target.as_mut().unwrap().ready = true;
+        seen.database_checks = Some(vec![Finding {
+            check: VerificationCheck::DatabaseReachable,
+            passed: true,
+            message: "TLSv1.3".into(),
+        }]);
+        let o = step_once(&mut seen, &mut status);
+        assert!(o.changes.is_empty() && o.failed.is_none() && !o.in_progress);
+        assert_eq!(status.phase, Some(RestorePhase::Succeeded));
+        assert_eq!(status.progress.as_deref(), Some("8/8"));
+        assert_eq!(status.rto_seconds, Some(3600));
+        assert_eq!(status.rpo_seconds, Some(7 * 3600));
+        let checks: Vec<_> = status
+            .verification
+            .iter()
+            .map(|c| (c.check, c.passed))
+            .collect();
+        assert_eq!(
+            checks,
+            [
+                (VerificationCheck::DatabaseReachable, true),
+                (VerificationCheck::WebReady, true)
+            ]
+        );
+        // What earlier looks recorded stands: skipped stays skipped.
+        let phases: Vec<StepPhase> = status.steps.iter().map(|s| s.phase).collect();
+        assert_eq!(phases[5], StepPhase::Skipped);
+        assert!(
+            phases
+                .iter()
+                .enumerate()
+                .all(|(i, p)| i == 5 || *p == StepPhase::Succeeded),
+            "{phases:?}"
+        );
+        let verify = status.steps.iter().find(|s| s.name == VERIFY).unwrap();
+        assert!(
+            verify
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("DocumentsPresent not run"),
+            "{verify:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_check_fails_the_restore_naming_it() {
+        let mut seen = seen();
+        seen.target = Some(TargetSeen {
+            held: false,
+            ready: true,
+            ..target()
+        });
+        seen.done = SIDE_BY_SIDE[..7].iter().map(|s| s.to_string()).collect();
+        seen.database_checks = Some(vec![Finding {
+            check: VerificationCheck::TablesNonEmpty,
+            passed: false,
+            message: "patient_data has no rows".into(),
+        }]);
+        let mut status = RestoreRequestStatus::default();
+        let o = plan(&seen, &mut status, now());
+        assert_eq!(o.failed.as_ref().unwrap().0, "VerificationFailed");
+        assert!(o.failed.unwrap().1.contains("patient_data has no rows"));
+        assert_eq!(status.phase, Some(RestorePhase::Failed));
+    }
+
+    #[test]
+    fn a_target_or_instance_this_request_did_not_make_is_never_used() {
+        let mut seen = seen();
+        seen.target = Some(TargetSeen {
+            ours: false,
+            ..target()
+        });
+        let mut status = RestoreRequestStatus::default();
+        let o = plan(&seen, &mut status, now());
+        assert_eq!(o.failed.unwrap().0, "TargetExists");
+        assert!(o.changes.is_empty());
+
+        let mut seen = self::seen();
+        seen.target = Some(TargetSeen {
+            held: true,
+            kms_key: Some(KEY.into()),
+            ..target()
+        });
+        let mut foreign = instance("available");
+        foreign.tags.clear();
+        seen.instance = Some(foreign);
+        let o = plan(&seen, &mut RestoreRequestStatus::default(), now());
+        assert_eq!(o.failed.unwrap().0, "TargetDatabaseExists");
+    }
+
+    #[test]
+    fn a_copy_rds_fails_fails_the_restore() {
+        let mut seen = seen();
+        seen.target = Some(TargetSeen {
+            held: true,
+            kms_key: Some(KEY.into()),
+            ..target()
+        });
+        seen.copy = Some(DbSnapshot {
+            identifier: "x".into(),
+            arn: None,
+            status: "failed".into(),
+            tags: BTreeMap::new(),
+        });
+        let o = plan(&seen, &mut RestoreRequestStatus::default(), now());
+        assert_eq!(o.failed.unwrap().0, "SnapshotCopyFailed");
+    }
+
+    #[test]
+    fn documents_to_restore_keep_the_target_held() {
+        let mut seen = seen();
+        seen.source.documents = Some(Documents {
+            bucket: "b".into(),
+            manifest: "m".into(),
+        });
+        seen.target = Some(TargetSeen {
+            held: true,
+            ..target()
+        });
+        seen.done = SIDE_BY_SIDE[..5].iter().map(|s| s.to_string()).collect();
+        let mut status = RestoreRequestStatus::default();
+        let o = plan(&seen, &mut status, now());
+        assert!(o.changes.is_empty() && o.in_progress);
+        assert_eq!(status.phase, Some(RestorePhase::Running));
+    }
+}

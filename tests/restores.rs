@@ -1,0 +1,425 @@
+//! Restores on a real control plane + moto + MariaDB. The operator's AWS calls go through a
+//! fault proxy that records what each restore call carried; the restored instance's
+//! endpoint (a name moto makes up, which nothing serves) is dialled at a local MariaDB
+//! through the operator's `--database-address`, with TLS verified against the RDS name.
+//! No kubelet runs: the tests play it for the target's setup Job and workers.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+use openemr_operator::api::backup::BackupPhase;
+use openemr_operator::api::restore::{RestorePhase, StepPhase};
+use openemr_operator::api::{
+    OpenEMRBackup, OpenEMRDeployment, RestoreRequest, RestoreRequestStatus, VerificationCheck,
+};
+use openemr_operator::aws::secrets::SecretValue;
+use openemr_operator::controller::deployment::clinic::RESTORED_BY;
+use openemr_operator::mysql::{AddressMap, Endpoint, Login, connect};
+use serde_json::json;
+use support::kubelet::{finish_pod, ready_clinic_with_env, run_workers, setup_pod};
+use support::mariadb::{MariaDb, sql_string};
+use support::{TestNamespace, apply, env, eventually};
+
+const REGION: &str = "ca-central-1";
+const WAIT: Duration = Duration::from_secs(120);
+/// The password OpenEMR's user had in the source clinic's database.
+const SOURCE_PASSWORD: &str = "source-openemr-pw";
+const SLICE: &str = include_str!("fixtures/openemr-slice.sql");
+
+/// A MariaDB standing in for every RDS endpoint of the region: the restored database, a
+/// slice of OpenEMR's schema with its user `openemr` as the source's installer left it.
+fn restored_database(name: &str) -> MariaDb {
+    let db = MariaDb::start_for(name, &[&format!("*.aaaaaaaaaa.{REGION}.rds.amazonaws.com")]);
+    db.root(&format!(
+        "CREATE DATABASE openemr; \
+         CREATE USER 'openemr'@'%' IDENTIFIED BY {} REQUIRE SSL; \
+         GRANT ALL PRIVILEGES ON openemr.* TO 'openemr'@'%'",
+        sql_string(SOURCE_PASSWORD)
+    ));
+    db.root(&format!("USE openemr; {SLICE}"));
+    db
+}
+
+fn addresses(db: &MariaDb) -> String {
+    format!("*.{REGION}.rds.amazonaws.com=127.0.0.1:{}", db.port)
+}
+
+/// Whether `user` with `password` opens the `openemr` schema at `endpoint`.
+async fn opens(db: &MariaDb, endpoint: &str, user: &str, password: &str) -> bool {
+    let (host, port) = endpoint.rsplit_once(':').unwrap();
+    let session = connect(
+        &Endpoint {
+            host: host.into(),
+            port: port.parse().unwrap(),
+        },
+        &Login {
+            user: user.into(),
+            password: SecretValue(password.into()),
+            database: Some("openemr".into()),
+        },
+        &std::fs::read(&db.ca).unwrap(),
+        &AddressMap::parse(&[addresses(db)]).unwrap(),
+        Duration::from_secs(10),
+    )
+    .await;
+    match session {
+        Ok(s) => {
+            s.close().await;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+async fn step_phase(requests: &Api<RestoreRequest>, name: &str, step: &str) -> Option<StepPhase> {
+    let status = requests.get(name).await.ok()?.status?;
+    status
+        .steps
+        .iter()
+        .find(|s| s.name == step)
+        .map(|s| s.phase)
+}
+
+/// A database-only set of a clinic, restored side by side: a new clinic with its own
+/// stack and key, whose database is the set's snapshot copied under that key and restored
+/// with the clinic's network and settings, whose master secret is its own (turned on after
+/// the restore, which RDS would not do), and whose OpenEMR user opens the database with the
+/// new clinic's own Secret and no longer with the source's password. The target stays held
+/// until then, its setup Job attaches (never installs), and the request is `Succeeded` only
+/// once every check passed. The source clinic and its set are untouched; deleting the
+/// request leaves the clinic it made.
+#[tokio::test]
+async fn a_set_restored_side_by_side_is_a_new_clinic_with_its_own_key_and_credentials() {
+    let db = restored_database("restore-side");
+    let client = env().admin().await;
+    let ns = TestNamespace::new(env(), "side").await;
+    let proxy = support::faults::FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+    for op in [
+        "CopyDBSnapshot",
+        "RestoreDBInstanceFromDBSnapshot",
+        "ModifyDBInstance",
+    ] {
+        proxy.record(op);
+    }
+    let mut source = support::clinic_manifest("clinic-a", REGION, "");
+    source["spec"]["web"] = json!({"replicas": 1, "ingress": {"host": "emr.clinic-a.example"}});
+    apply(&client, &ns.name, &source).await.unwrap();
+    let url = proxy.url();
+    let ca = db.ca.display().to_string();
+    let vars = [
+        ("AWS_ENDPOINT_URL", url.as_str()),
+        ("MYSQL_CA_FILE", ca.as_str()),
+    ];
+    let database_address = addresses(&db);
+    let args = [
+        "--retry-initial",
+        "1s",
+        "--retry-max",
+        "5s",
+        "--progress-interval",
+        "2s",
+        "--inventory-interval",
+        "3s",
+        "--database-address",
+        &database_address,
+    ];
+    let operator = ready_clinic_with_env(&client, &ns.name, "clinic-a", &args, &vars).await;
+    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
+    let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
+    let requests: Api<RestoreRequest> = Api::namespaced(client.clone(), &ns.name);
+    let source_clinic = clinics.get("clinic-a").await.unwrap();
+    let source_db = source_clinic.status.clone().unwrap().database.unwrap();
+
+    support::apply(
+        &client,
+        &ns.name,
+        &json!({
+            "apiVersion": "openemr.io/v1alpha1", "kind": "OpenEMRBackup",
+            "metadata": {"name": "set-1"},
+            "spec": {"deploymentRef": {"name": "clinic-a"}, "includeDocuments": false},
+        }),
+    )
+    .await
+    .unwrap();
+    let set = eventually(WAIT, "set-1 Completed", || async {
+        let s = sets.get("set-1").await.ok()?;
+        (s.status.as_ref()?.phase == Some(BackupPhase::Completed)).then_some(s)
+    })
+    .await;
+    let set_snapshot = set.status.unwrap().database.unwrap().arn.unwrap();
+
+    support::apply(
+        &client,
+        &ns.name,
+        &json!({
+            "apiVersion": "openemr.io/v1alpha1", "kind": "RestoreRequest",
+            "metadata": {"name": "restore-a"},
+            "spec": {
+                "source": {"backupRef": {"name": "set-1"}},
+                "target": {"sideBySide": {"deploymentName": "copy-a"}},
+            },
+        }),
+    )
+    .await
+    .unwrap();
+    let request_uid = eventually(WAIT, "the request's uid", || async {
+        requests.get("restore-a").await.ok()?.uid()
+    })
+    .await;
+
+    // The target: a copy of the source's spec, tied to nothing of the original's, marked
+    // for the restore, not owned by the request, and held.
+    let copy = eventually(WAIT, "clinic copy-a", || async {
+        clinics.get("copy-a").await.ok()
+    })
+    .await;
+    assert_eq!(copy.annotations()[RESTORED_BY], "restore-a");
+    assert_eq!(copy.labels()["openemr.io/restored-from"], "clinic-a");
+    assert!(copy.owner_references().is_empty());
+    assert_eq!(
+        copy.spec.web.ingress, None,
+        "no production traffic to a copy"
+    );
+    assert_eq!(copy.spec.web.replicas, 1);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let hold = "copy-a-hold-restore-restore-a";
+    eventually(WAIT, "the hold on copy-a", || async {
+        leases.get_opt(hold).await.ok()?
+    })
+    .await;
+
+    // The restored instance gets its own master secret; the test plays RDS's part of that
+    // (a new master password) on the server standing in for it.
+    let names = support::clinic_names(&ns.name, "copy-a");
+    let rds = aws_sdk_rds::Client::new(&env().aws(Some(REGION)).await);
+    let secrets = aws_sdk_secretsmanager::Client::new(&env().aws(Some(REGION)).await);
+    let target_key = eventually(WAIT, "copy-a's key", || async {
+        clinics.get("copy-a").await.ok()?.status?.kms_key_arn
+    })
+    .await;
+    let restored = eventually(
+        Duration::from_secs(180),
+        "the restored instance with its own secret",
+        || async {
+            let found = rds
+                .describe_db_instances()
+                .db_instance_identifier(&names.db_instance)
+                .send()
+                .await
+                .ok()?;
+            let instance = found.db_instances().first()?.clone();
+            let secret = instance.master_user_secret()?;
+            (secret.kms_key_id() == Some(target_key.as_str())).then_some(instance)
+        },
+    )
+    .await;
+    let secret_arn = restored.master_user_secret().unwrap().secret_arn().unwrap();
+    let secret: serde_json::Value = serde_json::from_str(
+        secrets
+            .get_secret_value()
+            .secret_id(secret_arn)
+            .send()
+            .await
+            .unwrap()
+            .secret_string()
+            .unwrap(),
+    )
+    .unwrap();
+    let master_password = secret["password"].as_str().unwrap().to_string();
+    let master_user = restored.master_username().unwrap().to_string();
+    db.root(&format!(
+        "CREATE USER '{master_user}'@'%' IDENTIFIED BY {} REQUIRE SSL; \
+         GRANT ALL PRIVILEGES ON *.* TO '{master_user}'@'%' WITH GRANT OPTION",
+        sql_string(&master_password)
+    ));
+
+    // The OpenEMR user's password is the target's own; then the hold goes and the setup
+    // Job attaches to the restored database.
+    eventually(WAIT, "ResetDatabaseUser succeeded", || async {
+        (step_phase(&requests, "restore-a", "ResetDatabaseUser").await
+            == Some(StepPhase::Succeeded))
+        .then_some(())
+    })
+    .await;
+    let (job, pod) = setup_pod(&client, &ns.name, "copy-a", 1).await;
+    let setup_env =
+        serde_json::to_value(&job.spec.unwrap().template.spec.unwrap().containers[0].env).unwrap();
+    assert_eq!(setup_env[1]["value"], "attach", "{setup_env}");
+    assert!(leases.get_opt(hold).await.unwrap().is_none(), "released");
+    finish_pod(&client, &ns.name, &pod, "Succeeded", "").await;
+    let status: RestoreRequestStatus = eventually(WAIT, "restore-a Succeeded", || async {
+        run_workers(&client, &ns.name, "copy-a").await;
+        let status = requests.get("restore-a").await.ok()?.status?;
+        assert_ne!(status.phase, Some(RestorePhase::Failed), "{status:#?}");
+        (status.phase == Some(RestorePhase::Succeeded)).then_some(status)
+    })
+    .await;
+
+    assert_eq!(status.progress.as_deref(), Some("8/8"), "{status:#?}");
+    assert_eq!(status.source_backup.as_deref(), Some("set-1"));
+    assert_eq!(
+        status.source_snapshot_arn.as_deref(),
+        Some(set_snapshot.as_str())
+    );
+    assert_eq!(
+        status.restored_db_instance.as_deref(),
+        Some(names.db_instance.as_str())
+    );
+    let checks: Vec<(VerificationCheck, bool)> = status
+        .verification
+        .iter()
+        .map(|c| (c.check, c.passed))
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            (VerificationCheck::DatabaseReachable, true),
+            (VerificationCheck::SchemaPresent, true),
+            (VerificationCheck::TablesNonEmpty, true),
+            (VerificationCheck::WebReady, true),
+        ],
+        "{status:#?}"
+    );
+    assert!(status.rto_seconds.is_some() && status.rpo_seconds.is_some());
+    let skipped = status
+        .steps
+        .iter()
+        .find(|s| s.name == "RestoreDocuments")
+        .unwrap();
+    assert_eq!(skipped.phase, StepPhase::Skipped);
+
+    // What AWS was asked: one copy under the target's key; one restore into the target's
+    // network and settings that sends no ManageMasterUserPassword (RDS ignores it on a
+    // MySQL restore); then the managed master password turned on under the target's key.
+    let copies = proxy.exchanges("CopyDBSnapshot");
+    assert_eq!(copies.len(), 1);
+    assert_eq!(
+        copies[0].param("SourceDBSnapshotIdentifier").as_deref(),
+        Some(set_snapshot.as_str())
+    );
+    assert_eq!(
+        copies[0].param("KmsKeyId").as_deref(),
+        Some(target_key.as_str())
+    );
+    let restores = proxy.exchanges("RestoreDBInstanceFromDBSnapshot");
+    assert_eq!(restores.len(), 1);
+    let r = &restores[0];
+    assert_eq!(r.param("ManageMasterUserPassword"), None, "{}", r.request);
+    assert_eq!(
+        r.param("DBInstanceIdentifier").as_deref(),
+        Some(names.db_instance.as_str())
+    );
+    let stack = clinics
+        .get("copy-a")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .stack
+        .unwrap()
+        .name;
+    let cfn = aws_sdk_cloudformation::Client::new(&env().aws(Some(REGION)).await);
+    let described = cfn
+        .describe_stacks()
+        .stack_name(&stack)
+        .send()
+        .await
+        .unwrap();
+    let output = |key: &str| {
+        described.stacks()[0]
+            .outputs()
+            .iter()
+            .find(|o| o.output_key() == Some(key))
+            .and_then(|o| o.output_value())
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        r.param("DBSubnetGroupName"),
+        Some(output("DbSubnetGroupName"))
+    );
+    assert_eq!(
+        r.param("VpcSecurityGroupIds.VpcSecurityGroupId.1"),
+        Some(output("SecurityGroupId"))
+    );
+    assert_eq!(
+        r.param("DBParameterGroupName"),
+        Some(output("DbParameterGroupName"))
+    );
+    assert_eq!(r.param("DeletionProtection").as_deref(), Some("true"));
+    let managed: Vec<_> = proxy
+        .exchanges("ModifyDBInstance")
+        .into_iter()
+        .filter(|m| m.param("ManageMasterUserPassword").as_deref() == Some("true"))
+        .collect();
+    assert_eq!(managed.len(), 1);
+    assert_eq!(
+        managed[0].param("MasterUserSecretKmsKeyId").as_deref(),
+        Some(target_key.as_str())
+    );
+    let calls = support::aws_calls(&operator).await;
+    assert_eq!(
+        calls.get("CreateDBInstance"),
+        Some(&1),
+        "the source's only: {calls:?}"
+    );
+    let tags: std::collections::BTreeMap<_, _> = restored
+        .tag_list()
+        .iter()
+        .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+        .collect();
+    assert_eq!(tags[RESTORED_BY], request_uid);
+    assert_eq!(tags["openemr.io/name"], "copy-a");
+
+    // The target's Secret opens the restored database as OpenEMR's user; the source's
+    // password no longer does. No password reached the request's status.
+    let endpoint = status.restored_endpoint.clone().unwrap();
+    let secrets_k8s: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let target_secret = secrets_k8s.get(&names.credentials_secret).await.unwrap();
+    let target_password =
+        String::from_utf8(target_secret.data.unwrap()["password"].0.clone()).unwrap();
+    assert!(opens(&db, &endpoint, "openemr", &target_password).await);
+    assert!(!opens(&db, &endpoint, "openemr", SOURCE_PASSWORD).await);
+    let written = serde_json::to_string(&status).unwrap();
+    for password in [&target_password, &master_password] {
+        assert!(!written.contains(password.as_str()));
+    }
+
+    // The source is untouched.
+    let source_now = rds
+        .describe_db_instances()
+        .db_instance_identifier(&source_db.identifier)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        source_now.db_instances()[0].db_instance_status(),
+        Some("available")
+    );
+    assert_eq!(
+        sets.get("set-1").await.unwrap().status.unwrap().phase,
+        Some(BackupPhase::Completed)
+    );
+
+    // The request goes; the clinic it made stays.
+    requests
+        .delete("restore-a", &Default::default())
+        .await
+        .unwrap();
+    eventually(WAIT, "restore-a gone", || async {
+        requests
+            .get_opt("restore-a")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(clinics.get_opt("copy-a").await.unwrap().is_some());
+    drop(operator);
+}
