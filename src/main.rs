@@ -345,6 +345,19 @@ enum DocumentsCommand {
         /// Restore into a directory that is not empty, replacing what is in the way.
         #[arg(long)]
         overwrite: bool,
+        /// Then point the restored site (`<into>/default/sqlconf.php`) at this database
+        /// host, as `site-config` does (password from `OPENEMR_DATABASE_PASSWORD`): a
+        /// restored site names the source's database otherwise.
+        #[arg(long, requires = "site_login")]
+        site_host: Option<String>,
+        #[arg(long, default_value_t = 3306)]
+        site_port: u16,
+        /// OpenEMR's MySQL user, for `--site-host`.
+        #[arg(long, requires = "site_host")]
+        site_login: Option<String>,
+        /// OpenEMR's schema, for `--site-host`.
+        #[arg(long, default_value = "openemr")]
+        site_database: String,
     },
 }
 
@@ -589,7 +602,28 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                 into,
                 owners,
                 overwrite,
+                site_host,
+                site_port,
+                site_login,
+                site_database,
             } => {
+                // Read before anything is written: a missing password fails at once.
+                let site = match (site_host, site_login) {
+                    (Some(host), Some(login)) => Some(documents::sqlconf::DatabaseSettings {
+                        host,
+                        port: site_port,
+                        login,
+                        password: match password_from_env(
+                            "OPENEMR_DATABASE_PASSWORD",
+                            "OpenEMR's database password (for --site-host)",
+                        ) {
+                            Ok(p) => p,
+                            Err(code) => return Ok(code),
+                        },
+                        database: site_database,
+                    }),
+                    _ => None,
+                };
                 let store = bucket.store(None).await;
                 let options = documents::restore::RestoreOptions {
                     manifest_key: manifest,
@@ -599,9 +633,30 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                     overwrite,
                     work_dir: bucket.work_dir.clone(),
                 };
-                let result = documents::restore::restore(&store, &options)
-                    .await
-                    .map(|s| (serde_json::to_string(&s), 0));
+                let result = match documents::restore::restore(&store, &options).await {
+                    Ok(summary) => match &site {
+                        None => Ok((serde_json::to_string(&summary), 0)),
+                        Some(to) => {
+                            let site_dir = options.into.join("default");
+                            match documents::sqlconf::rewrite_file(&site_dir, to) {
+                                Ok(file) => {
+                                    let mut line = serde_json::to_value(&summary)?;
+                                    line["siteConfig"] = serde_json::json!({
+                                        "file": file, "host": to.host, "port": to.port,
+                                        "login": to.login, "database": to.database,
+                                    });
+                                    Ok((serde_json::to_string(&line), 0))
+                                }
+                                Err(e) => Err(format!(
+                                    "restored {} files, then {}: {e}",
+                                    summary.files,
+                                    e.reason()
+                                )),
+                            }
+                        }
+                    },
+                    Err(e) => Err(e),
+                };
                 (bucket, result)
             }
         };

@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::{Api, ResourceExt};
 use openemr_operator::api::backup::{BackupPhase, CopyPhase};
@@ -18,7 +17,9 @@ use openemr_operator::api::{BackupPolicy, BackupPolicyStatus, OpenEMRBackup, Ope
 use openemr_operator::controller::backup::set::{self, SetManifest};
 use serde_json::json;
 use support::clock::TestClock;
-use support::kubelet::{finish_pod, play_job, pods, ready_clinic, run_documents_job, run_workers};
+use support::kubelet::{
+    documents_account, finish_pod, play_job, pods, ready_clinic, run_documents_job, run_workers,
+};
 use support::operator::Operator;
 use support::{TestNamespace, apply, env, eventually};
 
@@ -103,18 +104,6 @@ fn operator_behind(proxy: &support::faults::FaultProxy, ns: &str) -> Operator {
         &DOCUMENTS_IMAGE,
         &[("AWS_ENDPOINT_URL", url.as_str())],
     )
-}
-
-/// The service account documents Jobs run as.
-async fn documents_account(client: &kube::Client, ns: &str) {
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    accounts
-        .create(
-            &Default::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "openemr-documents"}})).unwrap(),
-        )
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
@@ -223,7 +212,7 @@ async fn an_on_demand_set_takes_the_snapshot_then_the_documents_then_writes_its_
             .map(|p| p.name_any())
     })
     .await;
-    let summary = run_documents_job(&job, &pod, &tree, &scratch);
+    let summary = run_documents_job(&job, &pod, &tree, &scratch, &[]);
     finish_pod(&client, &ns.name, &pod, "Succeeded", &summary).await;
 
     let done = eventually(WAIT, "the set Completed", || async {

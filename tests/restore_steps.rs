@@ -398,7 +398,7 @@ async fn openemrs_user_gets_a_new_password_and_keeps_its_tls_requirement() {
 }
 
 /// As OpenEMR's installer writes it: a tab before each `=`, values unescaped.
-const INSTALLED_SQLCONF: &str = "<?php\n//  OpenEMR\n//  MySQL Config\n\n$host\t= 'source-db.aaaaaaaaaa.us-east-1.rds.amazonaws.com';\n$port\t= '3306';\n$login\t= 'openemr';\n$pass\t= 'source-secret';\n$dbase\t= 'openemr';\n\n$sqlconf = array();\nglobal $sqlconf;\n$sqlconf[\"host\"]= $host;\n$sqlconf[\"port\"] = $port;\n$sqlconf[\"login\"] = $login;\n$sqlconf[\"pass\"] = $pass;\n$sqlconf[\"dbase\"] = $dbase;\n\n//////////////////////////\n//////DO NOT TOUCH THIS///\n$config = 1; /////////////\n//////////////////////////\n?>\n";
+const INSTALLED_SQLCONF: &str = include_str!("fixtures/installed-sqlconf.php");
 
 /// What PHP reads from `file`: the five variables, the `$sqlconf` array and `$config`.
 fn php_reads(file: &std::path::Path) -> serde_json::Value {

@@ -8,6 +8,7 @@ mod support;
 
 use std::time::Duration;
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
@@ -17,10 +18,15 @@ use openemr_operator::api::{
     OpenEMRBackup, OpenEMRDeployment, RestoreRequest, RestoreRequestStatus, VerificationCheck,
 };
 use openemr_operator::aws::secrets::SecretValue;
+use openemr_operator::controller::backup::set;
 use openemr_operator::controller::deployment::clinic::RESTORED_BY;
+use openemr_operator::controller::restore::steps::documents_job_name;
 use openemr_operator::mysql::{AddressMap, Endpoint, Login, connect};
 use serde_json::json;
-use support::kubelet::{finish_pod, ready_clinic_with_env, run_workers, setup_pod};
+use support::kubelet::{
+    documents_account, finish_pod, play_job, ready_clinic_with_env, run_workers, setup_jobs,
+    setup_pod,
+};
 use support::mariadb::{MariaDb, sql_string};
 use support::{TestNamespace, apply, env, eventually};
 
@@ -29,6 +35,8 @@ const WAIT: Duration = Duration::from_secs(120);
 /// The password OpenEMR's user had in the source clinic's database.
 const SOURCE_PASSWORD: &str = "source-openemr-pw";
 const SLICE: &str = include_str!("fixtures/openemr-slice.sql");
+/// `sqlconf.php` as OpenEMR's installer wrote it in the source clinic.
+const SQLCONF: &str = include_str!("fixtures/installed-sqlconf.php");
 
 /// A MariaDB standing in for every RDS endpoint of the region: the restored database, a
 /// slice of OpenEMR's schema with its user `openemr` as the source's installer left it.
@@ -84,6 +92,15 @@ async fn step_phase(requests: &Api<RestoreRequest>, name: &str, step: &str) -> O
         .map(|s| s.phase)
 }
 
+/// A set of a clinic with its documents, restored side by side: everything the
+/// database-only restore below does, and the set's documents restored into the new clinic's
+/// volume with their owners, its `sqlconf.php` pointing at the restored instance with the
+/// new clinic's own password, before the hold goes; `DocumentsPresent` passes.
+#[tokio::test]
+async fn a_set_with_documents_restored_side_by_side_brings_its_site_pointed_at_the_new_database() {
+    side_by_side(true).await;
+}
+
 /// A database-only set of a clinic, restored side by side: a new clinic with its own
 /// stack and key, whose database is the set's snapshot copied under that key and restored
 /// with the clinic's network and settings, whose master secret is its own (turned on after
@@ -94,9 +111,29 @@ async fn step_phase(requests: &Api<RestoreRequest>, name: &str, step: &str) -> O
 /// request leaves the clinic it made.
 #[tokio::test]
 async fn a_set_restored_side_by_side_is_a_new_clinic_with_its_own_key_and_credentials() {
-    let db = restored_database("restore-side");
+    side_by_side(false).await;
+}
+
+/// The source clinic's `sites/` as its installer and users left it.
+fn source_site(tree: &std::path::Path) {
+    let site = tree.join("default");
+    std::fs::create_dir_all(site.join("documents/1")).unwrap();
+    std::fs::create_dir_all(site.join("documents/logs_and_misc/methods")).unwrap();
+    std::fs::write(site.join("sqlconf.php"), SQLCONF).unwrap();
+    std::fs::write(site.join("documents/1/scan.pdf"), b"%PDF-1.7 scan").unwrap();
+    std::fs::write(
+        site.join("documents/logs_and_misc/methods/sixa"),
+        b"drive key a",
+    )
+    .unwrap();
+}
+
+/// A restore side by side of a set of clinic `clinic-a`, with its documents or without.
+async fn side_by_side(with_documents: bool) {
+    let suffix = if with_documents { "docs" } else { "db" };
+    let db = restored_database(&format!("restore-side-{suffix}"));
     let client = env().admin().await;
-    let ns = TestNamespace::new(env(), "side").await;
+    let ns = TestNamespace::new(env(), &format!("side-{suffix}")).await;
     let proxy = support::faults::FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
     for op in [
         "CopyDBSnapshot",
@@ -116,6 +153,8 @@ async fn a_set_restored_side_by_side_is_a_new_clinic_with_its_own_key_and_creden
     ];
     let database_address = addresses(&db);
     let args = [
+        "--documents-image",
+        "registry.example.org/openemr-operator:test",
         "--retry-initial",
         "1s",
         "--retry-max",
@@ -133,6 +172,11 @@ async fn a_set_restored_side_by_side_is_a_new_clinic_with_its_own_key_and_creden
     let requests: Api<RestoreRequest> = Api::namespaced(client.clone(), &ns.name);
     let source_clinic = clinics.get("clinic-a").await.unwrap();
     let source_db = source_clinic.status.clone().unwrap().database.unwrap();
+    let scratch = std::env::temp_dir().join(format!("oe-restores-{suffix}-{}", std::process::id()));
+    let (source_tree, target_tree) = (scratch.join("source"), scratch.join("target"));
+    std::fs::create_dir_all(&target_tree).unwrap();
+    source_site(&source_tree);
+    documents_account(&client, &ns.name).await;
 
     support::apply(
         &client,
@@ -140,11 +184,20 @@ async fn a_set_restored_side_by_side_is_a_new_clinic_with_its_own_key_and_creden
         &json!({
             "apiVersion": "openemr.io/v1alpha1", "kind": "OpenEMRBackup",
             "metadata": {"name": "set-1"},
-            "spec": {"deploymentRef": {"name": "clinic-a"}, "includeDocuments": false},
+            "spec": {"deploymentRef": {"name": "clinic-a"}, "includeDocuments": with_documents},
         }),
     )
     .await
     .unwrap();
+    if with_documents {
+        play_job(
+            &client,
+            &ns.name,
+            &set::documents_job_name("set-1"),
+            &source_tree,
+        )
+        .await;
+    }
     let set = eventually(WAIT, "set-1 Completed", || async {
         let s = sets.get("set-1").await.ok()?;
         (s.status.as_ref()?.phase == Some(BackupPhase::Completed)).then_some(s)
@@ -245,6 +298,43 @@ async fn a_set_restored_side_by_side_is_a_new_clinic_with_its_own_key_and_creden
         .then_some(())
     })
     .await;
+    let secrets_k8s: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let target_secret = secrets_k8s.get(&names.credentials_secret).await.unwrap();
+    let target_password =
+        String::from_utf8(target_secret.data.unwrap()["password"].0.clone()).unwrap();
+    if with_documents {
+        // Still held while the documents are restored.
+        let job = documents_job_name(&request_uid);
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+        let restore_job = eventually(WAIT, "the documents Job", || async {
+            jobs.get_opt(&job).await.ok()?
+        })
+        .await;
+        let spec = restore_job.spec.clone().unwrap().template.spec.unwrap();
+        let rendered = serde_json::to_string(&spec).unwrap();
+        assert!(
+            !rendered.contains(&target_password),
+            "no password in the Pod spec"
+        );
+        assert!(leases.get_opt(hold).await.unwrap().is_some());
+        assert!(setup_jobs(&client, &ns.name, "copy-a").await.is_empty());
+        play_job(&client, &ns.name, &job, &target_tree).await;
+        assert_eq!(
+            std::fs::read(target_tree.join("default/documents/1/scan.pdf")).unwrap(),
+            b"%PDF-1.7 scan"
+        );
+        let sqlconf = std::fs::read_to_string(target_tree.join("default/sqlconf.php")).unwrap();
+        let restored_host = format!(
+            "'{}.aaaaaaaaaa.{REGION}.rds.amazonaws.com'",
+            names.db_instance
+        );
+        assert!(sqlconf.contains(&restored_host), "{sqlconf}");
+        assert!(
+            sqlconf.contains(&format!("'{target_password}'")),
+            "{sqlconf}"
+        );
+        assert!(!sqlconf.contains("source-secret"), "{sqlconf}");
+    }
     let (job, pod) = setup_pod(&client, &ns.name, "copy-a", 1).await;
     let setup_env =
         serde_json::to_value(&job.spec.unwrap().template.spec.unwrap().containers[0].env).unwrap();
@@ -274,23 +364,28 @@ async fn a_set_restored_side_by_side_is_a_new_clinic_with_its_own_key_and_creden
         .iter()
         .map(|c| (c.check, c.passed))
         .collect();
-    assert_eq!(
-        checks,
-        [
-            (VerificationCheck::DatabaseReachable, true),
-            (VerificationCheck::SchemaPresent, true),
-            (VerificationCheck::TablesNonEmpty, true),
-            (VerificationCheck::WebReady, true),
-        ],
-        "{status:#?}"
-    );
+    let mut want = vec![
+        (VerificationCheck::DatabaseReachable, true),
+        (VerificationCheck::SchemaPresent, true),
+        (VerificationCheck::TablesNonEmpty, true),
+    ];
+    if with_documents {
+        want.push((VerificationCheck::DocumentsPresent, true));
+    }
+    want.push((VerificationCheck::WebReady, true));
+    assert_eq!(checks, want, "{status:#?}");
     assert!(status.rto_seconds.is_some() && status.rpo_seconds.is_some());
-    let skipped = status
+    let documents = status
         .steps
         .iter()
         .find(|s| s.name == "RestoreDocuments")
         .unwrap();
-    assert_eq!(skipped.phase, StepPhase::Skipped);
+    let want = if with_documents {
+        StepPhase::Succeeded
+    } else {
+        StepPhase::Skipped
+    };
+    assert_eq!(documents.phase, want, "{documents:?}");
 
     // What AWS was asked: one copy under the target's key; one restore into the target's
     // network and settings that sends no ManageMasterUserPassword (RDS ignores it on a
@@ -378,10 +473,6 @@ async fn a_set_restored_side_by_side_is_a_new_clinic_with_its_own_key_and_creden
     // The target's Secret opens the restored database as OpenEMR's user; the source's
     // password no longer does. No password reached the request's status.
     let endpoint = status.restored_endpoint.clone().unwrap();
-    let secrets_k8s: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let target_secret = secrets_k8s.get(&names.credentials_secret).await.unwrap();
-    let target_password =
-        String::from_utf8(target_secret.data.unwrap()["password"].0.clone()).unwrap();
     assert!(opens(&db, &endpoint, "openemr", &target_password).await);
     assert!(!opens(&db, &endpoint, "openemr", SOURCE_PASSWORD).await);
     let written = serde_json::to_string(&status).unwrap();
@@ -422,4 +513,5 @@ async fn a_set_restored_side_by_side_is_a_new_clinic_with_its_own_key_and_creden
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(clinics.get_opt("copy-a").await.unwrap().is_some());
     drop(operator);
+    std::fs::remove_dir_all(&scratch).ok();
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use openemr_operator::api::OpenEMRDeployment;
@@ -153,9 +153,16 @@ pub async fn ready_clinic_with_env(
     operator
 }
 
-/// Runs the documents Job's container as the kubelet would, with `/sites` as `tree`;
-/// returns its summary (the termination message).
-pub fn run_documents_job(job: &Job, pod: &str, tree: &Path, scratch: &Path) -> String {
+/// Runs the documents Job's container as the kubelet would, with `/sites` as `tree` and
+/// `secrets` as the values of its `secretKeyRef` variables; returns its summary (the
+/// termination message).
+pub fn run_documents_job(
+    job: &Job,
+    pod: &str,
+    tree: &Path,
+    scratch: &Path,
+    secrets: &[(String, String)],
+) -> String {
     let spec = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     let container = &spec.containers[0];
     let summary = scratch.join("termination-log");
@@ -180,6 +187,7 @@ pub fn run_documents_job(job: &Job, pod: &str, tree: &Path, scratch: &Path) -> S
             command.env(var.name, value);
         }
     }
+    command.envs(secrets.iter().map(|(k, v)| (k, v)));
     let out = command
         .env("POD_NAME", pod)
         // moto answers path-style only; a Job on AWS needs neither.
@@ -193,6 +201,22 @@ pub fn run_documents_job(job: &Job, pod: &str, tree: &Path, scratch: &Path) -> S
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::read_to_string(summary).unwrap()
+}
+
+/// The variables of `job`'s container that come from Secrets, read as the kubelet would.
+pub async fn secret_vars(client: &Client, ns: &str, job: &Job) -> Vec<(String, String)> {
+    let spec = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    let mut vars = Vec::new();
+    for var in spec.containers[0].env.clone().unwrap_or_default() {
+        let Some(from) = var.value_from.and_then(|f| f.secret_key_ref) else {
+            continue;
+        };
+        let secret = secrets.get(&from.name).await.unwrap();
+        let value = secret.data.unwrap()[&from.key].0.clone();
+        vars.push((var.name, String::from_utf8(value).unwrap()));
+    }
+    vars
 }
 
 /// The kubelet's part for the set's Job `name` (its documents or prune Job): runs its
@@ -214,7 +238,25 @@ pub async fn play_job(client: &kube::Client, ns: &str, name: &str, tree: &Path) 
             .map(|p| p.name_any())
     })
     .await;
-    let summary = run_documents_job(&job, &pod, tree, &scratch);
+    let summary = run_documents_job(
+        &job,
+        &pod,
+        tree,
+        &scratch,
+        &secret_vars(client, ns, &job).await,
+    );
     finish_pod(client, ns, &pod, "Succeeded", &summary).await;
     std::fs::remove_dir_all(&scratch).ok();
+}
+
+/// The service account documents Jobs run as.
+pub async fn documents_account(client: &Client, ns: &str) {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    accounts
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "openemr-documents"}})).unwrap(),
+        )
+        .await
+        .unwrap();
 }

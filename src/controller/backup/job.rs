@@ -12,7 +12,14 @@
 //! - **Copy**: `documents copy` of a completed set into the disaster-recovery region's
 //!   bucket, with that region's key. No volume, no capability, not root.
 //!
-//! All write nothing but `/tmp`, an `emptyDir` for the manifests (a million files make a
+//! - **Restore** (a restore's, not a set's): `documents restore --owners` of a set into a
+//!   restore's target clinic's EFS volume, mounted read-write at `/sites`, then its
+//!   `sqlconf.php` pointed at the target's database (`--site-host`, the password from the
+//!   target's Secret through `secretKeyRef`). Root with `CHOWN`, `FOWNER` and
+//!   `DAC_OVERRIDE`: OpenEMR's files belong to its web server's user and keep their owners
+//!   and modes. It belongs to its RestoreRequest.
+//!
+//! The others write nothing but `/tmp`, an `emptyDir` for the manifests (a million files make a
 //! manifest of about 100 MB). Their credentials are the service account's (IRSA or EKS Pod
 //! Identity); their summary is their termination message. A NetworkPolicy lets their pods
 //! reach DNS and HTTPS only, and nothing reach them. All belong to the set: deleting the
@@ -24,6 +31,8 @@ use crate::controller::deployment::web::{CLINIC_LABEL, COMPONENT_LABEL};
 
 /// The label naming the set a Job works for: a change of the Job wakes that set.
 pub const SET_LABEL: &str = "openemr.io/backup";
+/// The label naming the RestoreRequest a restore Job works for.
+pub const RESTORE_LABEL: &str = "openemr.io/restore";
 /// Where the volume is mounted.
 pub const SITES: &str = "/sites";
 
@@ -48,6 +57,25 @@ pub enum Task<'a> {
         to_kms_key: &'a str,
         previous: Option<&'a str>,
     },
+    /// Restores a set's documents into a restore target's volume (its claim), then points
+    /// its site at the target's database. The Job's `set` and `set_uid` name the
+    /// RestoreRequest.
+    Restore {
+        claim: &'a str,
+        manifest: &'a str,
+        site: SiteDatabase<'a>,
+    },
+}
+
+/// The database a restored site is pointed at.
+#[derive(Debug, Clone, Copy)]
+pub struct SiteDatabase<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub login: &'a str,
+    pub database: &'a str,
+    /// The Secret holding the password (key `password`).
+    pub password_secret: &'a str,
 }
 
 /// What the Job is made from.
@@ -90,6 +118,17 @@ impl DocumentsJob<'_> {
                 }
                 args
             }
+            Task::Restore { manifest, .. } => vec![
+                "documents",
+                "restore",
+                "--manifest",
+                manifest,
+                "--into",
+                SITES,
+                "--owners",
+                // A retried pod finds the first one's files: they are replaced.
+                "--overwrite",
+            ],
             Task::Prune { manifest } => {
                 vec!["documents", "prune", "--drop", manifest, "--keep-others"]
             }
@@ -118,6 +157,20 @@ impl DocumentsJob<'_> {
                 args
             }
         };
+        let port;
+        if let Task::Restore { site, .. } = self.task {
+            port = site.port.to_string();
+            args.extend([
+                "--site-host",
+                site.host,
+                "--site-port",
+                &port,
+                "--site-login",
+                site.login,
+                "--site-database",
+                site.database,
+            ]);
+        }
         args.extend([
             "--work-dir",
             "/tmp",
@@ -146,6 +199,20 @@ impl DocumentsJob<'_> {
                 ],
                 vec![
                     json!({"name": "sites", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}),
+                    tmp,
+                ],
+            ),
+            Task::Restore { claim, .. } => (
+                json!({
+                    "runAsUser": 0,
+                    "runAsNonRoot": false,
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "FOWNER", "DAC_OVERRIDE"]},
+                }),
+                vec![json!({"name": "sites", "mountPath": SITES}), tmp_mount],
+                vec![
+                    json!({"name": "sites", "persistentVolumeClaim": {"claimName": claim}}),
                     tmp,
                 ],
             ),
@@ -178,8 +245,8 @@ impl DocumentsJob<'_> {
             },
             "spec": {
                 "podSelector": {"matchLabels": {
-                    COMPONENT_LABEL: "backup",
-                    SET_LABEL: self.set,
+                    COMPONENT_LABEL: self.kind_labels().0,
+                    self.kind_labels().1: self.set,
                 }},
                 "policyTypes": ["Ingress", "Egress"],
                 "ingress": [],
@@ -191,22 +258,36 @@ impl DocumentsJob<'_> {
         })
     }
 
+    /// The component label and the label naming the owner: a set's, or a restore's.
+    fn kind_labels(&self) -> (&'static str, &'static str) {
+        match self.task {
+            Task::Restore { .. } => ("restore", RESTORE_LABEL),
+            _ => ("backup", SET_LABEL),
+        }
+    }
+
     fn labels(&self) -> Value {
+        let (component, owner_label) = self.kind_labels();
         json!({
             "app.kubernetes.io/name": "openemr",
             "app.kubernetes.io/instance": self.clinic,
-            COMPONENT_LABEL: "backup",
+            COMPONENT_LABEL: component,
             "app.kubernetes.io/managed-by": "openemr-operator",
             CLINIC_LABEL: self.clinic,
-            SET_LABEL: self.set,
+            owner_label: self.set,
         })
     }
 
-    /// The set owns what is made for it: deleting the record deletes these, not the data.
+    /// The set (or restore) owns what is made for it: deleting the record deletes these,
+    /// not the data.
     fn owner(&self) -> Value {
+        let kind = match self.task {
+            Task::Restore { .. } => "RestoreRequest",
+            _ => "OpenEMRBackup",
+        };
         json!([{
             "apiVersion": "openemr.io/v1alpha1",
-            "kind": "OpenEMRBackup",
+            "kind": kind,
             "name": self.set,
             "uid": self.set_uid,
             "controller": true,
@@ -223,6 +304,13 @@ impl DocumentsJob<'_> {
         ];
         if let Some(key) = self.kms_key {
             env.push(json!({"name": "DOCUMENTS_KMS_KEY", "value": key}));
+        }
+        if let Task::Restore { site, .. } = self.task {
+            env.push(
+                json!({"name": "OPENEMR_DATABASE_PASSWORD", "valueFrom": {"secretKeyRef": {
+                    "name": site.password_secret, "key": "password",
+                }}}),
+            );
         }
         let (security, mounts, volumes) = self.access();
         json!({

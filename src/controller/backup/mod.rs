@@ -701,7 +701,12 @@ async fn read_rebuilt(
 }
 
 /// A Job of the set's, as the cache and its pods show it.
-async fn job_seen(ctx: &Context, ns: &str, name: &str, set_uid: &str) -> Result<JobSeen, Error> {
+pub(crate) async fn job_seen(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    set_uid: &str,
+) -> Result<JobSeen, Error> {
     Ok(match cached(&ctx.children.jobs, ns, name) {
         None => JobSeen::Absent,
         Some(job) if !job.owner_references().iter().any(|o| o.uid == set_uid) => JobSeen::Foreign,

@@ -334,6 +334,21 @@ impl Reconcile for RestoreRequest {
                 session.close().await;
                 result
             }
+            Change::CreateDocumentsJob {
+                name,
+                body,
+                network_policy,
+            } => {
+                use crate::controller::backup::create_new;
+                create_new::<k8s_openapi::api::networking::v1::NetworkPolicy>(
+                    ctx,
+                    &ns,
+                    name,
+                    network_policy,
+                )
+                .await?;
+                create_new::<k8s_openapi::api::batch::v1::Job>(ctx, &ns, name, body).await
+            }
             Change::ReleaseHold { clinic } => {
                 holds::release(&ctx.client, &ns, clinic, &steps::holder(&self.name_any()))
                     .await
@@ -509,6 +524,7 @@ impl RestoreRequest {
             checks: self.spec.checks.clone(),
             requested: self.metadata.creation_timestamp.as_ref().map(|t| t.0),
             database_checks: None,
+            documents_run: None,
         };
         let found = lookup(&ctx.caches.deployments, ns, &target_name);
         let Some(Ok(d)) = found.as_ref().map(|f| &f.0) else {
@@ -537,6 +553,7 @@ impl RestoreRequest {
             tags: clinic::clinic_tags(d, aws),
             credentials_secret: None,
             database: d.spec.database.clone(),
+            claim: super::deployment::web::WebNames::new(ns, &target_name).claim,
         };
         if !target.ours || (!held && !seen.done.iter().any(|d| d == steps::CREATE_TARGET)) {
             seen.target = Some(target);
@@ -612,6 +629,37 @@ impl RestoreRequest {
         }
         if reset_done {
             seen.user_opens = Some(Ok(()));
+        }
+        if seen.source.documents.is_some() {
+            // The set the documents come from: how many files it holds, and its clinic's
+            // region, where its bucket is.
+            let set = seen
+                .source
+                .set
+                .as_ref()
+                .and_then(|name| lookup(&ctx.caches.backups, ns, name))
+                .and_then(|s| s.0.as_ref().ok().cloned());
+            let region = set
+                .as_ref()
+                .and_then(|s| lookup(&ctx.caches.deployments, ns, &s.spec.deployment_ref.name))
+                .and_then(|c| c.0.as_ref().ok().map(|c| c.spec.aws.region.clone()))
+                .unwrap_or_else(|| target.region.clone());
+            let job = if reset_done {
+                crate::controller::backup::job_seen(ctx, ns, &steps::documents_job_name(&uid), &uid)
+                    .await?
+            } else {
+                crate::controller::backup::plan::JobSeen::Absent
+            };
+            seen.documents_run = Some(steps::DocumentsRun {
+                namespace: ns.to_string(),
+                image: aws.workload.documents_image.clone(),
+                service_account: aws.workload.documents_service_account.clone(),
+                backoff_limit: aws.workload.documents_backoff_limit,
+                deadline_seconds: aws.workload.documents_deadline.as_secs() as i64,
+                region,
+                expected_files: set.and_then(|s| s.status?.documents?.file_count),
+                job,
+            });
         }
         seen.target = Some(target);
         Ok(seen)

@@ -19,8 +19,12 @@
 //! 5. `ResetDatabaseUser`: as the master user, over TLS, the OpenEMR user's password is set
 //!    to the one in the target's own credentials Secret. Done once that password opens the
 //!    database.
-//! 6. `RestoreDocuments`: skipped for a database-only source.
-//! 7. `ReleaseHold`, 8. `Verify`: after the documents.
+//! 6. `RestoreDocuments`: a Job of the operator's image restores the set's documents into
+//!    the target's volume (owners and modes kept) and points its `sqlconf.php` at the
+//!    restored instance with the target's OpenEMR password; skipped for a database-only
+//!    source.
+//! 7. `ReleaseHold`: the target's setup Job attaches to the restored database and site.
+//! 8. `Verify`: the request's checks, once the target is Ready.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +38,8 @@ use crate::api::restore::CheckResult;
 use crate::api::restore::{RestorePhase, RestoreStep, StepPhase};
 use crate::api::{OpenEMRDeployment, RestoreRequestStatus};
 use crate::aws::rds::{DbInstance, DbSnapshot, RestoreDb};
+use crate::controller::backup::job::{DocumentsJob, SiteDatabase, Task};
+use crate::controller::backup::plan::JobSeen;
 use crate::controller::deployment::clinic::{RESTORED_BY, short_hash};
 use crate::controller::deployment::infra::database::Placement;
 use crate::mysql::Endpoint;
@@ -71,6 +77,27 @@ pub fn copy_identifier(db_identifier: &str, request_uid: &str) -> String {
     format!("{db_identifier}-restore-{}", short_hash(&[request_uid]))
 }
 
+/// The Job restoring a request's documents (one per request, whatever its name's length).
+pub fn documents_job_name(request_uid: &str) -> String {
+    format!("restore-documents-{}", short_hash(&[request_uid]))
+}
+
+/// What the documents Job is made with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentsRun {
+    pub namespace: String,
+    /// The operator's `--documents-image`; none: the step waits, saying so.
+    pub image: Option<String>,
+    pub service_account: String,
+    pub backoff_limit: i32,
+    pub deadline_seconds: i64,
+    /// The region of the bucket the set's documents are in (the source clinic's).
+    pub region: String,
+    /// Files the set's documents manifest holds, when the set says.
+    pub expected_files: Option<i64>,
+    pub job: JobSeen,
+}
+
 /// The target clinic, as the caches and AWS show it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetSeen {
@@ -92,6 +119,8 @@ pub struct TargetSeen {
     /// Its credentials Secret's name, once the Secret exists.
     pub credentials_secret: Option<String>,
     pub database: DatabaseSpec,
+    /// The claim of its `sites/` volume.
+    pub claim: String,
 }
 
 /// What the steps are planned from.
@@ -122,6 +151,8 @@ pub struct Seen {
     pub requested: Option<Timestamp>,
     /// The database checks' findings, as the OpenEMR user, once the target is Ready.
     pub database_checks: Option<Vec<Finding>>,
+    /// The documents Job, for a source with documents.
+    pub documents_run: Option<DocumentsRun>,
 }
 
 /// A mutating call the steps ask for.
@@ -154,6 +185,12 @@ pub enum Change {
     ReleaseHold {
         clinic: String,
     },
+    /// The documents Job and, first, the NetworkPolicy of its pods.
+    CreateDocumentsJob {
+        name: String,
+        body: serde_json::Value,
+        network_policy: serde_json::Value,
+    },
 }
 
 impl Change {
@@ -173,6 +210,7 @@ impl Change {
                 ("ResetDatabaseUser", format!("{user}@{}", endpoint.host))
             }
             Change::ReleaseHold { clinic } => ("ReleaseHold", clinic.clone()),
+            Change::CreateDocumentsJob { name, .. } => ("CreateDocumentsJob", name.clone()),
         };
         (action.to_string(), token)
     }
@@ -367,9 +405,9 @@ fn step(seen: &Seen, name: &str) -> Step {
         COPY_SNAPSHOT => copy_step(seen, target),
         RESTORE_DATABASE => restore_step(seen, target),
         MANAGE_MASTER_PASSWORD => match &seen.instance {
-            Some(db) if own_secret(db, target) && db.status == "available" => {
-                Step::Done("the instance has its own managed master secret, under the target's key".into())
-            }
+            Some(db) if own_secret(db, target) && db.status == "available" => Step::Done(
+                "the instance has its own managed master secret, under the target's key".into(),
+            ),
             Some(db) if own_secret(db, target) => Step::Waiting(format!(
                 "RDS is applying the managed master password (instance {})",
                 db.status
@@ -388,15 +426,7 @@ fn step(seen: &Seen, name: &str) -> Step {
             None => Step::Waiting("the restored instance".into()),
         },
         RESET_DATABASE_USER => reset_step(seen, target),
-        RESTORE_DOCUMENTS => match &seen.source.documents {
-            None => Step::Skipped(
-                "the source has no documents (a database-only set): the target's sites/ is its own, empty until set up".into(),
-            ),
-            Some(d) => Step::Waiting(format!(
-                "restoring the documents of s3://{}/{} is not built yet; the target stays held",
-                d.bucket, d.manifest
-            )),
-        },
+        RESTORE_DOCUMENTS => documents_step(seen, target),
         RELEASE_HOLD if target.held => Step::Act(
             Change::ReleaseHold {
                 clinic: seen.target_name.clone(),
@@ -406,6 +436,101 @@ fn step(seen: &Seen, name: &str) -> Step {
         RELEASE_HOLD => Step::Done("the target's web tier may start".into()),
         VERIFY => verify_step(seen, target),
         _ => Step::Waiting("the steps before".into()),
+    }
+}
+
+fn documents_step(seen: &Seen, target: &TargetSeen) -> Step {
+    let (Some(documents), Some(run)) = (&seen.source.documents, &seen.documents_run) else {
+        return Step::Skipped(
+            "the source has no documents (a database-only set): the target's sites/ stays empty, and its setup Job waits for a configured site copied onto its volume".into(),
+        );
+    };
+    let name = documents_job_name(&seen.uid);
+    match &run.job {
+        JobSeen::Absent => {
+            let Some(image) = &run.image else {
+                return Step::Waiting(
+                    "a documents image: start the operator with --documents-image".into(),
+                );
+            };
+            let Some((host, port)) = seen.instance.as_ref().and_then(|d| d.endpoint.clone()) else {
+                return Step::Waiting("the restored instance's endpoint".into());
+            };
+            let Some(secret) = &target.credentials_secret else {
+                return Step::Waiting("the target's credentials Secret".into());
+            };
+            let job = DocumentsJob {
+                name: &name,
+                namespace: &run.namespace,
+                set: &seen.request,
+                set_uid: &seen.uid,
+                clinic: &seen.target_name,
+                task: Task::Restore {
+                    claim: &target.claim,
+                    manifest: &documents.manifest,
+                    site: SiteDatabase {
+                        host: &host,
+                        port: u16::try_from(port).unwrap_or(3306),
+                        login: &target.database.username,
+                        database: &target.database.database_name,
+                        password_secret: secret,
+                    },
+                },
+                image,
+                service_account: &run.service_account,
+                region: &run.region,
+                bucket: &documents.bucket,
+                kms_key: None,
+                backoff_limit: run.backoff_limit,
+                deadline_seconds: run.deadline_seconds,
+            };
+            Step::Act(
+                Change::CreateDocumentsJob {
+                    name: name.clone(),
+                    body: job.render(),
+                    network_policy: job.network_policy(),
+                },
+                format!(
+                    "Job {name} restores s3://{}/{} into the target's volume",
+                    documents.bucket, documents.manifest
+                ),
+            )
+        }
+        JobSeen::Running => Step::Waiting(format!("Job {name} is restoring the documents")),
+        JobSeen::Succeeded(summary) => match documents_present(summary, run.expected_files) {
+            Ok(message) => Step::Done(message),
+            Err(message) => Step::Failed("DocumentsIncomplete", message),
+        },
+        JobSeen::Failed(words) => Step::Failed(
+            "DocumentsRestoreFailed",
+            format!("the documents Job {name} failed: {words}"),
+        ),
+        JobSeen::Foreign => Step::Failed(
+            "DocumentsJobTaken",
+            format!("Job {name} belongs to another object"),
+        ),
+    }
+}
+
+/// What the documents Job's summary says: the files restored (as many as the set holds,
+/// when it says) and the site pointed at the restored database; or what is missing.
+pub fn documents_present(summary: &str, expected: Option<i64>) -> Result<String, String> {
+    let line: serde_json::Value = serde_json::from_str(summary.trim())
+        .map_err(|_| format!("the documents Job's summary is not JSON: {summary:?}"))?;
+    let files = line["files"].as_i64().unwrap_or_default();
+    let host = line["siteConfig"]["host"].as_str().unwrap_or_default();
+    if host.is_empty() {
+        return Err("the documents Job did not point sqlconf.php at the restored database".into());
+    }
+    match expected {
+        Some(want) if want != files => Err(format!(
+            "the documents Job restored {files} files; the set holds {want}"
+        )),
+        _ if files == 0 => Err("the documents Job restored no files".into()),
+        _ => Ok(format!(
+            "{files} files ({} bytes) restored; sqlconf.php points at {host}",
+            line["bytes"].as_i64().unwrap_or_default()
+        )),
     }
 }
 
@@ -455,6 +580,21 @@ pub fn results(seen: &Seen, findings: &[Finding]) -> Vec<CheckResult> {
             message: Some(f.message.clone()),
         })
         .collect();
+    let restored = seen.documents_run.as_ref().and_then(|run| match &run.job {
+        JobSeen::Succeeded(summary) => Some(documents_present(summary, run.expected_files)),
+        _ => None,
+    });
+    if let (true, Some(restored)) = (
+        seen.checks.contains(&VerificationCheck::DocumentsPresent),
+        restored,
+    ) {
+        results.push(CheckResult {
+            check: VerificationCheck::DocumentsPresent,
+            passed: restored.is_ok(),
+            time: None,
+            message: Some(restored.unwrap_or_else(|e| e)),
+        });
+    }
     if seen.checks.contains(&VerificationCheck::WebReady) {
         let ready = seen.target.as_ref().is_some_and(|t| t.ready);
         results.push(CheckResult {
@@ -644,6 +784,7 @@ mod tests {
             tags: BTreeMap::from([("openemr.io/cluster".to_string(), "c1".to_string())]),
             credentials_secret: None,
             database: DatabaseSpec::default(),
+            claim: "copy-a-sites".into(),
         }
     }
 
@@ -676,6 +817,7 @@ mod tests {
             checks: VerificationCheck::all(),
             requested: Some("2026-12-01T09:00:00Z".parse().unwrap()),
             database_checks: None,
+            documents_run: None,
         }
     }
 
@@ -933,21 +1075,141 @@ mod tests {
         assert_eq!(o.failed.unwrap().0, "SnapshotCopyFailed");
     }
 
-    #[test]
-    fn documents_to_restore_keep_the_target_held() {
+    fn with_documents(job: JobSeen) -> Seen {
         let mut seen = seen();
         seen.source.documents = Some(Documents {
-            bucket: "b".into(),
-            manifest: "m".into(),
+            bucket: "oe-source".into(),
+            manifest: "backups/documents/set-1.jsonl.gz".into(),
+        });
+        seen.documents_run = Some(DocumentsRun {
+            namespace: "clinics".into(),
+            image: Some("registry.example.org/openemr-operator:1".into()),
+            service_account: "openemr-documents".into(),
+            backoff_limit: 2,
+            deadline_seconds: 3600,
+            region: "us-east-1".into(),
+            expected_files: Some(3),
+            job,
         });
         seen.target = Some(TargetSeen {
             held: true,
+            claim: "copy-a-sites".into(),
+            credentials_secret: Some("copy-a-db-credentials".into()),
             ..target()
         });
+        seen.instance = Some(instance("available"));
         seen.done = SIDE_BY_SIDE[..5].iter().map(|s| s.to_string()).collect();
+        seen
+    }
+
+    #[test]
+    fn the_documents_job_restores_into_the_targets_volume_and_points_the_site_at_its_database() {
+        let seen = with_documents(JobSeen::Absent);
+        let o = plan(&seen, &mut RestoreRequestStatus::default(), now());
+        let Change::CreateDocumentsJob { name, body, .. } = &o.changes[0] else {
+            panic!("{o:?}")
+        };
+        assert_eq!(name, &documents_job_name("req-uid"));
+        let container = &body["spec"]["template"]["spec"]["containers"][0];
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            args[..8],
+            [
+                "documents",
+                "restore",
+                "--manifest",
+                "backups/documents/set-1.jsonl.gz",
+                "--into",
+                "/sites",
+                "--owners",
+                "--overwrite"
+            ]
+        );
+        let site = args.iter().position(|a| *a == "--site-host").unwrap();
+        assert_eq!(args[site + 1], "copy-db.example");
+        let env = serde_json::to_string(&container["env"]).unwrap();
+        assert!(
+            env.contains(r#""secretKeyRef":{"key":"password","name":"copy-a-db-credentials"}"#),
+            "{env}"
+        );
+        assert!(env.contains(r#""value":"oe-source""#), "{env}");
+        assert_eq!(
+            body["metadata"]["ownerReferences"][0]["kind"],
+            "RestoreRequest"
+        );
+        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "req-uid");
+        let volumes = serde_json::to_string(&body["spec"]["template"]["spec"]["volumes"]).unwrap();
+        assert!(
+            volumes.contains(r#""claimName":"copy-a-sites""#),
+            "{volumes}"
+        );
+        assert!(!volumes.contains("readOnly"), "{volumes}");
+
+        let summary = r#"{"files":3,"bytes":40,"dirs":4,"symlinks":0,"durationMs":9,"siteConfig":{"host":"copy-db.example"}}"#;
+        let mut status = RestoreRequestStatus::default();
+        let o = plan(
+            &with_documents(JobSeen::Succeeded(summary.into())),
+            &mut status,
+            now(),
+        );
+        assert_eq!(action(&o), "ReleaseHold");
+        let step = status
+            .steps
+            .iter()
+            .find(|s| s.name == RESTORE_DOCUMENTS)
+            .unwrap();
+        assert_eq!(step.phase, StepPhase::Succeeded);
+        assert!(
+            step.message
+                .as_deref()
+                .unwrap()
+                .starts_with("3 files (40 bytes) restored")
+        );
+
+        let short = summary.replace(r#""files":3"#, r#""files":2"#);
+        let o = plan(
+            &with_documents(JobSeen::Succeeded(short)),
+            &mut RestoreRequestStatus::default(),
+            now(),
+        );
+        assert_eq!(o.failed.unwrap().0, "DocumentsIncomplete");
+        let no_site = r#"{"files":3,"bytes":40}"#;
+        let o = plan(
+            &with_documents(JobSeen::Succeeded(no_site.into())),
+            &mut RestoreRequestStatus::default(),
+            now(),
+        );
+        assert_eq!(o.failed.unwrap().0, "DocumentsIncomplete");
+        let o = plan(
+            &with_documents(JobSeen::Failed("BackoffLimitExceeded".into())),
+            &mut RestoreRequestStatus::default(),
+            now(),
+        );
+        let (reason, message) = o.failed.unwrap();
+        assert_eq!(reason, "DocumentsRestoreFailed");
+        assert!(message.contains("BackoffLimitExceeded"), "{message}");
+    }
+
+    #[test]
+    fn documents_to_restore_keep_the_target_held() {
+        let seen = with_documents(JobSeen::Running);
         let mut status = RestoreRequestStatus::default();
         let o = plan(&seen, &mut status, now());
         assert!(o.changes.is_empty() && o.in_progress);
         assert_eq!(status.phase, Some(RestorePhase::Running));
+        let seen = Seen {
+            documents_run: Some(DocumentsRun {
+                image: None,
+                ..seen.documents_run.clone().unwrap()
+            }),
+            ..with_documents(JobSeen::Absent)
+        };
+        let o = plan(&seen, &mut status, now());
+        assert!(o.changes.is_empty() && o.in_progress && o.failed.is_none());
     }
 }
