@@ -13,7 +13,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 use openemr_operator::api::backup::BackupPhase;
-use openemr_operator::api::restore::{RestorePhase, StepPhase};
+use openemr_operator::api::restore::{RestorePhase, RestoreStep, StepPhase};
 use openemr_operator::api::{
     OpenEMRBackup, OpenEMRDeployment, RestoreRequest, RestoreRequestStatus, VerificationCheck,
 };
@@ -28,6 +28,7 @@ use support::kubelet::{
     setup_pod,
 };
 use support::mariadb::{MariaDb, sql_string};
+use support::operator::Operator;
 use support::{TestNamespace, apply, env, eventually};
 
 const REGION: &str = "ca-central-1";
@@ -83,13 +84,18 @@ async fn opens(db: &MariaDb, endpoint: &str, user: &str, password: &str) -> bool
     }
 }
 
-async fn step_phase(requests: &Api<RestoreRequest>, name: &str, step: &str) -> Option<StepPhase> {
-    let status = requests.get(name).await.ok()?.status?;
-    status
-        .steps
-        .iter()
-        .find(|s| s.name == step)
-        .map(|s| s.phase)
+/// Step `name` of request `request`, as its status shows it.
+async fn step(requests: &Api<RestoreRequest>, request: &str, name: &str) -> Option<RestoreStep> {
+    let status = requests.get(request).await.ok()?.status?;
+    status.steps.into_iter().find(|s| s.name == name)
+}
+
+async fn step_phase(
+    requests: &Api<RestoreRequest>,
+    name: &str,
+    step_name: &str,
+) -> Option<StepPhase> {
+    step(requests, name, step_name).await.map(|s| s.phase)
 }
 
 /// A set of a clinic with its documents, restored side by side: everything the
@@ -128,101 +134,236 @@ fn source_site(tree: &std::path::Path) {
     .unwrap();
 }
 
+/// A `Ready` clinic `clinic-a` (with an Ingress) and a completed set `set-1` of it, under an
+/// operator whose AWS calls go through a recording fault proxy and whose database sessions
+/// reach the MariaDB standing in for the region's endpoints.
+struct Source {
+    db: MariaDb,
+    client: kube::Client,
+    ns: TestNamespace,
+    proxy: support::faults::FaultProxy,
+    args: Vec<String>,
+    vars: Vec<(String, String)>,
+    scratch: std::path::PathBuf,
+    set_snapshot: String,
+}
+
+impl Source {
+    async fn new(suffix: &str, with_documents: bool) -> (Source, Operator) {
+        let db = restored_database(&format!("restore-{suffix}"));
+        let client = env().admin().await;
+        let ns = TestNamespace::new(env(), &format!("restore-{suffix}")).await;
+        let proxy = support::faults::FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
+        for op in [
+            "CopyDBSnapshot",
+            "RestoreDBInstanceFromDBSnapshot",
+            "ModifyDBInstance",
+        ] {
+            proxy.record(op);
+        }
+        let mut clinic = support::clinic_manifest("clinic-a", REGION, "");
+        clinic["spec"]["web"] = json!({"replicas": 1, "ingress": {"host": "emr.clinic-a.example"}});
+        apply(&client, &ns.name, &clinic).await.unwrap();
+        let vars = vec![
+            ("AWS_ENDPOINT_URL".to_string(), proxy.url()),
+            ("MYSQL_CA_FILE".to_string(), db.ca.display().to_string()),
+        ];
+        let args: Vec<String> = [
+            "--documents-image",
+            "registry.example.org/openemr-operator:test",
+            "--retry-initial",
+            "1s",
+            "--retry-max",
+            "5s",
+            "--progress-interval",
+            "2s",
+            "--inventory-interval",
+            "3s",
+            "--database-address",
+            &addresses(&db),
+        ]
+        .map(str::to_string)
+        .to_vec();
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let var_refs: Vec<(&str, &str)> =
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let operator =
+            ready_clinic_with_env(&client, &ns.name, "clinic-a", &arg_refs, &var_refs).await;
+        let scratch =
+            std::env::temp_dir().join(format!("oe-restores-{suffix}-{}", std::process::id()));
+        std::fs::create_dir_all(scratch.join("target")).unwrap();
+        source_site(&scratch.join("source"));
+        documents_account(&client, &ns.name).await;
+        support::apply(
+            &client,
+            &ns.name,
+            &json!({
+                "apiVersion": "openemr.io/v1alpha1", "kind": "OpenEMRBackup",
+                "metadata": {"name": "set-1"},
+                "spec": {"deploymentRef": {"name": "clinic-a"}, "includeDocuments": with_documents},
+            }),
+        )
+        .await
+        .unwrap();
+        if with_documents {
+            let tree = scratch.join("source");
+            play_job(&client, &ns.name, &set::documents_job_name("set-1"), &tree).await;
+        }
+        let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
+        let set = eventually(WAIT, "set-1 Completed", || async {
+            let s = sets.get("set-1").await.ok()?;
+            (s.status.as_ref()?.phase == Some(BackupPhase::Completed)).then_some(s)
+        })
+        .await;
+        let set_snapshot = set.status.unwrap().database.unwrap().arn.unwrap();
+        let source = Source {
+            db,
+            client,
+            ns,
+            proxy,
+            args,
+            vars,
+            scratch,
+            set_snapshot,
+        };
+        (source, operator)
+    }
+
+    /// Another operator like the first (after one was killed).
+    fn operator(&self) -> Operator {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let vars: Vec<(&str, &str)> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Operator::start_with_env(env(), Some(&self.ns.name), &args, &vars)
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    /// Files RestoreRequest `restore-a` of `set-1` into clinic `copy-a`; its uid.
+    async fn request(&self) -> String {
+        support::apply(
+            &self.client,
+            &self.ns.name,
+            &json!({
+                "apiVersion": "openemr.io/v1alpha1", "kind": "RestoreRequest",
+                "metadata": {"name": "restore-a"},
+                "spec": {
+                    "source": {"backupRef": {"name": "set-1"}},
+                    "target": {"sideBySide": {"deploymentName": "copy-a"}},
+                },
+            }),
+        )
+        .await
+        .unwrap();
+        let requests: Api<RestoreRequest> = self.api();
+        eventually(WAIT, "the request's uid", || async {
+            requests.get("restore-a").await.ok()?.uid()
+        })
+        .await
+    }
+
+    /// RDS's part of the managed master password, played on the server standing in for the
+    /// restored instance: once the instance has a secret under the target's key, its master
+    /// user gets that secret's password. The instance and the password.
+    async fn play_master_password(&self) -> (aws_sdk_rds::types::DbInstance, String) {
+        let clinics: Api<OpenEMRDeployment> = self.api();
+        let names = support::clinic_names(&self.ns.name, "copy-a");
+        let rds = aws_sdk_rds::Client::new(&env().aws(Some(REGION)).await);
+        let secrets = aws_sdk_secretsmanager::Client::new(&env().aws(Some(REGION)).await);
+        let target_key = eventually(WAIT, "copy-a's key", || async {
+            clinics.get("copy-a").await.ok()?.status?.kms_key_arn
+        })
+        .await;
+        let restored = eventually(
+            Duration::from_secs(180),
+            "the restored instance with its own secret",
+            || async {
+                let found = rds
+                    .describe_db_instances()
+                    .db_instance_identifier(&names.db_instance)
+                    .send()
+                    .await
+                    .ok()?;
+                let instance = found.db_instances().first()?.clone();
+                let secret = instance.master_user_secret()?;
+                (secret.kms_key_id() == Some(target_key.as_str())).then_some(instance)
+            },
+        )
+        .await;
+        let secret_arn = restored.master_user_secret().unwrap().secret_arn().unwrap();
+        let secret: serde_json::Value = serde_json::from_str(
+            secrets
+                .get_secret_value()
+                .secret_id(secret_arn)
+                .send()
+                .await
+                .unwrap()
+                .secret_string()
+                .unwrap(),
+        )
+        .unwrap();
+        let master_password = secret["password"].as_str().unwrap().to_string();
+        let master_user = restored.master_username().unwrap().to_string();
+        self.db.root(&format!(
+            "CREATE USER IF NOT EXISTS '{master_user}'@'%' IDENTIFIED BY {} REQUIRE SSL; \
+             GRANT ALL PRIVILEGES ON *.* TO '{master_user}'@'%' WITH GRANT OPTION",
+            sql_string(&master_password)
+        ));
+        (restored, master_password)
+    }
+
+    /// Plays the kubelet for `copy-a`'s first setup Job and its workers until the request
+    /// is `Succeeded`; its status.
+    async fn finish(&self) -> RestoreRequestStatus {
+        let (_, pod) = setup_pod(&self.client, &self.ns.name, "copy-a", 1).await;
+        finish_pod(&self.client, &self.ns.name, &pod, "Succeeded", "").await;
+        let requests: Api<RestoreRequest> = self.api();
+        eventually(WAIT, "restore-a Succeeded", || async {
+            run_workers(&self.client, &self.ns.name, "copy-a").await;
+            let status = requests.get("restore-a").await.ok()?.status?;
+            assert_ne!(status.phase, Some(RestorePhase::Failed), "{status:#?}");
+            (status.phase == Some(RestorePhase::Succeeded)).then_some(status)
+        })
+        .await
+    }
+
+    /// The `ModifyDBInstance` calls that turned the managed master password on.
+    fn managed_password_calls(&self) -> Vec<support::faults::Exchange> {
+        self.proxy
+            .exchanges("ModifyDBInstance")
+            .into_iter()
+            .filter(|m| m.param("ManageMasterUserPassword").as_deref() == Some("true"))
+            .collect()
+    }
+}
+
 /// A restore side by side of a set of clinic `clinic-a`, with its documents or without.
 async fn side_by_side(with_documents: bool) {
     let suffix = if with_documents { "docs" } else { "db" };
-    let db = restored_database(&format!("restore-side-{suffix}"));
-    let client = env().admin().await;
-    let ns = TestNamespace::new(env(), &format!("side-{suffix}")).await;
-    let proxy = support::faults::FaultProxy::start(env().var("AWS_ENDPOINT_URL"));
-    for op in [
-        "CopyDBSnapshot",
-        "RestoreDBInstanceFromDBSnapshot",
-        "ModifyDBInstance",
-    ] {
-        proxy.record(op);
-    }
-    let mut source = support::clinic_manifest("clinic-a", REGION, "");
-    source["spec"]["web"] = json!({"replicas": 1, "ingress": {"host": "emr.clinic-a.example"}});
-    apply(&client, &ns.name, &source).await.unwrap();
-    let url = proxy.url();
-    let ca = db.ca.display().to_string();
-    let vars = [
-        ("AWS_ENDPOINT_URL", url.as_str()),
-        ("MYSQL_CA_FILE", ca.as_str()),
-    ];
-    let database_address = addresses(&db);
-    let args = [
-        "--documents-image",
-        "registry.example.org/openemr-operator:test",
-        "--retry-initial",
-        "1s",
-        "--retry-max",
-        "5s",
-        "--progress-interval",
-        "2s",
-        "--inventory-interval",
-        "3s",
-        "--database-address",
-        &database_address,
-    ];
-    let operator = ready_clinic_with_env(&client, &ns.name, "clinic-a", &args, &vars).await;
-    let clinics: Api<OpenEMRDeployment> = Api::namespaced(client.clone(), &ns.name);
-    let sets: Api<OpenEMRBackup> = Api::namespaced(client.clone(), &ns.name);
-    let requests: Api<RestoreRequest> = Api::namespaced(client.clone(), &ns.name);
-    let source_clinic = clinics.get("clinic-a").await.unwrap();
-    let source_db = source_clinic.status.clone().unwrap().database.unwrap();
-    let scratch = std::env::temp_dir().join(format!("oe-restores-{suffix}-{}", std::process::id()));
-    let (source_tree, target_tree) = (scratch.join("source"), scratch.join("target"));
-    std::fs::create_dir_all(&target_tree).unwrap();
-    source_site(&source_tree);
-    documents_account(&client, &ns.name).await;
-
-    support::apply(
-        &client,
-        &ns.name,
-        &json!({
-            "apiVersion": "openemr.io/v1alpha1", "kind": "OpenEMRBackup",
-            "metadata": {"name": "set-1"},
-            "spec": {"deploymentRef": {"name": "clinic-a"}, "includeDocuments": with_documents},
-        }),
-    )
-    .await
-    .unwrap();
-    if with_documents {
-        play_job(
-            &client,
-            &ns.name,
-            &set::documents_job_name("set-1"),
-            &source_tree,
-        )
-        .await;
-    }
-    let set = eventually(WAIT, "set-1 Completed", || async {
-        let s = sets.get("set-1").await.ok()?;
-        (s.status.as_ref()?.phase == Some(BackupPhase::Completed)).then_some(s)
-    })
-    .await;
-    let set_snapshot = set.status.unwrap().database.unwrap().arn.unwrap();
-
-    support::apply(
-        &client,
-        &ns.name,
-        &json!({
-            "apiVersion": "openemr.io/v1alpha1", "kind": "RestoreRequest",
-            "metadata": {"name": "restore-a"},
-            "spec": {
-                "source": {"backupRef": {"name": "set-1"}},
-                "target": {"sideBySide": {"deploymentName": "copy-a"}},
-            },
-        }),
-    )
-    .await
-    .unwrap();
-    let request_uid = eventually(WAIT, "the request's uid", || async {
-        requests.get("restore-a").await.ok()?.uid()
-    })
-    .await;
+    let (source, operator) = Source::new(suffix, with_documents).await;
+    let (client, ns, db) = (&source.client, &source.ns, &source.db);
+    let target_tree = source.scratch.join("target");
+    let set_snapshot = source.set_snapshot.clone();
+    let clinics: Api<OpenEMRDeployment> = source.api();
+    let sets: Api<OpenEMRBackup> = source.api();
+    let requests: Api<RestoreRequest> = source.api();
+    let source_db = clinics
+        .get("clinic-a")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .database
+        .unwrap();
+    let request_uid = source.request().await;
 
     // The target: a copy of the source's spec, tied to nothing of the original's, marked
     // for the restore, not owned by the request, and held.
@@ -248,47 +389,16 @@ async fn side_by_side(with_documents: bool) {
     // The restored instance gets its own master secret; the test plays RDS's part of that
     // (a new master password) on the server standing in for it.
     let names = support::clinic_names(&ns.name, "copy-a");
+    let (restored, master_password) = source.play_master_password().await;
+    let target_key = clinics
+        .get("copy-a")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .kms_key_arn
+        .unwrap();
     let rds = aws_sdk_rds::Client::new(&env().aws(Some(REGION)).await);
-    let secrets = aws_sdk_secretsmanager::Client::new(&env().aws(Some(REGION)).await);
-    let target_key = eventually(WAIT, "copy-a's key", || async {
-        clinics.get("copy-a").await.ok()?.status?.kms_key_arn
-    })
-    .await;
-    let restored = eventually(
-        Duration::from_secs(180),
-        "the restored instance with its own secret",
-        || async {
-            let found = rds
-                .describe_db_instances()
-                .db_instance_identifier(&names.db_instance)
-                .send()
-                .await
-                .ok()?;
-            let instance = found.db_instances().first()?.clone();
-            let secret = instance.master_user_secret()?;
-            (secret.kms_key_id() == Some(target_key.as_str())).then_some(instance)
-        },
-    )
-    .await;
-    let secret_arn = restored.master_user_secret().unwrap().secret_arn().unwrap();
-    let secret: serde_json::Value = serde_json::from_str(
-        secrets
-            .get_secret_value()
-            .secret_id(secret_arn)
-            .send()
-            .await
-            .unwrap()
-            .secret_string()
-            .unwrap(),
-    )
-    .unwrap();
-    let master_password = secret["password"].as_str().unwrap().to_string();
-    let master_user = restored.master_username().unwrap().to_string();
-    db.root(&format!(
-        "CREATE USER '{master_user}'@'%' IDENTIFIED BY {} REQUIRE SSL; \
-         GRANT ALL PRIVILEGES ON *.* TO '{master_user}'@'%' WITH GRANT OPTION",
-        sql_string(&master_password)
-    ));
 
     // The OpenEMR user's password is the target's own; then the hold goes and the setup
     // Job attaches to the restored database.
@@ -317,8 +427,8 @@ async fn side_by_side(with_documents: bool) {
             "no password in the Pod spec"
         );
         assert!(leases.get_opt(hold).await.unwrap().is_some());
-        assert!(setup_jobs(&client, &ns.name, "copy-a").await.is_empty());
-        play_job(&client, &ns.name, &job, &target_tree).await;
+        assert!(setup_jobs(client, &ns.name, "copy-a").await.is_empty());
+        play_job(client, &ns.name, &job, &target_tree).await;
         assert_eq!(
             std::fs::read(target_tree.join("default/documents/1/scan.pdf")).unwrap(),
             b"%PDF-1.7 scan"
@@ -335,19 +445,12 @@ async fn side_by_side(with_documents: bool) {
         );
         assert!(!sqlconf.contains("source-secret"), "{sqlconf}");
     }
-    let (job, pod) = setup_pod(&client, &ns.name, "copy-a", 1).await;
+    let (job, _) = setup_pod(client, &ns.name, "copy-a", 1).await;
     let setup_env =
         serde_json::to_value(&job.spec.unwrap().template.spec.unwrap().containers[0].env).unwrap();
     assert_eq!(setup_env[1]["value"], "attach", "{setup_env}");
     assert!(leases.get_opt(hold).await.unwrap().is_none(), "released");
-    finish_pod(&client, &ns.name, &pod, "Succeeded", "").await;
-    let status: RestoreRequestStatus = eventually(WAIT, "restore-a Succeeded", || async {
-        run_workers(&client, &ns.name, "copy-a").await;
-        let status = requests.get("restore-a").await.ok()?.status?;
-        assert_ne!(status.phase, Some(RestorePhase::Failed), "{status:#?}");
-        (status.phase == Some(RestorePhase::Succeeded)).then_some(status)
-    })
-    .await;
+    let status = source.finish().await;
 
     assert_eq!(status.progress.as_deref(), Some("8/8"), "{status:#?}");
     assert_eq!(status.source_backup.as_deref(), Some("set-1"));
@@ -390,7 +493,7 @@ async fn side_by_side(with_documents: bool) {
     // What AWS was asked: one copy under the target's key; one restore into the target's
     // network and settings that sends no ManageMasterUserPassword (RDS ignores it on a
     // MySQL restore); then the managed master password turned on under the target's key.
-    let copies = proxy.exchanges("CopyDBSnapshot");
+    let copies = source.proxy.exchanges("CopyDBSnapshot");
     assert_eq!(copies.len(), 1);
     assert_eq!(
         copies[0].param("SourceDBSnapshotIdentifier").as_deref(),
@@ -400,7 +503,7 @@ async fn side_by_side(with_documents: bool) {
         copies[0].param("KmsKeyId").as_deref(),
         Some(target_key.as_str())
     );
-    let restores = proxy.exchanges("RestoreDBInstanceFromDBSnapshot");
+    let restores = source.proxy.exchanges("RestoreDBInstanceFromDBSnapshot");
     assert_eq!(restores.len(), 1);
     let r = &restores[0];
     assert_eq!(r.param("ManageMasterUserPassword"), None, "{}", r.request);
@@ -446,11 +549,7 @@ async fn side_by_side(with_documents: bool) {
         Some(output("DbParameterGroupName"))
     );
     assert_eq!(r.param("DeletionProtection").as_deref(), Some("true"));
-    let managed: Vec<_> = proxy
-        .exchanges("ModifyDBInstance")
-        .into_iter()
-        .filter(|m| m.param("ManageMasterUserPassword").as_deref() == Some("true"))
-        .collect();
+    let managed = source.managed_password_calls();
     assert_eq!(managed.len(), 1);
     assert_eq!(
         managed[0].param("MasterUserSecretKmsKeyId").as_deref(),
@@ -473,8 +572,8 @@ async fn side_by_side(with_documents: bool) {
     // The target's Secret opens the restored database as OpenEMR's user; the source's
     // password no longer does. No password reached the request's status.
     let endpoint = status.restored_endpoint.clone().unwrap();
-    assert!(opens(&db, &endpoint, "openemr", &target_password).await);
-    assert!(!opens(&db, &endpoint, "openemr", SOURCE_PASSWORD).await);
+    assert!(opens(db, &endpoint, "openemr", &target_password).await);
+    assert!(!opens(db, &endpoint, "openemr", SOURCE_PASSWORD).await);
     let written = serde_json::to_string(&status).unwrap();
     for password in [&target_password, &master_password] {
         assert!(!written.contains(password.as_str()));
@@ -513,5 +612,92 @@ async fn side_by_side(with_documents: bool) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(clinics.get_opt("copy-a").await.unwrap().is_some());
     drop(operator);
-    std::fs::remove_dir_all(&scratch).ok();
+    std::fs::remove_dir_all(&source.scratch).ok();
+}
+
+/// SIGKILL at each step of a restore: with the snapshot copy still `creating` (moto's
+/// answers rewritten), with the restored instance still `creating`, after the managed
+/// master password was asked for, and after OpenEMR's password was set. Each new operator
+/// finds what the last one did: one copy, one restore, one managed-password call, one
+/// target clinic, and the restore succeeds.
+#[tokio::test]
+async fn a_restore_survives_an_operator_killed_at_each_step() {
+    use support::faults::Rule;
+    let (source, operator) = Source::new("kill", false).await;
+    let proxy = &source.proxy;
+    let requests: Api<RestoreRequest> = source.api();
+    let answered = |op: &str| proxy.counts(op).answered;
+    proxy.set(
+        "DescribeDBSnapshots",
+        Rule::default().rewrite("<Status>available</Status>", "<Status>creating</Status>"),
+    );
+    source.request().await;
+    eventually(WAIT, "the copy asked for", || async {
+        (answered("CopyDBSnapshot") >= 1).then_some(())
+    })
+    .await;
+    drop(operator.kill());
+    proxy.set(
+        "DescribeDBInstances",
+        Rule::default().rewrite(
+            "<DBInstanceStatus>available</DBInstanceStatus>",
+            "<DBInstanceStatus>creating</DBInstanceStatus>",
+        ),
+    );
+    let operator = source.operator();
+    eventually(WAIT, "the copy seen creating", || async {
+        let step = step(&requests, "restore-a", "CopySnapshot").await?;
+        step.message?.contains("is creating").then_some(())
+    })
+    .await;
+    // RDS finishes the copy while the operator is away.
+    drop(operator.kill());
+    proxy.clear("DescribeDBSnapshots");
+    let operator = source.operator();
+    eventually(WAIT, "the restore asked for", || async {
+        (answered("RestoreDBInstanceFromDBSnapshot") >= 1).then_some(())
+    })
+    .await;
+    drop(operator.kill());
+    let operator = source.operator();
+    eventually(WAIT, "the restored instance seen creating", || async {
+        let step = step(&requests, "restore-a", "RestoreDatabase").await?;
+        step.message?.contains("is creating").then_some(())
+    })
+    .await;
+    assert!(source.managed_password_calls().is_empty());
+    drop(operator.kill());
+    proxy.clear("DescribeDBInstances");
+    let operator = source.operator();
+    eventually(WAIT, "the managed master password asked for", || async {
+        (!source.managed_password_calls().is_empty()).then_some(())
+    })
+    .await;
+    drop(operator.kill());
+    let operator = source.operator();
+    source.play_master_password().await;
+    eventually(WAIT, "ResetDatabaseUser succeeded", || async {
+        (step_phase(&requests, "restore-a", "ResetDatabaseUser").await
+            == Some(StepPhase::Succeeded))
+        .then_some(())
+    })
+    .await;
+    drop(operator.kill());
+    let _operator = source.operator();
+    let status = source.finish().await;
+    assert_eq!(status.progress.as_deref(), Some("8/8"), "{status:#?}");
+    assert_eq!(answered("CopyDBSnapshot"), 1);
+    assert_eq!(answered("RestoreDBInstanceFromDBSnapshot"), 1);
+    assert_eq!(source.managed_password_calls().len(), 1);
+    let clinics: Api<OpenEMRDeployment> = source.api();
+    let copies = clinics
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|c| c.annotations().contains_key(RESTORED_BY))
+        .count();
+    assert_eq!(copies, 1);
+    std::fs::remove_dir_all(&source.scratch).ok();
 }
