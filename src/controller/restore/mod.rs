@@ -494,12 +494,30 @@ impl RestoreRequest {
         let source_clinic = source_clinic
             .and_then(|name| lookup(&ctx.caches.deployments, ns, &name))
             .and_then(|c| c.0.as_ref().ok().cloned());
+        let target_spec = self.target_clinic(ns, source_clinic.as_ref());
+        // Into another region: from the set's copy there, when it has one.
+        let source_set = resolved
+            .set
+            .as_ref()
+            .and_then(|name| lookup(&ctx.caches.backups, ns, name))
+            .and_then(|s| s.0.as_ref().ok().cloned());
+        let target_region = target_spec.as_ref().map(|t| t.spec.aws.region.clone());
+        let source_region = source_clinic.as_ref().map(|c| c.spec.aws.region.clone());
+        let resolved = match (&source_set, &target_region) {
+            (Some(set), Some(region))
+                if self.spec.source.snapshot.is_none()
+                    && source_region.as_ref() != Some(region) =>
+            {
+                source::from_copy_in(&resolved, set, region).unwrap_or(resolved)
+            }
+            _ => resolved,
+        };
         let mut seen = steps::Seen {
             request: self.name_any(),
             uid: uid.clone(),
             target_name: target_name.clone(),
             source: resolved,
-            target_spec: self.target_clinic(ns, source_clinic.as_ref()),
+            target_spec,
             target: None,
             copy: None,
             instance: None,
@@ -639,10 +657,15 @@ impl RestoreRequest {
                 .as_ref()
                 .and_then(|name| lookup(&ctx.caches.backups, ns, name))
                 .and_then(|s| s.0.as_ref().ok().cloned());
-            let region = set
-                .as_ref()
-                .and_then(|s| lookup(&ctx.caches.deployments, ns, &s.spec.deployment_ref.name))
-                .and_then(|c| c.0.as_ref().ok().map(|c| c.spec.aws.region.clone()))
+            let region = seen
+                .source
+                .region
+                .clone()
+                .or_else(|| {
+                    let clinic = &set.as_ref()?.spec.deployment_ref.name;
+                    let found = lookup(&ctx.caches.deployments, ns, clinic)?;
+                    found.0.as_ref().ok().map(|c| c.spec.aws.region.clone())
+                })
                 .unwrap_or_else(|| target.region.clone());
             let job = if reset_done {
                 crate::controller::backup::job_seen(ctx, ns, &steps::documents_job_name(&uid), &uid)

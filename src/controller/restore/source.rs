@@ -44,6 +44,9 @@ pub struct Resolved {
     pub documents: Option<Documents>,
     /// How much older the documents are than the database, in seconds (a point in time).
     pub documents_behind_seconds: Option<i64>,
+    /// The region the snapshot and the documents' bucket are in, when it is not the source
+    /// clinic's: a set's copy in another region ([`from_copy_in`]).
+    pub region: Option<String>,
 }
 
 /// Why the source cannot be restored.
@@ -95,6 +98,38 @@ fn from_set(set: &OpenEMRBackup) -> Result<Resolved, Refusal> {
         data_time: status.and_then(|s| s.snapshot_requested_time.as_ref().map(|t| t.0)),
         documents: documents_of(set),
         documents_behind_seconds: None,
+        region: None,
+    })
+}
+
+/// `resolved` (a set) as its completed copy in `region`, when it has one: the snapshot
+/// there (under that region's key) and the documents in that region's bucket. A restore
+/// into that region then needs nothing of the source's region, which may be the one that
+/// is down; and RDS copies a snapshot within a region faster than across. `None` when the
+/// set has no completed copy there (the source region's snapshot is copied across then).
+pub fn from_copy_in(resolved: &Resolved, set: &OpenEMRBackup, region: &str) -> Option<Resolved> {
+    use crate::api::backup::CopyPhase;
+    let copy = set
+        .status
+        .as_ref()?
+        .copies
+        .iter()
+        .find(|c| c.region == region && c.phase == Some(CopyPhase::Completed))?;
+    let arn = copy.database.as_ref()?.arn.clone()?;
+    let documents = match (&resolved.documents, &copy.documents) {
+        (None, _) => None,
+        (Some(_), Some(d)) => Some(Documents {
+            bucket: d.bucket.clone(),
+            manifest: d.manifest.clone(),
+        }),
+        // A copy whose documents are not recorded is no copy of the whole set.
+        (Some(_), None) => return None,
+    };
+    Some(Resolved {
+        snapshot_arn: Some(arn),
+        documents,
+        region: Some(region.to_string()),
+        ..resolved.clone()
     })
 }
 
@@ -215,6 +250,7 @@ pub fn resolve(
             data_time: Some(at),
             documents: documents_set.and_then(|(_, s)| documents_of(s)),
             documents_behind_seconds: documents_time.map(|d| at.as_second() - d.as_second()),
+            region: None,
         });
     }
     if let Some(s) = &source.snapshot {
@@ -228,6 +264,7 @@ pub fn resolve(
                 manifest: d.manifest.clone(),
             }),
             documents_behind_seconds: None,
+            region: None,
         });
     }
     Err(refuse(
@@ -269,6 +306,68 @@ mod tests {
         }
         b.status = Some(serde_json::from_value(status).unwrap());
         b
+    }
+
+    #[test]
+    fn into_another_region_a_completed_copy_there_is_the_source() {
+        use BackupPhase::*;
+        let mut with_copy = set(
+            "a-9",
+            "clinic-a",
+            None,
+            Completed,
+            "2026-11-09T03:05:00Z",
+            true,
+        );
+        let copy = |phase: &str, documents: bool| {
+            let mut c = serde_json::json!({
+                "region": "us-west-2", "kmsKeyArn": "arn:aws:kms:us-west-2:1:key/dr", "bucket": "dr-b",
+                "phase": phase,
+                "database": {"identifier": "copy-a-9", "arn": "arn:aws:rds:us-west-2:1:snapshot:copy-a-9"},
+            });
+            if documents {
+                c["documents"] = serde_json::json!({"bucket": "dr-b", "manifest": "backups/documents/a-9.jsonl.gz"});
+            }
+            c
+        };
+        let resolved = from_set(&with_copy).unwrap();
+        assert_eq!(
+            from_copy_in(&resolved, &with_copy, "us-west-2"),
+            None,
+            "no copy"
+        );
+        let status = with_copy.status.as_mut().unwrap();
+        status.copies = vec![serde_json::from_value(copy("Copying", true)).unwrap()];
+        assert_eq!(
+            from_copy_in(&resolved, &with_copy, "us-west-2"),
+            None,
+            "not completed"
+        );
+        let status = with_copy.status.as_mut().unwrap();
+        status.copies = vec![serde_json::from_value(copy("Completed", false)).unwrap()];
+        assert_eq!(
+            from_copy_in(&resolved, &with_copy, "us-west-2"),
+            None,
+            "documents missing"
+        );
+        let status = with_copy.status.as_mut().unwrap();
+        status.copies = vec![serde_json::from_value(copy("Completed", true)).unwrap()];
+        let there = from_copy_in(&resolved, &with_copy, "us-west-2").unwrap();
+        assert_eq!(
+            there.snapshot_arn.as_deref(),
+            Some("arn:aws:rds:us-west-2:1:snapshot:copy-a-9")
+        );
+        assert_eq!(there.documents.unwrap().bucket, "dr-b");
+        assert_eq!(there.region.as_deref(), Some("us-west-2"));
+        assert_eq!(
+            (there.set, there.data_time),
+            (resolved.set.clone(), resolved.data_time)
+        );
+        assert_eq!(
+            from_copy_in(&resolved, &with_copy, "eu-west-1"),
+            None,
+            "another region"
+        );
     }
 
     fn source(v: serde_json::Value) -> RestoreSource {

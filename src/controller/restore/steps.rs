@@ -800,6 +800,7 @@ mod tests {
                 data_time: Some("2026-12-01T02:00:00Z".parse().unwrap()),
                 documents: None,
                 documents_behind_seconds: None,
+                region: None,
             },
             target_spec: Some(OpenEMRDeployment::new(
                 "copy-a",
