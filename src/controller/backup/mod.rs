@@ -1009,16 +1009,7 @@ impl OpenEMRBackup {
             .filter_map(|r| r.0.as_ref().ok().cloned())
             .filter(|r| r.namespace().as_deref() == Some(ns))
             .collect();
-        let in_use = |set: &str| {
-            restores.iter().any(|r| {
-                r.spec
-                    .source
-                    .backup_ref
-                    .as_ref()
-                    .is_some_and(|b| b.name == set)
-                    || r.status.as_ref().and_then(|s| s.source_backup.as_deref()) == Some(set)
-            })
-        };
+        let in_use = |set: &str| restores.iter().any(|r| r.uses_set(set));
         let candidates = ctx
             .caches
             .backups

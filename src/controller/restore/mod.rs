@@ -421,6 +421,23 @@ async fn connect(
 }
 
 impl RestoreRequest {
+    /// Whether this request keeps set `set` from being pruned: one it names or restores,
+    /// until it has succeeded (its data is then in the target, which needs the set no
+    /// more). A failed request keeps it, for a retry of the same set.
+    pub fn uses_set(&self, set: &str) -> bool {
+        let status = self.status.as_ref();
+        if status.and_then(|s| s.phase) == Some(RestorePhase::Succeeded) {
+            return false;
+        }
+        let named = self
+            .spec
+            .source
+            .backup_ref
+            .as_ref()
+            .is_some_and(|b| b.name == set);
+        named || status.and_then(|s| s.source_backup.as_deref()) == Some(set)
+    }
+
     /// Whether the steps have started (the source is fixed then).
     fn started(&self) -> bool {
         self.status.as_ref().is_some_and(|s| s.start_time.is_some())
@@ -915,6 +932,29 @@ mod tests {
             (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
             ("False", "PointInTimeOutsideWindow", "outside the window")
         );
+    }
+
+    #[test]
+    fn a_set_is_kept_for_a_restore_until_the_restore_succeeded() {
+        let mut r =
+            request(serde_json::json!({"source": {"latestFromPolicy": {"name": "nightly"}}}));
+        assert!(!r.uses_set("set-1"), "not resolved yet");
+        r.status = Some(RestoreRequestStatus {
+            phase: Some(RestorePhase::Running),
+            source_backup: Some("set-1".into()),
+            ..Default::default()
+        });
+        assert!(r.uses_set("set-1"));
+        assert!(!r.uses_set("set-2"));
+        r.status.as_mut().unwrap().phase = Some(RestorePhase::Failed);
+        assert!(r.uses_set("set-1"), "a failed restore may be tried again");
+        r.status.as_mut().unwrap().phase = Some(RestorePhase::Succeeded);
+        assert!(
+            !r.uses_set("set-1"),
+            "restored: the set is retention's again"
+        );
+        let named = request(serde_json::json!({"source": {"backupRef": {"name": "set-3"}}}));
+        assert!(named.uses_set("set-3"), "named, before it starts");
     }
 
     #[test]
