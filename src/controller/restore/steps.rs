@@ -360,6 +360,18 @@ fn mark(
 
 fn step(seen: &Seen, name: &str) -> Step {
     let Some(target) = &seen.target else {
+        if seen.done.iter().any(|d| d == CREATE_TARGET) {
+            // Made, then deleted by someone: taken as giving up, never made again (a new
+            // clinic of that name would not be the one the copy and instance were made
+            // for).
+            return Step::Failed(
+                "TargetDeleted",
+                format!(
+                    "clinic {} was deleted while it was restored into; what was made for it stays (the snapshot copy, the instance)",
+                    seen.target_name
+                ),
+            );
+        }
         if name != CREATE_TARGET {
             return Step::Waiting("the target clinic".into());
         }
@@ -1056,6 +1068,15 @@ mod tests {
         seen.instance = Some(foreign);
         let o = plan(&seen, &mut RestoreRequestStatus::default(), now());
         assert_eq!(o.failed.unwrap().0, "TargetDatabaseExists");
+    }
+
+    #[test]
+    fn a_target_deleted_mid_restore_is_never_made_again() {
+        let mut seen = seen();
+        seen.done = vec![CREATE_TARGET.to_string()];
+        let o = plan(&seen, &mut RestoreRequestStatus::default(), now());
+        assert!(o.changes.is_empty());
+        assert_eq!(o.failed.unwrap().0, "TargetDeleted");
     }
 
     #[test]
