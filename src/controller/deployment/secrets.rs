@@ -248,18 +248,27 @@ impl SecretKey {
     }
 }
 
+/// Secret `secret` in `ns`, or `None` when it does not exist.
+pub async fn get_secret(ctx: &Context, ns: &str, secret: &str) -> Result<Option<Secret>, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    api.get_opt(secret)
+        .await
+        .map_err(Error::observe(format!("Secret {ns}/{secret}")))
+}
+
+/// The value of `key` in `secret`, when it is there, UTF-8 and not empty.
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    let value = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(value.0.clone())
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
 /// The `root-password` of the user's Secret, read at the moment it is sent and never kept.
 pub async fn read_root_password(ctx: &Context, ns: &str, secret: &str) -> Result<String, Error> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let found = api
-        .get_opt(secret)
-        .await
-        .map_err(Error::observe(format!("Secret {ns}/{secret}")))?;
-    found
-        .and_then(|s| s.data)
-        .and_then(|mut d| d.remove(ROOT_PASSWORD_KEY))
-        .and_then(|v| String::from_utf8(v.0).ok())
-        .filter(|p| !p.is_empty())
+    get_secret(ctx, ns, secret)
+        .await?
+        .and_then(|s| secret_value(&s, ROOT_PASSWORD_KEY))
         .ok_or_else(|| Error::Act {
             action: "creating the DB instance".into(),
             reason: "CredentialsSecretInvalid",

@@ -15,7 +15,6 @@ pub mod target;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
@@ -24,7 +23,7 @@ use kube::{Api, Resource, ResourceExt};
 use super::children::cached;
 use super::deployment::clinic::{self, ClinicNames, aws_error};
 use super::deployment::infra::database::Placement;
-use super::deployment::secrets::PASSWORD_KEY;
+use super::deployment::secrets::{PASSWORD_KEY, get_secret, secret_value};
 use super::deployment::web::holds;
 use super::{
     ClinicAws, Context, Error, Plan, Reconcile, RefKind, Requeue, lookup, status_from, status_with,
@@ -318,7 +317,14 @@ impl Reconcile for RestoreRequest {
                     .master_password(master_secret_arn)
                     .await
                     .map_err(aws_error("reading the restored instance's master secret"))?;
-                let password = read_password(ctx, &ns, secret).await?;
+                let password =
+                    read_password(ctx, &ns, secret)
+                        .await?
+                        .ok_or_else(|| Error::Act {
+                            action: format!("reading Secret {secret}"),
+                            reason: "CredentialsSecretInvalid",
+                            message: format!("Secret {secret:?} does not exist"),
+                        })?;
                 let login = crate::mysql::Login {
                     user: master_user.clone(),
                     password: master_password,
@@ -362,45 +368,41 @@ impl Reconcile for RestoreRequest {
     }
 }
 
-/// The `password` of Secret `name`, read when it is used and never kept.
-async fn read_password(ctx: &Context, ns: &str, name: &str) -> Result<SecretValue, Error> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    api.get_opt(name)
-        .await
-        .map_err(Error::observe(format!("Secret {ns}/{name}")))?
-        .and_then(|s| s.data)
-        .and_then(|mut d| d.remove(PASSWORD_KEY))
-        .and_then(|v| String::from_utf8(v.0).ok())
-        .filter(|p| !p.is_empty())
-        .map(SecretValue)
-        .ok_or_else(|| Error::Act {
+/// The `password` of Secret `name`, read when it is used and never kept; `None` when the
+/// Secret does not exist (yet), an error when it has no usable password.
+async fn read_password(ctx: &Context, ns: &str, name: &str) -> Result<Option<SecretValue>, Error> {
+    let Some(secret) = get_secret(ctx, ns, name).await? else {
+        return Ok(None);
+    };
+    match secret_value(&secret, PASSWORD_KEY) {
+        Some(password) => Ok(Some(SecretValue(password))),
+        None => Err(Error::Act {
             action: format!("reading Secret {name}"),
             reason: "CredentialsSecretInvalid",
             message: format!("Secret {name:?} has no usable {PASSWORD_KEY:?}"),
-        })
+        }),
+    }
 }
 
-/// A session with the restored instance `db` as the target's OpenEMR user, with the
-/// password in Secret `secret`; the outer error is the Secret's.
+/// A session with the restored instance `db` as the target's OpenEMR user, with its
+/// `password`.
 async fn open_as_openemr(
-    ctx: &Context,
     aws: &ClinicAws,
-    ns: &str,
     db: &crate::aws::rds::DbInstance,
     target: &steps::TargetSeen,
-    secret: &str,
-) -> Result<Result<crate::mysql::Session, crate::mysql::SqlError>, Error> {
+    password: &SecretValue,
+) -> Result<crate::mysql::Session, crate::mysql::SqlError> {
     let (host, port) = db.endpoint.clone().unwrap_or_default();
     let login = crate::mysql::Login {
         user: target.database.username.clone(),
-        password: read_password(ctx, ns, secret).await?,
+        password: SecretValue(password.0.clone()),
         database: Some(target.database.database_name.clone()),
     };
     let endpoint = crate::mysql::Endpoint {
         host,
         port: u16::try_from(port).unwrap_or(3306),
     };
-    Ok(connect(aws, &endpoint, &login).await)
+    connect(aws, &endpoint, &login).await
 }
 
 /// A session with the restored database, through the operator's address map and CA bundle.
@@ -620,29 +622,21 @@ impl RestoreRequest {
             .credentials_secret_name
             .clone()
             .unwrap_or_else(|| names.credentials_secret.clone());
-        if seen.instance.is_some() {
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-            let exists = secrets
-                .get_metadata_opt(&secret_name)
-                .await
-                .map_err(Error::observe(format!("Secret {ns}/{secret_name}")))?
-                .is_some();
-            target.credentials_secret = exists.then_some(secret_name.clone());
-        }
-        let reset_done = self.status.as_ref().is_some_and(|s| {
-            s.steps.iter().any(|st| {
-                st.name == steps::RESET_DATABASE_USER
-                    && st.phase == crate::api::restore::StepPhase::Succeeded
-            })
-        });
+        // Read once per look: whether it exists, and the password the logins below use.
+        let password = match seen.instance {
+            Some(_) => read_password(ctx, ns, &secret_name).await?,
+            None => None,
+        };
+        target.credentials_secret = password.as_ref().map(|_| secret_name.clone());
+        let reset_done = seen.done.iter().any(|d| d == steps::RESET_DATABASE_USER);
         let hold_released = seen.done.iter().any(|d| d == steps::RELEASE_HOLD);
         let instance = seen.instance.clone().filter(|db| {
             db.status == "available" && db.master_user_secret_arn.is_some() && db.endpoint.is_some()
         });
-        if let (Some(db), Some(secret)) = (&instance, &target.credentials_secret) {
+        if let (Some(db), Some(password)) = (&instance, &password) {
             if hold_released && target.ready {
                 // The checks, as OpenEMR's user with the target's own password.
-                let mut session = open_as_openemr(ctx, aws, ns, db, &target, secret).await?;
+                let mut session = open_as_openemr(aws, db, &target, password).await;
                 let verdict =
                     crate::mysql::checks::run(&self.spec.checks, session.as_mut().map_err(|e| &*e))
                         .await;
@@ -652,7 +646,7 @@ impl RestoreRequest {
                 seen.database_checks = Some(verdict.findings);
             }
             if !reset_done {
-                let session = open_as_openemr(ctx, aws, ns, db, &target, secret).await?;
+                let session = open_as_openemr(aws, db, &target, password).await;
                 seen.user_opens = Some(match session {
                     Ok(session) => {
                         session.close().await;
