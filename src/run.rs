@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api::{self, BackupPolicy, OpenEMRBackup, OpenEMRDeployment, RestoreRequest};
+use crate::api::{self, BackupPolicy, OpenEMRDeployment, RestoreRequest};
 use crate::aws::inventory::Inventory;
 use crate::aws::{self, accounts::AwsPool, budget::BudgetConfig, budget::Budgets};
 use crate::controller::RefKind;
@@ -148,7 +148,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 synced.clone()
             ),
             run_controller(
-                driver::<OpenEMRBackup>(&ctx, ctx.caches.backups.clone()),
+                Arc::new(Driver::sharing_index(
+                    ctx.clone(),
+                    ctx.caches.backups.clone(),
+                    ctx.caches.backup_refs.clone(),
+                )),
                 writers.backups,
                 shutdown.clone(),
                 synced.clone()

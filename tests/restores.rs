@@ -249,6 +249,12 @@ impl Source {
 
     /// Files RestoreRequest `restore-a` of `set-1` into clinic `copy-a`; its uid.
     async fn request(&self) -> String {
+        self.request_from(json!({"backupRef": {"name": "set-1"}}))
+            .await
+    }
+
+    /// Files RestoreRequest `restore-a` of `source` into clinic `copy-a`; its uid.
+    async fn request_from(&self, source: serde_json::Value) -> String {
         support::apply(
             &self.client,
             &self.ns.name,
@@ -256,7 +262,7 @@ impl Source {
                 "apiVersion": "openemr.io/v1alpha1", "kind": "RestoreRequest",
                 "metadata": {"name": "restore-a"},
                 "spec": {
-                    "source": {"backupRef": {"name": "set-1"}},
+                    "source": source,
                     "target": {"sideBySide": {"deploymentName": "copy-a"}},
                 },
             }),
@@ -270,18 +276,49 @@ impl Source {
         .await
     }
 
+    /// Waits until `restore-a` set OpenEMR's user to the target's own password.
+    async fn user_reset(&self) {
+        let requests: Api<RestoreRequest> = self.api();
+        eventually(WAIT, "ResetDatabaseUser succeeded", || async {
+            (step_phase(&requests, "restore-a", "ResetDatabaseUser").await
+                == Some(StepPhase::Succeeded))
+            .then_some(())
+        })
+        .await;
+    }
+
+    /// `clinic-a`'s database, as its status shows it.
+    async fn source_database(&self) -> openemr_operator::api::deployment::DatabaseStatus {
+        let clinics: Api<OpenEMRDeployment> = self.api();
+        let clinic = clinics.get("clinic-a").await.unwrap();
+        clinic.status.unwrap().database.unwrap()
+    }
+
+    /// `copy-a`'s key, once its stack made it.
+    async fn target_key(&self) -> String {
+        let clinics: Api<OpenEMRDeployment> = self.api();
+        eventually(WAIT, "copy-a's key", || async {
+            clinics.get("copy-a").await.ok()?.status?.kms_key_arn
+        })
+        .await
+    }
+
+    /// The password in `copy-a`'s own credentials Secret.
+    async fn target_password(&self) -> String {
+        let names = support::clinic_names(&self.ns.name, "copy-a");
+        let secrets: Api<Secret> = self.api();
+        let secret = secrets.get(&names.credentials_secret).await.unwrap();
+        String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap()
+    }
+
     /// RDS's part of the managed master password, played on the server standing in for the
     /// restored instance: once the instance has a secret under the target's key, its master
     /// user gets that secret's password. The instance and the password.
     async fn play_master_password(&self) -> (aws_sdk_rds::types::DbInstance, String) {
-        let clinics: Api<OpenEMRDeployment> = self.api();
         let names = support::clinic_names(&self.ns.name, "copy-a");
         let rds = aws_sdk_rds::Client::new(&env().aws(Some(REGION)).await);
         let secrets = aws_sdk_secretsmanager::Client::new(&env().aws(Some(REGION)).await);
-        let target_key = eventually(WAIT, "copy-a's key", || async {
-            clinics.get("copy-a").await.ok()?.status?.kms_key_arn
-        })
-        .await;
+        let target_key = self.target_key().await;
         let restored = eventually(
             Duration::from_secs(180),
             "the restored instance with its own secret",
@@ -355,14 +392,7 @@ async fn side_by_side(with_documents: bool) {
     let clinics: Api<OpenEMRDeployment> = source.api();
     let sets: Api<OpenEMRBackup> = source.api();
     let requests: Api<RestoreRequest> = source.api();
-    let source_db = clinics
-        .get("clinic-a")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .database
-        .unwrap();
+    let source_db = source.source_database().await;
     let request_uid = source.request().await;
 
     // The target: a copy of the source's spec, tied to nothing of the original's, marked
@@ -390,28 +420,13 @@ async fn side_by_side(with_documents: bool) {
     // (a new master password) on the server standing in for it.
     let names = support::clinic_names(&ns.name, "copy-a");
     let (restored, master_password) = source.play_master_password().await;
-    let target_key = clinics
-        .get("copy-a")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .kms_key_arn
-        .unwrap();
+    let target_key = source.target_key().await;
     let rds = aws_sdk_rds::Client::new(&env().aws(Some(REGION)).await);
 
     // The OpenEMR user's password is the target's own; then the hold goes and the setup
     // Job attaches to the restored database.
-    eventually(WAIT, "ResetDatabaseUser succeeded", || async {
-        (step_phase(&requests, "restore-a", "ResetDatabaseUser").await
-            == Some(StepPhase::Succeeded))
-        .then_some(())
-    })
-    .await;
-    let secrets_k8s: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let target_secret = secrets_k8s.get(&names.credentials_secret).await.unwrap();
-    let target_password =
-        String::from_utf8(target_secret.data.unwrap()["password"].0.clone()).unwrap();
+    source.user_reset().await;
+    let target_password = source.target_password().await;
     if with_documents {
         // Still held while the documents are restored.
         let job = documents_job_name(&request_uid);
@@ -676,12 +691,7 @@ async fn a_restore_survives_an_operator_killed_at_each_step() {
     drop(operator.kill());
     let operator = source.operator();
     source.play_master_password().await;
-    eventually(WAIT, "ResetDatabaseUser succeeded", || async {
-        (step_phase(&requests, "restore-a", "ResetDatabaseUser").await
-            == Some(StepPhase::Succeeded))
-        .then_some(())
-    })
-    .await;
+    source.user_reset().await;
     drop(operator.kill());
     let _operator = source.operator();
     let status = source.finish().await;
@@ -699,5 +709,187 @@ async fn a_restore_survives_an_operator_killed_at_each_step() {
         .filter(|c| c.annotations().contains_key(RESTORED_BY))
         .count();
     assert_eq!(copies, 1);
+    std::fs::remove_dir_all(&source.scratch).ok();
+}
+
+/// A point in time of clinic `clinic-a`, restored side by side. The window is the
+/// operator's own judgement (moto would restore any instant): with the clinic's latest
+/// restorable time moved back by the proxy, an instant after it is refused naming the
+/// window. Inside it, the database at that instant is restored into a staging instance
+/// beside the source (`RestoreDBInstanceToPointInTime` takes no key), whose snapshot is
+/// copied under the target's key and restored as for a set; the staging instance and its
+/// snapshot are deleted once the target's instance is there, and the source is untouched.
+#[tokio::test]
+async fn a_point_in_time_restored_side_by_side_goes_through_a_staging_snapshot_under_the_targets_key()
+ {
+    use k8s_openapi::jiff::Timestamp;
+    use openemr_operator::controller::restore::steps::staging_identifier;
+    use support::faults::Rule;
+    let (source, operator) = Source::new("pitr", false).await;
+    let (proxy, db) = (&source.proxy, &source.db);
+    for op in [
+        "RestoreDBInstanceToPointInTime",
+        "CreateDBSnapshot",
+        "DeleteDBInstance",
+        "DeleteDBSnapshot",
+    ] {
+        proxy.record(op);
+    }
+    let requests: Api<RestoreRequest> = source.api();
+    // The shared inventory's listings (every 3 s), after `listings` more.
+    let listed = |listings: u64| {
+        let past = proxy.counts("DescribeDBInstances").answered + listings;
+        async move {
+            eventually(WAIT, "the inventory's listings", || async {
+                (proxy.counts("DescribeDBInstances").answered >= past).then_some(())
+            })
+            .await
+        }
+    };
+
+    // The window, as RDS reports it, ends two hours ago.
+    let ended = Timestamp::from_second(Timestamp::now().as_second() / 60 * 60 - 7200).unwrap();
+    proxy.set(
+        "DescribeDBInstances",
+        Rule::default().rewrite_pattern(
+            "<LatestRestorableTime>[^<]*</LatestRestorableTime>",
+            &format!("<LatestRestorableTime>{ended}</LatestRestorableTime>"),
+        ),
+    );
+    listed(2).await;
+    let after = Timestamp::from_second(ended.as_second() + 3600).unwrap();
+    support::apply(
+        &source.client,
+        &source.ns.name,
+        &json!({
+            "apiVersion": "openemr.io/v1alpha1", "kind": "RestoreRequest",
+            "metadata": {"name": "too-late"},
+            "spec": {"source": {"pointInTime": {
+                "deploymentRef": {"name": "clinic-a"}, "time": after.to_string()}}},
+        }),
+    )
+    .await
+    .unwrap();
+    let refused = eventually(WAIT, "too-late refused", || async {
+        let status = requests.get("too-late").await.ok()?.status?;
+        let accepted = status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Accepted")?;
+        (accepted.reason == "PointInTimeOutsideWindow").then_some(accepted)
+    })
+    .await;
+    assert!(
+        refused.message.contains(&ended.to_string()),
+        "{}",
+        refused.message
+    );
+    requests
+        .delete("too-late", &Default::default())
+        .await
+        .unwrap();
+    proxy.clear("DescribeDBInstances");
+    listed(2).await;
+    assert_eq!(proxy.exchanges("RestoreDBInstanceToPointInTime").len(), 0);
+
+    let request_uid = source
+        .request_from(json!({"pointInTime": {
+            "deploymentRef": {"name": "clinic-a"}, "latestRestorable": true}}))
+        .await;
+    let staging = staging_identifier(&request_uid);
+    let (_, master_password) = source.play_master_password().await;
+    source.user_reset().await;
+    let status = source.finish().await;
+    assert_eq!(status.progress.as_deref(), Some("11/11"), "{status:#?}");
+    let data_time = status.data_time.clone().unwrap().0;
+    assert!(data_time > ended, "{data_time}");
+    let removed = status
+        .steps
+        .iter()
+        .find(|s| s.name == "RemoveStaging")
+        .unwrap();
+    assert_eq!(removed.phase, StepPhase::Succeeded, "{removed:?}");
+
+    // The point in time, into a staging instance beside the source, at the instant the
+    // status says.
+    let rds = aws_sdk_rds::Client::new(&env().aws(Some(REGION)).await);
+    let source_db = source.source_database().await.identifier;
+    let source_now = rds
+        .describe_db_instances()
+        .db_instance_identifier(&source_db)
+        .send()
+        .await
+        .unwrap();
+    let source_now = &source_now.db_instances()[0];
+    assert_eq!(source_now.db_instance_status(), Some("available"));
+    let pitr = proxy.exchanges("RestoreDBInstanceToPointInTime");
+    assert_eq!(pitr.len(), 1);
+    let p = &pitr[0];
+    assert_eq!(
+        p.param("SourceDBInstanceIdentifier").as_deref(),
+        Some(source_db.as_str())
+    );
+    assert_eq!(
+        p.param("TargetDBInstanceIdentifier").as_deref(),
+        Some(staging.as_str())
+    );
+    let restored_at: Timestamp = p.param("RestoreTime").unwrap().parse().unwrap();
+    assert_eq!(restored_at, data_time);
+    assert_eq!(p.param("UseLatestRestorableTime"), None);
+    assert_eq!(
+        p.param("DBSubnetGroupName").as_deref(),
+        source_now
+            .db_subnet_group()
+            .and_then(|g| g.db_subnet_group_name())
+    );
+    assert_eq!(p.param("DeletionProtection").as_deref(), Some("false"));
+    // Its snapshot, copied under the target's key, is what the target is restored from.
+    let snapshots = proxy.exchanges("CreateDBSnapshot");
+    assert_eq!(snapshots.len(), 1);
+    assert_eq!(
+        snapshots[0].param("DBInstanceIdentifier").as_deref(),
+        Some(staging.as_str())
+    );
+    let target_key = source.target_key().await;
+    let copies = proxy.exchanges("CopyDBSnapshot");
+    assert_eq!(copies.len(), 1);
+    let copied = copies[0].param("SourceDBSnapshotIdentifier").unwrap();
+    assert!(
+        copied.ends_with(&format!(":snapshot:{staging}")),
+        "{copied}"
+    );
+    assert_eq!(
+        copies[0].param("KmsKeyId").as_deref(),
+        Some(target_key.as_str())
+    );
+    assert_eq!(proxy.exchanges("RestoreDBInstanceFromDBSnapshot").len(), 1);
+    // The staging pieces are gone; nothing else was deleted.
+    let deleted: Vec<_> = proxy
+        .exchanges("DeleteDBInstance")
+        .iter()
+        .map(|e| e.param("DBInstanceIdentifier"))
+        .collect();
+    assert_eq!(deleted, [Some(staging.clone())]);
+    let deleted: Vec<_> = proxy
+        .exchanges("DeleteDBSnapshot")
+        .iter()
+        .map(|e| e.param("DBSnapshotIdentifier"))
+        .collect();
+    assert_eq!(deleted, [Some(staging.clone())]);
+    assert!(
+        rds.describe_db_instances()
+            .db_instance_identifier(&staging)
+            .send()
+            .await
+            .is_err()
+    );
+
+    // OpenEMR's user opens the restored database with the target's own Secret.
+    let target_password = source.target_password().await;
+    let endpoint = status.restored_endpoint.clone().unwrap();
+    assert!(opens(db, &endpoint, "openemr", &target_password).await);
+    let written = serde_json::to_string(&status).unwrap();
+    assert!(!written.contains(&master_password) && !written.contains(&target_password));
+    drop(operator);
     std::fs::remove_dir_all(&source.scratch).ok();
 }

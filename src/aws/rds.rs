@@ -140,6 +140,22 @@ pub struct RestoreDb {
     pub tags: BTreeMap<String, String>,
 }
 
+/// A `RestoreDBInstanceToPointInTime` into a staging instance: it keeps the source's
+/// storage key (the call takes none), so it is only a step towards a snapshot that is
+/// copied under the target's key. No automated backups, no deletion protection: it is
+/// deleted once that snapshot is taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointInTimeDb {
+    pub source: String,
+    pub identifier: String,
+    pub time: std::time::SystemTime,
+    pub instance_class: String,
+    pub subnet_group: Option<String>,
+    pub security_groups: Vec<String>,
+    pub parameter_group: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
 /// The fields of a `ModifyDBInstance`; `None` leaves a field as it is.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ModifyDb {
@@ -197,6 +213,11 @@ pub trait Databases {
     fn restore_instance(
         &self,
         request: &RestoreDb,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// `RestoreDBInstanceToPointInTime` ([`PointInTimeDb`]).
+    fn restore_to_point_in_time(
+        &self,
+        request: &PointInTimeDb,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
     /// Turns on the master password RDS manages in Secrets Manager, encrypted with
     /// `kms_key_id`, applied at once: how a restored instance gets a secret of its own
@@ -454,6 +475,30 @@ impl Databases for AwsClients {
             .set_tags(Some(rds_tags(&r.tags)))
             .send();
         self.call(Service::Rds, "RestoreDBInstanceFromDBSnapshot", request)
+            .await
+            .map(|_| ())
+    }
+
+    async fn restore_to_point_in_time(&self, r: &PointInTimeDb) -> Result<(), AwsError> {
+        let request = self
+            .rds
+            .restore_db_instance_to_point_in_time()
+            .source_db_instance_identifier(&r.source)
+            .target_db_instance_identifier(&r.identifier)
+            .restore_time(aws_smithy_types::DateTime::from(r.time))
+            .db_instance_class(&r.instance_class)
+            .storage_type(STORAGE_TYPE)
+            .publicly_accessible(false)
+            .set_db_subnet_group_name(r.subnet_group.clone())
+            .set_vpc_security_group_ids(Some(r.security_groups.clone()))
+            .set_db_parameter_group_name(r.parameter_group.clone())
+            .multi_az(false)
+            .backup_retention_period(0)
+            .deletion_protection(false)
+            .copy_tags_to_snapshot(true)
+            .set_tags(Some(rds_tags(&r.tags)))
+            .send();
+        self.call(Service::Rds, "RestoreDBInstanceToPointInTime", request)
             .await
             .map(|_| ())
     }

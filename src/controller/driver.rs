@@ -57,18 +57,29 @@ pub struct Driver<K: Reconcile> {
     /// The kind's cache, filled by its watch.
     reader: Store<Guarded<K>>,
     states: ObjectStates,
-    index: ReferenceIndex<ObjectRef<Guarded<K>>>,
+    /// What each object names; shared with the reconciles when the kind's objects are
+    /// looked up by what they name ([`Caches::backup_refs`](super::Caches::backup_refs)).
+    index: Arc<ReferenceIndex<ObjectRef<Guarded<K>>>>,
     prints: Fingerprints,
     field_manager: String,
 }
 
 impl<K: Reconcile> Driver<K> {
     pub fn new(ctx: Arc<Context>, reader: Store<Guarded<K>>) -> Self {
+        Self::sharing_index(ctx, reader, Arc::default())
+    }
+
+    /// A driver that keeps its reference index in `index`, which others read.
+    pub fn sharing_index(
+        ctx: Arc<Context>,
+        reader: Store<Guarded<K>>,
+        index: Arc<ReferenceIndex<ObjectRef<Guarded<K>>>>,
+    ) -> Self {
         Driver {
             ctx,
             reader,
             states: ObjectStates::default(),
-            index: ReferenceIndex::default(),
+            index,
             prints: Fingerprints::default(),
             field_manager: field_manager(K::CONTROLLER),
         }

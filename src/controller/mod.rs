@@ -102,6 +102,26 @@ pub struct Caches {
     pub policies: Store<DeserializeGuard<BackupPolicy>>,
     pub backups: Store<DeserializeGuard<OpenEMRBackup>>,
     pub restores: Store<DeserializeGuard<RestoreRequest>>,
+    /// The sets by what they name (their clinic, their policy, themselves), kept by the
+    /// sets' watch: a set finds its clinic's or its policy's sets without scanning every
+    /// set of the cluster.
+    pub backup_refs: Arc<triggers::ReferenceIndex<ObjectRef<DeserializeGuard<OpenEMRBackup>>>>,
+}
+
+impl Caches {
+    /// The sets (in `namespace`) that name the object `kind`/`name`.
+    pub fn sets_naming(
+        &self,
+        kind: RefKind,
+        namespace: &str,
+        name: &str,
+    ) -> Vec<Arc<DeserializeGuard<OpenEMRBackup>>> {
+        self.backup_refs
+            .referrers(&triggers::Target::new(kind, namespace, name))
+            .iter()
+            .filter_map(|r| self.backups.get(r))
+            .collect()
+    }
 }
 
 impl crate::metrics::BackupView for Caches {
@@ -222,6 +242,7 @@ impl Context {
                 policies,
                 backups,
                 restores,
+                backup_refs: Arc::default(),
             },
             hub: triggers::TriggerHub::default(),
             aws: None,

@@ -31,6 +31,14 @@ pub enum RefKind {
     Infrastructure,
     /// A clinic's web-tier children or holds, as their watches saw them change.
     Workload,
+    /// A policy's sets completing: whoever waits on the policy's newest set (a restore
+    /// from it) hears of each. The policy's own sets do not: retention wakes only those
+    /// whose verdict a completion changed ([`RefKind::Retention`]).
+    Completions,
+    /// One set, named by itself: retention's verdict on it, as its status records it, is
+    /// out of date (found so by another set of its policy, or by a restore that stopped
+    /// using it).
+    Retention,
 }
 
 /// One named object: kind, namespace, name.

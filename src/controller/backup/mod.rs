@@ -46,7 +46,7 @@ use crate::controller::redact::redact;
 use plan::{Change, ClinicSeen, HoldSeen, JobSeen, Steps};
 
 /// The condition saying whether retention keeps a completed set of a policy, and until when.
-pub const RETAINED: &str = "Retained";
+pub use retention::RETAINED;
 
 /// The policy named by a set, as found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +89,9 @@ pub struct Observed {
 pub struct RetentionSeen {
     /// The policy's completed sets, this one among them.
     pub candidates: Vec<retention::Candidate>,
+    /// The policy's other finished sets (completed or failed), as their status records
+    /// retention's verdict.
+    pub others: Vec<retention::Recorded>,
     pub rules: crate::api::backup_policy::Retention,
     pub zone: chrono_tz::Tz,
     /// When this set was made, on the operator's clock.
@@ -319,14 +322,16 @@ impl Reconcile for OpenEMRBackup {
         Ok(observed)
     }
 
-    /// A completed set wakes its policy's other sets: retention judges them against it (it
-    /// may supersede one, or end a failed set's wait), at once rather than at their resync.
+    /// A completed set tells whoever waits on its policy's newest set. Its policy's other
+    /// sets are not all woken: judging itself, it wakes those whose verdict it changed
+    /// ([`Change::Wake`]), so a policy's year of sets costs a few looks per completion, not
+    /// one per set.
     fn announced(&self) -> Option<(u64, Vec<(RefKind, String)>)> {
         let policy = self.spec.policy_ref.as_ref()?;
         let completed = self.phase() == BackupPhase::Completed;
         Some((
             u64::from(completed),
-            vec![(RefKind::Policy, policy.name.clone())],
+            vec![(RefKind::Completions, policy.name.clone())],
         ))
     }
 
@@ -336,6 +341,8 @@ impl Reconcile for OpenEMRBackup {
             (RefKind::Deployment, clinic.clone()),
             // The clinic's children: the set's documents Job among them.
             (RefKind::Workload, clinic),
+            // Itself, for whoever finds its retention verdict out of date.
+            (RefKind::Retention, self.name_any()),
         ];
         refs.extend(
             self.spec
@@ -403,59 +410,34 @@ impl Reconcile for OpenEMRBackup {
         if matches!(phase, BackupPhase::Completed | BackupPhase::Failed) {
             let mut retained = None;
             let mut expire = None;
+            let mut wake = None;
             // Judged again at every look; without a policy to judge by, it is kept.
             status.expires_at = None;
-            let seen = observed.retention.as_ref().filter(|_| is_accepted);
-            if let Some(seen) = seen.filter(|_| phase == BackupPhase::Failed) {
-                // A failed set is kept for inspection until a later set of its policy has
-                // completed; then it goes, with whatever part of it was taken.
-                if seen.candidates.iter().any(|c| c.completed > seen.created) {
-                    status.expires_at =
-                        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
-                    retained = Some(Verdict::falsy(
-                        RETAINED,
-                        "Expired",
-                        "a later set of its policy completed: a failed set is kept only until then",
-                    ));
-                    expire = Some(Change::Expire {
-                        resource_version: self.resource_version().unwrap_or_default(),
+            if let Some(seen) = observed.retention.as_ref().filter(|_| is_accepted) {
+                let now_utc = crate::clock::to_utc(now);
+                let judgement = if phase == BackupPhase::Failed {
+                    retention::judge_failed(&seen.candidates, seen.created, now_utc)
+                } else {
+                    let judged = retention::plan(&seen.candidates, &seen.rules, seen.zone, now_utc);
+                    // Judging itself, it judges its policy's other sets too: those whose
+                    // status says otherwise are told to look again.
+                    let stale =
+                        retention::out_of_date(&seen.others, &seen.candidates, &judged, now_utc);
+                    wake = (!stale.is_empty()).then_some(Change::Wake { sets: stale });
+                    retention::judge_completed(&judged, &self.name_any(), now_utc)
+                };
+                if let Some(judgement) = judgement {
+                    status.expires_at = judgement.expires_at.map(|t| {
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                            crate::clock::from_utc(t),
+                        )
                     });
-                }
-            } else if let Some(seen) = seen {
-                let judged = retention::plan(
-                    &seen.candidates,
-                    &seen.rules,
-                    seen.zone,
-                    crate::clock::to_utc(now),
-                );
-                let name = self.name_any();
-                match judged.kept.get(&name) {
-                    Some(kept) => {
-                        status.expires_at = kept.expires_at.map(|t| {
-                            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                                crate::clock::from_utc(t),
-                            )
-                        });
-                        let until = status
-                            .expires_at
-                            .as_ref()
-                            .map_or("while it is so".to_string(), |t| format!("until {}", t.0));
-                        retained = Some(Verdict::truthy(
-                            RETAINED,
-                            "Kept",
-                            format!("kept ({}) {until}", kept.reasons.join(", ")),
-                        ));
-                    }
-                    None if judged.expired.contains(&name) => {
-                        status.expires_at =
-                            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
-                        let reason = "no rule of the policy's retention keeps it any more";
-                        retained = Some(Verdict::falsy(RETAINED, "Expired", reason));
+                    if judgement.expire {
                         expire = Some(Change::Expire {
                             resource_version: self.resource_version().unwrap_or_default(),
                         });
                     }
-                    None => {}
+                    retained = Some(judgement.verdict);
                 }
             }
             let mut requeue = match status
@@ -488,6 +470,7 @@ impl Reconcile for OpenEMRBackup {
             }
             let mut plan = Plan::after_validation(status, is_accepted);
             plan.requeue = requeue;
+            plan.changes.extend(wake);
             plan.changes.extend(expire);
             plan.changes.extend(copying);
             if observed.leftover_hold {
@@ -555,11 +538,12 @@ impl Reconcile for OpenEMRBackup {
             Change::ReleaseHold { holder, .. } => ("ReleaseHold".into(), holder.clone()),
             Change::StopJob { name } => ("StopDocumentsJob".into(), name.clone()),
             Change::Expire { resource_version } => ("Expire".into(), resource_version.clone()),
+            Change::Wake { sets } => ("Wake".into(), sets.join(",")),
         }
     }
 
     /// Holds are placed, renewed and released, a Job stopped and a set expired by name,
-    /// leaving nothing to recognise: repeating one is harmless.
+    /// leaving nothing to recognise: repeating one is harmless. Waking touches nothing.
     fn recorded(change: &Change) -> bool {
         !matches!(
             change,
@@ -568,11 +552,19 @@ impl Reconcile for OpenEMRBackup {
                 | Change::ReleaseHold { .. }
                 | Change::StopJob { .. }
                 | Change::Expire { .. }
+                | Change::Wake { .. }
         )
     }
 
     async fn act(&self, change: &Change, ctx: &Context) -> Result<(), Error> {
         let ns = self.namespace().unwrap_or_default();
+        if let Change::Wake { sets } = change {
+            for set in sets {
+                ctx.hub
+                    .publish(super::triggers::Target::new(RefKind::Retention, &ns, set));
+            }
+            return Ok(());
+        }
         let (Some(aws), Some(found)) = (
             &ctx.aws,
             lookup(&ctx.caches.deployments, &ns, &self.spec.deployment_ref.name),
@@ -660,6 +652,8 @@ impl Reconcile for OpenEMRBackup {
             }
             Change::StopJob { name } => stop_job(ctx, &ns, name).await,
             Change::Expire { resource_version } => self.expire(ctx, resource_version).await,
+            // Made above, with or without AWS.
+            Change::Wake { .. } => Ok(()),
         }
     }
 }
@@ -983,6 +977,14 @@ async fn write_set_manifest(
     }
 }
 
+/// When `set` was made, on the operator's clock.
+fn created_at(set: &OpenEMRBackup) -> chrono::DateTime<chrono::Utc> {
+    crate::clock::to_utc(
+        set.creation_timestamp()
+            .map_or_else(crate::clock::now, |t| crate::clock::seen_at(t.0)),
+    )
+}
+
 impl OpenEMRBackup {
     /// The set manifest this record was rebuilt from, if it was.
     pub fn rebuilt_from(&self) -> Option<String> {
@@ -1001,53 +1003,65 @@ impl OpenEMRBackup {
     ) -> Option<RetentionSeen> {
         let zone: chrono_tz::Tz = policy.spec.time_zone.parse().ok()?;
         let policy_name = policy.name_any();
-        let restores: Vec<crate::api::RestoreRequest> = ctx
-            .caches
-            .restores
-            .state()
-            .iter()
-            .filter_map(|r| r.0.as_ref().ok().cloned())
-            .filter(|r| r.namespace().as_deref() == Some(ns))
-            .collect();
-        let in_use = |set: &str| restores.iter().any(|r| r.uses_set(set));
-        let candidates = ctx
-            .caches
-            .backups
-            .state()
-            .iter()
-            .filter_map(|b| b.0.as_ref().ok())
-            .filter(|b| {
-                b.namespace().as_deref() == Some(ns)
-                    && b.metadata.deletion_timestamp.is_none()
-                    && b.spec.policy_ref.as_ref().map(|p| p.name.as_str())
-                        == Some(policy_name.as_str())
-                    && b.spec.deployment_ref == self.spec.deployment_ref
-            })
-            .filter_map(|b| {
-                let status = b.status.as_ref()?;
-                if status.phase != Some(BackupPhase::Completed) {
-                    return None;
-                }
-                let name = b.name_any();
-                Some(retention::Candidate {
-                    completed: crate::clock::to_utc(status.completion_time.as_ref()?.0),
+        let restores = ctx.caches.restores.state();
+        let in_use = |set: &str| {
+            restores
+                .iter()
+                .filter_map(|r| r.0.as_ref().ok())
+                .any(|r| r.metadata.namespace.as_deref() == Some(ns) && r.uses_set(set))
+        };
+        let me = self.name_any();
+        let (mut candidates, mut others) = (Vec::new(), Vec::new());
+        for found in ctx.caches.sets_naming(RefKind::Policy, ns, &policy_name) {
+            let Ok(b) = &found.0 else { continue };
+            if b.metadata.deletion_timestamp.is_some()
+                || b.spec.deployment_ref != self.spec.deployment_ref
+            {
+                continue;
+            }
+            let Some(status) = b.status.as_ref() else {
+                continue;
+            };
+            let name = b.name_any();
+            let phase = status.phase.unwrap_or_default();
+            if phase == BackupPhase::Completed
+                && let Some(done) = &status.completion_time
+            {
+                candidates.push(retention::Candidate {
+                    completed: crate::clock::to_utc(done.0),
                     held: b
                         .labels()
                         .get(crate::api::backup::HOLD_LABEL)
                         .is_some_and(|v| v == "true"),
                     in_use: in_use(&name),
+                    name: name.clone(),
+                });
+            }
+            if name != me && matches!(phase, BackupPhase::Completed | BackupPhase::Failed) {
+                others.push(retention::Recorded {
+                    created: created_at(b),
+                    failed: phase == BackupPhase::Failed,
+                    verdict: crate::conditions::find(&status.conditions, RETAINED).map(|c| {
+                        retention::RecordedVerdict {
+                            status: c.status == "True",
+                            reason: c.reason.clone(),
+                            message: c.message.clone(),
+                        }
+                    }),
+                    expires_at: status
+                        .expires_at
+                        .as_ref()
+                        .map(|t| crate::clock::to_utc(t.0)),
                     name,
-                })
-            })
-            .collect();
+                });
+            }
+        }
         Some(RetentionSeen {
             candidates,
+            others,
             rules: policy.spec.retention.clone(),
             zone,
-            created: crate::clock::to_utc(
-                self.creation_timestamp()
-                    .map_or_else(crate::clock::now, |t| crate::clock::seen_at(t.0)),
-            ),
+            created: created_at(self),
         })
     }
 
@@ -1247,12 +1261,10 @@ impl OpenEMRBackup {
         target: &crate::api::backup::RegionCopy,
     ) -> Option<String> {
         let mut newest: Option<(Timestamp, String)> = None;
-        for other in ctx.caches.backups.state() {
+        let clinic = &self.spec.deployment_ref.name;
+        for other in ctx.caches.sets_naming(RefKind::Deployment, ns, clinic) {
             let Ok(other) = &other.0 else { continue };
-            if other.namespace().as_deref() != Some(ns)
-                || other.spec.deployment_ref.name != self.spec.deployment_ref.name
-                || other.name_any() == self.name_any()
-            {
+            if other.metadata.name == self.metadata.name {
                 continue;
             }
             for c in other.status.iter().flat_map(|s| &s.copies) {
@@ -1283,12 +1295,9 @@ impl OpenEMRBackup {
         let me = (self.creation_timestamp().map(|t| t.0), self.name_any());
         let mut running = Vec::new();
         let mut newest: Option<(Timestamp, String)> = None;
-        for other in ctx.caches.backups.state() {
+        for other in ctx.caches.sets_naming(RefKind::Deployment, ns, clinic) {
             let Ok(other) = &other.0 else { continue };
-            if other.namespace().as_deref() != Some(ns)
-                || &other.spec.deployment_ref.name != clinic
-                || other.name_any() == me.1
-            {
+            if other.metadata.name.as_deref() == Some(me.1.as_str()) {
                 continue;
             }
             let status = other.status.clone().unwrap_or_default();
@@ -1432,10 +1441,12 @@ mod tests {
                 (RefKind::Deployment, "clinic-a".to_string()),
                 // Its documents Job is one of the clinic's children: its end wakes the set.
                 (RefKind::Workload, "clinic-a".to_string()),
+                // Itself: another set that finds its retention verdict out of date wakes it.
+                (RefKind::Retention, "set-1".to_string()),
                 (RefKind::Policy, "nightly".to_string())
             ]
         );
-        assert_eq!(set(None).references().len(), 2);
+        assert_eq!(set(None).references().len(), 3);
     }
 
     #[test]
@@ -1503,6 +1514,7 @@ mod tests {
                 candidate("daily-20270105-1200", 5),
                 candidate("daily-20270106-1200", 6),
             ],
+            others: Vec::new(),
             rules: serde_json::from_value(serde_json::json!({
                 "keepDaily": 2, "keepWeekly": 0, "keepMonthly": 0
             }))
@@ -1564,6 +1576,99 @@ mod tests {
         let plan = failed.plan(&made_at(13), on_6th);
         assert!(plan.changes.is_empty(), "{:?}", plan.changes);
         assert_eq!(plan.status.expires_at, None);
+    }
+
+    /// A completed set judging itself wakes only the sets of its policy whose recorded
+    /// verdict is not what retention now says: here the set it superseded as the newest.
+    #[test]
+    fn a_completed_set_wakes_only_the_sets_whose_verdict_it_changed() {
+        use chrono::TimeZone;
+        let day = |d: u32| chrono::Utc.with_ymd_and_hms(2027, 1, d, 12, 30, 0).unwrap();
+        let candidate = |name: &str, d: u32| retention::Candidate {
+            name: name.into(),
+            completed: day(d),
+            held: false,
+            in_use: false,
+        };
+        let recorded =
+            |name: &str, d: u32, message: &str, expires: Option<u32>| retention::Recorded {
+                name: name.into(),
+                created: day(d),
+                failed: false,
+                verdict: Some(retention::RecordedVerdict {
+                    status: true,
+                    reason: "Kept".into(),
+                    message: message.into(),
+                }),
+                expires_at: expires
+                    .map(|d| chrono::Utc.with_ymd_and_hms(2027, 1, d, 0, 0, 0).unwrap()),
+            };
+        let mut newest = set(Some("daily"));
+        newest.metadata.name = Some("daily-6".into());
+        newest.status = Some(OpenEMRBackupStatus {
+            phase: Some(BackupPhase::Completed),
+            ..Default::default()
+        });
+        let mut seen = observed(true, PolicyRef::Covers("clinic-a".into()));
+        seen.retention = Some(RetentionSeen {
+            candidates: vec![
+                candidate("daily-4", 4),
+                candidate("daily-5", 5),
+                candidate("daily-6", 6),
+            ],
+            others: vec![
+                // Still says what it was told when it was the newest.
+                recorded("daily-5", 5, "kept (daily, newest) while it is so", None),
+                // Up to date.
+                recorded(
+                    "daily-4",
+                    4,
+                    "kept (daily) until 2027-01-07T00:00:00Z",
+                    Some(7),
+                ),
+                // A failed set made before the newest completed: it goes now.
+                retention::Recorded {
+                    failed: true,
+                    verdict: None,
+                    expires_at: None,
+                    ..recorded("daily-6-failed", 6, "", None)
+                },
+            ],
+            rules: serde_json::from_value(serde_json::json!({
+                "keepDaily": 3, "keepWeekly": 0, "keepMonthly": 0
+            }))
+            .unwrap(),
+            zone: chrono_tz::UTC,
+            created: day(6),
+        });
+        let on_6th = Timestamp::from_second(1_799_193_600 + 13 * 3600).unwrap();
+        let plan = newest.plan(&seen, on_6th);
+        let woken = plan.changes.iter().find_map(|c| match c {
+            Change::Wake { sets } => Some(sets.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            woken,
+            Some(vec!["daily-5".to_string(), "daily-6-failed".to_string()])
+        );
+        // Once their status says what retention says, nobody is woken.
+        let others = &mut seen.retention.as_mut().unwrap().others;
+        others[0] = recorded(
+            "daily-5",
+            5,
+            "kept (daily) until 2027-01-08T00:00:00Z",
+            Some(8),
+        );
+        others[2].verdict = Some(retention::RecordedVerdict {
+            status: false,
+            reason: "Expired".into(),
+            message: "a later set of its policy completed: a failed set is kept only until then"
+                .into(),
+        });
+        let plan = newest.plan(&seen, on_6th);
+        assert!(plan.changes.is_empty(), "{:?}", plan.changes);
+        let retained = conditions::find(&plan.status.conditions, RETAINED).unwrap();
+        assert_eq!(retained.message, "kept (daily, newest) while it is so");
     }
 
     #[test]

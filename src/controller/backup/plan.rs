@@ -180,6 +180,11 @@ pub enum Change {
     Expire {
         resource_version: String,
     },
+    /// Other sets of the policy whose recorded retention verdict is out of date: they are
+    /// judged again now rather than at their next resync.
+    Wake {
+        sets: Vec<String>,
+    },
 }
 
 impl Change {
@@ -773,6 +778,7 @@ mod tests {
                 Change::StopJob { .. } => "stop-job",
                 Change::Expire { .. } => "expire",
                 Change::CopySnapshot { .. } => "copy",
+                Change::Wake { .. } => "wake",
             })
             .collect()
     }

@@ -19,6 +19,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 
 use crate::api::backup_policy::Retention;
+use crate::conditions::Verdict;
 
 /// A completed set, as retention sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,6 +200,130 @@ pub fn plan(
     RetentionPlan { kept, expired }
 }
 
+/// The condition retention's verdict on a set is written as.
+pub const RETAINED: &str = "Retained";
+
+/// Retention's verdict on one set, as its status says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    /// `status.expiresAt`: when a kept set goes as things stand; `now` for one that goes.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// It goes now.
+    pub expire: bool,
+}
+
+impl Judgement {
+    fn expired(now: DateTime<Utc>, message: &str) -> Self {
+        Judgement {
+            verdict: Verdict::falsy(RETAINED, "Expired", message),
+            expires_at: Some(now),
+            expire: true,
+        }
+    }
+
+    /// Whether `recorded` (a set's `Retained` condition and `expiresAt`) says the same.
+    /// The instant an expired set was found so is not compared: it differs at every look.
+    fn matches(&self, recorded: &Recorded) -> bool {
+        let Some(verdict) = &recorded.verdict else {
+            return false;
+        };
+        let same_verdict = verdict.status == self.verdict.status
+            && verdict.reason == self.verdict.reason
+            && verdict.message == self.verdict.message;
+        let seconds = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp());
+        same_verdict && (self.expire || seconds(recorded.expires_at) == seconds(self.expires_at))
+    }
+}
+
+/// The verdict on the completed set `name`, from its policy's plan; `None` when the plan
+/// does not judge it (it is not among the candidates).
+pub fn judge_completed(plan: &RetentionPlan, name: &str, now: DateTime<Utc>) -> Option<Judgement> {
+    if let Some(kept) = plan.kept.get(name) {
+        let until = kept.expires_at.map_or("while it is so".to_string(), |t| {
+            format!(
+                "until {}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        });
+        return Some(Judgement {
+            verdict: Verdict::truthy(
+                RETAINED,
+                "Kept",
+                format!("kept ({}) {until}", kept.reasons.join(", ")),
+            ),
+            expires_at: kept.expires_at,
+            expire: false,
+        });
+    }
+    plan.expired
+        .iter()
+        .any(|n| n == name)
+        .then(|| Judgement::expired(now, "no rule of the policy's retention keeps it any more"))
+}
+
+/// The verdict on a failed set made at `created`: it is kept for inspection until a later
+/// set of its policy has completed; then it goes, with whatever part of it was taken.
+/// `None` while it is kept (no rule speaks for it).
+pub fn judge_failed(
+    candidates: &[Candidate],
+    created: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Option<Judgement> {
+    candidates.iter().any(|c| c.completed > created).then(|| {
+        Judgement::expired(
+            now,
+            "a later set of its policy completed: a failed set is kept only until then",
+        )
+    })
+}
+
+/// Another finished set of the policy, with retention's verdict as its status records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub name: String,
+    /// When it was made (a failed set is judged by it).
+    pub created: DateTime<Utc>,
+    pub failed: bool,
+    /// Its `Retained` condition, if it has one.
+    pub verdict: Option<RecordedVerdict>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedVerdict {
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The sets among `others` whose recorded verdict is not what retention now says of them
+/// (`plan` judged the policy's completed sets as of `now`): only these need another look
+/// when a set completes, not every set of the policy.
+pub fn out_of_date(
+    others: &[Recorded],
+    candidates: &[Candidate],
+    plan: &RetentionPlan,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    others
+        .iter()
+        .filter(|set| {
+            let judged = if set.failed {
+                judge_failed(candidates, set.created, now)
+            } else {
+                judge_completed(plan, &set.name, now)
+            };
+            match judged {
+                Some(judged) => !judged.matches(set),
+                // Nothing to say of it: a verdict it still shows is out of date.
+                None => set.verdict.is_some(),
+            }
+        })
+        .map(|set| set.name.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +410,112 @@ mod tests {
         assert_eq!(sunday.expires_at, Some(local(2025, 1, 20, 0, 0)));
         // A month's newest stays twelve months from its month.
         assert_eq!(plan.kept["02-29"].expires_at, Some(local(2025, 2, 1, 0, 0)));
+    }
+
+    /// The operator's way through a year: each set, when it completes or its timer
+    /// fires, judges itself and wakes only the sets `out_of_date` names; an expired set
+    /// is pruned. After every day, every set's recorded verdict is what judging all of
+    /// them afresh would say, and each completion woke a handful of sets, not the year.
+    #[test]
+    fn judging_only_the_sets_out_of_date_keeps_every_verdict_current() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let rules = retention(7, 4, 12, 1);
+        let mut completed: Vec<Candidate> = Vec::new();
+        let mut recorded: BTreeMap<String, Recorded> = BTreeMap::new();
+        let mut most_woken = 0;
+        let mut woken_total = 0;
+        // One look at `name`: its verdict recorded (or it is pruned), and the sets it finds
+        // out of date returned.
+        let look = |name: &str,
+                    completed: &mut Vec<Candidate>,
+                    recorded: &mut BTreeMap<String, Recorded>,
+                    now: DateTime<Utc>| {
+            let judged = plan(completed, &rules, NEW_YORK, now);
+            let others: Vec<Recorded> = recorded
+                .values()
+                .filter(|r| r.name != name)
+                .cloned()
+                .collect();
+            let stale = out_of_date(&others, completed, &judged, now);
+            let Some(judgement) = judge_completed(&judged, name, now) else {
+                return stale;
+            };
+            if judgement.expire {
+                completed.retain(|c| c.name != name);
+                recorded.remove(name);
+            } else if let Some(r) = recorded.get_mut(name) {
+                r.verdict = Some(RecordedVerdict {
+                    status: judgement.verdict.status,
+                    reason: judgement.verdict.reason.to_string(),
+                    message: judgement.verdict.message.clone(),
+                });
+                r.expires_at = judgement.expires_at;
+            }
+            stale
+        };
+        for new in a_year_of_dailies() {
+            let now = new.completed + Duration::minutes(1);
+            // Timers first: sets whose expiry has come look again.
+            let due: Vec<String> = recorded
+                .values()
+                .filter(|r| r.expires_at.is_some_and(|t| t <= now))
+                .map(|r| r.name.clone())
+                .collect();
+            let mut queue: BTreeSet<String> = due.into_iter().collect();
+            completed.push(new.clone());
+            recorded.insert(
+                new.name.clone(),
+                Recorded {
+                    name: new.name.clone(),
+                    created: new.completed,
+                    failed: false,
+                    verdict: None,
+                    expires_at: None,
+                },
+            );
+            let mut woken = BTreeSet::new();
+            queue.insert(new.name.clone());
+            while let Some(name) = queue.pop_first() {
+                for stale in look(&name, &mut completed, &mut recorded, now) {
+                    if stale != new.name {
+                        woken.insert(stale.clone());
+                    }
+                    queue.insert(stale);
+                }
+            }
+            most_woken = most_woken.max(woken.len());
+            woken_total += woken.len();
+            let judged = plan(&completed, &rules, NEW_YORK, now);
+            assert!(
+                judged.expired.is_empty(),
+                "after {}: {:?}",
+                new.name,
+                judged.expired
+            );
+            for r in recorded.values() {
+                let fresh = judge_completed(&judged, &r.name, now).unwrap();
+                let verdict = r.verdict.as_ref().unwrap();
+                assert_eq!(
+                    (verdict.message.as_str(), r.expires_at),
+                    (fresh.verdict.message.as_str(), fresh.expires_at),
+                    "{} after {}",
+                    r.name,
+                    new.name
+                );
+            }
+        }
+        // What stays at the year's end is what one plan of all of them keeps.
+        let all = plan(
+            &a_year_of_dailies(),
+            &rules,
+            NEW_YORK,
+            local(2024, 12, 31, 3, 1),
+        );
+        assert!(recorded.keys().eq(all.kept.keys()), "{:?}", recorded.keys());
+        // Each completion changes the verdict of the set it supersedes (the previous
+        // newest, as the newest of its day, week, month or year) and rarely more.
+        assert!(most_woken <= 2, "{most_woken}");
+        assert!(woken_total <= 2 * 366, "{woken_total}");
     }
 
     #[test]

@@ -88,15 +88,34 @@ impl Reconcile for RestoreRequest {
         let clinic = source
             .point_in_time
             .as_ref()
-            .and_then(|p| lookup(&caches.deployments, &ns, &p.deployment_ref.name));
-        let clinic = clinic.as_ref().and_then(|c| c.0.as_ref().ok());
+            .and_then(|p| lookup(&caches.deployments, &ns, &p.deployment_ref.name))
+            .and_then(|c| c.0.as_ref().ok().cloned());
+        let clinic = match (clinic, &ctx.aws) {
+            (Some(c), Some(aws)) => Some(with_fresh_window(c, aws).await?),
+            (c, _) => c,
+        };
+        let clinic = clinic.as_ref();
         // Once started, the source is the one recorded then: a policy's newer set made
         // meanwhile changes nothing.
+        // A point in time is pinned to the instant resolved then (the latest restorable time
+        // moves on), which also fixes the set its documents come from.
         let pinned;
-        let source = match self.status.as_ref().and_then(|s| s.source_backup.clone()) {
-            Some(set) if self.started() => {
+        let status = self.status.as_ref().filter(|_| self.started());
+        let source = match (status, &source.point_in_time) {
+            (Some(status), Some(p)) if status.data_time.is_some() => {
                 pinned = crate::api::restore::RestoreSource {
-                    backup_ref: Some(LocalRef { name: set }),
+                    point_in_time: Some(crate::api::restore::PointInTimeSource {
+                        time: status.data_time.clone(),
+                        latest_restorable: false,
+                        ..p.clone()
+                    }),
+                    ..Default::default()
+                };
+                &pinned
+            }
+            (Some(status), None) if status.source_backup.is_some() => {
+                pinned = crate::api::restore::RestoreSource {
+                    backup_ref: status.source_backup.clone().map(|name| LocalRef { name }),
                     ..Default::default()
                 };
                 &pinned
@@ -129,16 +148,33 @@ impl Reconcile for RestoreRequest {
         {
             observed.progress = aws.progress_interval;
             let resolved = resolved.clone();
-            let source_clinic = sets
-                .iter()
-                .find(|s| Some(s.name_any()) == resolved.set)
-                .map(|s| s.spec.deployment_ref.name.clone());
+            let source_clinic = match &resolved.point_in_time {
+                Some((clinic, _)) => Some(clinic.clone()),
+                None => sets
+                    .iter()
+                    .find(|s| Some(s.name_any()) == resolved.set)
+                    .map(|s| s.spec.deployment_ref.name.clone()),
+            };
             observed.steps = Some(
                 self.side_by_side_seen(ctx, aws, &ns, resolved, source_clinic)
                     .await?,
             );
         }
         Ok(observed)
+    }
+
+    /// The set it restores from is judged by retention again when the request stops
+    /// pinning it (it succeeded), not at the set's next resync.
+    fn announced(&self) -> Option<(u64, Vec<(RefKind, String)>)> {
+        let set = self
+            .spec
+            .source
+            .backup_ref
+            .as_ref()
+            .map(|b| b.name.clone())
+            .or_else(|| self.status.as_ref()?.source_backup.clone())?;
+        let digest = u64::from(self.uses_set(&set)) + 1;
+        Some((digest, vec![(RefKind::Retention, set)]))
     }
 
     fn references(&self) -> Vec<(RefKind, String)> {
@@ -150,6 +186,8 @@ impl Reconcile for RestoreRequest {
         }
         if let Some(r) = &source.latest_from_policy {
             refs.push((RefKind::Policy, r.name.clone()));
+            // Its sets completing: the newest may be the one to restore.
+            refs.push((RefKind::Completions, r.name.clone()));
         }
         if let Some(p) = &source.point_in_time {
             refs.push((RefKind::Deployment, p.deployment_ref.name.clone()));
@@ -167,6 +205,21 @@ impl Reconcile for RestoreRequest {
     }
 
     fn plan(&self, observed: &Observed, now: Timestamp) -> Plan<RestoreRequestStatus, Change> {
+        if let Some(finished) = self.status.clone().filter(|s| {
+            matches!(
+                s.phase,
+                Some(RestorePhase::Succeeded | RestorePhase::Failed)
+            )
+        }) {
+            // A finished request is a record: its source may since have been pruned, or its
+            // instant left the restorable window, and it says what was true when it ran.
+            return Plan {
+                status: finished,
+                changes: Vec::new(),
+                requeue: Requeue::OnChange,
+                failure: None,
+            };
+        }
         let accepted = self.validate(observed, now);
         let is_accepted = accepted.status;
         let mut status = status_with(self, std::slice::from_ref(&accepted), now);
@@ -294,6 +347,50 @@ impl Reconcile for RestoreRequest {
                     other => other.map_err(aws_error("restoring the DB instance")),
                 }
             }
+            Change::RestorePointInTime(request) => {
+                let clients = self.source_clients(ctx, aws, &ns).await?;
+                match clients.restore_to_point_in_time(request).await {
+                    Err(e) if e.already_exists() => Ok(()),
+                    other => other.map_err(aws_error("restoring the point in time")),
+                }
+            }
+            Change::SnapshotStaging {
+                instance,
+                identifier,
+                tags,
+            } => {
+                let clients = self.source_clients(ctx, aws, &ns).await?;
+                match clients.create_snapshot(instance, identifier, tags).await {
+                    Err(e) if e.already_exists() => Ok(()),
+                    other => other.map_err(aws_error("taking the staging instance's snapshot")),
+                }
+            }
+            Change::UnprotectStaging { identifier } => {
+                let clients = self.source_clients(ctx, aws, &ns).await?;
+                let request = crate::aws::rds::ModifyDb {
+                    identifier: identifier.clone(),
+                    apply_immediately: true,
+                    deletion_protection: Some(false),
+                    ..Default::default()
+                };
+                clients.modify_instance(&request).await.map_err(aws_error(
+                    "turning off the staging instance's deletion protection",
+                ))
+            }
+            Change::DeleteStagingInstance { identifier } => {
+                let clients = self.source_clients(ctx, aws, &ns).await?;
+                clients
+                    .delete_instance(identifier)
+                    .await
+                    .map_err(aws_error("deleting the staging instance"))
+            }
+            Change::DeleteStagingSnapshot { identifier } => {
+                let clients = self.source_clients(ctx, aws, &ns).await?;
+                clients
+                    .delete_snapshot(identifier)
+                    .await
+                    .map_err(aws_error("deleting the staging snapshot"))
+            }
             Change::ManageMasterPassword {
                 identifier,
                 kms_key,
@@ -366,6 +463,66 @@ impl Reconcile for RestoreRequest {
             }
         }
     }
+}
+
+/// The clinic with its latest restorable time as the shared inventory read it last (every
+/// few seconds), not as its status has it: the status writes a moving restorable time
+/// alone only hourly, and a restore to the latest time must not lose that hour.
+async fn with_fresh_window(
+    mut clinic: OpenEMRDeployment,
+    aws: &ClinicAws,
+) -> Result<OpenEMRDeployment, Error> {
+    let status = clinic.status.as_ref();
+    let (Some(stack), Some(identifier)) = (
+        status.and_then(|s| Some(s.stack.as_ref()?.name.clone())),
+        status.and_then(|s| Some(s.database.as_ref()?.identifier.clone())),
+    ) else {
+        return Ok(clinic);
+    };
+    let clients = clinic::clients(&clinic, aws).await;
+    aws.inventory.watch(&clients);
+    let (_, db) = aws
+        .inventory
+        .view(&clients, &stack, &identifier)
+        .await
+        .map_err(aws_error("reading the clinic's instance"))?;
+    let latest = db
+        .and_then(|d| d.latest_restorable_time)
+        .and_then(|t| Timestamp::try_from(t).ok());
+    if let (Some(latest), Some(database)) = (
+        latest,
+        clinic.status.as_mut().and_then(|s| s.database.as_mut()),
+    ) {
+        database.latest_restorable_time = Some(Time(latest));
+    }
+    Ok(clinic)
+}
+
+/// A point in time's staging pieces, in the source clinic's account and region.
+async fn staging_seen(
+    aws: &ClinicAws,
+    ns: &str,
+    clinic: &OpenEMRDeployment,
+    uid: &str,
+) -> Result<steps::StagingSeen, Error> {
+    let clients = clinic::clients(clinic, aws).await;
+    let names = ClinicNames::new(&aws.cluster, ns, &clinic.name_any());
+    let staging = steps::staging_identifier(uid);
+    let read = |what: &'static str| aws_error(what);
+    Ok(steps::StagingSeen {
+        source: clients
+            .describe_instance(&clinic::db_identifier(clinic, &names))
+            .await
+            .map_err(read("reading the source clinic's instance"))?,
+        instance: clients
+            .describe_instance(&staging)
+            .await
+            .map_err(read("reading the staging instance"))?,
+        snapshot: clients
+            .describe_snapshot(&staging)
+            .await
+            .map_err(read("reading the staging snapshot"))?,
+    })
 }
 
 /// The `password` of Secret `name`, read when it is used and never kept; `None` when the
@@ -450,10 +607,33 @@ impl RestoreRequest {
         if self.spec.target.in_place.is_some() {
             return Some("in-place restores are accepted but their steps are not built yet; nothing was changed".into());
         }
-        if self.spec.source.point_in_time.is_some() {
-            return Some("point-in-time restores are accepted but their steps are not built yet; nothing was changed".into());
-        }
         None
+    }
+
+    /// The clients of the point in time's clinic's account and region.
+    async fn source_clients(
+        &self,
+        ctx: &Context,
+        aws: &ClinicAws,
+        ns: &str,
+    ) -> Result<std::sync::Arc<crate::aws::AwsClients>, Error> {
+        let name = self
+            .spec
+            .source
+            .point_in_time
+            .as_ref()
+            .map(|p| p.deployment_ref.name.clone())
+            .unwrap_or_default();
+        match lookup(&ctx.caches.deployments, ns, &name)
+            .as_ref()
+            .map(|f| &f.0)
+        {
+            Some(Ok(d)) => Ok(clinic::clients(d, aws).await),
+            _ => Err(Error::Waiting {
+                what: format!("clinic {name} in the cache"),
+                after: Duration::from_secs(1),
+            }),
+        }
     }
 
     /// The clients of the target clinic's account and region.
@@ -525,6 +705,7 @@ impl RestoreRequest {
         let resolved = match (&source_set, &target_region) {
             (Some(set), Some(region))
                 if self.spec.source.snapshot.is_none()
+                    && resolved.point_in_time.is_none()
                     && source_region.as_ref() != Some(region) =>
             {
                 source::from_copy_in(&resolved, set, region).unwrap_or(resolved)
@@ -562,6 +743,7 @@ impl RestoreRequest {
             requested: self.metadata.creation_timestamp.as_ref().map(|t| t.0),
             database_checks: None,
             documents_run: None,
+            staging: None,
         };
         let found = lookup(&ctx.caches.deployments, ns, &target_name);
         let Some(Ok(d)) = found.as_ref().map(|f| &f.0) else {
@@ -617,6 +799,12 @@ impl RestoreRequest {
                 .describe_snapshot(&steps::copy_identifier(&db_identifier, &uid))
                 .await
                 .map_err(aws_error("reading the snapshot copy"))?;
+        }
+        if seen.source.point_in_time.is_some()
+            && !seen.done.iter().any(|d| d == steps::REMOVE_STAGING)
+            && let Some(clinic) = &source_clinic
+        {
+            seen.staging = Some(staging_seen(aws, ns, clinic, &uid).await?);
         }
         let secret_name = status
             .credentials_secret_name
@@ -823,6 +1011,35 @@ mod tests {
         );
         assert_eq!(c.reason, "SourceNotFound");
         assert!(c.message.contains("spec.source.backupRef"), "{}", c.message);
+    }
+
+    /// A finished request stands as it ran: its instant leaving the window (or its set
+    /// being pruned) later does not turn it into a refusal.
+    #[test]
+    fn a_finished_request_is_not_judged_again() {
+        let mut r = request(serde_json::json!({"source": {"pointInTime": {
+            "deploymentRef": {"name": "clinic-a"}, "time": "2026-11-23T11:00:00Z"}}}));
+        let ran = Verdict::truthy("Accepted", "Valid", "spec is valid");
+        for phase in [RestorePhase::Succeeded, RestorePhase::Failed] {
+            let mut status = RestoreRequestStatus {
+                phase: Some(phase),
+                ..Default::default()
+            };
+            status.conditions = conditions::merge(&[], std::slice::from_ref(&ran), None, now());
+            r.status = Some(status.clone());
+            let outside = Observed {
+                source_exists: Some(true),
+                resolved: Some(Err(source::Refusal {
+                    reason: "PointInTimeOutsideWindow",
+                    message: "outside the window".into(),
+                })),
+                ..Default::default()
+            };
+            let plan = r.plan(&outside, now());
+            assert_eq!(plan.status, status);
+            assert!(plan.changes.is_empty());
+            assert_eq!(plan.requeue, Requeue::OnChange);
+        }
     }
 
     #[test]

@@ -35,8 +35,9 @@ pub struct Resolved {
     pub set: Option<String>,
     /// The snapshot restored, when the source is one (not a point in time).
     pub snapshot_arn: Option<String>,
-    /// For a point in time: the clinic and the instant (`None`: the latest restorable).
-    pub point_in_time: Option<(String, Option<Timestamp>)>,
+    /// For a point in time: the clinic and the instant (for `latestRestorable`, the latest
+    /// restorable time its status reports, so the instant restored is known and said).
+    pub point_in_time: Option<(String, Timestamp)>,
     /// The instant the restored database reflects.
     pub data_time: Option<Timestamp>,
     /// The documents restored with it; `None` restores the database alone (a
@@ -246,7 +247,7 @@ pub fn resolve(
         return Ok(Resolved {
             set: documents_set.map(|(_, s)| name(s)),
             snapshot_arn: None,
-            point_in_time: Some((clinic_name.clone(), p.time.as_ref().map(|t| t.0))),
+            point_in_time: Some((clinic_name.clone(), at)),
             data_time: Some(at),
             documents: documents_set.and_then(|(_, s)| documents_of(s)),
             documents_behind_seconds: documents_time.map(|d| at.as_second() - d.as_second()),
@@ -553,7 +554,10 @@ mod tests {
         );
         let r = resolve(&latest, &refs, Some(&clinic)).unwrap();
         assert_eq!(r.data_time, Some(at("2026-11-04T10:00:00Z")));
-        assert_eq!(r.point_in_time, Some(("clinic-a".into(), None)));
+        assert_eq!(
+            r.point_in_time,
+            Some(("clinic-a".into(), r.data_time.unwrap()))
+        );
         assert_eq!(r.set.as_deref(), Some("a-2"));
 
         // Without the window's start, it is the latest time less the retention period.

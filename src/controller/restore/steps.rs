@@ -25,6 +25,14 @@
 //!    source.
 //! 7. `ReleaseHold`: the target's setup Job attaches to the restored database and site.
 //! 8. `Verify`: the request's checks, once the target is Ready.
+//!
+//! A point in time has no snapshot to copy: `RestoreDBInstanceToPointInTime` takes no key,
+//! so what it makes keeps the source's. Three steps go around it ([`POINT_IN_TIME`]):
+//! `RestorePointInTime` into a staging instance beside the source (its placement, no
+//! backups, no deletion protection), `SnapshotPointInTime` of it, which `CopySnapshot`
+//! then copies under the target's key as for a set, and `RemoveStaging` once the target's
+//! instance is restored: the staging instance and its snapshot are deleted (both marked
+//! as this request's; nothing else is ever deleted).
 
 use std::collections::BTreeMap;
 
@@ -37,7 +45,7 @@ use crate::api::deployment::DatabaseSpec;
 use crate::api::restore::CheckResult;
 use crate::api::restore::{RestorePhase, RestoreStep, StepPhase};
 use crate::api::{OpenEMRDeployment, RestoreRequestStatus};
-use crate::aws::rds::{DbInstance, DbSnapshot, RestoreDb};
+use crate::aws::rds::{DbInstance, DbSnapshot, PointInTimeDb, RestoreDb};
 use crate::controller::backup::job::{DocumentsJob, SiteDatabase, Task};
 use crate::controller::backup::plan::JobSeen;
 use crate::controller::deployment::clinic::{RESTORED_BY, short_hash};
@@ -53,6 +61,9 @@ pub const RESET_DATABASE_USER: &str = "ResetDatabaseUser";
 pub const RESTORE_DOCUMENTS: &str = "RestoreDocuments";
 pub const RELEASE_HOLD: &str = "ReleaseHold";
 pub const VERIFY: &str = "Verify";
+pub const RESTORE_POINT_IN_TIME: &str = "RestorePointInTime";
+pub const SNAPSHOT_POINT_IN_TIME: &str = "SnapshotPointInTime";
+pub const REMOVE_STAGING: &str = "RemoveStaging";
 
 /// A side-by-side restore's steps, in order.
 pub const SIDE_BY_SIDE: [&str; 8] = [
@@ -65,6 +76,36 @@ pub const SIDE_BY_SIDE: [&str; 8] = [
     RELEASE_HOLD,
     VERIFY,
 ];
+
+/// A side-by-side restore of a point in time's steps, in order.
+pub const POINT_IN_TIME: [&str; 11] = [
+    CREATE_TARGET,
+    RESTORE_POINT_IN_TIME,
+    SNAPSHOT_POINT_IN_TIME,
+    COPY_SNAPSHOT,
+    RESTORE_DATABASE,
+    REMOVE_STAGING,
+    MANAGE_MASTER_PASSWORD,
+    RESET_DATABASE_USER,
+    RESTORE_DOCUMENTS,
+    RELEASE_HOLD,
+    VERIFY,
+];
+
+/// The steps restoring `source` takes.
+pub fn steps_of(source: &Resolved) -> &'static [&'static str] {
+    if source.point_in_time.is_some() {
+        &POINT_IN_TIME
+    } else {
+        &SIDE_BY_SIDE
+    }
+}
+
+/// The staging instance a point in time is restored into (and its snapshot's name): the
+/// request's, whatever its name's length.
+pub fn staging_identifier(request_uid: &str) -> String {
+    format!("restore-{}-staging", short_hash(&[request_uid]))
+}
 
 /// Who holds a restore's target (the Lease is `<clinic>-hold-<holder>`).
 pub fn holder(request: &str) -> String {
@@ -153,6 +194,17 @@ pub struct Seen {
     pub database_checks: Option<Vec<Finding>>,
     /// The documents Job, for a source with documents.
     pub documents_run: Option<DocumentsRun>,
+    /// For a point in time: the source instance and the staging pieces.
+    pub staging: Option<StagingSeen>,
+}
+
+/// A point in time's way to a snapshot, as AWS shows it (in the source clinic's region).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagingSeen {
+    /// The source clinic's instance, whose point in time is restored.
+    pub source: Option<DbInstance>,
+    pub instance: Option<DbInstance>,
+    pub snapshot: Option<DbSnapshot>,
 }
 
 /// A mutating call the steps ask for.
@@ -170,6 +222,25 @@ pub enum Change {
         tags: BTreeMap<String, String>,
     },
     RestoreDatabase(Box<RestoreDb>),
+    RestorePointInTime(Box<PointInTimeDb>),
+    /// A snapshot of the staging instance (in the source clinic's region).
+    SnapshotStaging {
+        instance: String,
+        identifier: String,
+        tags: BTreeMap<String, String>,
+    },
+    /// Turns off deletion protection the staging instance came with (it was asked
+    /// without; an emulator copies the source's), so it can be deleted.
+    UnprotectStaging {
+        identifier: String,
+    },
+    /// Deletes the staging instance (without a final snapshot: its own was copied).
+    DeleteStagingInstance {
+        identifier: String,
+    },
+    DeleteStagingSnapshot {
+        identifier: String,
+    },
     ManageMasterPassword {
         identifier: String,
         kms_key: String,
@@ -203,6 +274,17 @@ impl Change {
             Change::PlaceHold { clinic, .. } => ("PlaceHold", clinic.clone()),
             Change::CopySnapshot { identifier, .. } => ("CopyDBSnapshot", identifier.clone()),
             Change::RestoreDatabase(r) => ("RestoreDBInstanceFromDBSnapshot", r.identifier.clone()),
+            Change::RestorePointInTime(r) => {
+                ("RestoreDBInstanceToPointInTime", r.identifier.clone())
+            }
+            Change::SnapshotStaging { identifier, .. } => ("CreateDBSnapshot", identifier.clone()),
+            Change::UnprotectStaging { identifier } => ("ModifyDBInstance", identifier.clone()),
+            Change::DeleteStagingInstance { identifier } => {
+                ("DeleteDBInstance", identifier.clone())
+            }
+            Change::DeleteStagingSnapshot { identifier } => {
+                ("DeleteDBSnapshot", identifier.clone())
+            }
             Change::ManageMasterPassword { identifier, .. } => {
                 ("ModifyDBInstance", identifier.clone())
             }
@@ -248,7 +330,8 @@ pub fn plan(seen: &Seen, status: &mut RestoreRequestStatus, now: Timestamp) -> O
     };
     status.target_deployment = Some(seen.target_name.clone());
     let mut blocked = false;
-    for name in SIDE_BY_SIDE {
+    let names = steps_of(&seen.source);
+    for &name in names {
         if blocked {
             mark(status, name, StepPhase::Pending, None, now);
             continue;
@@ -284,7 +367,7 @@ pub fn plan(seen: &Seen, status: &mut RestoreRequestStatus, now: Timestamp) -> O
         .iter()
         .filter(|s| matches!(s.phase, StepPhase::Succeeded | StepPhase::Skipped))
         .count();
-    status.progress = Some(format!("{done}/{}", SIDE_BY_SIDE.len()));
+    status.progress = Some(format!("{done}/{}", names.len()));
     if let Some(findings) = &seen.database_checks {
         status.verification = results(seen, findings)
             .into_iter()
@@ -414,8 +497,11 @@ fn step(seen: &Seen, name: &str) -> Step {
                 &holder(&seen.request)
             )
         )),
+        RESTORE_POINT_IN_TIME => point_in_time_step(seen, target),
+        SNAPSHOT_POINT_IN_TIME => staging_snapshot_step(seen, target),
         COPY_SNAPSHOT => copy_step(seen, target),
         RESTORE_DATABASE => restore_step(seen, target),
+        REMOVE_STAGING => remove_staging_step(seen),
         MANAGE_MASTER_PASSWORD => match &seen.instance {
             Some(db) if own_secret(db, target) && db.status == "available" => Step::Done(
                 "the instance has its own managed master secret, under the target's key".into(),
@@ -623,6 +709,169 @@ pub fn results(seen: &Seen, findings: &[Finding]) -> Vec<CheckResult> {
     results
 }
 
+/// Whether a staging instance or snapshot is this request's (marked with its uid).
+fn ours(tags: &BTreeMap<String, String>, uid: &str) -> bool {
+    tags.get(RESTORED_BY).map(String::as_str) == Some(uid)
+}
+
+/// RDS states of an instance that will never become available.
+fn broken(status: &str) -> bool {
+    matches!(
+        status,
+        "failed" | "incompatible-restore" | "incompatible-parameters" | "incompatible-network"
+    )
+}
+
+fn point_in_time_step(seen: &Seen, target: &TargetSeen) -> Step {
+    let identifier = staging_identifier(&seen.uid);
+    let staging = seen.staging.clone().unwrap_or(StagingSeen {
+        source: None,
+        instance: None,
+        snapshot: None,
+    });
+    let Some((clinic, time)) = &seen.source.point_in_time else {
+        return Step::Failed(
+            "SourceIncomplete",
+            "the source names no point in time".into(),
+        );
+    };
+    let at = time.to_string();
+    match (&staging.instance, &staging.snapshot) {
+        (Some(db), _) if !ours(&db.tags, &seen.uid) => Step::Failed(
+            "StagingExists",
+            format!("DB instance {identifier} exists and was not made by this request"),
+        ),
+        (Some(db), _) if db.status == "available" => Step::Done(format!(
+            "DB instance {identifier}: the source's database at {at}"
+        )),
+        (Some(db), _) if broken(&db.status) => Step::Failed(
+            "RestoreFailed",
+            format!("RDS reports DB instance {identifier} {}", db.status),
+        ),
+        (Some(db), _) => Step::Waiting(format!(
+            "RDS restores {at} into {identifier} (instance {})",
+            db.status
+        )),
+        // Taken already: the instance may be gone.
+        (None, Some(_)) => Step::Done(format!("restored {at} into {identifier}")),
+        (None, None) => {
+            let Some(source) = &staging.source else {
+                return Step::Failed(
+                    "SourceNotFound",
+                    format!(
+                        "clinic {clinic}'s DB instance does not exist: nothing to restore a point in time of"
+                    ),
+                );
+            };
+            let mut tags = target.tags.clone();
+            tags.insert(RESTORED_BY.to_string(), seen.uid.clone());
+            Step::Act(
+                Change::RestorePointInTime(Box::new(PointInTimeDb {
+                    source: source.identifier.clone(),
+                    identifier: identifier.clone(),
+                    time: std::time::SystemTime::from(*time),
+                    instance_class: source.instance_class.clone(),
+                    subnet_group: source.subnet_group.clone(),
+                    security_groups: source.security_groups.clone(),
+                    parameter_group: source.parameter_groups.first().cloned(),
+                    tags,
+                })),
+                format!(
+                    "restoring {}'s database at {at} into the staging instance {identifier} (it keeps the source's key; its snapshot is copied under the target's)",
+                    source.identifier
+                ),
+            )
+        }
+    }
+}
+
+fn staging_snapshot_step(seen: &Seen, target: &TargetSeen) -> Step {
+    let identifier = staging_identifier(&seen.uid);
+    let staging = seen.staging.as_ref();
+    match staging.and_then(|s| s.snapshot.as_ref()) {
+        Some(snapshot) if !ours(&snapshot.tags, &seen.uid) => Step::Failed(
+            "StagingExists",
+            format!("DB snapshot {identifier} exists and was not made by this request"),
+        ),
+        Some(snapshot) if snapshot.status == "available" => {
+            Step::Done(format!("DB snapshot {identifier}"))
+        }
+        Some(snapshot) if snapshot.status == "failed" => Step::Failed(
+            "SnapshotFailed",
+            format!("RDS reports the snapshot {identifier} failed"),
+        ),
+        Some(snapshot) => Step::Waiting(format!("snapshot {identifier} is {}", snapshot.status)),
+        None => match staging.and_then(|s| s.instance.as_ref()) {
+            Some(db) if db.status == "available" => {
+                let mut tags = target.tags.clone();
+                tags.insert(RESTORED_BY.to_string(), seen.uid.clone());
+                Step::Act(
+                    Change::SnapshotStaging {
+                        instance: db.identifier.clone(),
+                        identifier: identifier.clone(),
+                        tags,
+                    },
+                    format!("taking snapshot {identifier} of the staging instance"),
+                )
+            }
+            Some(db) => Step::Waiting(format!("staging instance {}", db.status)),
+            None => Step::Waiting("the staging instance".into()),
+        },
+    }
+}
+
+/// Once the target's instance is restored, the staging pieces go: only those marked as
+/// this request's.
+fn remove_staging_step(seen: &Seen) -> Step {
+    let Some(staging) = seen.staging.as_ref() else {
+        return Step::Skipped(format!(
+            "the source clinic is gone, and the staging instance and snapshot {} (if there) with it from this request's view: delete them by hand in its region",
+            staging_identifier(&seen.uid)
+        ));
+    };
+    let staging = Some(staging);
+    if let Some(db) = staging.and_then(|s| s.instance.as_ref())
+        && ours(&db.tags, &seen.uid)
+        && db.status != "deleting"
+    {
+        if db.deletion_protection {
+            return match db.status.as_str() {
+                "available" => Step::Act(
+                    Change::UnprotectStaging {
+                        identifier: db.identifier.clone(),
+                    },
+                    format!(
+                        "turning off the deletion protection the staging instance {} came with",
+                        db.identifier
+                    ),
+                ),
+                status => Step::Waiting(format!("staging instance {status}")),
+            };
+        }
+        return Step::Act(
+            Change::DeleteStagingInstance {
+                identifier: db.identifier.clone(),
+            },
+            format!("deleting the staging instance {}", db.identifier),
+        );
+    }
+    if let Some(snapshot) = staging.and_then(|s| s.snapshot.as_ref())
+        && ours(&snapshot.tags, &seen.uid)
+        && snapshot.status != "deleting"
+    {
+        return Step::Act(
+            Change::DeleteStagingSnapshot {
+                identifier: snapshot.identifier.clone(),
+            },
+            format!("deleting the staging snapshot {}", snapshot.identifier),
+        );
+    }
+    Step::Done(format!(
+        "the staging instance and snapshot {} are deleted",
+        staging_identifier(&seen.uid)
+    ))
+}
+
 /// Whether the instance's managed master secret is the target's own: one under the
 /// target's key. A restored instance may come with its snapshot's secret (the source's,
 /// which the source may delete), never to be used.
@@ -633,7 +882,11 @@ fn own_secret(db: &DbInstance, target: &TargetSeen) -> bool {
 }
 
 fn copy_step(seen: &Seen, target: &TargetSeen) -> Step {
-    let Some(source_arn) = &seen.source.snapshot_arn else {
+    let staged = seen
+        .staging
+        .as_ref()
+        .and_then(|s| s.snapshot.as_ref()?.arn.clone());
+    let Some(source_arn) = seen.source.snapshot_arn.as_ref().or(staged.as_ref()) else {
         return Step::Failed(
             "SourceIncomplete",
             "the source names no snapshot ARN".into(),
@@ -674,7 +927,7 @@ fn copy_step(seen: &Seen, target: &TargetSeen) -> Step {
 
 fn restore_step(seen: &Seen, target: &TargetSeen) -> Step {
     match &seen.instance {
-        Some(db) if db.tags.get(RESTORED_BY) != Some(&seen.uid) => Step::Failed(
+        Some(db) if !ours(&db.tags, &seen.uid) => Step::Failed(
             "TargetDatabaseExists",
             format!(
                 "DB instance {} exists and was not restored by this request",
@@ -684,20 +937,10 @@ fn restore_step(seen: &Seen, target: &TargetSeen) -> Step {
         Some(db) if db.status == "available" || own_secret(db, target) => {
             Step::Done(format!("DB instance {}", db.identifier))
         }
-        Some(db)
-            if matches!(
-                db.status.as_str(),
-                "failed"
-                    | "incompatible-restore"
-                    | "incompatible-parameters"
-                    | "incompatible-network"
-            ) =>
-        {
-            Step::Failed(
-                "RestoreFailed",
-                format!("RDS reports DB instance {} {}", db.identifier, db.status),
-            )
-        }
+        Some(db) if broken(&db.status) => Step::Failed(
+            "RestoreFailed",
+            format!("RDS reports DB instance {} {}", db.identifier, db.status),
+        ),
         Some(db) => Step::Waiting(format!("DB instance {} is {}", db.identifier, db.status)),
         None => {
             let Some(placement) = &target.placement else {
@@ -831,6 +1074,7 @@ mod tests {
             requested: Some("2026-12-01T09:00:00Z".parse().unwrap()),
             database_checks: None,
             documents_run: None,
+            staging: None,
         }
     }
 
@@ -864,6 +1108,152 @@ mod tests {
             .map(|c| c.intent().0)
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// A point in time goes through a staging instance beside the source (the restore
+    /// call takes no key), whose snapshot is copied under the target's key; the staging
+    /// pieces, and only they, are deleted once the target's instance is restored.
+    #[test]
+    fn a_point_in_time_is_staged_snapshotted_copied_and_its_staging_removed() {
+        let at: Timestamp = "2026-12-01T08:30:00Z".parse().unwrap();
+        let mut seen = seen();
+        seen.source = Resolved {
+            set: None,
+            snapshot_arn: None,
+            point_in_time: Some(("clinic-a".into(), at)),
+            data_time: Some(at),
+            documents: None,
+            documents_behind_seconds: None,
+            region: None,
+        };
+        let mut target = target();
+        target.held = true;
+        target.kms_key = Some(KEY.into());
+        seen.target = Some(target);
+        let staging = staging_identifier("req-uid");
+        let mut source = instance("available");
+        source.identifier = "clinic-a-db".into();
+        source.instance_class = "db.t4g.small".into();
+        source.subnet_group = Some("source-subnets".into());
+        source.security_groups = vec!["sg-source".into()];
+        source.parameter_groups = vec!["source-params".into()];
+        source.tags = BTreeMap::new();
+        seen.staging = Some(StagingSeen {
+            source: Some(source),
+            instance: None,
+            snapshot: None,
+        });
+        let mut status = RestoreRequestStatus::default();
+        let o = step_once(&mut seen, &mut status);
+        let Change::RestorePointInTime(r) = &o.changes[0] else {
+            panic!("{o:?}")
+        };
+        assert_eq!(
+            (
+                r.source.as_str(),
+                r.identifier.as_str(),
+                r.subnet_group.as_deref(),
+                r.parameter_group.as_deref()
+            ),
+            (
+                "clinic-a-db",
+                staging.as_str(),
+                Some("source-subnets"),
+                Some("source-params")
+            )
+        );
+        assert_eq!(r.security_groups, ["sg-source"]);
+        assert_eq!(r.time, std::time::SystemTime::from(at));
+        assert_eq!(r.tags[RESTORED_BY], "req-uid");
+        assert_eq!(status.progress.as_deref(), Some("1/11"));
+        // An instance of that name not made by this request is never used.
+        let mut foreign = instance("available");
+        foreign.identifier = staging.clone();
+        foreign.tags = BTreeMap::new();
+        seen.staging.as_mut().unwrap().instance = Some(foreign);
+        let o = plan(&seen, &mut status.clone(), now());
+        assert_eq!(o.failed.as_ref().map(|f| f.0), Some("StagingExists"));
+        let mut db = instance("creating");
+        db.identifier = staging.clone();
+        seen.staging.as_mut().unwrap().instance = Some(db.clone());
+        assert_eq!(action(&step_once(&mut seen, &mut status)), "");
+        db.status = "available".into();
+        seen.staging.as_mut().unwrap().instance = Some(db.clone());
+        let o = step_once(&mut seen, &mut status);
+        let Change::SnapshotStaging {
+            instance: of,
+            identifier,
+            ..
+        } = &o.changes[0]
+        else {
+            panic!("{o:?}")
+        };
+        assert_eq!((of, identifier), (&staging, &staging));
+        let snapshot = DbSnapshot {
+            identifier: staging.clone(),
+            arn: Some(format!("arn:aws:rds:us-east-1:1:snapshot:{staging}")),
+            status: "available".into(),
+            tags: BTreeMap::from([(RESTORED_BY.to_string(), "req-uid".to_string())]),
+        };
+        seen.staging.as_mut().unwrap().snapshot = Some(snapshot.clone());
+        // The staging snapshot is what is copied under the target's key.
+        let o = step_once(&mut seen, &mut status);
+        let Change::CopySnapshot {
+            source_arn,
+            kms_key,
+            ..
+        } = &o.changes[0]
+        else {
+            panic!("{o:?}")
+        };
+        assert_eq!(source_arn, snapshot.arn.as_ref().unwrap());
+        assert_eq!(kms_key, KEY);
+        seen.copy = Some(DbSnapshot {
+            status: "available".into(),
+            ..snapshot.clone()
+        });
+        seen.target.as_mut().unwrap().placement = Some(Placement {
+            kms_key_id: KEY.into(),
+            subnet_group: "target-subnets".into(),
+            security_group: "sg-target".into(),
+            parameter_group: "target-params".into(),
+        });
+        assert_eq!(
+            action(&step_once(&mut seen, &mut status)),
+            "RestoreDBInstanceFromDBSnapshot"
+        );
+        seen.instance = Some(instance("available"));
+        // Restored: the staging instance goes (its protection off first, if it came with
+        // it), then its snapshot.
+        db.deletion_protection = true;
+        seen.staging.as_mut().unwrap().instance = Some(db.clone());
+        let o = step_once(&mut seen, &mut status);
+        assert!(
+            matches!(&o.changes[..], [Change::UnprotectStaging { identifier }] if *identifier == staging),
+            "{o:?}"
+        );
+        db.deletion_protection = false;
+        seen.staging.as_mut().unwrap().instance = Some(db.clone());
+        assert_eq!(
+            action(&step_once(&mut seen, &mut status)),
+            "DeleteDBInstance"
+        );
+        db.status = "deleting".into();
+        seen.staging.as_mut().unwrap().instance = Some(db);
+        assert_eq!(
+            action(&step_once(&mut seen, &mut status)),
+            "DeleteDBSnapshot"
+        );
+        let staged = seen.staging.as_mut().unwrap();
+        staged.instance = None;
+        staged.snapshot = None;
+        assert_eq!(
+            action(&step_once(&mut seen, &mut status)),
+            "ModifyDBInstance"
+        );
+        let removed = status.steps.iter().find(|s| s.name == REMOVE_STAGING);
+        assert_eq!(removed.map(|s| s.phase), Some(StepPhase::Succeeded));
+        assert_eq!(status.progress.as_deref(), Some("6/11"));
     }
 
     #[test]
