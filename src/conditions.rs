@@ -79,15 +79,6 @@ pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditio
     conditions.iter().find(|c| c.type_ == type_)
 }
 
-/// Condition types whose status differs between `before` and `after` (new ones included),
-/// for Events on transitions only.
-pub fn transitions<'a>(before: &[Condition], after: &'a [Condition]) -> Vec<&'a Condition> {
-    after
-        .iter()
-        .filter(|a| find(before, &a.type_).is_none_or(|b| b.status != a.status))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,7 +118,6 @@ mod tests {
         assert_eq!(second[0].last_transition_time, Time(t(100)));
         assert_eq!(second[0].reason, "B");
         assert_eq!(second[0].observed_generation, Some(2));
-        assert!(transitions(&first, &second).is_empty());
     }
 
     #[test]
@@ -145,7 +135,6 @@ mod tests {
             t(200),
         );
         assert_eq!(second[0].last_transition_time, Time(t(200)));
-        assert_eq!(transitions(&first, &second).len(), 1);
     }
 
     #[test]

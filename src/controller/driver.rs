@@ -639,16 +639,9 @@ async fn publish_transitions<K: Reconcile>(
     ctx: &Context,
 ) {
     let reference = obj.object_ref(&());
-    for c in conditions::transitions(before, after) {
-        let first = conditions::find(before, &c.type_).is_none();
-        // Every object starts Synced; only losing it, or getting it back, is news.
-        if c.type_ == SYNCED && c.status == "True" && first {
-            continue;
-        }
+    for (c, warning) in notable(before, after, K::warns) {
         let event = Event {
-            // Refused input and failing reconciles are what a person must act on; progress
-            // is informational.
-            type_: if (c.type_ == "Accepted" || c.type_ == SYNCED) && c.status != "True" {
+            type_: if warning {
                 EventType::Warning
             } else {
                 EventType::Normal
@@ -660,6 +653,36 @@ async fn publish_transitions<K: Reconcile>(
         };
         ctx.publish::<K>(&event, &reference).await;
     }
+}
+
+/// The conditions worth an Event between `before` and `after`, and whether each is a
+/// Warning: every change of status (a new reason alone for the same status is no news),
+/// and a change of reason where the kind says the condition now warns (`warns`: a
+/// restore's `Succeeded=False` going from `InProgress` to why it failed).
+fn notable<'a>(
+    before: &[crate::api::Condition],
+    after: &'a [crate::api::Condition],
+    warns: fn(&crate::api::Condition) -> bool,
+) -> Vec<(&'a crate::api::Condition, bool)> {
+    after
+        .iter()
+        .filter_map(|c| {
+            let previous = conditions::find(before, &c.type_);
+            // Every object starts Synced; only losing it, or getting it back, is news.
+            if c.type_ == SYNCED && c.status == "True" && previous.is_none() {
+                return None;
+            }
+            // Refused input, failing reconciles and failures the kind names are what a
+            // person must act on; progress is informational.
+            let warning =
+                ((c.type_ == "Accepted" || c.type_ == SYNCED) && c.status != "True") || warns(c);
+            let changed = match previous {
+                None => true,
+                Some(p) => p.status != c.status || (warns(c) && p.reason != c.reason),
+            };
+            changed.then_some((c, warning))
+        })
+        .collect()
 }
 
 async fn report_invalid<K: Reconcile>(
@@ -716,6 +739,61 @@ fn error_policy<K: Reconcile>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn conditions(verdicts: &[Verdict]) -> Vec<crate::api::Condition> {
+        conditions::merge(
+            &[],
+            verdicts,
+            Some(1),
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        )
+    }
+
+    #[test]
+    fn events_come_from_changes_of_status_and_from_failures_the_kind_names() {
+        let failed = |c: &crate::api::Condition| c.type_ == "Succeeded" && c.reason == "Failed";
+        let summary = |found: Vec<(&crate::api::Condition, bool)>| {
+            found
+                .into_iter()
+                .map(|(c, warning)| (c.type_.clone(), c.reason.clone(), warning))
+                .collect::<Vec<_>>()
+        };
+        let running = conditions(&[
+            Verdict::truthy(SYNCED, "Reconciled", ""),
+            Verdict::falsy("Succeeded", "InProgress", "step 1"),
+            Verdict::falsy("Accepted", "SourceNotFound", ""),
+        ]);
+        // A first Synced=True is no news; a refusal warns; progress informs.
+        assert_eq!(
+            summary(notable(&[], &running, failed)),
+            [
+                ("Accepted".to_string(), "SourceNotFound".to_string(), true),
+                ("Succeeded".to_string(), "InProgress".to_string(), false)
+            ]
+        );
+        // A new reason for the same status is no news, unless the kind says it warns.
+        let later = conditions(&[
+            Verdict::truthy(SYNCED, "Reconciled", ""),
+            Verdict::falsy("Succeeded", "InProgress", "step 2"),
+            Verdict::falsy("Accepted", "SourceNotCompleted", ""),
+        ]);
+        assert!(notable(&running, &later, failed).is_empty());
+        let failure = conditions(&[
+            Verdict::truthy(SYNCED, "Reconciled", ""),
+            Verdict::falsy("Succeeded", "Failed", "it failed"),
+            Verdict::falsy("Accepted", "SourceNotCompleted", ""),
+        ]);
+        assert_eq!(
+            summary(notable(&later, &failure, failed)),
+            [("Succeeded".to_string(), "Failed".to_string(), true)]
+        );
+        // Getting Accepted back is informational.
+        let valid = conditions(&[Verdict::truthy("Accepted", "Valid", "")]);
+        assert_eq!(
+            summary(notable(&failure, &valid, failed)),
+            [("Accepted".to_string(), "Valid".to_string(), false)]
+        );
+    }
     use kube::core::response::{StatusCause, StatusDetails};
 
     #[test]

@@ -614,6 +614,13 @@ pub trait Reconcile:
         None
     }
 
+    /// Whether `condition`, as it now stands, is a failure a person must act on beyond
+    /// `Accepted` and `Synced` being false: its Event is a Warning, published also when
+    /// only its reason changed.
+    fn warns(_condition: &crate::api::Condition) -> bool {
+        false
+    }
+
     /// Reads what the plan needs. No writes.
     fn observe(&self, ctx: &Context) -> impl Future<Output = Result<Self::Observed, Error>> + Send;
 

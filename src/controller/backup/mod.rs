@@ -1626,12 +1626,12 @@ mod tests {
                     "kept (daily) until 2027-01-07T00:00:00Z",
                     Some(7),
                 ),
-                // A failed set made before the newest completed: it goes now.
+                // A failed set made before the newest set completed: it goes now.
                 retention::Recorded {
                     failed: true,
                     verdict: None,
                     expires_at: None,
-                    ..recorded("daily-6-failed", 6, "", None)
+                    ..recorded("daily-6-failed", 5, "", None)
                 },
             ],
             rules: serde_json::from_value(serde_json::json!({

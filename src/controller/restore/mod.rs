@@ -163,6 +163,14 @@ impl Reconcile for RestoreRequest {
         Ok(observed)
     }
 
+    /// A restore that failed (`Succeeded=False` for a reason other than being under way)
+    /// warns, naming the reason.
+    fn warns(condition: &crate::api::Condition) -> bool {
+        condition.type_ == SUCCEEDED
+            && condition.status == "False"
+            && condition.reason != "InProgress"
+    }
+
     /// The set it restores from is judged by retention again when the request stops
     /// pinning it (it succeeded), not at the set's next resync.
     fn announced(&self) -> Option<(u64, Vec<(RefKind, String)>)> {
@@ -1040,6 +1048,25 @@ mod tests {
             assert!(plan.changes.is_empty());
             assert_eq!(plan.requeue, Requeue::OnChange);
         }
+    }
+
+    #[test]
+    fn a_failed_restore_warns_one_under_way_does_not() {
+        let succeeded = |status: bool, reason: &'static str| {
+            let v = Verdict {
+                type_: SUCCEEDED,
+                status,
+                reason,
+                message: String::new(),
+            };
+            conditions::merge(&[], &[v], None, now()).remove(0)
+        };
+        assert!(RestoreRequest::warns(&succeeded(
+            false,
+            "VerificationFailed"
+        )));
+        assert!(!RestoreRequest::warns(&succeeded(false, "InProgress")));
+        assert!(!RestoreRequest::warns(&succeeded(true, "Verified")));
     }
 
     #[test]
