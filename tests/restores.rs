@@ -84,6 +84,19 @@ async fn opens(db: &MariaDb, endpoint: &str, user: &str, password: &str) -> bool
     }
 }
 
+/// Request `name`'s `Accepted` condition, once it is false.
+async fn refusal(requests: &Api<RestoreRequest>, name: &str) -> openemr_operator::api::Condition {
+    eventually(WAIT, &format!("{name} refused"), || async {
+        let status = requests.get(name).await.ok()?.status?;
+        let accepted = status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Accepted")?;
+        (accepted.status == "False").then_some(accepted)
+    })
+    .await
+}
+
 /// Step `name` of request `request`, as its status shows it.
 async fn step(requests: &Api<RestoreRequest>, request: &str, name: &str) -> Option<RestoreStep> {
     let status = requests.get(request).await.ok()?.status?;
@@ -382,6 +395,52 @@ impl Source {
     }
 }
 
+/// The set records what it was made with (the clinic's MySQL and OpenEMR image); a restore
+/// of it into a clinic whose image is an older OpenEMR release is refused before anything
+/// is made, naming both.
+async fn refused_into_an_older_image(source: &Source) {
+    let sets: Api<OpenEMRBackup> = source.api();
+    let set = sets.get("set-1").await.unwrap().status.unwrap();
+    let image = set.image.clone().unwrap();
+    assert_eq!(image, openemr_operator::api::deployment::DEFAULT_IMAGE);
+    assert_eq!(set.database.unwrap().engine_version.as_deref(), Some("8.0"));
+    let clinics: Api<OpenEMRDeployment> = source.api();
+    let mut spec = serde_json::to_value(clinics.get("clinic-a").await.unwrap().spec).unwrap();
+    spec["web"]["image"] = json!("openemr/openemr:7.0.4");
+    spec.as_object_mut().unwrap().remove("adopt");
+    support::apply(
+        &source.client,
+        &source.ns.name,
+        &json!({
+            "apiVersion": "openemr.io/v1alpha1", "kind": "RestoreRequest",
+            "metadata": {"name": "into-older"},
+            "spec": {
+                "source": {"backupRef": {"name": "set-1"}},
+                "target": {"sideBySide": {"deploymentName": "older", "deploymentSpec": spec}},
+            },
+        }),
+    )
+    .await
+    .unwrap();
+    let requests: Api<RestoreRequest> = source.api();
+    let refused = refusal(&requests, "into-older").await;
+    assert_eq!(
+        refused.reason, "SchemaNewerThanImage",
+        "{}",
+        refused.message
+    );
+    assert!(
+        refused.message.contains(&image) && refused.message.contains("openemr/openemr:7.0.4"),
+        "{}",
+        refused.message
+    );
+    assert!(clinics.get_opt("older").await.unwrap().is_none());
+    requests
+        .delete("into-older", &Default::default())
+        .await
+        .unwrap();
+}
+
 /// A restore side by side of a set of clinic `clinic-a`, with its documents or without.
 async fn side_by_side(with_documents: bool) {
     let suffix = if with_documents { "docs" } else { "db" };
@@ -393,6 +452,9 @@ async fn side_by_side(with_documents: bool) {
     let sets: Api<OpenEMRBackup> = source.api();
     let requests: Api<RestoreRequest> = source.api();
     let source_db = source.source_database().await;
+    if !with_documents {
+        refused_into_an_older_image(&source).await;
+    }
     let request_uid = source.request().await;
 
     // The target: a copy of the source's spec, tied to nothing of the original's, marked
@@ -770,15 +832,8 @@ async fn a_point_in_time_restored_side_by_side_goes_through_a_staging_snapshot_u
     )
     .await
     .unwrap();
-    let refused = eventually(WAIT, "too-late refused", || async {
-        let status = requests.get("too-late").await.ok()?.status?;
-        let accepted = status
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Accepted")?;
-        (accepted.reason == "PointInTimeOutsideWindow").then_some(accepted)
-    })
-    .await;
+    let refused = refusal(&requests, "too-late").await;
+    assert_eq!(refused.reason, "PointInTimeOutsideWindow");
     assert!(
         refused.message.contains(&ended.to_string()),
         "{}",

@@ -125,6 +125,11 @@ pub struct OpenEMRBackupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_id: Option<String>,
 
+    /// The OpenEMR image the clinic ran when the set was taken: a restore refuses a target
+    /// whose image is older (the set's schema, `v_database`, would be newer than its code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
     /// The consistency mode the set is taken with, fixed when it starts (a later change
     /// to its policy does not alter a set under way).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,6 +237,10 @@ pub struct SnapshotRef {
     /// Allocated storage of the snapshot in GiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocated_storage_gi_b: Option<i32>,
+    /// The MySQL engine version of the instance when the snapshot was taken: a restore
+    /// refuses a target that runs an older one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_version: Option<String>,
 }
 
 /// A documents copy in S3.

@@ -753,11 +753,13 @@ fn rebuilt_status(status: &mut OpenEMRBackupStatus, m: &set::SetManifest, from: 
     status.start_time = time(&m.database.requested_at);
     status.snapshot_requested_time = time(&m.database.requested_at);
     status.completion_time = time(&m.completed_at);
+    status.image = m.image.clone();
     status.database = Some(crate::api::backup::SnapshotRef {
         identifier: m.database.snapshot_identifier.clone(),
         arn: m.database.snapshot_arn.clone(),
         status: Some("available".into()),
         allocated_storage_gi_b: None,
+        engine_version: m.database.engine_version.clone(),
     });
     if let Some(d) = &m.documents {
         status.documents_start_time = time(&d.started_at);

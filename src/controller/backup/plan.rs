@@ -456,6 +456,10 @@ fn take(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outc
         None => {
             status.snapshot_requested_time.get_or_insert(Time(now));
             database.status = Some("requested".into());
+            // What a restore checks compatibility from, as the snapshot's tags and the
+            // manifest say it too.
+            database.engine_version = clinic.engine_version.clone();
+            status.image = clinic.image.clone();
             out.changes.push(Change::CreateSnapshot {
                 instance: instance.clone(),
                 identifier: identifier.clone(),
@@ -658,7 +662,11 @@ fn take(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outc
             instance_identifier: instance,
             snapshot_identifier: identifier,
             snapshot_arn: steps.snapshot.as_ref().and_then(|s| s.arn.clone()),
-            engine_version: clinic.engine_version.clone(),
+            engine_version: status
+                .database
+                .as_ref()
+                .and_then(|d| d.engine_version.clone())
+                .or_else(|| clinic.engine_version.clone()),
             kms_key_arn: clinic.kms_key.clone(),
             requested_at: time(&status.snapshot_requested_time),
         },
@@ -675,7 +683,7 @@ fn take(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outc
             started_at: time(&status.documents_start_time),
             completed_at: time(&status.documents_completion_time),
         }),
-        image: clinic.image.clone(),
+        image: status.image.clone().or_else(|| clinic.image.clone()),
         clinic_spec: clinic.spec.clone(),
         completed_at: completed_at.to_string(),
         operator_version: steps.operator_version.clone(),

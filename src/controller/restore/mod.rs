@@ -52,6 +52,9 @@ pub struct Observed {
     pub side_by_side_name_taken: bool,
     /// What the source resolves to now, or why it cannot be restored.
     pub resolved: Option<Result<source::Resolved, source::Refusal>>,
+    /// Why the target cannot run the source's data (its MySQL or OpenEMR older), judged
+    /// before the restore starts.
+    pub incompatible: Option<source::Refusal>,
     /// The side-by-side steps' view, when the operator reaches AWS and the restore runs.
     pub steps: Option<steps::Seen>,
     /// How soon to look again while a step is under way.
@@ -138,6 +141,43 @@ impl Reconcile for RestoreRequest {
                 Err(_) => true,
             };
         }
+        // The clinic the source's data is of: a point in time's, or the set's.
+        let source_clinic = match &observed.resolved {
+            Some(Ok(resolved)) => match &resolved.point_in_time {
+                Some((clinic, _)) => Some(clinic.clone()),
+                None => sets
+                    .iter()
+                    .find(|s| Some(s.name_any()) == resolved.set)
+                    .map(|s| s.spec.deployment_ref.name.clone()),
+            },
+            _ => None,
+        };
+        if let (Some(Ok(resolved)), false, None) = (
+            &observed.resolved,
+            self.started(),
+            &self.spec.target.in_place,
+        ) {
+            // Judged before anything is made: what the target would run, against what the
+            // source's data was made with.
+            let source_clinic = source_clinic
+                .as_ref()
+                .and_then(|name| lookup(&caches.deployments, &ns, name))
+                .and_then(|c| c.0.as_ref().ok().cloned());
+            let given = self
+                .spec
+                .target
+                .side_by_side
+                .as_ref()
+                .is_some_and(|t| t.deployment_spec.is_some());
+            let field = if given {
+                "spec.target.sideBySide.deploymentSpec"
+            } else {
+                "the source clinic's spec, which the target copies"
+            };
+            observed.incompatible = self
+                .target_clinic(&ns, source_clinic.as_ref())
+                .and_then(|t| source::incompatibility(resolved, &t.spec, field));
+        }
         let runnable = self.unsupported().is_none()
             && !matches!(
                 self.status.as_ref().and_then(|s| s.phase),
@@ -145,16 +185,10 @@ impl Reconcile for RestoreRequest {
             );
         if let (Some(aws), Some(Ok(resolved)), true) = (&ctx.aws, &observed.resolved, runnable)
             && !observed.side_by_side_name_taken
+            && observed.incompatible.is_none()
         {
             observed.progress = aws.progress_interval;
             let resolved = resolved.clone();
-            let source_clinic = match &resolved.point_in_time {
-                Some((clinic, _)) => Some(clinic.clone()),
-                None => sets
-                    .iter()
-                    .find(|s| Some(s.name_any()) == resolved.set)
-                    .map(|s| s.spec.deployment_ref.name.clone()),
-            };
             observed.steps = Some(
                 self.side_by_side_seen(ctx, aws, &ns, resolved, source_clinic)
                     .await?,
@@ -955,6 +989,9 @@ impl RestoreRequest {
         {
             return Verdict::falsy("Accepted", refusal.reason, refusal.message.clone());
         }
+        if let Some(refusal) = &observed.incompatible {
+            return Verdict::falsy("Accepted", refusal.reason, refusal.message.clone());
+        }
         if observed.in_place_target_exists == Some(false) {
             let name = self
                 .spec
@@ -1067,6 +1104,26 @@ mod tests {
         )));
         assert!(!RestoreRequest::warns(&succeeded(false, "InProgress")));
         assert!(!RestoreRequest::warns(&succeeded(true, "Verified")));
+    }
+
+    #[test]
+    fn a_target_that_cannot_run_the_source_is_refused_before_anything_is_made() {
+        let r = request(serde_json::json!({"source": {"backupRef": {"name": "set-9"}}}));
+        let c = accepted(
+            &r,
+            Observed {
+                source_exists: Some(true),
+                incompatible: Some(source::Refusal {
+                    reason: "EngineVersionTooNew",
+                    message: "the source's database runs MySQL 8.4.3".into(),
+                }),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "EngineVersionTooNew")
+        );
     }
 
     #[test]

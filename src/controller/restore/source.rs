@@ -48,6 +48,10 @@ pub struct Resolved {
     /// The region the snapshot and the documents' bucket are in, when it is not the source
     /// clinic's: a set's copy in another region ([`from_copy_in`]).
     pub region: Option<String>,
+    /// The MySQL engine version and the OpenEMR image the source's data was made with,
+    /// when known ([`incompatibility`] judges a target by them).
+    pub engine_version: Option<String>,
+    pub image: Option<String>,
 }
 
 /// Why the source cannot be restored.
@@ -93,6 +97,10 @@ fn from_set(set: &OpenEMRBackup) -> Result<Resolved, Refusal> {
         ));
     };
     Ok(Resolved {
+        engine_version: status
+            .and_then(|s| s.database.as_ref())
+            .and_then(|d| d.engine_version.clone()),
+        image: status.and_then(|s| s.image.clone()),
         set: Some(name(set)),
         snapshot_arn: Some(arn),
         point_in_time: None,
@@ -245,6 +253,12 @@ pub fn resolve(
                 .map(|t| t.0)
         });
         return Ok(Resolved {
+            engine_version: Some(clinic.spec.database.engine_version.clone()),
+            image: clinic
+                .status
+                .as_ref()
+                .and_then(|s| s.web.as_ref()?.image.clone())
+                .or_else(|| Some(clinic.spec.web.image.clone())),
             set: documents_set.map(|(_, s)| name(s)),
             snapshot_arn: None,
             point_in_time: Some((clinic_name.clone(), at)),
@@ -256,6 +270,8 @@ pub fn resolve(
     }
     if let Some(s) = &source.snapshot {
         return Ok(Resolved {
+            engine_version: None,
+            image: None,
             set: None,
             snapshot_arn: Some(s.snapshot_arn.clone()),
             point_in_time: None,
@@ -272,6 +288,84 @@ pub fn resolve(
         "SourceMissing",
         "spec.source sets none of backupRef, latestFromPolicy, pointInTime or snapshot".into(),
     ))
+}
+
+/// The leading dotted numbers of `v` (`8.0.40` → 8, 0, 40; `7.0.3-1` → 7, 0, 3); `None`
+/// when it starts with none.
+fn numbers(v: &str) -> Option<Vec<u64>> {
+    let mut out: Vec<u64> = Vec::new();
+    for part in v.split('.') {
+        let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+        let Ok(n) = digits.parse() else { break };
+        out.push(n);
+        if digits.len() != part.len() {
+            break;
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Whether release `a` is after `b`, a missing number being 0 (`7.0` is `7.0.0`).
+fn after(a: &[u64], b: &[u64]) -> bool {
+    let at = |v: &[u64], i: usize| v.get(i).copied().unwrap_or(0);
+    (0..a.len().max(b.len()))
+        .map(|i| at(a, i).cmp(&at(b, i)))
+        .find(|o| o.is_ne())
+        == Some(std::cmp::Ordering::Greater)
+}
+
+/// The release an image reference names by its tag (`openemr/openemr:7.0.3` → 7.0.3); none
+/// for a digest, `latest` or no tag.
+fn image_release(image: &str) -> Option<Vec<u64>> {
+    let image = image.split('@').next()?;
+    let (_, tag) = image.rsplit_once(':')?;
+    if tag.contains('/') {
+        // A registry's port, not a tag.
+        return None;
+    }
+    numbers(tag)
+}
+
+/// Why the source cannot be restored into a clinic of spec `target` (`field` says where
+/// that spec comes from): its MySQL is of a newer major.minor than the target's (RDS
+/// restores a snapshot at its own engine version, and MySQL cannot go back a major
+/// version), or its OpenEMR release is newer than the target's image (the restored schema,
+/// `v_database`, would be newer than the code serving it). Nothing is refused on a guess:
+/// an unknown or unreadable version on either side passes.
+pub fn incompatibility(
+    source: &Resolved,
+    target: &crate::api::OpenEMRDeploymentSpec,
+    field: &str,
+) -> Option<Refusal> {
+    let major_minor = |v: &str| numbers(v).map(|n| n.into_iter().take(2).collect::<Vec<_>>());
+    if let Some(from) = &source.engine_version
+        && let (Some(have), Some(want)) = (
+            major_minor(from),
+            major_minor(&target.database.engine_version),
+        )
+        && after(&have, &want)
+    {
+        return Some(refuse(
+            "EngineVersionTooNew",
+            format!(
+                "the source's database runs MySQL {from}; the target's database.engineVersion ({field}) is {}: RDS restores a snapshot at its own engine version and MySQL cannot go back a major version; give the target {from} or later",
+                target.database.engine_version
+            ),
+        ));
+    }
+    if let Some(from) = &source.image
+        && let (Some(have), Some(want)) = (image_release(from), image_release(&target.web.image))
+        && after(&have, &want)
+    {
+        return Some(refuse(
+            "SchemaNewerThanImage",
+            format!(
+                "the source was made by OpenEMR {from}; the target's web.image ({field}) is {}, an older release: the restored schema (v_database) would be newer than the code serving it; give the target {from} or later",
+                target.web.image
+            ),
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -606,5 +700,85 @@ mod tests {
             Some("arn:aws:rds:us-east-1:123456789012:snapshot:elsewhere")
         );
         assert_eq!(r.documents.unwrap().bucket, "other-bucket");
+    }
+
+    #[test]
+    fn a_target_older_than_the_sources_data_is_refused_naming_both() {
+        let spec = |engine: &str, image: &str| -> crate::api::OpenEMRDeploymentSpec {
+            serde_json::from_value(serde_json::json!({
+                "aws": {"region": "us-east-1"},
+                "network": {"vpcId": "vpc-1", "subnetIds": ["subnet-1", "subnet-2"]},
+                "database": {"engineVersion": engine},
+                "web": {"image": image},
+            }))
+            .unwrap()
+        };
+        let source = |engine: Option<&str>, image: Option<&str>| Resolved {
+            set: Some("set-1".into()),
+            snapshot_arn: None,
+            point_in_time: None,
+            data_time: None,
+            documents: None,
+            documents_behind_seconds: None,
+            region: None,
+            engine_version: engine.map(str::to_string),
+            image: image.map(str::to_string),
+        };
+        let field = "spec.target.sideBySide.deploymentSpec";
+        let judged = |s: &Resolved, t: &crate::api::OpenEMRDeploymentSpec| {
+            incompatibility(s, t, field).map(|r| r.reason)
+        };
+        let current = source(Some("8.4.3"), Some("openemr/openemr:7.0.3"));
+        // MySQL 8.4 into 8.0: refused, naming both versions and the field.
+        let refused =
+            incompatibility(&current, &spec("8.0", "openemr/openemr:7.0.3"), field).unwrap();
+        assert_eq!(refused.reason, "EngineVersionTooNew");
+        assert!(
+            refused.message.contains("8.4.3")
+                && refused.message.contains("is 8.0")
+                && refused.message.contains(field),
+            "{}",
+            refused.message
+        );
+        // A patch level apart is the same major.minor: RDS restores it.
+        assert_eq!(
+            judged(&current, &spec("8.4", "openemr/openemr:7.0.3")),
+            None
+        );
+        assert_eq!(
+            judged(&current, &spec("8.4.1", "openemr/openemr:7.0.3")),
+            None
+        );
+        // OpenEMR 7.0.3's schema under 7.0.2's code: refused.
+        let refused =
+            incompatibility(&current, &spec("8.4", "openemr/openemr:7.0.2"), field).unwrap();
+        assert_eq!(refused.reason, "SchemaNewerThanImage");
+        assert!(
+            refused.message.contains("openemr/openemr:7.0.2"),
+            "{}",
+            refused.message
+        );
+        // Newer targets, equal releases written otherwise, and what cannot be read pass.
+        for image in [
+            "openemr/openemr:7.0.4",
+            "openemr/openemr:7.0.3",
+            "registry.example:5000/openemr/openemr:7.0.3-1",
+            "openemr/openemr:latest",
+            "openemr/openemr@sha256:0123",
+            "registry.example:5000/openemr",
+        ] {
+            assert_eq!(judged(&current, &spec("8.4", image)), None, "{image}");
+        }
+        assert_eq!(
+            judged(&source(None, None), &spec("8.0", "openemr/openemr:7.0.2")),
+            None
+        );
+        assert_eq!(
+            judged(
+                &source(Some("8.0.40"), Some("openemr/openemr:7.0")),
+                &spec("8.0", "openemr/openemr:7.0.0")
+            ),
+            None
+        );
     }
 }

@@ -1056,6 +1056,8 @@ mod tests {
                 documents: None,
                 documents_behind_seconds: None,
                 region: None,
+                engine_version: None,
+                image: None,
             },
             target_spec: Some(OpenEMRDeployment::new(
                 "copy-a",
@@ -1125,6 +1127,8 @@ mod tests {
             documents: None,
             documents_behind_seconds: None,
             region: None,
+            engine_version: None,
+            image: None,
         };
         let mut target = target();
         target.held = true;
