@@ -262,22 +262,27 @@ impl Source {
 
     /// Files RestoreRequest `restore-a` of `set-1` into clinic `copy-a`; its uid.
     async fn request(&self) -> String {
-        self.request_from(json!({"backupRef": {"name": "set-1"}}))
+        self.request_from(json!({"backupRef": {"name": "set-1"}}), json!({}))
             .await
     }
 
-    /// Files RestoreRequest `restore-a` of `source` into clinic `copy-a`; its uid.
-    async fn request_from(&self, source: serde_json::Value) -> String {
+    /// Files RestoreRequest `restore-a` of `source` into clinic `copy-a`, with `more` in its
+    /// spec; its uid.
+    async fn request_from(&self, source: serde_json::Value, more: serde_json::Value) -> String {
+        let mut spec = json!({
+            "source": source,
+            "target": {"sideBySide": {"deploymentName": "copy-a"}},
+        });
+        for (k, v) in more.as_object().into_iter().flatten() {
+            spec[k] = v.clone();
+        }
         support::apply(
             &self.client,
             &self.ns.name,
             &json!({
                 "apiVersion": "openemr.io/v1alpha1", "kind": "RestoreRequest",
                 "metadata": {"name": "restore-a"},
-                "spec": {
-                    "source": source,
-                    "target": {"sideBySide": {"deploymentName": "copy-a"}},
-                },
+                "spec": spec,
             }),
         )
         .await
@@ -848,8 +853,11 @@ async fn a_point_in_time_restored_side_by_side_goes_through_a_staging_snapshot_u
     assert_eq!(proxy.exchanges("RestoreDBInstanceToPointInTime").len(), 0);
 
     let request_uid = source
-        .request_from(json!({"pointInTime": {
-            "deploymentRef": {"name": "clinic-a"}, "latestRestorable": true}}))
+        .request_from(
+            json!({"pointInTime": {
+                "deploymentRef": {"name": "clinic-a"}, "latestRestorable": true}}),
+            json!({"keepTargetFor": "10m"}),
+        )
         .await;
     let staging = staging_identifier(&request_uid);
     let (_, master_password) = source.play_master_password().await;
@@ -945,6 +953,75 @@ async fn a_point_in_time_restored_side_by_side_goes_through_a_staging_snapshot_u
     assert!(opens(db, &endpoint, "openemr", &target_password).await);
     let written = serde_json::to_string(&status).unwrap();
     assert!(!written.contains(&master_password) && !written.contains(&target_password));
-    drop(operator);
+
+    // Kept for spec.keepTargetFor, then removed with everything it made and the restore's
+    // snapshot copy, the source untouched: on a clock that runs two minutes a second.
+    let target_removed = || async {
+        let status = requests.get("restore-a").await.ok()?.status?;
+        status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "TargetRemoved")
+    };
+    let kept = eventually(WAIT, "TargetRemoved", || async { target_removed().await }).await;
+    assert_eq!(kept.reason, "Kept", "{}", kept.message);
+    drop(operator.kill());
+    let clock = support::clock::TestClock::starting(&Timestamp::now().to_string(), 120.0);
+    let args: Vec<&str> = source.args.iter().map(String::as_str).collect();
+    let mut vars: Vec<(&str, &str)> = source
+        .vars
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    vars.extend(clock.vars());
+    let _fast = Operator::start_with_env(env(), Some(&source.ns.name), &args, &vars);
+    let clinics: Api<OpenEMRDeployment> = source.api();
+    eventually(Duration::from_secs(240), "copy-a removed", || async {
+        clinics
+            .get_opt("copy-a")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let removed = eventually(WAIT, "TargetRemoved", || async {
+        target_removed().await.filter(|c| c.status == "True")
+    })
+    .await;
+    assert_eq!(removed.reason, "Removed");
+    let copy = openemr_operator::controller::restore::steps::copy_identifier(
+        &status.restored_db_instance.clone().unwrap(),
+        &request_uid,
+    );
+    let snapshot_left = rds
+        .describe_db_snapshots()
+        .db_snapshot_identifier(&copy)
+        .send()
+        .await
+        .is_ok_and(|o| !o.db_snapshots().is_empty());
+    assert!(!snapshot_left, "the restore's copy {copy} is gone");
+    let restored_left = rds
+        .describe_db_instances()
+        .db_instance_identifier(status.restored_db_instance.as_deref().unwrap())
+        .send()
+        .await
+        .is_ok_and(|o| {
+            o.db_instances()
+                .iter()
+                .any(|d| d.db_instance_status() != Some("deleting"))
+        });
+    assert!(!restored_left, "the restored instance went with its clinic");
+    let source_after = rds
+        .describe_db_instances()
+        .db_instance_identifier(&source_db)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        source_after.db_instances()[0].db_instance_status(),
+        Some("available")
+    );
+    assert!(clinics.get_opt("clinic-a").await.unwrap().is_some());
     std::fs::remove_dir_all(&source.scratch).ok();
 }

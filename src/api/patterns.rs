@@ -95,6 +95,31 @@ pub const TIME_ZONE: &str =
 /// A Go-style duration made of hours, minutes and seconds, e.g. `72h`, `1h30m`.
 pub const DURATION: &str = r"^([0-9]{1,6}(h|m|s))+$";
 
+/// The length of a [`DURATION`] (`1h30m` is 5,400 s); `None` when `text` is not one.
+pub fn duration_of(text: &str) -> Option<std::time::Duration> {
+    let mut seconds: u64 = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        if number.is_empty() || number.len() > 6 {
+            return None;
+        }
+        let n: u64 = number.parse().ok()?;
+        seconds = seconds.checked_add(n.checked_mul(unit)?)?;
+        number.clear();
+    }
+    (number.is_empty() && !text.is_empty()).then(|| std::time::Duration::from_secs(seconds))
+}
+
 /// A DNS-1123 subdomain (ingress host names).
 pub const DNS_SUBDOMAIN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
@@ -194,6 +219,7 @@ pub fn mysql_version() -> Rule {
 
 #[cfg(test)]
 mod tests {
+    use super::{DURATION, duration_of};
     use regex::Regex;
 
     /// The rules embed the patterns in CEL raw strings, which end at the first quote.
@@ -353,5 +379,18 @@ mod tests {
             &["8.0", "8.4", "8.0.40"],
             &["5.7", "8", "8.0.40.1", "9.0"],
         );
+    }
+
+    #[test]
+    fn a_duration_reads_as_its_pattern_allows() {
+        let secs = |t: &str| duration_of(t).map(|d| d.as_secs());
+        assert_eq!(secs("72h"), Some(72 * 3600));
+        assert_eq!(secs("1h30m"), Some(5400));
+        assert_eq!(secs("10m5s"), Some(605));
+        let pattern = Regex::new(DURATION).unwrap();
+        for bad in ["", "10", "h", "1d", "1.5h", "1234567h", "-1h"] {
+            assert_eq!(secs(bad), None, "{bad}");
+            assert!(!pattern.is_match(bad) || bad.is_empty(), "{bad}");
+        }
     }
 }

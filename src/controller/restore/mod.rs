@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 
 use super::children::cached;
@@ -55,11 +55,27 @@ pub struct Observed {
     /// Why the target cannot run the source's data (its MySQL or OpenEMR older), judged
     /// before the restore starts.
     pub incompatible: Option<source::Refusal>,
+    /// A succeeded side-by-side request with `keepTargetFor`: its target as the cache
+    /// shows it.
+    pub kept_target: Option<KeptTarget>,
     /// The side-by-side steps' view, when the operator reaches AWS and the restore runs.
     pub steps: Option<steps::Seen>,
     /// How soon to look again while a step is under way.
     pub progress: Duration,
 }
+
+/// The target of a succeeded side-by-side restore that is kept for a while.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeptTarget {
+    pub exists: bool,
+    pub uid: String,
+    /// Made by this request (its mark and uid): only such a clinic is ever removed.
+    pub ours: bool,
+    pub deleting: bool,
+}
+
+/// The condition saying whether a side-by-side target kept for `keepTargetFor` was removed.
+pub const TARGET_REMOVED: &str = "TargetRemoved";
 
 impl Reconcile for RestoreRequest {
     type Observed = Observed;
@@ -178,6 +194,25 @@ impl Reconcile for RestoreRequest {
                 .target_clinic(&ns, source_clinic.as_ref())
                 .and_then(|t| source::incompatibility(resolved, &t.spec, field));
         }
+        if self.spec.keep_target_for.is_some()
+            && self.spec.target.side_by_side.is_some()
+            && self.status.as_ref().and_then(|s| s.phase) == Some(RestorePhase::Succeeded)
+        {
+            let found = lookup(&caches.deployments, &ns, &self.side_by_side_name());
+            observed.kept_target = Some(match found.as_ref().map(|f| &f.0) {
+                Some(Ok(c)) => KeptTarget {
+                    exists: true,
+                    uid: c.uid().unwrap_or_default(),
+                    ours: target::made_by(c, &uid),
+                    deleting: c.metadata.deletion_timestamp.is_some(),
+                },
+                Some(Err(_)) => KeptTarget {
+                    exists: true,
+                    ..KeptTarget::default()
+                },
+                None => KeptTarget::default(),
+            });
+        }
         let runnable = self.unsupported().is_none()
             && !matches!(
                 self.status.as_ref().and_then(|s| s.phase),
@@ -255,12 +290,8 @@ impl Reconcile for RestoreRequest {
         }) {
             // A finished request is a record: its source may since have been pruned, or its
             // instant left the restorable window, and it says what was true when it ran.
-            return Plan {
-                status: finished,
-                changes: Vec::new(),
-                requeue: Requeue::OnChange,
-                failure: None,
-            };
+            // Only a kept target's removal is still to come.
+            return self.keep_target(finished, observed, now);
         }
         let accepted = self.validate(observed, now);
         let is_accepted = accepted.status;
@@ -289,7 +320,15 @@ impl Reconcile for RestoreRequest {
         let result = match (&outcome.failed, status.phase) {
             (Some((reason, message)), _) => {
                 status.completion_time = Some(Time(now));
-                Verdict::falsy(SUCCEEDED, reason, message.clone())
+                // Nothing is torn down on failure: say what that keeps and how it goes.
+                let kept = match (&seen.target, *reason) {
+                    (Some(t), r) if t.ours && r != "TargetDeleted" => format!(
+                        "; clinic {} and what was made for it are kept for inspection and cost what a running clinic does (its DB instance, file system, cache): to remove them, set its spec.deletionPolicy: Delete and skipFinalSnapshot: true, then delete it",
+                        seen.target_name
+                    ),
+                    _ => String::new(),
+                };
+                Verdict::falsy(SUCCEEDED, reason, format!("{message}{kept}"))
             }
             (None, Some(RestorePhase::Succeeded)) => {
                 Verdict::truthy(SUCCEEDED, "Verified", "restored and verified")
@@ -309,7 +348,8 @@ impl Reconcile for RestoreRequest {
         Plan {
             status,
             changes: outcome.changes,
-            requeue: if outcome.in_progress {
+            // Verified with a target to keep for a while: the next look says until when.
+            requeue: if outcome.in_progress || self.spec.keep_target_for.is_some() {
                 Requeue::After(observed.progress)
             } else {
                 Requeue::Resync
@@ -494,6 +534,54 @@ impl Reconcile for RestoreRequest {
                 .await?;
                 create_new::<k8s_openapi::api::batch::v1::Job>(ctx, &ns, name, body).await
             }
+            Change::RemoveTarget {
+                clinic,
+                clinic_uid,
+                copy_snapshot,
+            } => {
+                if let Some(copy) = copy_snapshot {
+                    let clients = self.target_clients(ctx, aws, &ns).await?;
+                    clients
+                        .delete_snapshot(copy)
+                        .await
+                        .map_err(aws_error("deleting the restore's snapshot copy"))?;
+                }
+                let api: Api<OpenEMRDeployment> = Api::namespaced(ctx.client.clone(), &ns);
+                let failed = |doing: &str, e: kube::Error| Error::Act {
+                    action: format!("{doing} clinic {clinic}"),
+                    reason: "TargetRemoveFailed",
+                    message: e.to_string(),
+                };
+                // Everything goes with it: it holds only what was copied for this restore.
+                // The uid in the patch is immutable: a clinic made again under the name since
+                // is refused, not changed.
+                let delete_all = serde_json::json!({
+                    "metadata": {"uid": clinic_uid},
+                    "spec": {"deletionPolicy": "Delete", "skipFinalSnapshot": true},
+                });
+                match api
+                    .patch(
+                        clinic,
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(&delete_all),
+                    )
+                    .await
+                {
+                    Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+                    other => other.map_err(|e| failed("setting deletionPolicy Delete on", e))?,
+                };
+                let only_that_one = DeleteParams {
+                    preconditions: Some(kube::api::Preconditions {
+                        uid: Some(clinic_uid.clone()),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match api.delete(clinic, &only_that_one).await {
+                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                    other => other.map(|_| ()).map_err(|e| failed("deleting", e)),
+                }
+            }
             Change::ReleaseHold { clinic } => {
                 holds::release(&ctx.client, &ns, clinic, &steps::holder(&self.name_any()))
                     .await
@@ -637,6 +725,89 @@ impl RestoreRequest {
             .as_ref()
             .is_some_and(|b| b.name == set);
         named || status.and_then(|s| s.source_backup.as_deref()) == Some(set)
+    }
+
+    /// A finished request's plan: its record as it is, and for a succeeded side-by-side
+    /// restore with `keepTargetFor`, the target's removal once that has passed since it
+    /// was verified (a drill's target, or a check that needs no more than a look). Only a
+    /// clinic this request made is removed; the source is never touched.
+    fn keep_target(
+        &self,
+        mut status: RestoreRequestStatus,
+        observed: &Observed,
+        now: Timestamp,
+    ) -> Plan<RestoreRequestStatus, Change> {
+        let mut plan = Plan {
+            status: status.clone(),
+            changes: Vec::new(),
+            requeue: Requeue::OnChange,
+            failure: None,
+        };
+        let (Some(kept), Some(keep), Some(done)) = (
+            &observed.kept_target,
+            self.spec.keep_target_for.as_deref(),
+            status.completion_time.as_ref().map(|t| t.0),
+        ) else {
+            return plan;
+        };
+        let Some(period) = crate::api::patterns::duration_of(keep) else {
+            return plan;
+        };
+        let clinic = self.side_by_side_name();
+        let until =
+            Timestamp::from_second(done.as_second().saturating_add(period.as_secs() as i64))
+                .unwrap_or(done);
+        let verdict = if !kept.exists {
+            Verdict::truthy(
+                TARGET_REMOVED,
+                "Removed",
+                format!("clinic {clinic} was removed after spec.keepTargetFor ({keep})"),
+            )
+        } else if !kept.ours {
+            Verdict::falsy(
+                TARGET_REMOVED,
+                "NotMadeByThisRequest",
+                format!(
+                    "clinic {clinic} is not the one this request made: it is never removed by it"
+                ),
+            )
+        } else if kept.deleting {
+            plan.requeue = Requeue::After(observed.progress);
+            Verdict::falsy(
+                TARGET_REMOVED,
+                "Removing",
+                format!("clinic {clinic} is being deleted with everything it made"),
+            )
+        } else if now >= until {
+            plan.changes.push(Change::RemoveTarget {
+                clinic: clinic.clone(),
+                clinic_uid: kept.uid.clone(),
+                copy_snapshot: status
+                    .restored_db_instance
+                    .as_ref()
+                    .map(|db| steps::copy_identifier(db, &self.uid().unwrap_or_default())),
+            });
+            plan.requeue = Requeue::After(observed.progress);
+            Verdict::falsy(
+                TARGET_REMOVED,
+                "Removing",
+                format!(
+                    "spec.keepTargetFor ({keep}) has passed: removing clinic {clinic}, its snapshot copy and everything the clinic made (no final snapshot: it holds only copied data)"
+                ),
+            )
+        } else {
+            if let Some(wait) = crate::clock::real_wait_until(until, now) {
+                plan.requeue = Requeue::Exactly(wait);
+            }
+            Verdict::falsy(
+                TARGET_REMOVED,
+                "Kept",
+                format!("clinic {clinic} is kept until {until} (spec.keepTargetFor {keep})"),
+            )
+        };
+        status = status_from(self, status, &[verdict], now);
+        plan.status = status;
+        plan
     }
 
     /// Whether the steps have started (the source is fixed then).
@@ -1124,6 +1295,86 @@ mod tests {
             (c.status.as_str(), c.reason.as_str()),
             ("False", "EngineVersionTooNew")
         );
+    }
+
+    /// A succeeded side-by-side target with `keepTargetFor` is kept until then, then
+    /// removed with its copy; only a clinic this request made, and never before its time.
+    #[test]
+    fn a_kept_target_is_removed_once_its_time_has_passed() {
+        let mut r = request(serde_json::json!({
+            "source": {"backupRef": {"name": "set-9"}},
+            "target": {"sideBySide": {"deploymentName": "copy-a"}},
+            "keepTargetFor": "1h",
+        }));
+        r.metadata.uid = Some("req-uid".into());
+        let verified = |ago: i64| RestoreRequestStatus {
+            phase: Some(RestorePhase::Succeeded),
+            completion_time: Some(Time(
+                Timestamp::from_second(now().as_second() - ago).unwrap(),
+            )),
+            restored_db_instance: Some("copy-db".into()),
+            ..Default::default()
+        };
+        let ours = KeptTarget {
+            exists: true,
+            uid: "clinic-uid".into(),
+            ours: true,
+            deleting: false,
+        };
+        let seen = |kept: KeptTarget| Observed {
+            kept_target: Some(kept),
+            progress: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let removed = |plan: &Plan<RestoreRequestStatus, Change>| {
+            let c = conditions::find(&plan.status.conditions, TARGET_REMOVED).unwrap();
+            (c.status.clone(), c.reason.clone())
+        };
+        // Verified half an hour ago: kept, looked at again when the hour is up.
+        r.status = Some(verified(1800));
+        let plan = r.plan(&seen(ours.clone()), now());
+        assert!(plan.changes.is_empty());
+        assert_eq!(removed(&plan), ("False".into(), "Kept".into()));
+        assert_eq!(plan.requeue, Requeue::Exactly(Duration::from_secs(1800)));
+        // Two hours ago: removed, with the copy, on condition it is still that clinic.
+        r.status = Some(verified(7200));
+        let plan = r.plan(&seen(ours.clone()), now());
+        match &plan.changes[..] {
+            [
+                Change::RemoveTarget {
+                    clinic,
+                    clinic_uid,
+                    copy_snapshot,
+                },
+            ] => {
+                assert_eq!(
+                    (clinic.as_str(), clinic_uid.as_str()),
+                    ("copy-a", "clinic-uid")
+                );
+                assert_eq!(
+                    copy_snapshot.as_deref(),
+                    Some(steps::copy_identifier("copy-db", "req-uid").as_str())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A clinic of that name this request did not make is never removed.
+        let plan = r.plan(
+            &seen(KeptTarget {
+                ours: false,
+                ..ours.clone()
+            }),
+            now(),
+        );
+        assert!(plan.changes.is_empty());
+        assert_eq!(removed(&plan).1, "NotMadeByThisRequest");
+        let plan = r.plan(&seen(KeptTarget::default()), now());
+        assert_eq!(removed(&plan), ("True".into(), "Removed".into()));
+        // Without keepTargetFor, the target stays.
+        r.spec.keep_target_for = None;
+        let plan = r.plan(&seen(ours), now());
+        assert!(plan.changes.is_empty());
+        assert!(conditions::find(&plan.status.conditions, TARGET_REMOVED).is_none());
     }
 
     #[test]

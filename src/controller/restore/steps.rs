@@ -256,6 +256,15 @@ pub enum Change {
     ReleaseHold {
         clinic: String,
     },
+    /// `keepTargetFor` has passed: the restore's snapshot copy is deleted, then the target
+    /// clinic, made to take everything with it (`deletionPolicy: Delete`, no final
+    /// snapshot: it holds only copied data).
+    RemoveTarget {
+        clinic: String,
+        /// The uid it was seen with: the calls are made on condition it is still that one.
+        clinic_uid: String,
+        copy_snapshot: Option<String>,
+    },
     /// The documents Job and, first, the NetworkPolicy of its pods.
     CreateDocumentsJob {
         name: String,
@@ -293,6 +302,7 @@ impl Change {
             }
             Change::ReleaseHold { clinic } => ("ReleaseHold", clinic.clone()),
             Change::CreateDocumentsJob { name, .. } => ("CreateDocumentsJob", name.clone()),
+            Change::RemoveTarget { clinic, .. } => ("RemoveTarget", clinic.clone()),
         };
         (action.to_string(), token)
     }
