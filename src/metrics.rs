@@ -295,6 +295,8 @@ pub struct Metrics {
     pub aws_budget_waits: Family<AwsServiceLabel, Counter>,
     /// Writes to the clinics' web-tier children (applies, creates, deletions), by kind.
     pub child_writes: Family<ChildKindLabel, Counter>,
+    /// How long each step of a multi-step object took, by step and outcome.
+    pub step_duration: Family<StepLabels, Histogram>,
     pub ready: Gauge,
     /// Manual DB snapshots per account and region, as the snapshot inventory last listed
     /// them, and the quota the operator holds sets to.
@@ -302,6 +304,15 @@ pub struct Metrics {
     pub manual_snapshot_quota: Gauge,
     /// The backup gauges, read from the caches at each scrape.
     pub backups: std::sync::Arc<BackupCollector>,
+}
+
+/// One step of a multi-step object (a restore's `CopySnapshot`), as it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub controller: String,
+    pub step: String,
+    /// `Succeeded`, `Skipped` or `Failed`.
+    pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -392,6 +403,14 @@ impl Metrics {
             "Writes to the clinics' web-tier children (server-side applies, creates, deletions), by kind",
             child_writes.clone(),
         );
+        let step_duration = Family::<StepLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(duration_buckets())
+        });
+        registry.register(
+            "openemr_step_duration_seconds",
+            "Time from a step's start to its end (a restore's steps), by controller, step and outcome",
+            step_duration.clone(),
+        );
         let ready = Gauge::default();
         registry.register(
             "openemr_operator_ready",
@@ -428,6 +447,7 @@ impl Metrics {
             aws_budget_wait_seconds,
             aws_budget_waits,
             child_writes,
+            step_duration,
             ready,
         }
     }

@@ -84,6 +84,38 @@ async fn opens(db: &MariaDb, endpoint: &str, user: &str, password: &str) -> bool
     }
 }
 
+/// Each step of `restore-a` that ended is an Event named after it, and its duration is in
+/// `openemr_step_duration_seconds`.
+async fn steps_told(source: &Source, operator: &Operator, status: &RestoreRequestStatus) {
+    use k8s_openapi::api::events::v1::Event;
+    let events: Api<Event> = source.api();
+    let told = || async {
+        let listed = events.list(&Default::default()).await.ok()?;
+        let reasons: std::collections::BTreeSet<String> = listed
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("restore-a"))
+            // The operator suffixes the action with a digest of the note.
+            .filter(|e| e.action.as_deref().is_some_and(|a| a.starts_with("Step-")))
+            .filter_map(|e| e.reason)
+            .collect();
+        Some(reasons)
+    };
+    let steps: std::collections::BTreeSet<String> =
+        status.steps.iter().map(|s| s.name.clone()).collect();
+    eventually(WAIT, "an Event per step", || async {
+        told().await.filter(|reasons| *reasons == steps)
+    })
+    .await;
+    for step in &status.steps {
+        let sample = format!(
+            "openemr_step_duration_seconds_count{{controller=\"restorerequest\",step=\"{}\",outcome=\"{:?}\"}}",
+            step.name, step.phase
+        );
+        assert_eq!(operator.metric(&sample).await, 1, "{sample}");
+    }
+}
+
 /// Request `name`'s `Accepted` condition, once it is false.
 async fn refusal(requests: &Api<RestoreRequest>, name: &str) -> openemr_operator::api::Condition {
     eventually(WAIT, &format!("{name} refused"), || async {
@@ -535,6 +567,7 @@ async fn side_by_side(with_documents: bool) {
     let status = source.finish().await;
 
     assert_eq!(status.progress.as_deref(), Some("8/8"), "{status:#?}");
+    steps_told(&source, &operator, &status).await;
     assert_eq!(status.source_backup.as_deref(), Some("set-1"));
     assert_eq!(
         status.source_snapshot_arn.as_deref(),

@@ -534,6 +534,7 @@ async fn update_status<K: Reconcile>(
         &driver.ctx,
     )
     .await;
+    publish_steps(obj, K::steps_ended(&current.status, status), &driver.ctx).await;
     Ok(Current {
         status: status.clone(),
         resource_version: produced,
@@ -649,6 +650,35 @@ async fn publish_transitions<K: Reconcile>(
             reason: c.reason.clone(),
             note: Some(format!("{} is {}: {}", c.type_, c.status, c.message)),
             action: c.type_.clone(),
+            secondary: None,
+        };
+        ctx.publish::<K>(&event, &reference).await;
+    }
+}
+
+/// An Event per step that ended (a Warning for a failed one), and its duration.
+async fn publish_steps<K: Reconcile>(obj: &K, ended: Vec<super::StepEnded>, ctx: &Context) {
+    let reference = obj.object_ref(&());
+    for step in ended {
+        if let Some(seconds) = step.seconds {
+            ctx.metrics
+                .step_duration
+                .get_or_create(&crate::metrics::StepLabels {
+                    controller: K::CONTROLLER.to_string(),
+                    step: step.step.clone(),
+                    outcome: step.outcome.to_string(),
+                })
+                .observe(seconds);
+        }
+        let event = Event {
+            type_: if step.outcome == "Failed" {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: step.step.clone(),
+            note: Some(format!("{} {}: {}", step.step, step.outcome, step.message)),
+            action: "Step".into(),
             secondary: None,
         };
         ctx.publish::<K>(&event, &reference).await;

@@ -163,6 +163,16 @@ where
     store.get(&ObjectRef::new(name).within(namespace))
 }
 
+/// A step of an object that ended ([`Reconcile::steps_ended`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepEnded {
+    pub step: String,
+    /// `Succeeded`, `Skipped` or `Failed`.
+    pub outcome: &'static str,
+    pub message: String,
+    pub seconds: Option<f64>,
+}
+
 /// What every reconcile gets.
 pub struct Context {
     pub client: Client,
@@ -619,6 +629,16 @@ pub trait Reconcile:
     /// only its reason changed.
     fn warns(_condition: &crate::api::Condition) -> bool {
         false
+    }
+
+    /// Steps that ended between two statuses the driver wrote, in order: each gets an
+    /// Event (a Warning for a failed one) and its duration in
+    /// `openemr_step_duration_seconds`. None by default.
+    fn steps_ended(
+        _before: &<Self as HasStatus>::Status,
+        _after: &<Self as HasStatus>::Status,
+    ) -> Vec<StepEnded> {
+        Vec::new()
     }
 
     /// Reads what the plan needs. No writes.

@@ -185,14 +185,19 @@ impl Reconcile for RestoreRequest {
                 .side_by_side
                 .as_ref()
                 .is_some_and(|t| t.deployment_spec.is_some());
-            let field = if given {
-                "spec.target.sideBySide.deploymentSpec"
-            } else {
-                "the source clinic's spec, which the target copies"
-            };
+            let copied_from = source_clinic
+                .as_ref()
+                .filter(|_| !given)
+                .map(|c| (c.name_any(), c.spec.clone()));
             observed.incompatible = self
                 .target_clinic(&ns, source_clinic.as_ref())
-                .and_then(|t| source::incompatibility(resolved, &t.spec, field));
+                .and_then(|t| {
+                    source::incompatibility(
+                        resolved,
+                        &t.spec,
+                        copied_from.as_ref().map(|(n, s)| (n.as_str(), s)),
+                    )
+                });
         }
         if self.spec.keep_target_for.is_some()
             && self.spec.target.side_by_side.is_some()
@@ -230,6 +235,14 @@ impl Reconcile for RestoreRequest {
             );
         }
         Ok(observed)
+    }
+
+    /// Each step that reached an end: Succeeded, Skipped or Failed.
+    fn steps_ended(
+        before: &RestoreRequestStatus,
+        after: &RestoreRequestStatus,
+    ) -> Vec<super::StepEnded> {
+        steps::ended(&before.steps, &after.steps)
     }
 
     /// A restore that failed (`Succeeded=False` for a reason other than being under way)

@@ -326,17 +326,39 @@ fn image_release(image: &str) -> Option<Vec<u64>> {
     numbers(tag)
 }
 
-/// Why the source cannot be restored into a clinic of spec `target` (`field` says where
-/// that spec comes from): its MySQL is of a newer major.minor than the target's (RDS
-/// restores a snapshot at its own engine version, and MySQL cannot go back a major
-/// version), or its OpenEMR release is newer than the target's image (the restored schema,
-/// `v_database`, would be newer than the code serving it). Nothing is refused on a guess:
-/// an unknown or unreadable version on either side passes.
+/// Why the source cannot be restored into a clinic of spec `target`, a copy of clinic
+/// `copied_from`'s spec or the request's own `deploymentSpec` (`None`): a copy moved to
+/// another region (it keeps the source's network, which is of its region only); a MySQL of
+/// a newer major.minor than the target's (RDS restores a snapshot at its own engine
+/// version, and MySQL cannot go back a major version); an OpenEMR release newer than the
+/// target's image (the restored schema, `v_database`, would be newer than the code serving
+/// it). Nothing is refused on a guess: an unknown or unreadable version passes.
 pub fn incompatibility(
     source: &Resolved,
     target: &crate::api::OpenEMRDeploymentSpec,
-    field: &str,
+    copied_from: Option<(&str, &crate::api::OpenEMRDeploymentSpec)>,
 ) -> Option<Refusal> {
+    if let Some((clinic, copied)) = copied_from
+        && copied.aws.region != target.aws.region
+    {
+        let vpc = copied
+            .network
+            .existing
+            .as_ref()
+            .map_or(String::new(), |n| format!(" (VPC {})", n.vpc_id));
+        return Some(refuse(
+            "NetworkNotInRegion",
+            format!(
+                "spec.target.sideBySide.region is {}, but a copy of clinic {clinic}'s spec would keep its network{vpc}, which is in {}: give spec.target.sideBySide.deploymentSpec with a network in {}",
+                target.aws.region, copied.aws.region, target.aws.region
+            ),
+        ));
+    }
+    let field = if copied_from.is_some() {
+        "the source clinic's spec, which the target copies"
+    } else {
+        "spec.target.sideBySide.deploymentSpec"
+    };
     let major_minor = |v: &str| numbers(v).map(|n| n.into_iter().take(2).collect::<Vec<_>>());
     if let Some(from) = &source.engine_version
         && let (Some(have), Some(want)) = (
@@ -707,7 +729,9 @@ mod tests {
         let spec = |engine: &str, image: &str| -> crate::api::OpenEMRDeploymentSpec {
             serde_json::from_value(serde_json::json!({
                 "aws": {"region": "us-east-1"},
-                "network": {"vpcId": "vpc-1", "subnetIds": ["subnet-1", "subnet-2"]},
+                "network": {"existing": {"vpcId": "vpc-0a1b2c3d4e5f60718",
+                    "subnetIds": ["subnet-0a1b2c3d4e5f60718", "subnet-1a1b2c3d4e5f60718"],
+                    "clusterSecurityGroupId": "sg-0a1b2c3d4e5f60718"}},
                 "database": {"engineVersion": engine},
                 "web": {"image": image},
             }))
@@ -726,12 +750,12 @@ mod tests {
         };
         let field = "spec.target.sideBySide.deploymentSpec";
         let judged = |s: &Resolved, t: &crate::api::OpenEMRDeploymentSpec| {
-            incompatibility(s, t, field).map(|r| r.reason)
+            incompatibility(s, t, None).map(|r| r.reason)
         };
         let current = source(Some("8.4.3"), Some("openemr/openemr:7.0.3"));
         // MySQL 8.4 into 8.0: refused, naming both versions and the field.
         let refused =
-            incompatibility(&current, &spec("8.0", "openemr/openemr:7.0.3"), field).unwrap();
+            incompatibility(&current, &spec("8.0", "openemr/openemr:7.0.3"), None).unwrap();
         assert_eq!(refused.reason, "EngineVersionTooNew");
         assert!(
             refused.message.contains("8.4.3")
@@ -751,7 +775,7 @@ mod tests {
         );
         // OpenEMR 7.0.3's schema under 7.0.2's code: refused.
         let refused =
-            incompatibility(&current, &spec("8.4", "openemr/openemr:7.0.2"), field).unwrap();
+            incompatibility(&current, &spec("8.4", "openemr/openemr:7.0.2"), None).unwrap();
         assert_eq!(refused.reason, "SchemaNewerThanImage");
         assert!(
             refused.message.contains("openemr/openemr:7.0.2"),
@@ -780,5 +804,21 @@ mod tests {
             ),
             None
         );
+        // A copy of the source's spec keeps its network: not into another region.
+        let source_spec = spec("8.4", "openemr/openemr:7.0.3");
+        let mut moved = source_spec.clone();
+        moved.aws.region = "eu-west-1".into();
+        let refused = incompatibility(&current, &moved, Some(("clinic-a", &source_spec))).unwrap();
+        assert_eq!(refused.reason, "NetworkNotInRegion");
+        assert!(
+            refused.message.contains("vpc-0a1b2c3d4e5f60718")
+                && refused.message.contains("eu-west-1"),
+            "{}",
+            refused.message
+        );
+        let copied = incompatibility(&current, &source_spec, Some(("clinic-a", &source_spec)));
+        assert!(copied.is_none());
+        // The request's own spec in another region names its own network.
+        assert!(incompatibility(&current, &moved, None).is_none());
     }
 }

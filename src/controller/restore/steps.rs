@@ -411,6 +411,38 @@ pub fn plan(seen: &Seen, status: &mut RestoreRequestStatus, now: Timestamp) -> O
     outcome
 }
 
+/// The steps of `after` that ended since `before` (the Events and durations the driver
+/// publishes for them).
+pub fn ended(before: &[RestoreStep], after: &[RestoreStep]) -> Vec<crate::controller::StepEnded> {
+    after
+        .iter()
+        .filter_map(|step| {
+            let outcome = match step.phase {
+                StepPhase::Succeeded => "Succeeded",
+                StepPhase::Skipped => "Skipped",
+                StepPhase::Failed => "Failed",
+                _ => return None,
+            };
+            let was = before.iter().find(|b| b.name == step.name).map(|b| b.phase);
+            if was == Some(step.phase) {
+                return None;
+            }
+            let seconds = match (&step.start_time, &step.completion_time) {
+                (Some(start), Some(end)) => {
+                    Some(end.0.duration_since(start.0).as_secs_f64().max(0.0))
+                }
+                _ => None,
+            };
+            Some(crate::controller::StepEnded {
+                step: step.name.clone(),
+                outcome,
+                message: step.message.clone().unwrap_or_default(),
+                seconds,
+            })
+        })
+        .collect()
+}
+
 /// Records `name` as `phase`, keeping when it started and ended.
 fn mark(
     status: &mut RestoreRequestStatus,
@@ -1120,6 +1152,31 @@ mod tests {
             .map(|c| c.intent().0)
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// A step that reaches an end once is told once, with how long it took; steps under
+    /// way or already told are not.
+    #[test]
+    fn each_step_that_ends_is_told_once_with_its_duration() {
+        let mut seen = seen();
+        let mut status = RestoreRequestStatus::default();
+        step_once(&mut seen, &mut status);
+        let before = status.steps.clone();
+        seen.target = Some(TargetSeen {
+            held: true,
+            ..target()
+        });
+        let later: Timestamp = "2026-12-01T10:02:00Z".parse().unwrap();
+        let mut after = status.clone();
+        plan(&seen, &mut after, later);
+        let told = ended(&before, &after.steps);
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!(
+            (told[0].step.as_str(), told[0].outcome),
+            (CREATE_TARGET, "Succeeded")
+        );
+        assert_eq!(told[0].seconds, Some(120.0));
+        assert!(ended(&after.steps, &after.steps).is_empty());
     }
 
     /// A point in time goes through a staging instance beside the source (the restore
