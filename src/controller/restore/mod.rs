@@ -615,21 +615,9 @@ async fn with_fresh_window(
     mut clinic: OpenEMRDeployment,
     aws: &ClinicAws,
 ) -> Result<OpenEMRDeployment, Error> {
-    let status = clinic.status.as_ref();
-    let (Some(stack), Some(identifier)) = (
-        status.and_then(|s| Some(s.stack.as_ref()?.name.clone())),
-        status.and_then(|s| Some(s.database.as_ref()?.identifier.clone())),
-    ) else {
-        return Ok(clinic);
-    };
     let clients = clinic::clients(&clinic, aws).await;
-    aws.inventory.watch(&clients);
-    let (_, db) = aws
-        .inventory
-        .view(&clients, &stack, &identifier)
-        .await
-        .map_err(aws_error("reading the clinic's instance"))?;
-    let latest = db
+    let latest = listed_instance(&clinic, aws, &clients)
+        .await?
         .and_then(|d| d.latest_restorable_time)
         .and_then(|t| Timestamp::try_from(t).ok());
     if let (Some(latest), Some(database)) = (
@@ -641,22 +629,59 @@ async fn with_fresh_window(
     Ok(clinic)
 }
 
+/// The clients of clinic `name`'s account and region, once the cache holds it.
+async fn clients_of(
+    ctx: &Context,
+    aws: &ClinicAws,
+    ns: &str,
+    name: &str,
+) -> Result<std::sync::Arc<crate::aws::AwsClients>, Error> {
+    match lookup(&ctx.caches.deployments, ns, name)
+        .as_ref()
+        .map(|f| &f.0)
+    {
+        Some(Ok(d)) => Ok(clinic::clients(d, aws).await),
+        _ => Err(Error::Waiting {
+            what: format!("clinic {name} in the cache"),
+            after: Duration::from_secs(1),
+        }),
+    }
+}
+
+/// A clinic's instance as the shared inventory last listed it (no call of its own);
+/// `None` before its status names its stack and instance.
+async fn listed_instance(
+    clinic: &OpenEMRDeployment,
+    aws: &ClinicAws,
+    clients: &crate::aws::AwsClients,
+) -> Result<Option<crate::aws::rds::DbInstance>, Error> {
+    let status = clinic.status.as_ref();
+    let (Some(stack), Some(identifier)) = (
+        status.and_then(|s| s.stack.as_ref()),
+        status.and_then(|s| s.database.as_ref()),
+    ) else {
+        return Ok(None);
+    };
+    aws.inventory.watch(clients);
+    let (_, db) = aws
+        .inventory
+        .view(clients, &stack.name, &identifier.identifier)
+        .await
+        .map_err(aws_error("reading the clinic's instance"))?;
+    Ok(db)
+}
+
 /// A point in time's staging pieces, in the source clinic's account and region.
 async fn staging_seen(
     aws: &ClinicAws,
-    ns: &str,
     clinic: &OpenEMRDeployment,
     uid: &str,
 ) -> Result<steps::StagingSeen, Error> {
     let clients = clinic::clients(clinic, aws).await;
-    let names = ClinicNames::new(&aws.cluster, ns, &clinic.name_any());
     let staging = steps::staging_identifier(uid);
     let read = |what: &'static str| aws_error(what);
     Ok(steps::StagingSeen {
-        source: clients
-            .describe_instance(&clinic::db_identifier(clinic, &names))
-            .await
-            .map_err(read("reading the source clinic's instance"))?,
+        source: listed_instance(clinic, aws, &clients).await?,
         instance: clients
             .describe_instance(&staging)
             .await
@@ -843,23 +868,9 @@ impl RestoreRequest {
         aws: &ClinicAws,
         ns: &str,
     ) -> Result<std::sync::Arc<crate::aws::AwsClients>, Error> {
-        let name = self
-            .spec
-            .source
-            .point_in_time
-            .as_ref()
-            .map(|p| p.deployment_ref.name.clone())
-            .unwrap_or_default();
-        match lookup(&ctx.caches.deployments, ns, &name)
-            .as_ref()
-            .map(|f| &f.0)
-        {
-            Some(Ok(d)) => Ok(clinic::clients(d, aws).await),
-            _ => Err(Error::Waiting {
-                what: format!("clinic {name} in the cache"),
-                after: Duration::from_secs(1),
-            }),
-        }
+        let name = self.spec.source.point_in_time.as_ref();
+        let name = name.map_or("", |p| p.deployment_ref.name.as_str());
+        clients_of(ctx, aws, ns, name).await
     }
 
     /// The clients of the target clinic's account and region.
@@ -869,14 +880,7 @@ impl RestoreRequest {
         aws: &ClinicAws,
         ns: &str,
     ) -> Result<std::sync::Arc<crate::aws::AwsClients>, Error> {
-        let found = lookup(&ctx.caches.deployments, ns, &self.side_by_side_name());
-        match found.as_ref().map(|f| &f.0) {
-            Some(Ok(d)) => Ok(clinic::clients(d, aws).await),
-            _ => Err(Error::Waiting {
-                what: format!("clinic {} in the cache", self.side_by_side_name()),
-                after: Duration::from_secs(1),
-            }),
-        }
+        clients_of(ctx, aws, ns, &self.side_by_side_name()).await
     }
 
     /// The clinic the target is made as: the request's spec, or a copy of the source
@@ -1030,7 +1034,7 @@ impl RestoreRequest {
             && !seen.done.iter().any(|d| d == steps::REMOVE_STAGING)
             && let Some(clinic) = &source_clinic
         {
-            seen.staging = Some(staging_seen(aws, ns, clinic, &uid).await?);
+            seen.staging = Some(staging_seen(aws, clinic, &uid).await?);
         }
         let secret_name = status
             .credentials_secret_name
