@@ -358,6 +358,11 @@ enum DocumentsCommand {
         /// OpenEMR's schema, for `--site-host`.
         #[arg(long, default_value = "openemr")]
         site_database: String,
+        /// In place: restore beside the live site (`<into>/_restoring-<token>`), then
+        /// exchange its entries for the live ones, which are kept in
+        /// `<into>/_previous-<token>`; a run after the exchange only reports it.
+        #[arg(long, conflicts_with = "overwrite")]
+        swap_token: Option<String>,
     },
 }
 
@@ -606,6 +611,7 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                 site_port,
                 site_login,
                 site_database,
+                swap_token,
             } => {
                 // Read before anything is written: a missing password fails at once.
                 let site = match (site_host, site_login) {
@@ -624,40 +630,76 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                     }),
                     _ => None,
                 };
-                let store = bucket.store(None).await;
-                let options = documents::restore::RestoreOptions {
-                    manifest_key: manifest,
-                    into,
-                    concurrency: bucket.concurrency,
-                    owners,
-                    overwrite,
-                    work_dir: bucket.work_dir.clone(),
-                };
-                let result = match documents::restore::restore(&store, &options).await {
-                    Ok(summary) => match &site {
-                        None => Ok((serde_json::to_string(&summary), 0)),
-                        Some(to) => {
-                            let site_dir = options.into.join("default");
-                            match documents::sqlconf::rewrite_file(&site_dir, to) {
-                                Ok(file) => {
-                                    let mut line = serde_json::to_value(&summary)?;
-                                    line["siteConfig"] = serde_json::json!({
-                                        "file": file, "host": to.host, "port": to.port,
-                                        "login": to.login, "database": to.database,
-                                    });
-                                    Ok((serde_json::to_string(&line), 0))
+                use documents::swap;
+                let root = into.clone();
+                let swapped = swap_token
+                    .as_ref()
+                    .and_then(|token| swap::already_swapped(&root, token));
+                if let Some(done) = swapped {
+                    // Exchanged by an earlier run: only reported.
+                    (bucket, Ok((Ok(done.trim().to_string()), 0)))
+                } else {
+                    let store = bucket.store(None).await;
+                    let options = documents::restore::RestoreOptions {
+                        manifest_key: manifest,
+                        into: match &swap_token {
+                            Some(token) => swap::restoring_dir(&root, token),
+                            None => into,
+                        },
+                        concurrency: bucket.concurrency,
+                        owners,
+                        // A retried pod finds the first one's files beside the site: replaced.
+                        overwrite: overwrite || swap_token.is_some(),
+                        work_dir: bucket.work_dir.clone(),
+                    };
+                    let restored = match swap_token
+                        .as_ref()
+                        .and_then(|token| swap::restored_complete(&root, token))
+                    {
+                        Some(summary) => serde_json::from_str::<serde_json::Value>(&summary)
+                            .map_err(|e| format!("the restored tree's record: {e}"))
+                            .map(Err),
+                        None => documents::restore::restore(&store, &options).await.map(Ok),
+                    };
+                    let result = match restored {
+                        // Complete beside the site by an earlier run: only the exchange is left.
+                        Ok(Err(line)) => Ok((line, 0)),
+                        Ok(Ok(summary)) => match &site {
+                            None => Ok((serde_json::to_value(&summary)?, 0)),
+                            Some(to) => {
+                                let site_dir = options.into.join("default");
+                                match documents::sqlconf::rewrite_file(&site_dir, to) {
+                                    Ok(file) => {
+                                        let mut line = serde_json::to_value(&summary)?;
+                                        line["siteConfig"] = serde_json::json!({
+                                            "file": file, "host": to.host, "port": to.port,
+                                            "login": to.login, "database": to.database,
+                                        });
+                                        Ok((line, 0))
+                                    }
+                                    Err(e) => Err(format!(
+                                        "restored {} files, then {}: {e}",
+                                        summary.files,
+                                        e.reason()
+                                    )),
                                 }
-                                Err(e) => Err(format!(
-                                    "restored {} files, then {}: {e}",
-                                    summary.files,
-                                    e.reason()
-                                )),
                             }
+                        },
+                        Err(e) => Err(e),
+                    };
+                    let result = match (result, &swap_token) {
+                        (Ok((mut line, code)), Some(token)) => {
+                            line["previousDocuments"] = swap::previous_name(token).into();
+                            let text = line.to_string();
+                            swap::mark_complete(&root, token, &text)
+                                .and_then(|()| swap::swap(&root, token, &text))
+                                .map(|()| (Ok(text), code))
                         }
-                    },
-                    Err(e) => Err(e),
-                };
-                (bucket, result)
+                        (Ok((line, code)), None) => Ok((serde_json::to_string(&line), code)),
+                        (Err(e), _) => Err(e),
+                    };
+                    (bucket, result)
+                }
             }
         };
         let (line, code) = match result {

@@ -346,16 +346,26 @@ impl Source {
 
     /// `copy-a`'s key, once its stack made it.
     async fn target_key(&self) -> String {
+        self.key_of("copy-a").await
+    }
+
+    /// `clinic`'s key, once its stack made it.
+    async fn key_of(&self, clinic: &str) -> String {
         let clinics: Api<OpenEMRDeployment> = self.api();
-        eventually(WAIT, "copy-a's key", || async {
-            clinics.get("copy-a").await.ok()?.status?.kms_key_arn
+        eventually(WAIT, &format!("{clinic}'s key"), || async {
+            clinics.get(clinic).await.ok()?.status?.kms_key_arn
         })
         .await
     }
 
     /// The password in `copy-a`'s own credentials Secret.
     async fn target_password(&self) -> String {
-        let names = support::clinic_names(&self.ns.name, "copy-a");
+        self.password_of("copy-a").await
+    }
+
+    /// The password in `clinic`'s credentials Secret.
+    async fn password_of(&self, clinic: &str) -> String {
+        let names = support::clinic_names(&self.ns.name, clinic);
         let secrets: Api<Secret> = self.api();
         let secret = secrets.get(&names.credentials_secret).await.unwrap();
         String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap()
@@ -366,16 +376,26 @@ impl Source {
     /// user gets that secret's password. The instance and the password.
     async fn play_master_password(&self) -> (aws_sdk_rds::types::DbInstance, String) {
         let names = support::clinic_names(&self.ns.name, "copy-a");
+        self.play_master_password_of("copy-a", &names.db_instance)
+            .await
+    }
+
+    /// [`Source::play_master_password`] for instance `identifier` of clinic `clinic`.
+    async fn play_master_password_of(
+        &self,
+        clinic: &str,
+        identifier: &str,
+    ) -> (aws_sdk_rds::types::DbInstance, String) {
         let rds = aws_sdk_rds::Client::new(&env().aws(Some(REGION)).await);
         let secrets = aws_sdk_secretsmanager::Client::new(&env().aws(Some(REGION)).await);
-        let target_key = self.target_key().await;
+        let target_key = self.key_of(clinic).await;
         let restored = eventually(
             Duration::from_secs(180),
             "the restored instance with its own secret",
             || async {
                 let found = rds
                     .describe_db_instances()
-                    .db_instance_identifier(&names.db_instance)
+                    .db_instance_identifier(identifier)
                     .send()
                     .await
                     .ok()?;
@@ -727,6 +747,242 @@ async fn side_by_side(with_documents: bool) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(clinics.get_opt("copy-a").await.unwrap().is_some());
     drop(operator);
+    std::fs::remove_dir_all(&source.scratch).ok();
+}
+
+/// A set restored in place into the clinic it was taken of. While the clinic still serves,
+/// the set's snapshot is copied and restored into a new instance named after the request,
+/// with the clinic's network, settings and key, and OpenEMR's user there gets the
+/// clinic's own password. Only then is the clinic quiesced (its workers at 0), its
+/// database snapshotted as it stands, and the set's documents restored beside the live
+/// site and exchanged for it (the live ones kept aside, never deleted); then the clinic is
+/// switched to the new instance through its status (its spec, what GitOps applied, is not
+/// touched) and its workers come back on it. Every check passes; the replaced instance is
+/// kept, and the source set untouched. A second in-place request into the clinic waits
+/// behind the first, saying so, and makes nothing.
+#[tokio::test]
+async fn a_set_restored_in_place_replaces_the_clinics_data_beside_it_and_switches_it() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use openemr_operator::controller::restore::steps::{
+        in_place_identifier, safety_identifier, swap_token,
+    };
+    let (source, operator) = Source::new("inplace", true).await;
+    let (client, ns, db) = (&source.client, &source.ns, &source.db);
+    let live = source.scratch.join("source");
+    let clinics: Api<OpenEMRDeployment> = source.api();
+    let requests: Api<RestoreRequest> = source.api();
+    let workers: Api<Deployment> = source.api();
+    let rds = aws_sdk_rds::Client::new(&env().aws(Some(REGION)).await);
+    let before = clinics.get("clinic-a").await.unwrap();
+    let previous = source.source_database().await.identifier;
+    // What the clinic's users did after the set: replaced by the restore, kept aside.
+    std::fs::write(
+        live.join("default/documents/1/after.pdf"),
+        b"made after the set",
+    )
+    .unwrap();
+    std::fs::write(
+        live.join("default/documents/1/scan.pdf"),
+        b"edited after the set",
+    )
+    .unwrap();
+
+    let uid = source
+        .request_from(
+            json!({"backupRef": {"name": "set-1"}}),
+            json!({"target": {"inPlace": {
+                "deploymentName": "clinic-a", "confirm": "clinic-a", "keepPreviousFor": "24h",
+            }}}),
+        )
+        .await;
+    let restored_id = in_place_identifier(&uid);
+    support::apply(
+        client,
+        &ns.name,
+        &json!({
+            "apiVersion": "openemr.io/v1alpha1", "kind": "RestoreRequest",
+            "metadata": {"name": "restore-b"},
+            "spec": {"source": {"backupRef": {"name": "set-1"}},
+                "target": {"inPlace": {"deploymentName": "clinic-a", "confirm": "clinic-a"}}},
+        }),
+    )
+    .await
+    .unwrap();
+    let waiting = eventually(WAIT, "restore-b waiting", || async {
+        let status = requests.get("restore-b").await.ok()?.status?;
+        (status.phase == Some(RestorePhase::Waiting)).then_some(status)
+    })
+    .await;
+    assert_eq!(waiting.waiting_for.as_deref(), Some("restore-a"));
+    assert!(waiting.steps.is_empty(), "{waiting:#?}");
+
+    // Restored beside the clinic, which serves meanwhile.
+    let (restored, _) = source
+        .play_master_password_of("clinic-a", &restored_id)
+        .await;
+    source.user_reset().await;
+    let replicas = || async { workers.get("clinic-a-openemr").await.ok()?.spec?.replicas };
+
+    // Quiesced, snapshotted, documents exchanged.
+    let job = documents_job_name(&uid);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    let restore_job = eventually(WAIT, "the documents Job", || async {
+        jobs.get_opt(&job).await.ok()?
+    })
+    .await;
+    assert_eq!(
+        replicas().await,
+        Some(0),
+        "no worker while the data is replaced"
+    );
+    let args = restore_job.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(args.iter().any(|a| a == "--swap-token"), "{args:?}");
+    let safety = rds
+        .describe_db_snapshots()
+        .db_snapshot_identifier(safety_identifier(&uid))
+        .send()
+        .await
+        .unwrap();
+    let safety = &safety.db_snapshots()[0];
+    assert_eq!(safety.db_instance_identifier(), Some(previous.as_str()));
+    assert_eq!(safety.status(), Some("available"));
+    assert!(
+        clinics
+            .get("clinic-a")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .database_switch
+            .is_none(),
+        "not switched before its documents are in place"
+    );
+    play_job(client, &ns.name, &job, &live).await;
+    let kept = live.join(format!("_previous-{}", swap_token(&uid)));
+    assert_eq!(
+        std::fs::read(live.join("default/documents/1/scan.pdf")).unwrap(),
+        b"%PDF-1.7 scan"
+    );
+    assert!(!live.join("default/documents/1/after.pdf").exists());
+    assert_eq!(
+        std::fs::read(kept.join("default/documents/1/after.pdf")).unwrap(),
+        b"made after the set"
+    );
+    assert_eq!(
+        std::fs::read(kept.join("default/documents/1/scan.pdf")).unwrap(),
+        b"edited after the set"
+    );
+    let password = source.password_of("clinic-a").await;
+    let sqlconf = std::fs::read_to_string(live.join("default/sqlconf.php")).unwrap();
+    assert!(
+        sqlconf.contains(&format!(
+            "'{restored_id}.aaaaaaaaaa.{REGION}.rds.amazonaws.com'"
+        )),
+        "{sqlconf}"
+    );
+    assert!(sqlconf.contains(&format!("'{password}'")), "{sqlconf}");
+
+    // Switched through the status; the workers come back on the restored instance.
+    let status = eventually(WAIT, "restore-a Succeeded", || async {
+        run_workers(client, &ns.name, "clinic-a").await;
+        let status = requests.get("restore-a").await.ok()?.status?;
+        assert_ne!(status.phase, Some(RestorePhase::Failed), "{status:#?}");
+        (status.phase == Some(RestorePhase::Succeeded)).then_some(status)
+    })
+    .await;
+    assert_eq!(status.progress.as_deref(), Some("10/10"), "{status:#?}");
+    let time = |name: &str, end: bool| {
+        let step = status.steps.iter().find(|s| s.name == name).unwrap();
+        let at = if end {
+            &step.completion_time
+        } else {
+            &step.start_time
+        };
+        at.clone().unwrap().0
+    };
+    assert!(
+        time("Quiesce", false) >= time("ResetDatabaseUser", true),
+        "quiesced only once the new instance was ready: {status:#?}"
+    );
+    assert_eq!(
+        status.previous_db_instance.as_deref(),
+        Some(previous.as_str())
+    );
+    assert_eq!(status.safety_snapshot, Some(safety_identifier(&uid)));
+    assert_eq!(
+        status.previous_documents,
+        Some(format!("_previous-{}", swap_token(&uid)))
+    );
+    assert_eq!(
+        status.restored_db_instance.as_deref(),
+        Some(restored_id.as_str())
+    );
+    assert!(
+        status.verification.iter().all(|c| c.passed) && status.verification.len() == 5,
+        "{status:#?}"
+    );
+    let after = clinics.get("clinic-a").await.unwrap();
+    assert_eq!(after.metadata.generation, before.metadata.generation);
+    assert_eq!(
+        after.spec, before.spec,
+        "the spec GitOps applied is untouched"
+    );
+    let clinic_status = after.status.unwrap();
+    let switch = clinic_status.database_switch.unwrap();
+    assert_eq!(
+        (
+            switch.identifier.as_str(),
+            switch.previous.as_str(),
+            switch.restore_request.as_str()
+        ),
+        (restored_id.as_str(), previous.as_str(), "restore-a")
+    );
+    assert_eq!(clinic_status.database.unwrap().identifier, restored_id);
+    assert_eq!(replicas().await, Some(1));
+    let endpoint = status.restored_endpoint.clone().unwrap();
+    assert!(opens(db, &endpoint, "openemr", &password).await);
+
+    // What AWS was asked: one copy under the clinic's own key, one restore into a new
+    // instance with its network; the replaced instance kept as it was.
+    let key = source.key_of("clinic-a").await;
+    let copies = source.proxy.exchanges("CopyDBSnapshot");
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].param("KmsKeyId").as_deref(), Some(key.as_str()));
+    let restores = source.proxy.exchanges("RestoreDBInstanceFromDBSnapshot");
+    assert_eq!(restores.len(), 1);
+    assert_eq!(
+        restores[0].param("DBInstanceIdentifier").as_deref(),
+        Some(restored_id.as_str())
+    );
+    assert_eq!(restores[0].param("ManageMasterUserPassword"), None);
+    let tags: std::collections::BTreeMap<_, _> = restored
+        .tag_list()
+        .iter()
+        .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+        .collect();
+    assert_eq!(tags["openemr.io/name"], "clinic-a");
+    assert_eq!(tags[RESTORED_BY], uid);
+    let kept_db = rds
+        .describe_db_instances()
+        .db_instance_identifier(&previous)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        kept_db.db_instances()[0].db_instance_status(),
+        Some("available")
+    );
+    let calls = support::aws_calls(&operator).await;
+    assert_eq!(calls.get("CreateDBInstance"), Some(&1), "{calls:?}");
+
+    // The second request waited throughout and made nothing; deleted, it is gone.
+    requests
+        .delete("restore-b", &Default::default())
+        .await
+        .unwrap();
     std::fs::remove_dir_all(&source.scratch).ok();
 }
 

@@ -874,6 +874,12 @@ pub struct OpenEMRDeploymentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseStatus>,
 
+    /// The DB instance an in-place restore switched this clinic to, in place of the one
+    /// its name (or `spec.adopt`) gives: written by the RestoreRequest, read by the clinic,
+    /// so the spec a GitOps tool applied never changes and shows no drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_switch: Option<DatabaseSwitch>,
+
     /// The clinic's S3 bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket_name: Option<String>,
@@ -1023,6 +1029,21 @@ pub struct StackStatus {
     /// template): an update that rolled back is not sent again for the same ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update: Option<String>,
+}
+
+/// A clinic's database switched by an in-place restore (or back, by its rollback).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSwitch {
+    /// The DB instance the clinic runs on.
+    pub identifier: String,
+    /// The instance it ran on before the switch.
+    pub previous: String,
+    /// The RestoreRequest that made the switch.
+    pub restore_request: String,
+    /// When.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
 }
 
 /// Identifiers and observed state of the RDS instance.

@@ -381,6 +381,24 @@ pub struct RestoreRequestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safety_snapshot: Option<String>,
 
+    /// For in place: the DB instance the clinic ran on before; kept until
+    /// `previousExpiresAt` for a rollback, then deleted after a final snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_db_instance: Option<String>,
+
+    /// For in place: where the replaced `sites/` entries were moved on the clinic's
+    /// volume (a directory beside `default/`), kept as long as the previous instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_documents: Option<String>,
+
+    /// For in place: when the previous instance and documents go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_expires_at: Option<Time>,
+
+    /// In `Waiting`: the active RestoreRequest into the same clinic this one waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+
     /// Results of the checks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]

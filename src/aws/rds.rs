@@ -180,7 +180,7 @@ pub struct ModifyDb {
 }
 
 /// A DB snapshot's identity and state.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct DbSnapshot {
     pub identifier: String,
     pub arn: Option<String>,

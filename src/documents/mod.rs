@@ -8,7 +8,8 @@
 //! set is the same object version, referenced by every set's [`manifest`]. A set is named
 //! by its manifest's key. [`backup`] walks and stores, [`restore`] brings a set back,
 //! [`verify`] checks one without downloading it, [`prune`] drops sets, [`copy`] copies one into another region's bucket,
-//! [`sqlconf`] points a restored site at its database,
+//! [`sqlconf`] points a restored site at its database, [`swap`] exchanges an in-place
+//! restore's site for the live one,
 //! [`store`] is all it asks of S3, [`walk`] the ordered walk.
 
 pub mod backup;
@@ -20,6 +21,7 @@ pub mod prune;
 pub mod restore;
 pub mod sqlconf;
 pub mod store;
+pub mod swap;
 pub mod sweep;
 pub mod verify;
 pub mod walk;

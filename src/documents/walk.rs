@@ -147,12 +147,17 @@ impl Drop for Ahead {
 
 /// Walks `root` and sends every entry (not the root itself) in order, listing directories
 /// on up to `threads` threads; a directory that cannot be listed is sent as an error and
-/// not descended into. Stops early when the receiver is gone.
+/// not descended into. Stops early when the receiver is gone. An in-place restore's own
+/// directories at the top ([`super::swap::is_restore_dir`]: the replaced site kept for a
+/// rollback, a restore under way) are not the clinic's site and are left out.
 pub fn walk(root: &Path, threads: usize, send: &mut dyn FnMut(Result<Found, WalkError>) -> bool) {
     let mut ahead = Ahead::start(threads);
     let mut stack: Vec<Frame> = Vec::new();
     match list(root) {
-        Ok(names) => stack.push(Frame::new(Vec::new(), root.to_path_buf(), names)),
+        Ok(mut names) => {
+            names.retain(|(name, _)| !name.to_str().is_some_and(super::swap::is_restore_dir));
+            stack.push(Frame::new(Vec::new(), root.to_path_buf(), names))
+        }
         Err(message) => {
             send(Err(WalkError {
                 path: Vec::new(),
@@ -230,6 +235,16 @@ mod tests {
         for file in ["a/b/1", "a/z", "a-c/2", "a.d", "b/3"] {
             std::fs::write(root.join(file), b"x").unwrap();
         }
+        // An in-place restore's directories at the top are not walked; deeper, the same
+        // names are a site's own.
+        for dir in [
+            "_previous-x/default",
+            "_restoring-x",
+            "_rolled-back-x",
+            "b/_previous-y",
+        ] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
         std::os::unix::fs::symlink("a/z", root.join("link")).unwrap();
         let mut seen = Vec::new();
         walk(&root, 2, &mut |found| {
@@ -239,7 +254,18 @@ mod tests {
         assert_eq!(
             seen,
             [
-                "a", "a/b", "a/b/1", "a/z", "a-c", "a-c/2", "a.d", "b", "b/3", "b/empty", "link"
+                "a",
+                "a/b",
+                "a/b/1",
+                "a/z",
+                "a-c",
+                "a-c/2",
+                "a.d",
+                "b",
+                "b/3",
+                "b/_previous-y",
+                "b/empty",
+                "link"
             ]
         );
         let mut sorted = seen.clone();

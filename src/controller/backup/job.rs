@@ -64,6 +64,9 @@ pub enum Task<'a> {
         claim: &'a str,
         manifest: &'a str,
         site: SiteDatabase<'a>,
+        /// In place: restored beside the live site, then exchanged for it, the live entries
+        /// kept under this token ([`crate::documents::swap`]).
+        swap_token: Option<&'a str>,
     },
 }
 
@@ -118,17 +121,28 @@ impl DocumentsJob<'_> {
                 }
                 args
             }
-            Task::Restore { manifest, .. } => vec![
-                "documents",
-                "restore",
-                "--manifest",
+            Task::Restore {
                 manifest,
-                "--into",
-                SITES,
-                "--owners",
-                // A retried pod finds the first one's files: they are replaced.
-                "--overwrite",
-            ],
+                swap_token,
+                ..
+            } => {
+                let mut args = vec![
+                    "documents",
+                    "restore",
+                    "--manifest",
+                    manifest,
+                    "--into",
+                    SITES,
+                    "--owners",
+                ];
+                match swap_token {
+                    // Beside the live site, which is replaced only once the set is complete.
+                    Some(token) => args.extend(["--swap-token", token]),
+                    // A retried pod finds the first one's files: they are replaced.
+                    None => args.push("--overwrite"),
+                }
+                args
+            }
             Task::Prune { manifest } => {
                 vec!["documents", "prune", "--drop", manifest, "--keep-others"]
             }

@@ -261,13 +261,31 @@ pub fn tags(
     tags
 }
 
-/// The clinic's DB instance: the adopted one, else the one it was made with.
+/// The clinic's DB instance: the one an in-place restore switched it to, else the adopted
+/// one, else the one it was made with.
 pub fn db_identifier(d: &OpenEMRDeployment, names: &ClinicNames) -> String {
+    switched_to(d)
+        .map(str::to_string)
+        .unwrap_or_else(|| own_db_identifier(d, names))
+}
+
+/// The clinic's DB instance before any switch: the adopted one, else the one it was made
+/// with.
+pub fn own_db_identifier(d: &OpenEMRDeployment, names: &ClinicNames) -> String {
     d.spec
         .adopt
         .as_ref()
         .and_then(|a| a.db_instance_identifier.clone())
         .unwrap_or_else(|| names.db_instance.clone())
+}
+
+/// The instance an in-place restore switched the clinic to (`status.databaseSwitch`).
+pub fn switched_to(d: &OpenEMRDeployment) -> Option<&str> {
+    d.status
+        .as_ref()
+        .and_then(|s| s.database_switch.as_ref())
+        .map(|s| s.identifier.as_str())
+        .filter(|i| !i.is_empty())
 }
 
 /// The tags on everything the clinic makes in AWS.

@@ -58,8 +58,10 @@ pub struct Observed {
     /// A succeeded side-by-side request with `keepTargetFor`: its target as the cache
     /// shows it.
     pub kept_target: Option<KeptTarget>,
-    /// The side-by-side steps' view, when the operator reaches AWS and the restore runs.
+    /// The steps' view, when the operator reaches AWS and the restore runs.
     pub steps: Option<steps::Seen>,
+    /// Another active RestoreRequest into the same clinic, ahead of this one.
+    pub waiting_for: Option<String>,
     /// How soon to look again while a step is under way.
     pub progress: Duration,
 }
@@ -168,11 +170,7 @@ impl Reconcile for RestoreRequest {
             },
             _ => None,
         };
-        if let (Some(Ok(resolved)), false, None) = (
-            &observed.resolved,
-            self.started(),
-            &self.spec.target.in_place,
-        ) {
+        if let (Some(Ok(resolved)), false) = (&observed.resolved, self.started()) {
             // Judged before anything is made: what the target would run, against what the
             // source's data was made with.
             let source_clinic = source_clinic
@@ -189,15 +187,19 @@ impl Reconcile for RestoreRequest {
                 .as_ref()
                 .filter(|_| !given)
                 .map(|c| (c.name_any(), c.spec.clone()));
-            observed.incompatible = self
-                .target_clinic(&ns, source_clinic.as_ref())
-                .and_then(|t| {
-                    source::incompatibility(
-                        resolved,
-                        &t.spec,
-                        copied_from.as_ref().map(|(n, s)| (n.as_str(), s)),
-                    )
-                });
+            let target = match &self.spec.target.in_place {
+                Some(t) => lookup(&caches.deployments, &ns, &t.deployment_name)
+                    .and_then(|c| c.0.as_ref().ok().cloned()),
+                None => self.target_clinic(&ns, source_clinic.as_ref()),
+            };
+            let copied_from = copied_from.filter(|_| self.spec.target.in_place.is_none());
+            observed.incompatible = target.and_then(|t| {
+                source::incompatibility(
+                    resolved,
+                    &t.spec,
+                    copied_from.as_ref().map(|(n, s)| (n.as_str(), s)),
+                )
+            });
         }
         if self.spec.keep_target_for.is_some()
             && self.spec.target.side_by_side.is_some()
@@ -218,7 +220,8 @@ impl Reconcile for RestoreRequest {
                 None => KeptTarget::default(),
             });
         }
-        let runnable = self.unsupported().is_none()
+        observed.waiting_for = self.waiting_for(caches, &ns);
+        let runnable = observed.waiting_for.is_none()
             && !matches!(
                 self.status.as_ref().and_then(|s| s.phase),
                 Some(RestorePhase::Succeeded | RestorePhase::Failed)
@@ -230,7 +233,7 @@ impl Reconcile for RestoreRequest {
             observed.progress = aws.progress_interval;
             let resolved = resolved.clone();
             observed.steps = Some(
-                self.side_by_side_seen(ctx, aws, &ns, resolved, source_clinic)
+                self.steps_seen(ctx, aws, &ns, resolved, source_clinic)
                     .await?,
             );
         }
@@ -282,10 +285,7 @@ impl Reconcile for RestoreRequest {
         if let Some(p) = &source.point_in_time {
             refs.push((RefKind::Deployment, p.deployment_ref.name.clone()));
         }
-        let target = match &spec.target.in_place {
-            Some(t) => t.deployment_name.clone(),
-            None => self.side_by_side_name(),
-        };
+        let target = self.target_name();
         refs.push((RefKind::Deployment, target.clone()));
         // The target's children: the hold's Lease among them.
         refs.push((RefKind::Workload, target.clone()));
@@ -310,10 +310,22 @@ impl Reconcile for RestoreRequest {
         let is_accepted = accepted.status;
         let mut status = status_with(self, std::slice::from_ref(&accepted), now);
         status.phase.get_or_insert(RestorePhase::Pending);
-        if let Some(why) = self.unsupported().filter(|_| is_accepted) {
-            let started = Verdict::falsy(STARTED, "NotBuiltYet", why);
-            return Plan::after_validation(status_from(self, status, &[started], now), true);
+        if let (Some(ahead), false, true) = (&observed.waiting_for, self.started(), is_accepted) {
+            status.phase = Some(RestorePhase::Waiting);
+            status.waiting_for = Some(ahead.clone());
+            let started = Verdict::falsy(
+                STARTED,
+                "Waiting",
+                format!(
+                    "RestoreRequest {ahead} restores into clinic {} and started first: one restore at a time per clinic; this one starts once it has ended",
+                    self.target_name()
+                ),
+            );
+            let mut plan = Plan::after_validation(status_from(self, status, &[started], now), true);
+            plan.requeue = Requeue::After(observed.progress);
+            return plan;
         }
+        status.waiting_for = None;
         let (Some(seen), true) = (&observed.steps, is_accepted) else {
             let mut plan = Plan::after_validation(status, is_accepted);
             if let Some(wait) = self.until_point_in_time(now) {
@@ -406,10 +418,17 @@ impl Reconcile for RestoreRequest {
                     &ns,
                     clinic,
                     &steps::holder(&self.name_any()),
-                    &format!(
-                        "restoring: RestoreRequest {} fills this clinic",
-                        self.name_any()
-                    ),
+                    &if self.spec.target.in_place.is_some() {
+                        format!(
+                            "restoring in place: RestoreRequest {} replaces this clinic's data",
+                            self.name_any()
+                        )
+                    } else {
+                        format!(
+                            "restoring: RestoreRequest {} fills this clinic",
+                            self.name_any()
+                        )
+                    },
                     None,
                     Some(&owner),
                 )
@@ -594,6 +613,42 @@ impl Reconcile for RestoreRequest {
                     Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
                     other => other.map(|_| ()).map_err(|e| failed("deleting", e)),
                 }
+            }
+            Change::SafetySnapshot {
+                instance,
+                identifier,
+                tags,
+            } => {
+                let clients = self.target_clients(ctx, aws, &ns).await?;
+                match clients.create_snapshot(instance, identifier, tags).await {
+                    Err(e) if e.already_exists() => Ok(()),
+                    other => other.map_err(aws_error("taking the safety snapshot")),
+                }
+            }
+            Change::SwitchDatabase {
+                clinic,
+                identifier,
+                previous,
+            } => {
+                let api: Api<OpenEMRDeployment> = Api::namespaced(ctx.client.clone(), &ns);
+                let status = crate::api::OpenEMRDeploymentStatus {
+                    database_switch: Some(crate::api::deployment::DatabaseSwitch {
+                        identifier: identifier.clone(),
+                        previous: previous.clone(),
+                        restore_request: self.name_any(),
+                        time: Some(Time(crate::clock::now())),
+                    }),
+                    ..Default::default()
+                };
+                super::driver::apply_status(
+                    &api,
+                    clinic,
+                    &super::driver::field_manager(Self::CONTROLLER),
+                    &status,
+                    None,
+                )
+                .await
+                .map(|_| ())
             }
             Change::ReleaseHold { clinic } => {
                 holds::release(&ctx.client, &ns, clinic, &steps::holder(&self.name_any()))
@@ -853,12 +908,12 @@ impl RestoreRequest {
         self.status.as_ref().is_some_and(|s| s.start_time.is_some())
     }
 
-    /// Why this request's steps cannot run yet, for the kinds not built.
-    fn unsupported(&self) -> Option<String> {
-        if self.spec.target.in_place.is_some() {
-            return Some("in-place restores are accepted but their steps are not built yet; nothing was changed".into());
+    /// The clinic restored into: the in-place one, or the side-by-side one made.
+    pub fn target_name(&self) -> String {
+        match &self.spec.target.in_place {
+            Some(t) => t.deployment_name.clone(),
+            None => self.side_by_side_name(),
         }
-        None
     }
 
     /// The clients of the point in time's clinic's account and region.
@@ -880,7 +935,7 @@ impl RestoreRequest {
         aws: &ClinicAws,
         ns: &str,
     ) -> Result<std::sync::Arc<crate::aws::AwsClients>, Error> {
-        clients_of(ctx, aws, ns, &self.side_by_side_name()).await
+        clients_of(ctx, aws, ns, &self.target_name()).await
     }
 
     /// The clinic the target is made as: the request's spec, or a copy of the source
@@ -909,8 +964,8 @@ impl RestoreRequest {
         ))
     }
 
-    /// What a side-by-side restore's steps are planned from.
-    async fn side_by_side_seen(
+    /// What a restore's steps are planned from.
+    async fn steps_seen(
         &self,
         ctx: &Context,
         aws: &ClinicAws,
@@ -919,11 +974,17 @@ impl RestoreRequest {
         source_clinic: Option<String>,
     ) -> Result<steps::Seen, Error> {
         let uid = self.uid().unwrap_or_default();
-        let target_name = self.side_by_side_name();
+        let target_name = self.target_name();
+        let in_place = self.spec.target.in_place.is_some();
         let source_clinic = source_clinic
             .and_then(|name| lookup(&ctx.caches.deployments, ns, &name))
             .and_then(|c| c.0.as_ref().ok().cloned());
-        let target_spec = self.target_clinic(ns, source_clinic.as_ref());
+        let found = lookup(&ctx.caches.deployments, ns, &target_name);
+        let found = found.as_ref().and_then(|f| f.0.as_ref().ok());
+        let target_spec = match found {
+            Some(clinic) if in_place => Some(clinic.clone()),
+            _ => self.target_clinic(ns, source_clinic.as_ref()),
+        };
         // Into another region: from the set's copy there, when it has one.
         let source_set = resolved
             .set
@@ -974,21 +1035,26 @@ impl RestoreRequest {
             database_checks: None,
             documents_run: None,
             staging: None,
+            in_place,
         };
-        let found = lookup(&ctx.caches.deployments, ns, &target_name);
-        let Some(Ok(d)) = found.as_ref().map(|f| &f.0) else {
+        let Some(d) = found else {
             return Ok(seen);
         };
         let names = ClinicNames::new(&aws.cluster, ns, &target_name);
         let db_identifier = clinic::db_identifier(d, &names);
         let status = d.status.clone().unwrap_or_default();
         let holder = steps::holder(&self.name_any());
-        let held = cached(
-            &ctx.children.holds,
-            ns,
-            &holds::lease_name(&target_name, &holder),
-        )
-        .is_some();
+        let lease = holds::lease_name(&target_name, &holder);
+        let held = cached(&ctx.children.holds, ns, &lease).is_some();
+        let (restore_identifier, copy_identifier) = if in_place {
+            (
+                steps::in_place_identifier(&uid),
+                steps::in_place_copy_identifier(&uid),
+            )
+        } else {
+            let copy = steps::copy_identifier(&db_identifier, &uid);
+            (db_identifier.clone(), copy)
+        };
         let mut target = steps::TargetSeen {
             uid: d.uid().unwrap_or_default(),
             ours: target::made_by(d, &uid),
@@ -996,15 +1062,18 @@ impl RestoreRequest {
             ready: crate::conditions::find(&status.conditions, super::READY)
                 .is_some_and(|c| c.status == "True"),
             region: d.spec.aws.region.clone(),
-            db_identifier: db_identifier.clone(),
             kms_key: status.kms_key_arn.clone(),
             placement: None,
             tags: clinic::clinic_tags(d, aws),
             credentials_secret: None,
             database: d.spec.database.clone(),
             claim: super::deployment::web::WebNames::new(ns, &target_name).claim,
+            restore_identifier: restore_identifier.clone(),
+            copy_identifier: copy_identifier.clone(),
+            in_place: None,
         };
-        if !target.ours || (!held && !seen.done.iter().any(|d| d == steps::CREATE_TARGET)) {
+        let made = held || seen.done.iter().any(|d| d == steps::CREATE_TARGET);
+        if !in_place && (!target.ours || !made) {
             seen.target = Some(target);
             return Ok(seen);
         }
@@ -1021,14 +1090,20 @@ impl RestoreRequest {
                 .and_then(|s| Placement::from_outputs(&s.outputs));
         }
         seen.instance = clients
-            .describe_instance(&db_identifier)
+            .describe_instance(&restore_identifier)
             .await
             .map_err(aws_error("reading the restored instance"))?;
         if seen.instance.is_none() && target.kms_key.is_some() {
             seen.copy = clients
-                .describe_snapshot(&steps::copy_identifier(&db_identifier, &uid))
+                .describe_snapshot(&copy_identifier)
                 .await
                 .map_err(aws_error("reading the snapshot copy"))?;
+        }
+        if in_place {
+            target.in_place = Some(
+                self.in_place_seen(&seen, &clients, d, &db_identifier, &lease)
+                    .await?,
+            );
         }
         if seen.source.point_in_time.is_some()
             && !seen.done.iter().any(|d| d == steps::REMOVE_STAGING)
@@ -1111,10 +1186,114 @@ impl RestoreRequest {
                 region,
                 expected_files: set.and_then(|s| s.status?.documents?.file_count),
                 job,
+                swap_token: in_place.then(|| steps::swap_token(&uid)),
             });
         }
         seen.target = Some(target);
         Ok(seen)
+    }
+
+    /// An in-place target as it runs: the instance it ran on when the restore started
+    /// (recorded then), the hold's effect, the safety snapshot and the switch.
+    async fn in_place_seen(
+        &self,
+        seen: &steps::Seen,
+        clients: &crate::aws::AwsClients,
+        clinic: &OpenEMRDeployment,
+        db_identifier: &str,
+        lease: &str,
+    ) -> Result<steps::InPlaceSeen, Error> {
+        let uid = self.uid().unwrap_or_default();
+        let status = clinic.status.clone().unwrap_or_default();
+        let previous_identifier = self
+            .status
+            .as_ref()
+            .and_then(|s| s.previous_db_instance.clone())
+            .unwrap_or_else(|| db_identifier.to_string());
+        let restored = steps::in_place_identifier(&uid);
+        let safety_taken = seen.done.iter().any(|d| d == steps::SAFETY_SNAPSHOT);
+        let (previous, safety) = if safety_taken {
+            (None, None)
+        } else {
+            (
+                clients
+                    .describe_instance(&previous_identifier)
+                    .await
+                    .map_err(aws_error("reading the clinic's DB instance"))?,
+                clients
+                    .describe_snapshot(&steps::safety_identifier(&uid))
+                    .await
+                    .map_err(aws_error("reading the safety snapshot"))?,
+            )
+        };
+        let web = status.web.unwrap_or_default();
+        Ok(steps::InPlaceSeen {
+            previous_identifier,
+            previous,
+            quiet: web.holds.iter().any(|h| h.lease == lease && h.effective),
+            safety,
+            switched: status
+                .database_switch
+                .as_ref()
+                .is_some_and(|s| s.identifier == restored && s.restore_request == self.name_any()),
+            serving_restored: status
+                .database
+                .as_ref()
+                .is_some_and(|db| db.identifier == restored),
+        })
+    }
+
+    /// The active RestoreRequest into the same clinic that goes first, if any: one started
+    /// already, else the one made earliest (by name on a tie).
+    fn waiting_for(&self, caches: &super::Caches, ns: &str) -> Option<String> {
+        let all = caches.restores.state();
+        let others = all
+            .iter()
+            .filter_map(|r| r.0.as_ref().ok())
+            .filter(|r| r.namespace().as_deref() == Some(ns));
+        self.ahead_of_me(others)
+    }
+
+    /// Of `others` (in this namespace), the active one into the same clinic that goes
+    /// before this one.
+    fn ahead_of_me<'a>(&self, others: impl Iterator<Item = &'a RestoreRequest>) -> Option<String> {
+        if self.started() {
+            return None;
+        }
+        let target = self.target_name();
+        let me = (
+            self.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            self.name_any(),
+        );
+        others
+            .filter(|r| r.name_any() != me.1)
+            .filter(|r| r.target_name() == target)
+            .filter(|r| {
+                !matches!(
+                    r.status.as_ref().and_then(|s| s.phase),
+                    Some(RestorePhase::Succeeded | RestorePhase::Failed)
+                )
+            })
+            .filter(|r| {
+                let started = r.started();
+                let theirs = (
+                    r.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    r.name_any(),
+                );
+                // One made later, or refused, does not hold this one back; one not judged
+                // yet does (it is about to be, and this one looks again).
+                started || (!r.refused() && theirs < me)
+            })
+            .map(|r| r.name_any())
+            .min()
+    }
+
+    /// Whether its `Accepted` condition is false.
+    fn refused(&self) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|s| crate::conditions::find(&s.conditions, "Accepted"))
+            .is_some_and(|c| c.status == "False")
     }
 
     /// Name of the side-by-side clinic this request creates.
@@ -1179,6 +1358,23 @@ impl RestoreRequest {
         }
         if let Some(refusal) = &observed.incompatible {
             return Verdict::falsy("Accepted", refusal.reason, refusal.message.clone());
+        }
+        if let (Some(Ok(resolved)), Some(t), false) = (
+            &observed.resolved,
+            &self.spec.target.in_place,
+            self.started(),
+        ) && resolved.documents.is_none()
+        {
+            // Its documents would stay, pointing at the replaced database, with no set of
+            // their own to roll forward to.
+            return Verdict::falsy(
+                "Accepted",
+                "InPlaceWithoutDocuments",
+                format!(
+                    "spec.target.inPlace: the source has no documents (a database-only set); an in-place restore replaces clinic {}'s database and documents together. Restore it side by side instead",
+                    t.deployment_name
+                ),
+            );
         }
         if observed.in_place_target_exists == Some(false) {
             let name = self
@@ -1518,6 +1714,118 @@ mod tests {
         );
         let named = request(serde_json::json!({"source": {"backupRef": {"name": "set-3"}}}));
         assert!(named.uses_set("set-3"), "named, before it starts");
+    }
+
+    #[test]
+    fn an_in_place_restore_of_a_database_only_set_is_refused() {
+        let r = request(
+            serde_json::json!({"source": {"backupRef": {"name": "set-1"}},
+            "target": {"inPlace": {"deploymentName": "clinic-a", "confirm": "clinic-a"}}}),
+        );
+        let resolved = source::Resolved {
+            set: Some("set-1".into()),
+            snapshot_arn: Some("arn:aws:rds:us-east-1:1:snapshot:set-1".into()),
+            point_in_time: None,
+            data_time: None,
+            documents: None,
+            documents_behind_seconds: None,
+            region: None,
+            engine_version: None,
+            image: None,
+        };
+        let c = accepted(
+            &r,
+            Observed {
+                source_exists: Some(true),
+                in_place_target_exists: Some(true),
+                resolved: Some(Ok(resolved)),
+                ..Default::default()
+            },
+        );
+        assert_eq!(c.reason, "InPlaceWithoutDocuments");
+        assert!(c.message.contains("spec.target.inPlace"), "{}", c.message);
+    }
+
+    /// One restore at a time per clinic: the one started goes on, else the one made
+    /// first; the others wait, saying behind which, and look again.
+    #[test]
+    fn a_second_restore_into_the_same_clinic_waits_for_the_first() {
+        let in_place = |name: &str, created: &str| {
+            let mut r = request(
+                serde_json::json!({"source": {"latestFromPolicy": {"name": "nightly"}},
+                "target": {"inPlace": {"deploymentName": "clinic-a", "confirm": "clinic-a"}}}),
+            );
+            r.metadata.name = Some(name.into());
+            r.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
+            r.status = Some(RestoreRequestStatus {
+                conditions: vec![Condition {
+                    type_: "Accepted".into(),
+                    status: "True".into(),
+                    reason: "Valid".into(),
+                    message: String::new(),
+                    last_transition_time: Time(now()),
+                    observed_generation: None,
+                }],
+                ..Default::default()
+            });
+            r
+        };
+        let first = in_place("first", "2026-11-23T10:00:00Z");
+        let second = in_place("second", "2026-11-23T11:00:00Z");
+        let mut side = request(serde_json::json!({"source": {"backupRef": {"name": "s"}},
+            "target": {"sideBySide": {"deploymentName": "clinic-a"}}}));
+        side.metadata.name = Some("copy".into());
+        assert_eq!(
+            second.ahead_of_me([&first].into_iter()),
+            Some("first".into())
+        );
+        assert_eq!(first.ahead_of_me([&second].into_iter()), None);
+        // A side-by-side restore whose new clinic would have that name is one too.
+        side.metadata.creation_timestamp = Some(Time("2026-11-23T12:00:00Z".parse().unwrap()));
+        assert_eq!(side.ahead_of_me([&first].into_iter()), Some("first".into()));
+
+        // Started first: it goes on whatever the age of the others.
+        let mut late = in_place("late", "2026-11-23T12:00:00Z");
+        late.status.as_mut().unwrap().start_time = Some(Time(now()));
+        assert_eq!(first.ahead_of_me([&late].into_iter()), Some("late".into()));
+        assert_eq!(late.ahead_of_me([&first].into_iter()), None);
+        // Ended: nothing to wait for.
+        late.status.as_mut().unwrap().phase = Some(RestorePhase::Failed);
+        assert_eq!(first.ahead_of_me([&late].into_iter()), None);
+        // Older but refused: nothing to wait for; older and not judged yet: waited for.
+        let mut refused = in_place("refused", "2026-11-23T09:00:00Z");
+        refused.status.as_mut().unwrap().conditions[0].status = "False".into();
+        assert_eq!(first.ahead_of_me([&refused].into_iter()), None);
+        refused.status = None;
+        assert_eq!(
+            first.ahead_of_me([&refused].into_iter()),
+            Some("refused".into())
+        );
+
+        let plan = second.plan(
+            &Observed {
+                source_exists: Some(true),
+                in_place_target_exists: Some(true),
+                waiting_for: Some("first".into()),
+                progress: Duration::from_secs(30),
+                ..Default::default()
+            },
+            now(),
+        );
+        assert_eq!(plan.status.phase, Some(RestorePhase::Waiting));
+        assert_eq!(plan.status.waiting_for.as_deref(), Some("first"));
+        let started = conditions::find(&plan.status.conditions, STARTED).unwrap();
+        assert_eq!(
+            (started.status.as_str(), started.reason.as_str()),
+            ("False", "Waiting")
+        );
+        assert!(
+            started.message.contains("RestoreRequest first"),
+            "{}",
+            started.message
+        );
+        assert!(plan.changes.is_empty());
+        assert!(matches!(plan.requeue, Requeue::After(d) if d == Duration::from_secs(30)));
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub const VERIFY: &str = "Verify";
 pub const RESTORE_POINT_IN_TIME: &str = "RestorePointInTime";
 pub const SNAPSHOT_POINT_IN_TIME: &str = "SnapshotPointInTime";
 pub const REMOVE_STAGING: &str = "RemoveStaging";
+pub const QUIESCE: &str = "Quiesce";
+pub const SAFETY_SNAPSHOT: &str = "SafetySnapshot";
+pub const SWITCH_DATABASE: &str = "SwitchDatabase";
 
 /// A side-by-side restore's steps, in order.
 pub const SIDE_BY_SIDE: [&str; 8] = [
@@ -92,13 +95,69 @@ pub const POINT_IN_TIME: [&str; 11] = [
     VERIFY,
 ];
 
-/// The steps restoring `source` takes.
-pub fn steps_of(source: &Resolved) -> &'static [&'static str] {
-    if source.point_in_time.is_some() {
-        &POINT_IN_TIME
-    } else {
-        &SIDE_BY_SIDE
+/// An in-place restore's steps, in order. What does not touch the clinic (the copy, the
+/// restore into a new instance, its credentials) runs while it still serves; it is
+/// quiesced only for the safety snapshot, the documents' exchange and the switch.
+pub const IN_PLACE: [&str; 10] = [
+    COPY_SNAPSHOT,
+    RESTORE_DATABASE,
+    MANAGE_MASTER_PASSWORD,
+    RESET_DATABASE_USER,
+    QUIESCE,
+    SAFETY_SNAPSHOT,
+    RESTORE_DOCUMENTS,
+    SWITCH_DATABASE,
+    RELEASE_HOLD,
+    VERIFY,
+];
+
+/// An in-place restore of a point in time's steps, in order.
+pub const IN_PLACE_POINT_IN_TIME: [&str; 13] = [
+    RESTORE_POINT_IN_TIME,
+    SNAPSHOT_POINT_IN_TIME,
+    COPY_SNAPSHOT,
+    RESTORE_DATABASE,
+    REMOVE_STAGING,
+    MANAGE_MASTER_PASSWORD,
+    RESET_DATABASE_USER,
+    QUIESCE,
+    SAFETY_SNAPSHOT,
+    RESTORE_DOCUMENTS,
+    SWITCH_DATABASE,
+    RELEASE_HOLD,
+    VERIFY,
+];
+
+/// The steps restoring `source` takes, side by side or in place.
+pub fn steps_of(source: &Resolved, in_place: bool) -> &'static [&'static str] {
+    match (source.point_in_time.is_some(), in_place) {
+        (true, false) => &POINT_IN_TIME,
+        (false, false) => &SIDE_BY_SIDE,
+        (true, true) => &IN_PLACE_POINT_IN_TIME,
+        (false, true) => &IN_PLACE,
     }
+}
+
+/// The new instance an in-place restore restores into (its name carries the request's
+/// uid; the clinic is switched to it).
+pub fn in_place_identifier(request_uid: &str) -> String {
+    format!("restore-{}", short_hash(&[request_uid]))
+}
+
+/// The in-place restore's copy of its source snapshot.
+pub fn in_place_copy_identifier(request_uid: &str) -> String {
+    format!("restore-{}-copy", short_hash(&[request_uid]))
+}
+
+/// The snapshot of the clinic's database taken, quiesced, before it is replaced.
+pub fn safety_identifier(request_uid: &str) -> String {
+    format!("restore-{}-safety", short_hash(&[request_uid]))
+}
+
+/// The token of an in-place restore's documents directories on the clinic's volume
+/// ([`crate::documents::swap`]).
+pub fn swap_token(request_uid: &str) -> String {
+    short_hash(&[request_uid])
 }
 
 /// The staging instance a point in time is restored into (and its snapshot's name): the
@@ -137,6 +196,8 @@ pub struct DocumentsRun {
     /// Files the set's documents manifest holds, when the set says.
     pub expected_files: Option<i64>,
     pub job: JobSeen,
+    /// In place: restored beside the live site and exchanged for it under this token.
+    pub swap_token: Option<String>,
 }
 
 /// The target clinic, as the caches and AWS show it.
@@ -150,7 +211,6 @@ pub struct TargetSeen {
     /// Its `Ready` condition is true.
     pub ready: bool,
     pub region: String,
-    pub db_identifier: String,
     /// Its key, once its stack made it.
     pub kms_key: Option<String>,
     /// Where its database goes, once its stack made the pieces.
@@ -162,6 +222,29 @@ pub struct TargetSeen {
     pub database: DatabaseSpec,
     /// The claim of its `sites/` volume.
     pub claim: String,
+    /// The instance the restore makes: the clinic's own identifier side by side, a new
+    /// one ([`in_place_identifier`]) in place.
+    pub restore_identifier: String,
+    /// The source snapshot's copy under the clinic's key.
+    pub copy_identifier: String,
+    /// In place: the clinic as it runs now.
+    pub in_place: Option<InPlaceSeen>,
+}
+
+/// An in-place target, as its status and AWS show it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InPlaceSeen {
+    /// The instance the clinic ran on when the restore started.
+    pub previous_identifier: String,
+    /// That instance, while its safety snapshot is to be taken.
+    pub previous: Option<DbInstance>,
+    /// The request's hold has taken effect: no worker and no Job of the clinic runs.
+    pub quiet: bool,
+    pub safety: Option<DbSnapshot>,
+    /// The clinic's `status.databaseSwitch` names the restored instance, by this request.
+    pub switched: bool,
+    /// The clinic's status says it runs on the restored instance.
+    pub serving_restored: bool,
 }
 
 /// What the steps are planned from.
@@ -196,6 +279,8 @@ pub struct Seen {
     pub documents_run: Option<DocumentsRun>,
     /// For a point in time: the source instance and the staging pieces.
     pub staging: Option<StagingSeen>,
+    /// Into an existing clinic (`spec.target.inPlace`).
+    pub in_place: bool,
 }
 
 /// A point in time's way to a snapshot, as AWS shows it (in the source clinic's region).
@@ -256,6 +341,18 @@ pub enum Change {
     ReleaseHold {
         clinic: String,
     },
+    /// The snapshot of an in-place target's database, quiesced, before it is replaced.
+    SafetySnapshot {
+        instance: String,
+        identifier: String,
+        tags: BTreeMap<String, String>,
+    },
+    /// Records in the clinic's `status.databaseSwitch` that it runs on `identifier`.
+    SwitchDatabase {
+        clinic: String,
+        identifier: String,
+        previous: String,
+    },
     /// `keepTargetFor` has passed: the restore's snapshot copy is deleted, then the target
     /// clinic, made to take everything with it (`deletionPolicy: Delete`, no final
     /// snapshot: it holds only copied data).
@@ -301,6 +398,10 @@ impl Change {
                 ("ResetDatabaseUser", format!("{user}@{}", endpoint.host))
             }
             Change::ReleaseHold { clinic } => ("ReleaseHold", clinic.clone()),
+            Change::SafetySnapshot { identifier, .. } => ("CreateDBSnapshot", identifier.clone()),
+            Change::SwitchDatabase {
+                clinic, identifier, ..
+            } => ("SwitchDatabase", format!("{clinic}:{identifier}")),
             Change::CreateDocumentsJob { name, .. } => ("CreateDocumentsJob", name.clone()),
             Change::RemoveTarget { clinic, .. } => ("RemoveTarget", clinic.clone()),
         };
@@ -340,7 +441,11 @@ pub fn plan(seen: &Seen, status: &mut RestoreRequestStatus, now: Timestamp) -> O
     };
     status.target_deployment = Some(seen.target_name.clone());
     let mut blocked = false;
-    let names = steps_of(&seen.source);
+    let in_place = seen.target.as_ref().and_then(|t| t.in_place.as_ref());
+    let names = steps_of(&seen.source, seen.in_place);
+    if let Some(target) = in_place {
+        status.previous_db_instance = Some(target.previous_identifier.clone());
+    }
     for &name in names {
         if blocked {
             mark(status, name, StepPhase::Pending, None, now);
@@ -367,6 +472,25 @@ pub fn plan(seen: &Seen, status: &mut RestoreRequestStatus, now: Timestamp) -> O
                 blocked = true;
             }
         }
+    }
+    let safety_taken = status
+        .steps
+        .iter()
+        .any(|s| s.name == SAFETY_SNAPSHOT && s.phase == StepPhase::Succeeded);
+    if safety_taken {
+        status.safety_snapshot = Some(safety_identifier(&seen.uid));
+    }
+    let documents_exchanged = status
+        .steps
+        .iter()
+        .any(|s| s.name == RESTORE_DOCUMENTS && s.phase == StepPhase::Succeeded);
+    if let (true, Some(token)) = (
+        documents_exchanged,
+        seen.documents_run
+            .as_ref()
+            .and_then(|r| r.swap_token.as_ref()),
+    ) {
+        status.previous_documents = Some(crate::documents::swap::previous_name(token));
     }
     if let Some(db) = &seen.instance {
         status.restored_db_instance = Some(db.identifier.clone());
@@ -485,6 +609,15 @@ fn mark(
 
 fn step(seen: &Seen, name: &str) -> Step {
     let Some(target) = &seen.target else {
+        if seen.in_place {
+            return Step::Failed(
+                "TargetDeleted",
+                format!(
+                    "clinic {} is gone: there is nothing to restore into in place; what was made for it stays (the snapshot copy, the restored instance)",
+                    seen.target_name
+                ),
+            );
+        }
         if seen.done.iter().any(|d| d == CREATE_TARGET) {
             // Made, then deleted by someone: taken as giving up, never made again (a new
             // clinic of that name would not be the one the copy and instance were made
@@ -511,7 +644,7 @@ fn step(seen: &Seen, name: &str) -> Step {
             ),
         };
     };
-    if !target.ours {
+    if !target.ours && target.in_place.is_none() {
         return Step::Failed(
             "TargetExists",
             format!(
@@ -567,15 +700,134 @@ fn step(seen: &Seen, name: &str) -> Step {
         },
         RESET_DATABASE_USER => reset_step(seen, target),
         RESTORE_DOCUMENTS => documents_step(seen, target),
+        QUIESCE => quiesce_step(seen, target),
+        SAFETY_SNAPSHOT => safety_step(seen, target),
+        SWITCH_DATABASE => switch_step(seen, target),
         RELEASE_HOLD if target.held => Step::Act(
             Change::ReleaseHold {
                 clinic: seen.target_name.clone(),
             },
-            "releasing the hold: the target's setup Job attaches to the restored database".into(),
+            if target.in_place.is_some() {
+                "releasing the hold: the clinic's workers start on the restored database and site"
+            } else {
+                "releasing the hold: the target's setup Job attaches to the restored database"
+            }
+            .into(),
         ),
         RELEASE_HOLD => Step::Done("the target's web tier may start".into()),
         VERIFY => verify_step(seen, target),
         _ => Step::Waiting("the steps before".into()),
+    }
+}
+
+/// In place: the clinic's web tier held, and nothing of it left running.
+fn quiesce_step(seen: &Seen, target: &TargetSeen) -> Step {
+    let quiet = target.in_place.as_ref().is_some_and(|p| p.quiet);
+    if !target.held {
+        return Step::Act(
+            Change::PlaceHold {
+                clinic: seen.target_name.clone(),
+                clinic_uid: target.uid.clone(),
+            },
+            format!(
+                "holding clinic {}'s web tier: its workers and Jobs stop before its data is replaced",
+                seen.target_name
+            ),
+        );
+    }
+    if quiet {
+        Step::Done(format!(
+            "clinic {} is quiesced (Lease {}): no worker or Job of it runs",
+            seen.target_name,
+            crate::controller::deployment::web::holds::lease_name(
+                &seen.target_name,
+                &holder(&seen.request)
+            )
+        ))
+    } else {
+        Step::Waiting(format!(
+            "clinic {}'s workers and Jobs to stop",
+            seen.target_name
+        ))
+    }
+}
+
+/// In place, quiesced: a snapshot of the database about to be replaced, as it stands.
+fn safety_step(seen: &Seen, target: &TargetSeen) -> Step {
+    let Some(in_place) = &target.in_place else {
+        return Step::Skipped("side by side: nothing is replaced".into());
+    };
+    let identifier = safety_identifier(&seen.uid);
+    match &in_place.safety {
+        Some(snapshot) if !ours(&snapshot.tags, &seen.uid) => Step::Failed(
+            "SafetySnapshotExists",
+            format!("DB snapshot {identifier} exists and was not made by this request"),
+        ),
+        Some(snapshot) if snapshot.status == "available" => Step::Done(format!(
+            "DB snapshot {identifier} of {}",
+            in_place.previous_identifier
+        )),
+        Some(snapshot) if snapshot.status == "failed" => Step::Failed(
+            "SnapshotFailed",
+            format!("RDS reports the safety snapshot {identifier} failed"),
+        ),
+        Some(snapshot) => Step::Waiting(format!("snapshot {identifier} is {}", snapshot.status)),
+        None => match &in_place.previous {
+            Some(db) if db.status == "available" => {
+                let mut tags = target.tags.clone();
+                tags.insert(RESTORED_BY.to_string(), seen.uid.clone());
+                Step::Act(
+                    Change::SafetySnapshot {
+                        instance: db.identifier.clone(),
+                        identifier: identifier.clone(),
+                        tags,
+                    },
+                    format!(
+                        "taking snapshot {identifier} of {} before it is replaced",
+                        db.identifier
+                    ),
+                )
+            }
+            Some(db) => Step::Waiting(format!("DB instance {} is {}", db.identifier, db.status)),
+            None => Step::Failed(
+                "DatabaseNotFound",
+                format!(
+                    "clinic {}'s DB instance {} does not exist: there is nothing to keep a snapshot of",
+                    seen.target_name, in_place.previous_identifier
+                ),
+            ),
+        },
+    }
+}
+
+/// In place: the clinic told to run on the restored instance, and seen doing so.
+fn switch_step(seen: &Seen, target: &TargetSeen) -> Step {
+    let Some(in_place) = &target.in_place else {
+        return Step::Skipped("side by side: the clinic was made on its database".into());
+    };
+    let identifier = &target.restore_identifier;
+    if in_place.switched && in_place.serving_restored {
+        Step::Done(format!(
+            "clinic {} runs on DB instance {identifier} (was {})",
+            seen.target_name, in_place.previous_identifier
+        ))
+    } else if in_place.switched {
+        Step::Waiting(format!(
+            "clinic {} to take DB instance {identifier}",
+            seen.target_name
+        ))
+    } else {
+        Step::Act(
+            Change::SwitchDatabase {
+                clinic: seen.target_name.clone(),
+                identifier: identifier.clone(),
+                previous: in_place.previous_identifier.clone(),
+            },
+            format!(
+                "switching clinic {} from DB instance {} to {identifier}",
+                seen.target_name, in_place.previous_identifier
+            ),
+        )
     }
 }
 
@@ -615,6 +867,7 @@ fn documents_step(seen: &Seen, target: &TargetSeen) -> Step {
                         database: &target.database.database_name,
                         password_secret: secret,
                     },
+                    swap_token: run.swap_token.as_deref(),
                 },
                 image,
                 service_account: &run.service_account,
@@ -624,6 +877,13 @@ fn documents_step(seen: &Seen, target: &TargetSeen) -> Step {
                 backoff_limit: run.backoff_limit,
                 deadline_seconds: run.deadline_seconds,
             };
+            let how = match &run.swap_token {
+                Some(token) => format!(
+                    "beside the live site, then exchanges them (the live ones kept in {})",
+                    crate::documents::swap::previous_name(token)
+                ),
+                None => "into the target's volume".into(),
+            };
             Step::Act(
                 Change::CreateDocumentsJob {
                     name: name.clone(),
@@ -631,7 +891,7 @@ fn documents_step(seen: &Seen, target: &TargetSeen) -> Step {
                     network_policy: job.network_policy(),
                 },
                 format!(
-                    "Job {name} restores s3://{}/{} into the target's volume",
+                    "Job {name} restores s3://{}/{} {how}",
                     documents.bucket, documents.manifest
                 ),
             )
@@ -941,7 +1201,7 @@ fn copy_step(seen: &Seen, target: &TargetSeen) -> Step {
     let Some(kms_key) = &target.kms_key else {
         return Step::Waiting("the target clinic's stack (its key)".into());
     };
-    let identifier = copy_identifier(&target.db_identifier, &seen.uid);
+    let identifier = target.copy_identifier.clone();
     match &seen.copy {
         None => {
             let mut tags = target.tags.clone();
@@ -995,8 +1255,8 @@ fn restore_step(seen: &Seen, target: &TargetSeen) -> Step {
             tags.insert(RESTORED_BY.to_string(), seen.uid.clone());
             let spec = &target.database;
             let request = RestoreDb {
-                identifier: target.db_identifier.clone(),
-                snapshot: copy_identifier(&target.db_identifier, &seen.uid),
+                identifier: target.restore_identifier.clone(),
+                snapshot: target.copy_identifier.clone(),
                 instance_class: spec.instance_class.clone(),
                 multi_az: spec.multi_az,
                 backup_retention: spec.backup_retention_days,
@@ -1009,7 +1269,7 @@ fn restore_step(seen: &Seen, target: &TargetSeen) -> Step {
             };
             Step::Act(
                 Change::RestoreDatabase(Box::new(request)),
-                format!("restoring DB instance {}", target.db_identifier),
+                format!("restoring DB instance {}", target.restore_identifier),
             )
         }
     }
@@ -1075,7 +1335,9 @@ mod tests {
             held: false,
             ready: false,
             region: "us-east-1".into(),
-            db_identifier: "copy-db".into(),
+            restore_identifier: "copy-db".into(),
+            copy_identifier: copy_identifier("copy-db", "req-uid"),
+            in_place: None,
             kms_key: None,
             placement: None,
             tags: BTreeMap::from([("openemr.io/cluster".to_string(), "c1".to_string())]),
@@ -1119,6 +1381,7 @@ mod tests {
             database_checks: None,
             documents_run: None,
             staging: None,
+            in_place: false,
         }
     }
 
@@ -1573,6 +1836,7 @@ mod tests {
             region: "us-east-1".into(),
             expected_files: Some(3),
             job,
+            swap_token: None,
         });
         seen.target = Some(TargetSeen {
             held: true,
@@ -1694,5 +1958,170 @@ mod tests {
         };
         let o = plan(&seen, &mut status, now());
         assert!(o.changes.is_empty() && o.in_progress && o.failed.is_none());
+    }
+
+    /// In place: the new instance is restored and given its credentials while the clinic
+    /// still serves; then the clinic is quiesced, its database snapshotted, its documents
+    /// exchanged beside the live ones, and only then is it switched and let go.
+    #[test]
+    fn in_place_restores_beside_the_clinic_then_quiesces_snapshots_exchanges_and_switches() {
+        let mut seen = with_documents(JobSeen::Absent);
+        seen.done.clear();
+        seen.user_opens = None;
+        seen.instance = None;
+        seen.copy = None;
+        seen.in_place = true;
+        seen.target_name = "clinic-a".into();
+        seen.target_spec = None;
+        let uid = seen.uid.clone();
+        seen.documents_run.as_mut().unwrap().swap_token = Some(swap_token(&uid));
+        let previous = DbInstance {
+            identifier: "clinic-a-db".into(),
+            status: "available".into(),
+            ..DbInstance::default()
+        };
+        let mut target = TargetSeen {
+            held: false,
+            ours: false,
+            kms_key: Some(KEY.into()),
+            placement: Some(Placement {
+                kms_key_id: KEY.into(),
+                subnet_group: "sg-clinic-a".into(),
+                security_group: "sec-clinic-a".into(),
+                parameter_group: "pg-clinic-a".into(),
+            }),
+            credentials_secret: Some("clinic-a-db-credentials".into()),
+            restore_identifier: in_place_identifier(&uid),
+            copy_identifier: in_place_copy_identifier(&uid),
+            in_place: Some(InPlaceSeen {
+                previous_identifier: "clinic-a-db".into(),
+                previous: Some(previous.clone()),
+                ..InPlaceSeen::default()
+            }),
+            ..seen.target.clone().unwrap()
+        };
+        seen.target = Some(target.clone());
+        let mut status = RestoreRequestStatus::default();
+
+        let out = step_once(&mut seen, &mut status);
+        assert_eq!(action(&out), "CopyDBSnapshot", "{:#?}", status.steps);
+        assert_eq!(status.progress.as_deref(), Some("0/10"));
+        assert_eq!(status.previous_db_instance.as_deref(), Some("clinic-a-db"));
+        let Change::CopySnapshot { identifier, .. } = &out.changes[0] else {
+            unreachable!()
+        };
+        assert_eq!(identifier, &in_place_copy_identifier(&uid));
+
+        seen.copy = Some(DbSnapshot {
+            identifier: in_place_copy_identifier(&uid),
+            status: "available".into(),
+            ..DbSnapshot::default()
+        });
+        let out = step_once(&mut seen, &mut status);
+        let Change::RestoreDatabase(request) = &out.changes[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(request.identifier, in_place_identifier(&uid));
+        assert_ne!(
+            request.identifier, "clinic-a-db",
+            "never the clinic's instance"
+        );
+        assert_eq!(request.subnet_group, "sg-clinic-a");
+        assert_eq!(request.tags[RESTORED_BY], uid);
+
+        let mut restored = instance("available");
+        restored.identifier = in_place_identifier(&uid);
+        restored.master_user_secret_arn = Some("arn:secret".into());
+        restored.master_user_secret_kms_key = Some(KEY.into());
+        seen.instance = Some(restored);
+        seen.user_opens = Some(Ok(()));
+        let out = step_once(&mut seen, &mut status);
+        assert_eq!(action(&out), "PlaceHold", "{:?}", status.steps);
+        assert!(seen.done.contains(&RESET_DATABASE_USER.to_string()));
+
+        target.held = true;
+        seen.target = Some(target.clone());
+        let out = step_once(&mut seen, &mut status);
+        assert!(out.changes.is_empty(), "waits for the hold to take effect");
+        let quiesce = status.steps.iter().find(|s| s.name == QUIESCE).unwrap();
+        assert_eq!(quiesce.phase, StepPhase::Running);
+
+        target.in_place.as_mut().unwrap().quiet = true;
+        seen.target = Some(target.clone());
+        let out = step_once(&mut seen, &mut status);
+        let Change::SafetySnapshot {
+            instance,
+            identifier,
+            tags,
+        } = &out.changes[0]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (instance.as_str(), identifier.as_str()),
+            ("clinic-a-db", safety_identifier(&uid).as_str())
+        );
+        assert_eq!(tags[RESTORED_BY], uid);
+
+        target.in_place.as_mut().unwrap().safety = Some(DbSnapshot {
+            identifier: safety_identifier(&uid),
+            status: "available".into(),
+            tags: BTreeMap::from([(RESTORED_BY.to_string(), uid.clone())]),
+            ..DbSnapshot::default()
+        });
+        seen.target = Some(target.clone());
+        let out = step_once(&mut seen, &mut status);
+        let Change::CreateDocumentsJob { body, .. } = &out.changes[0] else {
+            panic!("{out:?}")
+        };
+        let args = body["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+        assert!(args.contains("--swap-token"), "{args}");
+        assert!(!args.contains("--overwrite"), "{args}");
+        assert_eq!(status.safety_snapshot, Some(safety_identifier(&uid)));
+
+        seen.documents_run.as_mut().unwrap().job = JobSeen::Succeeded(
+            r#"{"files":3,"bytes":10,"siteConfig":{"host":"restore.example"},"previousDocuments":"_previous-x"}"#.into(),
+        );
+        let out = step_once(&mut seen, &mut status);
+        let Change::SwitchDatabase {
+            clinic,
+            identifier,
+            previous,
+        } = &out.changes[0]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (clinic.as_str(), identifier.as_str(), previous.as_str()),
+            (
+                "clinic-a",
+                in_place_identifier(&uid).as_str(),
+                "clinic-a-db"
+            )
+        );
+        assert_eq!(
+            status.previous_documents,
+            Some(crate::documents::swap::previous_name(&swap_token(&uid)))
+        );
+
+        target.in_place.as_mut().unwrap().switched = true;
+        seen.target = Some(target.clone());
+        let out = step_once(&mut seen, &mut status);
+        assert!(out.changes.is_empty(), "waits for the clinic to take it");
+        target.in_place.as_mut().unwrap().serving_restored = true;
+        seen.target = Some(target.clone());
+        let out = step_once(&mut seen, &mut status);
+        assert_eq!(action(&out), "ReleaseHold");
+
+        target.held = false;
+        target.ready = true;
+        seen.target = Some(target.clone());
+        seen.database_checks = Some(Vec::new());
+        let out = step_once(&mut seen, &mut status);
+        assert!(out.failed.is_none() && out.changes.is_empty(), "{out:?}");
+        assert_eq!(status.phase, Some(RestorePhase::Succeeded));
+        assert_eq!(status.progress.as_deref(), Some("10/10"));
+        let names: Vec<&str> = status.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, IN_PLACE);
     }
 }

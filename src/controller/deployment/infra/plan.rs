@@ -26,7 +26,7 @@ use crate::api::{OpenEMRDeployment, OpenEMRDeploymentStatus};
 use crate::aws::cloudformation::{StackFailure, StackInfo, StackRequest, StackState};
 use crate::aws::rds::{DbInstance, ModifyDb};
 use crate::conditions::Verdict;
-use crate::controller::deployment::clinic::{RESTORED_BY, db_identifier, restored_by};
+use crate::controller::deployment::clinic::{RESTORED_BY, db_identifier, restored_by, switched_to};
 
 /// The tags to put on the DB instance (the clinic's, `spec.tags` among them, where the
 /// instance lacks them or has other values) and the keys to remove: those of `spec.tags`
@@ -365,6 +365,18 @@ pub fn plan_infrastructure(
             "AdoptedDatabaseNotFound",
             format!(
                 "spec.adopt.dbInstanceIdentifier names {identifier:?}, which does not exist in {}; it is never created in its place",
+                spec.aws.region
+            ),
+        ),
+        (None, _) if switched_to(d).is_some() => Verdict::falsy(
+            "DatabaseReady",
+            "SwitchedDatabaseNotFound",
+            format!(
+                "status.databaseSwitch names DB instance {identifier:?} (switched to by RestoreRequest {}), which does not exist in {}; it is never created in its place",
+                previous
+                    .database_switch
+                    .as_ref()
+                    .map_or("", |s| s.restore_request.as_str()),
                 spec.aws.region
             ),
         ),
@@ -1112,6 +1124,58 @@ pub(crate) mod tests {
         );
         assert!(request.token.len() <= 128);
         assert_eq!(request.tags, seen.tags);
+    }
+
+    /// A clinic switched by an in-place restore runs on the instance its status names;
+    /// that instance gone, none is ever created in its place (nor under its own name).
+    #[test]
+    fn a_switched_clinic_uses_the_instance_its_status_names_and_never_creates_one() {
+        let mut d = clinic();
+        d.status = Some(OpenEMRDeploymentStatus {
+            database_switch: Some(crate::api::deployment::DatabaseSwitch {
+                identifier: "restore-0123456789".into(),
+                previous: "clinic-a-db".into(),
+                restore_request: "undo-tuesday".into(),
+                time: None,
+            }),
+            ..Default::default()
+        });
+        let mut seen = infra(&d);
+        seen.stack = Some(stable_stack(&d, &seen));
+        let previous = d.status.clone().unwrap();
+        let plan = plan_infrastructure(&d, &seen, &previous, &[], now());
+        assert!(actions(&plan).is_empty(), "{:?}", actions(&plan));
+        let ready = plan
+            .verdicts
+            .iter()
+            .find(|v| v.type_ == "DatabaseReady")
+            .unwrap();
+        assert_eq!(
+            (ready.status, ready.reason),
+            (false, "SwitchedDatabaseNotFound")
+        );
+        assert!(
+            ready.message.contains("restore-0123456789") && ready.message.contains("undo-tuesday"),
+            "{}",
+            ready.message
+        );
+
+        let mut db = available_db(&d, &seen);
+        db.identifier = "restore-0123456789".into();
+        seen.database = Some(db);
+        let plan = plan_infrastructure(&d, &seen, &previous, &[], now());
+        assert!(!actions(&plan).iter().any(|a| a == "CreateDBInstance"));
+        assert_eq!(
+            plan.status
+                .database
+                .as_ref()
+                .map(|db| db.identifier.as_str()),
+            Some("restore-0123456789")
+        );
+        assert_eq!(
+            plan.status.database_switch, previous.database_switch,
+            "the switch is carried, never dropped"
+        );
     }
 
     #[test]
