@@ -329,6 +329,23 @@ enum DocumentsCommand {
         #[arg(long, default_value = "11m", value_parser = parse_duration)]
         lock_wait: Duration,
     },
+    /// An in-place restore's directories beside the site (`--swap-token`): put the kept
+    /// entries back (`--undo`, the restored ones moved into `_rolled-back-<token>`), or
+    /// delete the kept ones once they are no longer wanted (`--discard`). The bucket is
+    /// not read.
+    SiteDirs {
+        #[command(flatten)]
+        bucket: BucketFlags,
+        /// The site root (the clinic's `sites/`).
+        #[arg(long)]
+        into: PathBuf,
+        #[arg(long)]
+        swap_token: String,
+        #[arg(long, required_unless_present = "discard", conflicts_with = "discard")]
+        undo: bool,
+        #[arg(long)]
+        discard: bool,
+    },
     /// Restore a set by its manifest into a directory (empty unless --overwrite).
     Restore {
         #[command(flatten)]
@@ -600,6 +617,31 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                     .await
                     .map(|s| (serde_json::to_string(&s), 0));
                 (bucket, result)
+            }
+            DocumentsCommand::SiteDirs {
+                bucket,
+                into,
+                swap_token,
+                undo,
+                discard: _,
+            } => {
+                use documents::swap;
+                let result = if undo {
+                    swap::swap_back(&into, &swap_token).map(|moved| {
+                        serde_json::json!({
+                            "undone": moved,
+                            "rolledBack": format!("_rolled-back-{swap_token}"),
+                        })
+                    })
+                } else {
+                    swap::discard_previous(&into, &swap_token).map(|deleted| {
+                        serde_json::json!({
+                            "discarded": deleted,
+                            "previousDocuments": swap::previous_name(&swap_token),
+                        })
+                    })
+                };
+                (bucket, result.map(|line| (serde_json::to_string(&line), 0)))
             }
             DocumentsCommand::Restore {
                 bucket,

@@ -84,6 +84,21 @@ async fn opens(db: &MariaDb, endpoint: &str, user: &str, password: &str) -> bool
     }
 }
 
+/// Whether DB instance `identifier` is gone or being deleted.
+async fn instance_gone(rds: &aws_sdk_rds::Client, identifier: &str) -> bool {
+    let left = rds
+        .describe_db_instances()
+        .db_instance_identifier(identifier)
+        .send()
+        .await
+        .is_ok_and(|o| {
+            o.db_instances()
+                .iter()
+                .any(|d| d.db_instance_status() != Some("deleting"))
+        });
+    !left
+}
+
 /// Each step of `restore-a` that ended is an Event named after it, and its duration is in
 /// `openemr_step_duration_seconds`.
 async fn steps_told(source: &Source, operator: &Operator, status: &RestoreRequestStatus) {
@@ -763,6 +778,9 @@ async fn side_by_side(with_documents: bool) {
 #[tokio::test]
 async fn a_set_restored_in_place_replaces_the_clinics_data_beside_it_and_switches_it() {
     use k8s_openapi::api::apps::v1::Deployment;
+    use openemr_operator::controller::restore::kept::{
+        discard_job_name, final_identifier, rollback_job_name,
+    };
     use openemr_operator::controller::restore::steps::{
         in_place_identifier, safety_identifier, swap_token,
     };
@@ -791,7 +809,7 @@ async fn a_set_restored_in_place_replaces_the_clinics_data_beside_it_and_switche
         .request_from(
             json!({"backupRef": {"name": "set-1"}}),
             json!({"target": {"inPlace": {
-                "deploymentName": "clinic-a", "confirm": "clinic-a", "keepPreviousFor": "24h",
+                "deploymentName": "clinic-a", "confirm": "clinic-a", "keepPreviousFor": "1h",
             }}}),
         )
         .await;
@@ -978,11 +996,133 @@ async fn a_set_restored_in_place_replaces_the_clinics_data_beside_it_and_switche
     let calls = support::aws_calls(&operator).await;
     assert_eq!(calls.get("CreateDBInstance"), Some(&1), "{calls:?}");
 
-    // The second request waited throughout and made nothing; deleted, it is gone.
+    // The second request waited throughout and made nothing.
     requests
         .delete("restore-b", &Default::default())
         .await
         .unwrap();
+    let condition = |kind: &'static str| {
+        let requests = requests.clone();
+        async move {
+            let status = requests.get("restore-a").await.ok()?.status?;
+            status.conditions.into_iter().find(|c| c.type_ == kind)
+        }
+    };
+    let kept = eventually(WAIT, "PreviousRemoved", || condition("PreviousRemoved")).await;
+    assert_eq!(kept.reason, "Kept", "{}", kept.message);
+
+    // Rolled back by the annotation, within the window: quiesced again, the kept entries
+    // put back, switched back to the instance it ran on, the workers back.
+    requests
+        .patch(
+            "restore-a",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"openemr.io/rollback": "true"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let rollback_job = rollback_job_name(&uid);
+    eventually(WAIT, "the rollback Job", || async {
+        jobs.get_opt(&rollback_job).await.ok()?
+    })
+    .await;
+    assert_eq!(replicas().await, Some(0), "quiesced for the rollback");
+    play_job(client, &ns.name, &rollback_job, &live).await;
+    assert_eq!(
+        std::fs::read(live.join("default/documents/1/scan.pdf")).unwrap(),
+        b"edited after the set"
+    );
+    assert!(live.join("default/documents/1/after.pdf").exists());
+    assert!(
+        !live
+            .join(format!("_previous-{}", swap_token(&uid)))
+            .exists()
+    );
+    let aside = live.join(format!("_rolled-back-{}", swap_token(&uid)));
+    assert_eq!(
+        std::fs::read(aside.join("default/documents/1/scan.pdf")).unwrap(),
+        b"%PDF-1.7 scan"
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    let rolled = loop {
+        run_workers(client, &ns.name, "clinic-a").await;
+        if let Some(c) = condition("RolledBack").await.filter(|c| c.status == "True") {
+            break c;
+        }
+        if std::time::Instant::now() > deadline {
+            let request = requests.get("restore-a").await.unwrap().status;
+            let clinic = clinics.get("clinic-a").await.unwrap().status;
+            panic!("not rolled back: {request:#?}\n{clinic:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(rolled.reason, "RolledBack", "{}", rolled.message);
+    let back = clinics.get("clinic-a").await.unwrap().status.unwrap();
+    assert_eq!(back.database.unwrap().identifier, previous);
+    assert_eq!(back.database_switch.unwrap().identifier, previous);
+    assert_eq!(replicas().await, Some(1));
+
+    // The window ends (a clock running two minutes a second): the restored instance, now
+    // the one kept, goes after its final snapshot, and the restored entries with it; the
+    // instance the clinic runs on stays.
+    drop(operator.kill());
+    let clock = support::clock::TestClock::starting(
+        &k8s_openapi::jiff::Timestamp::now().to_string(),
+        120.0,
+    );
+    let args: Vec<&str> = source.args.iter().map(String::as_str).collect();
+    let mut vars: Vec<(&str, &str)> = source
+        .vars
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    vars.extend(clock.vars());
+    let _fast = Operator::start_with_env(env(), Some(&ns.name), &args, &vars);
+    let discard = discard_job_name(&uid);
+    eventually(Duration::from_secs(240), "the discard Job", || async {
+        jobs.get_opt(&discard).await.ok()?
+    })
+    .await;
+    play_job(client, &ns.name, &discard, &live).await;
+    let removed = eventually(WAIT, "PreviousRemoved", || async {
+        condition("PreviousRemoved")
+            .await
+            .filter(|c| c.status == "True")
+    })
+    .await;
+    assert!(
+        removed.message.contains(&restored_id),
+        "{}",
+        removed.message
+    );
+    assert!(!aside.exists());
+    assert!(live.join("default/documents/1/after.pdf").exists());
+    let final_snapshot = rds
+        .describe_db_snapshots()
+        .db_snapshot_identifier(final_identifier(&uid))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        final_snapshot.db_snapshots()[0].db_instance_identifier(),
+        Some(restored_id.as_str())
+    );
+    assert!(
+        instance_gone(&rds, &restored_id).await,
+        "the restored instance is deleted"
+    );
+    let serving = rds
+        .describe_db_instances()
+        .db_instance_identifier(&previous)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        serving.db_instances()[0].db_instance_status(),
+        Some("available")
+    );
     std::fs::remove_dir_all(&source.scratch).ok();
 }
 
@@ -1290,17 +1430,10 @@ async fn a_point_in_time_restored_side_by_side_goes_through_a_staging_snapshot_u
         .await
         .is_ok_and(|o| !o.db_snapshots().is_empty());
     assert!(!snapshot_left, "the restore's copy {copy} is gone");
-    let restored_left = rds
-        .describe_db_instances()
-        .db_instance_identifier(status.restored_db_instance.as_deref().unwrap())
-        .send()
-        .await
-        .is_ok_and(|o| {
-            o.db_instances()
-                .iter()
-                .any(|d| d.db_instance_status() != Some("deleting"))
-        });
-    assert!(!restored_left, "the restored instance went with its clinic");
+    assert!(
+        instance_gone(&rds, status.restored_db_instance.as_deref().unwrap()).await,
+        "the restored instance went with its clinic"
+    );
     let source_after = rds
         .describe_db_instances()
         .db_instance_identifier(&source_db)

@@ -121,7 +121,7 @@ pub fn swap(root: &Path, token: &str, summary: &str) -> Result<(), String> {
 /// how many entries went back. Done once the previous directory holds nothing but its mark.
 pub fn swap_back(root: &Path, token: &str) -> Result<usize, String> {
     let previous = previous_dir(root, token);
-    let rolled_back = root.join(format!("_rolled-back-{token}"));
+    let rolled_back = rolled_back_dir(root, token);
     if !previous.exists() {
         return Ok(0);
     }
@@ -147,22 +147,35 @@ pub fn swap_back(root: &Path, token: &str) -> Result<usize, String> {
     Ok(moved)
 }
 
-/// Deletes the kept previous entries once they are no longer wanted (`keepPreviousFor`
-/// has passed): only a directory this restore completed (its `.swapped` mark), so a
-/// half-done exchange is never lost. Returns whether there was anything to delete.
+/// Deletes what a restore kept once it is no longer wanted (`keepPreviousFor` has
+/// passed): the replaced entries, only from a directory whose exchange completed (its
+/// `.swapped` mark), so a half-done exchange is never lost; after a rollback, the restored
+/// entries it moved aside. Returns whether there was anything to delete.
 pub fn discard_previous(root: &Path, token: &str) -> Result<bool, String> {
     let previous = previous_dir(root, token);
-    if !previous.exists() {
-        return Ok(false);
+    let rolled_back = rolled_back_dir(root, token);
+    let mut deleted = false;
+    if previous.exists() {
+        if already_swapped(root, token).is_none() {
+            return Err(format!(
+                "{} has no record of a completed exchange: it is left as it is",
+                previous.display()
+            ));
+        }
+        std::fs::remove_dir_all(&previous).map_err(|e| format!("{}: {e}", previous.display()))?;
+        deleted = true;
     }
-    if already_swapped(root, token).is_none() {
-        return Err(format!(
-            "{} has no record of a completed exchange: it is left as it is",
-            previous.display()
-        ));
+    if rolled_back.exists() {
+        std::fs::remove_dir_all(&rolled_back)
+            .map_err(|e| format!("{}: {e}", rolled_back.display()))?;
+        deleted = true;
     }
-    std::fs::remove_dir_all(&previous).map_err(|e| format!("{}: {e}", previous.display()))?;
-    Ok(true)
+    Ok(deleted)
+}
+
+/// Where a rollback moves the restored entries it replaces.
+pub fn rolled_back_dir(root: &Path, token: &str) -> PathBuf {
+    root.join(format!("_rolled-back-{token}"))
 }
 
 #[cfg(test)]
@@ -260,6 +273,11 @@ mod tests {
         assert!(!previous_dir(root, "t").exists());
         assert_eq!(read(root.join("default/f")), "restored");
         assert!(!discard_previous(root, "t").unwrap(), "twice is once");
+        // After a rollback: the restored entries moved aside go.
+        tree(&rolled_back_dir(root, "t"), &[("default/f", "restored")]);
+        assert!(discard_previous(root, "t").unwrap());
+        assert!(!rolled_back_dir(root, "t").exists());
+        assert_eq!(read(root.join("default/f")), "restored");
     }
 
     #[test]

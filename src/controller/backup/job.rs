@@ -68,6 +68,13 @@ pub enum Task<'a> {
         /// kept under this token ([`crate::documents::swap`]).
         swap_token: Option<&'a str>,
     },
+    /// An in-place restore's kept entries on the clinic's volume (its claim): put back
+    /// (`undo`, a rollback), or deleted once `keepPreviousFor` has passed.
+    SiteDirs {
+        claim: &'a str,
+        swap_token: &'a str,
+        undo: bool,
+    },
 }
 
 /// The database a restored site is pointed at.
@@ -146,6 +153,17 @@ impl DocumentsJob<'_> {
             Task::Prune { manifest } => {
                 vec!["documents", "prune", "--drop", manifest, "--keep-others"]
             }
+            Task::SiteDirs {
+                swap_token, undo, ..
+            } => vec![
+                "documents",
+                "site-dirs",
+                "--into",
+                SITES,
+                "--swap-token",
+                swap_token,
+                if undo { "--undo" } else { "--discard" },
+            ],
             Task::Copy {
                 manifest,
                 to_region,
@@ -216,7 +234,7 @@ impl DocumentsJob<'_> {
                     tmp,
                 ],
             ),
-            Task::Restore { claim, .. } => (
+            Task::Restore { claim, .. } | Task::SiteDirs { claim, .. } => (
                 json!({
                     "runAsUser": 0,
                     "runAsNonRoot": false,
@@ -275,7 +293,7 @@ impl DocumentsJob<'_> {
     /// The component label and the label naming the owner: a set's, or a restore's.
     fn kind_labels(&self) -> (&'static str, &'static str) {
         match self.task {
-            Task::Restore { .. } => ("restore", RESTORE_LABEL),
+            Task::Restore { .. } | Task::SiteDirs { .. } => ("restore", RESTORE_LABEL),
             _ => ("backup", SET_LABEL),
         }
     }
@@ -296,7 +314,7 @@ impl DocumentsJob<'_> {
     /// not the data.
     fn owner(&self) -> Value {
         let kind = match self.task {
-            Task::Restore { .. } => "RestoreRequest",
+            Task::Restore { .. } | Task::SiteDirs { .. } => "RestoreRequest",
             _ => "OpenEMRBackup",
         };
         json!([{

@@ -111,6 +111,21 @@ impl Reconcile for OpenEMRDeployment {
             .collect()
     }
 
+    /// A switch of its database (an in-place restore's or its rollback's, written by the
+    /// RestoreRequest) changes only its status, which by itself wakes nothing: the clinic
+    /// tells itself (its own AWS resources' reference), so it takes the new instance at once
+    /// rather than at its next resync.
+    fn announced(&self) -> Option<(u64, Vec<(RefKind, String)>)> {
+        use std::hash::{Hash, Hasher};
+        let switch = self.status.as_ref()?.database_switch.as_ref()?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&switch.identifier, &switch.restore_request).hash(&mut hasher);
+        Some((
+            hasher.finish(),
+            vec![(RefKind::Infrastructure, self.name_any())],
+        ))
+    }
+
     fn intent(change: &Change) -> (String, String) {
         change.intent()
     }

@@ -9,10 +9,12 @@
 //! point-in-time and in-place restores are accepted and wait (`Started=False`) until their
 //! steps are built.
 
+pub mod kept;
 pub mod source;
 pub mod steps;
 pub mod target;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
@@ -62,6 +64,8 @@ pub struct Observed {
     pub steps: Option<steps::Seen>,
     /// Another active RestoreRequest into the same clinic, ahead of this one.
     pub waiting_for: Option<String>,
+    /// A finished in-place request: what it kept, and the clinic as it runs now.
+    pub kept: Option<kept::KeptSeen>,
     /// How soon to look again while a step is under way.
     pub progress: Duration,
 }
@@ -220,6 +224,14 @@ impl Reconcile for RestoreRequest {
                 None => KeptTarget::default(),
             });
         }
+        let finished = matches!(
+            self.status.as_ref().and_then(|s| s.phase),
+            Some(RestorePhase::Succeeded | RestorePhase::Failed)
+        );
+        if let (true, Some(_), Some(aws)) = (finished, &self.spec.target.in_place, &ctx.aws) {
+            observed.progress = aws.progress_interval;
+            observed.kept = self.kept_seen(ctx, aws, &ns).await?;
+        }
         observed.waiting_for = self.waiting_for(caches, &ns);
         let runnable = observed.waiting_for.is_none()
             && !matches!(
@@ -303,7 +315,11 @@ impl Reconcile for RestoreRequest {
         }) {
             // A finished request is a record: its source may since have been pruned, or its
             // instant left the restorable window, and it says what was true when it ran.
-            // Only a kept target's removal is still to come.
+            // Only what it kept is still to come: a side-by-side target's removal, an
+            // in-place restore's rollback and the removal of what it replaced.
+            if let Some(seen) = &observed.kept {
+                return self.keep_previous(finished, seen, observed, now);
+            }
             return self.keep_target(finished, observed, now);
         }
         let accepted = self.validate(observed, now);
@@ -347,6 +363,10 @@ impl Reconcile for RestoreRequest {
                 status.completion_time = Some(Time(now));
                 // Nothing is torn down on failure: say what that keeps and how it goes.
                 let kept = match (&seen.target, *reason) {
+                    (Some(t), _) if t.in_place.is_some() && t.held => format!(
+                        "; clinic {} is rolled back to what it ran on before (see the RolledBack condition)",
+                        seen.target_name
+                    ),
                     (Some(t), r) if t.ours && r != "TargetDeleted" => format!(
                         "; clinic {} and what was made for it are kept for inspection and cost what a running clinic does (its DB instance, file system, cache): to remove them, set its spec.deletionPolicy: Delete and skipFinalSnapshot: true, then delete it",
                         seen.target_name
@@ -369,12 +389,22 @@ impl Reconcile for RestoreRequest {
                 Verdict::falsy(SUCCEEDED, "InProgress", message)
             }
         };
+        let in_place = self.spec.target.in_place.as_ref();
+        if let (Some(t), Some(done)) = (in_place, status.completion_time.as_ref()) {
+            let keep = crate::api::patterns::duration_of(&t.keep_previous_for)
+                .unwrap_or(Duration::from_secs(72 * 3600));
+            status.previous_expires_at = Some(kept::expires_at(done.0, keep));
+        }
         let status = status_from(self, status, &[started, result], now);
         Plan {
             status,
             changes: outcome.changes,
-            // Verified with a target to keep for a while: the next look says until when.
-            requeue: if outcome.in_progress || self.spec.keep_target_for.is_some() {
+            // Verified with a target to keep for a while, or what an in-place restore
+            // replaced (or a rollback to come): the next look says until when.
+            requeue: if outcome.in_progress
+                || self.spec.keep_target_for.is_some()
+                || in_place.is_some()
+            {
                 Requeue::After(observed.progress)
             } else {
                 Requeue::Resync
@@ -481,13 +511,7 @@ impl Reconcile for RestoreRequest {
             }
             Change::UnprotectStaging { identifier } => {
                 let clients = self.source_clients(ctx, aws, &ns).await?;
-                let request = crate::aws::rds::ModifyDb {
-                    identifier: identifier.clone(),
-                    apply_immediately: true,
-                    deletion_protection: Some(false),
-                    ..Default::default()
-                };
-                clients.modify_instance(&request).await.map_err(aws_error(
+                unprotect(&clients, identifier).await.map_err(aws_error(
                     "turning off the staging instance's deletion protection",
                 ))
             }
@@ -614,6 +638,19 @@ impl Reconcile for RestoreRequest {
                     other => other.map(|_| ()).map_err(|e| failed("deleting", e)),
                 }
             }
+            Change::UnprotectKept { identifier } => {
+                let clients = self.target_clients(ctx, aws, &ns).await?;
+                unprotect(&clients, identifier).await.map_err(aws_error(
+                    "turning off the kept instance's deletion protection",
+                ))
+            }
+            Change::DeleteKept { identifier } => {
+                let clients = self.target_clients(ctx, aws, &ns).await?;
+                clients
+                    .delete_instance(identifier)
+                    .await
+                    .map_err(aws_error("deleting the kept instance"))
+            }
             Change::SafetySnapshot {
                 instance,
                 identifier,
@@ -661,6 +698,21 @@ impl Reconcile for RestoreRequest {
             }
         }
     }
+}
+
+/// Turns off an instance's deletion protection, at once (a restore's own instance, about
+/// to be deleted).
+async fn unprotect(
+    clients: &crate::aws::AwsClients,
+    identifier: &str,
+) -> Result<(), crate::aws::error::AwsError> {
+    let request = crate::aws::rds::ModifyDb {
+        identifier: identifier.to_string(),
+        apply_immediately: true,
+        deletion_protection: Some(false),
+        ..Default::default()
+    };
+    clients.modify_instance(&request).await
 }
 
 /// The clinic with its latest restorable time as the shared inventory read it last (every
@@ -818,6 +870,137 @@ impl RestoreRequest {
             .as_ref()
             .is_some_and(|b| b.name == set);
         named || status.and_then(|s| s.source_backup.as_deref()) == Some(set)
+    }
+
+    /// A finished in-place request's plan: its rollback (asked, or after a failure once the
+    /// clinic was quiesced), then the removal of what it kept once the window has ended.
+    fn keep_previous(
+        &self,
+        mut status: RestoreRequestStatus,
+        seen: &kept::KeptSeen,
+        observed: &Observed,
+        now: Timestamp,
+    ) -> Plan<RestoreRequestStatus, Change> {
+        let outcome = kept::plan(seen, &mut status, now);
+        let requeue = if outcome.in_progress {
+            Requeue::After(observed.progress)
+        } else if let Some(wait) = outcome
+            .until
+            .and_then(|until| crate::clock::real_wait_until(until, now))
+        {
+            Requeue::Exactly(wait)
+        } else {
+            Requeue::OnChange
+        };
+        Plan {
+            status: status_from(self, status, &outcome.verdicts, now),
+            changes: outcome.changes,
+            requeue,
+            failure: None,
+        }
+    }
+
+    /// What a finished in-place request kept, and the clinic as it runs now; `None` once
+    /// everything kept was removed.
+    async fn kept_seen(
+        &self,
+        ctx: &Context,
+        aws: &ClinicAws,
+        ns: &str,
+    ) -> Result<Option<kept::KeptSeen>, Error> {
+        let Some(status) = self.status.as_ref() else {
+            return Ok(None);
+        };
+        let removed = crate::conditions::find(&status.conditions, kept::PREVIOUS_REMOVED)
+            .is_some_and(|c| c.status == "True");
+        let (Some(previous), Some(restored), false) = (
+            status.previous_db_instance.clone(),
+            status.restored_db_instance.clone(),
+            removed,
+        ) else {
+            return Ok(None);
+        };
+        let uid = self.uid().unwrap_or_default();
+        let name = self.target_name();
+        let found = lookup(&ctx.caches.deployments, ns, &name);
+        let clinic = found.as_ref().and_then(|f| f.0.as_ref().ok());
+        let rolled_back = crate::conditions::find(&status.conditions, kept::ROLLED_BACK)
+            .is_some_and(|c| c.status == "True");
+        let expired = status
+            .previous_expires_at
+            .as_ref()
+            .is_some_and(|t| crate::clock::now() >= t.0);
+        let mut seen = kept::KeptSeen {
+            request: self.name_any(),
+            uid: uid.clone(),
+            clinic: name.clone(),
+            target: None,
+            previous: previous.clone(),
+            restored: restored.clone(),
+            rollback_asked: kept::rollback_asked(self),
+            leftover: None,
+            final_snapshot: None,
+            rollback_job: crate::controller::backup::job_seen(
+                ctx,
+                ns,
+                &kept::rollback_job_name(&uid),
+                &uid,
+            )
+            .await?,
+            discard_job: crate::controller::backup::job_seen(
+                ctx,
+                ns,
+                &kept::discard_job_name(&uid),
+                &uid,
+            )
+            .await?,
+            jobs: kept::SiteJobs {
+                namespace: ns.to_string(),
+                image: aws.workload.documents_image.clone(),
+                service_account: aws.workload.documents_service_account.clone(),
+                backoff_limit: aws.workload.documents_backoff_limit,
+                deadline_seconds: aws.workload.documents_deadline.as_secs() as i64,
+                region: String::new(),
+                bucket: String::new(),
+            },
+            tags: BTreeMap::new(),
+        };
+        let Some(clinic) = clinic else {
+            return Ok(Some(seen));
+        };
+        let clinic_status = clinic.status.clone().unwrap_or_default();
+        let web = clinic_status.web.clone().unwrap_or_default();
+        let lease = kept::lease(&name, &self.name_any());
+        seen.target = Some(kept::ClinicNow {
+            uid: clinic.uid().unwrap_or_default(),
+            held: cached(&ctx.children.holds, ns, &lease).is_some(),
+            quiet: web.holds.iter().any(|h| h.lease == lease && h.effective),
+            serving: clinic_status
+                .database
+                .as_ref()
+                .map(|d| d.identifier.clone()),
+            switched_to: clinic_status
+                .database_switch
+                .as_ref()
+                .map(|s| s.identifier.clone()),
+            claim: super::deployment::web::WebNames::new(ns, &name).claim,
+        });
+        seen.jobs.region = clinic.spec.aws.region.clone();
+        seen.jobs.bucket = clinic_status.bucket_name.clone().unwrap_or_default();
+        seen.tags = clinic::clinic_tags(clinic, aws);
+        if expired {
+            let clients = clinic::clients(clinic, aws).await;
+            let leftover = if rolled_back { &restored } else { &previous };
+            seen.leftover = clients
+                .describe_instance(leftover)
+                .await
+                .map_err(aws_error("reading the kept instance"))?;
+            seen.final_snapshot = clients
+                .describe_snapshot(&kept::final_identifier(&uid))
+                .await
+                .map_err(aws_error("reading the kept instance's final snapshot"))?;
+        }
+        Ok(Some(seen))
     }
 
     /// A finished request's plan: its record as it is, and for a succeeded side-by-side
@@ -1268,12 +1451,7 @@ impl RestoreRequest {
         others
             .filter(|r| r.name_any() != me.1)
             .filter(|r| r.target_name() == target)
-            .filter(|r| {
-                !matches!(
-                    r.status.as_ref().and_then(|s| s.phase),
-                    Some(RestorePhase::Succeeded | RestorePhase::Failed)
-                )
-            })
+            .filter(|r| r.active())
             .filter(|r| {
                 let started = r.started();
                 let theirs = (
@@ -1286,6 +1464,28 @@ impl RestoreRequest {
             })
             .map(|r| r.name_any())
             .min()
+    }
+
+    /// Whether it still works on its clinic: not ended, or an in-place restore whose
+    /// rollback is to come or under way.
+    fn active(&self) -> bool {
+        let Some(status) = self.status.as_ref() else {
+            return true;
+        };
+        let rolled_back = crate::conditions::find(&status.conditions, kept::ROLLED_BACK);
+        match status.phase {
+            Some(RestorePhase::Succeeded) => rolled_back.is_some_and(|c| c.reason == "RollingBack"),
+            Some(RestorePhase::Failed) => {
+                let quiesced = status
+                    .steps
+                    .iter()
+                    .any(|s| s.name == steps::QUIESCE && s.start_time.is_some());
+                self.spec.target.in_place.is_some()
+                    && quiesced
+                    && rolled_back.is_none_or(|c| c.status != "True")
+            }
+            _ => true,
+        }
     }
 
     /// Whether its `Accepted` condition is false.

@@ -347,6 +347,15 @@ pub enum Change {
         identifier: String,
         tags: BTreeMap<String, String>,
     },
+    /// Turns off the deletion protection of an instance an in-place restore kept, once
+    /// its window has ended (in the clinic's account and region).
+    UnprotectKept {
+        identifier: String,
+    },
+    /// Deletes it, after its final snapshot.
+    DeleteKept {
+        identifier: String,
+    },
     /// Records in the clinic's `status.databaseSwitch` that it runs on `identifier`.
     SwitchDatabase {
         clinic: String,
@@ -399,6 +408,8 @@ impl Change {
             }
             Change::ReleaseHold { clinic } => ("ReleaseHold", clinic.clone()),
             Change::SafetySnapshot { identifier, .. } => ("CreateDBSnapshot", identifier.clone()),
+            Change::UnprotectKept { identifier } => ("ModifyDBInstance", identifier.clone()),
+            Change::DeleteKept { identifier } => ("DeleteDBInstance", identifier.clone()),
             Change::SwitchDatabase {
                 clinic, identifier, ..
             } => ("SwitchDatabase", format!("{clinic}:{identifier}")),
@@ -568,7 +579,7 @@ pub fn ended(before: &[RestoreStep], after: &[RestoreStep]) -> Vec<crate::contro
 }
 
 /// Records `name` as `phase`, keeping when it started and ended.
-fn mark(
+pub(super) fn mark(
     status: &mut RestoreRequestStatus,
     name: &str,
     phase: StepPhase,
