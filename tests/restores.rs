@@ -1126,6 +1126,180 @@ async fn a_set_restored_in_place_replaces_the_clinics_data_beside_it_and_switche
     std::fs::remove_dir_all(&source.scratch).ok();
 }
 
+/// An in-place restore whose check fails after the clinic was switched rolls back by
+/// itself: the request is `Failed` naming the check, the clinic runs on its own instance
+/// again with its site as it was, and the restored instance is kept. The operator is
+/// SIGKILLed after it asked for the safety snapshot and again right after the switch:
+/// each new one finds what the last did (one safety snapshot, one restore, one switch).
+#[tokio::test]
+async fn an_in_place_restore_whose_check_fails_after_the_switch_rolls_back_by_itself() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use openemr_operator::controller::restore::kept::rollback_job_name;
+    use openemr_operator::controller::restore::steps::{
+        in_place_identifier, safety_identifier, swap_token,
+    };
+    let (source, operator) = Source::new("inplace-fail", true).await;
+    let (client, ns, db) = (&source.client, &source.ns, &source.db);
+    source.proxy.record("CreateDBSnapshot");
+    let live = source.scratch.join("source");
+    let clinics: Api<OpenEMRDeployment> = source.api();
+    let requests: Api<RestoreRequest> = source.api();
+    let workers: Api<Deployment> = source.api();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    let previous = source.source_database().await.identifier;
+    std::fs::write(
+        live.join("default/documents/1/after.pdf"),
+        b"made after the set",
+    )
+    .unwrap();
+
+    let uid = source
+        .request_from(
+            json!({"backupRef": {"name": "set-1"}}),
+            json!({"target": {"inPlace": {"deploymentName": "clinic-a", "confirm": "clinic-a"}}}),
+        )
+        .await;
+    let restored_id = in_place_identifier(&uid);
+    source
+        .play_master_password_of("clinic-a", &restored_id)
+        .await;
+    source.user_reset().await;
+    let safety_calls = || {
+        source
+            .proxy
+            .exchanges("CreateDBSnapshot")
+            .into_iter()
+            .filter(|e| e.param("DBSnapshotIdentifier") == Some(safety_identifier(&uid)))
+            .count()
+    };
+    eventually(WAIT, "the safety snapshot asked for", || async {
+        (safety_calls() >= 1).then_some(())
+    })
+    .await;
+    drop(operator.kill());
+    let operator = source.operator();
+    let job = documents_job_name(&uid);
+    eventually(WAIT, "the documents Job", || async {
+        jobs.get_opt(&job).await.ok()?
+    })
+    .await;
+    play_job(client, &ns.name, &job, &live).await;
+    // The restored data lost its patients: TablesNonEmpty fails once the clinic runs on it.
+    db.root("USE openemr; CREATE TABLE patient_data_kept AS SELECT * FROM patient_data; DELETE FROM patient_data");
+    eventually(WAIT, "the switch", || async {
+        let switch = clinics
+            .get("clinic-a")
+            .await
+            .ok()?
+            .status?
+            .database_switch?;
+        (switch.identifier == restored_id).then_some(())
+    })
+    .await;
+    drop(operator.kill());
+    let _operator = source.operator();
+
+    // Failed naming the check, then put back by itself.
+    let rollback = rollback_job_name(&uid);
+    let failed = eventually(WAIT, "the rollback Job", || async {
+        run_workers(client, &ns.name, "clinic-a").await;
+        jobs.get_opt(&rollback).await.ok()??;
+        requests.get("restore-a").await.ok()?.status
+    })
+    .await;
+    assert_eq!(failed.phase, Some(RestorePhase::Failed), "{failed:#?}");
+    let succeeded = failed
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Succeeded")
+        .unwrap();
+    assert_eq!(
+        succeeded.reason, "VerificationFailed",
+        "{}",
+        succeeded.message
+    );
+    assert!(
+        succeeded.message.contains("patient_data"),
+        "{}",
+        succeeded.message
+    );
+    assert!(
+        succeeded.message.contains("rolled back"),
+        "{}\n{failed:#?}",
+        succeeded.message
+    );
+    let replicas = workers
+        .get("clinic-a-openemr")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .replicas;
+    assert_eq!(replicas, Some(0), "quiesced for the rollback");
+    play_job(client, &ns.name, &rollback, &live).await;
+    db.root("USE openemr; INSERT INTO patient_data SELECT * FROM patient_data_kept");
+    let rolled = eventually(WAIT, "RolledBack", || async {
+        run_workers(client, &ns.name, "clinic-a").await;
+        let status = requests.get("restore-a").await.ok()?.status?;
+        let rolled = status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "RolledBack")?;
+        (rolled.status == "True").then_some(rolled)
+    })
+    .await;
+    assert_eq!(rolled.reason, "RolledBack", "{}", rolled.message);
+    let clinic = clinics.get("clinic-a").await.unwrap().status.unwrap();
+    assert_eq!(clinic.database.unwrap().identifier, previous);
+    assert_eq!(clinic.database_switch.unwrap().identifier, previous);
+    assert_eq!(
+        std::fs::read(live.join("default/documents/1/after.pdf")).unwrap(),
+        b"made after the set"
+    );
+    assert!(
+        live.join(format!("_rolled-back-{}", swap_token(&uid)))
+            .join("default/documents/1/scan.pdf")
+            .exists()
+    );
+    let status = requests.get("restore-a").await.unwrap().status.unwrap();
+    assert_eq!(
+        status.phase,
+        Some(RestorePhase::Failed),
+        "stays the record of what happened"
+    );
+    let kept = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "PreviousRemoved")
+        .unwrap();
+    assert_eq!(kept.reason, "Kept");
+    assert!(kept.message.contains(&restored_id), "{}", kept.message);
+
+    // Exactly one of each, across two operators killed mid-way.
+    assert_eq!(safety_calls(), 1);
+    assert_eq!(
+        source
+            .proxy
+            .counts("RestoreDBInstanceFromDBSnapshot")
+            .answered,
+        1
+    );
+    assert_eq!(source.proxy.counts("CopyDBSnapshot").answered, 1);
+    let rds = aws_sdk_rds::Client::new(&env().aws(Some(REGION)).await);
+    let restored = rds
+        .describe_db_instances()
+        .db_instance_identifier(&restored_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        restored.db_instances()[0].db_instance_status(),
+        Some("available"),
+        "kept for inspection"
+    );
+    std::fs::remove_dir_all(&source.scratch).ok();
+}
+
 /// SIGKILL at each step of a restore: with the snapshot copy still `creating` (moto's
 /// answers rewritten), with the restored instance still `creating`, after the managed
 /// master password was asked for, and after OpenEMR's password was set. Each new operator

@@ -361,9 +361,14 @@ impl Reconcile for RestoreRequest {
         let result = match (&outcome.failed, status.phase) {
             (Some((reason, message)), _) => {
                 status.completion_time = Some(Time(now));
-                // Nothing is torn down on failure: say what that keeps and how it goes.
+                // Nothing is torn down on failure: say what that keeps and how it goes. A
+                // clinic quiesced in place is put back as it was (see `kept`).
+                let quiesced = status
+                    .steps
+                    .iter()
+                    .any(|s| s.name == steps::QUIESCE && s.start_time.is_some());
                 let kept = match (&seen.target, *reason) {
-                    (Some(t), _) if t.in_place.is_some() && t.held => format!(
+                    (Some(t), _) if t.in_place.is_some() && quiesced => format!(
                         "; clinic {} is rolled back to what it ran on before (see the RolledBack condition)",
                         seen.target_name
                     ),
