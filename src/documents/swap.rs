@@ -150,7 +150,8 @@ pub fn swap_back(root: &Path, token: &str) -> Result<usize, String> {
 /// Deletes what a restore kept once it is no longer wanted (`keepPreviousFor` has
 /// passed): the replaced entries, only from a directory whose exchange completed (its
 /// `.swapped` mark), so a half-done exchange is never lost; after a rollback, the restored
-/// entries it moved aside. Returns whether there was anything to delete.
+/// entries it moved aside; a restored copy that was never exchanged. Returns whether there
+/// was anything to delete.
 pub fn discard_previous(root: &Path, token: &str) -> Result<bool, String> {
     let previous = previous_dir(root, token);
     let rolled_back = rolled_back_dir(root, token);
@@ -165,10 +166,12 @@ pub fn discard_previous(root: &Path, token: &str) -> Result<bool, String> {
         std::fs::remove_dir_all(&previous).map_err(|e| format!("{}: {e}", previous.display()))?;
         deleted = true;
     }
-    if rolled_back.exists() {
-        std::fs::remove_dir_all(&rolled_back)
-            .map_err(|e| format!("{}: {e}", rolled_back.display()))?;
-        deleted = true;
+    // A restore that stopped before its exchange leaves its restored copy beside the site.
+    for dir in [rolled_back, restoring_dir(root, token)] {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            deleted = true;
+        }
     }
     Ok(deleted)
 }
@@ -277,6 +280,14 @@ mod tests {
         tree(&rolled_back_dir(root, "t"), &[("default/f", "restored")]);
         assert!(discard_previous(root, "t").unwrap());
         assert!(!rolled_back_dir(root, "t").exists());
+        assert_eq!(read(root.join("default/f")), "restored");
+        // A copy restored beside the site and never exchanged goes too.
+        tree(
+            &restoring_dir(root, "t"),
+            &[("default/f", "never exchanged")],
+        );
+        assert!(discard_previous(root, "t").unwrap());
+        assert!(!restoring_dir(root, "t").exists());
         assert_eq!(read(root.join("default/f")), "restored");
     }
 

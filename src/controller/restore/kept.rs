@@ -104,6 +104,9 @@ pub struct KeptSeen {
     /// The instance the restore made.
     pub restored: String,
     pub rollback_asked: bool,
+    /// Another RestoreRequest restored into the clinic since (its switch is that one's),
+    /// or is under way: this one's rollback would undo that one's work.
+    pub superseded: Option<String>,
     /// The instance to remove at the end of the window (the replaced one, or after a
     /// rollback the restored one), as AWS shows it; read once the window has ended.
     pub leftover: Option<DbInstance>,
@@ -133,14 +136,15 @@ enum Step {
     Failed(String),
 }
 
-/// Whether the restore ever replaced anything of the clinic: its documents exchanged, or
-/// its instance switched.
+/// Whether the restore may have replaced anything of the clinic: its documents Job made
+/// (it exchanges the site before it reports, so a step that failed may still have), or
+/// its switch asked for.
 fn replaced(status: &RestoreRequestStatus) -> bool {
     status.steps.iter().any(|s| {
         matches!(
             s.name.as_str(),
             super::steps::RESTORE_DOCUMENTS | super::steps::SWITCH_DATABASE
-        ) && s.phase == StepPhase::Succeeded
+        ) && s.start_time.is_some()
     })
 }
 
@@ -164,8 +168,31 @@ pub fn plan(seen: &KeptSeen, status: &mut RestoreRequestStatus, now: Timestamp) 
         || (failed && quiesced(status))
         || (seen.rollback_asked && status.phase == Some(RestorePhase::Succeeded) && !expired);
     let mut rolled_back = false;
-    if wanted {
+    if let (true, false, Some(later)) = (wanted, rolling, &seen.superseded) {
+        outcome.verdicts.push(Verdict::falsy(
+            ROLLED_BACK,
+            "Superseded",
+            format!(
+                "RestoreRequest {later} restored into clinic {} since: rolling this one back would undo it; roll that one back first",
+                seen.clinic
+            ),
+        ));
+    } else if wanted {
         match rollback(seen, status, now, &mut outcome) {
+            Some(verdict) if verdict.reason == "RollbackFailed" => {
+                // What is kept is what the clinic needs back: nothing is removed.
+                outcome.verdicts.push(verdict);
+                outcome.verdicts.push(Verdict::falsy(
+                    PREVIOUS_REMOVED,
+                    "RollbackIncomplete",
+                    format!(
+                        "the rollback did not finish: DB instance {} and sites/{} are kept whatever keepPreviousFor says",
+                        seen.previous,
+                        kept_dir(seen, status, false)
+                    ),
+                ));
+                return outcome;
+            }
             Some(verdict) => {
                 rolled_back = verdict.status;
                 outcome.verdicts.push(verdict);
@@ -261,7 +288,9 @@ fn rollback(
                 return Some(Verdict::falsy(
                     ROLLED_BACK,
                     "RollbackFailed",
-                    format!("{name}: {m}"),
+                    format!(
+                        "{name}: {m}; the clinic stays held. Once the cause is fixed, delete the failed Job (if any) to try the step again"
+                    ),
                 ));
             }
         }
@@ -304,6 +333,7 @@ fn rollback_step(seen: &KeptSeen, status: &RestoreRequestStatus, name: &str) -> 
         return Step::Failed(format!("clinic {} is gone", seen.clinic));
     };
     let switched_here = clinic.switched_to.as_deref() == Some(seen.restored.as_str());
+    // The undo is harmless where nothing was moved: it runs whenever the Job may have.
     let documents = status.previous_documents.is_some();
     match name {
         ROLLBACK_QUIESCE if !switched_here && !documents => {
@@ -561,6 +591,7 @@ mod tests {
             previous: "clinic-a-db".into(),
             restored: "restore-new".into(),
             rollback_asked: false,
+            superseded: None,
             leftover: None,
             final_snapshot: None,
             rollback_job: JobSeen::Absent,
@@ -779,5 +810,61 @@ mod tests {
         let out = plan(&seen, &mut status, at("2026-12-03T00:00:00Z"));
         assert_eq!(verdict(&out, ROLLED_BACK).reason, "WindowPassed");
         assert!(!actions(&out).contains(&"PlaceHold".to_string()));
+    }
+
+    /// The documents Job exchanges the site before it reports: a documents step that
+    /// failed may have replaced the site, so the rollback puts back whatever is there.
+    /// A rollback that fails removes nothing when the window ends.
+    #[test]
+    fn a_failed_documents_step_is_undone_and_a_failed_rollback_keeps_everything() {
+        let mut seen = seen();
+        let target = seen.target.as_mut().unwrap();
+        target.held = true;
+        target.quiet = true;
+        target.serving = Some("clinic-a-db".into());
+        target.switched_to = None;
+        let mut status = succeeded();
+        status.phase = Some(RestorePhase::Failed);
+        status.steps.truncate(7);
+        status.steps[6].phase = StepPhase::Failed;
+        let now = at("2026-12-01T12:00:00Z");
+        let out = plan(&seen, &mut status, now);
+        let Change::CreateDocumentsJob { name, .. } = &out.changes[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(name, &rollback_job_name("req-uid"));
+
+        seen.rollback_job = JobSeen::Failed("BackoffLimitExceeded".into());
+        let later = at("2026-12-03T00:00:00Z");
+        seen.leftover = Some(DbInstance {
+            identifier: "clinic-a-db".into(),
+            status: "available".into(),
+            ..DbInstance::default()
+        });
+        let out = plan(&seen, &mut status, later);
+        assert!(out.changes.is_empty(), "{out:?}");
+        assert_eq!(verdict(&out, ROLLED_BACK).reason, "RollbackFailed");
+        assert!(
+            verdict(&out, ROLLED_BACK)
+                .message
+                .contains("delete the failed Job")
+        );
+        assert_eq!(verdict(&out, PREVIOUS_REMOVED).reason, "RollbackIncomplete");
+    }
+
+    /// A rollback asked after another restore replaced the clinic's data since would undo
+    /// that one's: refused, naming it.
+    #[test]
+    fn a_rollback_of_a_restore_superseded_since_is_refused() {
+        let mut seen = seen();
+        seen.rollback_asked = true;
+        seen.superseded = Some("later".into());
+        let mut status = succeeded();
+        let out = plan(&seen, &mut status, at("2026-12-01T12:00:00Z"));
+        assert!(out.changes.is_empty(), "{out:?}");
+        let rolled = verdict(&out, ROLLED_BACK);
+        assert_eq!((rolled.status, rolled.reason), (false, "Superseded"));
+        assert!(rolled.message.contains("later"));
+        assert!(status.steps.iter().all(|s| !s.name.starts_with("Rollback")));
     }
 }

@@ -943,6 +943,7 @@ impl RestoreRequest {
             previous: previous.clone(),
             restored: restored.clone(),
             rollback_asked: kept::rollback_asked(self),
+            superseded: None,
             leftover: None,
             final_snapshot: None,
             rollback_job: crate::controller::backup::job_seen(
@@ -990,6 +991,22 @@ impl RestoreRequest {
                 .map(|s| s.identifier.clone()),
             claim: super::deployment::web::WebNames::new(ns, &name).claim,
         });
+        // A later restore's switch, or another restore into the clinic under way.
+        let started = status.start_time.as_ref().map(|t| t.0);
+        let later_switch = clinic_status
+            .database_switch
+            .as_ref()
+            .filter(|s| s.restore_request != self.name_any())
+            .filter(|s| s.time.as_ref().map(|t| t.0) > started)
+            .map(|s| s.restore_request.clone());
+        let all = ctx.caches.restores.state();
+        let running = all
+            .iter()
+            .filter_map(|r| r.0.as_ref().ok())
+            .filter(|r| r.namespace().as_deref() == Some(ns) && r.name_any() != self.name_any())
+            .find(|r| r.target_name() == name && r.active())
+            .map(|r| r.name_any());
+        seen.superseded = later_switch.or(running);
         seen.jobs.region = clinic.spec.aws.region.clone();
         seen.jobs.bucket = clinic_status.bucket_name.clone().unwrap_or_default();
         seen.tags = clinic::clinic_tags(clinic, aws);

@@ -491,12 +491,14 @@ pub fn plan(seen: &Seen, status: &mut RestoreRequestStatus, now: Timestamp) -> O
     if safety_taken {
         status.safety_snapshot = Some(safety_identifier(&seen.uid));
     }
-    let documents_exchanged = status
+    // Once its Job exists, the live entries may be moved aside, whatever the step's end:
+    // a rollback puts back whatever is there.
+    let documents_started = status
         .steps
         .iter()
-        .any(|s| s.name == RESTORE_DOCUMENTS && s.phase == StepPhase::Succeeded);
+        .any(|s| s.name == RESTORE_DOCUMENTS && s.start_time.is_some());
     if let (true, Some(token)) = (
-        documents_exchanged,
+        documents_started,
         seen.documents_run
             .as_ref()
             .and_then(|r| r.swap_token.as_ref()),
