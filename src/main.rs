@@ -380,6 +380,10 @@ enum DocumentsCommand {
         /// `<into>/_previous-<token>`; a run after the exchange only reports it.
         #[arg(long, conflicts_with = "overwrite")]
         swap_token: Option<String>,
+        /// With `--swap-token`: stop once the set is complete beside the live site (run
+        /// while the clinic still serves); a later run without it only exchanges.
+        #[arg(long, requires = "swap_token")]
+        stage_only: bool,
     },
 }
 
@@ -654,6 +658,7 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                 site_login,
                 site_database,
                 swap_token,
+                stage_only,
             } => {
                 // Read before anything is written: a missing password fails at once.
                 let site = match (site_host, site_login) {
@@ -733,9 +738,16 @@ fn run_documents(command: DocumentsCommand) -> anyhow::Result<ExitCode> {
                         (Ok((mut line, code)), Some(token)) => {
                             line["previousDocuments"] = swap::previous_name(token).into();
                             let text = line.to_string();
-                            swap::mark_complete(&root, token, &text)
-                                .and_then(|()| swap::swap(&root, token, &text))
-                                .map(|()| (Ok(text), code))
+                            let marked = swap::mark_complete(&root, token, &text);
+                            if stage_only {
+                                // Reported as staged; the record stays as the exchange's.
+                                line["staged"] = true.into();
+                                marked.map(|()| (Ok(line.to_string()), code))
+                            } else {
+                                marked
+                                    .and_then(|()| swap::swap(&root, token, &text))
+                                    .map(|()| (Ok(text), code))
+                            }
                         }
                         (Ok((line, code)), None) => Ok((serde_json::to_string(&line), code)),
                         (Err(e), _) => Err(e),

@@ -20,7 +20,9 @@ use openemr_operator::api::{
 use openemr_operator::aws::secrets::SecretValue;
 use openemr_operator::controller::backup::set;
 use openemr_operator::controller::deployment::clinic::RESTORED_BY;
-use openemr_operator::controller::restore::steps::documents_job_name;
+use openemr_operator::controller::restore::steps::{
+    documents_job_name, in_place_identifier, stage_job_name,
+};
 use openemr_operator::mysql::{AddressMap, Endpoint, Login, connect};
 use serde_json::json;
 use support::kubelet::{
@@ -342,6 +344,23 @@ impl Source {
     }
 
     /// Waits until `restore-a` set OpenEMR's user to the target's own password.
+    /// Files RestoreRequest `restore-a` of `set-1` in place into `clinic-a`, and plays it up
+    /// to its documents staged beside the live site: its uid and restored instance.
+    async fn in_place_staged(&self) -> (String, String) {
+        let uid = self
+            .request_from(
+                json!({"backupRef": {"name": "set-1"}}),
+                json!({"target": {"inPlace": {"deploymentName": "clinic-a", "confirm": "clinic-a"}}}),
+            )
+            .await;
+        let restored_id = in_place_identifier(&uid);
+        self.play_master_password_of("clinic-a", &restored_id).await;
+        self.user_reset().await;
+        let live = self.scratch.join("source");
+        play_job(&self.client, &self.ns.name, &stage_job_name(&uid), &live).await;
+        (uid, restored_id)
+    }
+
     async fn user_reset(&self) {
         let requests: Api<RestoreRequest> = self.api();
         eventually(WAIT, "ResetDatabaseUser succeeded", || async {
@@ -781,9 +800,7 @@ async fn a_set_restored_in_place_replaces_the_clinics_data_beside_it_and_switche
     use openemr_operator::controller::restore::kept::{
         discard_job_name, final_identifier, rollback_job_name,
     };
-    use openemr_operator::controller::restore::steps::{
-        in_place_identifier, safety_identifier, swap_token,
-    };
+    use openemr_operator::controller::restore::steps::{safety_identifier, swap_token};
     let (source, operator) = Source::new("inplace", true).await;
     let (client, ns, db) = (&source.client, &source.ns, &source.db);
     let live = source.scratch.join("source");
@@ -841,9 +858,28 @@ async fn a_set_restored_in_place_replaces_the_clinics_data_beside_it_and_switche
     source.user_reset().await;
     let replicas = || async { workers.get("clinic-a-openemr").await.ok()?.spec?.replicas };
 
+    // The documents downloaded beside the live site while the clinic serves.
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    let stage = stage_job_name(&uid);
+    eventually(WAIT, "the staging Job", || async {
+        jobs.get_opt(&stage).await.ok()?
+    })
+    .await;
+    assert_eq!(replicas().await, Some(1), "the clinic serves while staged");
+    play_job(client, &ns.name, &stage, &live).await;
+    let staged = live.join(format!("_restoring-{}", swap_token(&uid)));
+    assert_eq!(
+        std::fs::read(staged.join("default/documents/1/scan.pdf")).unwrap(),
+        b"%PDF-1.7 scan"
+    );
+    assert_eq!(
+        std::fs::read(live.join("default/documents/1/scan.pdf")).unwrap(),
+        b"edited after the set",
+        "the live site is untouched while staged"
+    );
+
     // Quiesced, snapshotted, documents exchanged.
     let job = documents_job_name(&uid);
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
     let restore_job = eventually(WAIT, "the documents Job", || async {
         jobs.get_opt(&job).await.ok()?
     })
@@ -911,7 +947,7 @@ async fn a_set_restored_in_place_replaces_the_clinics_data_beside_it_and_switche
         (status.phase == Some(RestorePhase::Succeeded)).then_some(status)
     })
     .await;
-    assert_eq!(status.progress.as_deref(), Some("10/10"), "{status:#?}");
+    assert_eq!(status.progress.as_deref(), Some("11/11"), "{status:#?}");
     let time = |name: &str, end: bool| {
         let step = status.steps.iter().find(|s| s.name == name).unwrap();
         let at = if end {
@@ -922,8 +958,9 @@ async fn a_set_restored_in_place_replaces_the_clinics_data_beside_it_and_switche
         at.clone().unwrap().0
     };
     assert!(
-        time("Quiesce", false) >= time("ResetDatabaseUser", true),
-        "quiesced only once the new instance was ready: {status:#?}"
+        time("Quiesce", false) >= time("StageDocuments", true)
+            && time("StageDocuments", false) >= time("ResetDatabaseUser", true),
+        "quiesced only once the new instance and the documents were ready: {status:#?}"
     );
     assert_eq!(
         status.previous_db_instance.as_deref(),
@@ -1135,9 +1172,7 @@ async fn a_set_restored_in_place_replaces_the_clinics_data_beside_it_and_switche
 async fn an_in_place_restore_whose_check_fails_after_the_switch_rolls_back_by_itself() {
     use k8s_openapi::api::apps::v1::Deployment;
     use openemr_operator::controller::restore::kept::rollback_job_name;
-    use openemr_operator::controller::restore::steps::{
-        in_place_identifier, safety_identifier, swap_token,
-    };
+    use openemr_operator::controller::restore::steps::{safety_identifier, swap_token};
     let (source, operator) = Source::new("inplace-fail", true).await;
     let (client, ns, db) = (&source.client, &source.ns, &source.db);
     source.proxy.record("CreateDBSnapshot");
@@ -1153,17 +1188,7 @@ async fn an_in_place_restore_whose_check_fails_after_the_switch_rolls_back_by_it
     )
     .unwrap();
 
-    let uid = source
-        .request_from(
-            json!({"backupRef": {"name": "set-1"}}),
-            json!({"target": {"inPlace": {"deploymentName": "clinic-a", "confirm": "clinic-a"}}}),
-        )
-        .await;
-    let restored_id = in_place_identifier(&uid);
-    source
-        .play_master_password_of("clinic-a", &restored_id)
-        .await;
-    source.user_reset().await;
+    let (uid, restored_id) = source.in_place_staged().await;
     let safety_calls = || {
         source
             .proxy
@@ -1203,7 +1228,24 @@ async fn an_in_place_restore_whose_check_fails_after_the_switch_rolls_back_by_it
     let rollback = rollback_job_name(&uid);
     let failed = eventually(WAIT, "the rollback Job", || async {
         run_workers(client, &ns.name, "clinic-a").await;
-        jobs.get_opt(&rollback).await.ok()??;
+        if jobs.get_opt(&rollback).await.ok()?.is_none() {
+            // Shown if this times out: where the request and the clinic stand.
+            let request = requests.get("restore-a").await.ok()?.status?;
+            let clinic = clinics.get("clinic-a").await.ok()?.status?;
+            let steps: Vec<_> = request
+                .steps
+                .iter()
+                .map(|s| (&s.name, s.phase, &s.message))
+                .collect();
+            eprintln!(
+                "restore-a {:?} {steps:?}; clinic-a runs on {:?}, switched to {:?}",
+                request.phase,
+                clinic.database.map(|d| d.identifier),
+                clinic.database_switch.map(|d| d.identifier)
+            );
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return None;
+        }
         requests.get("restore-a").await.ok()?.status
     })
     .await;
@@ -1297,6 +1339,142 @@ async fn an_in_place_restore_whose_check_fails_after_the_switch_rolls_back_by_it
         Some("available"),
         "kept for inspection"
     );
+    std::fs::remove_dir_all(&source.scratch).ok();
+}
+
+/// An in-place request deleted once it has stopped the clinic: its finalizer keeps it
+/// until the clinic is as it was. The documents Job exchanging the site is let finish,
+/// then the request fails (`Deleted`), the rollback puts the kept entries back, the
+/// clinic is let go on the instance it ran on, and only then is the request gone. A
+/// backup set reading the clinic's data when the restore came to stop it was waited for.
+#[tokio::test]
+async fn an_in_place_restore_deleted_after_it_stopped_the_clinic_puts_it_back_then_goes() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use openemr_operator::controller::restore::kept::{lease, rollback_job_name};
+    use openemr_operator::controller::restore::steps::swap_token;
+    let (source, _operator) = Source::new("inplace-delete", true).await;
+    let (client, ns) = (&source.client, &source.ns);
+    let live = source.scratch.join("source");
+    let clinics: Api<OpenEMRDeployment> = source.api();
+    let requests: Api<RestoreRequest> = source.api();
+    let workers: Api<Deployment> = source.api();
+    let leases: Api<Lease> = source.api();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    let previous = source.source_database().await.identifier;
+    std::fs::write(
+        live.join("default/documents/1/after.pdf"),
+        b"made after the set",
+    )
+    .unwrap();
+    // Another set of the clinic under way: its documents Job is held back.
+    support::apply(
+        client,
+        &ns.name,
+        &json!({
+            "apiVersion": "openemr.io/v1alpha1", "kind": "OpenEMRBackup",
+            "metadata": {"name": "set-2"},
+            "spec": {"deploymentRef": {"name": "clinic-a"}, "includeDocuments": true},
+        }),
+    )
+    .await
+    .unwrap();
+    let set_job = set::documents_job_name("set-2");
+    eventually(WAIT, "set-2's documents Job", || async {
+        jobs.get_opt(&set_job).await.ok()?
+    })
+    .await;
+
+    let (uid, _) = source.in_place_staged().await;
+    eventually(WAIT, "the Quiesce step waiting for the set", || async {
+        let step = step(&requests, "restore-a", "Quiesce").await?;
+        step.message?.contains("set-2").then_some(())
+    })
+    .await;
+    let hold = lease("clinic-a", "restore-a");
+    assert!(
+        leases.get_opt(&hold).await.unwrap().is_none(),
+        "the clinic serves while the set reads it"
+    );
+    play_job(client, &ns.name, &set_job, &live).await;
+
+    let job = documents_job_name(&uid);
+    eventually(WAIT, "the exchange Job", || async {
+        jobs.get_opt(&job).await.ok()?
+    })
+    .await;
+    requests
+        .delete("restore-a", &Default::default())
+        .await
+        .unwrap();
+    // Terminating, it lets the exchange finish before it puts anything back.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        jobs.get_opt(&rollback_job_name(&uid))
+            .await
+            .unwrap()
+            .is_none(),
+        "no rollback while the exchange runs"
+    );
+    play_job(client, &ns.name, &job, &live).await;
+    let rollback = rollback_job_name(&uid);
+    eventually(WAIT, "the rollback Job", || async {
+        jobs.get_opt(&rollback).await.ok()?
+    })
+    .await;
+    let failed = requests.get("restore-a").await.unwrap();
+    assert!(failed.metadata.deletion_timestamp.is_some());
+    let status = failed.status.unwrap();
+    let succeeded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Succeeded")
+        .unwrap();
+    assert_eq!(succeeded.reason, "Deleted", "{}", succeeded.message);
+    assert_eq!(
+        workers
+            .get("clinic-a-openemr")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .replicas,
+        Some(0),
+        "still held"
+    );
+    play_job(client, &ns.name, &rollback, &live).await;
+    eventually(WAIT, "the request gone", || async {
+        requests
+            .get_opt("restore-a")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(leases.get_opt(&hold).await.unwrap().is_none());
+    assert_eq!(
+        std::fs::read(live.join("default/documents/1/after.pdf")).unwrap(),
+        b"made after the set"
+    );
+    assert!(
+        live.join(format!("_rolled-back-{}", swap_token(&uid)))
+            .join("default/documents/1/scan.pdf")
+            .exists()
+    );
+    let clinic = clinics.get("clinic-a").await.unwrap().status.unwrap();
+    assert_eq!(clinic.database.unwrap().identifier, previous);
+    assert!(
+        clinic.database_switch.is_none(),
+        "never switched: {:?}",
+        clinic.database_switch
+    );
+    eventually(WAIT, "the workers back", || async {
+        run_workers(client, &ns.name, "clinic-a").await;
+        let replicas = workers.get("clinic-a-openemr").await.ok()?.spec?.replicas;
+        (replicas == Some(1)).then_some(())
+    })
+    .await;
     std::fs::remove_dir_all(&source.scratch).ok();
 }
 

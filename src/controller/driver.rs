@@ -354,15 +354,26 @@ async fn with_finalizer<K: Reconcile>(obj: &K, driver: &Driver<K>) -> Result<Act
     let Some(name) = K::FINALIZER else {
         return apply(obj, driver).await;
     };
+    if obj.meta().deletion_timestamp.is_some() && obj.finalizers().iter().any(|f| f == name) {
+        let uid = obj.uid().unwrap_or_default();
+        let current = driver
+            .states
+            .current(&uid, obj.resource_version().as_deref(), || {
+                obj.status().cloned().unwrap_or_default()
+            });
+        if obj.finishes_before_cleanup(&current.status, &driver.ctx) {
+            return Box::pin(apply(obj, driver)).await;
+        }
+    }
     let api: Api<K> = Api::namespaced(
         driver.ctx.client.clone(),
         obj.namespace().as_deref().unwrap_or_default(),
     );
     finalizer(&api, name, Arc::new(obj.clone()), |event| async move {
         match event {
-            finalizer::Event::Apply(obj) => apply(obj.as_ref(), driver).await,
+            finalizer::Event::Apply(obj) => Box::pin(apply(obj.as_ref(), driver)).await,
             finalizer::Event::Cleanup(obj) => {
-                obj.cleanup(&driver.ctx).await?;
+                Box::pin(obj.cleanup(&driver.ctx)).await?;
                 info!(controller = K::CONTROLLER, namespace = ?obj.namespace(), name = %obj.name_any(), "cleaned up");
                 Ok(Action::await_change())
             }
@@ -390,7 +401,10 @@ async fn apply<K: Reconcile>(cached: &K, driver: &Driver<K>) -> Result<Action, E
         });
     let mut obj = cached.clone();
     *obj.status_mut() = Some(current.status.clone());
-    let observed = obj.observe(ctx).await?;
+    // Boxed, as the changes below: a kind's observe and act are large futures, and a
+    // reconcile nested in them (the finalizer's) overflowed a worker's stack in debug
+    // builds.
+    let observed = Box::pin(obj.observe(ctx)).await?;
     // After observing: what was observed (a Lease's renewal) is judged against a now no
     // earlier than itself.
     let now = crate::clock::now();
@@ -407,7 +421,7 @@ async fn apply<K: Reconcile>(cached: &K, driver: &Driver<K>) -> Result<Action, E
     let mut written = current;
     for change in &plan.changes {
         if !K::recorded(change) {
-            obj.act(change, ctx).await?;
+            Box::pin(obj.act(change, ctx)).await?;
             continue;
         }
         let (action, token) = K::intent(change);
@@ -429,7 +443,7 @@ async fn apply<K: Reconcile>(cached: &K, driver: &Driver<K>) -> Result<Action, E
         *intent.conditions_mut() = written.status.conditions().to_vec();
         written = update_status(&obj, &written, &intent, driver).await?;
         *obj.status_mut() = Some(written.status.clone());
-        obj.act(change, ctx).await?;
+        Box::pin(obj.act(change, ctx)).await?;
         status.set_in_flight(None);
     }
     if let Some(failure) = plan.failure {

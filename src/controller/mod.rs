@@ -669,6 +669,18 @@ pub trait Reconcile:
         ctx: &Context,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Whether a deleted object has work to finish through its usual pipeline (observe →
+    /// plan → act) before [`Reconcile::cleanup`] and the removal of its finalizer: an
+    /// in-place restore that stopped its clinic puts it back first. Judged on its current
+    /// status; while true, `plan` sees `metadata.deletionTimestamp` and the finalizer stays.
+    fn finishes_before_cleanup(
+        &self,
+        _status: &<Self as HasStatus>::Status,
+        _ctx: &Context,
+    ) -> bool {
+        false
+    }
+
     /// Undoes what the object made, before its finalizer is removed. Must work even if no
     /// reconcile ever ran for it.
     fn cleanup(&self, _ctx: &Context) -> impl Future<Output = Result<(), Error>> + Send {

@@ -67,6 +67,9 @@ pub enum Task<'a> {
         /// In place: restored beside the live site, then exchanged for it, the live entries
         /// kept under this token ([`crate::documents::swap`]).
         swap_token: Option<&'a str>,
+        /// With a token: only restore beside the live site (while the clinic still serves);
+        /// a later Job without it finds the restored tree complete and only exchanges.
+        stage_only: bool,
     },
     /// An in-place restore's kept entries on the clinic's volume (its claim): put back
     /// (`undo`, a rollback), or deleted once `keepPreviousFor` has passed.
@@ -131,6 +134,7 @@ impl DocumentsJob<'_> {
             Task::Restore {
                 manifest,
                 swap_token,
+                stage_only,
                 ..
             } => {
                 let mut args = vec![
@@ -144,7 +148,12 @@ impl DocumentsJob<'_> {
                 ];
                 match swap_token {
                     // Beside the live site, which is replaced only once the set is complete.
-                    Some(token) => args.extend(["--swap-token", token]),
+                    Some(token) => {
+                        args.extend(["--swap-token", token]);
+                        if stage_only {
+                            args.push("--stage-only");
+                        }
+                    }
                     // A retried pod finds the first one's files: they are replaced.
                     None => args.push("--overwrite"),
                 }

@@ -281,11 +281,66 @@ pub fn snapshot_tags(
     tags
 }
 
+/// Whether `set` is still reading its clinic's live data: started, and its snapshot not
+/// yet asked for or its documents not yet copied. An in-place restore (or its rollback)
+/// stops the clinic only once no set is: a set taken across the exchange of the clinic's
+/// data would pair the database before it with the documents after it.
+pub fn reads_live_data(set: &crate::api::OpenEMRBackup) -> bool {
+    let Some(status) = set.status.as_ref() else {
+        return false;
+    };
+    status.phase == Some(crate::api::backup::BackupPhase::Running)
+        && (status.snapshot_requested_time.is_none()
+            || (status.include_documents != Some(false)
+                && status.documents_completion_time.is_none()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const UID: &str = "0b6c3f0e-8a61-4d0c-9d1e-1f2a3b4c5d6e";
+
+    /// A set reads the clinic's live data from its start until its snapshot is asked for
+    /// and its documents are copied (the documents only if it holds them).
+    #[test]
+    fn a_set_reads_the_live_data_until_it_has_its_parts() {
+        use crate::api::backup::{BackupPhase, OpenEMRBackupStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let at = Time("2026-12-02T10:00:00Z".parse().unwrap());
+        let set = |status: OpenEMRBackupStatus| {
+            let mut set: crate::api::OpenEMRBackup = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "nightly-1"},
+                "spec": {"deploymentRef": {"name": "clinic-a"}},
+            }))
+            .unwrap();
+            set.status = Some(status);
+            reads_live_data(&set)
+        };
+        let running = OpenEMRBackupStatus {
+            phase: Some(BackupPhase::Running),
+            include_documents: Some(true),
+            ..Default::default()
+        };
+        assert!(set(running.clone()));
+        let asked = OpenEMRBackupStatus {
+            snapshot_requested_time: Some(at.clone()),
+            ..running.clone()
+        };
+        assert!(set(asked.clone()), "the documents are still being copied");
+        assert!(!set(OpenEMRBackupStatus {
+            documents_completion_time: Some(at.clone()),
+            ..asked.clone()
+        }));
+        assert!(!set(OpenEMRBackupStatus {
+            include_documents: Some(false),
+            ..asked.clone()
+        }));
+        assert!(!set(OpenEMRBackupStatus {
+            phase: Some(BackupPhase::Completed),
+            ..running
+        }));
+    }
 
     #[test]
     fn a_plain_set_name_is_the_snapshots_as_is() {

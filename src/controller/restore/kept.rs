@@ -76,6 +76,9 @@ pub struct ClinicNow {
     /// The instance its `status.databaseSwitch` names.
     pub switched_to: Option<String>,
     pub claim: String,
+    /// Backup sets of the clinic still reading its live data: it is stopped again only
+    /// once they have their parts.
+    pub sets_reading: Vec<String>,
 }
 
 /// What a Job on the clinic's volume is made with.
@@ -148,6 +151,43 @@ fn replaced(status: &RestoreRequestStatus) -> bool {
     })
 }
 
+/// Whether what is kept is the instance the restore made (after a rollback, or a restore
+/// that failed before it replaced anything) rather than the one the clinic ran on.
+pub fn keeps_restored(status: &RestoreRequestStatus) -> bool {
+    let rolled_back = crate::conditions::find(&status.conditions, ROLLED_BACK)
+        .is_some_and(|c| c.status == "True");
+    rolled_back || (status.phase == Some(RestorePhase::Failed) && !replaced(status))
+}
+
+/// Whether an in-place request leaves its clinic as it should be if it went now: it never
+/// stopped it, or it ended with the clinic let go (succeeded, or rolled back and released,
+/// or its rollback refused because a later restore owns the clinic). Not while a rollback
+/// is to come, under way, or failed (the clinic is held then).
+pub fn clinic_settled(status: &RestoreRequestStatus) -> bool {
+    if !quiesced(status) {
+        return true;
+    }
+    let rolled_back = crate::conditions::find(&status.conditions, ROLLED_BACK);
+    if rolled_back.is_some_and(|c| c.reason == "Superseded") {
+        return true;
+    }
+    if status.steps.iter().any(|s| s.name == ROLLBACK_QUIESCE) {
+        return status.steps.iter().any(|s| {
+            s.name == ROLLBACK_RELEASE
+                && matches!(s.phase, StepPhase::Succeeded | StepPhase::Skipped)
+        });
+    }
+    status.phase == Some(RestorePhase::Succeeded)
+}
+
+/// Whether the documents were (or may have been) downloaded beside the live site.
+fn staged(status: &RestoreRequestStatus) -> bool {
+    status
+        .steps
+        .iter()
+        .any(|s| s.name == super::steps::STAGE_DOCUMENTS && s.start_time.is_some())
+}
+
 /// Whether the restore stopped the clinic at some point (its hold placed).
 fn quiesced(status: &RestoreRequestStatus) -> bool {
     status
@@ -186,9 +226,8 @@ pub fn plan(seen: &KeptSeen, status: &mut RestoreRequestStatus, now: Timestamp) 
                     PREVIOUS_REMOVED,
                     "RollbackIncomplete",
                     format!(
-                        "the rollback did not finish: DB instance {} and sites/{} are kept whatever keepPreviousFor says",
-                        seen.previous,
-                        kept_dir(seen, status, false)
+                        "the rollback did not finish: {} kept whatever keepPreviousFor says",
+                        kept_what(seen, status, false)
                     ),
                 ));
                 return outcome;
@@ -211,19 +250,17 @@ pub fn plan(seen: &KeptSeen, status: &mut RestoreRequestStatus, now: Timestamp) 
     let Some(expires) = expires else {
         return outcome;
     };
-    let nothing_kept = failed && !replaced(status);
-    if nothing_kept {
-        return outcome;
-    }
+    // A restore that failed before it replaced anything keeps what it made (the restored
+    // instance, the staged documents) for inspection, as a rollback does.
+    let rolled_back = rolled_back || (failed && !replaced(status));
     if !expired {
         outcome.until = Some(expires);
         outcome.verdicts.push(Verdict::falsy(
             PREVIOUS_REMOVED,
             "Kept",
             format!(
-                "DB instance {} and sites/{} are kept until {expires} (spec.target.inPlace.keepPreviousFor)",
-                kept_instance(seen, rolled_back),
-                kept_dir(seen, status, rolled_back)
+                "{} kept until {expires} (spec.target.inPlace.keepPreviousFor)",
+                kept_what(seen, status, rolled_back)
             ),
         ));
         return outcome;
@@ -242,12 +279,24 @@ fn kept_instance(seen: &KeptSeen, rolled_back: bool) -> &str {
     }
 }
 
-fn kept_dir(seen: &KeptSeen, status: &RestoreRequestStatus, rolled_back: bool) -> String {
+/// The site directory kept, if the restore made or moved one.
+fn kept_dir(seen: &KeptSeen, status: &RestoreRequestStatus, rolled_back: bool) -> Option<String> {
     let token = super::steps::swap_token(&seen.uid);
     match (rolled_back, &status.previous_documents) {
-        (true, _) => format!("_rolled-back-{token}"),
-        (false, Some(dir)) => dir.clone(),
-        (false, None) => format!("_previous-{token}"),
+        (true, None) if staged(status) => Some(format!("_restoring-{token}")),
+        (true, None) => None,
+        (true, _) => Some(format!("_rolled-back-{token}")),
+        (false, Some(dir)) => Some(dir.clone()),
+        (false, None) => Some(format!("_previous-{token}")),
+    }
+}
+
+/// What is kept, in words: "DB instance … and sites/… are" (or "is").
+fn kept_what(seen: &KeptSeen, status: &RestoreRequestStatus, rolled_back: bool) -> String {
+    let instance = kept_instance(seen, rolled_back);
+    match kept_dir(seen, status, rolled_back) {
+        Some(dir) => format!("DB instance {instance} and sites/{dir} are"),
+        None => format!("DB instance {instance} is"),
     }
 }
 
@@ -338,6 +387,12 @@ fn rollback_step(seen: &KeptSeen, status: &RestoreRequestStatus, name: &str) -> 
     match name {
         ROLLBACK_QUIESCE if !switched_here && !documents => {
             Step::Skipped("nothing of the clinic was replaced".into())
+        }
+        ROLLBACK_QUIESCE if !clinic.sets_reading.is_empty() && (!clinic.held || clinic.quiet) => {
+            Step::Waiting(super::steps::sets_reading_message(
+                &seen.clinic,
+                &clinic.sets_reading,
+            ))
         }
         ROLLBACK_QUIESCE if !clinic.held => Step::Act(
             Change::PlaceHold {
@@ -512,8 +567,7 @@ fn remove(
         (None, _) => {}
     }
     let dir = kept_dir(seen, status, rolled_back);
-    let documents = status.previous_documents.is_some() || rolled_back;
-    if documents && outcome.changes.is_empty() {
+    if dir.is_some() && outcome.changes.is_empty() {
         match (&seen.target, &seen.discard_job) {
             (_, JobSeen::Succeeded(_)) | (None, _) => {}
             (Some(clinic), _) => match site_job(seen, clinic, false) {
@@ -534,7 +588,9 @@ fn remove(
             PREVIOUS_REMOVED,
             "Removed",
             format!(
-                "DB instance {identifier} was deleted after its final snapshot {final_name}, and sites/{dir} with it"
+                "DB instance {identifier} was deleted after its final snapshot {final_name}{}",
+                dir.map(|d| format!(", and sites/{d} with it"))
+                    .unwrap_or_default()
             ),
         )
     } else {
@@ -587,6 +643,7 @@ mod tests {
                 serving: Some("restore-new".into()),
                 switched_to: Some("restore-new".into()),
                 claim: "clinic-a-sites".into(),
+                sets_reading: Vec::new(),
             }),
             previous: "clinic-a-db".into(),
             restored: "restore-new".into(),
@@ -708,19 +765,34 @@ mod tests {
                 .contains("restore-new")
         );
         let names: Vec<&str> = status.steps.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names[10..], ROLLBACK);
+        assert_eq!(names[11..], ROLLBACK);
 
         // The window ends: the restored instance goes, after its final snapshot.
+        let removed = window_end(&mut seen, &mut status, "restore-new");
+        assert!(
+            removed.message.contains("_rolled-back-"),
+            "{}",
+            removed.message
+        );
+    }
+
+    /// Plays the end of the window: the final snapshot of `instance` (protected), its
+    /// protection off, its deletion, the discard Job; the `PreviousRemoved` verdict then.
+    fn window_end(
+        seen: &mut KeptSeen,
+        status: &mut RestoreRequestStatus,
+        instance: &str,
+    ) -> Verdict {
         let later = at("2026-12-02T10:00:01Z");
         seen.leftover = Some(DbInstance {
-            identifier: "restore-new".into(),
+            identifier: instance.into(),
             status: "available".into(),
             deletion_protection: true,
             ..DbInstance::default()
         });
-        let out = plan(&seen, &mut status, later);
+        let out = plan(seen, status, later);
         let Change::SafetySnapshot {
-            instance,
+            instance: snapshotted,
             identifier,
             ..
         } = &out.changes[0]
@@ -728,39 +800,29 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!(
-            (instance.as_str(), identifier.as_str()),
-            ("restore-new", final_identifier("req-uid").as_str())
+            (snapshotted.as_str(), identifier.as_str()),
+            (instance, final_identifier("req-uid").as_str())
         );
         seen.final_snapshot = Some(DbSnapshot {
             identifier: final_identifier("req-uid"),
             status: "available".into(),
             ..DbSnapshot::default()
         });
-        assert_eq!(
-            actions(&plan(&seen, &mut status, later)),
-            ["ModifyDBInstance"]
-        );
+        assert_eq!(actions(&plan(seen, status, later)), ["ModifyDBInstance"]);
         seen.leftover.as_mut().unwrap().deletion_protection = false;
-        assert_eq!(
-            actions(&plan(&seen, &mut status, later)),
-            ["DeleteDBInstance"]
-        );
+        assert_eq!(actions(&plan(seen, status, later)), ["DeleteDBInstance"]);
         seen.leftover = None;
-        let out = plan(&seen, &mut status, later);
+        let out = plan(seen, status, later);
         let Change::CreateDocumentsJob { body, .. } = &out.changes[0] else {
             panic!("{out:?}")
         };
         assert!(body.to_string().contains("--discard"));
         seen.discard_job = JobSeen::Succeeded("{}".into());
-        let out = plan(&seen, &mut status, later);
+        let out = plan(seen, status, later);
         assert!(out.changes.is_empty());
-        let removed = verdict(&out, PREVIOUS_REMOVED);
+        let removed = verdict(&out, PREVIOUS_REMOVED).clone();
         assert!(removed.status, "{removed:?}");
-        assert!(
-            removed.message.contains("_rolled-back-"),
-            "{}",
-            removed.message
-        );
+        removed
     }
 
     #[test]
@@ -793,8 +855,9 @@ mod tests {
         let mut status = succeeded();
         status.phase = Some(RestorePhase::Failed);
         status.previous_documents = None;
-        status.steps.truncate(6);
-        status.steps[5].phase = StepPhase::Failed;
+        // Failed at the safety snapshot.
+        status.steps.truncate(7);
+        status.steps[6].phase = StepPhase::Failed;
         let now = at("2026-12-01T12:00:00Z");
         let out = plan(&seen, &mut status, now);
         assert_eq!(actions(&out), ["ReleaseHold"]);
@@ -802,7 +865,13 @@ mod tests {
         let out = plan(&seen, &mut status, now);
         let rolled = verdict(&out, ROLLED_BACK);
         assert_eq!((rolled.status, rolled.reason), (true, "NothingReplaced"));
-        assert!(out.verdicts.iter().all(|v| v.type_ != PREVIOUS_REMOVED));
+        let kept = verdict(&out, PREVIOUS_REMOVED);
+        assert_eq!(kept.reason, "Kept");
+        assert!(
+            kept.message.contains("restore-new") && kept.message.contains("_restoring-"),
+            "what the restore made is kept for inspection: {}",
+            kept.message
+        );
 
         let mut status = succeeded();
         let mut seen = self::seen();
@@ -810,6 +879,54 @@ mod tests {
         let out = plan(&seen, &mut status, at("2026-12-03T00:00:00Z"));
         assert_eq!(verdict(&out, ROLLED_BACK).reason, "WindowPassed");
         assert!(!actions(&out).contains(&"PlaceHold".to_string()));
+    }
+
+    /// A deleted in-place request stays while the clinic is stopped by it or to be put
+    /// back, and goes once it never stopped it, succeeded, or was rolled back.
+    #[test]
+    fn a_request_leaves_the_clinic_settled_only_once_it_is_let_go() {
+        let mut status = succeeded();
+        assert!(clinic_settled(&status));
+        status.phase = Some(RestorePhase::Failed);
+        assert!(!clinic_settled(&status), "a rollback is to come");
+        let mut seen = seen();
+        seen.target.as_mut().unwrap().held = true;
+        seen.target.as_mut().unwrap().quiet = true;
+        let now = at("2026-12-01T12:00:00Z");
+        plan(&seen, &mut status, now);
+        assert!(!clinic_settled(&status), "under way");
+        seen.rollback_job = JobSeen::Failed("BackoffLimitExceeded".into());
+        plan(&seen, &mut status, now);
+        assert!(!clinic_settled(&status), "failed: the clinic stays held");
+
+        let mut early = succeeded();
+        early.phase = Some(RestorePhase::Failed);
+        early.steps.truncate(5);
+        assert!(clinic_settled(&early), "never stopped the clinic");
+    }
+
+    /// A restore that failed before it quiesced the clinic (its staging Job failed) never
+    /// touches the clinic; what it made (the restored instance, the staged documents) is
+    /// kept for the window, then removed: the instance after its final snapshot, the staged
+    /// tree by the discard Job. The instance the clinic runs on is not touched.
+    #[test]
+    fn a_restore_that_failed_before_quiescing_removes_what_it_made_when_the_window_ends() {
+        let mut seen = seen();
+        let target = seen.target.as_mut().unwrap();
+        target.serving = Some("clinic-a-db".into());
+        target.switched_to = None;
+        let mut status = succeeded();
+        status.phase = Some(RestorePhase::Failed);
+        status.previous_documents = None;
+        status.steps.truncate(5);
+        status.steps[4].phase = StepPhase::Failed;
+        let out = plan(&seen, &mut status, at("2026-12-01T12:00:00Z"));
+        assert!(out.changes.is_empty(), "{out:?}");
+        assert!(out.verdicts.iter().all(|v| v.type_ != ROLLED_BACK));
+        assert_eq!(verdict(&out, PREVIOUS_REMOVED).reason, "Kept");
+
+        let removed = window_end(&mut seen, &mut status, "restore-new");
+        assert!(removed.message.contains("_restoring-"), "{removed:?}");
     }
 
     /// The documents Job exchanges the site before it reports: a documents step that
@@ -825,8 +942,8 @@ mod tests {
         target.switched_to = None;
         let mut status = succeeded();
         status.phase = Some(RestorePhase::Failed);
-        status.steps.truncate(7);
-        status.steps[6].phase = StepPhase::Failed;
+        status.steps.truncate(8);
+        status.steps[7].phase = StepPhase::Failed;
         let now = at("2026-12-01T12:00:00Z");
         let out = plan(&seen, &mut status, now);
         let Change::CreateDocumentsJob { name, .. } = &out.changes[0] else {

@@ -4,10 +4,14 @@
 //! (set, policy, clinic) exists and [`source`] resolves it (completed, inside the
 //! restorable window), that a point in time is not in the future (looking again when it has
 //! passed), that an in-place target exists, and that a side-by-side target name is not
-//! taken by a clinic this request did not make (`Accepted`). An accepted side-by-side
-//! restore of a set or a snapshot then runs its [`steps`] into the clinic [`target`] makes;
-//! point-in-time and in-place restores are accepted and wait (`Started=False`) until their
-//! steps are built.
+//! taken by a clinic this request did not make (`Accepted`). An accepted restore then runs
+//! its [`steps`]: side by side into the clinic [`target`] makes, or in place into a new
+//! instance beside the clinic, which is switched to it; [`kept`] owns what an in-place
+//! restore keeps afterwards (rollback, the end of `keepPreviousFor`).
+//!
+//! Requests carry the finalizer [`FINALIZER`]: an in-place request deleted after it
+//! stopped its clinic fails (`Deleted`) and puts the clinic back as it was (the rollback)
+//! before it goes; one deleted before leaves the clinic untouched.
 
 pub mod kept;
 pub mod source;
@@ -80,6 +84,9 @@ pub struct KeptTarget {
     pub deleting: bool,
 }
 
+/// On every RestoreRequest: an in-place one deleted mid-restore puts its clinic back first.
+pub const FINALIZER: &str = "openemr.io/restore";
+
 /// The condition saying whether a side-by-side target kept for `keepTargetFor` was removed.
 pub const TARGET_REMOVED: &str = "TargetRemoved";
 
@@ -87,6 +94,41 @@ impl Reconcile for RestoreRequest {
     type Observed = Observed;
     type Change = Change;
     const CONTROLLER: &'static str = "restorerequest";
+    const FINALIZER: Option<&'static str> = Some(FINALIZER);
+
+    /// An in-place request deleted after it stopped its clinic finishes putting it back
+    /// (its rollback) first, unless the clinic itself is going.
+    fn finishes_before_cleanup(&self, status: &RestoreRequestStatus, ctx: &Context) -> bool {
+        let Some(t) = &self.spec.target.in_place else {
+            return false;
+        };
+        let ns = self.namespace().unwrap_or_default();
+        let clinic_stays = lookup(&ctx.caches.deployments, &ns, &t.deployment_name)
+            .is_some_and(|c| c.meta().deletion_timestamp.is_none());
+        clinic_stays && !kept::clinic_settled(status)
+    }
+
+    /// Nothing of the clinic is left stopped by a request that is gone: its hold (placed by
+    /// an in-place restore or its rollback) is released, if any is left. A side-by-side
+    /// target stays held: its site may be half restored.
+    async fn cleanup(&self, ctx: &Context) -> Result<(), Error> {
+        let Some(t) = &self.spec.target.in_place else {
+            return Ok(());
+        };
+        let ns = self.namespace().unwrap_or_default();
+        holds::release(
+            &ctx.client,
+            &ns,
+            &t.deployment_name,
+            &steps::holder(&self.name_any()),
+        )
+        .await
+        .map_err(|e| Error::Act {
+            action: format!("releasing the hold on clinic {}", t.deployment_name),
+            reason: "HoldReleaseFailed",
+            message: e.to_string(),
+        })
+    }
 
     async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
         let ns = self.namespace().unwrap_or_default();
@@ -356,7 +398,10 @@ impl Reconcile for RestoreRequest {
             status.source_snapshot_arn = seen.source.snapshot_arn.clone();
             status.data_time = seen.source.data_time.map(Time);
         }
-        let outcome = steps::plan(seen, &mut status, now);
+        let mut outcome = steps::plan(seen, &mut status, now);
+        if self.metadata.deletion_timestamp.is_some() {
+            steps::stop_for_deletion(seen, &mut status, &mut outcome, now);
+        }
         let started = Verdict::truthy(STARTED, "Started", "the restore's steps run");
         let result = match (&outcome.failed, status.phase) {
             (Some((reason, message)), _) => {
@@ -741,6 +786,22 @@ async fn with_fresh_window(
     Ok(clinic)
 }
 
+/// The backup sets of clinic `clinic` still reading its live data
+/// ([`crate::controller::backup::set::reads_live_data`]), by name.
+fn sets_reading(caches: &super::Caches, ns: &str, clinic: &str) -> Vec<String> {
+    let mut names: Vec<String> = caches
+        .backups
+        .state()
+        .iter()
+        .filter_map(|s| s.0.as_ref().ok())
+        .filter(|s| s.namespace().as_deref() == Some(ns) && s.spec.deployment_ref.name == clinic)
+        .filter(|s| crate::controller::backup::set::reads_live_data(s))
+        .map(|s| s.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
 /// The clients of clinic `name`'s account and region, once the cache holds it.
 async fn clients_of(
     ctx: &Context,
@@ -929,8 +990,7 @@ impl RestoreRequest {
         let name = self.target_name();
         let found = lookup(&ctx.caches.deployments, ns, &name);
         let clinic = found.as_ref().and_then(|f| f.0.as_ref().ok());
-        let rolled_back = crate::conditions::find(&status.conditions, kept::ROLLED_BACK)
-            .is_some_and(|c| c.status == "True");
+        let keeps_restored = kept::keeps_restored(status);
         let expired = status
             .previous_expires_at
             .as_ref()
@@ -990,6 +1050,7 @@ impl RestoreRequest {
                 .as_ref()
                 .map(|s| s.identifier.clone()),
             claim: super::deployment::web::WebNames::new(ns, &name).claim,
+            sets_reading: sets_reading(&ctx.caches, ns, &name),
         });
         // A later restore's switch, or another restore into the clinic under way.
         let started = status.start_time.as_ref().map(|t| t.0);
@@ -1012,7 +1073,7 @@ impl RestoreRequest {
         seen.tags = clinic::clinic_tags(clinic, aws);
         if expired {
             let clients = clinic::clients(clinic, aws).await;
-            let leftover = if rolled_back { &restored } else { &previous };
+            let leftover = if keeps_restored { &restored } else { &previous };
             seen.leftover = clients
                 .describe_instance(leftover)
                 .await
@@ -1305,10 +1366,11 @@ impl RestoreRequest {
                 .map_err(aws_error("reading the snapshot copy"))?;
         }
         if in_place {
-            target.in_place = Some(
-                self.in_place_seen(&seen, &clients, d, &db_identifier, &lease)
-                    .await?,
-            );
+            let mut in_place_seen = self
+                .in_place_seen(&seen, &clients, d, &db_identifier, &lease)
+                .await?;
+            in_place_seen.sets_reading = sets_reading(&ctx.caches, ns, &seen.target_name);
+            target.in_place = Some(in_place_seen);
         }
         if seen.source.point_in_time.is_some()
             && !seen.done.iter().any(|d| d == steps::REMOVE_STAGING)
@@ -1376,9 +1438,17 @@ impl RestoreRequest {
                     found.0.as_ref().ok().map(|c| c.spec.aws.region.clone())
                 })
                 .unwrap_or_else(|| target.region.clone());
-            let job = if reset_done {
-                crate::controller::backup::job_seen(ctx, ns, &steps::documents_job_name(&uid), &uid)
-                    .await?
+            let uid = uid.as_str();
+            let job_seen = move |name: String| async move {
+                if reset_done {
+                    crate::controller::backup::job_seen(ctx, ns, &name, uid).await
+                } else {
+                    Ok(crate::controller::backup::plan::JobSeen::Absent)
+                }
+            };
+            let job = job_seen(steps::documents_job_name(uid)).await?;
+            let stage_job = if in_place {
+                job_seen(steps::stage_job_name(uid)).await?
             } else {
                 crate::controller::backup::plan::JobSeen::Absent
             };
@@ -1391,7 +1461,8 @@ impl RestoreRequest {
                 region,
                 expected_files: set.and_then(|s| s.status?.documents?.file_count),
                 job,
-                swap_token: in_place.then(|| steps::swap_token(&uid)),
+                swap_token: in_place.then(|| steps::swap_token(uid)),
+                stage_job,
             });
         }
         seen.target = Some(target);
@@ -1445,6 +1516,7 @@ impl RestoreRequest {
                 .database
                 .as_ref()
                 .is_some_and(|db| db.identifier == restored),
+            sets_reading: Vec::new(),
         })
     }
 

@@ -67,6 +67,7 @@ pub const REMOVE_STAGING: &str = "RemoveStaging";
 pub const QUIESCE: &str = "Quiesce";
 pub const SAFETY_SNAPSHOT: &str = "SafetySnapshot";
 pub const SWITCH_DATABASE: &str = "SwitchDatabase";
+pub const STAGE_DOCUMENTS: &str = "StageDocuments";
 
 /// A side-by-side restore's steps, in order.
 pub const SIDE_BY_SIDE: [&str; 8] = [
@@ -96,13 +97,15 @@ pub const POINT_IN_TIME: [&str; 11] = [
 ];
 
 /// An in-place restore's steps, in order. What does not touch the clinic (the copy, the
-/// restore into a new instance, its credentials) runs while it still serves; it is
-/// quiesced only for the safety snapshot, the documents' exchange and the switch.
-pub const IN_PLACE: [&str; 10] = [
+/// restore into a new instance, its credentials, the documents' download beside the live
+/// site) runs while it still serves; it is quiesced only for the safety snapshot, the
+/// documents' exchange (renames) and the switch.
+pub const IN_PLACE: [&str; 11] = [
     COPY_SNAPSHOT,
     RESTORE_DATABASE,
     MANAGE_MASTER_PASSWORD,
     RESET_DATABASE_USER,
+    STAGE_DOCUMENTS,
     QUIESCE,
     SAFETY_SNAPSHOT,
     RESTORE_DOCUMENTS,
@@ -112,7 +115,7 @@ pub const IN_PLACE: [&str; 10] = [
 ];
 
 /// An in-place restore of a point in time's steps, in order.
-pub const IN_PLACE_POINT_IN_TIME: [&str; 13] = [
+pub const IN_PLACE_POINT_IN_TIME: [&str; 14] = [
     RESTORE_POINT_IN_TIME,
     SNAPSHOT_POINT_IN_TIME,
     COPY_SNAPSHOT,
@@ -120,6 +123,7 @@ pub const IN_PLACE_POINT_IN_TIME: [&str; 13] = [
     REMOVE_STAGING,
     MANAGE_MASTER_PASSWORD,
     RESET_DATABASE_USER,
+    STAGE_DOCUMENTS,
     QUIESCE,
     SAFETY_SNAPSHOT,
     RESTORE_DOCUMENTS,
@@ -182,6 +186,12 @@ pub fn documents_job_name(request_uid: &str) -> String {
     format!("restore-documents-{}", short_hash(&[request_uid]))
 }
 
+/// In place: the Job that restores the documents beside the live site while the clinic
+/// still serves ([`documents_job_name`]'s then only exchanges them).
+pub fn stage_job_name(request_uid: &str) -> String {
+    format!("stage-documents-{}", short_hash(&[request_uid]))
+}
+
 /// What the documents Job is made with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DocumentsRun {
@@ -198,6 +208,8 @@ pub struct DocumentsRun {
     pub job: JobSeen,
     /// In place: restored beside the live site and exchanged for it under this token.
     pub swap_token: Option<String>,
+    /// In place: the Job restoring beside the live site before the clinic is quiesced.
+    pub stage_job: JobSeen,
 }
 
 /// The target clinic, as the caches and AWS show it.
@@ -245,6 +257,9 @@ pub struct InPlaceSeen {
     pub switched: bool,
     /// The clinic's status says it runs on the restored instance.
     pub serving_restored: bool,
+    /// Backup sets of the clinic still reading its live data: the clinic is stopped and
+    /// its data replaced only once they have their parts.
+    pub sets_reading: Vec<String>,
 }
 
 /// What the steps are planned from.
@@ -548,6 +563,45 @@ pub fn plan(seen: &Seen, status: &mut RestoreRequestStatus, now: Timestamp) -> O
     outcome
 }
 
+/// A request deleted while it runs (kept by its finalizer until its clinic is settled)
+/// stops: `Failed` with reason `Deleted`, the step under way failed with it, nothing more
+/// asked of AWS or the cluster. In place, the rollback then puts the clinic back. The
+/// documents Job exchanging the clinic's site is waited for first: a rollback must not
+/// move the same entries while it runs.
+pub fn stop_for_deletion(
+    seen: &Seen,
+    status: &mut RestoreRequestStatus,
+    outcome: &mut Outcome,
+    now: Timestamp,
+) {
+    if outcome.failed.is_some() || status.phase == Some(RestorePhase::Succeeded) {
+        return;
+    }
+    let exchanging = seen
+        .documents_run
+        .as_ref()
+        .is_some_and(|r| r.swap_token.is_some() && r.job == JobSeen::Running);
+    if exchanging {
+        return;
+    }
+    outcome.changes.clear();
+    outcome.in_progress = false;
+    let running = status
+        .steps
+        .iter()
+        .find(|s| s.phase == StepPhase::Running)
+        .map(|s| s.name.clone());
+    let message = match &running {
+        Some(step) => format!("the request was deleted during {step}"),
+        None => "the request was deleted".to_string(),
+    };
+    if let Some(step) = running {
+        mark(status, &step, StepPhase::Failed, Some(message.clone()), now);
+    }
+    status.phase = Some(RestorePhase::Failed);
+    outcome.failed = Some(("Deleted", message));
+}
+
 /// The steps of `after` that ended since `before` (the Events and durations the driver
 /// publishes for them).
 pub fn ended(before: &[RestoreStep], after: &[RestoreStep]) -> Vec<crate::controller::StepEnded> {
@@ -712,7 +766,8 @@ fn step(seen: &Seen, name: &str) -> Step {
             None => Step::Waiting("the restored instance".into()),
         },
         RESET_DATABASE_USER => reset_step(seen, target),
-        RESTORE_DOCUMENTS => documents_step(seen, target),
+        RESTORE_DOCUMENTS => documents_step(seen, target, false),
+        STAGE_DOCUMENTS => documents_step(seen, target, true),
         QUIESCE => quiesce_step(seen, target),
         SAFETY_SNAPSHOT => safety_step(seen, target),
         SWITCH_DATABASE => switch_step(seen, target),
@@ -736,6 +791,16 @@ fn step(seen: &Seen, name: &str) -> Step {
 /// In place: the clinic's web tier held, and nothing of it left running.
 fn quiesce_step(seen: &Seen, target: &TargetSeen) -> Step {
     let quiet = target.in_place.as_ref().is_some_and(|p| p.quiet);
+    let reading = target
+        .in_place
+        .as_ref()
+        .map(|p| p.sets_reading.as_slice())
+        .unwrap_or_default();
+    // Looked at before the hold (the clinic serves while the set finishes) and again once
+    // it is in effect: a set that started as the hold went on shows by then.
+    if !reading.is_empty() && (!target.held || quiet) {
+        return Step::Waiting(sets_reading_message(&seen.target_name, reading));
+    }
     if !target.held {
         return Step::Act(
             Change::PlaceHold {
@@ -763,6 +828,14 @@ fn quiesce_step(seen: &Seen, target: &TargetSeen) -> Step {
             seen.target_name
         ))
     }
+}
+
+/// Why the clinic is not stopped yet: backup sets still read its live data.
+pub fn sets_reading_message(clinic: &str, sets: &[String]) -> String {
+    format!(
+        "backup set(s) {} of clinic {clinic} to take their parts: a set taken while its data is replaced would pair the database before with the documents after",
+        sets.join(", ")
+    )
 }
 
 /// In place, quiesced: a snapshot of the database about to be replaced, as it stands.
@@ -844,14 +917,24 @@ fn switch_step(seen: &Seen, target: &TargetSeen) -> Step {
     }
 }
 
-fn documents_step(seen: &Seen, target: &TargetSeen) -> Step {
+/// The documents Job. Side by side: restores the set into the target's volume. In place,
+/// two Jobs of the same command: `stage` restores beside the live site while the clinic
+/// still serves; the second, once it is quiesced, finds that tree complete and only
+/// exchanges it for the live entries (renames), so the clinic is down for the exchange,
+/// not the download.
+fn documents_step(seen: &Seen, target: &TargetSeen, stage: bool) -> Step {
     let (Some(documents), Some(run)) = (&seen.source.documents, &seen.documents_run) else {
         return Step::Skipped(
             "the source has no documents (a database-only set): the target's sites/ stays empty, and its setup Job waits for a configured site copied onto its volume".into(),
         );
     };
-    let name = documents_job_name(&seen.uid);
-    match &run.job {
+    let token = run.swap_token.as_deref();
+    let (name, job) = match (stage, token) {
+        (true, None) => return Step::Skipped("side by side: nothing to stage beside".into()),
+        (true, Some(_)) => (stage_job_name(&seen.uid), &run.stage_job),
+        (false, _) => (documents_job_name(&seen.uid), &run.job),
+    };
+    match job {
         JobSeen::Absent => {
             let Some(image) = &run.image else {
                 return Step::Waiting(
@@ -880,7 +963,8 @@ fn documents_step(seen: &Seen, target: &TargetSeen) -> Step {
                         database: &target.database.database_name,
                         password_secret: secret,
                     },
-                    swap_token: run.swap_token.as_deref(),
+                    swap_token: token,
+                    stage_only: stage,
                 },
                 image,
                 service_account: &run.service_account,
@@ -890,12 +974,19 @@ fn documents_step(seen: &Seen, target: &TargetSeen) -> Step {
                 backoff_limit: run.backoff_limit,
                 deadline_seconds: run.deadline_seconds,
             };
-            let how = match &run.swap_token {
+            let what = match token {
+                Some(token) if stage => format!(
+                    "restores s3://{}/{} beside the live site (sites/_restoring-{token}) while the clinic serves",
+                    documents.bucket, documents.manifest
+                ),
                 Some(token) => format!(
-                    "beside the live site, then exchanges them (the live ones kept in {})",
+                    "exchanges the restored entries for the live ones (kept in {})",
                     crate::documents::swap::previous_name(token)
                 ),
-                None => "into the target's volume".into(),
+                None => format!(
+                    "restores s3://{}/{} into the target's volume",
+                    documents.bucket, documents.manifest
+                ),
             };
             Step::Act(
                 Change::CreateDocumentsJob {
@@ -903,14 +994,18 @@ fn documents_step(seen: &Seen, target: &TargetSeen) -> Step {
                     body: job.render(),
                     network_policy: job.network_policy(),
                 },
-                format!(
-                    "Job {name} restores s3://{}/{} {how}",
-                    documents.bucket, documents.manifest
-                ),
+                format!("Job {name} {what}"),
             )
         }
+        JobSeen::Running if stage => Step::Waiting(format!(
+            "Job {name} is restoring the documents beside the live site"
+        )),
         JobSeen::Running => Step::Waiting(format!("Job {name} is restoring the documents")),
         JobSeen::Succeeded(summary) => match documents_present(summary, run.expected_files) {
+            Ok(message) if stage => Step::Done(format!(
+                "{message}; staged in sites/_restoring-{}",
+                token.unwrap_or_default()
+            )),
             Ok(message) => Step::Done(message),
             Err(message) => Step::Failed("DocumentsIncomplete", message),
         },
@@ -1850,6 +1945,7 @@ mod tests {
             expected_files: Some(3),
             job,
             swap_token: None,
+            stage_job: JobSeen::Absent,
         });
         seen.target = Some(TargetSeen {
             held: true,
@@ -1973,11 +2069,41 @@ mod tests {
         assert!(o.changes.is_empty() && o.in_progress && o.failed.is_none());
     }
 
-    /// In place: the new instance is restored and given its credentials while the clinic
-    /// still serves; then the clinic is quiesced, its database snapshotted, its documents
-    /// exchanged beside the live ones, and only then is it switched and let go.
+    /// A request deleted mid-restore stops at once, failed `Deleted`, asking nothing more;
+    /// but a documents Job exchanging a clinic's site is let finish first.
     #[test]
-    fn in_place_restores_beside_the_clinic_then_quiesces_snapshots_exchanges_and_switches() {
+    fn a_deleted_request_stops_but_lets_an_exchange_finish() {
+        let mut seen = with_documents(JobSeen::Running);
+        let mut status = RestoreRequestStatus::default();
+        let mut out = plan(&seen, &mut status, now());
+        stop_for_deletion(&seen, &mut status, &mut out, now());
+        let (reason, message) = out.failed.clone().unwrap();
+        assert_eq!(reason, "Deleted");
+        assert!(message.contains(RESTORE_DOCUMENTS), "{message}");
+        assert!(out.changes.is_empty());
+        assert_eq!(status.phase, Some(RestorePhase::Failed));
+        let documents = status
+            .steps
+            .iter()
+            .find(|s| s.name == RESTORE_DOCUMENTS)
+            .unwrap();
+        assert_eq!(documents.phase, StepPhase::Failed);
+
+        seen.documents_run.as_mut().unwrap().swap_token = Some(swap_token(&seen.uid));
+        let mut status = RestoreRequestStatus::default();
+        let mut out = plan(&seen, &mut status, now());
+        stop_for_deletion(&seen, &mut status, &mut out, now());
+        assert!(out.failed.is_none(), "the exchange runs on");
+        assert_eq!(status.phase, Some(RestorePhase::Running));
+    }
+
+    /// In place: the new instance is restored and given its credentials, and the documents
+    /// downloaded beside the live site, while the clinic still serves; then the clinic is
+    /// quiesced, its database snapshotted, its documents exchanged for the staged ones, and
+    /// only then is it switched and let go.
+    #[test]
+    fn in_place_restores_and_stages_beside_the_clinic_then_quiesces_snapshots_exchanges_and_switches()
+     {
         let mut seen = with_documents(JobSeen::Absent);
         seen.done.clear();
         seen.user_opens = None;
@@ -2018,7 +2144,7 @@ mod tests {
 
         let out = step_once(&mut seen, &mut status);
         assert_eq!(action(&out), "CopyDBSnapshot", "{:#?}", status.steps);
-        assert_eq!(status.progress.as_deref(), Some("0/10"));
+        assert_eq!(status.progress.as_deref(), Some("0/11"));
         assert_eq!(status.previous_db_instance.as_deref(), Some("clinic-a-db"));
         let Change::CopySnapshot { identifier, .. } = &out.changes[0] else {
             unreachable!()
@@ -2048,9 +2174,41 @@ mod tests {
         restored.master_user_secret_kms_key = Some(KEY.into());
         seen.instance = Some(restored);
         seen.user_opens = Some(Ok(()));
+        // The documents are downloaded beside the live site while the clinic serves.
+        let out = step_once(&mut seen, &mut status);
+        let Change::CreateDocumentsJob { name, body, .. } = &out.changes[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(name, &stage_job_name(&uid));
+        let args = body["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+        assert!(
+            args.contains("--swap-token") && args.contains("--stage-only"),
+            "{args}"
+        );
+        assert!(!target.held, "the clinic still serves");
+        assert!(seen.done.contains(&RESET_DATABASE_USER.to_string()));
+        seen.documents_run.as_mut().unwrap().stage_job = JobSeen::Running;
+        let out = step_once(&mut seen, &mut status);
+        assert!(out.changes.is_empty(), "{out:?}");
+        seen.documents_run.as_mut().unwrap().stage_job = JobSeen::Succeeded(
+            r#"{"files":3,"bytes":10,"siteConfig":{"host":"restore.example"},"staged":true}"#
+                .into(),
+        );
+        // A backup set reading the clinic's live data finishes first, the clinic serving.
+        target.in_place.as_mut().unwrap().sets_reading = vec!["nightly-1".into()];
+        seen.target = Some(target.clone());
+        let out = step_once(&mut seen, &mut status);
+        assert!(out.changes.is_empty(), "{out:?}");
+        let quiesce = status.steps.iter().find(|s| s.name == QUIESCE).unwrap();
+        assert!(
+            quiesce.message.as_deref().unwrap().contains("nightly-1"),
+            "{quiesce:?}"
+        );
+        target.in_place.as_mut().unwrap().sets_reading.clear();
+        seen.target = Some(target.clone());
         let out = step_once(&mut seen, &mut status);
         assert_eq!(action(&out), "PlaceHold", "{:?}", status.steps);
-        assert!(seen.done.contains(&RESET_DATABASE_USER.to_string()));
+        assert!(status.previous_documents.is_none(), "nothing exchanged yet");
 
         target.held = true;
         seen.target = Some(target.clone());
@@ -2059,7 +2217,13 @@ mod tests {
         let quiesce = status.steps.iter().find(|s| s.name == QUIESCE).unwrap();
         assert_eq!(quiesce.phase, StepPhase::Running);
 
+        // A set that started as the hold went on: seen once it is in effect, and waited for.
         target.in_place.as_mut().unwrap().quiet = true;
+        target.in_place.as_mut().unwrap().sets_reading = vec!["nightly-2".into()];
+        seen.target = Some(target.clone());
+        let out = step_once(&mut seen, &mut status);
+        assert!(out.changes.is_empty(), "{out:?}");
+        target.in_place.as_mut().unwrap().sets_reading.clear();
         seen.target = Some(target.clone());
         let out = step_once(&mut seen, &mut status);
         let Change::SafetySnapshot {
@@ -2084,12 +2248,16 @@ mod tests {
         });
         seen.target = Some(target.clone());
         let out = step_once(&mut seen, &mut status);
-        let Change::CreateDocumentsJob { body, .. } = &out.changes[0] else {
+        let Change::CreateDocumentsJob { name, body, .. } = &out.changes[0] else {
             panic!("{out:?}")
         };
+        assert_eq!(name, &documents_job_name(&uid));
         let args = body["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
         assert!(args.contains("--swap-token"), "{args}");
-        assert!(!args.contains("--overwrite"), "{args}");
+        assert!(
+            !args.contains("--overwrite") && !args.contains("--stage-only"),
+            "{args}"
+        );
         assert_eq!(status.safety_snapshot, Some(safety_identifier(&uid)));
 
         seen.documents_run.as_mut().unwrap().job = JobSeen::Succeeded(
@@ -2133,7 +2301,7 @@ mod tests {
         let out = step_once(&mut seen, &mut status);
         assert!(out.failed.is_none() && out.changes.is_empty(), "{out:?}");
         assert_eq!(status.phase, Some(RestorePhase::Succeeded));
-        assert_eq!(status.progress.as_deref(), Some("10/10"));
+        assert_eq!(status.progress.as_deref(), Some("11/11"));
         let names: Vec<&str> = status.steps.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, IN_PLACE);
     }
