@@ -44,7 +44,8 @@ const SQLCONF: &str = include_str!("fixtures/installed-sqlconf.php");
 /// A MariaDB standing in for every RDS endpoint of the region: the restored database, a
 /// slice of OpenEMR's schema with its user `openemr` as the source's installer left it.
 fn restored_database(name: &str) -> MariaDb {
-    let db = MariaDb::start_for(name, &[&format!("*.aaaaaaaaaa.{REGION}.rds.amazonaws.com")]);
+    let hosts = [REGION, OTHER_REGION].map(|r| format!("*.aaaaaaaaaa.{r}.rds.amazonaws.com"));
+    let db = MariaDb::start_for(name, &[&hosts[0], &hosts[1]]);
     db.root(&format!(
         "CREATE DATABASE openemr; \
          CREATE USER 'openemr'@'%' IDENTIFIED BY {} REQUIRE SSL; \
@@ -56,8 +57,13 @@ fn restored_database(name: &str) -> MariaDb {
 }
 
 fn addresses(db: &MariaDb) -> String {
-    format!("*.{REGION}.rds.amazonaws.com=127.0.0.1:{}", db.port)
+    [REGION, OTHER_REGION]
+        .map(|r| format!("*.{r}.rds.amazonaws.com=127.0.0.1:{}", db.port))
+        .join(",")
 }
+
+/// The region a restore is asked into in the cross-region test.
+const OTHER_REGION: &str = "eu-west-1";
 
 /// Whether `user` with `password` opens the `openemr` schema at `endpoint`.
 async fn opens(db: &MariaDb, endpoint: &str, user: &str, password: &str) -> bool {
@@ -73,7 +79,7 @@ async fn opens(db: &MariaDb, endpoint: &str, user: &str, password: &str) -> bool
             database: Some("openemr".into()),
         },
         &std::fs::read(&db.ca).unwrap(),
-        &AddressMap::parse(&[addresses(db)]).unwrap(),
+        &AddressMap::parse(&addresses(db).split(',').collect::<Vec<_>>()).unwrap(),
         Duration::from_secs(10),
     )
     .await;
@@ -343,7 +349,6 @@ impl Source {
         .await
     }
 
-    /// Waits until `restore-a` set OpenEMR's user to the target's own password.
     /// Files RestoreRequest `restore-a` of `set-1` in place into `clinic-a`, and plays it up
     /// to its documents staged beside the live site: its uid and restored instance.
     async fn in_place_staged(&self) -> (String, String) {
@@ -361,6 +366,7 @@ impl Source {
         (uid, restored_id)
     }
 
+    /// Waits until `restore-a` set OpenEMR's user to the target's own password.
     async fn user_reset(&self) {
         let requests: Api<RestoreRequest> = self.api();
         eventually(WAIT, "ResetDatabaseUser succeeded", || async {
@@ -420,8 +426,19 @@ impl Source {
         clinic: &str,
         identifier: &str,
     ) -> (aws_sdk_rds::types::DbInstance, String) {
-        let rds = aws_sdk_rds::Client::new(&env().aws(Some(REGION)).await);
-        let secrets = aws_sdk_secretsmanager::Client::new(&env().aws(Some(REGION)).await);
+        self.play_master_password_in(REGION, clinic, identifier)
+            .await
+    }
+
+    /// [`Source::play_master_password_of`] for an instance in `region`.
+    async fn play_master_password_in(
+        &self,
+        region: &str,
+        clinic: &str,
+        identifier: &str,
+    ) -> (aws_sdk_rds::types::DbInstance, String) {
+        let rds = aws_sdk_rds::Client::new(&env().aws(Some(region)).await);
+        let secrets = aws_sdk_secretsmanager::Client::new(&env().aws(Some(region)).await);
         let target_key = self.key_of(clinic).await;
         let restored = eventually(
             Duration::from_secs(180),
@@ -1475,6 +1492,79 @@ async fn an_in_place_restore_deleted_after_it_stopped_the_clinic_puts_it_back_th
         (replicas == Some(1)).then_some(())
     })
     .await;
+    std::fs::remove_dir_all(&source.scratch).ok();
+}
+
+/// Into another region (`sideBySide.region`, with a `deploymentSpec` naming a network
+/// there): the target clinic is made there, with a key of that region; the set has no copy
+/// there, so its snapshot is copied across under that
+/// key and restored there into the target's network. moto would take a copy without a key,
+/// so the proxy's record of the request is what shows the key was sent.
+#[tokio::test]
+async fn a_set_restored_into_another_region_is_copied_there_under_the_targets_key() {
+    let (source, _operator) = Source::new("region", false).await;
+    let proxy = &source.proxy;
+    let clinics: Api<OpenEMRDeployment> = source.api();
+    // The source's network is of its region: the target's is given (`NetworkNotInRegion`
+    // otherwise, as `source::tests` show).
+    let mut spec = support::clinic_manifest("copy-a", OTHER_REGION, "")["spec"].clone();
+    spec["web"]["replicas"] = json!(1);
+    source
+        .request_from(
+            json!({"backupRef": {"name": "set-1"}}),
+            json!({"target": {"sideBySide": {
+                "deploymentName": "copy-a", "region": OTHER_REGION, "deploymentSpec": spec,
+            }}}),
+        )
+        .await;
+    let names = support::clinic_names(&source.ns.name, "copy-a");
+    let (restored, _) = source
+        .play_master_password_in(OTHER_REGION, "copy-a", &names.db_instance)
+        .await;
+    source.user_reset().await;
+    let status = source.finish().await;
+    assert_eq!(status.progress.as_deref(), Some("8/8"), "{status:#?}");
+
+    let copy = clinics.get("copy-a").await.unwrap();
+    assert_eq!(copy.spec.aws.region, OTHER_REGION);
+    let key = source.target_key().await;
+    assert!(key.contains(&format!(":{OTHER_REGION}:")), "{key}");
+    let copies = proxy.exchanges("CopyDBSnapshot");
+    assert_eq!(copies.len(), 1);
+    let request = &copies[0];
+    assert_eq!(request.region, OTHER_REGION);
+    assert_eq!(request.param("KmsKeyId").as_deref(), Some(key.as_str()));
+    assert_eq!(
+        request.param("SourceDBSnapshotIdentifier").as_deref(),
+        Some(source.set_snapshot.as_str())
+    );
+    assert!(source.set_snapshot.contains(&format!(":{REGION}:")));
+    let restores = proxy.exchanges("RestoreDBInstanceFromDBSnapshot");
+    assert_eq!(restores.len(), 1);
+    assert_eq!(restores[0].region, OTHER_REGION);
+    let placement = copy.status.unwrap();
+    assert!(
+        restored
+            .db_instance_arn()
+            .unwrap()
+            .contains(&format!(":{OTHER_REGION}:")),
+        "{restored:?}"
+    );
+    assert_eq!(
+        restores[0].param("DBSubnetGroupName"),
+        restored
+            .db_subnet_group()
+            .and_then(|g| g.db_subnet_group_name())
+            .map(str::to_string)
+    );
+    assert_eq!(
+        restored.kms_key_id(),
+        placement.kms_key_arn.as_deref(),
+        "the restored instance is under the target's key"
+    );
+    // The source's region holds nothing of the target.
+    let source_rds = aws_sdk_rds::Client::new(&env().aws(Some(REGION)).await);
+    assert!(instance_gone(&source_rds, &names.db_instance).await);
     std::fs::remove_dir_all(&source.scratch).ok();
 }
 

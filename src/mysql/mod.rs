@@ -105,6 +105,12 @@ fn parse_rule(rule: &str) -> Result<AddressRule, String> {
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err(bad("HOST is empty"));
     }
+    // Two rules run together ("A=H:P,B=H:P" as one value) would otherwise pass as one.
+    if host.contains(['=', ',', '/']) {
+        return Err(bad(
+            "HOST is not a host name or address; give one rule per value",
+        ));
+    }
     let port = port
         .parse::<u16>()
         .ok()
@@ -418,6 +424,10 @@ mod tests {
                 "wildcard only as the first label",
             ),
             ("*=127.0.0.1:3306", "wildcard only as the first label"),
+            (
+                "*.a.example=127.0.0.1:3306,*.b.example=127.0.0.1:3306",
+                "one rule per value",
+            ),
             ("db..org=127.0.0.1:3306", "wildcard only as the first label"),
             (
                 "db_x.org=127.0.0.1:3306",

@@ -264,6 +264,8 @@ pub struct Exchange {
     /// The access key id the request was signed with (SigV4 `Credential=`): whose
     /// credentials made it.
     pub access_key: String,
+    /// The region it was signed for (the SigV4 credential scope): where it was sent.
+    pub region: String,
     pub answer: String,
 }
 
@@ -793,6 +795,7 @@ async fn forward(
             String::from_utf8_lossy(&body)
         ),
         access_key: access_key_of(&parts.headers),
+        region: credential_scope(&parts.headers, 2).unwrap_or_default(),
         answer: String::new(),
     });
     let response = sender
@@ -995,9 +998,14 @@ fn form_value(form: &str, key: &str) -> Option<String> {
 
 /// The service of the SigV4 credential scope (`Credential=AKID/date/region/SERVICE/aws4_request`).
 fn signing_service(headers: &HeaderMap) -> Option<String> {
+    credential_scope(headers, 3)
+}
+
+/// Part `n` of the SigV4 credential scope (`AKID/date/region/service/aws4_request`).
+fn credential_scope(headers: &HeaderMap, n: usize) -> Option<String> {
     let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let scope = auth.split("Credential=").nth(1)?.split(',').next()?;
-    scope.split('/').nth(3).map(str::to_string)
+    scope.split('/').nth(n).map(str::to_string)
 }
 
 fn request_id(operation: &str, status: u16, code: &str) -> String {
