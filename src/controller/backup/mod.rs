@@ -790,7 +790,7 @@ fn rebuilt_status(status: &mut OpenEMRBackupStatus, m: &set::SetManifest, from: 
 
 /// A set's Jobs and hold are read from the caches of the clinics' children: before they
 /// have listed, "absent" would be a guess (and a hold taken for lost).
-fn children_listed(ctx: &Context) -> Result<(), Error> {
+pub(crate) fn children_listed(ctx: &Context) -> Result<(), Error> {
     if ctx
         .children
         .synced

@@ -10,8 +10,9 @@
 //!   moved into `_rolled-back-<token>`), [`ROLLBACK_SWITCH`] (the clinic switched back to
 //!   the instance it ran on) and [`ROLLBACK_RELEASE`]. The restored instance is then what
 //!   is kept, for inspection.
-//! - **The end of the window**: what is kept (the replaced instance, or after a rollback the
-//!   restored one) gets a final snapshot, loses its deletion protection and is deleted; the
+//! - **The end of the window**: what is kept (the replaced instance, or after a rollback, or
+//!   a restore that failed before it replaced anything, the restored one) gets a final
+//!   snapshot, loses its deletion protection and is deleted; the
 //!   kept site entries are deleted by a Job. Never an instance the clinic runs on.
 
 use std::collections::BTreeMap;
@@ -115,6 +116,9 @@ pub struct KeptSeen {
     pub leftover: Option<DbInstance>,
     pub final_snapshot: Option<DbSnapshot>,
     pub rollback_job: JobSeen,
+    /// The restore's documents Job, which exchanges the site: the rollback's own Job on
+    /// the same directories waits for it to end.
+    pub exchange_job: JobSeen,
     pub discard_job: JobSeen,
     pub jobs: SiteJobs,
     /// The clinic's tags (the final snapshot's).
@@ -160,9 +164,10 @@ pub fn keeps_restored(status: &RestoreRequestStatus) -> bool {
 }
 
 /// Whether an in-place request leaves its clinic as it should be if it went now: it never
-/// stopped it, or it ended with the clinic let go (succeeded, or rolled back and released,
-/// or its rollback refused because a later restore owns the clinic). Not while a rollback
-/// is to come, under way, or failed (the clinic is held then).
+/// stopped it, or the clinic was let go on the restored data (released for `Verify`, or
+/// succeeded), or rolled back and released, or its rollback was refused because a later
+/// restore owns the clinic. Not while the clinic is stopped by it, nor while a rollback is
+/// to come (a failed restore), under way, or failed (the clinic is held then).
 pub fn clinic_settled(status: &RestoreRequestStatus) -> bool {
     if !quiesced(status) {
         return true;
@@ -171,13 +176,19 @@ pub fn clinic_settled(status: &RestoreRequestStatus) -> bool {
     if rolled_back.is_some_and(|c| c.reason == "Superseded") {
         return true;
     }
+    let ended = |name: &str| {
+        status
+            .steps
+            .iter()
+            .any(|s| s.name == name && matches!(s.phase, StepPhase::Succeeded | StepPhase::Skipped))
+    };
     if status.steps.iter().any(|s| s.name == ROLLBACK_QUIESCE) {
-        return status.steps.iter().any(|s| {
-            s.name == ROLLBACK_RELEASE
-                && matches!(s.phase, StepPhase::Succeeded | StepPhase::Skipped)
-        });
+        return ended(ROLLBACK_RELEASE);
     }
-    status.phase == Some(RestorePhase::Succeeded)
+    if status.phase == Some(RestorePhase::Failed) {
+        return false;
+    }
+    ended(super::steps::RELEASE_HOLD) || status.phase == Some(RestorePhase::Succeeded)
 }
 
 /// Whether the documents were (or may have been) downloaded beside the live site.
@@ -408,6 +419,10 @@ fn rollback_step(seen: &KeptSeen, status: &RestoreRequestStatus, name: &str) -> 
         ROLLBACK_DOCUMENTS if !documents => {
             Step::Skipped("the clinic's documents were never exchanged".into())
         }
+        ROLLBACK_DOCUMENTS if seen.exchange_job == JobSeen::Running => Step::Waiting(format!(
+            "the restore's documents Job {} to end: it works on the same directories",
+            super::steps::documents_job_name(&seen.uid)
+        )),
         ROLLBACK_DOCUMENTS => site_job(seen, clinic, true),
         ROLLBACK_SWITCH if switched_here => Step::Act(
             Change::SwitchDatabase {
@@ -652,6 +667,7 @@ mod tests {
             leftover: None,
             final_snapshot: None,
             rollback_job: JobSeen::Absent,
+            exchange_job: JobSeen::Absent,
             discard_job: JobSeen::Absent,
             jobs: SiteJobs {
                 namespace: "clinics".into(),
@@ -903,6 +919,14 @@ mod tests {
         early.phase = Some(RestorePhase::Failed);
         early.steps.truncate(5);
         assert!(clinic_settled(&early), "never stopped the clinic");
+
+        // Deleted while verifying: the clinic serves the restored data again, and stays so.
+        let mut verifying = succeeded();
+        verifying.phase = Some(RestorePhase::Verifying);
+        verifying.steps.last_mut().unwrap().phase = StepPhase::Running;
+        assert!(clinic_settled(&verifying));
+        verifying.steps[9].phase = StepPhase::Running;
+        assert!(!clinic_settled(&verifying), "held, not yet released");
     }
 
     /// A restore that failed before it quiesced the clinic (its staging Job failed) never
@@ -945,6 +969,11 @@ mod tests {
         status.steps.truncate(8);
         status.steps[7].phase = StepPhase::Failed;
         let now = at("2026-12-01T12:00:00Z");
+        // A documents Job still running (a request deleted mid-exchange) is waited for.
+        seen.exchange_job = JobSeen::Running;
+        let out = plan(&seen, &mut status, now);
+        assert!(out.changes.is_empty(), "{out:?}");
+        seen.exchange_job = JobSeen::Failed("BackoffLimitExceeded".into());
         let out = plan(&seen, &mut status, now);
         let Change::CreateDocumentsJob { name, .. } = &out.changes[0] else {
             panic!("{out:?}")

@@ -131,6 +131,9 @@ impl Reconcile for RestoreRequest {
     }
 
     async fn observe(&self, ctx: &Context) -> Result<Observed, Error> {
+        // A Job the cache does not show yet must not read as absent: the rollback waits
+        // on the exchange Job, and a second Job on the same directories would race it.
+        super::backup::children_listed(ctx)?;
         let ns = self.namespace().unwrap_or_default();
         let caches = &ctx.caches;
         let source = &self.spec.source;
@@ -948,7 +951,10 @@ impl RestoreRequest {
         now: Timestamp,
     ) -> Plan<RestoreRequestStatus, Change> {
         let outcome = kept::plan(seen, &mut status, now);
-        let requeue = if outcome.in_progress {
+        // Deleted: once the rollback is through, the next look lets the request go (a status
+        // write alone wakes nothing).
+        let deleting = self.metadata.deletion_timestamp.is_some();
+        let requeue = if outcome.in_progress || deleting {
             Requeue::After(observed.progress)
         } else if let Some(wait) = outcome
             .until
@@ -1010,6 +1016,13 @@ impl RestoreRequest {
                 ctx,
                 ns,
                 &kept::rollback_job_name(&uid),
+                &uid,
+            )
+            .await?,
+            exchange_job: crate::controller::backup::job_seen(
+                ctx,
+                ns,
+                &steps::documents_job_name(&uid),
                 &uid,
             )
             .await?,

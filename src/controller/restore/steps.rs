@@ -453,6 +453,8 @@ enum Step {
     Skipped(String),
     /// Under way; the message says on what it waits.
     Waiting(String),
+    /// Not begun: it waits for something else to end first (the message says what).
+    Queued(String),
     /// Make this change; the message says what it is.
     Act(Change, String),
     Failed(&'static str, String),
@@ -472,13 +474,34 @@ pub fn plan(seen: &Seen, status: &mut RestoreRequestStatus, now: Timestamp) -> O
     if let Some(target) = in_place {
         status.previous_db_instance = Some(target.previous_identifier.clone());
     }
+    // A request that reached the clinic's hold or its documents before `StageDocuments`
+    // existed (an operator upgraded mid-restore) restores them as it began to: a stage Job
+    // now would write where its exchange Job works.
+    let begun = |step: &str| {
+        status
+            .steps
+            .iter()
+            .any(|s| s.name == step && s.start_time.is_some())
+    };
+    let unstaged = (begun(QUIESCE) || begun(RESTORE_DOCUMENTS))
+        && !status.steps.iter().any(|s| s.name == STAGE_DOCUMENTS);
     for &name in names {
         if blocked {
             mark(status, name, StepPhase::Pending, None, now);
             continue;
         }
+        if name == STAGE_DOCUMENTS && unstaged {
+            let why = "the restore began before this step existed: its documents are downloaded by RestoreDocuments";
+            mark(status, name, StepPhase::Skipped, Some(why.into()), now);
+            continue;
+        }
         match step(seen, name) {
             Step::Recorded => {}
+            Step::Queued(message) => {
+                mark(status, name, StepPhase::Pending, Some(message), now);
+                outcome.in_progress = true;
+                blocked = true;
+            }
             Step::Done(message) => mark(status, name, StepPhase::Succeeded, Some(message), now),
             Step::Skipped(message) => mark(status, name, StepPhase::Skipped, Some(message), now),
             Step::Waiting(message) => {
@@ -499,6 +522,7 @@ pub fn plan(seen: &Seen, status: &mut RestoreRequestStatus, now: Timestamp) -> O
             }
         }
     }
+    switch_deadline(status, &mut outcome, now);
     let safety_taken = status
         .steps
         .iter()
@@ -561,6 +585,42 @@ pub fn plan(seen: &Seen, status: &mut RestoreRequestStatus, now: Timestamp) -> O
         RestorePhase::Running
     });
     outcome
+}
+
+/// How long a clinic has to take the instance it was switched to. It does at its next look
+/// (seconds); one that has not by then is not going to (its `DatabaseReady` says why), and
+/// it is stopped meanwhile.
+pub const SWITCH_DEADLINE_SECONDS: i64 = 15 * 60;
+
+/// Past [`SWITCH_DEADLINE_SECONDS`] of `SwitchDatabase`, the restore fails
+/// (`SwitchNotTaken`): the rollback then switches the clinic back and lets it go, rather
+/// than leave it stopped for good.
+fn switch_deadline(status: &mut RestoreRequestStatus, outcome: &mut Outcome, now: Timestamp) {
+    let started = status
+        .steps
+        .iter()
+        .find(|s| s.name == SWITCH_DATABASE && s.phase == StepPhase::Running)
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| t.0);
+    let Some(started) = started.filter(|_| outcome.failed.is_none()) else {
+        return;
+    };
+    if now.duration_since(started).as_secs() < SWITCH_DEADLINE_SECONDS {
+        return;
+    }
+    let message = format!(
+        "the clinic did not take the restored instance within {} minutes of the switch (see its DatabaseReady condition)",
+        SWITCH_DEADLINE_SECONDS / 60
+    );
+    mark(
+        status,
+        SWITCH_DATABASE,
+        StepPhase::Failed,
+        Some(message.clone()),
+        now,
+    );
+    outcome.changes.clear();
+    outcome.failed = Some(("SwitchNotTaken", format!("{SWITCH_DATABASE}: {message}")));
 }
 
 /// A request deleted while it runs (kept by its finalizer until its clinic is settled)
@@ -796,9 +856,13 @@ fn quiesce_step(seen: &Seen, target: &TargetSeen) -> Step {
         .as_ref()
         .map(|p| p.sets_reading.as_slice())
         .unwrap_or_default();
-    // Looked at before the hold (the clinic serves while the set finishes) and again once
-    // it is in effect: a set that started as the hold went on shows by then.
-    if !reading.is_empty() && (!target.held || quiet) {
+    // Looked at before the hold (the clinic serves while the set finishes; the step has not
+    // begun) and again once it is in effect: a set that started as the hold went on shows
+    // by then.
+    if !reading.is_empty() && !target.held {
+        return Step::Queued(sets_reading_message(&seen.target_name, reading));
+    }
+    if !reading.is_empty() && quiet {
         return Step::Waiting(sets_reading_message(&seen.target_name, reading));
     }
     if !target.held {
@@ -2204,6 +2268,11 @@ mod tests {
             quiesce.message.as_deref().unwrap().contains("nightly-1"),
             "{quiesce:?}"
         );
+        assert_eq!(
+            (quiesce.phase, &quiesce.start_time),
+            (StepPhase::Pending, &None),
+            "not begun: the clinic was not stopped"
+        );
         target.in_place.as_mut().unwrap().sets_reading.clear();
         seen.target = Some(target.clone());
         let out = step_once(&mut seen, &mut status);
@@ -2289,6 +2358,12 @@ mod tests {
         seen.target = Some(target.clone());
         let out = step_once(&mut seen, &mut status);
         assert!(out.changes.is_empty(), "waits for the clinic to take it");
+        // Not forever: past the deadline, failed (the rollback puts the clinic back).
+        let (mut late, late_seen) = (status.clone(), seen.clone());
+        let deadline = Timestamp::from_second(now().as_second() + SWITCH_DEADLINE_SECONDS).unwrap();
+        let out = plan(&late_seen, &mut late, deadline);
+        assert_eq!(out.failed.map(|f| f.0), Some("SwitchNotTaken"));
+        assert_eq!(late.phase, Some(RestorePhase::Failed));
         target.in_place.as_mut().unwrap().serving_restored = true;
         seen.target = Some(target.clone());
         let out = step_once(&mut seen, &mut status);
