@@ -116,9 +116,9 @@ pub struct KeptSeen {
     pub leftover: Option<DbInstance>,
     pub final_snapshot: Option<DbSnapshot>,
     pub rollback_job: JobSeen,
-    /// The restore's documents Job, which exchanges the site: the rollback's own Job on
-    /// the same directories waits for it to end.
-    pub exchange_job: JobSeen,
+    /// The restore's documents Job, which exchanges the site, still runs: the rollback's
+    /// own Job on the same directories waits for it to end.
+    pub exchange_running: bool,
     pub discard_job: JobSeen,
     pub jobs: SiteJobs,
     /// The clinic's tags (the final snapshot's).
@@ -419,7 +419,7 @@ fn rollback_step(seen: &KeptSeen, status: &RestoreRequestStatus, name: &str) -> 
         ROLLBACK_DOCUMENTS if !documents => {
             Step::Skipped("the clinic's documents were never exchanged".into())
         }
-        ROLLBACK_DOCUMENTS if seen.exchange_job == JobSeen::Running => Step::Waiting(format!(
+        ROLLBACK_DOCUMENTS if seen.exchange_running => Step::Waiting(format!(
             "the restore's documents Job {} to end: it works on the same directories",
             super::steps::documents_job_name(&seen.uid)
         )),
@@ -667,7 +667,7 @@ mod tests {
             leftover: None,
             final_snapshot: None,
             rollback_job: JobSeen::Absent,
-            exchange_job: JobSeen::Absent,
+            exchange_running: false,
             discard_job: JobSeen::Absent,
             jobs: SiteJobs {
                 namespace: "clinics".into(),
@@ -970,10 +970,10 @@ mod tests {
         status.steps[7].phase = StepPhase::Failed;
         let now = at("2026-12-01T12:00:00Z");
         // A documents Job still running (a request deleted mid-exchange) is waited for.
-        seen.exchange_job = JobSeen::Running;
+        seen.exchange_running = true;
         let out = plan(&seen, &mut status, now);
         assert!(out.changes.is_empty(), "{out:?}");
-        seen.exchange_job = JobSeen::Failed("BackoffLimitExceeded".into());
+        seen.exchange_running = false;
         let out = plan(&seen, &mut status, now);
         let Change::CreateDocumentsJob { name, .. } = &out.changes[0] else {
             panic!("{out:?}")

@@ -1019,13 +1019,14 @@ impl RestoreRequest {
                 &uid,
             )
             .await?,
-            exchange_job: crate::controller::backup::job_seen(
-                ctx,
-                ns,
-                &steps::documents_job_name(&uid),
-                &uid,
-            )
-            .await?,
+            // From the cache alone: only whether it still runs matters here.
+            exchange_running: cached(&ctx.children.jobs, ns, &steps::documents_job_name(&uid))
+                .is_some_and(|job| {
+                    matches!(
+                        super::deployment::web::observe::job_state(&job),
+                        super::deployment::web::JobState::Running
+                    )
+                }),
             discard_job: crate::controller::backup::job_seen(
                 ctx,
                 ns,
@@ -1460,7 +1461,9 @@ impl RestoreRequest {
                 }
             };
             let job = job_seen(steps::documents_job_name(uid)).await?;
-            let stage_job = if in_place {
+            // Its summary is read only until the step is recorded done.
+            let staged = seen.done.iter().any(|d| d == steps::STAGE_DOCUMENTS);
+            let stage_job = if in_place && !staged {
                 job_seen(steps::stage_job_name(uid)).await?
             } else {
                 crate::controller::backup::plan::JobSeen::Absent
