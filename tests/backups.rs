@@ -1293,10 +1293,16 @@ async fn a_sets_copy_in_another_region_is_whole_there_and_goes_with_the_set() {
         c.documents.as_ref().unwrap().files_uploaded.unwrap()
     };
     assert_eq!(copied_files(&first_copy), 2, "{first_copy:?}");
+    let second_job: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    let second_args = second_job
+        .get("second-copy")
+        .await
+        .ok()
+        .and_then(|j| j.spec?.template.spec?.containers[0].args.clone());
     assert_eq!(
         copied_files(&second_copy),
         1,
-        "only the changed file: {second_copy:?}"
+        "only the changed file: {second_copy:?}, the Job's arguments {second_args:?}"
     );
     let copied_condition = support::condition(&sets, "second", "Copied").await.unwrap();
     assert_eq!(copied_condition.reason, "Copied");

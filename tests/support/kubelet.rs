@@ -228,7 +228,9 @@ pub async fn play_job(client: &kube::Client, ns: &str, name: &str, tree: &Path) 
         jobs.get_opt(name).await.ok()?
     })
     .await;
-    let scratch = std::env::temp_dir().join(format!("oe-{name}-{}", std::process::id()));
+    // Tests run side by side in one process and name their Jobs alike ("first-documents"):
+    // the namespace keeps one test's termination log and work files from another's.
+    let scratch = std::env::temp_dir().join(format!("oe-{ns}-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
     let pod = eventually(WAIT, "the Job's pod", || async {
         pods(client, ns, &format!("job-name={name}"))
