@@ -397,18 +397,22 @@ async fn openemrs_user_gets_a_new_password_and_keeps_its_tls_requirement() {
     master.close().await;
 }
 
-/// As OpenEMR's installer writes it: a tab before each `=`, values unescaped.
-const INSTALLED_SQLCONF: &str = include_str!("fixtures/installed-sqlconf.php");
+/// What PHP makes of `hash`, as OpenEMR's `AuthHash` checks a login: the algorithm
+/// `password_get_info` names (`unknown` fails `hashValid`), and whether `password_verify`
+/// accepts `password`.
+fn php_judges(hash: &str, password: &str) -> (String, bool) {
+    serde_json::from_value(php(
+        "echo json_encode([password_get_info($argv[1])['algoName'], password_verify($argv[2], $argv[1])]);",
+        &[hash, password],
+    ))
+    .unwrap()
+}
 
-/// What PHP reads from `file`: the five variables, the `$sqlconf` array and `$config`.
-fn php_reads(file: &std::path::Path) -> serde_json::Value {
+/// What PHP's `script` prints (JSON), given `args` as `$argv[1..]`.
+fn php(script: &str, args: &[&str]) -> serde_json::Value {
     let out = std::process::Command::new("php")
-        .args([
-            "-r",
-            "include $argv[1]; echo json_encode(['host' => $host, 'port' => $port, 'login' => $login, 'pass' => $pass, 'dbase' => $dbase, 'sqlconf' => $sqlconf, 'config' => $config]);",
-            "--",
-        ])
-        .arg(file)
+        .args(["-r", script, "--"])
+        .args(args)
         .output()
         .expect("php (run hack/install-mariadb.sh)");
     assert!(
@@ -417,6 +421,101 @@ fn php_reads(file: &std::path::Path) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// OpenEMR's first administrator in a restored database (id 1, as the installer makes it)
+/// gets the password of the target's Secret: hashed so that PHP, as OpenEMR checks a
+/// login, knows the algorithm and accepts the password (and refuses another); matched by
+/// exact name; with the time of the change and the failure counters cleared, so neither an
+/// expired password nor earlier failures lock the account. An older table without the
+/// counters still gets its hash. No such user: said, nothing written.
+#[tokio::test]
+async fn the_first_administrator_gets_a_password_openemr_accepts() {
+    use openemr_operator::mysql::admin;
+    let db = server("admin-reset");
+    let ca = std::fs::read(&db.ca).unwrap();
+    let (map, at, timeout) = (
+        addresses(&db),
+        endpoint("restored"),
+        Duration::from_secs(20),
+    );
+    let mut master = connect(&at, &login("openemr", MASTER_PASSWORD), &ca, &map, timeout)
+        .await
+        .unwrap();
+    let first = admin::first_administrator(&mut master).await.unwrap();
+    assert_eq!(first.as_deref(), Some("administrator"));
+    let source_hash = admin::stored_hash(&mut master, "administrator")
+        .await
+        .unwrap()
+        .unwrap();
+    let password = SecretValue("N3w admin-pass".into());
+    assert!(!admin::matches(&password, &source_hash));
+
+    // The password set, and the hash stored for it.
+    async fn set(master: &mut openemr_operator::mysql::Session, password: &SecretValue) -> String {
+        assert!(
+            admin::set_password(master, "administrator", password)
+                .await
+                .unwrap()
+        );
+        admin::stored_hash(master, "administrator")
+            .await
+            .unwrap()
+            .unwrap()
+    }
+    let hash = set(&mut master, &password).await;
+    assert!(admin::matches(&password, &hash));
+    assert_eq!(php_judges(&hash, "N3w admin-pass"), ("bcrypt".into(), true));
+    assert_eq!(php_judges(&hash, "N3w admin-pas"), ("bcrypt".into(), false));
+    assert_eq!(
+        db.root(
+            "SELECT login_fail_counter, last_login_fail IS NULL, \
+             TIMESTAMPDIFF(MINUTE, last_update_password, NOW()) < 10 \
+             FROM openemr.users_secure WHERE id = 1"
+        ),
+        "0\t1\t1"
+    );
+    // bcrypt's longest password, whole: PHP reads the same 72 bytes.
+    let longest = "x".repeat(71) + "y";
+    let hashed = admin::hash(&SecretValue(longest.clone())).unwrap();
+    assert_eq!(php_judges(&hashed, &longest), ("bcrypt".into(), true));
+    assert!(!php_judges(&hashed, &("x".repeat(71) + "z")).1);
+    // Why `$2y$`: PHP does not know bcrypt's `$2b$` spelling, and OpenEMR refuses the hash.
+    let spelled_b = bcrypt::hash("N3w admin-pass", 4).unwrap();
+    assert_eq!(php_judges(&spelled_b, "N3w admin-pass").0, "unknown");
+    assert!(!admin::matches(&password, &spelled_b));
+
+    // Names are matched exactly, as OpenEMR's login matches them.
+    for other in ["nobody", "ADMINISTRATOR"] {
+        assert!(
+            !admin::set_password(&mut master, other, &password)
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(
+        admin::stored_hash(&mut master, "administrator")
+            .await
+            .unwrap(),
+        Some(hash)
+    );
+
+    // An older table, without the counters: the hash and the time only.
+    db.root("ALTER TABLE openemr.users_secure DROP COLUMN login_fail_counter, DROP COLUMN last_login_fail");
+    let hash = set(&mut master, &SecretValue("An0ther-one".into())).await;
+    assert_eq!(php_judges(&hash, "An0ther-one"), ("bcrypt".into(), true));
+    master.close().await;
+}
+
+/// As OpenEMR's installer writes it: a tab before each `=`, values unescaped.
+const INSTALLED_SQLCONF: &str = include_str!("fixtures/installed-sqlconf.php");
+
+/// What PHP reads from `file`: the five variables, the `$sqlconf` array and `$config`.
+fn php_reads(file: &std::path::Path) -> serde_json::Value {
+    php(
+        "include $argv[1]; echo json_encode(['host' => $host, 'port' => $port, 'login' => $login, 'pass' => $pass, 'dbase' => $dbase, 'sqlconf' => $sqlconf, 'config' => $config]);",
+        &[file.to_str().unwrap()],
+    )
 }
 
 fn site_config(site: &std::path::Path, password: Option<&str>) -> (Option<i32>, serde_json::Value) {

@@ -597,6 +597,19 @@ async fn side_by_side(with_documents: bool) {
     // Job attaches to the restored database.
     source.user_reset().await;
     let target_password = source.target_password().await;
+    // So did the first administrator, in a Secret of the target's own made for the user
+    // the restored database names (not the installer's default): the copy opens with it,
+    // not with the source's.
+    let secrets: Api<Secret> = source.api();
+    let admin_secret = secrets.get("copy-a-admin").await.unwrap();
+    let field =
+        |k: &str| String::from_utf8(admin_secret.data.as_ref().unwrap()[k].0.clone()).unwrap();
+    assert_eq!(field("username"), "administrator");
+    let stored = db.root("SELECT password FROM openemr.users_secure WHERE id = 1");
+    assert!(
+        openemr_operator::mysql::admin::matches(&SecretValue(field("password")), &stored),
+        "{stored}"
+    );
     if with_documents {
         // Still held while the documents are restored.
         let job = documents_job_name(&request_uid);
@@ -1363,7 +1376,8 @@ async fn an_in_place_restore_whose_check_fails_after_the_switch_rolls_back_by_it
 /// until the clinic is as it was. The documents Job exchanging the site is let finish,
 /// then the request fails (`Deleted`), the rollback puts the kept entries back, the
 /// clinic is let go on the instance it ran on, and only then is the request gone. A
-/// backup set reading the clinic's data when the restore came to stop it was waited for.
+/// backup set reading the clinic's data when the restore came to stop it was waited for,
+/// and a set asked for meanwhile waited for the restore.
 #[tokio::test]
 async fn an_in_place_restore_deleted_after_it_stopped_the_clinic_puts_it_back_then_goes() {
     use k8s_openapi::api::apps::v1::Deployment;
@@ -1413,6 +1427,31 @@ async fn an_in_place_restore_deleted_after_it_stopped_the_clinic_puts_it_back_th
         leases.get_opt(&hold).await.unwrap().is_none(),
         "the clinic serves while the set reads it"
     );
+    // A set asked for meanwhile does not begin: sets back to back would keep the clinic
+    // from ever being free to stop.
+    support::apply(
+        client,
+        &ns.name,
+        &json!({
+            "apiVersion": "openemr.io/v1alpha1", "kind": "OpenEMRBackup",
+            "metadata": {"name": "set-3"},
+            "spec": {"deploymentRef": {"name": "clinic-a"}, "includeDocuments": true},
+        }),
+    )
+    .await
+    .unwrap();
+    let sets: Api<OpenEMRBackup> = source.api();
+    let started = eventually(WAIT, "set-3 waiting for the restore", || async {
+        let c = support::condition(&sets, "set-3", "Started").await?;
+        (c.reason == "RestoreInPlace").then_some(c)
+    })
+    .await;
+    assert!(
+        started.message.contains("\"restore-a\""),
+        "{}",
+        started.message
+    );
+    sets.delete("set-3", &Default::default()).await.unwrap();
     play_job(client, &ns.name, &set_job, &live).await;
 
     let job = documents_job_name(&uid);
@@ -1695,30 +1734,52 @@ async fn a_point_in_time_restored_side_by_side_goes_through_a_staging_snapshot_u
         ),
     );
     listed(2).await;
+    // A point in time asked for at `time`: refused, and the refusal, the request gone.
+    let refused_at = |name: &'static str, time: Timestamp| {
+        let requests = requests.clone();
+        let source = &source;
+        async move {
+            support::apply(
+                &source.client,
+                &source.ns.name,
+                &json!({
+                    "apiVersion": "openemr.io/v1alpha1", "kind": "RestoreRequest",
+                    "metadata": {"name": name},
+                    "spec": {"source": {"pointInTime": {
+                        "deploymentRef": {"name": "clinic-a"}, "time": time.to_string()}}},
+                }),
+            )
+            .await
+            .unwrap();
+            let refused = refusal(&requests, name).await;
+            requests.delete(name, &Default::default()).await.unwrap();
+            assert_eq!(refused.reason, "PointInTimeOutsideWindow");
+            refused.message
+        }
+    };
     let after = Timestamp::from_second(ended.as_second() + 3600).unwrap();
-    support::apply(
-        &source.client,
-        &source.ns.name,
-        &json!({
-            "apiVersion": "openemr.io/v1alpha1", "kind": "RestoreRequest",
-            "metadata": {"name": "too-late"},
-            "spec": {"source": {"pointInTime": {
-                "deploymentRef": {"name": "clinic-a"}, "time": after.to_string()}}},
-        }),
-    )
-    .await
-    .unwrap();
-    let refused = refusal(&requests, "too-late").await;
-    assert_eq!(refused.reason, "PointInTimeOutsideWindow");
-    assert!(
-        refused.message.contains(&ended.to_string()),
-        "{}",
-        refused.message
+    let refused = refused_at("too-late", after).await;
+    assert!(refused.contains(&ended.to_string()), "{refused}");
+    // The window's start, as the automated backups report it (moto says none: the proxy
+    // adds it): an instant before it is refused naming it, where the estimate (the end less
+    // the retention period) would have taken it.
+    let began = Timestamp::from_second(ended.as_second() - 3600).unwrap();
+    proxy.set(
+        "DescribeDBInstanceAutomatedBackups",
+        Rule::default().rewrite(
+            "<Status>active</Status>",
+            &format!(
+                "<Status>active</Status><RestoreWindow><EarliestTime>{began}</EarliestTime><LatestTime>{ended}</LatestTime></RestoreWindow>"
+            ),
+        ),
     );
-    requests
-        .delete("too-late", &Default::default())
-        .await
-        .unwrap();
+    let before = Timestamp::from_second(began.as_second() - 600).unwrap();
+    let refused = refused_at("too-early", before).await;
+    assert!(
+        refused.contains(&format!("window, {began} to {ended}")) && !refused.contains("estimated"),
+        "{refused}"
+    );
+    proxy.clear("DescribeDBInstanceAutomatedBackups");
     proxy.clear("DescribeDBInstances");
     listed(2).await;
     assert_eq!(proxy.exchanges("RestoreDBInstanceToPointInTime").len(), 0);

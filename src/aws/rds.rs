@@ -188,6 +188,14 @@ pub struct DbSnapshot {
     pub tags: BTreeMap<String, String>,
 }
 
+/// The span a point-in-time restore of an instance can reach, as its automated backups
+/// report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RestoreWindow {
+    pub earliest: Option<std::time::SystemTime>,
+    pub latest: Option<std::time::SystemTime>,
+}
+
 /// The storage every clinic's instance is made with: General Purpose SSD, whose baseline
 /// (3,000 IOPS) does not grow with size as gp2's does.
 pub const STORAGE_TYPE: &str = "gp3";
@@ -236,6 +244,13 @@ pub trait Databases {
         &self,
         identifier: &str,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// The span instance `identifier` can be restored to a point in, from its active
+    /// automated backups (RDS reports the window's start nowhere else); `None` when it
+    /// keeps none.
+    fn restore_window(
+        &self,
+        identifier: &str,
+    ) -> impl Future<Output = Result<Option<RestoreWindow>, AwsError>> + Send;
     fn describe_snapshot(
         &self,
         identifier: &str,
@@ -599,6 +614,35 @@ impl Databases for AwsClients {
         self.call(Service::Rds, "RebootDBInstance", request)
             .await
             .map(|_| ())
+    }
+
+    async fn restore_window(&self, identifier: &str) -> Result<Option<RestoreWindow>, AwsError> {
+        let request = self
+            .rds
+            .describe_db_instance_automated_backups()
+            .db_instance_identifier(identifier)
+            .send();
+        let out = match self
+            .call(Service::Rds, "DescribeDBInstanceAutomatedBackups", request)
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let time = |t: Option<&aws_smithy_types::DateTime>| {
+            t.and_then(|t| std::time::SystemTime::try_from(*t).ok())
+        };
+        // A deleted instance of the same name leaves `retained` backups: not this one's.
+        Ok(out
+            .db_instance_automated_backups()
+            .iter()
+            .filter(|b| b.status() == Some("active"))
+            .find_map(|b| b.restore_window())
+            .map(|w| RestoreWindow {
+                earliest: time(w.earliest_time()),
+                latest: time(w.latest_time()),
+            }))
     }
 
     async fn describe_snapshot(&self, identifier: &str) -> Result<Option<DbSnapshot>, AwsError> {

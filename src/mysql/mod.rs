@@ -8,6 +8,7 @@
 //! [`AddressMap`] (`--database-address`) dials another address; the certificate is still
 //! checked against the RDS name, so a mapped connection is verified exactly as a direct one.
 
+pub mod admin;
 pub mod checks;
 
 use std::time::Duration;

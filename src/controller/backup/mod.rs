@@ -228,6 +228,7 @@ impl Reconcile for OpenEMRBackup {
             include_documents,
             clinic,
             running_before,
+            restore_quiescing: restore_quiescing(ctx, &ns, &self.spec.deployment_ref.name),
             snapshot: None,
             job: JobSeen::Absent,
             manifest_written: false,
@@ -1377,6 +1378,34 @@ impl OpenEMRBackup {
             _ => Verdict::truthy("Accepted", "Valid", "spec is valid"),
         }
     }
+}
+
+/// An in-place restore of clinic `clinic` at its `Quiesce` step, by name (the first, if
+/// several are: only one runs per clinic).
+fn restore_quiescing(ctx: &Context, ns: &str, clinic: &str) -> Option<String> {
+    let mut names: Vec<String> = ctx
+        .caches
+        .restores
+        .state()
+        .iter()
+        .filter_map(|r| r.0.as_ref().ok())
+        .filter(|r| r.namespace().as_deref() == Some(ns))
+        .filter(|r| {
+            r.spec
+                .target
+                .in_place
+                .as_ref()
+                .is_some_and(|t| t.deployment_name == clinic)
+        })
+        .filter(|r| {
+            r.status
+                .as_ref()
+                .is_some_and(crate::controller::restore::steps::at_quiesce)
+        })
+        .map(|r| r.name_any())
+        .collect();
+    names.sort();
+    names.into_iter().next()
 }
 
 #[cfg(test)]

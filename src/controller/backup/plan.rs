@@ -94,6 +94,9 @@ pub struct Steps {
     pub clinic: ClinicSeen,
     /// Older sets of the clinic still running: this one waits for them.
     pub running_before: Vec<String>,
+    /// An in-place restore of the clinic waiting for the sets under way to stop the
+    /// clinic: a set not begun waits for it ([`crate::controller::restore::steps::at_quiesce`]).
+    pub restore_quiescing: Option<String>,
     pub snapshot: Option<DbSnapshot>,
     pub job: JobSeen,
     /// Whether the set manifest is in the bucket (looked at once both parts are done).
@@ -360,6 +363,14 @@ fn take(steps: &Steps, status: &mut OpenEMRBackupStatus, now: Timestamp) -> Outc
             Some((
                 "ClinicNotReady",
                 format!("waits for the clinic to be Ready ({})", clinic.not_ready),
+            ))
+        } else if let Some(restore) = &steps.restore_quiescing {
+            // Said before an older set: it is what this one waits for longest.
+            Some((
+                "RestoreInPlace",
+                format!(
+                    "waits for in-place restore {restore:?}, which is stopping the clinic to replace its data"
+                ),
             ))
         } else if let Some(other) = steps.running_before.first() {
             Some((
@@ -745,6 +756,7 @@ mod tests {
                 spec: serde_json::json!({}),
             },
             running_before: Vec::new(),
+            restore_quiescing: None,
             snapshot: None,
             job: JobSeen::Absent,
             manifest_written: false,
@@ -993,6 +1005,13 @@ mod tests {
         let out = next(&s, &mut status, at(0));
         assert_eq!(reasons(&out), ["AnotherSetRunning"]);
         assert!(out.changes.is_empty());
+        // Behind an in-place restore about to stop the clinic: not begun, saying which.
+        let mut s = steps();
+        s.restore_quiescing = Some("restore-a".into());
+        let out = next(&s, &mut status, at(0));
+        assert_eq!(reasons(&out), ["RestoreInPlace"]);
+        assert!(out.verdicts[0].message.contains("\"restore-a\""));
+        assert!(out.changes.is_empty() && status.phase.is_none());
     }
 
     #[test]

@@ -231,6 +231,11 @@ pub const ROOT_PASSWORD_KEY: &str = "root-password";
 
 /// Key of the OpenEMR user's password in the credentials Secret.
 pub const PASSWORD_KEY: &str = "password";
+/// The key of a Secret's user name.
+pub const USERNAME_KEY: &str = "username";
+/// The first administrator's name in a clinic the operator installs (a restored clinic's
+/// is the one its database holds).
+pub const FIRST_ADMINISTRATOR: &str = "admin";
 
 /// A Secret key, for `secretKeyRef`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,8 +342,8 @@ pub async fn create_credentials_secret(
         )])),
         None,
         BTreeMap::from([
-            ("username".to_string(), username.to_string()),
-            ("password".to_string(), password),
+            (USERNAME_KEY.to_string(), username.to_string()),
+            (PASSWORD_KEY.to_string(), password),
             ("database".to_string(), database.to_string()),
         ]),
     );
@@ -346,12 +351,14 @@ pub async fn create_credentials_secret(
     create_secret_once(ctx, ns, secret).await
 }
 
-/// Generates the first administrator's credentials once, into a Secret kept with the data
-/// (like the database credentials); `labels` make it a child the web tier's cache holds.
+/// Generates the first administrator's credentials once (for `username`), into a Secret
+/// kept with the data (like the database credentials); `labels` make it a child the web
+/// tier's cache holds.
 pub async fn create_admin_secret(
     ctx: &Context,
     ns: &str,
     name: &str,
+    username: &str,
     labels: BTreeMap<String, String>,
 ) -> Result<(), Error> {
     let password = new_password("the administrator's password")?;
@@ -365,8 +372,8 @@ pub async fn create_admin_secret(
         )])),
         None,
         BTreeMap::from([
-            ("username".to_string(), "admin".to_string()),
-            ("password".to_string(), password),
+            (USERNAME_KEY.to_string(), username.to_string()),
+            (PASSWORD_KEY.to_string(), password),
         ]),
     );
     create_secret_once(ctx, ns, secret).await

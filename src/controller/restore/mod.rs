@@ -21,6 +21,7 @@ pub mod target;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams};
@@ -29,7 +30,7 @@ use kube::{Api, Resource, ResourceExt};
 use super::children::cached;
 use super::deployment::clinic::{self, ClinicNames, aws_error};
 use super::deployment::infra::database::Placement;
-use super::deployment::secrets::{PASSWORD_KEY, get_secret, secret_value};
+use super::deployment::secrets::{PASSWORD_KEY, USERNAME_KEY, get_secret, secret_value};
 use super::deployment::web::holds;
 use super::{
     ClinicAws, Context, Error, Plan, Reconcile, RefKind, Requeue, lookup, status_from, status_with,
@@ -161,7 +162,7 @@ impl Reconcile for RestoreRequest {
             .and_then(|p| lookup(&caches.deployments, &ns, &p.deployment_ref.name))
             .and_then(|c| c.0.as_ref().ok().cloned());
         let clinic = match (clinic, &ctx.aws) {
-            (Some(c), Some(aws)) => Some(with_fresh_window(c, aws).await?),
+            (Some(c), Some(aws)) => Some(with_fresh_window(c, aws, !self.started()).await?),
             (c, _) => c,
         };
         let clinic = clinic.as_ref();
@@ -599,6 +600,7 @@ impl Reconcile for RestoreRequest {
                 user,
                 database,
                 secret,
+                admin,
             } => {
                 let clients = self.target_clients(ctx, aws, &ns).await?;
                 let (master_password, _) = clients
@@ -624,7 +626,11 @@ impl Reconcile for RestoreRequest {
                     message: e.to_string(),
                 };
                 let mut session = connect(aws, endpoint, &login).await.map_err(sql)?;
-                let result = session.set_password(user, &password).await.map_err(sql);
+                let mut result = session.set_password(user, &password).await.map_err(sql);
+                if let (Ok(()), Some(account)) = (&result, admin) {
+                    let clinic = self.side_by_side_name();
+                    result = set_administrator(ctx, &ns, &clinic, account, &mut session).await;
+                }
                 session.close().await;
                 result
             }
@@ -774,17 +780,33 @@ async fn unprotect(
 async fn with_fresh_window(
     mut clinic: OpenEMRDeployment,
     aws: &ClinicAws,
+    with_start: bool,
 ) -> Result<OpenEMRDeployment, Error> {
     let clients = clinic::clients(&clinic, aws).await;
-    let latest = listed_instance(&clinic, aws, &clients)
-        .await?
-        .and_then(|d| d.latest_restorable_time)
-        .and_then(|t| Timestamp::try_from(t).ok());
-    if let (Some(latest), Some(database)) = (
-        latest,
-        clinic.status.as_mut().and_then(|s| s.database.as_mut()),
-    ) {
-        database.latest_restorable_time = Some(Time(latest));
+    let Some(instance) = listed_instance(&clinic, aws, &clients).await? else {
+        return Ok(clinic);
+    };
+    // The window's start is reported only with the automated backups: a call of its own,
+    // made only until the restore starts (from then on its instant is pinned, judged
+    // against the start estimated from the retention period); the window's end is there
+    // too, but the instance's is fresher.
+    let window = match with_start {
+        true => clients
+            .restore_window(&instance.identifier)
+            .await
+            .map_err(aws_error("reading the database's restorable window"))?
+            .unwrap_or_default(),
+        false => Default::default(),
+    };
+    let time =
+        |t: Option<std::time::SystemTime>| t.and_then(|t| Timestamp::try_from(t).ok()).map(Time);
+    if let Some(database) = clinic.status.as_mut().and_then(|s| s.database.as_mut()) {
+        if let Some(latest) = time(instance.latest_restorable_time.or(window.latest)) {
+            database.latest_restorable_time = Some(latest);
+        }
+        if let Some(earliest) = time(window.earliest) {
+            database.earliest_restorable_time = Some(earliest);
+        }
     }
     Ok(clinic)
 }
@@ -882,6 +904,125 @@ async fn read_password(ctx: &Context, ns: &str, name: &str) -> Result<Option<Sec
             reason: "CredentialsSecretInvalid",
             message: format!("Secret {name:?} has no usable {PASSWORD_KEY:?}"),
         }),
+    }
+}
+
+/// Whether the restored database's hash for the administrator in `account`'s Secret is of
+/// that Secret's password, or why not.
+async fn admin_matches(
+    ctx: &Context,
+    ns: &str,
+    account: &steps::AdminAccount,
+    session: &mut crate::mysql::Session,
+) -> Result<Result<(), String>, Error> {
+    use crate::mysql::admin;
+    let name = &account.secret;
+    let Some(secret) = get_secret(ctx, ns, name).await? else {
+        return Ok(Err(format!("Secret {name} does not exist yet")));
+    };
+    let (Some(user), Some(password)) = (
+        secret_value(&secret, USERNAME_KEY),
+        secret_value(&secret, PASSWORD_KEY),
+    ) else {
+        return Ok(Err(format!(
+            "Secret {name} lacks {USERNAME_KEY:?} or {PASSWORD_KEY:?}"
+        )));
+    };
+    Ok(match admin::stored_hash(session, &user).await {
+        Ok(Some(hash)) if admin::matches(&SecretValue(password), &hash) => Ok(()),
+        Ok(Some(_)) => Err(format!(
+            "{user}'s password in the restored database is not the one in Secret {name}"
+        )),
+        Ok(None) => Err(format!(
+            "the restored database has no OpenEMR user {user:?}"
+        )),
+        Err(e) => Err(format!("{}: {e}", e.reason())),
+    })
+}
+
+/// Gives the target's first administrator (`account`) the password in its Secret, in the
+/// restored database `session` is open on as the master user. A Secret the operator
+/// generates is made here when missing, for the user the database names its first
+/// administrator; one it made earlier for another name is made to name that user.
+async fn set_administrator(
+    ctx: &Context,
+    ns: &str,
+    clinic: &str,
+    account: &steps::AdminAccount,
+    session: &mut crate::mysql::Session,
+) -> Result<(), Error> {
+    use crate::mysql::admin;
+    let name = &account.secret;
+    let act = |reason: &'static str, message: String| Error::Act {
+        action: format!("setting the first administrator's password from Secret {name}"),
+        reason,
+        message,
+    };
+    let sql = |e: crate::mysql::SqlError| act(e.reason(), e.to_string());
+    let first = if account.generated {
+        let first = admin::first_administrator(session)
+            .await
+            .map_err(sql)?
+            .ok_or_else(|| {
+                act(
+                    "AdministratorNotFound",
+                    format!(
+                        "the restored database has no first administrator (users_secure id {})",
+                        admin::FIRST_ADMINISTRATOR_ID
+                    ),
+                )
+            })?;
+        super::deployment::secrets::create_admin_secret(
+            ctx,
+            ns,
+            name,
+            &first,
+            super::deployment::web::act::generated_labels(clinic),
+        )
+        .await?;
+        Some(first)
+    } else {
+        None
+    };
+    let secret = get_secret(ctx, ns, name).await?.ok_or_else(|| {
+        act(
+            "AdminCredentialsSecretNotFound",
+            format!("Secret {name:?} does not exist"),
+        )
+    })?;
+    let (Some(mut user), Some(password)) = (
+        secret_value(&secret, USERNAME_KEY),
+        secret_value(&secret, PASSWORD_KEY),
+    ) else {
+        return Err(act(
+            "AdminCredentialsSecretInvalid",
+            format!("Secret {name:?} lacks {USERNAME_KEY:?} or {PASSWORD_KEY:?}"),
+        ));
+    };
+    if let Some(first) = first.filter(|f| *f != user) {
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+        let rename = serde_json::json!({"stringData": {USERNAME_KEY: first}});
+        api.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&rename),
+        )
+        .await
+        .map_err(|e| act("SecretWriteFailed", e.to_string()))?;
+        user = first;
+    }
+    if admin::set_password(session, &user, &SecretValue(password))
+        .await
+        .map_err(sql)?
+    {
+        Ok(())
+    } else {
+        Err(act(
+            "AdministratorNotFound",
+            format!(
+                "the restored database has no OpenEMR user {user:?} (the username in Secret {name})"
+            ),
+        ))
     }
 }
 
@@ -1293,6 +1434,7 @@ impl RestoreRequest {
             copy: None,
             instance: None,
             user_opens: None,
+            admin: None,
             done: self
                 .status
                 .as_ref()
@@ -1403,6 +1545,23 @@ impl RestoreRequest {
         };
         target.credentials_secret = password.as_ref().map(|_| secret_name.clone());
         let reset_done = seen.done.iter().any(|d| d == steps::RESET_DATABASE_USER);
+        if !in_place && !reset_done {
+            let named = seen
+                .target_spec
+                .as_ref()
+                .and_then(|d| d.spec.web.admin_credentials_secret_ref.as_ref())
+                .map(|r| r.name.clone());
+            let account = steps::AdminAccount {
+                generated: named.is_none(),
+                secret: named.unwrap_or_else(|| {
+                    super::deployment::web::WebNames::new(ns, &seen.target_name).admin_secret
+                }),
+            };
+            seen.admin = Some(steps::AdminSeen {
+                account,
+                matches: None,
+            });
+        }
         let hold_released = seen.done.iter().any(|d| d == steps::RELEASE_HOLD);
         let instance = seen.instance.clone().filter(|db| {
             db.status == "available" && db.master_user_secret_arn.is_some() && db.endpoint.is_some()
@@ -1420,14 +1579,17 @@ impl RestoreRequest {
                 seen.database_checks = Some(verdict.findings);
             }
             if !reset_done {
-                let session = open_as_openemr(aws, db, &target, password).await;
-                seen.user_opens = Some(match session {
-                    Ok(session) => {
+                match open_as_openemr(aws, db, &target, password).await {
+                    Ok(mut session) => {
+                        seen.user_opens = Some(Ok(()));
+                        if let Some(admin) = seen.admin.as_mut() {
+                            admin.matches =
+                                Some(admin_matches(ctx, ns, &admin.account, &mut session).await?);
+                        }
                         session.close().await;
-                        Ok(())
                     }
-                    Err(e) => Err(format!("{}: {e}", e.reason())),
-                });
+                    Err(e) => seen.user_opens = Some(Err(format!("{}: {e}", e.reason()))),
+                }
             }
         }
         if reset_done {

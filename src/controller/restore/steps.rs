@@ -17,8 +17,10 @@
 //!    `ModifyDBInstance` gives the instance a managed secret of its own, under the target's
 //!    key, with a password nobody knew before.
 //! 5. `ResetDatabaseUser`: as the master user, over TLS, the OpenEMR user's password is set
-//!    to the one in the target's own credentials Secret. Done once that password opens the
-//!    database.
+//!    to the one in the target's own credentials Secret, and OpenEMR's first administrator's
+//!    to the one in the target's admin Secret (made for the user the database names, when
+//!    the operator generates it; [`crate::mysql::admin`]). Done once that password opens
+//!    the database and the administrator's hash there is of the admin Secret's password.
 //! 6. `RestoreDocuments`: a Job of the operator's image restores the set's documents into
 //!    the target's volume (owners and modes kept) and points its `sqlconf.php` at the
 //!    restored instance with the target's OpenEMR password; skipped for a database-only
@@ -262,6 +264,25 @@ pub struct InPlaceSeen {
     pub sets_reading: Vec<String>,
 }
 
+/// The target's first administrator's Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminAccount {
+    /// The target spec's `web.adminCredentialsSecretRef`, or `<clinic>-admin`.
+    pub secret: String,
+    /// `<clinic>-admin`, the operator's: made by the restore when missing, for the user
+    /// the restored database names its first administrator.
+    pub generated: bool,
+}
+
+/// The target's first administrator, as the restored database holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSeen {
+    pub account: AdminAccount,
+    /// Whether the database's hash for the Secret's user is of the Secret's password, or
+    /// why not; `None` when not looked at (the database was not opened).
+    pub matches: Option<Result<(), String>>,
+}
+
 /// What the steps are planned from.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -280,6 +301,10 @@ pub struct Seen {
     /// Whether the target Secret's password opens the restored database as the OpenEMR
     /// user (looked at once the instance has its own master secret), or why not.
     pub user_opens: Option<Result<(), String>>,
+    /// Side by side: the target's first administrator, whose password the restored
+    /// database must hold (the source's would open the copy otherwise). In place the
+    /// clinic keeps its own: its administrator's password is what the clinic's data says.
+    pub admin: Option<AdminSeen>,
     /// Steps recorded done (succeeded or skipped) by an earlier look: what they did stands
     /// (the hold placed by `CreateTarget` is not placed again once released).
     pub done: Vec<String>,
@@ -352,6 +377,8 @@ pub enum Change {
         user: String,
         database: String,
         secret: String,
+        /// Side by side: the first administrator gets the password in this Secret too.
+        admin: Option<AdminAccount>,
     },
     ReleaseHold {
         clinic: String,
@@ -522,7 +549,7 @@ pub fn plan(seen: &Seen, status: &mut RestoreRequestStatus, now: Timestamp) -> O
             }
         }
     }
-    switch_deadline(status, &mut outcome, now);
+    deadlines(status, &mut outcome, now);
     let safety_taken = status
         .steps
         .iter()
@@ -592,35 +619,59 @@ pub fn plan(seen: &Seen, status: &mut RestoreRequestStatus, now: Timestamp) -> O
 /// it is stopped meanwhile.
 pub const SWITCH_DEADLINE_SECONDS: i64 = 15 * 60;
 
-/// Past [`SWITCH_DEADLINE_SECONDS`] of `SwitchDatabase`, the restore fails
-/// (`SwitchNotTaken`): the rollback then switches the clinic back and lets it go, rather
-/// than leave it stopped for good.
-fn switch_deadline(status: &mut RestoreRequestStatus, outcome: &mut Outcome, now: Timestamp) {
-    let started = status
-        .steps
-        .iter()
-        .find(|s| s.name == SWITCH_DATABASE && s.phase == StepPhase::Running)
-        .and_then(|s| s.start_time.as_ref())
-        .map(|t| t.0);
-    let Some(started) = started.filter(|_| outcome.failed.is_none()) else {
-        return;
-    };
-    if now.duration_since(started).as_secs() < SWITCH_DEADLINE_SECONDS {
+/// How long the checks wait for the target clinic to be Ready (seconds): its setup Job
+/// attaching to the restored database and its workers starting take minutes, image pulls
+/// included; a clinic not Ready by then is stuck (its conditions say on what).
+pub const VERIFY_DEADLINE_SECONDS: i64 = 30 * 60;
+
+/// Steps that wait on something outside AWS and the request's own Jobs, and so could wait
+/// forever: past its deadline such a step fails, so that a request ends (`Failed`, the
+/// target kept) and, in place, the rollback puts the clinic back rather than leave it
+/// stopped or serving unverified data for good.
+const DEADLINES: [(&str, i64, &str, &str); 2] = [
+    (
+        SWITCH_DATABASE,
+        SWITCH_DEADLINE_SECONDS,
+        "SwitchNotTaken",
+        "the clinic did not take the restored instance within {minutes} minutes of the switch (see its DatabaseReady condition)",
+    ),
+    (
+        VERIFY,
+        VERIFY_DEADLINE_SECONDS,
+        "VerificationTimedOut",
+        "the checks did not finish within {minutes} minutes (see the clinic's Ready condition)",
+    ),
+];
+
+/// Fails the step under way that has run past its [`DEADLINES`] entry.
+fn deadlines(status: &mut RestoreRequestStatus, outcome: &mut Outcome, now: Timestamp) {
+    if outcome.failed.is_some() {
         return;
     }
-    let message = format!(
-        "the clinic did not take the restored instance within {} minutes of the switch (see its DatabaseReady condition)",
-        SWITCH_DEADLINE_SECONDS / 60
-    );
-    mark(
-        status,
-        SWITCH_DATABASE,
-        StepPhase::Failed,
-        Some(message.clone()),
-        now,
-    );
-    outcome.changes.clear();
-    outcome.failed = Some(("SwitchNotTaken", format!("{SWITCH_DATABASE}: {message}")));
+    for (step, seconds, reason, message) in DEADLINES {
+        let Some(current) = status
+            .steps
+            .iter()
+            .find(|s| s.name == step && s.phase == StepPhase::Running)
+        else {
+            continue;
+        };
+        let Some(started) = current.start_time.as_ref().map(|t| t.0) else {
+            continue;
+        };
+        if now.duration_since(started).as_secs() < seconds {
+            continue;
+        }
+        let waiting = current.message.clone().unwrap_or_default();
+        let mut message = message.replace("{minutes}", &(seconds / 60).to_string());
+        if !waiting.is_empty() {
+            message = format!("{message}; it was waiting for {waiting}");
+        }
+        mark(status, step, StepPhase::Failed, Some(message.clone()), now);
+        outcome.changes.clear();
+        outcome.failed = Some((reason, format!("{step}: {message}")));
+        return;
+    }
 }
 
 /// A request deleted while it runs (kept by its finalizer until its clinic is settled)
@@ -900,6 +951,26 @@ pub fn sets_reading_message(clinic: &str, sets: &[String]) -> String {
         "backup set(s) {} of clinic {clinic} to take their parts: a set taken while its data is replaced would pair the database before with the documents after",
         sets.join(", ")
     )
+}
+
+/// Whether an in-place restore with `status` is at its `Quiesce` step (every step before
+/// it done, it not yet): a set of the clinic not yet begun then waits, or sets taken back
+/// to back could keep the restore from ever finding the clinic free to stop. From the
+/// hold on, the clinic is not Ready and sets wait for that.
+pub fn at_quiesce(status: &RestoreRequestStatus) -> bool {
+    if matches!(
+        status.phase,
+        Some(RestorePhase::Succeeded | RestorePhase::Failed)
+    ) {
+        return false;
+    }
+    let Some(at) = status.steps.iter().position(|s| s.name == QUIESCE) else {
+        return false;
+    };
+    status.steps[..at]
+        .iter()
+        .all(|s| matches!(s.phase, StepPhase::Succeeded | StepPhase::Skipped))
+        && status.steps[at].phase != StepPhase::Succeeded
 }
 
 /// In place, quiesced: a snapshot of the database about to be replaced, as it stands.
@@ -1457,9 +1528,23 @@ fn reset_step(seen: &Seen, target: &TargetSeen) -> Step {
             seen.target_name
         ));
     };
+    let admin_done = seen
+        .admin
+        .as_ref()
+        .is_none_or(|a| a.matches == Some(Ok(())));
+    let admin_said = seen
+        .admin
+        .as_ref()
+        .map(|a| {
+            format!(
+                "; the first administrator's, the one in Secret {}",
+                a.account.secret
+            )
+        })
+        .unwrap_or_default();
     match &seen.user_opens {
-        Some(Ok(())) => Step::Done(format!(
-            "{}'s password is the one in Secret {secret}",
+        Some(Ok(())) if admin_done => Step::Done(format!(
+            "{}'s password is the one in Secret {secret}{admin_said}",
             target.database.username
         )),
         _ => {
@@ -1479,9 +1564,10 @@ fn reset_step(seen: &Seen, target: &TargetSeen) -> Step {
                     user: target.database.username.clone(),
                     database: target.database.database_name.clone(),
                     secret: secret.clone(),
+                    admin: seen.admin.as_ref().map(|a| a.account.clone()),
                 },
                 format!(
-                    "setting {}'s password to the one in Secret {secret}",
+                    "setting {}'s password to the one in Secret {secret}{admin_said}",
                     target.database.username
                 ),
             )
@@ -1547,6 +1633,7 @@ mod tests {
             copy: None,
             instance: None,
             user_opens: None,
+            admin: None,
             done: Vec::new(),
             checks: VerificationCheck::all(),
             requested: Some("2026-12-01T09:00:00Z".parse().unwrap()),
@@ -1837,11 +1924,20 @@ mod tests {
         // The target's credentials Secret is not there yet.
         assert_eq!(action(&step_once(&mut seen, &mut status)), "");
         seen.target.as_mut().unwrap().credentials_secret = Some("copy-a-db-credentials".into());
+        let account = AdminAccount {
+            secret: "copy-a-admin".into(),
+            generated: true,
+        };
+        seen.admin = Some(AdminSeen {
+            account: account.clone(),
+            matches: None,
+        });
         let o = step_once(&mut seen, &mut status);
         let Change::ResetDatabaseUser {
             master_secret_arn,
             master_user,
             secret,
+            admin,
             ..
         } = &o.changes[0]
         else {
@@ -1855,15 +1951,38 @@ mod tests {
             ),
             ("arn:secret:own", "openemr_admin", "copy-a-db-credentials")
         );
+        assert_eq!(admin.as_ref(), Some(&account), "the administrator too");
         // Refused (e.g. the master password not applied yet): asked again.
         seen.user_opens = Some(Err("DatabaseLoginRefused".into()));
         assert_eq!(
             action(&step_once(&mut seen, &mut status)),
             "ResetDatabaseUser"
         );
+        // The user opens the database, but the administrator's hash is still the
+        // source's: asked again, not done.
         seen.user_opens = Some(Ok(()));
+        seen.admin.as_mut().unwrap().matches = Some(Err("not the one in Secret".into()));
+        assert_eq!(
+            action(&step_once(&mut seen, &mut status)),
+            "ResetDatabaseUser"
+        );
+        seen.admin.as_mut().unwrap().matches = Some(Ok(()));
         // No documents in the source: skipped, saying so; the hold goes.
         assert_eq!(action(&step_once(&mut seen, &mut status)), "ReleaseHold");
+        let reset = status
+            .steps
+            .iter()
+            .find(|s| s.name == RESET_DATABASE_USER)
+            .unwrap();
+        assert_eq!(reset.phase, StepPhase::Succeeded);
+        assert!(
+            reset
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("Secret copy-a-admin"),
+            "{reset:?}"
+        );
         let documents = status
             .steps
             .iter()
@@ -1939,6 +2058,72 @@ mod tests {
         assert_eq!(o.failed.as_ref().unwrap().0, "VerificationFailed");
         assert!(o.failed.unwrap().1.contains("patient_data has no rows"));
         assert_eq!(status.phase, Some(RestorePhase::Failed));
+    }
+
+    /// Sets wait for an in-place restore only while it is at `Quiesce`: not before (the
+    /// clinic serves, a set of it is a good one), not once it stopped the clinic or ended.
+    #[test]
+    fn a_restore_is_at_quiesce_from_its_last_step_before_to_the_hold_in_effect() {
+        let step = |name: &str, phase: StepPhase| RestoreStep {
+            name: name.into(),
+            phase,
+            ..RestoreStep::default()
+        };
+        let mut status = RestoreRequestStatus {
+            phase: Some(RestorePhase::Running),
+            steps: IN_PLACE
+                .iter()
+                .map(|n| step(n, StepPhase::Pending))
+                .collect(),
+            ..RestoreRequestStatus::default()
+        };
+        let quiesce = IN_PLACE.iter().position(|n| *n == QUIESCE).unwrap();
+        assert!(!at_quiesce(&status));
+        for s in &mut status.steps[..quiesce - 1] {
+            s.phase = StepPhase::Succeeded;
+        }
+        status.steps[quiesce - 1].phase = StepPhase::Running;
+        assert!(!at_quiesce(&status), "still staging");
+        status.steps[quiesce - 1].phase = StepPhase::Skipped;
+        assert!(at_quiesce(&status), "queued behind sets");
+        status.steps[quiesce].phase = StepPhase::Running;
+        assert!(at_quiesce(&status), "holding");
+        status.steps[quiesce].phase = StepPhase::Succeeded;
+        assert!(!at_quiesce(&status), "the clinic is stopped: not Ready");
+        status.steps[quiesce].phase = StepPhase::Pending;
+        status.phase = Some(RestorePhase::Failed);
+        assert!(!at_quiesce(&status), "ended");
+        assert!(!at_quiesce(&RestoreRequestStatus::default()));
+    }
+
+    /// A target clinic that never gets Ready does not keep the request Verifying for
+    /// good: past the deadline the restore fails, saying what it waited for, and the
+    /// target is kept (no change is asked for).
+    #[test]
+    fn checks_waiting_past_their_deadline_fail_the_restore() {
+        let mut seen = seen();
+        seen.target = Some(target());
+        seen.done = SIDE_BY_SIDE[..7].iter().map(|s| s.to_string()).collect();
+        let mut status = RestoreRequestStatus::default();
+        let o = plan(&seen, &mut status, now());
+        assert!(o.failed.is_none() && o.in_progress);
+        assert_eq!(status.phase, Some(RestorePhase::Verifying));
+        let almost =
+            Timestamp::from_second(now().as_second() + VERIFY_DEADLINE_SECONDS - 1).unwrap();
+        let o = plan(&seen, &mut status.clone(), almost);
+        assert!(o.failed.is_none(), "{o:?}");
+        let late = Timestamp::from_second(now().as_second() + VERIFY_DEADLINE_SECONDS).unwrap();
+        let o = plan(&seen, &mut status, late);
+        let (reason, message) = o.failed.unwrap();
+        assert_eq!(reason, "VerificationTimedOut");
+        assert!(
+            message.contains("30 minutes") && message.contains("copy-a to be Ready"),
+            "{message}"
+        );
+        assert!(o.changes.is_empty());
+        assert_eq!(status.phase, Some(RestorePhase::Failed));
+        let verify = status.steps.iter().find(|s| s.name == VERIFY).unwrap();
+        assert_eq!(verify.phase, StepPhase::Failed);
     }
 
     #[test]

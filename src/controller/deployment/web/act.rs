@@ -44,7 +44,14 @@ pub async fn act(
         WebChange::DeleteChild { kind, name } => delete_child(ctx, &ns, *kind, name).await,
         WebChange::RebindVolume { name } => rebind_volume(ctx, name).await,
         WebChange::CreateAdminSecret { name } => {
-            secrets::create_admin_secret(ctx, &ns, name, generated_labels(&d.name_any())).await
+            secrets::create_admin_secret(
+                ctx,
+                &ns,
+                name,
+                secrets::FIRST_ADMINISTRATOR,
+                generated_labels(&d.name_any()),
+            )
+            .await
         }
         WebChange::CopyMasterPassword { name, secret_arn } => {
             let labels = generated_labels(&d.name_any());
