@@ -366,6 +366,24 @@ impl Source {
         (uid, restored_id)
     }
 
+    /// Deletes `restore-a` and waits until it is gone.
+    async fn delete_request(&self) {
+        let requests: Api<RestoreRequest> = self.api();
+        requests
+            .delete("restore-a", &Default::default())
+            .await
+            .unwrap();
+        eventually(WAIT, "restore-a gone", || async {
+            requests
+                .get_opt("restore-a")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        })
+        .await;
+    }
+
     /// Waits until `restore-a` set OpenEMR's user to the target's own password.
     async fn user_reset(&self) {
         let requests: Api<RestoreRequest> = self.api();
@@ -558,7 +576,6 @@ async fn side_by_side(with_documents: bool) {
     let set_snapshot = source.set_snapshot.clone();
     let clinics: Api<OpenEMRDeployment> = source.api();
     let sets: Api<OpenEMRBackup> = source.api();
-    let requests: Api<RestoreRequest> = source.api();
     let source_db = source.source_database().await;
     if !with_documents {
         refused_into_an_older_image(&source).await;
@@ -795,19 +812,7 @@ async fn side_by_side(with_documents: bool) {
     );
 
     // The request goes; the clinic it made stays.
-    requests
-        .delete("restore-a", &Default::default())
-        .await
-        .unwrap();
-    eventually(WAIT, "restore-a gone", || async {
-        requests
-            .get_opt("restore-a")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    source.delete_request().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(clinics.get_opt("copy-a").await.unwrap().is_some());
     drop(operator);
@@ -1686,6 +1691,93 @@ async fn a_restore_survives_an_operator_killed_at_each_step() {
         .filter(|c| c.annotations().contains_key(RESTORED_BY))
         .count();
     assert_eq!(copies, 1);
+    std::fs::remove_dir_all(&source.scratch).ok();
+}
+
+/// A snapshot ARN with a documents location (another cluster's set, the recovery stack's
+/// inputs) pairs only one clinic's halves: OpenEMR's keys are half in the database, half
+/// in the documents. A snapshot tagged as another clinic's, with `set-1`'s documents, is
+/// refused naming both clinics, and nothing is made; `set-1`'s own snapshot with them is
+/// accepted, the request saying what it found.
+#[tokio::test]
+async fn a_snapshot_source_pairs_one_clinics_database_and_documents_or_is_refused() {
+    let (source, _operator) = Source::new("snapshot", true).await;
+    let requests: Api<RestoreRequest> = source.api();
+    let clinics: Api<OpenEMRDeployment> = source.api();
+    let sets: Api<OpenEMRBackup> = source.api();
+    let documents = sets
+        .get("set-1")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .documents
+        .unwrap();
+    let rds = aws_sdk_rds::Client::new(&env().aws(Some(REGION)).await);
+    let other = rds
+        .create_db_snapshot()
+        .db_instance_identifier(source.source_database().await.identifier)
+        .db_snapshot_identifier("another-clinics")
+        .tags(
+            aws_sdk_rds::types::Tag::builder()
+                .key("openemr.io/uid")
+                .value("uid-of-clinic-z")
+                .build(),
+        )
+        .tags(
+            aws_sdk_rds::types::Tag::builder()
+                .key("openemr.io/name")
+                .value("clinic-z")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .db_snapshot
+        .unwrap()
+        .db_snapshot_arn
+        .unwrap();
+    let mut spec = support::clinic_manifest("copy-a", REGION, "")["spec"].clone();
+    spec["web"]["replicas"] = json!(1);
+    let snapshot_source = |arn: &str| {
+        json!({"snapshot": {"snapshotArn": arn, "documents": {
+            "bucket": documents.bucket, "manifest": documents.manifest}}})
+    };
+    let side_by_side = json!({"target": {"sideBySide": {
+        "deploymentName": "copy-a", "deploymentSpec": spec}}});
+
+    source
+        .request_from(snapshot_source(&other), side_by_side.clone())
+        .await;
+    let refused = refusal(&requests, "restore-a").await;
+    assert_eq!(refused.reason, "SourceMismatch", "{}", refused.message);
+    let uid = clinics.get("clinic-a").await.unwrap().uid().unwrap();
+    for said in [
+        "clinic clinic-z's (uid uid-of-clinic-z)",
+        &format!("clinic-a's (uid {uid})"),
+    ] {
+        assert!(refused.message.contains(said), "{}", refused.message);
+    }
+    assert!(
+        clinics.get_opt("copy-a").await.unwrap().is_none(),
+        "nothing made"
+    );
+    source.delete_request().await;
+
+    source
+        .request_from(snapshot_source(&source.set_snapshot), side_by_side)
+        .await;
+    let check = eventually(WAIT, "the source checked", || async {
+        requests.get("restore-a").await.ok()?.status?.source_check
+    })
+    .await;
+    assert!(
+        check.contains(&format!(
+            "both clinic {}/clinic-a's (uid {uid})",
+            source.ns.name
+        )),
+        "{check}"
+    );
     std::fs::remove_dir_all(&source.scratch).ok();
 }
 

@@ -361,6 +361,12 @@ pub struct RestoreRequestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_snapshot_arn: Option<String>,
 
+    /// For a `snapshot` source with documents: whether the snapshot and the documents
+    /// were found to be one clinic's (its tag, their set manifest), or why that could not
+    /// be checked. Two clinics' halves are refused (`SourceMismatch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_check: Option<String>,
+
     /// The instant the restored data reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_time: Option<Time>,

@@ -717,7 +717,7 @@ pub(crate) async fn job_seen(
 }
 
 /// The set manifest at `key` in `bucket`.
-async fn get_set_manifest(
+pub(crate) async fn get_set_manifest(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,

@@ -14,6 +14,7 @@
 //! before it goes; one deleted before leaves the clinic untouched.
 
 pub mod kept;
+pub mod lineage;
 pub mod source;
 pub mod steps;
 pub mod target;
@@ -59,9 +60,11 @@ pub struct Observed {
     pub side_by_side_name_taken: bool,
     /// What the source resolves to now, or why it cannot be restored.
     pub resolved: Option<Result<source::Resolved, source::Refusal>>,
-    /// Why the target cannot run the source's data (its MySQL or OpenEMR older), judged
-    /// before the restore starts.
+    /// Why the target cannot run the source's data (its MySQL or OpenEMR older, or a
+    /// snapshot and documents of two clinics), judged before the restore starts.
     pub incompatible: Option<source::Refusal>,
+    /// A `snapshot` source's halves as found to be one clinic's, or why not checked.
+    pub source_check: Option<String>,
     /// A succeeded side-by-side request with `keepTargetFor`: its target as the cache
     /// shows it.
     pub kept_target: Option<KeptTarget>,
@@ -243,13 +246,24 @@ impl Reconcile for RestoreRequest {
                 None => self.target_clinic(&ns, source_clinic.as_ref()),
             };
             let copied_from = copied_from.filter(|_| self.spec.target.in_place.is_none());
-            observed.incompatible = target.and_then(|t| {
+            observed.incompatible = target.as_ref().and_then(|t| {
                 source::incompatibility(
                     resolved,
                     &t.spec,
                     copied_from.as_ref().map(|(n, s)| (n.as_str(), s)),
                 )
             });
+            if observed.incompatible.is_none()
+                && let (Some(snapshot), Some(aws), Some(target)) =
+                    (&self.spec.source.snapshot, &ctx.aws, &target)
+                && snapshot.documents.is_some()
+            {
+                let seen = lineage_seen(target, aws, snapshot).await;
+                match lineage::judge(snapshot, &seen) {
+                    Err(refusal) => observed.incompatible = Some(refusal),
+                    Ok(found) => observed.source_check = found,
+                }
+            }
         }
         if self.spec.keep_target_for.is_some()
             && self.spec.target.side_by_side.is_some()
@@ -400,6 +414,7 @@ impl Reconcile for RestoreRequest {
             status.start_time = Some(Time(now));
             status.source_backup = seen.source.set.clone();
             status.source_snapshot_arn = seen.source.snapshot_arn.clone();
+            status.source_check = observed.source_check.clone();
             status.data_time = seen.source.data_time.map(Time);
         }
         let mut outcome = steps::plan(seen, &mut status, now);
@@ -809,6 +824,42 @@ async fn with_fresh_window(
         }
     }
     Ok(clinic)
+}
+
+/// What the snapshot's tags and the documents' set manifest say of their clinics, read
+/// in the snapshot's region with the target's identity. What cannot be read (another
+/// account's snapshot, a bucket the operator may not read) is said, not an error.
+async fn lineage_seen(
+    target: &OpenEMRDeployment,
+    aws: &ClinicAws,
+    snapshot: &crate::api::restore::SnapshotSource,
+) -> lineage::LineageSeen {
+    let arn = &snapshot.snapshot_arn;
+    let region = lineage::arn_region(arn).unwrap_or(&target.spec.aws.region);
+    let clients = clinic::clients_in(target, aws, region).await;
+    let found = clients
+        .describe_snapshot(lineage::arn_name(arn).unwrap_or_default())
+        .await;
+    let snapshot_clinic = match &found {
+        Ok(found) => lineage::snapshot_clinic(arn, found.as_ref().map(|s| &s.tags)),
+        Err(e) => Err(format!("snapshot {arn} could not be read: {e}")),
+    };
+    let documents = match snapshot.documents.as_ref() {
+        None => Err("no documents".to_string()),
+        Some(d) => match lineage::set_manifest_beside(&d.manifest) {
+            None => Err(format!(
+                "the documents manifest {} is not named as a set's, so no set manifest says its clinic",
+                d.manifest
+            )),
+            Some(key) => crate::controller::backup::get_set_manifest(&clients.s3, &d.bucket, &key)
+                .await
+                .map(|m| m.clinic),
+        },
+    };
+    lineage::LineageSeen {
+        snapshot: snapshot_clinic,
+        documents,
+    }
 }
 
 /// The backup sets of clinic `clinic` still reading its live data
