@@ -164,10 +164,18 @@ impl Reconcile for RestoreRequest {
             .as_ref()
             .and_then(|p| lookup(&caches.deployments, &ns, &p.deployment_ref.name))
             .and_then(|c| c.0.as_ref().ok().cloned());
-        let clinic = match (clinic, &ctx.aws) {
+        let mut clinic = match (clinic, &ctx.aws) {
             (Some(c), Some(aws)) => Some(with_fresh_window(c, aws, !self.started()).await?),
             (c, _) => c,
         };
+        let pinned_at = self
+            .status
+            .as_ref()
+            .filter(|_| self.started())
+            .and_then(|s| s.data_time.clone());
+        if let (Some(at), Some(c)) = (pinned_at, clinic.as_mut()) {
+            source::keep_in_window(c, at);
+        }
         let clinic = clinic.as_ref();
         // Once started, the source is the one recorded then: a policy's newer set made
         // meanwhile changes nothing.

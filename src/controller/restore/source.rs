@@ -290,6 +290,23 @@ pub fn resolve(
     ))
 }
 
+/// Widens `clinic`'s window back to `at`, the instant a started restore pinned: it was
+/// inside the window when the restore started (RDS was asked for it then), and the start
+/// estimated later from the retention period must not refuse a long restore of an instant
+/// near it half-way.
+pub fn keep_in_window(
+    clinic: &mut OpenEMRDeployment,
+    at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) {
+    let Some(database) = clinic.status.as_mut().and_then(|s| s.database.as_mut()) else {
+        return;
+    };
+    let start = database.earliest_restorable_time.get_or_insert(at.clone());
+    if at.0 < start.0 {
+        *start = at;
+    }
+}
+
 /// The leading dotted numbers of `v` (`8.0.40` → 8, 0, 40; `7.0.3-1` → 7, 0, 3); `None`
 /// when it starts with none.
 fn numbers(v: &str) -> Option<Vec<u64>> {
@@ -499,8 +516,10 @@ mod tests {
         .unwrap();
         let mut d = OpenEMRDeployment::new("clinic-a", spec);
         let mut db = serde_json::json!({"identifier": "db"});
-        if let (Some(e), Some(l)) = (earliest, latest) {
+        if let Some(e) = earliest {
             db["earliestRestorableTime"] = serde_json::json!(e);
+        }
+        if let Some(l) = latest {
             db["latestRestorableTime"] = serde_json::json!(l);
         }
         d.status = Some(serde_json::from_value(serde_json::json!({"database": db})).unwrap());
@@ -676,6 +695,19 @@ mod tests {
         );
         assert_eq!(r.set.as_deref(), Some("a-2"));
 
+        // A started restore's pinned instant stays inside, whatever the start's estimate
+        // says later.
+        let mut later = clinic_with_window(None, Some("2026-11-20T10:00:00Z"));
+        let pinned = pit("2026-11-05T00:00:00Z");
+        assert_eq!(
+            resolve(&pinned, &refs, Some(&later)).unwrap_err().reason,
+            "PointInTimeOutsideWindow"
+        );
+        keep_in_window(
+            &mut later,
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at("2026-11-05T00:00:00Z")),
+        );
+        assert!(resolve(&pinned, &refs, Some(&later)).is_ok());
         // Without the window's start, it is the latest time less the retention period.
         let mut estimated = clinic_with_window(None, None);
         estimated.spec.database.backup_retention_days = 3;

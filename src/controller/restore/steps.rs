@@ -954,10 +954,18 @@ pub fn sets_reading_message(clinic: &str, sets: &[String]) -> String {
 }
 
 /// Whether an in-place restore with `status` is at its `Quiesce` step (every step before
-/// it done, it not yet): a set of the clinic not yet begun then waits, or sets taken back
-/// to back could keep the restore from ever finding the clinic free to stop. From the
-/// hold on, the clinic is not Ready and sets wait for that.
+/// it done, it not yet), or its rollback at `RollbackQuiesce`: a set of the clinic not yet
+/// begun then waits, or sets taken back to back could keep the restore from ever finding
+/// the clinic free to stop. From the hold on, the clinic is not Ready and sets wait for
+/// that.
 pub fn at_quiesce(status: &RestoreRequestStatus) -> bool {
+    if let Some(rollback) = status
+        .steps
+        .iter()
+        .find(|s| s.name == super::kept::ROLLBACK_QUIESCE)
+    {
+        return matches!(rollback.phase, StepPhase::Pending | StepPhase::Running);
+    }
     if matches!(
         status.phase,
         Some(RestorePhase::Succeeded | RestorePhase::Failed)
@@ -2093,6 +2101,16 @@ mod tests {
         status.steps[quiesce].phase = StepPhase::Pending;
         status.phase = Some(RestorePhase::Failed);
         assert!(!at_quiesce(&status), "ended");
+        // Rolled back: again while the rollback waits to stop the clinic.
+        status.steps.push(step(
+            super::super::kept::ROLLBACK_QUIESCE,
+            StepPhase::Pending,
+        ));
+        assert!(at_quiesce(&status), "the rollback queued behind sets");
+        status.steps.last_mut().unwrap().phase = StepPhase::Succeeded;
+        assert!(!at_quiesce(&status));
+        status.steps.last_mut().unwrap().phase = StepPhase::Skipped;
+        assert!(!at_quiesce(&status), "nothing to roll back");
         assert!(!at_quiesce(&RestoreRequestStatus::default()));
     }
 
