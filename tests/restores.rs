@@ -366,6 +366,21 @@ impl Source {
         (uid, restored_id)
     }
 
+    /// Asks for an on-demand set `name` of `clinic-a`, with its documents.
+    async fn ask_for_set(&self, name: &str) {
+        support::apply(
+            &self.client,
+            &self.ns.name,
+            &json!({
+                "apiVersion": "openemr.io/v1alpha1", "kind": "OpenEMRBackup",
+                "metadata": {"name": name},
+                "spec": {"deploymentRef": {"name": "clinic-a"}, "includeDocuments": true},
+            }),
+        )
+        .await
+        .unwrap();
+    }
+
     /// Deletes `restore-a` and waits until it is gone.
     async fn delete_request(&self) {
         let requests: Api<RestoreRequest> = self.api();
@@ -1404,17 +1419,7 @@ async fn an_in_place_restore_deleted_after_it_stopped_the_clinic_puts_it_back_th
     )
     .unwrap();
     // Another set of the clinic under way: its documents Job is held back.
-    support::apply(
-        client,
-        &ns.name,
-        &json!({
-            "apiVersion": "openemr.io/v1alpha1", "kind": "OpenEMRBackup",
-            "metadata": {"name": "set-2"},
-            "spec": {"deploymentRef": {"name": "clinic-a"}, "includeDocuments": true},
-        }),
-    )
-    .await
-    .unwrap();
+    source.ask_for_set("set-2").await;
     let set_job = set::documents_job_name("set-2");
     eventually(WAIT, "set-2's documents Job", || async {
         jobs.get_opt(&set_job).await.ok()?
@@ -1434,17 +1439,7 @@ async fn an_in_place_restore_deleted_after_it_stopped_the_clinic_puts_it_back_th
     );
     // A set asked for meanwhile does not begin: sets back to back would keep the clinic
     // from ever being free to stop.
-    support::apply(
-        client,
-        &ns.name,
-        &json!({
-            "apiVersion": "openemr.io/v1alpha1", "kind": "OpenEMRBackup",
-            "metadata": {"name": "set-3"},
-            "spec": {"deploymentRef": {"name": "clinic-a"}, "includeDocuments": true},
-        }),
-    )
-    .await
-    .unwrap();
+    source.ask_for_set("set-3").await;
     let sets: Api<OpenEMRBackup> = source.api();
     let started = eventually(WAIT, "set-3 waiting for the restore", || async {
         let c = support::condition(&sets, "set-3", "Started").await?;

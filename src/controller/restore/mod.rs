@@ -164,18 +164,11 @@ impl Reconcile for RestoreRequest {
             .as_ref()
             .and_then(|p| lookup(&caches.deployments, &ns, &p.deployment_ref.name))
             .and_then(|c| c.0.as_ref().ok().cloned());
-        let mut clinic = match (clinic, &ctx.aws) {
-            (Some(c), Some(aws)) => Some(with_fresh_window(c, aws, !self.started()).await?),
+        // The window is read from AWS only to judge an instant not yet pinned.
+        let clinic = match (clinic, &ctx.aws) {
+            (Some(c), Some(aws)) if !self.started() => Some(with_fresh_window(c, aws).await?),
             (c, _) => c,
         };
-        let pinned_at = self
-            .status
-            .as_ref()
-            .filter(|_| self.started())
-            .and_then(|s| s.data_time.clone());
-        if let (Some(at), Some(c)) = (pinned_at, clinic.as_mut()) {
-            source::keep_in_window(c, at);
-        }
         let clinic = clinic.as_ref();
         // Once started, the source is the one recorded then: a policy's newer set made
         // meanwhile changes nothing.
@@ -204,9 +197,13 @@ impl Reconcile for RestoreRequest {
             }
             _ => source,
         };
+        let resolve = match status {
+            Some(_) => source::resolve_pinned,
+            None => source::resolve,
+        };
         let mut observed = Observed {
             source_exists,
-            resolved: Some(source::resolve(source, &sets, clinic)),
+            resolved: Some(resolve(source, &sets, clinic)),
             progress: Duration::from_secs(30),
             ..Observed::default()
         };
@@ -797,30 +794,25 @@ async fn unprotect(
     clients.modify_instance(&request).await
 }
 
-/// The clinic with its latest restorable time as the shared inventory read it last (every
-/// few seconds), not as its status has it: the status writes a moving restorable time
-/// alone only hourly, and a restore to the latest time must not lose that hour.
+/// The clinic with its restorable window as AWS reports it now: its end as the shared
+/// inventory read it last (every few seconds), not as its status has it (the status writes
+/// a moving restorable time alone only hourly, and a restore to the latest time must not
+/// lose that hour); its start from the automated backups.
 async fn with_fresh_window(
     mut clinic: OpenEMRDeployment,
     aws: &ClinicAws,
-    with_start: bool,
 ) -> Result<OpenEMRDeployment, Error> {
     let clients = clinic::clients(&clinic, aws).await;
     let Some(instance) = listed_instance(&clinic, aws, &clients).await? else {
         return Ok(clinic);
     };
-    // The window's start is reported only with the automated backups: a call of its own,
-    // made only until the restore starts (from then on its instant is pinned, judged
-    // against the start estimated from the retention period); the window's end is there
-    // too, but the instance's is fresher.
-    let window = match with_start {
-        true => clients
-            .restore_window(&instance.identifier)
-            .await
-            .map_err(aws_error("reading the database's restorable window"))?
-            .unwrap_or_default(),
-        false => Default::default(),
-    };
+    // The window's start is reported only with the automated backups (a call of its own);
+    // its end there too, but the instance's is fresher.
+    let window = clients
+        .restore_window(&instance.identifier)
+        .await
+        .map_err(aws_error("reading the database's restorable window"))?
+        .unwrap_or_default();
     let time =
         |t: Option<std::time::SystemTime>| t.and_then(|t| Timestamp::try_from(t).ok()).map(Time);
     if let Some(database) = clinic.status.as_mut().and_then(|s| s.database.as_mut()) {
@@ -966,6 +958,33 @@ async fn read_password(ctx: &Context, ns: &str, name: &str) -> Result<Option<Sec
     }
 }
 
+/// The user name and password in the admin Secret `name`, or why there are none (a
+/// reason and a message).
+async fn admin_login(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Result<(String, SecretValue), (&'static str, String)>, Error> {
+    let Some(secret) = get_secret(ctx, ns, name).await? else {
+        return Ok(Err((
+            "AdminCredentialsSecretNotFound",
+            format!("Secret {name:?} does not exist"),
+        )));
+    };
+    Ok(
+        match (
+            secret_value(&secret, USERNAME_KEY),
+            secret_value(&secret, PASSWORD_KEY),
+        ) {
+            (Some(user), Some(password)) => Ok((user, SecretValue(password))),
+            _ => Err((
+                "AdminCredentialsSecretInvalid",
+                format!("Secret {name:?} lacks {USERNAME_KEY:?} or {PASSWORD_KEY:?}"),
+            )),
+        },
+    )
+}
+
 /// Whether the restored database's hash for the administrator in `account`'s Secret is of
 /// that Secret's password, or why not.
 async fn admin_matches(
@@ -976,19 +995,12 @@ async fn admin_matches(
 ) -> Result<Result<(), String>, Error> {
     use crate::mysql::admin;
     let name = &account.secret;
-    let Some(secret) = get_secret(ctx, ns, name).await? else {
-        return Ok(Err(format!("Secret {name} does not exist yet")));
-    };
-    let (Some(user), Some(password)) = (
-        secret_value(&secret, USERNAME_KEY),
-        secret_value(&secret, PASSWORD_KEY),
-    ) else {
-        return Ok(Err(format!(
-            "Secret {name} lacks {USERNAME_KEY:?} or {PASSWORD_KEY:?}"
-        )));
+    let (user, password) = match admin_login(ctx, ns, name).await? {
+        Ok(login) => login,
+        Err((_, why)) => return Ok(Err(why)),
     };
     Ok(match admin::stored_hash(session, &user).await {
-        Ok(Some(hash)) if admin::matches(&SecretValue(password), &hash) => Ok(()),
+        Ok(Some(hash)) if admin::matches(&password, &hash) => Ok(()),
         Ok(Some(_)) => Err(format!(
             "{user}'s password in the restored database is not the one in Secret {name}"
         )),
@@ -1043,21 +1055,9 @@ async fn set_administrator(
     } else {
         None
     };
-    let secret = get_secret(ctx, ns, name).await?.ok_or_else(|| {
-        act(
-            "AdminCredentialsSecretNotFound",
-            format!("Secret {name:?} does not exist"),
-        )
-    })?;
-    let (Some(mut user), Some(password)) = (
-        secret_value(&secret, USERNAME_KEY),
-        secret_value(&secret, PASSWORD_KEY),
-    ) else {
-        return Err(act(
-            "AdminCredentialsSecretInvalid",
-            format!("Secret {name:?} lacks {USERNAME_KEY:?} or {PASSWORD_KEY:?}"),
-        ));
-    };
+    let (mut user, password) = admin_login(ctx, ns, name)
+        .await?
+        .map_err(|(reason, why)| act(reason, why))?;
     if let Some(first) = first.filter(|f| *f != user) {
         let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
         let rename = serde_json::json!({"stringData": {USERNAME_KEY: first}});
@@ -1070,7 +1070,7 @@ async fn set_administrator(
         .map_err(|e| act("SecretWriteFailed", e.to_string()))?;
         user = first;
     }
-    if admin::set_password(session, &user, &SecretValue(password))
+    if admin::set_password(session, &user, &password)
         .await
         .map_err(sql)?
     {

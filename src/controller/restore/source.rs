@@ -16,7 +16,7 @@
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::backup::BackupPhase;
-use crate::api::restore::RestoreSource;
+use crate::api::restore::{PointInTimeSource, RestoreSource};
 use crate::api::{OpenEMRBackup, OpenEMRDeployment};
 
 /// Where a set's documents are.
@@ -143,11 +143,31 @@ pub fn from_copy_in(resolved: &Resolved, set: &OpenEMRBackup, region: &str) -> O
 }
 
 /// Resolves `source` (a request in `namespace`) against the namespace's `sets` and, for a
-/// point in time, the `clinic` it names.
+/// point in time, the `clinic` it names, whose restorable window must hold its instant.
 pub fn resolve(
     source: &RestoreSource,
     sets: &[&OpenEMRBackup],
     clinic: Option<&OpenEMRDeployment>,
+) -> Result<Resolved, Refusal> {
+    resolve_in(source, sets, clinic, true)
+}
+
+/// [`resolve`] for a started restore, whose source is pinned to what it resolved to then:
+/// its instant was in the window when RDS was asked for it, and is not judged again as
+/// the window's start moves past it during a long restore.
+pub fn resolve_pinned(
+    source: &RestoreSource,
+    sets: &[&OpenEMRBackup],
+    clinic: Option<&OpenEMRDeployment>,
+) -> Result<Resolved, Refusal> {
+    resolve_in(source, sets, clinic, false)
+}
+
+fn resolve_in(
+    source: &RestoreSource,
+    sets: &[&OpenEMRBackup],
+    clinic: Option<&OpenEMRDeployment>,
+    judge_window: bool,
 ) -> Result<Resolved, Refusal> {
     if let Some(r) = &source.backup_ref {
         let Some(set) = sets
@@ -202,40 +222,9 @@ pub fn resolve(
                 ),
             ));
         };
-        let db = clinic.status.as_ref().and_then(|s| s.database.as_ref());
-        let earliest = db.and_then(|d| d.earliest_restorable_time.as_ref().map(|t| t.0));
-        let latest = db.and_then(|d| d.latest_restorable_time.as_ref().map(|t| t.0));
-        // RDS reports the window's start only through the automated backups; until that is
-        // read, it is the latest restorable time less the retention period, and said so.
-        let retention = i64::from(clinic.spec.database.backup_retention_days);
-        let estimated = earliest.is_none();
-        let earliest = earliest.or_else(|| {
-            latest.and_then(|l| Timestamp::from_second(l.as_second() - retention * 86_400).ok())
-        });
-        let (Some(earliest), Some(latest)) = (earliest, latest) else {
-            return Err(refuse(
-                "NoRestorableWindow",
-                format!(
-                    "clinic {clinic_name} reports no restorable window (its database keeps no automated backups, or is not read yet): no point in time can be restored"
-                ),
-            ));
-        };
-        let at = match p.time.as_ref().map(|t| t.0) {
-            None => latest,
-            Some(t) if t < earliest || t > latest => {
-                return Err(refuse(
-                    "PointInTimeOutsideWindow",
-                    format!(
-                        "spec.source.pointInTime.time {t} is outside clinic {clinic_name}'s restorable window, {earliest} to {latest}{}",
-                        if estimated {
-                            " (its start estimated as the latest restorable time less spec.database.backupRetentionDays)"
-                        } else {
-                            ""
-                        }
-                    ),
-                ));
-            }
-            Some(t) => t,
+        let at = match (judge_window, p.time.as_ref()) {
+            (false, Some(t)) => t.0,
+            _ => in_window(clinic, p)?,
         };
         // The newest of the clinic's sets completed by then whose documents are there.
         let documents_set = sets
@@ -290,20 +279,42 @@ pub fn resolve(
     ))
 }
 
-/// Widens `clinic`'s window back to `at`, the instant a started restore pinned: it was
-/// inside the window when the restore started (RDS was asked for it then), and the start
-/// estimated later from the retention period must not refuse a long restore of an instant
-/// near it half-way.
-pub fn keep_in_window(
-    clinic: &mut OpenEMRDeployment,
-    at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
-) {
-    let Some(database) = clinic.status.as_mut().and_then(|s| s.database.as_mut()) else {
-        return;
+/// The instant `p` asks for (its time, or the latest restorable time), which must lie in
+/// `clinic`'s restorable window.
+fn in_window(clinic: &OpenEMRDeployment, p: &PointInTimeSource) -> Result<Timestamp, Refusal> {
+    let clinic_name = &p.deployment_ref.name;
+    let db = clinic.status.as_ref().and_then(|s| s.database.as_ref());
+    let earliest = db.and_then(|d| d.earliest_restorable_time.as_ref().map(|t| t.0));
+    let latest = db.and_then(|d| d.latest_restorable_time.as_ref().map(|t| t.0));
+    // RDS reports the window's start only through the automated backups; until that is
+    // read, it is the latest restorable time less the retention period, and said so.
+    let retention = i64::from(clinic.spec.database.backup_retention_days);
+    let estimated = earliest.is_none();
+    let earliest = earliest.or_else(|| {
+        latest.and_then(|l| Timestamp::from_second(l.as_second() - retention * 86_400).ok())
+    });
+    let (Some(earliest), Some(latest)) = (earliest, latest) else {
+        return Err(refuse(
+            "NoRestorableWindow",
+            format!(
+                "clinic {clinic_name} reports no restorable window (its database keeps no automated backups, or is not read yet): no point in time can be restored"
+            ),
+        ));
     };
-    let start = database.earliest_restorable_time.get_or_insert(at.clone());
-    if at.0 < start.0 {
-        *start = at;
+    match p.time.as_ref().map(|t| t.0) {
+        None => Ok(latest),
+        Some(t) if t < earliest || t > latest => Err(refuse(
+            "PointInTimeOutsideWindow",
+            format!(
+                "spec.source.pointInTime.time {t} is outside clinic {clinic_name}'s restorable window, {earliest} to {latest}{}",
+                if estimated {
+                    " (its start estimated as the latest restorable time less spec.database.backupRetentionDays)"
+                } else {
+                    ""
+                }
+            ),
+        )),
+        Some(t) => Ok(t),
     }
 }
 
@@ -695,19 +706,16 @@ mod tests {
         );
         assert_eq!(r.set.as_deref(), Some("a-2"));
 
-        // A started restore's pinned instant stays inside, whatever the start's estimate
-        // says later.
-        let mut later = clinic_with_window(None, Some("2026-11-20T10:00:00Z"));
+        // A started restore's pinned instant is not judged again, whatever the start's
+        // estimate says later.
+        let later = clinic_with_window(None, Some("2026-11-20T10:00:00Z"));
         let pinned = pit("2026-11-05T00:00:00Z");
         assert_eq!(
             resolve(&pinned, &refs, Some(&later)).unwrap_err().reason,
             "PointInTimeOutsideWindow"
         );
-        keep_in_window(
-            &mut later,
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at("2026-11-05T00:00:00Z")),
-        );
-        assert!(resolve(&pinned, &refs, Some(&later)).is_ok());
+        let r = resolve_pinned(&pinned, &refs, Some(&later)).unwrap();
+        assert_eq!(r.data_time, Some(at("2026-11-05T00:00:00Z")));
         // Without the window's start, it is the latest time less the retention period.
         let mut estimated = clinic_with_window(None, None);
         estimated.spec.database.backup_retention_days = 3;
