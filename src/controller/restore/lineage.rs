@@ -93,7 +93,9 @@ pub fn snapshot_clinic(
     tags: Option<&std::collections::BTreeMap<String, String>>,
 ) -> Result<(String, Option<String>), String> {
     let Some(tags) = tags else {
-        return Err(format!("snapshot {arn} is not found in its region"));
+        return Err(format!(
+            "snapshot {arn} is not found in its region in this operator's account"
+        ));
     };
     match tags.get(TAG_UID) {
         Some(uid) => Ok((uid.clone(), tags.get(TAG_NAME).cloned())),

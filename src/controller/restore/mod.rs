@@ -840,8 +840,15 @@ async fn lineage_seen(
     let found = clients
         .describe_snapshot(lineage::arn_name(arn).unwrap_or_default())
         .await;
+    // Found by name in this account: another account's snapshot of the same name is not it.
     let snapshot_clinic = match &found {
-        Ok(found) => lineage::snapshot_clinic(arn, found.as_ref().map(|s| &s.tags)),
+        Ok(found) => lineage::snapshot_clinic(
+            arn,
+            found
+                .as_ref()
+                .filter(|s| s.arn.as_deref() == Some(arn.as_str()))
+                .map(|s| &s.tags),
+        ),
         Err(e) => Err(format!("snapshot {arn} could not be read: {e}")),
     };
     let documents = match snapshot.documents.as_ref() {
